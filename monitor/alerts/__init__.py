@@ -1,0 +1,1 @@
+"""Verdict policy, the durable event log, fan-out to subscribers and sinks."""

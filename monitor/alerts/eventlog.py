@@ -1,0 +1,167 @@
+"""The durable event log (SQLite, WAL): every event gets an increasing id before anyone sees
+it, so clients and sinks resume from the last id they saw, across disconnects and restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from monitor.types import Event, StoredEvent
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    time REAL NOT NULL,
+    subject TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+"""
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """The CloudEvents ``data`` of an event: its typed payload plus the stream and severity."""
+    data = _jsonable(event.data)
+    data["stream_id"] = event.stream_id
+    data["severity"] = event.severity.value
+    return data
+
+
+def event_subject(event: Event) -> str:
+    track_id = getattr(event.data, "track_id", None)
+    return f"streams/{event.stream_id}" + (f"/tracks/{track_id}" if track_id is not None else "")
+
+
+_FORMAT = JSONFormat()
+
+
+def to_cloudevent_json(
+    instance: str, event_id: int, type_: str, stream_id: str, time: float, subject: str | None, data: dict[str, Any]
+) -> str:
+    """One stored event as structured-mode CloudEvents 1.0 JSON; ``id`` is the log id."""
+    attributes: dict[str, Any] = {
+        "id": str(event_id),
+        "source": f"/{instance}/streams/{stream_id}",
+        "type": type_,
+        "time": datetime.fromtimestamp(time, tz=timezone.utc),
+        "datacontenttype": "application/json",
+    }
+    if subject:
+        attributes["subject"] = subject
+    return _FORMAT.write(CloudEvent(attributes=attributes, data=data)).decode()
+
+
+class EventLog:
+    """SQLite-backed, append-only log. Thread-safe; call it from an executor, not the loop."""
+
+    def __init__(self, path: Path, instance: str = "monitor") -> None:
+        self.path = path
+        self.instance = instance
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def append(self, events: Sequence[Event]) -> list[StoredEvent]:
+        stored: list[StoredEvent] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for event in events:
+                    cur = self._db.execute(
+                        "INSERT INTO events(type, stream_id, severity, time, subject, data) VALUES (?,?,?,?,?,?)",
+                        (
+                            event.type.value,
+                            event.stream_id,
+                            event.severity.value,
+                            event.time,
+                            event_subject(event),
+                            json.dumps(event_payload(event), separators=(",", ":")),
+                        ),
+                    )
+                    assert cur.lastrowid is not None
+                    stored.append(StoredEvent(cur.lastrowid, event))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return stored
+
+    def read_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str]]:
+        """Events with id > after_id, oldest first, as (id, CloudEvents JSON)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, type, stream_id, time, subject, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [(r[0], to_cloudevent_json(self.instance, r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))) for r in rows]
+
+    def render(self, stored: StoredEvent) -> str:
+        e = stored.event
+        return to_cloudevent_json(
+            self.instance, stored.id, e.type.value, e.stream_id, e.time, event_subject(e), event_payload(e)
+        )
+
+    def last_id(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        return int(row[0])
+
+    def prune(self, older_than: float) -> int:
+        """Delete events older than ``older_than`` (UNIX time); ids are never reused."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM events WHERE time < ?", (older_than,))
+        return cur.rowcount
+
+    def get_cursor(self, name: str) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT last_id FROM cursors WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_cursor(self, name: str, last_id: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO cursors(name, last_id) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_id = excluded.last_id",
+                (name, last_id),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

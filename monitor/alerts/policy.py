@@ -1,0 +1,191 @@
+"""Verdict policy, pure: smooth scores per face track and move between clear / suspicious /
+alert / inconclusive with hysteresis and minimum durations, so states never flap.
+
+All times are stream seconds (``Verdict.t``); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+from monitor.config import PolicyConfig
+from monitor.types import (
+    AlertData,
+    Event,
+    EventType,
+    Severity,
+    Signal,
+    TrackState,
+    TrackStateData,
+    Verdict,
+)
+
+SEVERITY = {
+    TrackState.CLEAR: Severity.INFO,
+    TrackState.INCONCLUSIVE: Severity.INFO,
+    TrackState.SUSPICIOUS: Severity.WARNING,
+    TrackState.ALERT: Severity.CRITICAL,
+}
+
+
+@dataclass
+class _OpenAlert:
+    alert_id: str
+    start_t: float
+    start_time: float
+    peak: float
+    reasons: tuple[str, ...]
+    signals: tuple[Signal, ...]
+
+
+class TrackPolicy:
+    """The state machine of one face track. ``update`` returns the events it caused."""
+
+    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig) -> None:
+        self.stream_id = stream_id
+        self.track_id = track_id
+        self.config = config
+        self.state = TrackState.INCONCLUSIVE
+        self.since_t: float | None = None
+        self.smoothed: float | None = None
+        self.raw: float | None = None
+        self.reasons: tuple[str, ...] = ("warming_up",)
+        self.signals: tuple[Signal, ...] = ()
+        self._last_t: float | None = None
+        self._last_usable_t: float | None = None
+        self._above_alert_since: float | None = None
+        self._alert: _OpenAlert | None = None
+        self._announced = False
+
+    # ----------------------------------------------------------------------------------
+    def update(self, verdict: Verdict, wall_time: float) -> list[Event]:
+        c = self.config
+        t = verdict.t
+        if self.since_t is None:
+            self.since_t = t
+        p = verdict.score.probability
+        self.raw = p
+        if p is not None:
+            if self.smoothed is None or self._last_t is None:
+                self.smoothed = p
+            else:
+                alpha = 1.0 - math.pow(0.5, max(t - self._last_t, 0.0) / c.ema_halflife_s)
+                self.smoothed += alpha * (p - self.smoothed)
+            self._last_usable_t = t
+            self.signals = verdict.score.signals
+        self._last_t = t
+        self.reasons = verdict.reasons
+
+        target = self._target(t)
+        events: list[Event] = []
+        if not self._announced:
+            # The first verdict announces the track (previous=None), whatever its state, so
+            # subscribers learn it exists. An alert is opened only by a transition.
+            self._announced = True
+            self.state = TrackState.SUSPICIOUS if target == TrackState.ALERT else target
+            events.append(self._state_event(None, t, wall_time))
+        if target != self.state:
+            events.extend(self._transition(target, t, wall_time))
+        elif self._alert is not None and self.smoothed is not None:
+            self._alert.peak = max(self._alert.peak, self.smoothed)
+        return events
+
+    def end(self, t: float, wall_time: float) -> list[Event]:
+        """The track is gone: close an open alert."""
+        return self._close_alert(t, wall_time, ("track_ended",))
+
+    # ----------------------------------------------------------------------------------
+    def _target(self, t: float) -> TrackState:
+        c = self.config
+        s = self.smoothed
+        usable_recently = self._last_usable_t is not None and t - self._last_usable_t < c.inconclusive_after_s
+        if s is None or not usable_recently:
+            # A brief gap in usable scores keeps the last state (the smoothed score holds);
+            # only a gap longer than inconclusive_after_s makes the track inconclusive.
+            return TrackState.INCONCLUSIVE
+
+        if s >= c.alert_enter:
+            if self._above_alert_since is None:
+                self._above_alert_since = t
+        else:
+            self._above_alert_since = None
+        alert_ready = self._above_alert_since is not None and t - self._above_alert_since >= c.min_alert_s
+
+        dwell = t - (self.since_t if self.since_t is not None else t)
+        can_downgrade = dwell >= c.min_state_s
+        state = self.state
+        if state == TrackState.ALERT:
+            if s >= c.alert_enter - c.hysteresis or not can_downgrade:
+                return TrackState.ALERT
+            return TrackState.SUSPICIOUS if s >= c.suspicious_enter - c.hysteresis else TrackState.CLEAR
+        if alert_ready:
+            return TrackState.ALERT
+        if state == TrackState.SUSPICIOUS:
+            if s >= c.suspicious_enter - c.hysteresis or not can_downgrade:
+                return TrackState.SUSPICIOUS
+            return TrackState.CLEAR
+        # CLEAR or INCONCLUSIVE
+        return TrackState.SUSPICIOUS if s >= c.suspicious_enter else TrackState.CLEAR
+
+    def _transition(self, target: TrackState, t: float, wall_time: float) -> list[Event]:
+        previous = self.state
+        events: list[Event] = []
+        if previous == TrackState.ALERT:
+            events.extend(self._close_alert(t, wall_time, self.reasons))
+        self.state = target
+        self.since_t = t
+        events.append(self._state_event(previous, t, wall_time))
+        if target == TrackState.ALERT:
+            start_t = self._above_alert_since if self._above_alert_since is not None else t
+            peak = self.smoothed if self.smoothed is not None else 0.0
+            self._alert = _OpenAlert(uuid.uuid4().hex, start_t, wall_time, peak, self._alert_reasons(), self.signals)
+            events.append(self._alert_event(EventType.ALERT_OPENED, None, wall_time))
+        return events
+
+    def _alert_reasons(self) -> tuple[str, ...]:
+        reasons = ["score_above_threshold"]
+        reasons.extend(s.name for s in sorted(self.signals, key=lambda s: -s.weight * s.value)[:3])
+        reasons.extend(r for r in self.reasons if r not in reasons)
+        return tuple(reasons)
+
+    def _close_alert(self, t: float, wall_time: float, reasons: tuple[str, ...]) -> list[Event]:
+        if self._alert is None:
+            return []
+        event = self._alert_event(EventType.ALERT_CLOSED, t, wall_time, extra_reasons=reasons)
+        self._alert = None
+        return [event]
+
+    def _alert_event(
+        self, kind: EventType, end_t: float | None, wall_time: float, extra_reasons: tuple[str, ...] = ()
+    ) -> Event:
+        a = self._alert
+        assert a is not None
+        reasons = a.reasons + tuple(r for r in extra_reasons if r not in a.reasons)
+        data = AlertData(
+            alert_id=a.alert_id,
+            track_id=self.track_id,
+            score=round(a.peak, 4),
+            reasons=reasons,
+            signals=a.signals,
+            start_t=round(a.start_t, 3),
+            end_t=None if end_t is None else round(end_t, 3),
+            start_time=a.start_time,
+        )
+        severity = Severity.CRITICAL if kind == EventType.ALERT_OPENED else Severity.INFO
+        return Event(kind, self.stream_id, severity, wall_time, data)
+
+    def _state_event(self, previous: TrackState | None, t: float, wall_time: float) -> Event:
+        data = TrackStateData(
+            track_id=self.track_id,
+            state=self.state,
+            previous=previous,
+            score=None if self.smoothed is None else round(self.smoothed, 4),
+            raw_score=None if self.raw is None else round(self.raw, 4),
+            reasons=self.reasons,
+            signals=self.signals,
+            since_t=round(self.since_t if self.since_t is not None else t, 3),
+            t=round(t, 3),
+        )
+        return Event(EventType.TRACK_STATE, self.stream_id, SEVERITY[self.state], wall_time, data)

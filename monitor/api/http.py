@@ -1,0 +1,260 @@
+"""HTTP and websocket routes: health, metrics, streams, alert websocket (CloudEvents).
+
+One ASGI app on one port; auth by bearer token (header or ``access_token`` query) whenever
+a token is configured; request bodies are capped before they are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import hmac
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from monitor import __version__
+from monitor.alerts.bus import EventBus
+from monitor.config import Settings, StreamConfig
+from monitor.errors import ConfigError, MonitorError, StreamExists, StreamNotFound
+from monitor.metrics import Metrics
+from monitor.pipeline.manager import StreamManager
+from monitor.pipeline.stream import StreamStatus
+
+logger = logging.getLogger(__name__)
+
+WS_SUBPROTOCOL = "cloudevents.json"
+WS_CLOSE_TOO_SLOW = 1013
+WS_CLOSE_POLICY = 1008
+
+
+class BodyLimit:
+    """Reject bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._reject(send)
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        self.metrics.http_rejections.labels("too_large").inc()
+        response = JSONResponse({"error": "request body too large", "limit_bytes": self.limit}, status_code=413)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _token_from(authorization: str | None, query_token: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return query_token
+
+
+def token_ok(expected: str | None, authorization: str | None, query_token: str | None) -> bool:
+    if expected is None:
+        return True
+    got = _token_from(authorization, query_token)
+    return got is not None and hmac.compare_digest(got.encode(), expected.encode())
+
+
+def status_json(status: StreamStatus) -> dict[str, Any]:
+    def conv(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: conv(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [conv(v) for v in value]
+        if isinstance(value, enum.Enum):
+            return value.value
+        return value
+
+    return conv(status)  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metrics: Metrics) -> FastAPI:
+    expected = settings.server.token
+
+    def require_token(request: Request, access_token: str | None = Query(None, description="Token, if not sent as a bearer header.")) -> None:
+        if not token_ok(expected, request.headers.get("authorization"), access_token):
+            metrics.http_rejections.labels("unauthorized").inc()
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    public = [] if settings.server.public_metrics else [Depends(require_token)]
+    app = FastAPI(
+        title="deepfake-monitor",
+        version=__version__,
+        description="Watches video streams for deepfaked faces; alerts over a websocket as CloudEvents.",
+    )
+    app.state.settings = settings
+    app.state.manager = manager
+    app.state.bus = bus
+    app.state.metrics = metrics
+    app.state.require_token = require_token
+
+    @app.exception_handler(ConfigError)
+    async def _config_error(request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StreamNotFound)
+    async def _not_found(request: Request, exc: StreamNotFound) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(StreamExists)
+    async def _exists(request: Request, exc: StreamExists) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.get("/healthz", dependencies=public, tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the process and its event loop answer. Lists stream states."""
+        streams = {p.id: p.status().state.value for p in manager.list()}
+        return {"status": "ok", "version": __version__, "streams": streams}
+
+    @app.get("/metrics", dependencies=public, tags=["ops"], response_class=Response)
+    async def metrics_endpoint() -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/streams", dependencies=[Depends(require_token)], tags=["streams"])
+    async def list_streams() -> list[dict[str, Any]]:
+        """Every watched stream with its state, rates, drops, latency and face tracks."""
+        return [status_json(p.status()) for p in manager.list()]
+
+    @app.post("/api/streams", status_code=201, dependencies=[Depends(require_token)], tags=["streams"])
+    async def add_stream(request: Request) -> dict[str, Any]:
+        """Start watching a stream. Body: a StreamConfig (`id`, `url`, optional `analysis_fps`, `options`...)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "body must be JSON") from None
+        try:
+            stream = StreamConfig.model_validate(body)
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+        pipeline = await manager.add(stream)
+        return status_json(pipeline.status())
+
+    @app.get("/api/streams/{stream_id}", dependencies=[Depends(require_token)], tags=["streams"])
+    async def get_stream(stream_id: str) -> dict[str, Any]:
+        return status_json(manager.get(stream_id).status())
+
+    @app.delete("/api/streams/{stream_id}", status_code=204, dependencies=[Depends(require_token)], tags=["streams"])
+    async def delete_stream(stream_id: str) -> Response:
+        await manager.remove(stream_id)
+        return Response(status_code=204)
+
+    @app.get("/api/events", dependencies=[Depends(require_token)], tags=["alerts"])
+    async def events(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
+        """Events after id `since`, oldest first, as a JSON array of CloudEvents (for polling)."""
+        rows = await bus.read_since(since, limit)
+        return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
+
+    @app.websocket("/ws/alerts")
+    async def ws_alerts(websocket: WebSocket, since: int | None = None, access_token: str | None = None) -> None:
+        """CloudEvents over a websocket. `?since=ID` replays every event after ID first."""
+        if not token_ok(expected, websocket.headers.get("authorization"), access_token):
+            metrics.http_rejections.labels("unauthorized").inc()
+            await websocket.close(code=WS_CLOSE_POLICY, reason="missing or wrong token")
+            return
+        offered = websocket.scope.get("subprotocols") or []
+        if offered and WS_SUBPROTOCOL not in offered:
+            await websocket.close(code=WS_CLOSE_POLICY, reason=f"subprotocol must be {WS_SUBPROTOCOL}")
+            return
+        await websocket.accept(subprotocol=WS_SUBPROTOCOL if offered else None)
+        await serve_subscriber(websocket, bus, metrics, since)
+
+    return app
+
+
+async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics, since: int | None) -> None:
+    """Replay from the log, then stream live events; evict (1013) a client that falls behind."""
+    sub = await bus.subscribe()
+    metrics.ws_clients.inc()
+    last_sent = sub.start_id if since is None else since
+
+    async def pump() -> None:
+        nonlocal last_sent
+        # Replay everything up to the moment we subscribed; the queue holds what came after.
+        while last_sent < sub.start_id:
+            rows = await bus.read_since(last_sent, 500)
+            if not rows:
+                break
+            for event_id, payload in rows:
+                if event_id > sub.start_id:
+                    break
+                await websocket.send_text(payload)
+                last_sent = event_id
+        while True:
+            get = asyncio.ensure_future(sub.queue.get())
+            evicted = asyncio.ensure_future(sub.overflowed.wait())
+            done, _ = await asyncio.wait({get, evicted}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                metrics.ws_evictions.inc()
+                await websocket.close(WS_CLOSE_TOO_SLOW, f"too slow; resume with ?since={last_sent}")
+                return
+            evicted.cancel()
+            event_id, payload = get.result()
+            if event_id > last_sent:
+                await websocket.send_text(payload)
+                last_sent = event_id
+
+    async def drain_client() -> None:
+        # Clients send nothing we need, but reading notices a disconnect promptly.
+        while True:
+            await websocket.receive_text()
+
+    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(drain_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, WebSocketDisconnect, RuntimeError, MonitorError):
+                pass
+            except Exception:
+                logger.debug("websocket task ended with an error", exc_info=True)
+        bus.unsubscribe(sub)
+        metrics.ws_clients.dec()

@@ -1,0 +1,107 @@
+"""Composition root: settings -> objects. One AsyncExitStack owns start-up order and teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from monitor.alerts.bus import EventBus, SinkRunner
+from monitor.alerts.eventlog import EventLog
+from monitor.api.http import create_app
+from monitor.clock import Clock, SystemClock
+from monitor.components import detector_factory, faces_factory
+from monitor.config import DEMO_URL, Settings, StreamConfig
+from monitor.metrics import Metrics
+from monitor.pipeline.manager import StreamManager
+from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
+
+logger = logging.getLogger(__name__)
+
+DEMO_STREAM = StreamConfig(id="demo", url=DEMO_URL)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics
+    log: EventLog
+    bus: EventBus
+    manager: StreamManager
+    app: FastAPI
+
+
+@contextlib.asynccontextmanager
+async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metrics | None = None) -> AsyncIterator[Runtime]:
+    """Build and start everything the settings describe; tear it down in reverse order."""
+    clock = clock or SystemClock()
+    metrics = metrics or Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+        stack.callback(log.close)
+        pruned = log.prune(clock.time() - settings.alerts.retention_days * 86400)
+        if pruned:
+            logger.info("pruned %d events older than %.0f days", pruned, settings.alerts.retention_days)
+        bus = EventBus(log, metrics, settings.alerts.queue_size)
+        stack.push_async_callback(bus.aclose)
+
+        make_detector = detector_factory(settings)  # fails loudly on an unknown detector
+        manager = StreamManager(settings, bus, metrics, clock, make_detector, faces_factory(settings))
+        stack.push_async_callback(manager.aclose)
+
+        for sink_config in settings.sinks:
+            cls = load_plugin(SINK_GROUP, sink_config.name)
+            sink = cls(plugin_config(cls, sink_config.options))
+            runner = SinkRunner(bus, sink, sink_config.name, metrics)
+            await runner.start()
+            stack.push_async_callback(runner.aclose)
+
+        streams = settings.streams or ((DEMO_STREAM,) if settings.demo else ())
+        for stream in streams:
+            await manager.add(stream)
+
+        app = create_app(settings, manager, bus, metrics)
+        yield Runtime(settings, metrics, log, bus, manager, app)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        ws="websockets-sansio",
+        lifespan="off",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
+        ws_max_size=64 * 1024,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run the service until SIGINT/SIGTERM."""
+    async with runtime(settings) as rt:
+        server = uvicorn.Server(uvicorn_config(rt.app, settings))
+        ready = asyncio.create_task(_announce(server))
+        try:
+            await server.serve()
+        finally:
+            ready.cancel()
+        logger.info("shutting down")
+
+
+async def _announce(server: uvicorn.Server) -> None:
+    started = time.monotonic()
+    while not server.started:
+        await asyncio.sleep(0.05)
+    for srv in server.servers:
+        for sock in srv.sockets:
+            host, port = sock.getsockname()[:2]
+            # One parseable line, so scripts and tests can find a port chosen with port=0.
+            print(f"monitor listening on http://{host}:{port} (ready in {time.monotonic() - started:.1f}s)", flush=True)

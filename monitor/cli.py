@@ -1,0 +1,203 @@
+"""The ``monitor`` command: serve, scan, alerts, config schema (and the detector's train/evaluate)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from monitor.errors import ConfigError, MonitorError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch video streams for deepfaked faces.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (MONITOR_* env vars override it).", exists=True, dir_okay=False)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "events"}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (default 8080; 0 picks a free one)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the event log lives (default ./monitor-data)."),
+) -> None:
+    """Run the service: watch the configured streams (or the built-in demo) and serve the API."""
+    from monitor.app import serve as run_service
+    from monitor.config import load_settings
+
+    try:
+        server: dict[str, Any] = {}
+        if host is not None:
+            server["host"] = host
+        if port is not None:
+            server["port"] = port
+        overrides: dict[str, Any] = {"data_dir": data_dir}
+        if server:
+            # Merge with the file/env server section rather than replace it.
+            base = load_settings(config).server.model_dump()
+            overrides["server"] = {**base, **server}
+        settings = load_settings(config, **overrides)
+    except ConfigError as exc:
+        _fail(exc)
+    _setup_logging(settings.log_level)
+    try:
+        asyncio.run(run_service(settings))
+    except MonitorError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def scan(
+    target: str = typer.Argument(..., help="A video file or an rtsp:// URL."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (per-track timelines) here."),
+    config: Optional[Path] = ConfigOpt,
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of stream time (default: whole file; 30 s for URLs)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Analyse a file or stream offline; print a per-track summary, a video-level score and verdict."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from monitor.config import load_settings
+    from monitor.pipeline.offline import scan as run_scan
+
+    try:
+        settings = load_settings(config, demo=False)
+    except ConfigError as exc:
+        _fail(exc)
+    _setup_logging("WARNING")
+    is_url = "://" in target and not target.startswith("file://")
+    if not is_url and not Path(target.removeprefix("file://")).is_file():
+        _fail(ConfigError(f"no such file: {target}"))
+    if is_url and duration is None:
+        duration = 30.0
+    total = duration if duration is not None else _duration_of(target)
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]scanning"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.1f}s"),
+        TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal and not os.environ.get("MONITOR_PROGRESS"),
+    )
+    try:
+        with progress:
+            task = progress.add_task("scan", total=total or None)
+            result = run_scan(
+                target, settings, progress=lambda t: progress.update(task, completed=t), max_duration_s=duration
+            )
+    except MonitorError as exc:
+        _fail(exc)
+    out = Console()
+    table = Table(title=f"{target}: {result.duration_s:.1f} s, {result.frames_analysed} frames analysed")
+    for col in ("track", "from s", "to s", "frames", "score", "max", "final state", "alerts"):
+        table.add_column(col)
+    for t in result.tracks:
+        table.add_row(
+            str(t.track_id), f"{t.first_t:.1f}", f"{t.last_t:.1f}", str(t.points),
+            "-" if t.score is None else f"{t.score:.3f}", "-" if t.max_score is None else f"{t.max_score:.3f}",
+            t.final_state.value, str(t.alerts),
+        )
+    out.print(table)
+    speed = result.realtime_factor
+    out.print(f"speed: {speed:.1f}x real time" if speed else "speed: n/a")
+    out.print(f"score: {'n/a' if result.score is None else f'{result.score:.3f}'}")
+    out.print(f"verdict: {result.verdict}" + (f" ({', '.join(result.reasons)})" if result.reasons else ""))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(_jsonable(result), indent=1))
+
+
+def _duration_of(path: str) -> float | None:
+    import av
+
+    try:
+        with av.open(path.removeprefix("file://")) as c:
+            stream = c.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return c.duration / 1_000_000 if c.duration else None
+    except Exception:
+        return None
+
+
+@app.command()
+def alerts(
+    url: str = typer.Option("ws://127.0.0.1:8080/ws/alerts", help="The monitor's alert websocket."),
+    since: Optional[int] = typer.Option(None, help="Replay every event after this id first."),
+    token: Optional[str] = typer.Option(None, envvar="MONITOR_TOKEN", help="Bearer token (or MONITOR_TOKEN)."),
+    follow: bool = typer.Option(True, help="Reconnect (resuming from the last id) when the connection drops."),
+) -> None:
+    """Tail the alert websocket, one CloudEvent JSON per line."""
+    from monitor.alerts.client import tail
+
+    try:
+        asyncio.run(tail(url, since=since, token=token, follow=follow, out=sys.stdout))
+    except KeyboardInterrupt:
+        pass
+    except MonitorError as exc:
+        _fail(exc)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the configuration, with a description of every knob."""
+    from monitor.config import Settings
+
+    typer.echo(json.dumps(Settings.model_json_schema(), indent=2))
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt) -> None:
+    """Print the effective configuration (file + env + defaults), token hidden."""
+    from monitor.config import load_settings
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(exc)
+    data = settings.model_dump(mode="json")
+    if data["server"].get("token"):
+        data["server"]["token"] = "***"
+    typer.echo(json.dumps(data, indent=2))
+
+
+def main() -> None:
+    # MediaPipe's C++ logging (glog/absl) is noisy at INFO on every start; keep warnings+.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""All configuration in one place: strict pydantic models, a YAML file and MONITOR_* env vars.
+
+Every knob has a description, so ``monitor config schema`` documents them all. Unknown keys
+are errors (``extra="forbid"``), at every level.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from monitor.errors import ConfigError
+
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEMO_URL = "demo://astronaut"
+_yaml_path: ContextVar[Path | None] = ContextVar("monitor_yaml_path", default=None)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Strict):
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; any other address requires `token`.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port for the API, websockets, metrics and dashboard (0 picks a free port).")
+    token: str | None = Field(None, min_length=16, description="Bearer token required for the API, WHIP ingest and alerts. Required when `host` is not loopback.")
+    public_metrics: bool = Field(True, description="Serve /metrics and /healthz without the token (for Prometheus scrapers on a trusted network).")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger requests get 413.")
+    cors_origins: tuple[str, ...] = Field((), description="Origins allowed to call the API from a browser (besides same-origin).")
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> ServerConfig:
+        if not self.is_loopback and not self.token:
+            raise ValueError(
+                f"server.host={self.host!r} is not loopback: set server.token (or MONITOR_SERVER__TOKEN) "
+                "so ingest and alerts are not open to the network"
+            )
+        return self
+
+
+class AnalysisConfig(Strict):
+    fps: float = Field(10.0, gt=0, le=60, description="Frames analysed per second per stream; newer frames replace older ones that were not analysed yet.")
+    max_faces: int = Field(4, ge=1, le=16, description="Most faces tracked per frame.")
+    crop_size: int = Field(112, ge=32, le=512, description="Side of the aligned face crop handed to the detector, in pixels.")
+    min_face_px: float = Field(48.0, ge=8, description="Faces narrower than this are `low_resolution`.")
+    min_blur: float = Field(15.0, ge=0, description="Crops whose Laplacian variance is below this are `blurred`.")
+    max_frame_age_s: float = Field(0.5, gt=0, description="A frame older than this when analysis could start is skipped (`stale`).")
+    budget_s: float | None = Field(None, gt=0, description="Per-frame analysis budget; default 1/fps. Over budget, the detector skips work on the next frame rather than queue it.")
+    track_lost_s: float = Field(1.0, gt=0, description="A face unseen this long ends its track; a face that returns sooner keeps its id.")
+    detector_threads: int = Field(1, ge=1, le=8, description="Threads for MediaPipe and the detector per stream (1 keeps each stream on one core).")
+
+
+class DetectorConfig(Strict):
+    name: str = Field("baseline-landmarks", description="Detector plugin (entry point in `deepfake_monitor.detectors`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options for the detector plugin; validated by the plugin's own model.")
+
+
+class PolicyConfig(Strict):
+    suspicious_enter: float = Field(0.5, ge=0, le=1, description="Smoothed score at or above which a track becomes `suspicious`.")
+    alert_enter: float = Field(0.7, ge=0, le=1, description="Smoothed score at or above which a track raises an alert.")
+    hysteresis: float = Field(0.1, ge=0, le=0.5, description="A state is left only when the score falls this far below its entry threshold.")
+    min_alert_s: float = Field(1.0, ge=0, description="The score must stay above `alert_enter` this long before an alert opens.")
+    min_state_s: float = Field(1.0, ge=0, description="Minimum time in a state before any downgrade.")
+    ema_halflife_s: float = Field(1.0, gt=0, description="Half-life of the exponential smoothing of detector scores.")
+    inconclusive_after_s: float = Field(2.0, ge=0, description="A track without a usable score for this long becomes `inconclusive`.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicyConfig:
+        if self.alert_enter < self.suspicious_enter:
+            raise ValueError("policy.alert_enter must be >= policy.suspicious_enter")
+        return self
+
+
+class AlertsConfig(Strict):
+    queue_size: int = Field(1000, ge=1, description="Events buffered per websocket client; a client that falls further behind is closed with 1013 and resumes with ?since=.")
+    replay_limit: int = Field(10_000, ge=1, description="Most events replayed to a client that resumes with ?since=.")
+    retention_days: float = Field(30.0, gt=0, description="Events older than this are removed from the event log at start-up.")
+
+
+class SinkConfig(Strict):
+    name: str = Field(description="Alert sink plugin (entry point in `deepfake_monitor.sinks`), e.g. `webhook`.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options for the sink plugin.")
+
+
+class StreamConfig(Strict):
+    id: str = Field(description="Stream id: letters, digits, `.`, `_`, `-`; at most 64 characters.")
+    url: str = Field(description="rtsp://, rtsps://, a file path or file:// URL, or demo://astronaut.")
+    source: str | None = Field(None, description="Source plugin; inferred from the URL scheme when omitted.")
+    analysis_fps: float | None = Field(None, gt=0, le=60, description="Overrides analysis.fps for this stream.")
+    loop: bool = Field(False, description="Files only: start again at the end (for demos).")
+    realtime: bool = Field(True, description="Files only: pace frames at their timestamps, as a live stream would.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options for the source plugin.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not STREAM_ID_RE.match(value):
+            raise ValueError("stream id must match " + STREAM_ID_RE.pattern)
+        return value
+
+    @property
+    def source_name(self) -> str:
+        return self.source or infer_source(self.url)
+
+
+def infer_source(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if scheme in ("rtsp", "rtsps"):
+        return "rtsp"
+    if scheme == "demo":
+        return "demo"
+    if scheme == "file":
+        return "file"
+    raise ConfigError(f"cannot infer a source for {url!r}: use rtsp://, a file path or demo://, or set `source`")
+
+
+class Settings(BaseSettings):
+    """The whole service configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MONITOR_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Field(Path("monitor-data"), description="Where the event log and state live; relative to the working directory.")
+    instance: str = Field("monitor", description="Name of this instance, used as the CloudEvents `source`.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    demo: bool = Field(True, description="Watch the built-in demo stream when no streams are configured.")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    sinks: tuple[SinkConfig, ...] = Field((), description="Extra alert sinks fed from the event log.")
+    streams: tuple[StreamConfig, ...] = Field((), description="Streams watched from start-up; more can be added through the API.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Command-line overrides beat MONITOR_* variables, which beat the YAML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _yaml_path.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _unique_streams(self) -> Settings:
+        ids = [s.id for s in self.streams]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate stream ids: {dupes}")
+        return self
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (YAML), apply MONITOR_* env vars and ``overrides``; errors are ConfigError."""
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+    token = _yaml_path.set(path)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(str(exc)) from exc
+    finally:
+        _yaml_path.reset(token)

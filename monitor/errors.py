@@ -1,0 +1,36 @@
+"""The monitor's exceptions; each says whether retrying can help."""
+
+from __future__ import annotations
+
+
+class MonitorError(Exception):
+    """Base error. ``retryable`` tells supervisors whether to try again."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigError(MonitorError):
+    """The configuration or a request is invalid; retrying will not help."""
+
+
+class SourceError(MonitorError):
+    """A source failed to open or read. Network failures are retryable, bad input is not."""
+
+    retryable = True
+
+
+class SourceEnded(MonitorError):
+    """The source has no more frames (end of file, or closed)."""
+
+
+class StreamExists(MonitorError):
+    """A stream with that id is already running."""
+
+
+class StreamNotFound(MonitorError):
+    """No stream with that id."""

@@ -1,0 +1,123 @@
+"""Every Prometheus metric the monitor exports, on an injected registry.
+
+Base units, ``_total`` counters, histograms for latency. Stream ids are unbounded, so they
+appear only on per-stream gauges and counters that are removed when the stream ends, never
+on histograms.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from monitor import __version__
+
+# Latency buckets from 1 ms to 5 s: a frame->verdict path is ~10-100 ms when healthy.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+STAGES = ("convert", "faces", "detect", "policy")
+
+
+class Metrics:
+    """Holds every metric; pass one instance to every component."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("deepfake_monitor_build", "Version of the running monitor.", registry=r)
+        self.build_info.info({"version": __version__})
+
+        self.frames_received = Counter(
+            "deepfake_monitor_frames_received_total", "Frames decoded by sources.", ["stream"], registry=r
+        )
+        self.frames_analysed = Counter(
+            "deepfake_monitor_frames_analysed_total", "Frames that went through face tracking.", ["stream"], registry=r
+        )
+        self.frames_dropped = Counter(
+            "deepfake_monitor_frames_dropped_total",
+            "Frames not analysed, by reason (not_sampled: skipped to hold the analysis fps; "
+            "superseded: replaced by a newer frame while analysis was busy; stale: too old when "
+            "analysis could start; decode_error: corrupt data).",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.work_skipped = Counter(
+            "deepfake_monitor_work_skipped_total",
+            "Analysis work skipped to stay within the latency budget, by stage.",
+            ["stage"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "deepfake_monitor_source_reconnects_total", "Times a source reconnected after an error.", ["stream"], registry=r
+        )
+        self.source_errors = Counter(
+            "deepfake_monitor_source_errors_total", "Source errors by kind.", ["stream", "kind"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "deepfake_monitor_stage_duration_seconds",
+            "Wall time of each analysis stage per analysed frame.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_to_verdict_seconds = Histogram(
+            "deepfake_monitor_frame_to_verdict_seconds",
+            "Time from a frame leaving the decoder to its verdict.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_age_seconds = Histogram(
+            "deepfake_monitor_frame_age_seconds",
+            "Age of a frame (since it left the decoder) when analysis started.",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.streams_active = Gauge(
+            "deepfake_monitor_streams_active", "Streams currently watched, by source kind.", ["source"], registry=r
+        )
+        self.stream_up = Gauge(
+            "deepfake_monitor_stream_up", "1 while the stream delivers frames, else 0.", ["stream"], registry=r
+        )
+        self.faces_tracked = Gauge(
+            "deepfake_monitor_faces_tracked", "Face tracks currently alive.", ["stream"], registry=r
+        )
+        self.track_states = Gauge(
+            "deepfake_monitor_tracks", "Face tracks by current verdict state.", ["state"], registry=r
+        )
+        self.verdicts = Counter(
+            "deepfake_monitor_verdicts_total", "Verdicts produced, by resulting state.", ["state"], registry=r
+        )
+        self.alerts = Counter(
+            "deepfake_monitor_alerts_total", "Alerts opened, by severity.", ["severity"], registry=r
+        )
+        self.events = Counter(
+            "deepfake_monitor_events_total", "Events written to the event log, by type.", ["type"], registry=r
+        )
+        self.ws_clients = Gauge(
+            "deepfake_monitor_websocket_clients", "Connected alert websocket clients.", registry=r
+        )
+        self.ws_evictions = Counter(
+            "deepfake_monitor_websocket_evictions_total",
+            "Alert websocket clients closed (1013) because they fell behind.",
+            registry=r,
+        )
+        self.sink_failures = Counter(
+            "deepfake_monitor_sink_failures_total", "Failed deliveries to alert sinks.", ["sink"], registry=r
+        )
+        self.http_rejections = Counter(
+            "deepfake_monitor_http_rejected_total",
+            "HTTP requests rejected before handling, by reason (unauthorized, too_large).",
+            ["reason"],
+            registry=r,
+        )
+
+    def forget_stream(self, stream_id: str) -> None:
+        """Remove every per-stream series so ended streams do not linger in scrapes."""
+        for metric in (self.frames_received, self.frames_analysed, self.reconnects, self.stream_up, self.faces_tracked):
+            try:
+                metric.remove(stream_id)
+            except KeyError:
+                pass
+        for metric in (self.frames_dropped, self.source_errors):
+            for labels in list(metric._metrics):  # noqa: SLF001 - client_python has no public lookup
+                if labels[0] == stream_id:
+                    metric.remove(*labels)

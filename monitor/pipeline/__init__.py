@@ -1,0 +1,1 @@
+"""Per-stream pipelines: latest-frame hand-off, analysis under a budget, supervision."""

@@ -1,0 +1,229 @@
+"""One stream's analysis, synchronous and thread-confined: faces -> detector -> policy.
+
+The live pipeline runs it in the stream's worker thread; offline scans and evaluation call it
+directly, so both see exactly the same stages. Stage costs are measured on every frame, and
+when the previous frame ran over budget the detector's per-frame work is skipped rather than
+queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from monitor.alerts.policy import TrackPolicy
+from monitor.clock import Clock, SystemClock
+from monitor.config import AnalysisConfig, PolicyConfig
+from monitor.metrics import Metrics
+from monitor.plugins import Detector, TrackWindow
+from monitor.types import (
+    Event,
+    FaceFrame,
+    FaceObservation,
+    FaceQuality,
+    Frame,
+    Score,
+    TrackState,
+    TrackStateData,
+    Verdict,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class FaceStage:
+    """What the analyzer needs from a face tracker (monitor.faces.FaceTracker)."""
+
+    def process(self, frame: Frame, rgb: object) -> FaceFrame:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    convert: float
+    faces: float
+    detect: float
+    policy: float
+
+    @property
+    def total(self) -> float:
+        return self.convert + self.faces + self.detect + self.policy
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """What one analysed frame produced."""
+
+    frame_seq: int
+    t: float
+    faces: FaceFrame
+    verdicts: tuple[Verdict, ...]
+    events: tuple[Event, ...]
+    times: StageTimes
+    skipped_detect: bool
+    latency_s: float  # frame left the decoder -> verdict ready
+
+
+@dataclass(frozen=True)
+class TrackSnapshot:
+    """The current state of one face track, for status pages."""
+
+    track_id: int
+    state: TrackState
+    score: float | None
+    raw_score: float | None
+    reasons: tuple[str, ...]
+    since_t: float | None
+    first_t: float | None
+
+
+def quality_reasons(q: FaceQuality, c: AnalysisConfig) -> tuple[str, ...]:
+    """Reason codes for a face too poor to judge; empty when it is usable."""
+    reasons = []
+    if q.face_px < c.min_face_px:
+        reasons.append("low_resolution")
+    if q.blur < c.min_blur:
+        reasons.append("blurred")
+    if q.out_of_frame > 0.15:
+        reasons.append("out_of_frame")
+    if q.occlusion > 0.6:
+        reasons.append("occluded")
+    if reasons:
+        reasons.insert(0, "low_quality")
+    return tuple(reasons)
+
+
+class _Track:
+    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig) -> None:
+        self.window = TrackWindow(stream_id, track_id, horizon_s)
+        self.policy = TrackPolicy(stream_id, track_id, policy)
+
+
+class StreamAnalyzer:
+    def __init__(
+        self,
+        stream_id: str,
+        analysis: AnalysisConfig,
+        policy: PolicyConfig,
+        detector: Detector,
+        faces: FaceStage,
+        metrics: Metrics,
+        clock: Clock | None = None,
+        fps: float | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.analysis = analysis
+        self.policy_config = policy
+        self.detector = detector
+        self.faces = faces
+        self.metrics = metrics
+        self.clock = clock or SystemClock()
+        self.fps = fps or analysis.fps
+        self.budget_s = analysis.budget_s or 1.0 / self.fps
+        self.tracks: dict[int, _Track] = {}
+        self._over_budget = False
+        self._timer: Callable[[], float] = time.perf_counter
+
+    def analyse(self, frame: Frame) -> Analysis:
+        timer = self._timer
+        t0 = timer()
+        rgb = frame.rgb()
+        t1 = timer()
+        face_frame = self.faces.process(frame, rgb)
+        t2 = timer()
+
+        skip_detect = self._over_budget
+        verdicts: list[Verdict] = []
+        multiple = len(face_frame.faces) > 1
+        for obs in face_frame.faces:
+            track = self.tracks.get(obs.track_id)
+            if track is None:
+                track = self.tracks[obs.track_id] = _Track(
+                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config
+                )
+            verdicts.append(self._verdict(track, obs, multiple, skip_detect))
+        if skip_detect:
+            self.metrics.work_skipped.labels("detect").inc()
+        t3 = timer()
+
+        wall = self.clock.time()
+        events: list[Event] = []
+        for verdict in verdicts:
+            events.extend(self.tracks[verdict.track_id].policy.update(verdict, wall))
+        for track_id in face_frame.ended_tracks:
+            track = self.tracks.pop(track_id, None)
+            if track is not None:
+                events.extend(track.policy.end(frame.pts_s, wall))
+                self.metrics.track_states.labels(track.policy.state.value).dec()
+        self._count_states(events)
+        t4 = timer()
+
+        times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        self._over_budget = times.total > self.budget_s
+        latency = self.clock.monotonic() - frame.received_at
+        self._observe(times, latency, verdicts, len(face_frame.faces))
+        return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, skip_detect, latency)
+
+    def _verdict(self, track: _Track, obs: FaceObservation, multiple: bool, skip_detect: bool) -> Verdict:
+        reasons = quality_reasons(obs.quality, self.analysis)
+        if reasons:
+            score = Score(None, (), reasons)
+        elif skip_detect and len(track.window):
+            # Over budget: reuse the window as it is instead of adding this frame's features.
+            score = self.detector.score(track.window)
+        else:
+            track.window.push(obs, self.detector.features(obs))
+            score = self.detector.score(track.window)
+        all_reasons = tuple(dict.fromkeys(reasons + score.reasons + (("multiple_faces",) if multiple else ())))
+        return Verdict(self.stream_id, obs.track_id, obs.t, obs.received_at, score, obs.quality, all_reasons)
+
+    def _observe(self, times: StageTimes, latency: float, verdicts: list[Verdict], n_faces: int) -> None:
+        m = self.metrics
+        m.frames_analysed.labels(self.stream_id).inc()
+        m.stage_seconds.labels("convert").observe(times.convert)
+        m.stage_seconds.labels("faces").observe(times.faces)
+        m.stage_seconds.labels("detect").observe(times.detect)
+        m.stage_seconds.labels("policy").observe(times.policy)
+        if verdicts:
+            m.frame_to_verdict_seconds.observe(latency)
+        m.faces_tracked.labels(self.stream_id).set(len(self.tracks))
+        for verdict in verdicts:
+            m.verdicts.labels(self.tracks[verdict.track_id].policy.state.value).inc()
+
+    def _count_states(self, events: list[Event]) -> None:
+        gauge = self.metrics.track_states
+        for e in events:
+            if isinstance(e.data, TrackStateData):
+                if e.data.previous is not None:
+                    gauge.labels(e.data.previous.value).dec()
+                gauge.labels(e.data.state.value).inc()
+
+    def end(self, t: float) -> list[Event]:
+        """The stream is over: close every track (and its open alert)."""
+        wall = self.clock.time()
+        events: list[Event] = []
+        for track in self.tracks.values():
+            events.extend(track.policy.end(t, wall))
+            self.metrics.track_states.labels(track.policy.state.value).dec()
+        self.tracks.clear()
+        self.faces.close()
+        return events
+
+    def snapshot(self) -> list[TrackSnapshot]:
+        return [
+            TrackSnapshot(
+                tid,
+                tr.policy.state,
+                tr.policy.smoothed,
+                tr.policy.raw,
+                tr.policy.reasons,
+                tr.policy.since_t,
+                tr.window.first_t,
+            )
+            for tid, tr in sorted(self.tracks.items())
+        ]

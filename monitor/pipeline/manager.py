@@ -1,0 +1,99 @@
+"""The set of running streams: add and remove at run time, validated before anything starts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from monitor.alerts.bus import EventBus
+from monitor.clock import Clock
+from monitor.config import Settings, StreamConfig
+from monitor.errors import ConfigError, StreamExists, StreamNotFound
+from monitor.metrics import Metrics
+from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
+from monitor.pipeline.stream import StreamPipeline
+from monitor.plugins import SOURCE_GROUP, Detector, Source, load_plugin
+
+logger = logging.getLogger(__name__)
+
+MAX_STREAMS = 64
+
+
+def build_source(stream: StreamConfig, metrics: Metrics, clock: Clock) -> Source:
+    """Instantiate the source plugin the stream names (or its URL implies); ConfigError if invalid."""
+    cls = load_plugin(SOURCE_GROUP, stream.source_name)
+    source: Source = cls.from_stream(stream, metrics=metrics, clock=clock)
+    return source
+
+
+class StreamManager:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: EventBus,
+        metrics: Metrics,
+        clock: Clock,
+        make_detector: Callable[[], Detector],
+        make_faces: Callable[[str], FaceStage],
+        max_streams: int = MAX_STREAMS,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.metrics = metrics
+        self.clock = clock
+        self.make_detector = make_detector
+        self.make_faces = make_faces
+        self.max_streams = max_streams
+        self._streams: dict[str, StreamPipeline] = {}
+        self._lock = asyncio.Lock()
+
+    async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
+        """Start watching ``stream``. A prebuilt ``source`` (e.g. a WebRTC track) may be given."""
+        async with self._lock:
+            if stream.id in self._streams:
+                raise StreamExists(f"stream {stream.id!r} already exists")
+            if len(self._streams) >= self.max_streams:
+                raise ConfigError(f"at most {self.max_streams} streams")
+            if source is None:
+                source = build_source(stream, self.metrics, self.clock)
+            a = self.settings.analysis
+            fps = stream.analysis_fps or a.fps
+            loop = asyncio.get_running_loop()
+            # Model loading and MediaPipe graph setup take a moment: keep them off the loop.
+            detector = await loop.run_in_executor(None, self.make_detector)
+            faces = await loop.run_in_executor(None, self.make_faces, stream.id)
+            analyzer = StreamAnalyzer(
+                stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
+            )
+            pipeline = StreamPipeline(
+                stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s, a.detector_threads
+            )
+            await pipeline.start()
+            self._streams[stream.id] = pipeline
+            logger.info("watching stream %s (%s)", stream.id, source.kind)
+            return pipeline
+
+    async def remove(self, stream_id: str) -> None:
+        async with self._lock:
+            pipeline = self._streams.pop(stream_id, None)
+        if pipeline is None:
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        await pipeline.aclose()
+        logger.info("stopped stream %s", stream_id)
+
+    def get(self, stream_id: str) -> StreamPipeline:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise StreamNotFound(f"no stream {stream_id!r}") from None
+
+    def list(self) -> list[StreamPipeline]:
+        return list(self._streams.values())
+
+    async def aclose(self) -> None:
+        for stream_id in list(self._streams):
+            try:
+                await self.remove(stream_id)
+            except Exception:
+                logger.exception("error stopping stream %s", stream_id)

@@ -1,0 +1,141 @@
+"""The plugin contracts (sources, detectors, alert sinks) and entry-point loading.
+
+Built-ins are registered in ``pyproject.toml`` under the same entry-point groups as
+third-party plugins; nothing registers itself on import. Only the plugins a config names
+are loaded, and an unknown name fails loudly with the list of known ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from monitor.errors import ConfigError
+from monitor.types import FaceObservation, Frame, Score, SourceStatus, StreamState
+
+SOURCE_GROUP = "deepfake_monitor.sources"
+DETECTOR_GROUP = "deepfake_monitor.detectors"
+SINK_GROUP = "deepfake_monitor.sinks"
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A stream of decoded frames. ``recv`` raises ``SourceEnded`` at end of stream.
+
+    Decoding happens in the source's own thread; ``recv`` returns the newest frame and the
+    source counts every frame it had to drop because the consumer was slower.
+    """
+
+    stream_id: str
+    kind: ClassVar[str]  # metric label: "file", "rtsp", "demo", "whip", ...
+    status: SourceStatus
+
+    def on_state(self, listener: Callable[[StreamState, str], None]) -> None:
+        """Register ``listener(state, detail)``; it may be called from any thread."""
+
+    def set_drop_reason(self, reason: str) -> None:
+        """Label frames replaced from now on: "not_sampled" or "superseded"."""
+
+    async def start(self) -> None: ...
+
+    async def recv(self) -> Frame: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TrackWindow:
+    """The rolling window of one face track, owned by the pipeline and read by a detector.
+
+    ``features[i]`` holds what ``Detector.features`` returned for ``observations[i]``, so
+    per-frame work is done once even though the window is scored many times.
+    """
+
+    def __init__(self, stream_id: str, track_id: int, horizon_s: float) -> None:
+        self.stream_id = stream_id
+        self.track_id = track_id
+        self.horizon_s = horizon_s
+        self.observations: deque[FaceObservation] = deque()
+        self.features: deque[Any] = deque()
+        self.first_t: float | None = None
+
+    def push(self, obs: FaceObservation, features: Any) -> None:
+        if self.first_t is None:
+            self.first_t = obs.t
+        self.observations.append(obs)
+        self.features.append(features)
+        while self.observations and obs.t - self.observations[0].t > self.horizon_s:
+            self.observations.popleft()
+            self.features.popleft()
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+    def __iter__(self) -> Iterator[FaceObservation]:
+        return iter(self.observations)
+
+    @property
+    def span_s(self) -> float:
+        if not self.observations:
+            return 0.0
+        return self.observations[-1].t - self.observations[0].t
+
+
+class Detector(Protocol):
+    """Scores one face track over time.
+
+    ``features`` runs once per observation (the per-frame cost); ``score`` runs on the
+    window after each push and must be cheap. ``score`` returns ``probability=None`` with a
+    reason when the window cannot be judged yet (too short, too few usable frames).
+    Implementations must be safe to call from one worker thread per stream.
+    """
+
+    name: ClassVar[str]
+    window_s: float
+
+    def features(self, obs: FaceObservation) -> Any: ...
+
+    def score(self, window: TrackWindow) -> Score: ...
+
+
+class AlertSink(Protocol):
+    """Receives every stored event in id order, as its CloudEvents 1.0 JSON. ``send`` may
+    raise; the caller retries with backoff and never skips an event (at-least-once)."""
+
+    name: ClassVar[str]
+
+    async def start(self) -> None: ...
+
+    async def send(self, event_id: int, cloudevent_json: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def available(group: str) -> dict[str, Any]:
+    """The entry points registered in ``group``, by name, without importing them."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def load_plugin(group: str, name: str) -> Any:
+    """Import the object registered as ``name`` in ``group``; unknown names fail loudly."""
+    eps = available(group)
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none installed"
+        raise ConfigError(f"unknown plugin {name!r} in {group} (known: {known})")
+    return eps[name].load()
+
+
+def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
+    """Validate ``options`` against the plugin's own strict ``Config`` model."""
+    config_model: type[BaseModel] | None = getattr(cls, "Config", None)
+    if config_model is None:
+        if options:
+            raise ConfigError(f"plugin {cls.__name__} takes no options, got {sorted(options)}")
+        return BaseModel()
+    try:
+        return config_model.model_validate(options)
+    except Exception as exc:  # pydantic.ValidationError, re-raised with the plugin's name
+        raise ConfigError(f"invalid options for plugin {cls.__name__}: {exc}") from exc

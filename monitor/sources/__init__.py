@@ -1,0 +1,1 @@
+"""Frame sources: files, RTSP, the built-in demo, and (later) WebRTC."""

@@ -1,0 +1,228 @@
+"""Threaded sources: decode in the source's own thread, hand over only the newest frame,
+reconnect with jittered exponential backoff. Subclasses implement ``_open`` and ``_read``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from monitor.clock import Clock, SystemClock
+from monitor.errors import SourceEnded, SourceError
+from monitor.metrics import Metrics
+from monitor.types import Frame, SourceStatus, StreamState
+
+logger = logging.getLogger(__name__)
+
+
+class LatestSlot:
+    """Thread-to-asyncio hand-off holding at most one frame: a newer frame replaces an
+    unread one (counted as dropped), so a slow consumer always gets the newest frame."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_superseded: Any) -> None:
+        # The consumer says why an unread frame would be replaced: it is either pacing
+        # itself to the analysis rate ("not_sampled") or busy analysing ("superseded").
+        self.drop_reason = "superseded"
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._closed: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._on_superseded = on_superseded
+
+    def put_threadsafe(self, frame: Frame) -> None:
+        with self._lock:
+            replaced = self._frame is not None
+            self._frame = frame
+        if replaced:
+            self._on_superseded(self.drop_reason)
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    def close_threadsafe(self, reason: BaseException) -> None:
+        with self._lock:
+            self._closed = reason
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # loop already closed during shutdown
+            pass
+
+    async def get(self) -> Frame:
+        while True:
+            with self._lock:
+                frame, self._frame = self._frame, None
+                closed = self._closed
+                if frame is None:
+                    self._ready.clear()
+            if frame is not None:
+                return frame
+            if closed is not None:
+                raise closed
+            await self._ready.wait()
+
+
+class Backoff:
+    """Jittered exponential backoff (full jitter around the nominal delay)."""
+
+    def __init__(self, initial: float = 0.25, maximum: float = 5.0, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        nominal = min(self.maximum, self.initial * (2**self._attempt))
+        self._attempt += 1
+        return nominal * (0.5 + self._rng.random() * 0.5)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class ThreadedSource:
+    """Base for sources that block while decoding. One thread per source owns the decoder;
+    the event loop only awaits the newest frame. Retryable errors reconnect with backoff;
+    fatal ones end the stream with ``SourceError``."""
+
+    kind: ClassVar[str] = "threaded"
+    reconnect: ClassVar[bool] = True
+
+    def __init__(self, stream_id: str, *, metrics: Metrics, clock: Clock | None = None) -> None:
+        self.stream_id = stream_id
+        self.metrics = metrics
+        self.clock = clock or SystemClock()
+        self.status = SourceStatus()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._slot: LatestSlot | None = None
+        self._seq = 0
+        self._backoff = Backoff()
+        self._state_listeners: list[Any] = []
+
+    # --- the subclass interface -------------------------------------------------------
+    def _open(self) -> None:
+        """Connect or open; raise SourceError (retryable or not) on failure."""
+        raise NotImplementedError
+
+    def _read(self) -> Iterator[Frame]:
+        """Yield frames until the stream ends (return) or fails (raise SourceError)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release what ``_open`` acquired; must not raise."""
+
+    # --- shared machinery ---------------------------------------------------------------
+    def on_state(self, listener: Any) -> None:
+        """``listener(state, detail)`` is called from the source thread on state changes."""
+        self._state_listeners.append(listener)
+
+    def _set_state(self, state: StreamState, detail: str = "") -> None:
+        if state == self.status.state and not detail:
+            return
+        self.status.state = state
+        self.metrics.stream_up.labels(self.stream_id).set(1 if state == StreamState.RUNNING else 0)
+        for listener in self._state_listeners:
+            try:
+                listener(state, detail)
+            except Exception:  # a listener bug must not kill the decoder thread
+                logger.exception("state listener failed for stream %s", self.stream_id)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _superseded(self, reason: str) -> None:
+        self.status.frames_dropped += 1
+        self.metrics.frames_dropped.labels(self.stream_id, reason).inc()
+
+    def count_decode_error(self, exc: BaseException) -> None:
+        self.status.decode_errors += 1
+        self.status.last_error = f"decode error: {exc}"
+        self.metrics.frames_dropped.labels(self.stream_id, "decode_error").inc()
+
+    def _deliver(self, frame: Frame) -> None:
+        now = frame.received_at
+        st = self.status
+        if st.last_frame_at is not None:
+            dt = max(now - st.last_frame_at, 1e-6)
+            st.fps_in = 1.0 / dt if st.fps_in == 0 else 0.9 * st.fps_in + 0.1 / dt
+        st.last_frame_at = now
+        st.frames_received += 1
+        st.width, st.height = frame.width, frame.height
+        self.metrics.frames_received.labels(self.stream_id).inc()
+        assert self._slot is not None
+        self._slot.put_threadsafe(frame)
+
+    async def start(self) -> None:
+        self._slot = LatestSlot(asyncio.get_running_loop(), self._superseded)
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.stream_id}", daemon=True)
+        self._thread.start()
+
+    async def recv(self) -> Frame:
+        assert self._slot is not None, "start() first"
+        return await self._slot.get()
+
+    def set_drop_reason(self, reason: str) -> None:
+        """Label frames replaced from now on (see LatestSlot.drop_reason)."""
+        if self._slot is not None:
+            self._slot.drop_reason = reason
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+            if self._thread.is_alive():
+                logger.warning("source thread for %s did not stop within 10 s", self.stream_id)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; returns False when asked to stop."""
+        return not self._stop.wait(seconds)
+
+    def _run(self) -> None:
+        assert self._slot is not None
+        end: BaseException = SourceEnded(f"stream {self.stream_id} ended")
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._open()
+                    self._set_state(StreamState.RUNNING)
+                    got_frame = False
+                    for frame in self._read():
+                        if not got_frame:
+                            got_frame = True
+                            self._backoff.reset()
+                        self._deliver(frame)
+                        if self._stop.is_set():
+                            break
+                    if self._stop.is_set():
+                        break
+                    if not self.reconnect:
+                        self._set_state(StreamState.ENDED, "end of stream")
+                        break
+                    err: SourceError = SourceError("end of stream", retryable=True)
+                except SourceError as exc:
+                    err = exc
+                except Exception as exc:  # an unexpected decoder error must not kill the service
+                    logger.exception("source %s failed unexpectedly", self.stream_id)
+                    err = SourceError(f"{type(exc).__name__}: {exc}", retryable=self.reconnect)
+                finally:
+                    self._close()
+                self.status.last_error = str(err)
+                self.metrics.source_errors.labels(self.stream_id, type(err).__name__).inc()
+                if not (err.retryable and self.reconnect) or self._stop.is_set():
+                    self._set_state(StreamState.FAILED, str(err))
+                    end = err
+                    break
+                delay = self._backoff.next_delay()
+                self._set_state(StreamState.RECONNECTING, f"{err}; retrying in {delay:.2f}s")
+                logger.warning("stream %s: %s; reconnecting in %.2fs", self.stream_id, err, delay)
+                if not self._sleep(delay):
+                    break
+                self.status.reconnects += 1
+                self.metrics.reconnects.labels(self.stream_id).inc()
+        finally:
+            if self._stop.is_set() and self.status.state not in (StreamState.FAILED, StreamState.ENDED):
+                self._set_state(StreamState.STOPPED)
+            self._slot.close_threadsafe(end)

@@ -1,0 +1,218 @@
+"""Typed, immutable values that cross stage boundaries; imports nothing from monitor."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+def readonly(array: np.ndarray) -> np.ndarray:
+    """Return ``array`` marked read-only so a stage cannot mutate what another stage holds."""
+    array.setflags(write=False)
+    return array
+
+
+class Decoded(Protocol):
+    """What a source hands over before conversion: an ``av.VideoFrame`` or anything like it."""
+
+    width: int
+    height: int
+
+    def to_ndarray(self, **kwargs: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded video frame. RGB conversion is deferred: only analysed frames pay for it.
+
+    ``pts_s`` is stream time (seconds from the stream's start); ``received_at`` is the
+    monitor's monotonic clock when the frame left the decoder, used for frame age and latency.
+    """
+
+    stream_id: str
+    seq: int
+    pts_s: float
+    received_at: float
+    width: int
+    height: int
+    decoded: Decoded | np.ndarray
+
+    def rgb(self) -> np.ndarray:
+        if isinstance(self.decoded, np.ndarray):
+            return self.decoded
+        return readonly(self.decoded.to_ndarray(format="rgb24"))
+
+
+@dataclass(frozen=True)
+class FaceQuality:
+    """How much a face observation can be trusted."""
+
+    face_px: float  # inter-ocular distance scaled to a face width, in pixels
+    blur: float  # variance of the Laplacian on the aligned crop; low means blurred
+    out_of_frame: float  # fraction of landmarks outside the image, 0..1
+    occlusion: float  # 0..1 estimate of how much of the face is hidden or turned away
+    confidence: float  # face detector / tracker confidence, 0..1
+
+
+@dataclass(frozen=True, eq=False)
+class FaceObservation:
+    """One tracked face in one analysed frame."""
+
+    stream_id: str
+    track_id: int
+    frame_seq: int
+    t: float  # stream time of the frame, seconds
+    received_at: float  # monotonic time the frame left the decoder
+    landmarks: np.ndarray  # (478, 3) float32, x/y in image pixels, z in the same scale
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
+    crop: np.ndarray | None  # aligned face crop, (S, S, 3) uint8 RGB, read-only
+    quality: FaceQuality
+    frame_size: tuple[int, int] = (0, 0)  # width, height
+
+
+@dataclass(frozen=True, eq=False)
+class FaceFrame:
+    """Everything the face stage found in one analysed frame (possibly no face)."""
+
+    stream_id: str
+    frame_seq: int
+    t: float
+    received_at: float
+    faces: tuple[FaceObservation, ...]
+    ended_tracks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One named contribution to a detector score, for explanations."""
+
+    name: str
+    value: float  # the branch's own score, 0..1 where that makes sense
+    weight: float  # how much it contributed to the fused score
+
+
+@dataclass(frozen=True)
+class Score:
+    """A detector's judgement of one face track's recent window."""
+
+    probability: float | None  # calibrated P(manipulated); None when it cannot judge
+    signals: tuple[Signal, ...] = ()
+    reasons: tuple[str, ...] = ()  # why it could not judge, or caveats
+
+
+class TrackState(str, enum.Enum):
+    CLEAR = "clear"
+    SUSPICIOUS = "suspicious"
+    ALERT = "alert"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The detector's output for one track at one moment, before policy smoothing."""
+
+    stream_id: str
+    track_id: int
+    t: float
+    received_at: float
+    score: Score
+    quality: FaceQuality | None
+    reasons: tuple[str, ...]  # reason codes from quality gating plus the detector's own
+
+
+class EventType(str, enum.Enum):
+    TRACK_STATE = "io.deepfake-monitor.track.state.v1"
+    ALERT_OPENED = "io.deepfake-monitor.alert.opened.v1"
+    ALERT_CLOSED = "io.deepfake-monitor.alert.closed.v1"
+    STREAM_STATUS = "io.deepfake-monitor.stream.status.v1"
+
+
+class Severity(str, enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class StreamState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    ENDED = "ended"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class TrackStateData:
+    """Payload of a track state change: the smoothed verdict and why."""
+
+    track_id: int
+    state: TrackState
+    previous: TrackState | None
+    score: float | None  # smoothed probability of manipulation
+    raw_score: float | None  # detector probability at this moment
+    reasons: tuple[str, ...]
+    signals: tuple[Signal, ...]
+    since_t: float  # stream time the track entered this state
+    t: float  # stream time of the verdict that caused the change
+
+
+@dataclass(frozen=True)
+class AlertData:
+    """Payload of an alert that opened or closed on one face track."""
+
+    alert_id: str
+    track_id: int
+    score: float  # peak smoothed score during the alert
+    reasons: tuple[str, ...]
+    signals: tuple[Signal, ...]
+    start_t: float  # stream time the alert condition began
+    end_t: float | None  # stream time it ended; None while open
+    start_time: float  # wall-clock UNIX time it began
+
+
+@dataclass(frozen=True)
+class StreamStatusData:
+    """Payload of a stream lifecycle change (started, reconnecting, failed, ended)."""
+
+    state: StreamState
+    detail: str
+    reconnects: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a subscriber must be told: a track changed state, an alert opened or closed."""
+
+    type: EventType
+    stream_id: str
+    severity: Severity
+    time: float  # wall-clock UNIX time the event was created
+    data: TrackStateData | AlertData | StreamStatusData
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event after the durable log has given it its id."""
+
+    id: int
+    event: Event
+
+
+@dataclass
+class SourceStatus:
+    """Counters a source keeps about itself (mutable, owned by the source), read by the API."""
+
+    state: StreamState = StreamState.STARTING
+    frames_received: int = 0
+    frames_dropped: int = 0
+    decode_errors: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    fps_in: float = 0.0
+    last_frame_at: float | None = None
+    width: int = 0
+    height: int = 0
