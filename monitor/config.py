@@ -71,6 +71,21 @@ class AnalysisConfig(Strict):
     detector_threads: int = Field(1, ge=1, le=8, description="Threads for MediaPipe and the detector per stream (1 keeps each stream on one core).")
 
 
+class IceServer(Strict):
+    urls: tuple[str, ...] = Field(description="stun: or turn: URLs of one ICE server.")
+    username: str | None = Field(None, description="TURN username.")
+    credential: str | None = Field(None, description="TURN credential.")
+
+
+class WebRTCConfig(Strict):
+    ice_servers: tuple[IceServer, ...] = Field((), description="STUN/TURN servers. Empty by default: the monitor never contacts a public STUN server unless one is configured here.")
+    host_addresses: tuple[str, ...] = Field((), description="Local addresses offered as ICE host candidates in addition to the ones aioice finds; include 127.0.0.1 for loopback-only peers.")
+    include_loopback: bool = Field(True, description="Offer 127.0.0.1 as a host candidate when the server binds to loopback (aioice never offers it by itself).")
+    max_sessions: int = Field(16, ge=1, le=256, description="Most concurrent WHIP sessions; more get 503.")
+    max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted.")
+    session_idle_s: float = Field(30.0, gt=0, description="A session whose ICE fails or disconnects for this long is cleaned up.")
+
+
 class DetectorConfig(Strict):
     name: str = Field("baseline-landmarks", description="Detector plugin (entry point in `deepfake_monitor.detectors`).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options for the detector plugin; validated by the plugin's own model.")
@@ -105,7 +120,7 @@ class SinkConfig(Strict):
 
 class StreamConfig(Strict):
     id: str = Field(description="Stream id: letters, digits, `.`, `_`, `-`; at most 64 characters.")
-    url: str = Field(description="rtsp://, rtsps://, a file path or file:// URL, or demo://astronaut.")
+    url: str = Field(description="rtsp://, rtsps://, a file path or file:// URL, demo://astronaut, or (with source: whep) a WHEP endpoint URL.")
     source: str | None = Field(None, description="Source plugin; inferred from the URL scheme when omitted.")
     analysis_fps: float | None = Field(None, gt=0, le=60, description="Overrides analysis.fps for this stream.")
     loop: bool = Field(False, description="Files only: start again at the end (for demos).")
@@ -151,6 +166,7 @@ class Settings(BaseSettings):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     sinks: tuple[SinkConfig, ...] = Field((), description="Extra alert sinks fed from the event log.")
     streams: tuple[StreamConfig, ...] = Field((), description="Streams watched from start-up; more can be added through the API.")
 
