@@ -125,6 +125,7 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         version=__version__,
         description="Watches video streams for deepfaked faces; alerts over a websocket as CloudEvents.",
     )
+    app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics)
     app.state.settings = settings
     app.state.manager = manager
     app.state.bus = bus

@@ -1,0 +1,174 @@
+"""Event log, fan-out and the alert websocket over a real server on loopback (no streams)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from monitor.alerts.eventlog import EventLog
+from monitor.config import Settings, load_settings
+from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+from tests.support.service import running_service
+
+TOKEN = "t" * 32
+
+
+def status_event(i: int) -> Event:
+    return Event(EventType.STREAM_STATUS, f"cam{i % 3}", Severity.INFO, 1_700_000_000.0 + i,
+                 StreamStatusData(StreamState.RUNNING, f"n{i}", 0))
+
+
+def make_settings(tmp_path: Path, **kw: object) -> Settings:
+    return load_settings(None, data_dir=tmp_path / "data", demo=False, **kw)
+
+
+def test_event_log_ids_increase_and_survive_reopen(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.sqlite3", "inst")
+    stored = log.append([status_event(i) for i in range(5)])
+    assert [s.id for s in stored] == [1, 2, 3, 4, 5]
+    log.close()
+    log = EventLog(tmp_path / "e.sqlite3", "inst")
+    assert log.last_id() == 5
+    rows = log.read_since(2)
+    assert [r[0] for r in rows] == [3, 4, 5]
+    ce = json.loads(rows[0][1])
+    assert ce["specversion"] == "1.0" and ce["id"] == "3" and ce["source"] == "/inst/streams/cam2"
+    assert ce["type"] == "io.deepfake-monitor.stream.status.v1" and ce["data"]["detail"] == "n2"
+    # Pruned ids are never reused.
+    assert log.prune(1_700_000_000.0 + 10) == 5
+    assert [s.id for s in log.append([status_event(9)])] == [6]
+
+
+async def recv_all(ws: websockets.ClientConnection, n: int, timeout: float = 10) -> list[dict]:
+    out = []
+    async with asyncio.timeout(timeout):
+        while len(out) < n:
+            out.append(json.loads(await ws.recv()))
+    return out
+
+
+async def test_websocket_replays_since_and_streams_live(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        await bus.publish([status_event(i) for i in range(3)])
+        async with websockets.connect(svc.ws + "/ws/alerts?since=0", subprotocols=["cloudevents.json"]) as ws:
+            assert ws.subprotocol == "cloudevents.json"
+            first = await recv_all(ws, 3)
+            await bus.publish([status_event(i) for i in range(3, 6)])
+            live = await recv_all(ws, 3)
+        assert [int(e["id"]) for e in first + live] == [1, 2, 3, 4, 5, 6]
+        # Disconnected while more events happened: resume with the last id, miss nothing.
+        await bus.publish([status_event(i) for i in range(6, 10)])
+        async with websockets.connect(svc.ws + "/ws/alerts?since=6", subprotocols=["cloudevents.json"]) as ws:
+            resumed = await recv_all(ws, 4)
+        assert [int(e["id"]) for e in resumed] == [7, 8, 9, 10]
+
+
+async def test_slow_client_is_evicted_with_1013_and_loses_nothing(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, alerts={"queue_size": 5})
+    async with running_service(settings) as svc:
+        async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=["cloudevents.json"]) as ws:
+            await asyncio.sleep(0.1)  # let the server register the subscription
+            await svc.runtime.bus.publish([status_event(i) for i in range(50)])
+            got: list[dict] = []
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(10):
+                    while True:
+                        got.append(json.loads(await ws.recv()))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        last = int(got[-1]["id"]) if got else 0
+        assert f"since={last}" in closed.value.rcvd.reason
+        async with websockets.connect(svc.ws + f"/ws/alerts?since={last}") as ws:
+            rest = await recv_all(ws, 50 - len(got))
+        assert [int(e["id"]) for e in got + rest] == list(range(1, 51))
+        assert svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_websocket_evictions_total") == 1
+
+
+async def test_token_auth(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, server={"token": TOKEN})
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            assert (await http.get("/api/streams")).status_code == 401
+            assert (await http.get("/api/streams", headers={"Authorization": "Bearer nope"})).status_code == 401
+            assert (await http.get("/api/streams", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+            assert (await http.get(f"/api/streams?access_token={TOKEN}")).status_code == 200
+            assert (await http.get("/healthz")).status_code == 200  # public by default for probes
+        with pytest.raises(InvalidStatus):
+            async with websockets.connect(svc.ws + "/ws/alerts"):
+                pass
+        async with websockets.connect(svc.ws + f"/ws/alerts?since=0&access_token={TOKEN}") as ws:
+            await svc.runtime.bus.publish([status_event(1)])
+            assert (await recv_all(ws, 1))[0]["id"] == "1"
+        async with websockets.connect(svc.ws + "/ws/alerts", additional_headers={"Authorization": f"Bearer {TOKEN}"}):
+            pass
+
+
+async def test_wrong_subprotocol_refused(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        with pytest.raises((InvalidStatus, ConnectionClosed)):
+            async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=["mqtt"]) as ws:  # type: ignore[list-item]
+                await ws.recv()
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"id": "a", "url": "rtsp://127.0.0.1:1/x", "colour": "red"}, 422, "colour"),
+        ({"id": "bad id!", "url": "rtsp://127.0.0.1:1/x"}, 422, "id"),
+        ({"id": "a", "url": "gopher://x"}, 400, "cannot infer a source"),
+        ({"id": "a", "url": "/nonexistent/clip.mp4"}, 400, "file not found"),
+        ({"id": "a", "url": "rtsp://127.0.0.1:1/x", "source": "nope"}, 400, "unknown plugin"),
+        ({"id": "a", "url": "rtsp://127.0.0.1:1/x", "options": {"transport": "carrier-pigeon"}}, 400, "transport"),
+    ],
+)
+async def test_add_stream_validation(tmp_path: Path, body: dict, status: int, needle: str) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.post("/api/streams", json=body)
+            assert r.status_code == status, r.text
+            assert needle in r.text
+            assert (await http.get("/api/streams")).json() == []
+            assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_stream_crud_and_errors(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            body = {"id": "cam1", "url": "rtsp://127.0.0.1:9/none", "options": {"open_timeout_s": 0.5}}
+            r = await http.post("/api/streams", json=body)
+            assert r.status_code == 201, r.text
+            assert r.json()["id"] == "cam1" and r.json()["source"] == "rtsp"
+            assert (await http.post("/api/streams", json=body)).status_code == 409
+            assert (await http.get("/api/streams/cam1")).status_code == 200
+            assert (await http.get("/api/streams/nope")).status_code == 404
+            assert (await http.post("/api/streams", content=b"{not json", headers={"content-type": "application/json"})).status_code == 400
+            assert (await http.post("/api/streams", content=b"x" * 200_000)).status_code == 413
+            assert (await http.delete("/api/streams/cam1")).status_code == 204
+            assert (await http.delete("/api/streams/cam1")).status_code == 404
+            assert (await http.get("/openapi.json")).json()["info"]["title"] == "deepfake-monitor"
+
+
+def test_config_rejects_unknown_keys_and_exposed_without_token(tmp_path: Path) -> None:
+    from monitor.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analysis:\n  fps: 5\n  colour: red\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_settings(cfg)
+    with pytest.raises(ConfigError, match="token"):
+        load_settings(None, server={"host": "0.0.0.0"})
+    assert load_settings(None, server={"host": "0.0.0.0", "token": TOKEN}).server.token == TOKEN
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analysis:\n  fps: 5\nserver:\n  port: 9000\n")
+    monkeypatch.setenv("MONITOR_ANALYSIS__FPS", "7")
+    s = load_settings(cfg)
+    assert s.analysis.fps == 7 and s.server.port == 9000

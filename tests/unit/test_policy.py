@@ -1,0 +1,112 @@
+"""The verdict policy: hysteresis, minimum durations, alerts open and close, never flap."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.alerts.policy import TrackPolicy
+from monitor.config import PolicyConfig
+from monitor.types import AlertData, EventType, Score, TrackState, TrackStateData, Verdict
+
+
+def verdict(t: float, p: float | None, reasons: tuple[str, ...] = ()) -> Verdict:
+    return Verdict("s", 1, t, 0.0, Score(p, (), reasons), None, reasons)
+
+
+def run(policy: TrackPolicy, series: list[tuple[float, float | None]]) -> list:
+    events = []
+    for t, p in series:
+        events.extend(policy.update(verdict(t, p), 1000.0 + t))
+    return events
+
+
+def states(events: list) -> list[TrackState]:
+    return [e.data.state for e in events if isinstance(e.data, TrackStateData)]
+
+
+CFG = PolicyConfig(ema_halflife_s=0.2, min_alert_s=1.0, min_state_s=1.0)
+
+
+def steady(p: float, start: float, end: float, fps: float = 10) -> list[tuple[float, float]]:
+    n = int(round((end - start) * fps))
+    return [(start + i / fps, p) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "series, expected",
+    [
+        (steady(0.1, 0, 3), [TrackState.CLEAR]),
+        (steady(None, 0, 3), [TrackState.INCONCLUSIVE]),  # type: ignore[arg-type]
+        (steady(0.6, 0, 3), [TrackState.SUSPICIOUS]),
+        (steady(0.1, 0, 2) + steady(0.95, 2, 5), [TrackState.CLEAR, TrackState.SUSPICIOUS, TrackState.ALERT]),
+        (steady(None, 0, 1) + steady(0.1, 1, 3), [TrackState.INCONCLUSIVE, TrackState.CLEAR]),  # type: ignore[operator]
+    ],
+)
+def test_states(series: list, expected: list[TrackState]) -> None:
+    assert states(run(TrackPolicy("s", 1, CFG), series)) == expected
+
+
+def test_no_flapping_around_threshold() -> None:
+    # Scores oscillating across the suspicious threshold every frame must not flap.
+    series = [(i / 10, 0.55 if i % 2 else 0.45) for i in range(100)]
+    got = states(run(TrackPolicy("s", 1, CFG), series))
+    assert len(got) <= 2, got
+
+
+def test_alert_needs_min_duration() -> None:
+    # A 0.5 s spike is shorter than min_alert_s: suspicious at most, never an alert.
+    series = steady(0.1, 0, 2) + steady(0.99, 2, 2.5) + steady(0.1, 2.5, 6)
+    events = run(TrackPolicy("s", 1, CFG), series)
+    assert not [e for e in events if e.type == EventType.ALERT_OPENED]
+
+
+def test_alert_opens_and_closes_with_span() -> None:
+    series = steady(0.1, 0, 2) + steady(0.95, 2, 6) + steady(0.05, 6, 10)
+    events = run(TrackPolicy("s", 1, CFG), series)
+    opened = [e for e in events if e.type == EventType.ALERT_OPENED]
+    closed = [e for e in events if e.type == EventType.ALERT_CLOSED]
+    assert len(opened) == 1 and len(closed) == 1
+    o, c = opened[0].data, closed[0].data
+    assert isinstance(o, AlertData) and isinstance(c, AlertData)
+    assert o.alert_id == c.alert_id
+    assert 2.0 <= o.start_t <= 2.5  # when the smoothed score crossed, not when the alert opened
+    assert c.end_t is not None and 6.0 <= c.end_t <= 8.0
+    assert c.score >= 0.9
+    assert "score_above_threshold" in o.reasons
+    # Hysteresis: after the alert it goes down through the states, then stays clear.
+    assert states(events)[-1] == TrackState.CLEAR
+
+
+def test_alert_holds_through_brief_unusable_gap() -> None:
+    series = steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(10)] + steady(0.95, 5, 6)
+    events = run(TrackPolicy("s", 1, CFG), series)  # type: ignore[arg-type]
+    assert [e.type for e in events].count(EventType.ALERT_OPENED) == 1
+    assert not [e for e in events if e.type == EventType.ALERT_CLOSED]
+
+
+def test_long_gap_becomes_inconclusive_and_closes_alert() -> None:
+    series = steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(40)]
+    events = run(TrackPolicy("s", 1, CFG), series)  # type: ignore[arg-type]
+    assert states(events)[-1] == TrackState.INCONCLUSIVE
+    assert [e.type for e in events].count(EventType.ALERT_CLOSED) == 1
+
+
+def test_track_end_closes_alert() -> None:
+    policy = TrackPolicy("s", 1, CFG)
+    run(policy, steady(0.95, 0, 4))
+    closing = policy.end(4.0, 2000.0)
+    assert [e.type for e in closing] == [EventType.ALERT_CLOSED]
+    assert "track_ended" in closing[0].data.reasons
+
+
+def test_first_event_announces_track_with_reasons() -> None:
+    events = TrackPolicy("s", 7, CFG).update(verdict(0.0, None, ("low_quality", "blurred")), 1.0)
+    assert len(events) == 1
+    data = events[0].data
+    assert isinstance(data, TrackStateData)
+    assert data.previous is None and data.track_id == 7 and data.reasons == ("low_quality", "blurred")
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(suspicious_enter=0.8, alert_enter=0.5)
