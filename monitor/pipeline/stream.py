@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -74,7 +75,7 @@ class StreamPipeline:
         self.frames_stale = 0
         self.fps_analysed = 0.0
         self._last_analysed_at: float | None = None
-        self._latencies: list[float] = []
+        self.recent_latencies: deque[float] = deque(maxlen=1000)  # seconds, newest last
         self._last_latency: float | None = None
         self._faces_seen = False
         self._pending: set[asyncio.Task[object]] = set()
@@ -177,8 +178,7 @@ class StreamPipeline:
         self._faces_seen = self._faces_seen or bool(analysis.faces.faces)
         if analysis.verdicts:
             self._last_latency = analysis.latency_s
-            self._latencies.append(analysis.latency_s)
-            del self._latencies[:-200]
+            self.recent_latencies.append(analysis.latency_s)
 
     def status(self) -> StreamStatus:
         s = self.source.status
@@ -188,7 +188,7 @@ class StreamPipeline:
             verdict = min((t.state.value for t in tracks), key=order.index)
         else:
             verdict = "no_face" if self.frames_analysed else "waiting"
-        lat = sorted(self._latencies)
+        lat = sorted(self.recent_latencies)
         return StreamStatus(
             id=self.id,
             url=redact_url(self.config.url),

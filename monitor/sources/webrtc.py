@@ -1,0 +1,367 @@
+"""WebRTC sources: WHIP-published tracks (server side) and WHEP pull (client side), on aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import ClassVar
+
+import aioice.ice
+import httpx
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.clock import Clock
+from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig
+from monitor.errors import ConfigError, SourceEnded, SourceError
+from monitor.metrics import Metrics
+from monitor.plugins import plugin_config
+from monitor.sources.base import LatestSlot, ThreadedSource
+from monitor.types import Frame, StreamState
+
+logger = logging.getLogger(__name__)
+
+# --- ICE configuration ------------------------------------------------------------------
+#
+# aiortc 1.16 (rtcicetransport.RTCIceGatherer) falls back to stun:stun.l.google.com:19302
+# only when ``iceServers is None``; an explicit empty list means "no STUN/TURN at all". So
+# every peer connection here is built through ``rtc_configuration`` with a list, never None.
+#
+# aioice 0.13 gathers host candidates from ``aioice.ice.get_host_addresses``, which skips
+# 127.0.0.1 and has no option to add addresses. We wrap that one function, once, so that it
+# also returns the addresses in ``_extra_hosts`` -- a ContextVar set only around our own
+# ``setLocalDescription`` calls (the gathering tasks inherit the caller's context). Other
+# aioice users in the process see the unmodified behaviour.
+
+_extra_hosts: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("monitor_ice_hosts", default=())
+_hook_installed = False
+
+
+def _install_host_hook() -> None:
+    global _hook_installed
+    if _hook_installed:
+        return
+    original: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        found = list(original(use_ipv4, use_ipv6))
+        for address in _extra_hosts.get():
+            wanted = use_ipv6 if ":" in address else use_ipv4
+            if wanted and address not in found:
+                found.append(address)
+        return found
+
+    aioice.ice.get_host_addresses = get_host_addresses
+    _hook_installed = True
+
+
+@contextlib.contextmanager
+def ice_host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
+    """Offer ``addresses`` as extra host candidates for peer connections gathered inside."""
+    _install_host_hook()
+    token = _extra_hosts.set(addresses)
+    try:
+        yield
+    finally:
+        _extra_hosts.reset(token)
+
+
+def extra_host_addresses(settings: Settings) -> tuple[str, ...]:
+    """The configured host addresses, plus 127.0.0.1 when serving on loopback."""
+    cfg = settings.webrtc
+    extra = list(cfg.host_addresses)
+    if cfg.include_loopback and settings.server.is_loopback and "127.0.0.1" not in extra:
+        extra.append("127.0.0.1")
+    return tuple(extra)
+
+
+def rtc_configuration(cfg: WebRTCConfig) -> RTCConfiguration:
+    """An explicit configuration: an empty list keeps aiortc off public STUN servers."""
+    return RTCConfiguration(iceServers=[_ice_server(s) for s in cfg.ice_servers])
+
+
+def _ice_server(server: IceServer) -> RTCIceServer:
+    return RTCIceServer(urls=list(server.urls), username=server.username, credential=server.credential)
+
+
+async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDescription, hosts: tuple[str, ...]) -> None:
+    """``setLocalDescription`` with our host addresses; aiortc gathers every candidate in it."""
+    with ice_host_addresses(hosts):
+        await pc.setLocalDescription(description)
+
+
+def watch_states(pc: RTCPeerConnection, role: str, metrics: Metrics, on_connection: Callable[[str], None] | None = None) -> None:
+    """Count ICE and connection state changes, and forward connection states."""
+
+    @pc.on("iceconnectionstatechange")
+    def _ice() -> None:
+        metrics.webrtc_ice_states.labels(role, pc.iceConnectionState).inc()
+
+    @pc.on("connectionstatechange")
+    def _conn() -> None:
+        metrics.webrtc_connection_states.labels(role, pc.connectionState).inc()
+        if on_connection is not None:
+            on_connection(pc.connectionState)
+
+
+# --- WHIP: one published video track -----------------------------------------------------
+
+
+class AudioBlackhole:
+    """Reads an audio track and discards every frame: aiortc decodes audio whether or not
+    anyone reads it, into an unbounded queue, so an unread track grows memory."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.track = track
+        self.frames = 0
+        self._task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                await self.track.recv()
+                self.frames += 1
+        except MediaStreamError:
+            pass
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class WhipTrackSource(ThreadedSource):
+    """One remote video track of a WHIP session. A reader task drains ``track.recv()``
+    continuously (aiortc's receive queue is unbounded) into the shared LatestSlot, so the
+    pipeline always gets the newest frame and every replaced frame is counted.
+
+    Decoding already happens in aiortc's decoder thread; there is no thread of our own.
+    """
+
+    kind: ClassVar[str] = "whip"
+    reconnect: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        stream_id: str,
+        track: MediaStreamTrack,
+        *,
+        metrics: Metrics,
+        clock: Clock | None = None,
+        on_close: Callable[[WhipTrackSource], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(stream_id, metrics=metrics, clock=clock)
+        self.track = track
+        self._reader: asyncio.Task[None] | None = None
+        self._on_close = on_close
+        self._t0: float | None = None
+
+    async def start(self) -> None:
+        self._slot = LatestSlot(asyncio.get_running_loop(), self._superseded)
+        self._reader = asyncio.create_task(self._read_track(), name=f"whip-reader-{self.stream_id}")
+
+    async def _read_track(self) -> None:
+        assert self._slot is not None
+        self._set_state(StreamState.RUNNING)
+        end: BaseException = SourceEnded(f"stream {self.stream_id} ended")
+        try:
+            while True:
+                try:
+                    vf = await self.track.recv()
+                except MediaStreamError:
+                    self._set_state(StreamState.ENDED, "peer ended the track")
+                    break
+                now = self.clock.monotonic()
+                if self._t0 is None:
+                    self._t0 = now
+                # Stream time is the monitor's clock since the first frame, like RTSP.
+                self._deliver(Frame(self.stream_id, self.next_seq(), now - self._t0, now, vf.width, vf.height, vf))
+        except asyncio.CancelledError:
+            self._set_state(StreamState.STOPPED)
+            raise
+        except Exception as exc:  # a bug here must end the stream, not hang the pipeline
+            logger.exception("WHIP reader for %s failed", self.stream_id)
+            self._set_state(StreamState.FAILED, str(exc))
+            end = SourceError(str(exc), retryable=False)
+        finally:
+            self._slot.close_threadsafe(end)
+
+    async def aclose(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._slot is not None:
+            self._slot.close_threadsafe(SourceEnded(f"stream {self.stream_id} closed"))
+        if self._on_close is not None:
+            # The WHIP session learns that the manager removed this stream (and ends itself).
+            callback, self._on_close = self._on_close, None
+            await callback(self)
+
+
+# --- WHEP: pull one stream from a media server ------------------------------------------
+
+
+class WhepSource(ThreadedSource):
+    """Subscribes to a WHEP endpoint as a client and reconnects with backoff like RTSP.
+
+    aiortc needs an event loop: this source runs a private one in its own thread, so the
+    shared ThreadedSource machinery (state, backoff, LatestSlot hand-off) applies unchanged
+    and media processing never competes with the service's loop for scheduling.
+    """
+
+    kind: ClassVar[str] = "whep"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        token: str | None = Field(None, description="Bearer token for the WHEP endpoint.")
+        open_timeout_s: float = Field(10.0, gt=0, description="Time allowed for the offer/answer exchange and ICE/DTLS to connect.")
+        read_timeout_s: float = Field(3.0, gt=0, description="A stream silent this long counts as stalled; the source reconnects.")
+
+    def __init__(
+        self,
+        stream_id: str,
+        url: str,
+        *,
+        metrics: Metrics,
+        clock: Clock | None = None,
+        config: Config | None = None,
+        webrtc: WebRTCConfig | None = None,
+        hosts: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
+        super().__init__(stream_id, metrics=metrics, clock=clock)
+        self.url = url
+        self.config = config or self.Config()
+        self.webrtc = webrtc or WebRTCConfig()
+        self.hosts = hosts
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._track: MediaStreamTrack | None = None
+        self._resource: str | None = None
+        self._failed: str | None = None
+        self._t0: float | None = None
+
+    @classmethod
+    def from_stream(cls, stream: StreamConfig, *, metrics: Metrics, clock: Clock | None = None) -> WhepSource:
+        config = plugin_config(cls, stream.options)
+        assert isinstance(config, cls.Config)
+        cls.validate_url(stream.url)
+        # The plugin signature carries no settings: ICE uses the defaults (no STUN) plus loopback.
+        return cls(stream.id, stream.url, metrics=metrics, clock=clock, config=config)
+
+    @classmethod
+    def validate_url(cls, url: str) -> None:
+        if not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"a WHEP endpoint must be an http(s):// URL, got {url!r}")
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.config.token:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        return headers
+
+    def _open(self) -> None:
+        self._aloop = asyncio.new_event_loop()
+        self._failed = None
+        try:
+            self._aloop.run_until_complete(asyncio.wait_for(self._negotiate(), self.config.open_timeout_s))
+        except asyncio.TimeoutError as exc:
+            raise SourceError(f"WHEP connect to {self.url} timed out", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise SourceError(f"WHEP request to {self.url} failed: {exc}", retryable=True) from exc
+
+    async def _negotiate(self) -> None:
+        pc = RTCPeerConnection(rtc_configuration(self.webrtc))
+        self._pc = pc
+        connected = asyncio.Event()
+
+        def on_connection(state: str) -> None:
+            if state == "connected":
+                connected.set()
+            elif state in ("failed", "closed"):
+                self._failed = state
+                connected.set()
+
+        watch_states(pc, "whep", self.metrics, on_connection)
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        await set_local_description(pc, await pc.createOffer(), self.hosts)
+        async with httpx.AsyncClient(timeout=self.config.open_timeout_s) as client:
+            response = await client.post(
+                self.url, content=pc.localDescription.sdp, headers=self._headers("application/sdp")
+            )
+        if response.status_code != 201:
+            # 4xx other than 404/429 will not fix itself, but a media server that has not
+            # started the stream yet answers 404: keep retrying everything, with backoff.
+            raise SourceError(f"WHEP endpoint answered {response.status_code}: {response.text[:200]}", retryable=True)
+        location = response.headers.get("location")
+        self._resource = str(response.url.join(location)) if location else None
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+        self._track = transceiver.receiver.track
+        await connected.wait()
+        if self._failed:
+            raise SourceError(f"WHEP connection {self._failed}", retryable=True)
+
+    def _read(self) -> Iterator[Frame]:
+        assert self._aloop is not None and self._track is not None
+        silent_since = self.clock.monotonic()
+        while not self._stop.is_set():
+            if self._failed:
+                raise SourceError(f"WHEP connection {self._failed}", retryable=True)
+            try:
+                # Short waits so a stop request is noticed promptly.
+                vf = self._aloop.run_until_complete(asyncio.wait_for(self._track.recv(), 0.25))
+            except asyncio.TimeoutError:
+                if self.clock.monotonic() - silent_since > self.config.read_timeout_s:
+                    raise SourceError(f"no video for {self.config.read_timeout_s:.1f}s", retryable=True) from None
+                continue
+            except MediaStreamError as exc:
+                raise SourceError("WHEP track ended", retryable=True) from exc
+            now = self.clock.monotonic()
+            silent_since = now
+            if self._t0 is None:
+                self._t0 = now
+            yield Frame(self.stream_id, self.next_seq(), now - self._t0, now, vf.width, vf.height, vf)
+
+    def _close(self) -> None:
+        loop, self._aloop = self._aloop, None
+        if loop is None:
+            return
+        try:
+            loop.run_until_complete(self._teardown())
+        except Exception:  # closing a broken session may itself fail
+            logger.debug("WHEP teardown for %s failed", self.stream_id, exc_info=True)
+        finally:
+            loop.close()
+
+    async def _teardown(self) -> None:
+        pc, self._pc, self._track = self._pc, None, None
+        resource, self._resource = self._resource, None
+        if pc is not None:
+            await pc.close()
+        if resource is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=2.0) as client:
+                    await client.delete(resource, headers=self._headers())
+
+
+def whep_source(stream: StreamConfig, settings: Settings, metrics: Metrics, clock: Clock | None = None) -> WhepSource:
+    """A WHEP source with the service's ICE settings (the entry point has no settings)."""
+    config = plugin_config(WhepSource, stream.options)
+    assert isinstance(config, WhepSource.Config)
+    WhepSource.validate_url(stream.url)
+    return WhepSource(
+        stream.id,
+        stream.url,
+        metrics=metrics,
+        clock=clock,
+        config=config,
+        webrtc=settings.webrtc,
+        hosts=extra_host_addresses(settings),
+    )
+

@@ -1,0 +1,1 @@
+"""Test harness: real loopback servers (RTSP, Prometheus) and generated media fixtures."""

@@ -1,0 +1,101 @@
+"""Media fixtures generated at test time: raw frames, corrupt and edge-case files, multi-slice H.264."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+
+from monitor.sources.demo_media import render_frame, write_clip
+
+
+def write_raw_rgb(path: Path, frames: int, fps: int, width: int, height: int, faces: int = 1) -> Path:
+    """``frames`` frames of the demo face as concatenated raw RGB, for gst_rtsp_server.py --raw."""
+    with open(path, "wb") as out:
+        for i in range(frames):
+            out.write(render_frame(i / fps, width, height, faces=faces).tobytes())
+    return path
+
+
+def corrupt_clip(
+    path: Path,
+    seconds: float = 2.0,
+    *,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 30,
+    span: tuple[float, float] = (0.4, 0.6),
+    seed: int = 0,
+) -> Path:
+    """A demo clip whose bytes between ``span`` fractions of the file are random.
+
+    PyAV writes the mp4 index (moov) at the end, so the container still opens and only
+    the frames in the middle fail to decode.
+    """
+    write_clip(path, seconds, fps=fps, width=width, height=height)
+    size = path.stat().st_size
+    start, end = int(size * span[0]), int(size * span[1])
+    noise = np.random.default_rng(seed).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(noise)
+    return path
+
+
+def empty_file(path: Path) -> Path:
+    """A zero-byte file (e.g. ``empty.mp4``)."""
+    path.write_bytes(b"")
+    return path
+
+
+def text_file(path: Path) -> Path:
+    """A text file under a media name (e.g. ``notes.mp4``)."""
+    path.write_text("this is not a video\n" * 50)
+    return path
+
+
+def multislice_clip(
+    path: Path,
+    seconds: float = 1.0,
+    *,
+    slices: int = 4,
+    width: int = 640,
+    height: int = 480,
+    fps: int = 30,
+) -> Path:
+    """H.264 with ``slices`` slices per frame, as x264 makes with threads > 1 and zerolatency.
+
+    Regression fixture: such frames once decoded with a corrupt top slice over RTSP.
+    """
+    options = {"x264-params": f"slices={slices}"}
+    return write_clip(path, seconds, fps=fps, width=width, height=height, codec="h264", options=options)
+
+
+def slices_per_frame(path: Path) -> list[int]:
+    """The number of coded slices (NAL types 1 and 5) in each H.264 packet of ``path``."""
+    counts = []
+    with av.open(os.fspath(path)) as container:
+        stream = container.streams.video[0]
+        # An avcC record (version byte 1) in extradata means length-prefixed NAL units;
+        # without one the packets carry Annex B start codes. The bytes alone are ambiguous.
+        avcc = (stream.codec_context.extradata or b"")[:1] == b"\x01"
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            types = _nal_types(bytes(packet), avcc)
+            counts.append(sum(1 for nal_type in types if nal_type in (1, 5)))
+    return counts
+
+
+def _nal_types(data: bytes, avcc: bool) -> list[int]:
+    if not avcc:
+        parts = data.replace(b"\x00\x00\x00\x01", b"\x00\x00\x01").split(b"\x00\x00\x01")
+        return [p[0] & 0x1F for p in parts if p]
+    types, i = [], 0  # 4-byte big-endian lengths, as x264 writes them
+    while i + 4 < len(data):
+        length = int.from_bytes(data[i : i + 4], "big")
+        types.append(data[i + 4] & 0x1F)
+        i += 4 + length
+    return types
