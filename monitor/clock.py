@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Protocol
 
 
@@ -35,3 +36,25 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._mono += seconds
+
+
+class RateMeter:
+    """Events per second over a sliding window of timestamps (robust at start-up, unlike an EWMA)."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        times = self._times
+        if now is not None and times and now - times[-1] > self.window_s:
+            return 0.0  # nothing recent: the stream stalled
+        if len(times) < 2:
+            return 0.0
+        span = times[-1] - times[0]
+        return (len(times) - 1) / span if span > 0 else 0.0

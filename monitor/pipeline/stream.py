@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from monitor.alerts.bus import EventBus
-from monitor.clock import Clock
+from monitor.clock import Clock, RateMeter
 from monitor.config import StreamConfig
 from monitor.errors import MonitorError, SourceEnded
 from monitor.metrics import Metrics
@@ -73,8 +73,7 @@ class StreamPipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.frames_analysed = 0
         self.frames_stale = 0
-        self.fps_analysed = 0.0
-        self._last_analysed_at: float | None = None
+        self._analysed_rate = RateMeter()
         self.recent_latencies: deque[float] = deque(maxlen=1000)  # seconds, newest last
         self._last_latency: float | None = None
         self._faces_seen = False
@@ -169,11 +168,7 @@ class StreamPipeline:
                 await self.bus.publish(events)
 
     def _record(self, analysis: Analysis) -> None:
-        now = self.clock.monotonic()
-        if self._last_analysed_at is not None:
-            dt = max(now - self._last_analysed_at, 1e-6)
-            self.fps_analysed = 1.0 / dt if self.fps_analysed == 0 else 0.9 * self.fps_analysed + 0.1 / dt
-        self._last_analysed_at = now
+        self._analysed_rate.tick(self.clock.monotonic())
         self.frames_analysed += 1
         self._faces_seen = self._faces_seen or bool(analysis.faces.faces)
         if analysis.verdicts:
@@ -195,8 +190,8 @@ class StreamPipeline:
             source=self.source.kind,
             state=s.state,
             analysis_fps=self.fps,
-            fps_in=round(s.fps_in, 2),
-            fps_analysed=round(self.fps_analysed, 2),
+            fps_in=round(s.fps_in if s.state == StreamState.RUNNING else 0.0, 2),
+            fps_analysed=round(self._analysed_rate.rate(self.clock.monotonic()), 2),
             frames_received=s.frames_received,
             frames_analysed=self.frames_analysed,
             frames_dropped=s.frames_dropped + self.frames_stale + s.decode_errors,

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from monitor.clock import Clock, SystemClock
+from monitor.clock import Clock, RateMeter, SystemClock
 from monitor.errors import SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.types import Frame, SourceStatus, StreamState
@@ -99,6 +99,7 @@ class ThreadedSource:
         self._slot: LatestSlot | None = None
         self._seq = 0
         self._backoff = Backoff()
+        self._rate = RateMeter()
         self._state_listeners: list[Any] = []
 
     # --- the subclass interface -------------------------------------------------------
@@ -145,9 +146,8 @@ class ThreadedSource:
     def _deliver(self, frame: Frame) -> None:
         now = frame.received_at
         st = self.status
-        if st.last_frame_at is not None:
-            dt = max(now - st.last_frame_at, 1e-6)
-            st.fps_in = 1.0 / dt if st.fps_in == 0 else 0.9 * st.fps_in + 0.1 / dt
+        self._rate.tick(now)
+        st.fps_in = self._rate.rate()
         st.last_frame_at = now
         st.frames_received += 1
         st.width, st.height = frame.width, frame.height

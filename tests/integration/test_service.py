@@ -1,0 +1,246 @@
+"""The service end to end over real loopback parts: a gst-rtsp-server streaming an animated
+real face, garbage servers, corrupt files, the alert websocket across a process restart,
+and a real Prometheus scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from monitor.config import Settings, load_settings
+from monitor.sources.demo_media import write_clip
+from tests.support.media import corrupt_clip, text_file
+from tests.support.prometheus import Prometheus, promtool_check_metrics
+from tests.support.rtsp_server import GarbageRtspServer, RtspServer
+from tests.support.service import MONITOR, ServiceProcess, running_service
+
+pytestmark = pytest.mark.integration
+
+
+def settings_for(tmp_path: Path, **kw: Any) -> Settings:
+    return load_settings(None, data_dir=tmp_path / "data", demo=False, **kw)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def stream_status(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
+    r = await http.get(f"/api/streams/{stream_id}")
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_rtsp_stream_tracks_face_reconnects_after_server_restart(tmp_path: Path) -> None:
+    with RtspServer(width=640, height=480, fps=30) as server:
+        async with running_service(settings_for(tmp_path)) as svc, httpx.AsyncClient(base_url=svc.base, timeout=10) as http:
+            async with websockets.connect(svc.ws + "/ws/alerts?since=0", subprotocols=["cloudevents.json"]) as ws:
+                r = await http.post("/api/streams", json={"id": "cam", "url": server.url, "options": {"read_timeout_s": 1.0}})
+                assert r.status_code == 201, r.text
+
+                # MediaPipe really tracks the face: a track appears and gets a verdict event.
+                async def track_event() -> dict[str, Any]:
+                    while True:
+                        event = json.loads(await ws.recv())
+                        if event["type"] == "io.deepfake-monitor.track.state.v1":
+                            return event
+                event = await asyncio.wait_for(track_event(), 30)
+                assert event["subject"] == "streams/cam/tracks/1"
+                st = await wait_for(lambda: _tracks_with_score(http), 20, "a scored face track")
+                assert st["state"] == "running" and st["width"] == 640 and st["fps_in"] > 10
+                assert 5 <= st["fps_analysed"] <= 12
+
+                # Kill the server: the source notices (read timeout) and keeps retrying.
+                server.kill()
+                await wait_for(lambda: _state_is(http, "reconnecting"), 15, "state reconnecting")
+                assert (await http.get("/healthz")).status_code == 200
+                frames_before = (await stream_status(http, "cam"))["frames_received"]
+
+                server.restart()
+                st = await wait_for(lambda: _running_with_more_frames(http, frames_before + 30), 30, "frames after restart")
+                assert st["reconnects"] >= 1
+                sample = svc.runtime.metrics.registry.get_sample_value
+                assert sample("deepfake_monitor_source_reconnects_total", {"stream": "cam"}) >= 1
+                assert sample("deepfake_monitor_frames_analysed_total", {"stream": "cam"}) > 20
+                # A removed stream takes its per-stream series with it.
+                assert (await http.delete("/api/streams/cam")).status_code == 204
+                assert sample("deepfake_monitor_frames_analysed_total", {"stream": "cam"}) is None
+
+
+async def _tracks_with_score(http: httpx.AsyncClient) -> dict[str, Any] | None:
+    st = await stream_status(http, "cam")
+    return st if any(t["score"] is not None for t in st["tracks"]) else None
+
+
+async def _state_is(http: httpx.AsyncClient, state: str) -> bool:
+    return (await stream_status(http, "cam"))["state"] == state
+
+
+async def _running_with_more_frames(http: httpx.AsyncClient, frames: int) -> dict[str, Any] | None:
+    st = await stream_status(http, "cam")
+    return st if st["state"] == "running" and st["frames_received"] > frames else None
+
+
+@pytest.mark.parametrize("mode", ["random", "bad_sdp", "close"])
+async def test_garbage_rtsp_is_reported_and_service_stays_up(tmp_path: Path, mode: str) -> None:
+    with RtspServer(width=320, height=240, fps=15) as good, GarbageRtspServer(mode) as bad:
+        async with running_service(settings_for(tmp_path)) as svc, httpx.AsyncClient(base_url=svc.base, timeout=10) as http:
+            assert (await http.post("/api/streams", json={"id": "good", "url": good.url})).status_code == 201
+            r = await http.post("/api/streams", json={"id": "bad", "url": bad.url, "options": {"open_timeout_s": 1, "read_timeout_s": 1}})
+            assert r.status_code == 201
+
+            async def bad_reported() -> dict[str, Any] | None:
+                st = await stream_status(http, "bad")
+                return st if st["last_error"] and st["reconnects"] >= 1 else None
+
+            st = await wait_for(bad_reported, 30, "the garbage stream's error")
+            assert st["state"] in ("reconnecting", "starting", "running")
+            # The healthy stream is unaffected and the service answers.
+            await wait_for(lambda: _frames_at_least(http, "good", 30), 20, "frames on the good stream")
+            assert (await http.get("/healthz")).json()["status"] == "ok"
+            events = (await http.get("/api/events?since=0&limit=1000")).json()
+            assert any(e["data"].get("stream_id") == "bad" and e["data"].get("state") == "reconnecting" for e in events)
+
+
+async def _frames_at_least(http: httpx.AsyncClient, stream: str, n: int) -> bool:
+    return (await stream_status(http, stream))["frames_analysed"] >= n
+
+
+async def test_corrupt_file_counts_decode_errors_and_ends(tmp_path: Path) -> None:
+    clip = corrupt_clip(tmp_path / "corrupt.mp4", seconds=3.0)
+    async with running_service(settings_for(tmp_path)) as svc, httpx.AsyncClient(base_url=svc.base, timeout=10) as http:
+        assert (await http.post("/api/streams", json={"id": "f", "url": str(clip), "realtime": False})).status_code == 201
+
+        async def ended() -> dict[str, Any] | None:
+            st = await stream_status(http, "f")
+            return st if st["state"] in ("ended", "failed") else None
+
+        st = await wait_for(ended, 30, "the corrupt file to finish")
+        assert st["decode_errors"] > 0 and st["frames_received"] > 0
+        assert svc.runtime.metrics.registry.get_sample_value(
+            "deepfake_monitor_frames_dropped_total", {"stream": "f", "reason": "decode_error"}
+        ) == st["decode_errors"]
+        # Not a video at all: a clear 201 then a failed state, or a 400 — never a crash.
+        notes = text_file(tmp_path / "notes.mp4")
+        assert (await http.post("/api/streams", json={"id": "t", "url": str(notes)})).status_code == 201
+        await wait_for(lambda: _state_of(http, "t", "failed"), 15, "the text file to fail")
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def _state_of(http: httpx.AsyncClient, stream: str, state: str) -> bool:
+    return (await stream_status(http, stream))["state"] == state
+
+
+def test_websocket_resumes_across_disconnect_and_process_restart(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "face.mp4", 4.0, fps=15, width=320, height=240)
+    config = {"demo": False, "data_dir": str(tmp_path / "data"), "streams": [{"id": "a", "url": str(clip)}]}
+    svc = ServiceProcess(tmp_path, config)
+    svc.start()
+    try:
+        first = asyncio.run(_collect(svc.base, since=0, until=lambda e: _stream_state(e, "a", "ended"), timeout=40))
+        svc.stop()
+        # While nobody listens, the restarted service produces more events (the file plays again).
+        svc.start()
+        asyncio.run(_collect(svc.base, since=None, until=lambda e: _stream_state(e, "a", "ended"), timeout=40))
+        svc.stop()
+        svc.start()
+        last = int(first[-1]["id"])
+        resumed = asyncio.run(_collect(svc.base, since=last, until=lambda e: _stream_state(e, "a", "ended"), timeout=10))
+        everything = asyncio.run(_collect(svc.base, since=0, until=lambda e: False, timeout=3))
+    finally:
+        svc.stop()
+    ids = [int(e["id"]) for e in everything]
+    assert ids == list(range(1, len(ids) + 1)), "event ids are gapless and increasing across restarts"
+    assert [int(e["id"]) for e in first + resumed] == ids[: len(first) + len(resumed)]
+    assert len(resumed) >= 3 and int(resumed[0]["id"]) == last + 1
+
+
+def _stream_state(event: dict[str, Any], stream: str, state: str) -> bool:
+    return event["type"].endswith("stream.status.v1") and event["data"]["stream_id"] == stream and event["data"]["state"] == state
+
+
+async def _collect(base: str, since: int | None, until: Callable[[dict[str, Any]], bool], timeout: float) -> list[dict[str, Any]]:
+    url = "ws" + base[4:] + "/ws/alerts" + ("" if since is None else f"?since={since}")
+    got: list[dict[str, Any]] = []
+    async with websockets.connect(url, subprotocols=["cloudevents.json"]) as ws:  # type: ignore[list-item]
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = json.loads(await ws.recv())
+                    got.append(event)
+                    if until(event):
+                        break
+        except TimeoutError:
+            pass
+    return got
+
+
+async def test_real_prometheus_scrapes_the_service(tmp_path: Path) -> None:
+    async with running_service(settings_for(tmp_path, streams=[{"id": "demo", "url": "demo://astronaut"}])) as svc:
+        target = svc.base.removeprefix("http://")
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            await wait_for(lambda: _frames_at_least(http, "demo", 5), 20, "demo frames")
+            text = (await http.get("/metrics")).text
+        ok, output = promtool_check_metrics(text)
+        assert ok, output
+        with Prometheus([target]) as prom:
+            await asyncio.to_thread(prom.wait_for_scrape)
+            result = await asyncio.to_thread(prom.query, 'deepfake_monitor_frames_analysed_total{stream="demo"}')
+            assert result and float(result[0]["value"][1]) > 0
+            result = await asyncio.to_thread(prom.query, "deepfake_monitor_frame_to_verdict_seconds_count")
+            assert result and float(result[0]["value"][1]) > 0
+            result = await asyncio.to_thread(prom.query, "deepfake_monitor_build_info")
+            assert result and result[0]["metric"]["version"]
+
+
+def test_scan_cli_prints_score_and_verdict_and_json_timeline(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "face.mp4", 5.0, fps=30, width=640, height=480)
+    out = tmp_path / "scan.json"
+    r = subprocess.run([MONITOR, "scan", str(clip), "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "score:" in r.stdout and "verdict:" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["verdict"] in ("clear", "suspicious", "alert")
+    assert 0.0 <= data["score"] <= 1.0
+    assert data["frames_analysed"] >= 45 and data["frames_with_face"] >= 45
+    track = data["tracks"][0]
+    assert track["track_id"] == 1 and len(track["timeline"]) >= 45
+    assert {"t", "state", "score", "raw_score", "reasons"} <= set(track["timeline"][0])
+
+
+@pytest.mark.parametrize("make", [text_file, lambda p: p.with_name("missing.mp4")])
+def test_scan_cli_rejects_bad_input_clearly(tmp_path: Path, make: Callable[[Path], Path]) -> None:
+    path = make(tmp_path / "bad.mp4")
+    r = subprocess.run([MONITOR, "scan", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_refuses_exposed_bind_without_token(tmp_path: Path) -> None:
+    r = subprocess.run([MONITOR, "serve", "--host", "0.0.0.0", "--port", "0"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "token" in r.stderr
+
+
+def test_python_m_monitor_runs() -> None:
+    r = subprocess.run([sys.executable, "-m", "monitor", "config", "schema"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "analysis" in json.loads(r.stdout)["properties"]
