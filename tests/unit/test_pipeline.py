@@ -1,0 +1,164 @@
+"""Pipeline seams with fakes: latest-frame hand-off, backoff, the analyzer's budget and reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from monitor.clock import FakeClock, RateMeter
+from monitor.config import AnalysisConfig, PolicyConfig
+from monitor.errors import SourceEnded
+from monitor.metrics import Metrics
+from monitor.pipeline.analyzer import StreamAnalyzer, quality_reasons
+from monitor.pipeline.stream import redact_url
+from monitor.plugins import TrackWindow
+from monitor.sources.base import Backoff, LatestSlot
+from monitor.types import FaceFrame, FaceObservation, FaceQuality, Frame, Score, Signal, TrackState
+
+GOOD = FaceQuality(face_px=120, blur=100, out_of_frame=0, occlusion=0.1, confidence=0.9)
+
+
+def frame(seq: int, t: float, received_at: float = 0.0) -> Frame:
+    return Frame("s", seq, t, received_at, 4, 4, np.zeros((4, 4, 3), np.uint8))
+
+
+async def test_latest_slot_keeps_newest_and_counts_replacements() -> None:
+    drops: list[str] = []
+    slot = LatestSlot(asyncio.get_running_loop(), drops.append)
+    slot.put_threadsafe(frame(1, 0))
+    slot.drop_reason = "not_sampled"
+    slot.put_threadsafe(frame(2, 0.1))
+    slot.put_threadsafe(frame(3, 0.2))
+    assert (await slot.get()).seq == 3
+    assert drops == ["not_sampled", "not_sampled"]
+    slot.put_threadsafe(frame(4, 0.3))
+    slot.close_threadsafe(SourceEnded("done"))
+    assert (await slot.get()).seq == 4  # a frame delivered before the end is not lost
+    with pytest.raises(SourceEnded):
+        await slot.get()
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    b = Backoff(0.25, 5.0, random.Random(1))
+    delays = [b.next_delay() for _ in range(10)]
+    assert 0.125 <= delays[0] <= 0.25
+    assert all(d <= 5.0 for d in delays) and delays[-1] >= 2.5
+    assert len(set(delays)) == len(delays)  # jitter: no two clients retry in lockstep
+    b.reset()
+    assert b.next_delay() <= 0.25
+
+
+def test_rate_meter() -> None:
+    m = RateMeter(2.0)
+    for i in range(21):
+        m.tick(i * 0.1)
+    assert m.rate() == pytest.approx(10.0)
+    assert m.rate(now=10.0) == 0.0
+
+
+class FakeFaces:
+    """One face per frame, a fixed track id, scripted quality."""
+
+    def __init__(self, quality: FaceQuality = GOOD, faces: int = 1) -> None:
+        self.quality = quality
+        self.faces = faces
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        obs = tuple(
+            FaceObservation("s", i + 1, frame.seq, frame.pts_s, frame.received_at, np.zeros((478, 3), np.float32),
+                            (0, 0, 1, 1), None, self.quality)
+            for i in range(self.faces)
+        )
+        return FaceFrame("s", frame.seq, frame.pts_s, frame.received_at, obs)
+
+    def close(self) -> None:
+        pass
+
+
+class CountingDetector:
+    name: ClassVar[str] = "counting"
+    window_s = 2.0
+
+    def __init__(self, p: float = 0.9, slow_s: float = 0.0) -> None:
+        self.p = p
+        self.features_calls = 0
+        self.slow_s = slow_s
+
+    def features(self, obs: FaceObservation) -> Any:
+        self.features_calls += 1
+        return obs.t
+
+    def score(self, window: TrackWindow) -> Score:
+        if len(window) < 3:
+            return Score(None, (), ("window_too_short",))
+        return Score(self.p, (Signal("const", self.p, 1.0),))
+
+
+def analyzer(detector: CountingDetector, faces: FakeFaces, metrics: Metrics, clock: FakeClock) -> StreamAnalyzer:
+    return StreamAnalyzer("s", AnalysisConfig(fps=10), PolicyConfig(min_alert_s=0.5), detector, faces, metrics, clock)
+
+
+def test_analyzer_reaches_alert_and_records_stages(metrics: Metrics) -> None:
+    clock = FakeClock()
+    det = CountingDetector(0.95)
+    a = analyzer(det, FakeFaces(), metrics, clock)
+    events = []
+    for i in range(30):
+        events.extend(a.analyse(frame(i, i / 10, clock.monotonic())).events)
+        clock.advance(0.1)
+    types = [e.type.value for e in events]
+    assert "io.deepfake-monitor.alert.opened.v1" in types
+    assert a.snapshot()[0].state == TrackState.ALERT
+    assert metrics.registry.get_sample_value("deepfake_monitor_stage_duration_seconds_count", {"stage": "faces"}) == 30
+    assert metrics.registry.get_sample_value("deepfake_monitor_tracks", {"state": "alert"}) == 1
+    closing = a.end(3.0)
+    assert [e.type.value for e in closing] == ["io.deepfake-monitor.alert.closed.v1"]
+    assert metrics.registry.get_sample_value("deepfake_monitor_tracks", {"state": "alert"}) == 0
+
+
+def test_over_budget_skips_detector_work_instead_of_queueing(metrics: Metrics) -> None:
+    clock = FakeClock()
+    det = CountingDetector()
+    a = analyzer(det, FakeFaces(), metrics, clock)
+    ticks = iter(np.arange(0, 100, 0.25))  # every timer read advances 250 ms: always over budget
+    a._timer = lambda: float(next(ticks))
+    for i in range(10):
+        a.analyse(frame(i, i / 10))
+    assert det.features_calls < 10
+    assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 4
+
+
+@pytest.mark.parametrize(
+    "quality, codes",
+    [
+        (GOOD, ()),
+        (FaceQuality(20, 100, 0, 0, 1), ("low_quality", "low_resolution")),
+        (FaceQuality(120, 1, 0, 0, 1), ("low_quality", "blurred")),
+        (FaceQuality(120, 100, 0.5, 0, 1), ("low_quality", "out_of_frame")),
+        (FaceQuality(120, 100, 0, 0.9, 1), ("low_quality", "occluded")),
+    ],
+)
+def test_quality_reasons(quality: FaceQuality, codes: tuple[str, ...]) -> None:
+    assert quality_reasons(quality, AnalysisConfig()) == codes
+
+
+def test_low_quality_faces_are_inconclusive_with_reasons(metrics: Metrics) -> None:
+    clock = FakeClock()
+    det = CountingDetector(0.99)
+    a = analyzer(det, FakeFaces(FaceQuality(10, 1, 0, 0, 1), faces=2), metrics, clock)
+    events = []
+    for i in range(40):
+        events.extend(a.analyse(frame(i, i / 10, clock.monotonic())).events)
+    assert det.features_calls == 0
+    assert {s.state for s in a.snapshot()} == {TrackState.INCONCLUSIVE}
+    reasons = events[0].data.reasons
+    assert "low_resolution" in reasons and "multiple_faces" in reasons
+
+
+def test_redact_url() -> None:
+    assert redact_url("rtsp://admin:hunter2@cam.local:554/s") == "rtsp://***@cam.local:554/s"
+    assert redact_url("rtsp://cam.local/s") == "rtsp://cam.local/s"
