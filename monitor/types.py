@@ -50,7 +50,7 @@ class Frame:
 class FaceQuality:
     """How much a face observation can be trusted."""
 
-    face_px: float  # inter-ocular distance scaled to a face width, in pixels
+    face_px: float  # face width in pixels (3-D distance between the cheek landmarks, pose-invariant)
     blur: float  # variance of the Laplacian on the aligned crop; low means blurred
     out_of_frame: float  # fraction of landmarks outside the image, 0..1
     occlusion: float  # 0..1 estimate of how much of the face is hidden or turned away

@@ -1,0 +1,274 @@
+"""Unit tests of the face stage: MediaPipe tracking, track ids, aligned crops and quality."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from monitor.config import AnalysisConfig
+from monitor.faces import CANONICAL_TEMPLATE, FaceTracker, align_face, alignment_matrix
+from monitor.faces.align import template_points
+from monitor.faces.quality import head_angles_deg, out_of_frame_fraction, turn_occlusion
+from monitor.faces.tracker import TrackAssigner, association_cost, iou
+from monitor.types import FaceFrame, Frame
+
+ASSET = Path(__file__).resolve().parents[2] / "monitor" / "assets" / "astronaut.png"
+DT = 0.1  # 10 fps analysis
+
+
+def _astronaut() -> np.ndarray:
+    if ASSET.exists():
+        bgr = cv2.imread(str(ASSET), cv2.IMREAD_COLOR)
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+    data = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(data.astronaut()[:, :, :3])
+
+
+@pytest.fixture(scope="module")
+def sprite() -> np.ndarray:
+    """The astronaut's head and shoulders, 250 x 300 px; the face is ~90 px wide."""
+    return _astronaut()[20:320, 100:350].copy()
+
+
+def canvas(
+    sprites: list[tuple[np.ndarray, int, int]], width: int = 640, height: int = 480
+) -> np.ndarray:
+    """A grey frame with each sprite pasted at (x, y), clipped to the frame; read-only."""
+    frame = np.full((height, width, 3), 90, dtype=np.uint8)
+    for img, x, y in sprites:
+        h, w = img.shape[:2]
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(width, x + w), min(height, y + h)
+        if x1 > x0 and y1 > y0:
+            frame[y0:y1, x0:x1] = img[y0 - y : y1 - y, x0 - x : x1 - x]
+    frame.setflags(write=False)
+    return frame
+
+
+class Runner:
+    """Feeds frames to a tracker on a 10 fps stream clock."""
+
+    def __init__(self, config: AnalysisConfig) -> None:
+        self.tracker = FaceTracker("test", config)
+        self.seq = 0
+
+    def __call__(self, rgb: np.ndarray) -> FaceFrame:
+        height, width = rgb.shape[:2]
+        frame = Frame("test", self.seq, self.seq * DT, 0.0, width, height, rgb)
+        self.seq += 1
+        return self.tracker.process(frame, rgb)
+
+
+@pytest.fixture
+def run() -> Iterator[Runner]:
+    runner = Runner(AnalysisConfig(track_lost_s=1.0))
+    yield runner
+    runner.tracker.close()
+
+
+def eye_centres(landmarks: np.ndarray) -> np.ndarray:
+    return template_points(landmarks)[:2]
+
+
+def test_finds_one_face_with_478_readonly_landmarks(run: Runner, sprite: np.ndarray) -> None:
+    result = run(canvas([(sprite, 200, 100)]))
+    assert result.stream_id == "test" and result.frame_seq == 0 and result.t == 0.0
+    assert len(result.faces) == 1
+    face = result.faces[0]
+    assert face.landmarks.shape == (478, 3)
+    assert face.landmarks.dtype == np.float32
+    assert not face.landmarks.flags.writeable
+    x0, y0, x1, y1 = face.bbox
+    # The face sits inside the pasted sprite, in pixel coordinates.
+    assert 200 < x0 < x1 < 450 and 100 < y0 < y1 < 400
+    assert face.frame_size == (640, 480)
+    assert 60 < face.quality.face_px < 140
+    assert face.quality.out_of_frame == 0.0
+    assert face.quality.occlusion < 0.2
+    assert 0.5 <= face.quality.confidence <= 1.0
+
+
+def test_track_id_is_stable_while_the_face_moves_and_zooms(run: Runner, sprite: np.ndarray) -> None:
+    ids = []
+    for k in range(10):
+        scale = 1.0 + 0.02 * k
+        img = cv2.resize(sprite, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        result = run(canvas([(img, 150 + 8 * k, 80 + 3 * k)]))
+        assert len(result.faces) == 1
+        assert result.ended_tracks == ()
+        ids.append(result.faces[0].track_id)
+    assert ids == [ids[0]] * 10
+
+
+def test_track_survives_a_brief_gap(run: Runner, sprite: np.ndarray) -> None:
+    blank = canvas([])
+    before = [run(canvas([(sprite, 200, 100)])).faces[0].track_id for _ in range(3)]
+    gap = [run(blank) for _ in range(4)]  # 0.4 s unseen, track_lost_s is 1.0
+    after = run(canvas([(sprite, 206, 104)]))
+    assert all(not g.faces and not g.ended_tracks for g in gap)
+    assert after.faces[0].track_id == before[0] == before[-1]
+    assert after.ended_tracks == ()
+
+
+def test_track_expires_after_track_lost_s_and_a_new_id_follows(run: Runner, sprite: np.ndarray) -> None:
+    first = run(canvas([(sprite, 200, 100)])).faces[0].track_id
+    ended: list[tuple[int, ...]] = []
+    blank = canvas([])
+    for _ in range(12):  # 1.2 s of stream time without the face
+        ended.append(run(blank).ended_tracks)
+    # Last seen at t=0; the frame at t=1.1 is the first more than 1.0 s later.
+    assert ended[10] == (first,)
+    assert [e for i, e in enumerate(ended) if i != 10] == [()] * 11
+    again = run(canvas([(sprite, 200, 100)])).faces[0].track_id
+    assert again > first
+
+
+def test_two_faces_side_by_side_get_distinct_stable_ids(sprite: np.ndarray) -> None:
+    runner = Runner(AnalysisConfig(max_faces=4))
+    try:
+        seen = []
+        for k in range(5):
+            result = runner(canvas([(sprite, 40 + 2 * k, 100), (sprite, 380 - 2 * k, 100)], width=700))
+            assert len(result.faces) == 2
+            by_x = sorted(result.faces, key=lambda f: f.bbox[0])
+            seen.append((by_x[0].track_id, by_x[1].track_id))
+        assert seen[0][0] != seen[0][1]
+        assert seen == [seen[0]] * 5
+    finally:
+        runner.tracker.close()
+
+
+def test_crop_is_readonly_uint8_with_eyes_at_the_template(sprite: np.ndarray) -> None:
+    frame = canvas([(sprite, 200, 100)])
+    runner = Runner(AnalysisConfig(crop_size=112))
+    try:
+        face = runner(frame).faces[0]
+    finally:
+        runner.tracker.close()
+    assert face.crop is not None
+    assert face.crop.shape == (112, 112, 3) and face.crop.dtype == np.uint8
+    assert not face.crop.flags.writeable
+
+    # The transform puts the eye landmarks on the template (least squares over five points).
+    size = 224
+    matrix = alignment_matrix(face.landmarks, size)
+    eyes = eye_centres(face.landmarks)
+    mapped = eyes @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(mapped, CANONICAL_TEMPLATE[:2] * size, atol=0.03 * size)
+
+    # And the pixels agree: the face mesh finds the eyes there again in the aligned crop.
+    crop = align_face(frame, face.landmarks, size)
+    assert crop.shape == (size, size, 3) and not crop.flags.writeable
+    padded = np.full((448, 448, 3), 90, dtype=np.uint8)
+    padded[112:336, 112:336] = crop
+    again = Runner(AnalysisConfig())
+    try:
+        refound = again(padded).faces[0]
+    finally:
+        again.tracker.close()
+    np.testing.assert_allclose(
+        eye_centres(refound.landmarks) - 112, CANONICAL_TEMPLATE[:2] * size, atol=0.04 * size
+    )
+
+
+def test_whole_face_fits_in_the_crop(sprite: np.ndarray) -> None:
+    frame = canvas([(sprite, 200, 100)])
+    runner = Runner(AnalysisConfig())
+    try:
+        face = runner(frame).faces[0]
+    finally:
+        runner.tracker.close()
+    matrix = alignment_matrix(face.landmarks, 100)
+    mapped = face.landmarks[:, :2].astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
+    # Forehead edge to chin and cheek to cheek inside, with a margin on every side.
+    assert mapped.min() > 5 and mapped.max() < 95
+
+
+def test_blurred_face_has_lower_blur_value(run: Runner, sprite: np.ndarray) -> None:
+    sharp = run(canvas([(sprite, 200, 100)])).faces[0].quality.blur
+    soft_sprite = cv2.GaussianBlur(sprite, (0, 0), 3.0)
+    soft = run(canvas([(soft_sprite, 200, 100)])).faces[0].quality.blur
+    assert soft < 0.5 * sharp
+
+
+def test_face_leaving_the_frame_reports_out_of_frame(run: Runner, sprite: np.ndarray) -> None:
+    # The face is at x 79..170 of the sprite; slide it left until about half is outside.
+    fractions = []
+    for x in (100, 40, -20, -60, -90, -110, -125):
+        result = run(canvas([(sprite, x, 100)]))
+        if result.faces:
+            fractions.append(result.faces[0].quality.out_of_frame)
+    assert fractions[0] == 0.0
+    assert max(fractions) > 0.1
+
+
+def _rotate_y(landmarks: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate landmarks about the vertical axis through their centre (a head turning)."""
+    c = landmarks.mean(axis=0)
+    a = math.radians(degrees)
+    rot = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    return ((landmarks - c) @ rot.T + c).astype(np.float32)
+
+
+def test_occlusion_rises_as_the_head_turns(run: Runner, sprite: np.ndarray) -> None:
+    landmarks = run(canvas([(sprite, 200, 100)])).faces[0].landmarks
+    yaw0, _ = head_angles_deg(landmarks)
+    values = [turn_occlusion(_rotate_y(landmarks, d)) for d in (0, 30, 45, 60, 80)]
+    assert values[0] == 0.0
+    assert values == sorted(values) and values[-1] == 1.0
+    yaw45, _ = head_angles_deg(_rotate_y(landmarks, 45))
+    assert abs(abs(yaw45 - yaw0) - 45) < 1
+
+
+def test_out_of_frame_fraction_counts_landmarks_outside() -> None:
+    pts = np.array([[-1, 5, 0], [5, 5, 0], [9.5, 9.5, 0], [10, 5, 0]], dtype=np.float32)
+    assert out_of_frame_fraction(pts, 10, 10) == 0.5
+
+
+BOX = (100.0, 100.0, 200.0, 200.0)
+
+
+@pytest.mark.parametrize(
+    ("det", "expect"),
+    [
+        (BOX, 0.0),  # same box
+        ((110.0, 100.0, 210.0, 200.0), pytest.approx(1 - 90 / 110)),  # overlap: 1 - IoU
+        ((190.0, 100.0, 290.0, 200.0), pytest.approx(1.9)),  # IoU 0.05: centre fallback
+        ((260.0, 100.0, 360.0, 200.0), None),  # 1.6 face sizes away
+        ((140.0, 140.0, 160.0, 160.0), None),  # a tiny face inside: size gate, IoU 0.04
+    ],
+)
+def test_association_cost(det: tuple[float, float, float, float], expect: object) -> None:
+    assert association_cost(det, BOX) == expect
+
+
+def test_iou_of_disjoint_boxes_is_zero() -> None:
+    assert iou(BOX, (300.0, 300.0, 400.0, 400.0)) == 0.0
+
+
+def test_assigner_keeps_ids_when_faces_swap_order_and_ends_on_time_reversal() -> None:
+    assigner = TrackAssigner(lost_s=1.0)
+    left, right = (0.0, 0.0, 100.0, 100.0), (300.0, 0.0, 400.0, 100.0)
+    first, ended = assigner.update(0.0, [left, right])
+    assert first == [(1, pytest.approx(0.6)), (2, pytest.approx(0.6))] and ended == ()
+    second, _ = assigner.update(0.1, [(305.0, 0.0, 405.0, 100.0), (4.0, 0.0, 104.0, 100.0)])
+    assert [a[0] for a in second if a] == [2, 1]
+    assert second[0] is not None and second[0][1] > 0.6  # confidence grows with persistence
+    _, ended = assigner.update(0.0, [])  # stream time went backwards
+    assert sorted(ended) == [1, 2]
+    third, _ = assigner.update(0.1, [left])
+    assert third == [(3, pytest.approx(0.6))]
+
+
+def test_assigner_drops_a_duplicate_mesh_on_a_tracked_face() -> None:
+    assigner = TrackAssigner(lost_s=1.0)
+    assigner.update(0.0, [BOX])
+    result, _ = assigner.update(0.1, [(102.0, 100.0, 202.0, 200.0), (98.0, 104.0, 196.0, 204.0)])
+    assert result[0] is not None and result[0][0] == 1
+    assert result[1] is None
+    assert assigner.active_ids == (1,)
