@@ -110,6 +110,36 @@ class Metrics:
             registry=r,
         )
 
+        # --- webrtc: WHIP sessions and ICE/connection states (monitor/api/whip.py, sources/webrtc.py)
+        # Received frame age for WebRTC streams is frame_age_seconds{source="whip"|"whep"}.
+        self.whip_sessions_active = Gauge(
+            "deepfake_monitor_whip_sessions_active", "WHIP sessions currently open.", registry=r
+        )
+        self.whip_sessions_created = Counter(
+            "deepfake_monitor_whip_sessions_created_total", "WHIP sessions answered with 201.", registry=r
+        )
+        self.whip_sessions_failed = Counter(
+            "deepfake_monitor_whip_sessions_failed_total",
+            "WHIP requests refused or sessions that failed, by reason (unauthorized, forbidden, "
+            "unsupported_media_type, too_large, malformed_sdp, unanswerable_sdp, bad_stream_id, "
+            "conflict, capacity, ice_failed, ice_timeout, internal).",
+            ["reason"],
+            registry=r,
+        )
+        self.webrtc_ice_states = Counter(
+            "deepfake_monitor_webrtc_ice_state_changes_total",
+            "ICE connection state changes, by role (whip, whep) and new state.",
+            ["role", "state"],
+            registry=r,
+        )
+        self.webrtc_connection_states = Counter(
+            "deepfake_monitor_webrtc_connection_state_changes_total",
+            "Peer connection state changes, by role (whip, whep) and new state.",
+            ["role", "state"],
+            registry=r,
+        )
+        # --- end webrtc
+
     def forget_stream(self, stream_id: str) -> None:
         """Remove every per-stream series so ended streams do not linger in scrapes."""
         for metric in (self.frames_received, self.frames_analysed, self.reconnects, self.stream_up, self.faces_tracked):

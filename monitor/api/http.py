@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import hmac
 import logging
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor import __version__
 from monitor.alerts.bus import EventBus
+from monitor.api.auth import token_ok
+from monitor.api.whip import whip_router
 from monitor.config import Settings, StreamConfig
 from monitor.errors import ConfigError, MonitorError, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
@@ -83,19 +86,6 @@ class _TooLarge(Exception):
 
 async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
-
-
-def _token_from(authorization: str | None, query_token: str | None) -> str | None:
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return query_token
-
-
-def token_ok(expected: str | None, authorization: str | None, query_token: str | None) -> bool:
-    if expected is None:
-        return True
-    got = _token_from(authorization, query_token)
-    return got is not None and hmac.compare_digest(got.encode(), expected.encode())
 
 
 def status_json(status: StreamStatus) -> dict[str, Any]:
@@ -202,6 +192,12 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             return
         await websocket.accept(subprotocol=WS_SUBPROTOCOL if offered else None)
         await serve_subscriber(websocket, bus, metrics, since)
+
+    # webrtc: WHIP ingest routes, then the dashboard's static files at / (after every API route,
+    # so the mount never shadows them).
+    whip, app.state.whip_sessions = whip_router(settings, manager, metrics)
+    app.include_router(whip)
+    app.mount("/", StaticFiles(directory=Path(__file__).parent / "static", html=True), name="dashboard")
 
     return app
 

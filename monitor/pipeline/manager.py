@@ -20,10 +20,11 @@ logger = logging.getLogger(__name__)
 MAX_STREAMS = 64
 
 
-def build_source(stream: StreamConfig, metrics: Metrics, clock: Clock) -> Source:
-    """Instantiate the source plugin the stream names (or its URL implies); ConfigError if invalid."""
+def build_source(stream: StreamConfig, settings: Settings, metrics: Metrics, clock: Clock) -> Source:
+    """Instantiate the source plugin the stream names (or its URL implies); ConfigError if invalid.
+    Every source plugin provides ``from_stream(stream, *, settings, metrics, clock)``."""
     cls = load_plugin(SOURCE_GROUP, stream.source_name)
-    source: Source = cls.from_stream(stream, metrics=metrics, clock=clock)
+    source: Source = cls.from_stream(stream, settings=settings, metrics=metrics, clock=clock)
     return source
 
 
@@ -56,7 +57,7 @@ class StreamManager:
             if len(self._streams) >= self.max_streams:
                 raise ConfigError(f"at most {self.max_streams} streams")
             if source is None:
-                source = build_source(stream, self.metrics, self.clock)
+                source = build_source(stream, self.settings, self.metrics, self.clock)
             a = self.settings.analysis
             fps = stream.analysis_fps or a.fps
             loop = asyncio.get_running_loop()
@@ -95,5 +96,7 @@ class StreamManager:
         for stream_id in list(self._streams):
             try:
                 await self.remove(stream_id)
+            except StreamNotFound:
+                pass  # removed meanwhile, e.g. with its WHIP session's sibling stream
             except Exception:
                 logger.exception("error stopping stream %s", stream_id)

@@ -13,7 +13,7 @@ import av.error
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.clock import Clock
-from monitor.config import StreamConfig
+from monitor.config import Settings, StreamConfig
 from monitor.errors import ConfigError, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -108,7 +108,9 @@ class FileSource(ThreadedSource):
         self._offset = 0.0  # stream-time offset accumulated over loops
 
     @classmethod
-    def from_stream(cls, stream: StreamConfig, *, metrics: Metrics, clock: Clock | None = None) -> FileSource:
+    def from_stream(
+        cls, stream: StreamConfig, *, settings: Settings, metrics: Metrics, clock: Clock | None = None
+    ) -> FileSource:
         plugin_config(cls, stream.options)
         cls.validate_url(stream.url)
         return cls(stream.id, stream.url, metrics=metrics, clock=clock, loop=stream.loop, realtime=stream.realtime)
@@ -170,7 +172,9 @@ class RtspSource(ThreadedSource):
         self._t0: float | None = None
 
     @classmethod
-    def from_stream(cls, stream: StreamConfig, *, metrics: Metrics, clock: Clock | None = None) -> RtspSource:
+    def from_stream(
+        cls, stream: StreamConfig, *, settings: Settings, metrics: Metrics, clock: Clock | None = None
+    ) -> RtspSource:
         config = plugin_config(cls, stream.options)
         assert isinstance(config, cls.Config)
         cls.validate_url(stream.url)

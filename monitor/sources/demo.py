@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.clock import Clock
-from monitor.config import StreamConfig
+from monitor.config import Settings, StreamConfig
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -37,7 +37,9 @@ class DemoSource(ThreadedSource):
         self.reconnect = False
 
     @classmethod
-    def from_stream(cls, stream: StreamConfig, *, metrics: Metrics, clock: Clock | None = None) -> DemoSource:
+    def from_stream(
+        cls, stream: StreamConfig, *, settings: Settings, metrics: Metrics, clock: Clock | None = None
+    ) -> DemoSource:
         config = plugin_config(cls, stream.options)
         assert isinstance(config, cls.Config)
         return cls(stream.id, stream.url, metrics=metrics, clock=clock, config=config)

@@ -246,12 +246,21 @@ class WhepSource(ThreadedSource):
         self._t0: float | None = None
 
     @classmethod
-    def from_stream(cls, stream: StreamConfig, *, metrics: Metrics, clock: Clock | None = None) -> WhepSource:
+    def from_stream(
+        cls, stream: StreamConfig, *, settings: Settings, metrics: Metrics, clock: Clock | None = None
+    ) -> WhepSource:
         config = plugin_config(cls, stream.options)
         assert isinstance(config, cls.Config)
         cls.validate_url(stream.url)
-        # The plugin signature carries no settings: ICE uses the defaults (no STUN) plus loopback.
-        return cls(stream.id, stream.url, metrics=metrics, clock=clock, config=config)
+        return cls(
+            stream.id,
+            stream.url,
+            metrics=metrics,
+            clock=clock,
+            config=config,
+            webrtc=settings.webrtc,
+            hosts=extra_host_addresses(settings),
+        )
 
     @classmethod
     def validate_url(cls, url: str) -> None:
@@ -348,20 +357,4 @@ class WhepSource(ThreadedSource):
             with contextlib.suppress(httpx.HTTPError):
                 async with httpx.AsyncClient(timeout=2.0) as client:
                     await client.delete(resource, headers=self._headers())
-
-
-def whep_source(stream: StreamConfig, settings: Settings, metrics: Metrics, clock: Clock | None = None) -> WhepSource:
-    """A WHEP source with the service's ICE settings (the entry point has no settings)."""
-    config = plugin_config(WhepSource, stream.options)
-    assert isinstance(config, WhepSource.Config)
-    WhepSource.validate_url(stream.url)
-    return WhepSource(
-        stream.id,
-        stream.url,
-        metrics=metrics,
-        clock=clock,
-        config=config,
-        webrtc=settings.webrtc,
-        hosts=extra_host_addresses(settings),
-    )
 

@@ -1,0 +1,268 @@
+// deepfake monitor dashboard: streams (polled), alerts (CloudEvents websocket, resumable),
+// per-track score timelines, and "monitor my camera" over WHIP. Plain JS, no build step.
+"use strict";
+
+const POLL_MS = 1000;
+const TIMELINE_S = 60;
+const FEED_MAX = 200;
+const STATE_COLOURS = { clear: "#2ea043", suspicious: "#e3a008", alert: "#f85149", inconclusive: "#8b949e" };
+const REASON_TEXT = {
+  no_face: "no face", occluded: "face occluded", low_resolution: "face too small", low_fps: "frame rate too low",
+  multiple_faces: "several faces", low_quality: "poor image", blurred: "blurred", out_of_frame: "face leaves the frame",
+  window_short: "collecting evidence", stale: "frames late",
+};
+
+const $ = (id) => document.getElementById(id);
+const timelines = new Map(); // "stream/track" -> [{t, score, state}]
+const explanations = new Map(); // "stream/track" -> {reasons, signals} of its last state change
+let lastEventId = Number(sessionStorage.getItem("lastEventId") || 0) || null;
+let latestStreams = [];
+
+// --- token: ?token= in the URL, or the field (kept for this tab only) ----------------------
+const params = new URLSearchParams(location.search);
+const tokenInput = $("token");
+tokenInput.value = params.get("token") || sessionStorage.getItem("token") || "";
+tokenInput.addEventListener("change", () => { sessionStorage.setItem("token", tokenInput.value); connectAlerts(); });
+const token = () => tokenInput.value.trim();
+const withToken = (url) => (token() ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token()) : url);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c != null) node.append(c);
+  return node;
+}
+const fmt = (v, digits = 0, unit = "") => (v == null ? "–" : Number(v).toFixed(digits) + unit);
+const pct = (v) => (v == null ? "–" : Math.round(v * 100) + "%");
+const reasonText = (codes) => (codes || []).map((c) => REASON_TEXT[c] || c.replace(/_/g, " ")).join(", ");
+
+// --- streams ----------------------------------------------------------------------------
+async function poll() {
+  try {
+    const r = await fetch(withToken("/api/streams"), { cache: "no-store" });
+    if (r.status === 401) { setPill("api-state", "API: token needed", "bad"); return; }
+    if (!r.ok) throw new Error(r.status);
+    latestStreams = await r.json();
+    setPill("api-state", "API live", "ok");
+    record(latestStreams);
+    renderStreams(latestStreams);
+    renderCameraVerdict();
+  } catch (e) {
+    setPill("api-state", "API unreachable", "bad");
+  }
+}
+
+function record(streams) {
+  const now = Date.now() / 1000;
+  const live = new Set();
+  for (const s of streams) {
+    for (const tr of s.tracks) {
+      const key = s.id + "/" + tr.track_id;
+      live.add(key);
+      const series = timelines.get(key) || [];
+      series.push({ t: now, score: tr.score, state: tr.state });
+      while (series.length && now - series[0].t > TIMELINE_S) series.shift();
+      timelines.set(key, series);
+    }
+  }
+  for (const key of timelines.keys()) if (!live.has(key)) timelines.delete(key);
+}
+
+function renderStreams(streams) {
+  const box = $("streams");
+  const counts = { alert: 0, suspicious: 0, clear: 0, other: 0 };
+  for (const s of streams) counts[s.verdict in counts ? s.verdict : "other"]++;
+  $("summary").replaceChildren(
+    el("span", { class: "chip alert", text: counts.alert + " alert" }),
+    el("span", { class: "chip suspicious", text: counts.suspicious + " suspicious" }),
+    el("span", { class: "chip clear", text: counts.clear + " clear" }),
+    el("span", { class: "chip inconclusive", text: counts.other + " no verdict" }),
+  );
+  if (!streams.length) { box.replaceChildren(el("p", { class: "empty", text: "No streams yet. Publish one over WHIP, or start your camera." })); return; }
+  const order = { alert: 0, suspicious: 1, inconclusive: 2, clear: 3 };
+  const sorted = [...streams].sort((a, b) => (order[a.verdict] ?? 4) - (order[b.verdict] ?? 4) || a.id.localeCompare(b.id));
+  box.replaceChildren(...sorted.map(streamCard));
+  for (const canvas of box.querySelectorAll("canvas[data-key]")) drawTimeline(canvas, timelines.get(canvas.dataset.key) || []);
+}
+
+function streamCard(s) {
+  const verdict = s.verdict.replace("_", " ");
+  const card = el("article", { class: "card v-" + s.verdict, "data-stream": s.id, "data-state": s.state, "data-verdict": s.verdict },
+    el("div", { class: "card-head" },
+      el("span", { class: "stream-id", text: s.id }),
+      el("span", { class: "verdict-big " + s.verdict, text: verdict })),
+    el("div", { class: "meta" },
+      el("span", { class: "state-" + s.state, text: "● " + s.state }),
+      ` · ${s.source} · ${s.width}×${s.height}` + (s.last_error && s.state !== "running" ? " · " + s.last_error : "")),
+    el("div", { class: "stats" },
+      stat(fmt(s.fps_in, 1), "fps in", "fps"),
+      stat(fmt(s.fps_analysed, 1), "analysed/s"),
+      stat(fmt(s.latency_ms_p50, 0, " ms"), "latency p50", "latency"),
+      stat(String(s.frames_dropped), "dropped")),
+  );
+  if (!s.tracks.length) card.append(el("div", { class: "reasons", text: s.frames_analysed ? "No face in view." : "Waiting for frames…" }));
+  for (const tr of s.tracks) {
+    card.append(el("div", { class: "track", "data-track": tr.track_id },
+      el("span", { class: "label", text: "face #" + tr.track_id }),
+      el("span", {}, el("span", { class: "chip " + tr.state, text: tr.state }), " score " + pct(tr.score)),
+      el("canvas", { width: 600, height: 46, "data-key": s.id + "/" + tr.track_id, "aria-label": "score timeline" }),
+      el("div", { class: "reasons", text: "why: " + explain(s.id + "/" + tr.track_id, tr) }),
+    ));
+  }
+  return card;
+}
+
+function explain(key, tr) {
+  // The poll carries the current reason codes; the last state-change event adds its signals.
+  const last = explanations.get(key);
+  const codes = tr.reasons.length ? tr.reasons : (last ? last.reasons : []);
+  const signals = last && last.signals ? [...last.signals].sort((a, b) => b.weight * b.value - a.weight * a.value).slice(0, 3) : [];
+  const parts = [];
+  if (codes.length) parts.push(reasonText(codes));
+  if (signals.length) parts.push("signals: " + signals.map((g) => `${g.name.replace(/_/g, " ")} ${pct(g.value)}`).join(", "));
+  return parts.length ? parts.join(" · ") : `score ${pct(tr.score)} (50% suspicious, 70% alert)`;
+}
+
+function stat(value, label, name) {
+  return el("div", { class: "stat", ...(name ? { "data-stat": name } : {}) }, el("b", { text: value }), el("span", { text: label }));
+}
+
+function drawTimeline(canvas, series) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  ctx.strokeStyle = "#30363d"; ctx.setLineDash([4, 4]);
+  for (const level of [0.5, 0.7]) { const y = h - level * h; ctx.beginPath(); ctx.moveTo(0, y); ctx.lineTo(w, y); ctx.stroke(); }
+  ctx.setLineDash([]);
+  const now = Date.now() / 1000;
+  const x = (t) => w - ((now - t) / TIMELINE_S) * w;
+  ctx.lineWidth = 3;
+  for (let i = 1; i < series.length; i++) {
+    const a = series[i - 1], b = series[i];
+    if (a.score == null || b.score == null) continue;
+    ctx.strokeStyle = STATE_COLOURS[b.state] || "#8b949e";
+    ctx.beginPath(); ctx.moveTo(x(a.t), h - a.score * h); ctx.lineTo(x(b.t), h - b.score * h); ctx.stroke();
+  }
+  if (!series.some((p) => p.score != null)) { ctx.fillStyle = "#9aa7b4"; ctx.font = "14px system-ui"; ctx.fillText("no score yet", 8, h / 2 + 5); }
+}
+
+function setPill(id, text, cls) { const p = $(id); p.textContent = text; p.className = "pill " + cls; }
+
+// --- alerts websocket (CloudEvents), resumes with ?since=<last id> -----------------------
+let ws = null, wsRetry = 500;
+function connectAlerts() {
+  if (ws) { ws.onclose = null; ws.close(); }
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = withToken(`${proto}//${location.host}/ws/alerts` + (lastEventId ? `?since=${lastEventId}` : ""));
+  ws = new WebSocket(url, "cloudevents.json");
+  ws.onopen = () => { wsRetry = 500; setPill("ws-state", "alerts live", "ok"); };
+  ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
+  ws.onclose = (ev) => {
+    setPill("ws-state", ev.code === 1008 ? "alerts: token needed" : "alerts reconnecting…", "bad");
+    setTimeout(connectAlerts, wsRetry);
+    wsRetry = Math.min(wsRetry * 2, 5000);
+  };
+}
+
+function onEvent(ce) {
+  const id = Number(ce.id);
+  if (lastEventId && id <= lastEventId) return; // replay overlap after a resume
+  lastEventId = id;
+  sessionStorage.setItem("lastEventId", String(id));
+  $("last-id").textContent = "last event #" + id;
+  const d = ce.data || {};
+  const stream = ce.source.split("/streams/")[1] || "?";
+  if (d.track_id != null && (ce.type.includes(".track.state") || ce.type.includes(".alert.opened"))) {
+    explanations.set(stream + "/" + d.track_id, { reasons: d.reasons || [], signals: d.signals || [] });
+  }
+  let what, why = "", cls = "inconclusive", tag = "event";
+  if (ce.type.includes(".alert.opened")) { what = `${stream} face #${d.track_id} ${pct(d.score)}`; why = reasonText(d.reasons); cls = "alert"; tag = "ALERT"; }
+  else if (ce.type.includes(".alert.closed")) { what = `${stream} face #${d.track_id} alert closed`; cls = "clear"; tag = "closed"; }
+  else if (ce.type.includes(".track.state")) { what = `${stream} face #${d.track_id}` + (d.previous ? ` (was ${d.previous})` : ""); why = (d.score != null ? "score " + pct(d.score) + " " : "") + reasonText(d.reasons); cls = d.state; tag = d.state; }
+  else if (ce.type.includes(".stream.status")) { what = `${stream}`; why = d.detail || ""; tag = d.state; cls = d.state === "failed" ? "alert" : d.state === "reconnecting" ? "suspicious" : "inconclusive"; }
+  else { what = ce.type; }
+  const when = new Date(ce.time).toLocaleTimeString([], { hour12: false });
+  const li = el("li", { class: "sev-" + (d.severity || "info"), "data-id": ce.id, "data-type": ce.type },
+    el("time", { text: when }), el("span", { class: "what" }, el("span", { class: "chip " + cls, text: tag }), " " + what),
+    why ? el("span", { class: "why", text: why }) : null);
+  const feed = $("feed");
+  feed.prepend(li);
+  while (feed.children.length > FEED_MAX) feed.lastChild.remove();
+}
+
+// --- monitor my camera: getUserMedia -> WHIP ---------------------------------------------
+let cam = null; // {pc, media, resource, id}
+async function startCamera() {
+  const id = $("cam-id").value.trim();
+  const note = $("cam-note");
+  $("cam-start").disabled = true;
+  try {
+    const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480, frameRate: 30 }, audio: false });
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    for (const track of media.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringDone(pc, 3000); // non-trickle: the offer carries every candidate
+    const headers = { "Content-Type": "application/sdp" };
+    if (token()) headers.Authorization = "Bearer " + token();
+    const r = await fetch(`/whip/${encodeURIComponent(id)}`, { method: "POST", headers, body: pc.localDescription.sdp });
+    if (r.status !== 201) {
+      let reason = r.statusText;
+      try { reason = (await r.json()).error; } catch (e) { /* not JSON */ }
+      throw new Error(`WHIP ${r.status}: ${reason}`);
+    }
+    const resource = new URL(r.headers.get("Location"), location.href).href;
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    cam = { pc, media, resource, id };
+    $("cam-video").srcObject = media;
+    $("cam-stop").disabled = false;
+    note.textContent = `Publishing as "${id}" over WHIP.`;
+    pc.onconnectionstatechange = () => { if (pc.connectionState === "failed") { note.textContent = "Connection failed."; stopCamera(); } };
+  } catch (e) {
+    note.textContent = "Could not start: " + e.message;
+    $("cam-start").disabled = false;
+  }
+}
+
+function gatheringDone(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", done); resolve(); } };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+async function stopCamera() {
+  const c = cam; cam = null;
+  $("cam-stop").disabled = true; $("cam-start").disabled = false;
+  if (!c) return;
+  const headers = token() ? { Authorization: "Bearer " + token() } : {};
+  try { await fetch(c.resource, { method: "DELETE", headers, keepalive: true }); } catch (e) { /* the service cleans up anyway */ }
+  c.pc.close();
+  c.media.getTracks().forEach((t) => t.stop());
+  $("cam-video").srcObject = null;
+  renderCameraVerdict();
+}
+
+function renderCameraVerdict() {
+  const view = $("cam-view"), label = $("cam-verdict"), score = $("cam-score");
+  const s = cam && latestStreams.find((x) => x.id === cam.id);
+  if (!cam) { view.className = "cam-view"; label.className = "verdict"; label.textContent = "camera off"; score.textContent = ""; return; }
+  if (!s) { view.className = "cam-view"; label.className = "verdict waiting"; label.textContent = "connecting"; score.textContent = ""; return; }
+  const worst = s.tracks.reduce((a, t) => (a == null || (t.score ?? -1) > (a.score ?? -1) ? t : a), null);
+  view.className = "cam-view v-" + s.verdict;
+  view.dataset.verdict = s.verdict;
+  label.className = "verdict " + s.verdict;
+  label.textContent = s.verdict.replace("_", " ");
+  score.textContent = worst ? "score " + pct(worst.score) + (worst.reasons.length ? " · " + reasonText(worst.reasons) : "") : `${fmt(s.fps_in, 0)} fps`;
+}
+
+$("cam-start").addEventListener("click", startCamera);
+$("cam-stop").addEventListener("click", stopCamera);
+window.addEventListener("pagehide", () => { if (cam) stopCamera(); });
+
+poll();
+setInterval(poll, POLL_MS);
+connectAlerts();

@@ -1,0 +1,411 @@
+"""WHIP ingest (RFC 9725) on the service's own port: sessions, trickle ICE, teardown, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from monitor.api.auth import token_ok
+from monitor.config import STREAM_ID_RE, Settings, StreamConfig
+from monitor.errors import ConfigError, StreamExists, StreamNotFound
+from monitor.metrics import Metrics
+from monitor.pipeline.manager import StreamManager
+from monitor.sources.webrtc import (
+    AudioBlackhole,
+    WhipTrackSource,
+    extra_host_addresses,
+    rtc_configuration,
+    set_local_description,
+    watch_states,
+)
+
+logger = logging.getLogger(__name__)
+
+SDP = "application/sdp"
+TRICKLE = "application/trickle-ice-sdpfrag"
+DECODABLE = {"video/vp8", "video/h264"}  # what aiortc decodes
+RETRY_AFTER_S = 5
+_MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class Refused(Exception):
+    """A request the endpoint answers with a 4xx/5xx and a reason; ``metric`` labels the failure."""
+
+    def __init__(self, status: int, reason: str, metric: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.metric = metric
+        self.headers = headers or {}
+
+
+@dataclass(eq=False)
+class WhipSession:
+    """One WHIP publisher: its peer connection and the streams its video tracks became."""
+
+    id: str
+    stream_id: str
+    pc: RTCPeerConnection
+    etag: str
+    sources: list[WhipTrackSource] = field(default_factory=list)
+    blackholes: list[AudioBlackhole] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    closed: bool = False
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return [s.stream_id for s in self.sources]
+
+
+class WhipSessions:
+    """Owns every WHIP session. A session ends on DELETE, on ICE failure or timeout, or when
+    one of its streams is removed; whatever the cause, its streams leave the manager and its
+    peer connection closes."""
+
+    def __init__(self, settings: Settings, manager: StreamManager, metrics: Metrics) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+        self.sessions: dict[str, WhipSession] = {}
+        self._reserved = 0  # sessions being negotiated: they count against the limit too
+        self._hosts = extra_host_addresses(settings)
+
+    def reserve(self) -> None:
+        if len(self.sessions) + self._reserved >= self.settings.webrtc.max_sessions:
+            raise Refused(
+                503,
+                f"at most {self.settings.webrtc.max_sessions} WHIP sessions",
+                "capacity",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self._reserved += 1
+
+    async def create(self, stream_id: str, offer: str) -> tuple[WhipSession, str]:
+        """Answer ``offer`` and start one stream per video track; the reservation is released."""
+        try:
+            return await self._create(stream_id, offer)
+        finally:
+            self._reserved -= 1
+
+    async def _create(self, stream_id: str, offer: str) -> tuple[WhipSession, str]:
+        mids = check_offer(offer)
+        names = dict(zip(mids, stream_names(stream_id, mids)))
+        for name in names.values():
+            if not STREAM_ID_RE.match(name):
+                raise Refused(400, f"stream id {name!r} must match {STREAM_ID_RE.pattern}", "bad_stream_id")
+            if any(p.id == name for p in self.manager.list()):
+                raise Refused(409, f"stream {name!r} already exists", "conflict")
+
+        pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
+        session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
+        tracks: list[MediaStreamTrack] = []
+        pc.on("track", tracks.append)
+        watch_states(pc, "whip", self.metrics, lambda state: self._on_connection(session, state))
+        try:
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            except OperationError as exc:
+                raise Refused(422, f"cannot answer the offer: {exc}", "unanswerable_sdp") from exc
+            except (ValueError, InvalidAccessError, InvalidStateError, AssertionError, IndexError, KeyError) as exc:
+                raise Refused(400, f"malformed SDP offer: {exc or type(exc).__name__}", "malformed_sdp") from exc
+            await set_local_description(pc, await pc.createAnswer(), self._hosts)
+            by_mid = {t.receiver.track: t.mid for t in pc.getTransceivers()}
+            video_tracks = [t for t in tracks if t.kind == "video"]
+            for track in tracks:
+                if track.kind == "audio":
+                    session.blackholes.append(AudioBlackhole(track))
+            for track in video_tracks:
+                name = names.get(by_mid.get(track) or "")
+                if name is None:
+                    raise Refused(422, "a video track has no usable m-line", "unanswerable_sdp")
+                source = WhipTrackSource(
+                    name, track, metrics=self.metrics, clock=self.manager.clock, on_close=self._source_closed(session)
+                )
+                stream = StreamConfig(id=name, url=f"whip:/whip/{stream_id}#{by_mid.get(track)}", source="whip")
+                try:
+                    await self.manager.add(stream, source=source)
+                except StreamExists as exc:
+                    raise Refused(409, str(exc), "conflict") from exc
+                except ConfigError as exc:
+                    raise Refused(503, str(exc), "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
+                session.sources.append(source)
+        except BaseException:
+            await self._teardown(session)
+            raise
+        self.sessions[session.id] = session
+        self.metrics.whip_sessions_created.inc()
+        self.metrics.whip_sessions_active.inc()
+        self._arm_timer(session, "ice_timeout")  # it must connect within session_idle_s
+        logger.info("WHIP session %s on %s: streams %s", session.id, stream_id, session.stream_ids)
+        return session, pc.localDescription.sdp
+
+    def _source_closed(self, session: WhipSession) -> Callable[[WhipTrackSource], Awaitable[None]]:
+        async def closed(source: WhipTrackSource) -> None:
+            # The manager removed one of the session's streams (API delete, shutdown): the
+            # session has lost its purpose.
+            await self.end(session, "stream_removed")
+
+        return closed
+
+    def _on_connection(self, session: WhipSession, state: str) -> None:
+        if session.closed:
+            return
+        if state == "connected":
+            self._disarm_timer(session)
+        elif state == "failed":
+            self.metrics.whip_sessions_failed.labels("ice_failed").inc()
+            self._spawn_end(session, "ice_failed")
+        elif state == "closed":
+            self._spawn_end(session, "closed")
+        else:
+            self._arm_timer(session, "ice_timeout")
+
+    def _arm_timer(self, session: WhipSession, reason: str) -> None:
+        if session.timer is not None:
+            return
+
+        def expired() -> None:
+            session.timer = None
+            if not session.closed:
+                self.metrics.whip_sessions_failed.labels(reason).inc()
+                self._spawn_end(session, reason)
+
+        session.timer = asyncio.get_running_loop().call_later(self.settings.webrtc.session_idle_s, expired)
+
+    def _disarm_timer(self, session: WhipSession) -> None:
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+
+    def _spawn_end(self, session: WhipSession, reason: str) -> None:
+        task = asyncio.ensure_future(self.end(session, reason))
+        task.add_done_callback(_log_failure)
+
+    async def end(self, session: WhipSession, reason: str) -> None:
+        """End a session once: remove its streams from the manager, close its connection."""
+        if session.closed:
+            return
+        if self.sessions.pop(session.id, None) is not None:
+            self.metrics.whip_sessions_active.dec()
+        logger.info("WHIP session %s on %s ended: %s", session.id, session.stream_id, reason)
+        await self._teardown(session)
+
+    async def _teardown(self, session: WhipSession) -> None:
+        session.closed = True
+        self._disarm_timer(session)
+        for source in session.sources:
+            with contextlib.suppress(StreamNotFound):  # already removed (it may be why we end)
+                await self.manager.remove(source.stream_id)
+        for hole in session.blackholes:
+            await hole.aclose()
+        await session.pc.close()
+
+    def find(self, stream_id: str, session_id: str) -> WhipSession:
+        session = self.sessions.get(session_id)
+        if session is None or session.stream_id != stream_id:
+            raise Refused(404, "no such WHIP session", "not_found")
+        return session
+
+    async def trickle(self, session: WhipSession, fragment: str) -> None:
+        """Add the remote candidates of a trickle-ice-sdpfrag (RFC 8840) to the session."""
+        mid: str | None = None
+        ufrag: str | None = None
+        remote = session.pc.remoteDescription
+        current_ufrag = SessionDescription.parse(remote.sdp).media[0].ice.usernameFragment if remote else None
+        candidates = []
+        for raw in fragment.splitlines():
+            line = raw.strip()
+            if line.startswith("a=mid:"):
+                mid = line[6:]
+            elif line.startswith("a=ice-ufrag:"):
+                ufrag = line[12:]
+            elif line.startswith("a=candidate:"):
+                try:
+                    candidate = candidate_from_sdp(line[len("a=candidate:") :])
+                except (AssertionError, ValueError, IndexError) as exc:
+                    raise Refused(400, f"malformed candidate line: {line[:80]}", "malformed_sdp") from exc
+                candidates.append(candidate)
+        if ufrag is not None and current_ufrag is not None and ufrag != current_ufrag:
+            raise Refused(422, "ICE restart is not supported: start a new session", "ice_restart")
+        if mid is None and remote is not None:
+            mid = next((t.mid for t in session.pc.getTransceivers() if t.mid is not None), None)
+        for candidate in candidates:
+            candidate.sdpMid = mid
+            try:
+                await session.pc.addIceCandidate(candidate)
+            except (ValueError, InternalError) as exc:
+                raise Refused(400, f"cannot add candidate: {exc}", "malformed_sdp") from exc
+
+    async def aclose(self) -> None:
+        for session in list(self.sessions.values()):
+            await self.end(session, "shutdown")
+
+
+def check_offer(offer: str) -> list[str]:
+    """The mids of the offer's video sections we can receive; Refused when there are none."""
+    if not offer.startswith("v=0"):
+        raise Refused(400, "malformed SDP offer: it must start with v=0", "malformed_sdp")
+    try:
+        parsed = SessionDescription.parse(offer)
+    except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
+        raise Refused(400, f"malformed SDP offer: {exc or type(exc).__name__}", "malformed_sdp") from exc
+    videos: list[str] = []
+    codecs_seen: set[str] = set()
+    for index, media in enumerate(parsed.media):
+        if media.kind != "video":
+            continue
+        names = {c.mimeType.lower() for c in media.rtp.codecs}
+        codecs_seen |= names
+        if media.direction not in (None, "sendonly", "sendrecv"):
+            continue
+        if names & DECODABLE:
+            videos.append(media.rtp.muxId or str(index))
+    if not videos:
+        if not codecs_seen:
+            raise Refused(422, "the offer has no video to publish", "unanswerable_sdp")
+        offered = ", ".join(sorted(codecs_seen))
+        raise Refused(422, f"no decodable video codec offered (need VP8 or H264; got {offered})", "unanswerable_sdp")
+    return videos
+
+
+def stream_names(stream_id: str, mids: list[str]) -> list[str]:
+    """One video track keeps the session's stream id; several get ``<id>.<mid>``."""
+    if len(mids) == 1:
+        return [stream_id]
+    return [f"{stream_id}.{_MID_UNSAFE.sub('_', mid)}" for mid in mids]
+
+
+def _etag() -> str:
+    return f'"{secrets.token_hex(8)}"'
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("ending a WHIP session failed", exc_info=task.exception())
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) -> tuple[APIRouter, WhipSessions]:
+    """The WHIP endpoints and the session registry they share (close it at shutdown)."""
+    router = APIRouter(tags=["whip"])
+    sessions = WhipSessions(settings, manager, metrics)
+    expected = settings.server.token
+    allowed_origins = set(settings.server.cors_origins)
+
+    def cors(request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if origin and origin in allowed_origins:
+            return {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Link",
+                "Vary": "Origin",
+            }
+        return {}
+
+    def refuse(request: Request, exc: Refused) -> JSONResponse:
+        if exc.metric not in ("not_found",):
+            metrics.whip_sessions_failed.labels(exc.metric).inc()
+        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers={**exc.headers, **cors(request)})
+
+    def authorize(request: Request) -> None:
+        header = request.headers.get("authorization")
+        query = request.query_params.get("access_token")
+        if token_ok(expected, header, query):
+            return
+        if not header and not query:
+            raise Refused(401, "missing bearer token", "unauthorized", {"WWW-Authenticate": "Bearer"})
+        raise Refused(403, "wrong bearer token", "forbidden")
+
+    async def read_body(request: Request) -> str:
+        limit = settings.webrtc.max_sdp_bytes
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise Refused(413, f"body larger than {limit} bytes", "too_large")
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Refused(400, "body is not UTF-8", "malformed_sdp") from exc
+
+    @router.options("/whip/{stream_id}")
+    @router.options("/whip/{stream_id}/{session_id}")
+    async def preflight(request: Request) -> Response:
+        """CORS preflight, and what the endpoint accepts."""
+        headers = {
+            **cors(request),
+            "Accept-Post": SDP,
+            "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+            "Access-Control-Max-Age": "600",
+        }
+        return Response(status_code=204, headers=headers)
+
+    @router.post("/whip/{stream_id}", status_code=201, response_class=Response)
+    async def publish(stream_id: str, request: Request) -> Response:
+        """Publish over WebRTC: body is the SDP offer (application/sdp); 201 with the answer."""
+        try:
+            authorize(request)
+            if _media_type(request) != SDP:
+                raise Refused(415, f"Content-Type must be {SDP}", "unsupported_media_type")
+            if not STREAM_ID_RE.match(stream_id):
+                raise Refused(400, f"stream id must match {STREAM_ID_RE.pattern}", "bad_stream_id")
+            offer = await read_body(request)
+            sessions.reserve()
+            session, answer = await sessions.create(stream_id, offer)
+        except Refused as exc:
+            return refuse(request, exc)
+        location = f"/whip/{stream_id}/{session.id}"
+        headers = {
+            **cors(request),
+            "Location": location,
+            "ETag": session.etag,
+            "Accept-Patch": TRICKLE,
+            "X-Monitor-Streams": ",".join(session.stream_ids),
+        }
+        return Response(answer, status_code=201, media_type=SDP, headers=headers)
+
+    @router.patch("/whip/{stream_id}/{session_id}", response_class=Response)
+    async def trickle(stream_id: str, session_id: str, request: Request) -> Response:
+        """Trickle ICE candidates (application/trickle-ice-sdpfrag); ICE restarts get 422."""
+        try:
+            authorize(request)
+            session = sessions.find(stream_id, session_id)
+            if _media_type(request) != TRICKLE:
+                raise Refused(415, f"Content-Type must be {TRICKLE}", "unsupported_media_type")
+            match = request.headers.get("if-match")
+            if match is not None and match != "*" and match != session.etag:
+                raise Refused(412, "ETag does not match the session", "precondition_failed")
+            fragment = await read_body(request)
+            await sessions.trickle(session, fragment)
+        except Refused as exc:
+            return refuse(request, exc)
+        return Response(status_code=204, headers=cors(request))
+
+    @router.delete("/whip/{stream_id}/{session_id}", response_class=Response)
+    async def stop(stream_id: str, session_id: str, request: Request) -> Response:
+        """End the session: its streams stop and leave the stream list."""
+        try:
+            authorize(request)
+            session = sessions.find(stream_id, session_id)
+        except Refused as exc:
+            return refuse(request, exc)
+        await sessions.end(session, "deleted by the publisher")
+        return Response(status_code=200, headers=cors(request))
+
+    return router, sessions

@@ -1,0 +1,148 @@
+"""The monitor pulls a stream from a real WHEP endpoint on loopback (an aiortc server) and
+reconnects with backoff when the server goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from monitor.config import StreamConfig, load_settings
+from monitor.pipeline.manager import build_source
+from monitor.sources.webrtc import set_local_description
+from monitor.types import StreamState
+from tests.integration.test_whip_publish import FaceTrack
+from tests.support.service import running_service
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "p" * 32
+
+
+class WhepServer:
+    """A minimal WHEP endpoint (RFC 9725 style, for egress): POST an offer, get 201 + answer."""
+
+    def __init__(self) -> None:
+        self.pcs: dict[str, RTCPeerConnection] = {}
+        self.requests = 0
+        self.deleted = 0
+
+    async def post(self, request: Request) -> Response:
+        self.requests += 1
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return Response("unauthorized", status_code=401)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=(await request.body()).decode(), type="offer"))
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.direction = "sendonly"
+                transceiver.sender.replaceTrack(FaceTrack((160, 120)))
+        await set_local_description(pc, await pc.createAnswer(), ("127.0.0.1",))
+        sid = secrets.token_hex(4)
+        self.pcs[sid] = pc
+        return Response(
+            pc.localDescription.sdp, status_code=201, media_type="application/sdp",
+            headers={"Location": f"/whep/cam/{sid}"},
+        )
+
+    async def delete(self, request: Request) -> Response:
+        pc = self.pcs.pop(request.path_params["sid"], None)
+        if pc is None:
+            return Response(status_code=404)
+        self.deleted += 1
+        await pc.close()
+        return Response(status_code=200)
+
+    async def drop_all(self) -> None:
+        for pc in list(self.pcs.values()):
+            await pc.close()
+        self.pcs.clear()
+
+    @asynccontextmanager
+    async def serving(self, port: int = 0) -> AsyncIterator[int]:
+        app = Starlette(routes=[
+            Route("/whep/cam", self.post, methods=["POST"]),
+            Route("/whep/cam/{sid}", self.delete, methods=["DELETE"]),
+        ])
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        try:
+            yield server.servers[0].sockets[0].getsockname()[1]
+        finally:
+            await self.drop_all()
+            server.should_exit = True
+            await task
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_whep_pull_receives_video_and_reconnects(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    whep = WhepServer()
+    async with running_service(settings) as svc, whep.serving() as port:
+        rt = svc.runtime
+        stream = StreamConfig(
+            id="pulled", url=f"http://127.0.0.1:{port}/whep/cam", source="whep",
+            options={"token": TOKEN, "read_timeout_s": 1.0, "open_timeout_s": 5.0},
+        )
+        pipeline = await rt.manager.add(stream, source=build_source(stream, settings, rt.metrics, rt.manager.clock))
+        await until(lambda: pipeline.status().frames_received > 5, 15, "WHEP frames")
+        status = pipeline.status()
+        assert status.source == "whep" and status.state == StreamState.RUNNING and status.width == 160
+        assert status.frames_analysed > 0
+
+        # The media server drops the session: the source notices and reconnects with backoff.
+        before = status.frames_received
+        await whep.drop_all()
+        await until(lambda: pipeline.status().reconnects >= 1, 15, "a reconnect")
+        await until(lambda: pipeline.status().frames_received > before + 5, 15, "frames after reconnect")
+        assert pipeline.status().state == StreamState.RUNNING
+        assert whep.requests >= 2
+        reg = rt.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_webrtc_connection_state_changes_total", {"role": "whep", "state": "connected"}) >= 2
+
+        # Removing the stream ends the WHEP session on the server (DELETE on its resource).
+        await rt.manager.remove("pulled")
+        assert whep.deleted >= 1 and not whep.pcs
+
+
+async def test_whep_source_retries_while_the_endpoint_is_down(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    async with running_service(settings) as svc:
+        rt = svc.runtime
+        whep = WhepServer()
+        async with whep.serving() as port:
+            pass  # learn a free port, then leave it closed
+        stream = StreamConfig(id="later", url=f"http://127.0.0.1:{port}/whep/cam", source="whep", options={"token": TOKEN})
+        pipeline = await rt.manager.add(stream, source=build_source(stream, settings, rt.metrics, rt.manager.clock))
+        await until(lambda: pipeline.status().state == StreamState.RECONNECTING, 10, "reconnecting state")
+        async with whep.serving(port):
+            await until(lambda: pipeline.status().frames_received > 3, 20, "frames once the endpoint is up")
+        await rt.manager.remove("later")

@@ -1,0 +1,101 @@
+"""WHIP refuses what it must, with the right status and a reason, and the service stays healthy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from monitor.config import load_settings
+from monitor.sources.webrtc import set_local_description
+from tests.integration.test_whip_publish import TOKEN, FaceTrack, publish
+from tests.support.service import running_service
+
+pytestmark = pytest.mark.integration
+
+SDP = {"Content-Type": "application/sdp"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def real_offer() -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(FaceTrack(), direction="sendonly")
+    await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def only_vp9(offer: str) -> str:
+    """The offer with its video codecs renamed to VP9, which aiortc cannot decode."""
+    return offer.replace("VP8/90000", "VP9/90000").replace("H264/90000", "AV1/90000")
+
+
+async def test_whip_refusals_and_health(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
+        webrtc={"max_sdp_bytes": 4096, "max_sessions": 1},
+    )
+    offer = await real_offer()
+    assert len(offer.encode()) < 4096
+    cases = [
+        # (what, headers, body, status, reason fragment)
+        ("no token", SDP, offer, 401, "missing bearer token"),
+        ("wrong token", {**SDP, "Authorization": "Bearer " + "x" * 32}, offer, 403, "wrong bearer token"),
+        ("wrong content type", {**AUTH, "Content-Type": "application/json"}, offer, 415, "application/sdp"),
+        ("no content type", AUTH, offer, 415, "application/sdp"),
+        ("oversized body", {**AUTH, **SDP}, offer + "a=x-pad:" + "p" * 5000 + "\r\n", 413, "larger than 4096"),
+        ("not SDP", {**AUTH, **SDP}, "hello", 400, "malformed SDP"),
+        ("broken SDP", {**AUTH, **SDP}, "v=0\r\nm=video x\r\n", 400, "malformed SDP"),
+        ("no VP8/H264", {**AUTH, **SDP}, only_vp9(offer), 422, "VP8 or H264"),
+        ("audio only", {**AUTH, **SDP}, offer.replace("m=video", "m=audio").replace("VP8/90000", "opus/48000/2"), 422, ""),
+        ("not UTF-8", {**AUTH, **SDP}, b"v=0\r\n\xff\xfe", 400, "UTF-8"),
+    ]
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            for what, headers, body, status, reason in cases:
+                r = await client.post("/whip/cam1", content=body, headers=headers)
+                assert r.status_code == status, (what, r.status_code, r.text)
+                assert reason in r.json()["error"], (what, r.text)
+            assert (await client.post("/whip/bad%20id", content=offer, headers={**AUTH, **SDP})).status_code == 400
+            # A body over the server-wide limit is cut off before it is read.
+            huge = await client.post("/whip/cam1", content="v=0\r\n" + "a" * 70_000, headers={**AUTH, **SDP})
+            assert huge.status_code == 413
+
+            # CORS preflight needs no token.
+            pre = await client.options("/whip/cam1")
+            assert pre.status_code == 204 and "POST" in pre.headers["access-control-allow-methods"]
+            assert pre.headers["accept-post"] == "application/sdp"
+
+            # Session limit: the second concurrent publisher gets 503 with Retry-After.
+            pc1, first = await publish(svc.base, "cam1", [FaceTrack((160, 120))])
+            assert first.status_code == 201, first.text
+            pc2, second = await publish(svc.base, "cam2", [FaceTrack((160, 120))])
+            assert second.status_code == 503 and int(second.headers["retry-after"]) > 0
+            # PATCH: wrong content type, stale ETag, then a good trickle fragment.
+            loc = first.headers["location"]
+            frag = "a=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+            patch_type = {**AUTH, "Content-Type": "application/trickle-ice-sdpfrag"}
+            assert (await client.patch(loc, content=frag, headers=AUTH)).status_code == 415
+            assert (await client.patch(loc, content=frag, headers={**patch_type, "If-Match": '"nope"'})).status_code == 412
+            ok = await client.patch(loc, content=frag, headers={**patch_type, "If-Match": first.headers["etag"]})
+            assert ok.status_code == 204, ok.text
+            restart = "a=ice-ufrag:zzzz\r\na=ice-pwd:" + "p" * 24 + "\r\n" + frag
+            assert (await client.patch(loc, content=restart, headers=patch_type)).status_code == 422
+            assert (await client.patch(loc + "x", content=frag, headers=patch_type)).status_code == 404
+            assert (await client.delete(loc)).status_code == 401
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+            for pc in (pc1, pc2):
+                await pc.close()
+
+            health = await client.get("/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "ok"
+            reg = svc.runtime.metrics.registry
+            for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
+                              ("too_large", 1), ("malformed_sdp", 3), ("unanswerable_sdp", 2), ("capacity", 1)]:
+                got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
+                assert got == n, (reason, got)
+            assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
+            assert svc.runtime.manager.list() == []

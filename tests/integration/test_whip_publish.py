@@ -1,0 +1,153 @@
+"""A real aiortc publisher sends generated face video over WHIP to the running service on
+loopback; verdicts arrive on the alert websocket; sessions end cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.mediastreams import AudioStreamTrack
+
+from monitor.config import Settings, load_settings
+from monitor.sources.demo_media import render_frame
+from monitor.sources.webrtc import set_local_description
+from tests.support.service import running_service
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "w" * 32
+
+
+class FaceTrack(VideoStreamTrack):
+    """Generated face video at the track's 30 fps clock, rendered at ``size``."""
+
+    def __init__(self, size: tuple[int, int] = (320, 240)) -> None:
+        super().__init__()
+        self.size = size
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        image = render_frame(float(pts * time_base), *self.size)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = pts, Fraction(time_base)
+        return frame
+
+
+async def publish(base: str, stream: str, tracks: list, token: str | None = TOKEN) -> tuple[RTCPeerConnection, httpx.Response]:
+    """WHIP-publish ``tracks``; the peer connection (answer applied if 201) and the response."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in tracks:
+        pc.addTransceiver(track, direction="sendonly")
+    await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient(base_url=base) as client:
+        response = await client.post(f"/whip/{stream}", content=pc.localDescription.sdp, headers=headers)
+    if response.status_code == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+    return pc, response
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def make_settings(tmp_path: Path, **kw: object) -> Settings:
+    return load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN}, **kw)
+
+
+async def test_whip_publish_produces_verdicts_on_the_websocket(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        rt = svc.runtime
+        url = svc.ws + f"/ws/alerts?access_token={TOKEN}"
+        async with websockets.connect(url, subprotocols=["cloudevents.json"]) as ws:
+            audio = AudioStreamTrack()  # silence: the service must swallow it
+            pc, response = await publish(svc.base, "cam1", [FaceTrack(), audio])
+            assert response.status_code == 201, response.text
+            assert response.headers["content-type"].startswith("application/sdp")
+            location = response.headers["location"]
+            assert location.startswith("/whip/cam1/") and response.headers["etag"]
+            assert "a=candidate:" in response.text and "127.0.0.1" in response.text
+            assert rt.metrics.registry.get_sample_value("deepfake_monitor_whip_sessions_active") == 1
+
+            # A verdict for a face track of this stream arrives as a CloudEvent.
+            verdict = None
+            async with asyncio.timeout(25):
+                while verdict is None:
+                    event = json.loads(await ws.recv())
+                    if event["source"].endswith("/streams/cam1") and event["type"].startswith("io.deepfake-monitor.track"):
+                        verdict = event
+            assert verdict["specversion"] == "1.0"
+            assert verdict["data"]["state"] in ("clear", "suspicious", "alert", "inconclusive")
+
+            status = rt.manager.get("cam1").status()
+            assert status.source == "whip" and status.state.value == "running"
+            assert status.fps_in > 5 and status.width == 320
+            reg = rt.metrics.registry
+            assert reg.get_sample_value("deepfake_monitor_webrtc_connection_state_changes_total", {"role": "whip", "state": "connected"}) == 1
+            assert reg.get_sample_value("deepfake_monitor_frame_age_seconds_count", {"source": "whip"}) > 0
+
+            # DELETE ends the session: the stream leaves the manager, the gauge returns to 0.
+            async with httpx.AsyncClient(base_url=svc.base) as client:
+                gone = await client.delete(location, headers={"Authorization": f"Bearer {TOKEN}"})
+                assert gone.status_code == 200
+                again = await client.delete(location, headers={"Authorization": f"Bearer {TOKEN}"})
+                assert again.status_code == 404
+            assert [p.id for p in rt.manager.list()] == []
+            assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
+            await pc.close()
+
+
+async def test_two_video_tracks_become_two_streams_and_vanish_when_the_peer_leaves(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, webrtc={"session_idle_s": 3.0})
+    async with running_service(settings) as svc:
+        rt = svc.runtime
+        pc, response = await publish(svc.base, "room", [FaceTrack((160, 120)), FaceTrack((192, 144))])
+        assert response.status_code == 201, response.text
+        names = response.headers["x-monitor-streams"].split(",")
+        assert len(names) == 2 and all(n.startswith("room.") for n in names)
+
+        async def both_running() -> bool:
+            return all(rt.manager.get(n).status().frames_received > 3 for n in names)
+
+        await until(both_running, 15, "frames on both streams")
+        assert {rt.manager.get(n).status().width for n in names} == {160, 192}
+
+        # The publisher vanishes without DELETE: the service notices and cleans up.
+        await pc.close()
+
+        async def cleaned() -> bool:
+            return not rt.manager.list() and not svc.runtime.app.state.whip_sessions.sessions
+
+        await until(cleaned, 15, "session cleanup")
+        assert rt.metrics.registry.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
+
+
+async def test_removing_the_stream_through_the_api_ends_the_session(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        rt = svc.runtime
+        pc, response = await publish(svc.base, "desk", [FaceTrack((160, 120))])
+        assert response.status_code == 201, response.text
+        async with httpx.AsyncClient(base_url=svc.base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            assert (await client.delete("/api/streams/desk")).status_code == 204
+            sessions = rt.app.state.whip_sessions.sessions
+            assert not sessions
+            # The id is free again: the same publisher name can come back.
+            pc2, again = await publish(svc.base, "desk", [FaceTrack((160, 120))])
+            assert again.status_code == 201, again.text
+            await pc2.close()
+        await pc.close()
