@@ -75,6 +75,9 @@ class EventBus:
     async def read_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.log.read_since, after_id, limit)
 
+    async def read_last(self, n: int) -> list[tuple[int, str]]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.log.read_last, n)
+
     async def wait_for_new(self, timeout: float) -> None:
         async with self._new_events:
             try:

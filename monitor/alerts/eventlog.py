@@ -133,6 +133,12 @@ class EventLog:
             ).fetchall()
         return [(r[0], to_cloudevent_json(self.instance, r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))) for r in rows]
 
+    def read_last(self, n: int) -> list[tuple[int, str]]:
+        """The newest ``n`` events, oldest first (for a dashboard's first paint)."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        return self.read_since(max(int(row[0]) - n, 0), n)
+
     def render(self, stored: StoredEvent) -> str:
         e = stored.event
         return to_cloudevent_json(

@@ -174,9 +174,13 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         return Response(status_code=204)
 
     @app.get("/api/events", dependencies=[Depends(require_token)], tags=["alerts"])
-    async def events(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
-        """Events after id `since`, oldest first, as a JSON array of CloudEvents (for polling)."""
-        rows = await bus.read_since(since, limit)
+    async def events(
+        since: int = Query(0, ge=0, description="Return events with a larger id."),
+        limit: int = Query(100, ge=1, le=1000, description="At most this many events."),
+        last: int | None = Query(None, ge=1, le=1000, description="Instead of `since`: the newest N events."),
+    ) -> Response:
+        """Events after id `since` (or the newest `last`), oldest first, as a JSON array of CloudEvents."""
+        rows = await (bus.read_last(last) if last is not None else bus.read_since(since, limit))
         return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
 
     @app.websocket("/ws/alerts")

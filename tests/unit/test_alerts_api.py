@@ -68,6 +68,9 @@ async def test_websocket_replays_since_and_streams_live(tmp_path: Path) -> None:
         async with websockets.connect(svc.ws + "/ws/alerts?since=6", subprotocols=["cloudevents.json"]) as ws:
             resumed = await recv_all(ws, 4)
         assert [int(e["id"]) for e in resumed] == [7, 8, 9, 10]
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            assert [int(e["id"]) for e in (await http.get("/api/events?last=3")).json()] == [8, 9, 10]
+            assert [int(e["id"]) for e in (await http.get("/api/events?since=8")).json()] == [9, 10]
 
 
 async def test_slow_client_is_evicted_with_1013_and_loses_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ const STATE_COLOURS = { clear: "#2ea043", suspicious: "#e3a008", alert: "#f85149
 const REASON_TEXT = {
   no_face: "no face", occluded: "face occluded", low_resolution: "face too small", low_fps: "frame rate too low",
   multiple_faces: "several faces", low_quality: "poor image", blurred: "blurred", out_of_frame: "face leaves the frame",
-  window_short: "collecting evidence", stale: "frames late",
+  window_too_short: "collecting evidence", warming_up: "collecting evidence", track_ended: "face left", stale: "frames late",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -265,4 +265,13 @@ window.addEventListener("pagehide", () => { if (cam) stopCamera(); });
 
 poll();
 setInterval(poll, POLL_MS);
-connectAlerts();
+// First paint: the newest events from the log, then the websocket resumes after them.
+(async () => {
+  if (!lastEventId) {
+    try {
+      const r = await fetch(withToken("/api/events?last=30"), { cache: "no-store" });
+      if (r.ok) for (const ce of await r.json()) onEvent(ce);
+    } catch (e) { /* the websocket still connects */ }
+  }
+  connectAlerts();
+})();
