@@ -244,3 +244,29 @@ def test_serve_refuses_exposed_bind_without_token(tmp_path: Path) -> None:
 def test_python_m_monitor_runs() -> None:
     r = subprocess.run([sys.executable, "-m", "monitor", "config", "schema"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "analysis" in json.loads(r.stdout)["properties"]
+
+
+async def test_alerts_cli_tails_and_resumes(tmp_path: Path) -> None:
+    from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+
+    def ev(i: int) -> Event:
+        return Event(EventType.STREAM_STATUS, "x", Severity.INFO, 1.7e9 + i, StreamStatusData(StreamState.RUNNING, str(i), 0))
+
+    async with running_service(settings_for(tmp_path)) as svc:
+        await svc.runtime.bus.publish([ev(i) for i in range(3)])
+        proc = await asyncio.create_subprocess_exec(
+            MONITOR, "alerts", "--url", svc.ws + "/ws/alerts", "--since", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            lines = []
+            async with asyncio.timeout(30):
+                lines.append(json.loads(await proc.stdout.readline()))
+                lines.append(json.loads(await proc.stdout.readline()))
+                await svc.runtime.bus.publish([ev(3)])
+                lines.append(json.loads(await proc.stdout.readline()))
+        finally:
+            proc.kill()
+            await proc.wait()
+    assert [e["id"] for e in lines] == ["2", "3", "4"]
