@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -58,7 +60,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         for sink_config in settings.sinks:
             cls = load_plugin(SINK_GROUP, sink_config.name)
             sink = cls(plugin_config(cls, sink_config.options))
-            runner = SinkRunner(bus, sink, sink_config.name, metrics)
+            runner = SinkRunner(bus, sink, sink_config.key, metrics)
             await runner.start()
             stack.push_async_callback(runner.aclose)
 
@@ -84,10 +86,28 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM/SIGINT as soon as it stops serving, which would
+    kill the process before our teardown closes alerts and flushes the log. Here the signal
+    only asks uvicorn to stop; teardown then runs and the process exits normally."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 async def serve(settings: Settings) -> None:
-    """Run the service until SIGINT/SIGTERM."""
+    """Run the service until SIGINT/SIGTERM, then stop streams, close open alerts and exit."""
     async with runtime(settings) as rt:
-        server = uvicorn.Server(uvicorn_config(rt.app, settings))
+        server = _Server(uvicorn_config(rt.app, settings))
         ready = asyncio.create_task(_announce(server))
         try:
             await server.serve()

@@ -38,7 +38,7 @@ class ServerConfig(Strict):
     token: str | None = Field(None, min_length=16, description="Bearer token required for the API, WHIP ingest and alerts. Required when `host` is not loopback.")
     public_metrics: bool = Field(True, description="Serve /metrics and /healthz without the token (for Prometheus scrapers on a trusted network).")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger requests get 413.")
-    cors_origins: tuple[str, ...] = Field((), description="Origins allowed to call the API from a browser (besides same-origin).")
+    cors_origins: tuple[str, ...] = Field((), description="Browser origins (e.g. https://dash.example) allowed besides same-origin: they may publish over WHIP and read the alert websocket.")
 
     @property
     def is_loopback(self) -> bool:
@@ -83,7 +83,7 @@ class WebRTCConfig(Strict):
     include_loopback: bool = Field(True, description="Offer 127.0.0.1 as a host candidate when the server binds to loopback (aioice never offers it by itself).")
     max_sessions: int = Field(16, ge=1, le=256, description="Most concurrent WHIP sessions; more get 503.")
     max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted.")
-    session_idle_s: float = Field(30.0, gt=0, description="A session whose ICE fails or disconnects for this long is cleaned up.")
+    session_idle_s: float = Field(30.0, gt=0, description="A WHIP session not connected this long after it was created is cleaned up; a failed or closed connection ends its session at once.")
 
 
 class DetectorConfig(Strict):
@@ -109,13 +109,17 @@ class PolicyConfig(Strict):
 
 class AlertsConfig(Strict):
     queue_size: int = Field(1000, ge=1, description="Events buffered per websocket client; a client that falls further behind is closed with 1013 and resumes with ?since=.")
-    replay_limit: int = Field(10_000, ge=1, description="Most events replayed to a client that resumes with ?since=.")
     retention_days: float = Field(30.0, gt=0, description="Events older than this are removed from the event log at start-up.")
 
 
 class SinkConfig(Strict):
     name: str = Field(description="Alert sink plugin (entry point in `deepfake_monitor.sinks`), e.g. `webhook`.")
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Unique id of this sink (its delivery cursor and metric label); defaults to `name`. Required when one plugin is used twice.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options for the sink plugin.")
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
 
 
 class StreamConfig(Strict):
@@ -187,11 +191,11 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @model_validator(mode="after")
-    def _unique_streams(self) -> Settings:
-        ids = [s.id for s in self.streams]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate stream ids: {dupes}")
+    def _unique_ids(self) -> Settings:
+        for what, ids in (("stream", [s.id for s in self.streams]), ("sink", [s.key for s in self.sinks])):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {what} ids: {dupes} (give each sink its own `id`)")
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
+from monitor.types import EventType, Severity, TrackState
 
 # Latency buckets from 1 ms to 5 s: a frame->verdict path is ~10-100 ms when healthy.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
@@ -122,7 +123,8 @@ class Metrics:
             "deepfake_monitor_whip_sessions_failed_total",
             "WHIP requests refused or sessions that failed, by reason (unauthorized, forbidden, "
             "unsupported_media_type, too_large, malformed_sdp, unanswerable_sdp, bad_stream_id, "
-            "conflict, capacity, ice_failed, ice_timeout, internal).",
+            "conflict, capacity, ice_failed, ice_timeout). Bodies over server.max_body_bytes are "
+            "refused before WHIP sees them and count in http_rejected_total{reason=\"too_large\"}.",
             ["reason"],
             registry=r,
         )
@@ -139,6 +141,24 @@ class Metrics:
             registry=r,
         )
         # --- end webrtc
+
+        self._create_known_series()
+
+    def _create_known_series(self) -> None:
+        """Create every fixed label set at zero, so rate()/increase() see the first event
+        after a restart (a series born at 1 looks like no increase)."""
+        for severity in Severity:
+            self.alerts.labels(severity.value)
+        for event_type in EventType:
+            self.events.labels(event_type.value)
+        for state in TrackState:
+            self.verdicts.labels(state.value)
+            self.track_states.labels(state.value)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        self.work_skipped.labels("detect")
+        for reason in ("unauthorized", "too_large", "forbidden_origin"):
+            self.http_rejections.labels(reason)
 
     def forget_stream(self, stream_id: str) -> None:
         """Remove every per-stream series so ended streams do not linger in scrapes."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up the project on a fresh Debian machine: Python venv (.venv) and, with --test, the
-# Debian packages the integration tests start (RTSP server, Prometheus, Redis, Chromium).
+# Debian packages the integration tests start (RTSP server, Prometheus, Chromium).
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,24 +10,38 @@ want_test=0
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)
+case "$ver" in
+  3.11|3.12) ;;
+  *) echo "deepfake-monitor needs Python 3.11 or 3.12 (mediapipe 0.10.21); found $PY = $ver. Set PYTHON=/path/to/python3.11." >&2; exit 1 ;;
+esac
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+apt_install() {  # only what is missing, and only on Debian-like systems
+  command -v dpkg >/dev/null || return 0
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# A venv needs ensurepip, which Debian ships separately.
+if ! "$PY" -c 'import ensurepip' >/dev/null 2>&1; then apt_install "python${ver}-venv"; fi
 
 if [ "$want_test" = 1 ]; then
-  pkgs=(gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-        gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi python3-gst-1.0
-        prometheus redis-server chromium chromium-driver)
-  missing=()
-  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    echo "installing Debian packages: ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    # The prometheus package starts a system service on :9090; tests run their own.
-    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
-  fi
+  # A real RTSP server (gst-rtsp-server through Debian's python3-gi), a real Prometheus
+  # (and promtool), and a real browser for the dashboard test.
+  apt_install gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi \
+    python3-gst-1.0 prometheus chromium chromium-driver
+  # The prometheus package may start a system service on :9090; tests run their own.
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# A venv without pip (ensurepip was missing when it was made) is rebuilt.
+[ -x .venv/bin/pip ] || { rm -rf .venv; "$PY" -m venv .venv; }
 stamp=.venv/.setup-stamp
 inputs=$(cat pyproject.toml plugins/*/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$want_test
 if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
@@ -39,4 +53,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mediapipe==0.10.21
   echo "$inputs" > "$stamp"
 fi
-.venv/bin/python -c "import mediapipe, cv2, torch, av, aiortc" || { echo "environment check failed" >&2; exit 1; }
+.venv/bin/python -c "import mediapipe, cv2, av, aiortc, monitor.faces" || { echo "environment check failed" >&2; exit 1; }

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from monitor.alerts.eventlog import EventLog
 from monitor.metrics import Metrics
@@ -15,6 +16,7 @@ from monitor.plugins import AlertSink
 from monitor.types import Event, EventType, StoredEvent
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Subscription:
@@ -75,6 +77,10 @@ class EventBus:
     async def read_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.log.read_since, after_id, limit)
 
+    async def on_log(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a call on the event log in its own thread (SQLite stays off the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def read_last(self, n: int) -> list[tuple[int, str]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.log.read_last, n)
 
@@ -90,8 +96,8 @@ class EventBus:
 
 
 class SinkRunner:
-    """Delivers every event to one sink in id order, at least once: the cursor advances
-    only after ``send`` succeeds, and failures retry with backoff."""
+    """Delivers every event to one sink in id order, at least once: the cursor (keyed by the
+    sink's id) advances only after ``send`` succeeds, and failures retry with backoff."""
 
     def __init__(self, bus: EventBus, sink: AlertSink, name: str, metrics: Metrics) -> None:
         self.bus = bus
@@ -105,32 +111,32 @@ class SinkRunner:
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        cursor = await loop.run_in_executor(self.bus._executor, self.bus.log.get_cursor, self.name)
+        log = self.bus.log
+        cursor = await self.bus.on_log(log.get_cursor, self.name)
         if cursor is None:
             # A new sink starts from now rather than flooding its target with history.
-            cursor = await loop.run_in_executor(self.bus._executor, self.bus.log.last_id)
+            cursor = await self.bus.on_log(log.last_id)
         delay = 0.5
         while True:
-            batch = await self.bus.read_since(cursor, 100)
-            if not batch:
-                await self.bus.wait_for_new(5.0)
-                continue
-            for event_id, payload in batch:
-                while True:
-                    try:
-                        await self.sink.send(event_id, payload)
-                        delay = 0.5
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        self.metrics.sink_failures.labels(self.name).inc()
-                        logger.warning("sink %s failed on event %d: %s; retrying in %.1fs", self.name, event_id, exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 30.0)
-                cursor = event_id
-                await loop.run_in_executor(self.bus._executor, self.bus.log.set_cursor, self.name, cursor)
+            try:
+                batch = await self.bus.read_since(cursor, 100)
+                if not batch:
+                    await self.bus.wait_for_new(5.0)
+                    continue
+                for event_id, payload in batch:
+                    await self.sink.send(event_id, payload)
+                    delay = 0.5
+                    cursor = event_id
+                    await self.bus.on_log(log.set_cursor, self.name, cursor)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Delivery failures and log errors alike: wait and retry from the cursor, so
+                # nothing is skipped and the runner never dies.
+                self.metrics.sink_failures.labels(self.name).inc()
+                logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def aclose(self) -> None:
         if self._task is not None:

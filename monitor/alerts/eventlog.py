@@ -93,7 +93,8 @@ class EventLog:
         self.instance = instance
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # timeout: wait for a lock held by a backup or another reader instead of failing at once.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
         self._db.execute("PRAGMA synchronous=FULL")

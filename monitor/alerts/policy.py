@@ -53,7 +53,6 @@ class TrackPolicy:
         self.raw: float | None = None
         self.reasons: tuple[str, ...] = ("warming_up",)
         self.signals: tuple[Signal, ...] = ()
-        self._last_t: float | None = None
         self._last_usable_t: float | None = None
         self._above_alert_since: float | None = None
         self._alert: _OpenAlert | None = None
@@ -68,14 +67,14 @@ class TrackPolicy:
         p = verdict.score.probability
         self.raw = p
         if p is not None:
-            if self.smoothed is None or self._last_t is None:
+            if self.smoothed is None or self._last_usable_t is None:
                 self.smoothed = p
             else:
-                alpha = 1.0 - math.pow(0.5, max(t - self._last_t, 0.0) / c.ema_halflife_s)
+                # Decay by the time since the last *usable* score, so evidence is weighed by age.
+                alpha = 1.0 - math.pow(0.5, max(t - self._last_usable_t, 0.0) / c.ema_halflife_s)
                 self.smoothed += alpha * (p - self.smoothed)
             self._last_usable_t = t
             self.signals = verdict.score.signals
-        self._last_t = t
         self.reasons = verdict.reasons
 
         target = self._target(t)
@@ -103,15 +102,21 @@ class TrackPolicy:
         usable_recently = self._last_usable_t is not None and t - self._last_usable_t < c.inconclusive_after_s
         if s is None or not usable_recently:
             # A brief gap in usable scores keeps the last state (the smoothed score holds);
-            # only a gap longer than inconclusive_after_s makes the track inconclusive.
+            # a gap longer than inconclusive_after_s makes the track inconclusive and forgets
+            # the old evidence, so a returning face is judged afresh (no instant re-alert).
+            self.smoothed = None
+            self._above_alert_since = None
             return TrackState.INCONCLUSIVE
 
+        last_usable = self._last_usable_t
+        assert last_usable is not None
         if s >= c.alert_enter:
             if self._above_alert_since is None:
-                self._above_alert_since = t
+                self._above_alert_since = last_usable
         else:
             self._above_alert_since = None
-        alert_ready = self._above_alert_since is not None and t - self._above_alert_since >= c.min_alert_s
+        # Only usable evidence counts towards min_alert_s: a gap does not extend a spike.
+        alert_ready = self._above_alert_since is not None and last_usable - self._above_alert_since >= c.min_alert_s
 
         dwell = t - (self.since_t if self.since_t is not None else t)
         can_downgrade = dwell >= c.min_state_s

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 import enum
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -88,6 +90,13 @@ async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+def origin_allowed(origin: str | None, host: str | None, allowed: set[str]) -> bool:
+    """Non-browser clients send no Origin; a browser page must be same-origin or configured."""
+    if origin is None or origin in allowed:
+        return True
+    return host is not None and origin.split("://", 1)[-1].rstrip("/") == host
+
+
 def status_json(status: StreamStatus) -> dict[str, Any]:
     def conv(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -116,6 +125,10 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         description="Watches video streams for deepfaked faces; alerts over a websocket as CloudEvents.",
     )
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics)
+    if settings.server.is_loopback:
+        # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
+    allowed_origins = set(settings.server.cors_origins)
     app.state.settings = settings
     app.state.manager = manager
     app.state.bus = bus
@@ -136,9 +149,10 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
 
     @app.get("/healthz", dependencies=public, tags=["ops"])
     async def healthz() -> dict[str, Any]:
-        """Liveness: the process and its event loop answer. Lists stream states."""
-        streams = {p.id: p.status().state.value for p in manager.list()}
-        return {"status": "ok", "version": __version__, "streams": streams}
+        """Liveness: the process and its event loop answer. Counts streams by state (no ids:
+        this route is public by default; ask /api/streams for details)."""
+        states = Counter(p.source.status.state.value for p in manager.list())
+        return {"status": "ok", "version": __version__, "streams": dict(states)}
 
     @app.get("/metrics", dependencies=public, tags=["ops"], response_class=Response)
     async def metrics_endpoint() -> Response:
@@ -153,6 +167,9 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     @app.post("/api/streams", status_code=201, dependencies=[Depends(require_token)], tags=["streams"])
     async def add_stream(request: Request) -> dict[str, Any]:
         """Start watching a stream. Body: a StreamConfig (`id`, `url`, optional `analysis_fps`, `options`...)."""
+        # JSON only: a cross-site form or a no-cors fetch (text/plain) cannot add a stream.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, "Content-Type must be application/json")
         try:
             body = await request.json()
         except ValueError:
@@ -189,6 +206,11 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         if not token_ok(expected, websocket.headers.get("authorization"), access_token):
             metrics.http_rejections.labels("unauthorized").inc()
             await websocket.close(code=WS_CLOSE_POLICY, reason="missing or wrong token")
+            return
+        if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), allowed_origins):
+            # Browsers always send Origin: another site's page must not read the alerts.
+            metrics.http_rejections.labels("forbidden_origin").inc()
+            await websocket.close(code=WS_CLOSE_POLICY, reason="origin not allowed")
             return
         offered = websocket.scope.get("subprotocols") or []
         if offered and WS_SUBPROTOCOL not in offered:
@@ -227,13 +249,17 @@ async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics
         while True:
             get = asyncio.ensure_future(sub.queue.get())
             evicted = asyncio.ensure_future(sub.overflowed.wait())
-            done, _ = await asyncio.wait({get, evicted}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({get, evicted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Cancelled (client gone) or one finished: never leave the other pending.
+                for fut in (get, evicted):
+                    if not fut.done():
+                        fut.cancel()
             if get not in done:
-                get.cancel()
                 metrics.ws_evictions.inc()
                 await websocket.close(WS_CLOSE_TOO_SLOW, f"too slow; resume with ?since={last_sent}")
                 return
-            evicted.cancel()
             event_id, payload = get.result()
             if event_id > last_sent:
                 await websocket.send_text(payload)

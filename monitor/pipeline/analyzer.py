@@ -225,5 +225,6 @@ class StreamAnalyzer:
                 tr.policy.since_t,
                 tr.window.first_t,
             )
-            for tid, tr in sorted(self.tracks.items())
+            # A copy: the API thread reads while the analysis thread may add or end tracks.
+            for tid, tr in sorted(list(self.tracks.items()))
         ]

@@ -47,13 +47,14 @@ class StreamManager:
         self.make_faces = make_faces
         self.max_streams = max_streams
         self._streams: dict[str, StreamPipeline] = {}
+        self._closing: set[str] = set()
         self._lock = asyncio.Lock()
 
     async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
         """Start watching ``stream``. A prebuilt ``source`` (e.g. a WebRTC track) may be given."""
         async with self._lock:
-            if stream.id in self._streams:
-                raise StreamExists(f"stream {stream.id!r} already exists")
+            if stream.id in self._streams or stream.id in self._closing:
+                raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
             if len(self._streams) >= self.max_streams:
                 raise ConfigError(f"at most {self.max_streams} streams")
             if source is None:
@@ -61,16 +62,28 @@ class StreamManager:
             a = self.settings.analysis
             fps = stream.analysis_fps or a.fps
             loop = asyncio.get_running_loop()
-            # Model loading and MediaPipe graph setup take a moment: keep them off the loop.
-            detector = await loop.run_in_executor(None, self.make_detector)
-            faces = await loop.run_in_executor(None, self.make_faces, stream.id)
-            analyzer = StreamAnalyzer(
-                stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
-            )
-            pipeline = StreamPipeline(
-                stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s, a.detector_threads
-            )
-            await pipeline.start()
+            faces: FaceStage | None = None
+            pipeline: StreamPipeline | None = None
+            try:
+                # Model loading and MediaPipe graph setup take a moment: keep them off the loop.
+                detector = await loop.run_in_executor(None, self.make_detector)
+                faces = await loop.run_in_executor(None, self.make_faces, stream.id)
+                analyzer = StreamAnalyzer(
+                    stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
+                )
+                pipeline = StreamPipeline(
+                    stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s, a.detector_threads
+                )
+                await pipeline.start()
+            except BaseException:
+                # Nothing half-built may outlive a failed add: source thread, graph, executor.
+                if pipeline is not None:
+                    await pipeline.aclose()
+                else:
+                    await source.aclose()
+                    if faces is not None:
+                        faces.close()
+                raise
             self._streams[stream.id] = pipeline
             logger.info("watching stream %s (%s)", stream.id, source.kind)
             return pipeline
@@ -78,9 +91,15 @@ class StreamManager:
     async def remove(self, stream_id: str) -> None:
         async with self._lock:
             pipeline = self._streams.pop(stream_id, None)
-        if pipeline is None:
-            raise StreamNotFound(f"no stream {stream_id!r}")
-        await pipeline.aclose()
+            if pipeline is None:
+                raise StreamNotFound(f"no stream {stream_id!r}")
+            # Until it is closed the id stays taken: a new stream with the same id would
+            # otherwise have its metrics removed by the old one's teardown.
+            self._closing.add(stream_id)
+        try:
+            await pipeline.aclose()
+        finally:
+            self._closing.discard(stream_id)
         logger.info("stopped stream %s", stream_id)
 
     def get(self, stream_id: str) -> StreamPipeline:

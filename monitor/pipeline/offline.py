@@ -101,6 +101,9 @@ def scan(
     analyzer = StreamAnalyzer(
         "scan", settings.analysis, settings.policy, detector, faces, metrics, clock or _ScanClock()
     )
+    # Offline, nothing is late: never skip detector work, so results do not depend on how
+    # fast this machine happens to be.
+    analyzer.budget_s = float("inf")
     timelines: dict[int, list[TrackPoint]] = {}
     first_seen: dict[int, float] = {}
     events: list[Event] = []

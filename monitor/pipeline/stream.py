@@ -78,6 +78,9 @@ class StreamPipeline:
         self._last_latency: float | None = None
         self._faces_seen = False
         self._pending: set[asyncio.Task[object]] = set()
+        self._started = False
+        self.frames_skipped_for_fresher = 0
+        self.analysis_errors = 0
 
     @property
     def id(self) -> str:
@@ -86,9 +89,15 @@ class StreamPipeline:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.source.on_state(self._on_source_state)
-        self.metrics.streams_active.labels(self.source.kind).inc()
         await self.source.start()
+        self.metrics.streams_active.labels(self.source.kind).inc()
+        self._started = True
         self._task = asyncio.create_task(self._run(), name=f"stream-{self.id}")
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("stream %s analysis task died", self.id, exc_info=task.exception())
 
     def _on_source_state(self, state: StreamState, detail: str) -> None:
         """Called from the source thread: publish a stream status event on the loop."""
@@ -133,11 +142,12 @@ class StreamPipeline:
                 if fresh_within and self.clock.monotonic() - frame.received_at > fresh_within:
                     # The waiting frame is most of a frame interval old and a new one is due
                     # soon: analysing the next one instead cuts frame->verdict latency.
-                    self.metrics.frames_dropped.labels(self.id, "not_sampled").inc()
                     try:
                         frame = await asyncio.wait_for(self.source.recv(), 2 * fresh_within)
+                        self.frames_skipped_for_fresher += 1
+                        self.metrics.frames_dropped.labels(self.id, "not_sampled").inc()
                     except asyncio.TimeoutError:
-                        pass
+                        pass  # none came: analyse the one we have
                     except SourceEnded:
                         break
                     except MonitorError as exc:
@@ -156,16 +166,33 @@ class StreamPipeline:
                     analysis = await loop.run_in_executor(self._executor, self.analyzer.analyse, frame)
                 except Exception:  # one bad frame must not end the stream
                     logger.exception("analysis failed on stream %s frame %d", self.id, frame.seq)
+                    self.analysis_errors += 1
                     self.metrics.frames_dropped.labels(self.id, "analysis_error").inc()
                     continue
                 last_t = frame.pts_s
                 self._record(analysis)
                 if analysis.events:
-                    await self.bus.publish(analysis.events)
+                    await self._publish(analysis.events)
         finally:
             events = await loop.run_in_executor(self._executor, self.analyzer.end, last_t)
             if events:
+                await self._publish(events)
+
+    async def _publish(self, events: tuple[Event, ...] | list[Event]) -> None:
+        """Write events to the log, retrying a briefly unavailable log (e.g. a backup holding
+        the SQLite lock) instead of ending the stream's task."""
+        delay = 0.2
+        for attempt in range(6):
+            try:
                 await self.bus.publish(events)
+                return
+            except Exception:
+                if attempt == 5:
+                    logger.exception("stream %s: could not write %d events to the log", self.id, len(events))
+                    return
+                logger.warning("stream %s: event log write failed; retrying in %.1fs", self.id, delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay *= 2
 
     def _record(self, analysis: Analysis) -> None:
         self._analysed_rate.tick(self.clock.monotonic())
@@ -194,7 +221,8 @@ class StreamPipeline:
             fps_analysed=round(self._analysed_rate.rate(self.clock.monotonic()), 2),
             frames_received=s.frames_received,
             frames_analysed=self.frames_analysed,
-            frames_dropped=s.frames_dropped + self.frames_stale + s.decode_errors,
+            frames_dropped=s.frames_dropped + self.frames_stale + s.decode_errors + self.frames_skipped_for_fresher
+            + self.analysis_errors,
             frames_stale=self.frames_stale,
             decode_errors=s.decode_errors,
             reconnects=s.reconnects,
@@ -215,15 +243,22 @@ class StreamPipeline:
         await self.source.aclose()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, 10.0)
+                # shield: a timeout must not cancel the task's own teardown (closing alerts).
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
             except asyncio.TimeoutError:
+                logger.warning("stream %s did not stop within 10 s; cancelling", self.id)
                 self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
             except Exception:
                 logger.exception("stream %s task failed", self.id)
+        else:
+            self.analyzer.faces.close()  # never started: its task would have closed it
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
-        self._executor.shutdown(wait=True)
-        self.metrics.streams_active.labels(self.source.kind).dec()
+        # A stuck analysis call must not block the event loop while we wait for it.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._started:
+            self.metrics.streams_active.labels(self.source.kind).dec()
         self.metrics.forget_stream(self.id)
 
 

@@ -123,7 +123,14 @@ class ThreadedSource:
         if state == self.status.state and not detail:
             return
         self.status.state = state
-        self.metrics.stream_up.labels(self.stream_id).set(1 if state == StreamState.RUNNING else 0)
+        if state in (StreamState.ENDED, StreamState.STOPPED):
+            # Finished on purpose (a file ended, the stream was removed): not "down".
+            try:
+                self.metrics.stream_up.remove(self.stream_id)
+            except KeyError:
+                pass
+        else:
+            self.metrics.stream_up.labels(self.stream_id).set(1 if state == StreamState.RUNNING else 0)
         for listener in self._state_listeners:
             try:
                 listener(state, detail)

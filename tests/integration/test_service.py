@@ -246,7 +246,7 @@ def test_python_m_monitor_runs() -> None:
     assert r.returncode == 0 and "analysis" in json.loads(r.stdout)["properties"]
 
 
-async def test_alerts_cli_tails_and_resumes(tmp_path: Path) -> None:
+async def test_alerts_cli_tails_from_since(tmp_path: Path) -> None:
     from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
 
     def ev(i: int) -> Event:
@@ -270,3 +270,34 @@ async def test_alerts_cli_tails_and_resumes(tmp_path: Path) -> None:
             proc.kill()
             await proc.wait()
     assert [e["id"] for e in lines] == ["2", "3", "4"]
+
+
+def test_sigterm_stops_cleanly_closing_alerts_and_tracks(tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+
+    clip = write_clip(tmp_path / "face.mp4", 3.0, fps=15, width=320, height=240)
+    # Thresholds at 0 make every scored track alert, so there is an open alert to close.
+    config = {"demo": False, "data_dir": str(tmp_path / "data"),
+              "policy": {"suspicious_enter": 0.0, "alert_enter": 0.0, "min_alert_s": 0.2},
+              "streams": [{"id": "a", "url": str(clip), "loop": True}]}
+    svc = ServiceProcess(tmp_path, config)
+    svc.start()
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if any(e["type"].endswith("alert.opened.v1") for e in svc.get("/api/events?since=0&limit=1000").json()):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("no alert opened")
+    finally:
+        code = svc.stop(signal.SIGTERM)
+    assert code == 0, svc.log.read_text()[-2000:]
+    db = sqlite3.connect(tmp_path / "data" / "events.sqlite3")
+    rows = [(t, json.loads(d)) for t, d in db.execute("SELECT type, data FROM events ORDER BY id")]
+    opened = {d["alert_id"] for t, d in rows if t.endswith("alert.opened.v1")}
+    closed = {d["alert_id"]: d for t, d in rows if t.endswith("alert.closed.v1")}
+    assert opened and opened <= set(closed), "every alert opened before SIGTERM is closed"
+    assert any("track_ended" in d["reasons"] for d in closed.values())
+    assert any(t.endswith("stream.status.v1") and d["state"] == "stopped" for t, d in rows)

@@ -175,3 +175,63 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MONITOR_ANALYSIS__FPS", "7")
     s = load_settings(cfg)
     assert s.analysis.fps == 7 and s.server.port == 9000
+
+
+async def test_cross_site_requests_are_refused(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path, server={"cors_origins": ["https://dash.example"]})) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            # A no-cors fetch from another site sends text/plain: never accepted.
+            r = await http.post("/api/streams", content=b'{"id":"x","url":"rtsp://127.0.0.1:9/x"}', headers={"content-type": "text/plain"})
+            assert r.status_code == 415
+            # DNS rebinding: a foreign Host header is refused while bound to loopback.
+            assert (await http.get("/api/streams", headers={"host": "evil.example"})).status_code == 400
+        port = svc.base.rsplit(":", 1)[1]
+        for origin, ok in [("https://evil.example", False), ("https://dash.example", True), (f"http://127.0.0.1:{port}", True)]:
+            if ok:
+                async with websockets.connect(svc.ws + "/ws/alerts", origin=origin):  # type: ignore[arg-type]
+                    pass
+            else:
+                with pytest.raises(InvalidStatus):
+                    async with websockets.connect(svc.ws + "/ws/alerts", origin=origin):  # type: ignore[arg-type]
+                        pass
+
+
+async def test_event_published_during_replay_is_neither_lost_nor_duplicated(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        await bus.publish([status_event(i) for i in range(3)])
+        original = bus.read_since
+        injected = False
+
+        async def read_and_publish(after_id: int, limit: int = 500) -> list[tuple[int, str]]:
+            nonlocal injected
+            rows = await original(after_id, limit)
+            if not injected:  # a live event lands while the replay is being sent
+                injected = True
+                await bus.publish([status_event(99)])
+            return rows
+
+        bus.read_since = read_and_publish  # type: ignore[method-assign]
+        async with websockets.connect(svc.ws + "/ws/alerts?since=0") as ws:
+            got = await recv_all(ws, 4)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await ws.recv()
+        assert [int(e["id"]) for e in got] == [1, 2, 3, 4]
+
+
+def test_sinks_need_distinct_ids(tmp_path: Path) -> None:
+    from monitor.errors import ConfigError
+
+    hook = {"name": "webhook", "options": {"url": "http://127.0.0.1:9/h"}}
+    with pytest.raises(ConfigError, match="duplicate sink ids"):
+        load_settings(None, sinks=[hook, hook])
+    s = load_settings(None, sinks=[{**hook, "id": "siem"}, {**hook, "id": "chat"}])
+    assert [k.key for k in s.sinks] == ["siem", "chat"]
+
+
+def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONITOR_SERVER__PORT", "7000")
+    monkeypatch.setenv("MONITOR_ANALYSIS__MAX_FACES", "2")
+    s = load_settings(None, server={"port": 7100})
+    assert s.server.port == 7100 and s.analysis.max_faces == 2

@@ -110,3 +110,18 @@ def test_first_event_announces_track_with_reasons() -> None:
 def test_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError):
         PolicyConfig(suspicious_enter=0.8, alert_enter=0.5)
+
+
+def test_face_returning_after_a_long_gap_is_judged_afresh() -> None:
+    # High score, a gap long enough to become inconclusive, then a low score: the old
+    # evidence must not re-open an alert on the first usable frame.
+    series = steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(30)] + steady(0.05, 7, 10)
+    events = run(TrackPolicy("s", 1, CFG), series)  # type: ignore[arg-type]
+    assert [e.type for e in events].count(EventType.ALERT_OPENED) == 1
+    assert states(events)[-2:] == [TrackState.INCONCLUSIVE, TrackState.CLEAR]
+
+
+def test_short_spike_then_gap_does_not_alert() -> None:
+    series = steady(0.95, 0, 0.5) + [(0.5 + i / 10, None) for i in range(30)] + steady(0.1, 3.5, 6)
+    events = run(TrackPolicy("s", 1, CFG), series)  # type: ignore[arg-type]
+    assert not [e for e in events if e.type == EventType.ALERT_OPENED]
