@@ -56,17 +56,27 @@ async def live_latency(clip: Path, seconds: float, data_dir: Path) -> dict[str, 
         await asyncio.sleep(2.0)  # warm-up: model load, MediaPipe graph, first track
         start_frames = pipeline.frames_analysed
         pipeline.recent_latencies.clear()
+        reg = rt.metrics.registry
+        stage_before = {
+            name: (
+                reg.get_sample_value("deepfake_monitor_stage_duration_seconds_sum", {"stage": name}) or 0.0,
+                reg.get_sample_value("deepfake_monitor_stage_duration_seconds_count", {"stage": name}) or 0.0,
+            )
+            for name in ("convert", "faces", "detect", "policy")
+        }
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
         await asyncio.sleep(seconds)
         cpu1, wall1 = cpu_seconds(), time.perf_counter()
         lat = [x * 1000 for x in pipeline.recent_latencies]
         status = pipeline.status()
         analysed = pipeline.frames_analysed - start_frames
-        stage = {}
-        for name in ("convert", "faces", "detect", "policy"):
-            total = rt.metrics.registry.get_sample_value("deepfake_monitor_stage_duration_seconds_sum", {"stage": name})
-            count = rt.metrics.registry.get_sample_value("deepfake_monitor_stage_duration_seconds_count", {"stage": name})
-            stage[name] = round(1000 * (total or 0) / max(count or 1, 1), 3)
+        if not lat:
+            raise SystemExit("no verdicts during the measurement: is a face visible in the clip?")
+        stage = {}  # measured after warm-up only
+        for name, (sum0, count0) in stage_before.items():
+            total = (reg.get_sample_value("deepfake_monitor_stage_duration_seconds_sum", {"stage": name}) or 0.0) - sum0
+            count = (reg.get_sample_value("deepfake_monitor_stage_duration_seconds_count", {"stage": name}) or 0.0) - count0
+            stage[name] = round(1000 * total / max(count, 1), 3)
         return {
             "seconds": seconds,
             "frames_analysed": analysed,

@@ -81,6 +81,7 @@ class WhipSessions:
         self.sessions: dict[str, WhipSession] = {}
         self._reserved = 0  # sessions being negotiated: they count against the limit too
         self._hosts = extra_host_addresses(settings)
+        self._ending: set[asyncio.Task[None]] = set()
 
     def reserve(self) -> None:
         if len(self.sessions) + self._reserved >= self.settings.webrtc.max_sessions:
@@ -141,6 +142,10 @@ class WhipSessions:
                 except ConfigError as exc:
                     raise Refused(503, str(exc), "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
                 session.sources.append(source)
+                if session.closed:
+                    # The connection failed or closed while streams were starting: what was
+                    # added is already torn down; refuse rather than register a dead session.
+                    raise Refused(422, "the peer connection closed during setup", "ice_failed")
         except BaseException:
             await self._teardown(session)
             raise
@@ -191,6 +196,8 @@ class WhipSessions:
 
     def _spawn_end(self, session: WhipSession, reason: str) -> None:
         task = asyncio.ensure_future(self.end(session, reason))
+        self._ending.add(task)  # keep a reference: the loop holds tasks only weakly
+        task.add_done_callback(self._ending.discard)
         task.add_done_callback(_log_failure)
 
     async def end(self, session: WhipSession, reason: str) -> None:
