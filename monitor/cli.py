@@ -1,4 +1,4 @@
-"""The ``monitor`` command: serve, scan, alerts, config schema (and the detector's train/evaluate)."""
+"""The ``monitor`` command: serve, scan, alerts, train, evaluate, config."""
 
 from __future__ import annotations
 
@@ -167,6 +167,40 @@ def alerts(
         pass
     except MonitorError as exc:
         _fail(exc)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(ctx: typer.Context) -> None:
+    """Train the temporal-v1 detector bundle (`monitor train --help` for the options)."""
+    from monitor.training.train import main as train_main
+
+    train_main(ctx.args)
+
+
+@app.command()
+def evaluate(
+    manifest: Path = typer.Argument(..., help="TSV with a header and at least `path` and `label` (real | fake | attack).", exists=True, dir_okay=False),
+    root: Optional[Path] = typer.Option(None, help="Directory the manifest's paths are relative to (default: the manifest's directory)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every clip's score, verdict, time to detect and alerts here."),
+    degrade: Optional[str] = typer.Option(None, help="Evaluate degraded copies: 300k, 360p, noise or all."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Run the streaming pipeline over every clip of a manifest; report AUC, EER, accuracy,
+    time to detect and false alarms per hour, overall and per group."""
+    from monitor.config import load_settings
+    from monitor.training.evaluate import evaluate as run_evaluate
+    from monitor.training.evaluate import format_report
+
+    try:
+        settings = load_settings(config, demo=False)
+    except ConfigError as exc:
+        _fail(exc)
+    _setup_logging("WARNING")
+    try:
+        report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade)
+    except MonitorError as exc:
+        _fail(exc)
+    typer.echo(format_report(report))
 
 
 @config_app.command("schema")

@@ -87,7 +87,7 @@ class WebRTCConfig(Strict):
 
 
 class DetectorConfig(Strict):
-    name: str = Field("baseline-landmarks", description="Detector plugin (entry point in `deepfake_monitor.detectors`).")
+    name: str = Field("temporal-v1", description="Detector plugin (entry point in `deepfake_monitor.detectors`): `temporal-v1` (trained, see models/temporal-v1.md) or `baseline-landmarks`.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options for the detector plugin; validated by the plugin's own model.")
 
 

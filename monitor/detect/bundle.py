@@ -1,0 +1,199 @@
+"""The weight bundle on disk (models/<name>/): sha256-verified files, the fusion constants, and the two inference backends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from monitor.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+MANIFEST = "manifest.json"
+# The files every bundle holds; manifest.json maps each to its sha256.
+FILES = ("appearance.onnx", "appearance.pt", "geometry.onnx", "geometry.pt", "fusion.json")
+
+Backend = Literal["onnx", "torch"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, extra: dict[str, object] | None = None) -> str:
+    """Hash every bundle file into manifest.json; returns the manifest's own sha256."""
+    manifest = {"files": {name: sha256_file(directory / name) for name in FILES}, **(extra or {})}
+    path = directory / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return sha256_file(path)
+
+
+def verify(directory: Path, manifest_sha256: str | None) -> None:
+    """Refuse a bundle whose manifest or files do not match their sha256 (a partial copy,
+    a stale checkout, tampering). ``manifest_sha256`` pins the manifest itself."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"detector weights: {path} is missing (run `monitor train` or restore models/)")
+    if manifest_sha256 is not None and sha256_file(path) != manifest_sha256:
+        raise ConfigError(f"detector weights: {path} sha256 does not match the pinned {manifest_sha256}")
+    files = json.loads(path.read_text())["files"]
+    for name in FILES:
+        expected = files.get(name)
+        actual = sha256_file(directory / name) if (directory / name).is_file() else None
+        if expected is None or actual != expected:
+            raise ConfigError(f"detector weights: {directory / name} sha256 {actual} != manifest {expected}")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Logistic fusion of window features, then a calibration shift (see models/<name>.md)."""
+
+    names: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    branch: tuple[str, ...]  # which branch each feature belongs to, for explanations
+
+    @classmethod
+    def load(cls, path: Path) -> Fusion:
+        d = json.loads(path.read_text())
+        return cls(
+            names=tuple(d["names"]),
+            mean=np.array(d["mean"], np.float64),
+            std=np.array(d["std"], np.float64),
+            coef=np.array(d["coef"], np.float64),
+            intercept=float(d["intercept"]),
+            branch=tuple(d["branch"]),
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "names": list(self.names),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "branch": list(self.branch),
+        }
+
+    def terms(self, x: np.ndarray) -> np.ndarray:
+        """Per-feature contributions to the logit (the logit is their sum plus the intercept)."""
+        z = (np.asarray(x, np.float64) - self.mean) / self.std
+        return self.coef * np.clip(z, -6.0, 6.0)
+
+
+class AppearanceModel(Protocol):
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 112, 112, 3) uint8 RGB crops -> (N,) fake logits."""
+        ...
+
+
+class GeometryModel(Protocol):
+    def __call__(self, seq: np.ndarray) -> float:
+        """(T, D) float32 geometry sequence -> fake logit."""
+        ...
+
+
+class _OnnxAppearance:
+    def __init__(self, path: Path) -> None:
+        self._sess = _onnx_session(path)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
+        return np.asarray(self._sess.run(["logit"], {"crop": x})[0], np.float32)
+
+
+class _OnnxGeometry:
+    def __init__(self, path: Path) -> None:
+        self._sess = _onnx_session(path)
+
+    def __call__(self, seq: np.ndarray) -> float:
+        x = np.ascontiguousarray(seq[None], dtype=np.float32)
+        return float(self._sess.run(["logit"], {"seq": x})[0][0])
+
+
+def _onnx_session(path: Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # One core per stream: the service scales across streams, not within one face.
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class _TorchAppearance:
+    def __init__(self, path: Path, width: int, members: int) -> None:
+        import torch
+
+        from monitor.detect.nets import AppearanceEnsemble, AppearanceNet
+
+        self._torch = torch
+        self._net = AppearanceEnsemble(width, members) if members > 1 else AppearanceNet(width)
+        self._net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._net.eval()
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.array(crops, dtype=np.float32)).permute(0, 3, 1, 2)
+            return self._net(x)[0].numpy().astype(np.float32)
+
+
+class _TorchGeometry:
+    def __init__(self, path: Path, in_dim: int, members: int) -> None:
+        import torch
+
+        from monitor.detect.nets import GeometryEnsemble, GeometryNet
+
+        self._torch = torch
+        self._net = GeometryEnsemble(in_dim, members) if members > 1 else GeometryNet(in_dim)
+        self._net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._net.eval()
+
+    def __call__(self, seq: np.ndarray) -> float:
+        torch = self._torch
+        with torch.inference_mode():
+            return float(self._net(torch.from_numpy(np.ascontiguousarray(seq[None], dtype=np.float32)))[0])
+
+
+@dataclass(frozen=True)
+class Bundle:
+    directory: Path
+    appearance: AppearanceModel
+    geometry: GeometryModel
+    fusion: Fusion
+    meta: dict[str, object]
+
+
+def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) -> Bundle:
+    """Verify and load a bundle; nothing is fetched from the network."""
+    from monitor.detect.features import GEOMETRY_DIM
+
+    verify(directory, manifest_sha256)
+    meta = json.loads((directory / MANIFEST).read_text())
+    width = int(meta.get("appearance_width", 24))
+    members = int(meta.get("members", 1))
+    if backend == "onnx":
+        app: AppearanceModel = _OnnxAppearance(directory / "appearance.onnx")
+        geo: GeometryModel = _OnnxGeometry(directory / "geometry.onnx")
+    else:
+        import torch
+
+        torch.set_num_threads(1)
+        app = _TorchAppearance(directory / "appearance.pt", width, members)
+        geo = _TorchGeometry(directory / "geometry.pt", GEOMETRY_DIM, members)
+    return Bundle(directory, app, geo, Fusion.load(directory / "fusion.json"), meta)

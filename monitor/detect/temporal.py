@@ -1,0 +1,168 @@
+"""The default detector ``temporal-v1``: appearance CNN per frame, geometry GRU and physiology per window, logistic fusion."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.detect.bundle import MODELS_DIR, Bundle, Fusion, load_bundle
+from monitor.detect.features import colour_vector, geometry_vector, physio_stats
+from monitor.detect.nets import APPEARANCE_INPUT
+from monitor.plugins import TrackWindow
+from monitor.types import FaceObservation, Score, Signal
+
+logger = logging.getLogger(__name__)
+
+# sha256 of models/<name>/manifest.json for the bundles shipped in this repository; a bundle
+# that is not listed here is verified against its own manifest only.
+SHIPPED_MANIFESTS: dict[str, str] = {
+    "temporal-v1": "186c3acff9e89553fd749003f9be17556605855ad563662a2ee45ac752c97000",
+}
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "app_mean", "app_std", "app_flicker", "geo_logit",
+    "pulse_coherence", "pulse_snr", "blink_rate", "ear_cv", "colour_flicker",
+)
+FEATURE_BRANCH: tuple[str, ...] = (
+    "appearance", "appearance", "appearance", "geometry",
+    "physiology", "physiology", "physiology", "physiology", "physiology",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameCues:
+    """What ``features`` keeps of one observation: everything ``score`` needs, nothing more."""
+
+    t: float
+    app_logit: float
+    geometry: np.ndarray  # (GEOMETRY_DIM,)
+    colour: np.ndarray  # (15,)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How much history each branch reads, in seconds of stream time."""
+
+    appearance_s: float = 3.0
+    geometry_s: float = 3.0
+    geometry_max_frames: int = 32
+
+
+def window_features(
+    rows: Sequence[FrameCues], geometry: Callable[[np.ndarray], float], spec: WindowSpec
+) -> np.ndarray:
+    """The fusion input (``FEATURE_NAMES`` order) for a window of at least two rows.
+
+    Shared by the detector and by training, so the fusion is fitted on exactly what it scores.
+    """
+    t = np.array([r.t for r in rows])
+    end = t[-1]
+    geo_rows = [r for r, ti in zip(rows, t) if end - ti <= spec.geometry_s][-spec.geometry_max_frames :]
+    geo_logit = geometry(np.stack([r.geometry for r in geo_rows])) if len(geo_rows) >= 4 else 0.0
+    phys = physio_stats(t, np.stack([r.colour for r in rows]), np.stack([r.geometry for r in rows]))
+    return np.array(
+        [
+            *appearance_features(rows, spec), geo_logit,
+            phys.pulse_coherence, phys.pulse_snr, phys.blink_rate, phys.ear_cv, phys.colour_flicker,
+        ]
+    )
+
+
+def appearance_features(rows: Sequence[FrameCues], spec: WindowSpec) -> tuple[float, float, float]:
+    """Mean, spread and mean frame-to-frame change of the appearance logits of the last
+    ``spec.appearance_s`` seconds: the cheap part of the window, updated on every frame."""
+    end = rows[-1].t
+    logits = np.array([r.app_logit for r in rows if end - r.t <= spec.appearance_s], np.float64)
+    flicker = float(np.abs(np.diff(logits)).mean()) if len(logits) > 1 else 0.0
+    return float(logits.mean()), float(logits.std()), flicker
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+
+
+def prepare_crop(crop: np.ndarray) -> np.ndarray:
+    """The CNN's input from an aligned crop of any side (the service's default is already 112)."""
+    if crop.shape[0] != APPEARANCE_INPUT:
+        crop = cv2.resize(crop, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
+    return crop
+
+
+class TemporalDetector:
+    """Scores a face track from its last seconds: see docs/detector.md and models/temporal-v1.md."""
+
+    name: ClassVar[str] = "temporal-v1"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        model: str = Field("temporal-v1", description="Weight bundle under models/ (a folder with manifest.json).")
+        model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>.")
+        manifest_sha256: str | None = Field(None, description="Pin the bundle's manifest.json to this sha256 (shipped bundles are pinned already).")
+        backend: Literal["onnx", "torch"] = Field("onnx", description="Inference engine: ONNX Runtime (faster) or the torch reference path.")
+        window_s: float = Field(8.0, gt=1, le=30, description="Seconds of track history kept; pulse and blink statistics read all of it.")
+        appearance_s: float = Field(3.0, gt=0, le=30, description="Seconds of appearance logits pooled (mean, spread, flicker).")
+        geometry_s: float = Field(3.0, gt=0, le=30, description="Seconds of landmark sequence read by the geometry GRU.")
+        min_observations: int = Field(5, ge=2, description="Below this many usable observations the window is `window_too_short`.")
+        min_span_s: float = Field(0.4, ge=0, description="Below this span of usable observations the window is `window_too_short`.")
+        refresh_s: float = Field(0.45, ge=0, description="The window-level branches (geometry, physiology) are recomputed at most this often per track; appearance pooling is updated on every frame.")
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or self.Config()
+        self.window_s = self.config.window_s
+        directory = self.config.model_dir or (MODELS_DIR / self.config.model)
+        pin = self.config.manifest_sha256 or (SHIPPED_MANIFESTS.get(self.config.model) if self.config.model_dir is None else None)
+        self.bundle: Bundle = load_bundle(Path(directory), self.config.backend, pin)
+        self.fusion: Fusion = self.bundle.fusion
+        if self.fusion.names != FEATURE_NAMES:
+            raise ValueError(f"bundle {directory} fuses {self.fusion.names}, this detector computes {FEATURE_NAMES}")
+        self.spec = WindowSpec(self.config.appearance_s, self.config.geometry_s)
+        self._cache: dict[tuple[int, str, int, float], tuple[float, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def features(self, obs: FaceObservation) -> FrameCues | None:
+        if obs.crop is None:
+            return None
+        crop = prepare_crop(obs.crop)
+        logit = float(self.bundle.appearance(crop[None])[0])
+        return FrameCues(obs.t, logit, geometry_vector(obs.landmarks), colour_vector(crop))
+
+    def score(self, window: TrackWindow) -> Score:
+        rows = [f for f in window.features if f is not None]
+        if len(rows) < self.config.min_observations or rows[-1].t - rows[0].t < self.config.min_span_s:
+            return Score(None, reasons=("window_too_short",))
+        # Keyed by the window object and its first time: track ids restart with every stream.
+        key = (id(window), window.stream_id, window.track_id, window.first_t or 0.0)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and 0 <= rows[-1].t - cached[0] < self.config.refresh_s:
+            # Geometry and physiology move slowly: reuse them, refresh the appearance pooling.
+            x = cached[1].copy()
+            x[:3] = appearance_features(rows, self.spec)
+        else:
+            x = window_features(rows, self.bundle.geometry, self.spec)
+            with self._lock:
+                self._cache[key] = (rows[-1].t, x)
+                if len(self._cache) > 256:
+                    self._cache.pop(next(iter(self._cache)))
+        return self.fuse(x)
+
+    def fuse(self, x: np.ndarray) -> Score:
+        terms = self.fusion.terms(x)
+        probability = sigmoid(self.fusion.intercept + float(terms.sum()))
+        total = float(np.abs(terms).sum()) or 1.0
+        signals = []
+        for branch in ("appearance", "geometry", "physiology"):
+            idx = [i for i, b in enumerate(self.fusion.branch) if b == branch]
+            own = {"appearance": x[0], "geometry": x[3]}.get(branch, float(terms[idx].sum()))
+            signals.append(Signal(branch, round(sigmoid(float(own)), 4), round(float(np.abs(terms[idx]).sum()) / total, 4)))
+        return Score(round(probability, 5), tuple(signals))

@@ -1,0 +1,1 @@
+"""Training and evaluation of the detector: dataset readers, face extraction, self-blending, training loops, evaluation."""

@@ -1,0 +1,184 @@
+"""Dataset readers (TSV manifest, FaceForensics++, Celeb-DF v2, DFDC) into one typed clip record."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+Label = Literal["real", "fake", "attack"]
+LABELS: tuple[str, ...] = ("real", "fake", "attack")
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One labelled clip. ``group`` keeps clips that share footage or identity together
+    when splitting; ``pair`` names the real clip a fake was made from, when known."""
+
+    path: Path
+    label: Label
+    group: str
+    method: str = ""
+    pair: Path | None = None
+    rel: str = ""  # path as written in the source (manifest-relative), for reports
+
+    @property
+    def is_fake(self) -> bool:
+        return self.label != "real"
+
+
+def _label(value: str, where: str) -> Label:
+    v = value.strip().lower()
+    if v not in LABELS:
+        raise ValueError(f"{where}: label {value!r} is not one of {', '.join(LABELS)}")
+    return v  # type: ignore[return-value]
+
+
+def identity_group(rel: str) -> str:
+    """Split group of a manifest path: the first path component, except for paired live-swap
+    folders (``*_swap_cropped``/``*_orig_cropped``), where it is the swapped identity, so a
+    swap and its original always fall on the same side."""
+    parts = rel.split("/")
+    folder = parts[0]
+    if len(parts) > 1 and folder.endswith(("_swap_cropped", "_orig_cropped")):
+        stem = Path(parts[-1]).stem
+        for suffix in ("_swap", "_orig"):
+            stem = stem.removesuffix(suffix)
+        identity = stem.rsplit("_", 1)[0]
+        return f"{folder.split('_')[0]}:{identity}"
+    return folder
+
+
+def _pair_of(rel: str, known: set[str]) -> str | None:
+    """The real clip a paired fake was made from, by the naming conventions of data/dev."""
+    candidates = [
+        rel.replace("_swap_cropped/", "_orig_cropped/").replace("_swap.", "_orig."),
+        str(Path(rel).with_name("real" + Path(rel).suffix)),
+        str(Path(rel).with_name("real.mov")),
+        str(Path(rel).with_name("orig.webm")),
+    ]
+    for c in candidates:
+        if c != rel and c in known:
+            return c
+    return None
+
+
+def read_tsv(manifest: Path, root: Path | None = None) -> list[ClipRecord]:
+    """A TSV with a header and at least ``path`` (relative to ``root``) and ``label`` columns;
+    ``method`` and ``group`` are used when present."""
+    root = root if root is not None else manifest.parent
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if rows and not {"path", "label"} <= set(rows[0]):
+        raise ValueError(f"{manifest}: needs `path` and `label` columns, has {sorted(rows[0])}")
+    known = {r["path"] for r in rows}
+    out = []
+    for i, r in enumerate(rows, start=2):
+        rel = r["path"]
+        label = _label(r["label"], f"{manifest}:{i}")
+        pair = _pair_of(rel, known) if label != "real" else None
+        out.append(
+            ClipRecord(
+                path=root / rel,
+                label=label,
+                group=(r.get("group") or identity_group(rel)),
+                method=(r.get("method") or "").strip(),
+                pair=root / pair if pair else None,
+                rel=rel,
+            )
+        )
+    return out
+
+
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
+
+
+def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compression: str = "c23") -> list[ClipRecord]:
+    """FaceForensics++ folder layout with the official splits (``splits/{train,val,test}.json``,
+    lists of [target, source] id pairs): originals from ``original_sequences/youtube/<c>/videos``,
+    fakes ``<target>_<source>.mp4`` from ``manipulated_sequences/<method>/<c>/videos``."""
+    pairs = json.loads((root / "splits" / f"{split}.json").read_text())
+    ids = sorted({i for p in pairs for i in p})
+    # Both videos of a pair (and every fake made from them) share one group.
+    group_of = {i: f"ffpp:{min(a, b)}" for a, b in pairs for i in (a, b)}
+    real_dir = root / "original_sequences" / "youtube" / compression / "videos"
+    out: list[ClipRecord] = []
+    for vid in ids:
+        path = real_dir / f"{vid}.mp4"
+        if path.is_file():
+            out.append(ClipRecord(path, "real", group_of[vid], "original", rel=str(path.relative_to(root))))
+    for method in FFPP_METHODS:
+        mdir = root / "manipulated_sequences" / method / compression / "videos"
+        if not mdir.is_dir():
+            continue
+        for a, b in pairs:
+            for tgt, src in ((a, b), (b, a)):
+                path = mdir / f"{tgt}_{src}.mp4"
+                if path.is_file():
+                    out.append(
+                        ClipRecord(path, "fake", group_of[a], method, pair=real_dir / f"{tgt}.mp4", rel=str(path.relative_to(root)))
+                    )
+    return out
+
+
+def read_celebdf(root: Path, test_list: Path | None = None) -> list[ClipRecord]:
+    """Celeb-DF v2 from its official ``List_of_testing_videos.txt`` (``<1|0> <rel path>``,
+    1 = real); the identity (``idN``) is the split group."""
+    test_list = test_list or root / "List_of_testing_videos.txt"
+    out = []
+    for line in test_list.read_text().splitlines():
+        if not line.strip():
+            continue
+        flag, rel = line.split(maxsplit=1)
+        name = Path(rel).stem
+        group = "celebdf:" + name.split("_")[0]
+        label: Label = "real" if flag.strip() == "1" else "fake"
+        method = "Celeb-synthesis" if label == "fake" else rel.split("/")[0]
+        out.append(ClipRecord(root / rel, label, group, method, rel=rel))
+    return out
+
+
+def read_dfdc(metadata: Path) -> list[ClipRecord]:
+    """A DFDC part folder's ``metadata.json`` ({file: {label: REAL|FAKE, original}}); a fake
+    is grouped with its original so both fall on one side of a split."""
+    data = json.loads(metadata.read_text())
+    root = metadata.parent
+    out = []
+    for name, info in sorted(data.items()):
+        label: Label = "fake" if str(info.get("label", "")).upper() == "FAKE" else "real"
+        original = info.get("original")
+        group = "dfdc:" + (original or name)
+        out.append(
+            ClipRecord(root / name, label, group, "DFDC", pair=root / original if original else None, rel=name)
+        )
+    return out
+
+
+def read_source(spec: str) -> list[ClipRecord]:
+    """One training source from a spec ``kind:path[:option]``:
+    ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split]``, ``celebdf:ROOT``, ``dfdc:METADATA.json``,
+    ``real:DIR`` (every video under DIR, all genuine: self-blending alone)."""
+    kind, _, rest = spec.partition(":")
+    parts = rest.split(":") if rest else []
+    if kind == "tsv" and parts:
+        return read_tsv(Path(parts[0]), Path(parts[1]) if len(parts) > 1 else None)
+    if kind == "ffpp" and parts:
+        return read_ffpp(Path(parts[0]), parts[1] if len(parts) > 1 else "train")  # type: ignore[arg-type]
+    if kind == "celebdf" and parts:
+        return read_celebdf(Path(parts[0]))
+    if kind == "dfdc" and parts:
+        return read_dfdc(Path(parts[0]))
+    if kind == "real" and parts:
+        root = Path(parts[0])
+        exts = {".mp4", ".mov", ".webm", ".avi", ".mkv"}
+        return [
+            ClipRecord(p, "real", f"real:{p.parent.name}", "genuine", rel=str(p.relative_to(root)))
+            for p in sorted(root.rglob("*"))
+            if p.suffix.lower() in exts
+        ]
+    raise ValueError(f"unknown training source {spec!r}: use tsv:, ffpp:, celebdf:, dfdc: or real:")

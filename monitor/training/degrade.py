@@ -1,0 +1,98 @@
+"""Degraded copies of a clip for robustness checks: H.264 at a low bitrate, downscaling, noise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    bitrate: int | None = None  # bit/s of an H.264 re-encode
+    height: int | None = None  # downscale to this many lines (never upscale)
+    noise_sigma: float = 0.0  # Gaussian noise, grey levels
+
+    @property
+    def label(self) -> str:
+        parts = []
+        if self.bitrate:
+            parts.append(f"{self.bitrate // 1000}k")
+        if self.height:
+            parts.append(f"{self.height}p")
+        if self.noise_sigma:
+            parts.append(f"noise{self.noise_sigma:g}")
+        return "+".join(parts) or "none"
+
+
+def parse_degradation(spec: str) -> Degradation:
+    """``300k``, ``360p``, ``noise`` (sigma 8) or ``noise5``, joined with ``+``; ``all`` is all three."""
+    if spec == "all":
+        spec = "300k+360p+noise"
+    bitrate: int | None = None
+    height: int | None = None
+    noise = 0.0
+    for part in spec.lower().split("+"):
+        if part.endswith("k") and part[:-1].isdigit():
+            bitrate = int(part[:-1]) * 1000
+        elif part.endswith("p") and part[:-1].isdigit():
+            height = int(part[:-1])
+        elif part.startswith("noise"):
+            noise = float(part[5:] or 8.0)
+        else:
+            raise ValueError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise, or all")
+    if bitrate is None and (height or noise):
+        bitrate = 2_000_000  # the copy has to be encoded somehow; high enough not to matter
+    return Degradation(bitrate, height, noise)
+
+
+def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
+    """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times)."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        # Odd container rates (e.g. 519168/19667) are rejected by the encoder; frame times
+        # are carried by the pts below, so a nearby simple rate loses nothing.
+        rate = Fraction(max(1, round(float(stream.average_rate or 25))))
+        with av.open(str(dst), "w") as out:
+            enc = None
+            last_pts = -1
+            for frame in inp.decode(stream):
+                img = frame.to_ndarray(format="rgb24")
+                h, w = img.shape[:2]
+                if d.height and h > d.height:
+                    nw = int(round(w * d.height / h / 2)) * 2
+                    img = cv2.resize(img, (nw, d.height), interpolation=cv2.INTER_AREA)
+                if d.noise_sigma:
+                    img = np.clip(img + rng.normal(0, d.noise_sigma, img.shape), 0, 255).astype(np.uint8)
+                h2, w2 = img.shape[:2]
+                img = np.ascontiguousarray(img[: h2 // 2 * 2, : w2 // 2 * 2])
+                if enc is None:
+                    enc = out.add_stream("libx264", rate=rate)
+                    enc.width, enc.height = img.shape[1], img.shape[0]
+                    enc.pix_fmt = "yuv420p"
+                    enc.bit_rate = d.bitrate or 2_000_000
+                    enc.options = {"preset": "veryfast", "tune": "zerolatency"}
+                    enc.codec_context.time_base = Fraction(1, 1000)  # frame times in ms, as decoded
+                if (img.shape[1], img.shape[0]) != (enc.width, enc.height):
+                    # A cut to other footage can change the frame size; the encoder cannot.
+                    img = cv2.resize(img, (enc.width, enc.height), interpolation=cv2.INTER_AREA)
+                vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+                # Variable-rate and GIF sources repeat or omit timestamps; the muxer needs them
+                # strictly increasing.
+                last_pts = max(int(round(float(frame.time or 0.0) * 1000)), last_pts + 1)
+                vf.pts = last_pts
+                vf.time_base = Fraction(1, 1000)
+                for packet in enc.encode(vf):
+                    out.mux(packet)
+            if enc is not None:
+                for packet in enc.encode():
+                    out.mux(packet)
+    return dst

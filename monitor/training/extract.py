@@ -1,0 +1,107 @@
+"""Per-clip face extraction for training: the service's own sampler and FaceTracker, cached as .npz."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitor.config import AnalysisConfig
+from monitor.faces.align import alignment_matrix, warp_face
+from monitor.pipeline.analyzer import quality_reasons
+
+logger = logging.getLogger(__name__)
+
+# Faces are stored at this side with the service's crop framing; self-blending happens here,
+# above the 112 px the net reads, and the result is downscaled like the run-time crop.
+STORE_SIZE = 160
+CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True, eq=False)
+class FaceClip:
+    """Every usable face observation of one clip, in stream order (all tracks)."""
+
+    t: np.ndarray  # (N,) stream time
+    track: np.ndarray  # (N,) track id
+    landmarks: np.ndarray  # (N, 478, 3) image pixels
+    crops: np.ndarray  # (N, STORE_SIZE, STORE_SIZE, 3) uint8, aligned like monitor.faces
+    crop_landmarks: np.ndarray  # (N, 478, 3) in crop pixels
+    duration_s: float
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def main_track(self) -> np.ndarray:
+        """Indices of the longest track (the face a training sample is taken from)."""
+        if len(self.t) == 0:
+            return np.zeros(0, np.int64)
+        ids, counts = np.unique(self.track, return_counts=True)
+        return np.flatnonzero(self.track == ids[counts.argmax()])
+
+
+def cache_key(path: Path, analysis: AnalysisConfig) -> str:
+    st = path.stat()
+    raw = f"{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{analysis.model_dump_json()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def extract_clip(path: Path, analysis: AnalysisConfig, max_duration_s: float | None = None) -> FaceClip:
+    """Decode ``path`` at ``analysis.fps`` and keep each face that passes the service's quality gate."""
+    from monitor.faces import FaceTracker
+    from monitor.sources.av_source import sample_video
+
+    tracker = FaceTracker("train", analysis)
+    ts: list[float] = []
+    tracks: list[int] = []
+    lms: list[np.ndarray] = []
+    crops: list[np.ndarray] = []
+    clms: list[np.ndarray] = []
+    last_t = 0.0
+    try:
+        for frame in sample_video(str(path), analysis.fps, max_duration_s=max_duration_s):
+            rgb = np.ascontiguousarray(frame.rgb())
+            last_t = frame.pts_s
+            for obs in tracker.process(frame, rgb).faces:
+                if quality_reasons(obs.quality, analysis):
+                    continue
+                m = alignment_matrix(obs.landmarks, STORE_SIZE)
+                lm = obs.landmarks.astype(np.float64)
+                clm = np.concatenate([lm[:, :2] @ m[:, :2].T + m[:, 2], lm[:, 2:] * np.hypot(m[0, 0], m[1, 0])], axis=1)
+                ts.append(obs.t)
+                tracks.append(obs.track_id)
+                lms.append(obs.landmarks)
+                crops.append(np.array(warp_face(rgb, m, STORE_SIZE)))
+                clms.append(clm.astype(np.float32))
+    finally:
+        tracker.close()
+    n = len(ts)
+    return FaceClip(
+        t=np.array(ts, np.float32),
+        track=np.array(tracks, np.int32),
+        landmarks=np.array(lms, np.float32).reshape(n, 478, 3),
+        crops=np.array(crops, np.uint8).reshape(n, STORE_SIZE, STORE_SIZE, 3),
+        crop_landmarks=np.array(clms, np.float32).reshape(n, 478, 3),
+        duration_s=float(last_t),
+    )
+
+
+def load_or_extract(path: Path, analysis: AnalysisConfig, cache_dir: Path, max_duration_s: float | None = None) -> FaceClip:
+    """The clip's faces from ``cache_dir`` (never inside the repository), extracting once."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    file = cache_dir / f"{cache_key(path, analysis)}-{max_duration_s}.npz"
+    if file.is_file():
+        d = np.load(file)
+        return FaceClip(d["t"], d["track"], d["landmarks"], d["crops"], d["crop_landmarks"], float(d["duration_s"]))
+    clip = extract_clip(path, analysis, max_duration_s)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp, t=clip.t, track=clip.track, landmarks=clip.landmarks, crops=clip.crops,
+        crop_landmarks=clip.crop_landmarks, duration_s=np.float32(clip.duration_s),
+    )
+    tmp.replace(file)  # atomic: a killed run never leaves a truncated cache entry
+    return clip

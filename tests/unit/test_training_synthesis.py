@@ -1,0 +1,115 @@
+"""Unit tests for self-blending, call-channel simulation and landmark perturbations (monitor.training.synthesis)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from monitor.training import synthesis as syn
+
+
+def synthetic_face(size: int = 160, radius: float = 45.0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured image and 478 landmarks: the oval on a circle, every other point inside it."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 200, (size, size, 3)).astype(np.uint8)
+    c = size / 2
+    lm = np.zeros((478, 3), np.float32)
+    inner_r = rng.uniform(0, radius * 0.6, 478)
+    ang = rng.uniform(0, 2 * np.pi, 478)
+    lm[:, 0] = c + inner_r * np.cos(ang)
+    lm[:, 1] = c + inner_r * np.sin(ang)
+    oval_ang = np.linspace(-np.pi / 2, 1.5 * np.pi, len(syn.FACE_OVAL), endpoint=False)
+    lm[syn.FACE_OVAL, 0] = c + radius * np.cos(oval_ang)
+    lm[syn.FACE_OVAL, 1] = c + radius * np.sin(oval_ang)
+    return img, lm
+
+
+def recipe(**overrides: object) -> syn.BlendParams:
+    base = syn.draw_blend(np.random.default_rng(1))
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mask_is_soft_bounded_and_zero_far_from_the_face(seed: int) -> None:
+    img, lm = synthetic_face()
+    p = syn.draw_blend(np.random.default_rng(seed))
+    mask = syn.blend_mask(img.shape[:2], lm, p)
+    assert mask.dtype == np.float32
+    assert mask.min() >= 0.0
+    assert mask.max() == pytest.approx(p.ratio, rel=1e-5)
+    assert mask[:4, :4].max() < 1e-3 and mask[-4:, -4:].max() < 1e-3  # corners are background
+    assert mask[80, 80] > 0.5 * p.ratio  # the face centre is blended
+
+
+def test_blend_changes_only_the_masked_region() -> None:
+    img, lm = synthetic_face()
+    fake, mask = syn.self_blend(img, lm, recipe(ratio=1.0, rgb_shift=(20.0, -20.0, 20.0)))
+    assert fake.shape == img.shape and fake.dtype == np.uint8
+    outside = mask < 1e-4
+    assert np.abs(fake[outside].astype(int) - img[outside].astype(int)).max() <= 1
+    inside = mask > 0.9
+    assert np.abs(fake[inside].astype(int) - img[inside].astype(int)).mean() > 5
+
+
+def test_lower_face_mask_spares_the_forehead() -> None:
+    img, lm = synthetic_face()
+    lm[syn.BROWS, 1] = 80 - 10  # brows just above the centre, forehead points at the top
+    kwargs = dict(hull_scale=(1.0, 1.0), warp_amp=0.0, morph=0, blur1=0.01, blur2=0.0, ratio=1.0)
+    full = syn.blend_mask(img.shape[:2], lm, recipe(lower_face=False, **kwargs))
+    lower = syn.blend_mask(img.shape[:2], lm, recipe(lower_face=True, **kwargs))
+    forehead = (int(80 - 38), 80)  # y, x just inside the top of the oval
+    assert full[forehead] > 0.9
+    assert lower[forehead] < 0.1
+
+
+def test_lagging_mask_follows_the_given_landmarks() -> None:
+    img, lm = synthetic_face()
+    moved = lm.copy()
+    moved[:, 0] += 20
+    p = recipe(warp_amp=0.0, hull_scale=(1.0, 1.0), morph=0)
+    _, m_now = syn.self_blend(img, lm, p)
+    _, m_lag = syn.self_blend(img, lm, p, mask_landmarks=moved)
+    cx_now = (m_now.sum(axis=0) * np.arange(160)).sum() / m_now.sum()
+    cx_lag = (m_lag.sum(axis=0) * np.arange(160)).sum() / m_lag.sum()
+    assert cx_lag - cx_now == pytest.approx(20, abs=1.5)
+
+
+def test_clip_blend_keeps_length_and_is_seeded() -> None:
+    img, lm = synthetic_face()
+    frames = [np.roll(img, i, axis=1) for i in range(8)]
+    lms = [lm + np.array([i, 0, 0], np.float32) for i in range(8)]
+    a = syn.self_blend_clip(frames, lms, np.random.default_rng(3))
+    b = syn.self_blend_clip(frames, lms, np.random.default_rng(3))
+    assert len(a) == 8
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert any(np.abs(x.astype(int) - f.astype(int)).mean() > 0.5 for x, f in zip(a, frames))
+
+
+def test_channel_keeps_shape_and_identity_is_a_no_op() -> None:
+    img, _ = synthetic_face()
+    rng = np.random.default_rng(0)
+    same = syn.apply_channel(img, syn.ChannelParams(1.0, 100, 0.0, 0.0), rng)
+    assert np.array_equal(same, img)
+    for seed in range(5):
+        out = syn.apply_channel(img, syn.draw_channel(np.random.default_rng(seed)), rng)
+        assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def test_heavy_channel_degrades() -> None:
+    img, _ = synthetic_face()
+    out = syn.apply_channel(img, syn.ChannelParams(0.4, 30, 5.0, 1.0), np.random.default_rng(0))
+    assert np.abs(out.astype(int) - img.astype(int)).mean() > 5
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_landmark_perturbation_moves_the_inner_face_not_the_contour(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    _, lm = synthetic_face()
+    seq = np.stack([lm + rng.normal(0, 0.5, lm.shape).astype(np.float32) for _ in range(20)])
+    donor = np.stack([lm + rng.normal(0, 2.0, lm.shape).astype(np.float32) for _ in range(20)])
+    out = syn.perturb_landmarks(seq, rng, donor)
+    assert out.shape == seq.shape and out.dtype == np.float32
+    assert np.array_equal(out[:, syn.FACE_OVAL], seq[:, syn.FACE_OVAL])
+    assert np.abs(out - seq).max() > 0
