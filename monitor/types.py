@@ -213,6 +213,5 @@ class SourceStatus:
     reconnects: int = 0
     last_error: str | None = None
     fps_in: float = 0.0
-    last_frame_at: float | None = None
     width: int = 0
     height: int = 0

@@ -8,6 +8,7 @@ import logging
 from typing import TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -24,6 +25,17 @@ def with_since(url: str, since: int | None) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> int:
+    """The id of the newest event in the log (0 if empty), asked over HTTP on the same port."""
+    parts = urlsplit(ws_url)
+    base = urlunsplit(("https" if parts.scheme == "wss" else "http", parts.netloc, "/api/events", "last=1", ""))
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(base, headers=headers)
+    response.raise_for_status()
+    events = response.json()
+    return int(events[-1]["id"]) if events else 0
+
+
 async def tail(
     url: str, *, since: int | None = None, token: str | None = None, follow: bool = True, out: TextIO
 ) -> None:
@@ -33,6 +45,10 @@ async def tail(
     delay = 0.5
     while True:
         try:
+            if last is None:
+                # Start "from now" with a known id, so a reconnect before the first event
+                # still resumes from the log instead of silently skipping what happened.
+                last = await current_last_id(url, headers)
             async with websockets.connect(
                 with_since(url, last), subprotocols=["cloudevents.json"], additional_headers=headers  # type: ignore[list-item]
             ) as ws:
@@ -45,7 +61,9 @@ async def tail(
                     out.flush()
         except InvalidStatus as exc:
             raise MonitorError(f"alert websocket refused: HTTP {exc.response.status_code}") from exc
-        except (OSError, ConnectionClosed) as exc:
+        except httpx.HTTPStatusError as exc:
+            raise MonitorError(f"alert API refused: HTTP {exc.response.status_code}") from exc
+        except (OSError, ConnectionClosed, httpx.TransportError) as exc:
             if not follow:
                 raise MonitorError(f"alert websocket closed: {exc}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)

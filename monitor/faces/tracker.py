@@ -216,11 +216,6 @@ class TrackAssigner:
                 track.persistence /= 2.0
         return result, tuple(ended)
 
-    def end_all(self) -> tuple[int, ...]:
-        ended = tuple(self._tracks)
-        self._tracks.clear()
-        return ended
-
 
 class FaceTracker:
     """Finds, tracks and aligns the faces of one stream; call ``process`` from one thread."""
@@ -289,10 +284,6 @@ class FaceTracker:
             faces=tuple(faces),
             ended_tracks=ended,
         )
-
-    def end_tracks(self) -> tuple[int, ...]:
-        """End every open track (at end of stream); returns their ids."""
-        return self._assigner.end_all()
 
     def close(self) -> None:
         if not self._closed:

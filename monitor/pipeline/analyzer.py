@@ -65,7 +65,6 @@ class Analysis:
     verdicts: tuple[Verdict, ...]
     events: tuple[Event, ...]
     times: StageTimes
-    skipped_detect: bool
     latency_s: float  # frame left the decoder -> verdict ready
 
 
@@ -167,7 +166,7 @@ class StreamAnalyzer:
         self._over_budget = times.total > self.budget_s
         latency = self.clock.monotonic() - frame.received_at
         self._observe(times, latency, verdicts, len(face_frame.faces))
-        return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, skip_detect, latency)
+        return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, latency)
 
     def _verdict(self, track: _Track, obs: FaceObservation, multiple: bool, skip_detect: bool) -> Verdict:
         reasons = quality_reasons(obs.quality, self.analysis)

@@ -76,7 +76,6 @@ class StreamPipeline:
         self._analysed_rate = RateMeter()
         self.recent_latencies: deque[float] = deque(maxlen=1000)  # seconds, newest last
         self._last_latency: float | None = None
-        self._faces_seen = False
         self._pending: set[asyncio.Task[object]] = set()
         self._started = False
         self.frames_skipped_for_fresher = 0
@@ -197,7 +196,6 @@ class StreamPipeline:
     def _record(self, analysis: Analysis) -> None:
         self._analysed_rate.tick(self.clock.monotonic())
         self.frames_analysed += 1
-        self._faces_seen = self._faces_seen or bool(analysis.faces.faces)
         if analysis.verdicts:
             self._last_latency = analysis.latency_s
             self.recent_latencies.append(analysis.latency_s)
@@ -234,10 +232,6 @@ class StreamPipeline:
             verdict=verdict,
             tracks=tracks,
         )
-
-    @property
-    def done(self) -> bool:
-        return self._task is not None and self._task.done()
 
     async def aclose(self) -> None:
         await self.source.aclose()

@@ -155,7 +155,6 @@ class ThreadedSource:
         st = self.status
         self._rate.tick(now)
         st.fps_in = self._rate.rate()
-        st.last_frame_at = now
         st.frames_received += 1
         st.width, st.height = frame.width, frame.height
         self.metrics.frames_received.labels(self.stream_id).inc()

@@ -303,3 +303,27 @@ def test_sigterm_stops_cleanly_closing_alerts_and_tracks(tmp_path: Path) -> None
     assert opened and opened <= set(closed), "every alert opened before SIGTERM is closed"
     assert any("track_ended" in d["reasons"] for d in closed.values())
     assert any(t.endswith("stream.status.v1") and d["state"] == "stopped" for t, d in rows)
+
+
+async def test_alerts_cli_without_since_resumes_after_a_disconnect(tmp_path: Path) -> None:
+    from monitor.alerts.client import tail
+    from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+
+    def ev(i: int) -> Event:
+        return Event(EventType.STREAM_STATUS, "x", Severity.INFO, 1.7e9 + i, StreamStatusData(StreamState.RUNNING, str(i), 0))
+
+    import io
+
+    out = io.StringIO()
+    async with running_service(settings_for(tmp_path)) as svc:
+        await svc.runtime.bus.publish([ev(i) for i in range(2)])  # history: not printed
+        task = asyncio.create_task(tail(svc.ws + "/ws/alerts", out=out))
+        await wait_for(lambda: svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_websocket_clients") == 1, 10, "client")
+        # Drop every client before any new event, then publish while it reconnects.
+        for sub in list(svc.runtime.bus._subs):
+            sub.overflowed.set()
+        await svc.runtime.bus.publish([ev(2)])
+        await wait_for(lambda: out.getvalue().count("\n") >= 1, 15, "the event published during the reconnect")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["3"]
