@@ -61,12 +61,9 @@ def serve(
             server["host"] = host
         if port is not None:
             server["port"] = port
-        overrides: dict[str, Any] = {"data_dir": data_dir}
-        if server:
-            # Merge with the file/env server section rather than replace it.
-            base = load_settings(config).server.model_dump()
-            overrides["server"] = {**base, **server}
-        settings = load_settings(config, **overrides)
+        # Validated once, after merging: `--host 127.0.0.1` rescues a file that binds 0.0.0.0
+        # without a token. The server keys merge with the file's and env's, key by key.
+        settings = load_settings(config, data_dir=data_dir, server=server or None)
     except ConfigError as exc:
         _fail(exc)
     _setup_logging(settings.log_level)

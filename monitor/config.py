@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,7 +54,7 @@ class ServerConfig(Strict):
         if not self.is_loopback and not self.token:
             raise ValueError(
                 f"server.host={self.host!r} is not loopback: set server.token (or MONITOR_SERVER__TOKEN) "
-                "so ingest and alerts are not open to the network"
+                "so ingest and alerts are not open to the network, or bind a loopback address"
             )
         return self
 
@@ -199,8 +199,25 @@ class Settings(BaseSettings):
         return self
 
 
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, each naming the offending key as a dotted path."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (`monitor config schema` lists the valid ones)"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if not isinstance(err.get("input"), (dict, list, tuple)) and err["type"] != "missing":
+                msg += f" (got {err['input']!r})"
+        # Model-level checks already name their keys ("server.host=... needs server.token").
+        lines.append(msg if not key or msg.startswith(key + ".") else f"{key}: {msg}")
+    return lines
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Read ``path`` (YAML), apply MONITOR_* env vars and ``overrides``; errors are ConfigError."""
+    """Read ``path`` (YAML), apply MONITOR_* env vars and ``overrides`` (nested dicts merge
+    key by key), then validate the result once; errors are ConfigError naming each bad key."""
     if path is not None:
         try:
             loaded = yaml.safe_load(path.read_text())
@@ -211,7 +228,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     token = _yaml_path.set(path)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+    except ValidationError as exc:
+        where = f" ({path} with MONITOR_* env vars and options applied)" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(describe_errors(exc))) from exc
+    except ValueError as exc:  # e.g. a MONITOR_* variable that is not valid JSON
         raise ConfigError(str(exc)) from exc
     finally:
         _yaml_path.reset(token)

@@ -16,6 +16,9 @@ from monitor.errors import MonitorError
 
 logger = logging.getLogger(__name__)
 
+# The server's close code for a ``since`` past its log's last id (the log was reset).
+CLOSE_SINCE_AHEAD = 4409
+
 
 def with_since(url: str, since: int | None) -> str:
     parts = urlsplit(url)
@@ -39,7 +42,9 @@ async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> int:
 async def tail(
     url: str, *, since: int | None = None, token: str | None = None, follow: bool = True, out: TextIO
 ) -> None:
-    """Print each CloudEvent as one JSON line; on disconnect, resume after the last id seen."""
+    """Print each CloudEvent as one JSON line; on disconnect, resume after the last id seen.
+    If the server's log was reset (it closes with 4409: ``since`` is past its last id), warn
+    and start again from the beginning of the new log: every event in it is new to us."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     last = since
     delay = 0.5
@@ -59,11 +64,21 @@ async def tail(
                     last = int(event["id"])
                     out.write(text + "\n")
                     out.flush()
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == CLOSE_SINCE_AHEAD:
+                logger.warning(
+                    "alert websocket refused since=%s (%s): restarting from the start of the log", last, exc.rcvd.reason
+                )
+                last = 0
+                continue
+            if not follow:
+                raise MonitorError(f"alert websocket closed: {exc}") from exc
+            logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)
         except InvalidStatus as exc:
             raise MonitorError(f"alert websocket refused: HTTP {exc.response.status_code}") from exc
         except httpx.HTTPStatusError as exc:
             raise MonitorError(f"alert API refused: HTTP {exc.response.status_code}") from exc
-        except (OSError, ConnectionClosed, httpx.TransportError) as exc:
+        except (OSError, httpx.TransportError) as exc:
             if not follow:
                 raise MonitorError(f"alert websocket closed: {exc}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)

@@ -147,8 +147,13 @@ class EventLog:
         )
 
     def last_id(self) -> int:
+        """The largest id ever assigned (0 for a new log). Pruning never lowers it, so a
+        client's ``since`` above it can only come from another (reset) log."""
         with self._lock:
-            row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            row = self._db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM events), 0),"
+                " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+            ).fetchone()
         return int(row[0])
 
     def prune(self, older_than: float) -> int:

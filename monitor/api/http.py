@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 WS_SUBPROTOCOL = "cloudevents.json"
 WS_CLOSE_TOO_SLOW = 1013
 WS_CLOSE_POLICY = 1008
+# ``since`` is past the log's last id: the log was reset (or the id is wrong). Resume from 0.
+WS_CLOSE_SINCE_AHEAD = 4409
 
 
 class BodyLimit:
@@ -196,7 +198,13 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         limit: int = Query(100, ge=1, le=1000, description="At most this many events."),
         last: int | None = Query(None, ge=1, le=1000, description="Instead of `since`: the newest N events."),
     ) -> Response:
-        """Events after id `since` (or the newest `last`), oldest first, as a JSON array of CloudEvents."""
+        """Events after id `since` (or the newest `last`), oldest first, as a JSON array of CloudEvents.
+        409 (with the log's `last_id`) when `since` is past the newest id ever assigned: the
+        event log was reset, so start again from 0."""
+        if last is None and since > 0:
+            last_id = await bus.on_log(bus.log.last_id)
+            if since > last_id:
+                return JSONResponse({"error": since_ahead_reason(since, last_id), "last_id": last_id}, status_code=409)
         rows = await (bus.read_last(last) if last is not None else bus.read_since(since, limit))
         return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
 
@@ -228,9 +236,20 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     return app
 
 
+def since_ahead_reason(since: int, last_id: int) -> str:
+    """Why a ``since`` past the log's last id is refused (409 error; websocket close reason,
+    which must stay under 123 bytes)."""
+    return f"event log reset: since={since} > last id {last_id}; resume with since=0"[:123]
+
+
 async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics, since: int | None) -> None:
-    """Replay from the log, then stream live events; evict (1013) a client that falls behind."""
+    """Replay from the log, then stream live events; evict (1013) a client that falls behind,
+    and close (4409) one resuming from an id this log never had."""
     sub = await bus.subscribe()
+    if since is not None and since > sub.start_id:
+        bus.unsubscribe(sub)
+        await websocket.close(WS_CLOSE_SINCE_AHEAD, since_ahead_reason(since, sub.start_id))
+        return
     metrics.ws_clients.inc()
     last_sent = sub.start_id if since is None else since
 

@@ -206,6 +206,17 @@ class WhipTrackSource(ThreadedSource):
 # --- WHEP: pull one stream from a media server ------------------------------------------
 
 
+def session_url(endpoint: str, location: str) -> str:
+    """A WHEP session's URL: its ``Location`` header resolved against the endpoint URL."""
+    return str(httpx.URL(endpoint).join(location))
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Same scheme, host and port (httpx lower-cases hosts and normalises default ports away)."""
+    ua, ub = httpx.URL(a), httpx.URL(b)
+    return (ua.scheme, ua.host, ua.port) == (ub.scheme, ub.host, ub.port)
+
+
 class WhepSource(ThreadedSource):
     """Subscribes to a WHEP endpoint as a client and reconnects with backoff like RTSP.
 
@@ -275,6 +286,17 @@ class WhepSource(ThreadedSource):
             headers["Authorization"] = f"Bearer {self.config.token}"
         return headers
 
+    def _session_headers(self, resource: str) -> dict[str, str]:
+        """Headers for requests to the session URL: the token goes only to the endpoint's
+        origin, never to another host a ``Location`` header pointed at."""
+        if same_origin(self.url, resource):
+            return self._headers()
+        if self.config.token:
+            logger.warning(
+                "WHEP session URL %s is not on the endpoint's origin: deleting it without the token", resource
+            )
+        return {}
+
     def _open(self) -> None:
         self._aloop = asyncio.new_event_loop()
         self._failed = None
@@ -309,7 +331,7 @@ class WhepSource(ThreadedSource):
             # started the stream yet answers 404: keep retrying everything, with backoff.
             raise SourceError(f"WHEP endpoint answered {response.status_code}: {response.text[:200]}", retryable=True)
         location = response.headers.get("location")
-        self._resource = str(response.url.join(location)) if location else None
+        self._resource = session_url(self.url, location) if location else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
         self._track = transceiver.receiver.track
         await connected.wait()
@@ -356,5 +378,5 @@ class WhepSource(ThreadedSource):
         if resource is not None:
             with contextlib.suppress(httpx.HTTPError):
                 async with httpx.AsyncClient(timeout=2.0) as client:
-                    await client.delete(resource, headers=self._headers())
+                    await client.delete(resource, headers=self._session_headers(resource))
 

@@ -89,3 +89,27 @@ async def test_dashboard_publishes_the_camera_and_shows_live_state(tmp_path: Pat
             assert errors == []
         finally:
             await browser.close()
+
+
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
+async def test_dashboard_restarts_its_feed_after_an_event_log_reset(tmp_path: Path) -> None:
+    from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+
+    def ev(i: int) -> Event:
+        return Event(EventType.STREAM_STATUS, "cam", Severity.INFO, 1.7e9 + i, StreamStatusData(StreamState.RUNNING, str(i), 0))
+
+    async with running_service(load_settings(None, data_dir=tmp_path / "data", demo=False)) as svc, async_playwright() as pw:
+        browser = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await svc.runtime.bus.publish([ev(i) for i in range(2)])  # the new log, after a reset
+            # The tab last saw id 50 of the old log.
+            await page.add_init_script("sessionStorage.setItem('lastEventId', '50')")
+            await page.goto(f"{svc.base}/")
+            await expect(page.locator("#feed li")).to_have_count(2, timeout=10_000)
+            await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
+            assert await page.evaluate("() => [lastEventId, ws.url.endsWith('?since=0')]") == [2, True]
+        finally:
+            await browser.close()

@@ -235,3 +235,61 @@ def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MONITOR_ANALYSIS__MAX_FACES", "2")
     s = load_settings(None, server={"port": 7100})
     assert s.server.port == 7100 and s.analysis.max_faces == 2
+
+
+def test_last_id_is_the_high_water_mark_not_lowered_by_pruning(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.sqlite3")
+    assert log.last_id() == 0
+    log.append([status_event(i) for i in range(4)])
+    log.prune(1_700_000_000.0 + 100)  # every event pruned: ids 1..4 were still issued
+    assert log.last_id() == 4 and log.read_since(0) == []
+
+
+async def test_since_past_the_log_is_refused_not_awaited(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        await bus.publish([status_event(i) for i in range(3)])
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            assert (await http.get("/api/events?since=3")).json() == []
+            r = await http.get("/api/events?since=10")
+            assert r.status_code == 409
+            assert r.json()["last_id"] == 3 and "reset" in r.json()["error"] and "since=0" in r.json()["error"]
+            assert (await http.get("/api/events?since=10&last=2")).status_code == 200  # `last` ignores since
+        with pytest.raises(ConnectionClosed) as closed:
+            async with websockets.connect(svc.ws + "/ws/alerts?since=10", subprotocols=["cloudevents.json"]) as ws:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409
+        assert "since=10 > last id 3" in closed.value.rcvd.reason and "since=0" in closed.value.rcvd.reason
+        assert not bus._subs
+        # An id the log did issue still resumes normally.
+        async with websockets.connect(svc.ws + "/ws/alerts?since=3", subprotocols=["cloudevents.json"]) as ws:
+            await bus.publish([status_event(3)])
+            assert (await recv_all(ws, 1))[0]["id"] == "4"
+
+
+async def test_alerts_client_restarts_from_the_start_after_a_log_reset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import io
+
+    from monitor.alerts.client import tail
+
+    out = io.StringIO()
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        await bus.publish([status_event(i) for i in range(2)])  # the new log, after a reset
+        # The client last saw id 50 of the old log.
+        task = asyncio.create_task(tail(svc.ws + "/ws/alerts", since=50, out=out))
+        try:
+            async with asyncio.timeout(10):
+                while out.getvalue().count("\n") < 2:
+                    await asyncio.sleep(0.05)
+                await bus.publish([status_event(2)])
+                while out.getvalue().count("\n") < 3:
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1", "2", "3"]
+    assert any("since=50" in r.getMessage() and "start of the log" in r.getMessage() for r in caplog.records)

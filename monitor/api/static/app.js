@@ -155,11 +155,17 @@ let ws = null, wsRetry = 500;
 function connectAlerts() {
   if (ws) { ws.onclose = null; ws.close(); }
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = withToken(`${proto}//${location.host}/ws/alerts` + (lastEventId ? `?since=${lastEventId}` : ""));
+  const url = withToken(`${proto}//${location.host}/ws/alerts` + (lastEventId !== null ? `?since=${lastEventId}` : ""));
   ws = new WebSocket(url, "cloudevents.json");
   ws.onopen = () => { wsRetry = 500; setPill("ws-state", "alerts live", "ok"); };
   ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
   ws.onclose = (ev) => {
+    if (ev.code === 4409) { // the server's event log was reset: every event in it is new to us
+      lastEventId = 0;
+      sessionStorage.removeItem("lastEventId");
+      setTimeout(connectAlerts, 0);
+      return;
+    }
     setPill("ws-state", ev.code === 1008 ? "alerts: token needed" : "alerts reconnecting…", "bad");
     setTimeout(connectAlerts, wsRetry);
     wsRetry = Math.min(wsRetry * 2, 5000);

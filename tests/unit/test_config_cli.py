@@ -1,0 +1,71 @@
+"""`monitor serve` options merge with the file and env before validation (CLI > env > YAML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import monitor.app
+from monitor.cli import app
+from monitor.config import Settings, load_settings
+from monitor.errors import ConfigError
+
+EXPOSED = "server:\n  host: 0.0.0.0\n  port: 9000\n"
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """Settings `monitor serve` would run with; nothing is served."""
+    got: list[Settings] = []
+
+    async def fake_serve(settings: Settings) -> None:
+        got.append(settings)
+
+    monkeypatch.setattr(monitor.app, "serve", fake_serve)
+    for name in ("MONITOR_SERVER__HOST", "MONITOR_SERVER__PORT", "MONITOR_SERVER__TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return got
+
+
+def test_cli_host_rescues_a_file_exposed_without_token(
+    tmp_path: Path, served: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(EXPOSED)
+    r = CliRunner().invoke(app, ["serve", "-c", str(cfg), "--host", "127.0.0.1", "--data-dir", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert served[-1].server.host == "127.0.0.1" and served[-1].server.port == 9000  # the file's port stays
+    # CLI beats env beats YAML, key by key.
+    monkeypatch.setenv("MONITOR_SERVER__PORT", "7000")
+    r = CliRunner().invoke(app, ["serve", "-c", str(cfg), "--host", "localhost"])
+    assert r.exit_code == 0, r.output
+    assert (served[-1].server.host, served[-1].server.port) == ("localhost", 7000)
+    r = CliRunner().invoke(app, ["serve", "-c", str(cfg), "--host", "localhost", "--port", "7100"])
+    assert r.exit_code == 0, r.output
+    assert served[-1].server.port == 7100
+    # An env override rescues the file the same way.
+    monkeypatch.setenv("MONITOR_SERVER__HOST", "127.0.0.1")
+    assert load_settings(cfg).server.host == "127.0.0.1"
+
+
+def test_still_invalid_after_merging_names_the_key(tmp_path: Path, served: list[Settings]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(EXPOSED)
+    r = CliRunner().invoke(app, ["serve", "-c", str(cfg), "--port", "9100"])
+    assert r.exit_code == 2 and not served
+    assert "server.host='0.0.0.0' is not loopback" in r.stderr and "server.token" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_and_bad_keys_are_named(tmp_path: Path, served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  hots: 127.0.0.1\nstreams:\n  - {id: 'bad id', url: 'rtsp://x'}\n")
+    r = CliRunner().invoke(app, ["serve", "-c", str(cfg), "--host", "127.0.0.1"])
+    assert r.exit_code == 2 and not served
+    assert "server.hots: unknown key" in r.stderr
+    assert "streams[0].id: stream id must match" in r.stderr and "'bad id'" in r.stderr
+    monkeypatch.setenv("MONITOR_SERVER__PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"server\.port: .*integer.*'eighty'"):
+        load_settings(None)
