@@ -28,10 +28,10 @@ class AppearanceNet(nn.Module):
     net attend to where a blend would be rather than to the scene.
     """
 
-    def __init__(self, width: int = 24) -> None:
+    def __init__(self, width: int = 24, in_ch: int = 3) -> None:
         super().__init__()
         w = width
-        self.stem = _block(3, w, 2)  # 56
+        self.stem = _block(in_ch, w, 2)  # 56
         self.s2 = _block(w, 2 * w, 2)  # 28
         self.s3 = _block(2 * w, 4 * w, 2)  # 14
         self.s4 = _block(4 * w, 6 * w, 2)  # 7
@@ -39,7 +39,7 @@ class AppearanceNet(nn.Module):
         self.head = nn.Linear(6 * w * 2, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``: (N, 3, 112, 112) float in [0, 255], RGB. Returns (logit (N,), boundary (N, 28, 28))."""
+        """``x``: (N, in_ch, 112, 112) float in [0, 255], RGB (two stacked frames when in_ch is 6). Returns (logit (N,), boundary (N, 28, 28))."""
         x = x / 127.5 - 1.0
         x = self.stem(x)
         f2 = self.s2(x)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from monitor.detect.nets import APPEARANCE_INPUT
+
 # MediaPipe FACEMESH_FACE_OVAL, in contour order.
 FACE_OVAL = np.array(
     [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -183,6 +185,24 @@ def self_blend_clip(
             fake, _ = self_blend(img, lm, p, mask_landmarks=mask_lm)
         out.append(fake)
     return out
+
+
+# --- net inputs ----------------------------------------------------------------------------
+
+
+def to_input(crop160: np.ndarray, rng: np.random.Generator, jitter: bool) -> np.ndarray:
+    """Stored crop (160 px) -> 112 px net input, with a small random shift when training."""
+    if jitter:
+        dx, dy = rng.integers(-4, 5, 2)
+        m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+        crop160 = cv2.warpAffine(crop160, m, (crop160.shape[1], crop160.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(crop160, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
+
+
+def boundary_target(mask: np.ndarray) -> np.ndarray:
+    """Face X-ray style target: 4 m (1 - m), high where the blend is partial, at 28x28."""
+    small = cv2.resize(mask, (28, 28), interpolation=cv2.INTER_AREA)
+    return (4.0 * small * (1.0 - small)).astype(np.float32)
 
 
 # --- call-channel simulation -------------------------------------------------------------

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +20,8 @@ from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
 from monitor.training import synthesis as syn
 from monitor.training.datasets import ClipRecord, read_source
-from monitor.training.extract import STORE_SIZE, FaceClip, load_or_extract
+from monitor.training.extract import FaceClip, load_or_extract
+from monitor.training.synthesis import boundary_target, to_input
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class TrainConfig(BaseModel):
     alert_threshold: float = Field(0.7, gt=0, lt=1, description="The policy's alert threshold the calibration targets.")
     genuine_exceed: float = Field(0.01, gt=0, lt=1, description="Calibration: at most this fraction of genuine out-of-fold windows may score at or above alert_threshold.")
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
+    appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `python -m monitor.training.sbi fit` output (models.pt) instead of training them here.")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -83,21 +84,6 @@ def load_clips(records: Sequence[ClipRecord], cfg: TrainConfig, analysis: Analys
         if c.record.pair is not None:
             c.pair = by_path.get(c.record.pair)
     return clips
-
-
-def to_input(crop160: np.ndarray, rng: np.random.Generator, jitter: bool) -> np.ndarray:
-    """160 px stored crop -> 112 px net input, with a small random shift when training."""
-    if jitter:
-        dx, dy = rng.integers(-4, 5, 2)
-        m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
-        crop160 = cv2.warpAffine(crop160, m, (STORE_SIZE, STORE_SIZE), borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(crop160, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
-
-
-def boundary_target(mask: np.ndarray) -> np.ndarray:
-    """Face X-ray style target: 4 m (1 - m), high where the blend is partial, at 28x28."""
-    small = cv2.resize(mask, (28, 28), interpolation=cv2.INTER_AREA)
-    return (4.0 * small * (1.0 - small)).astype(np.float32)
 
 
 class Sampler:
@@ -369,6 +355,12 @@ def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) 
 # --- export -------------------------------------------------------------------------------
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def export(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
     import warnings
 
@@ -441,13 +433,25 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         logger.warning("only %d genuine groups: cross-fitting with %d folds", n_folds, n_folds)
     fold_apps: list[torch.nn.Module] = []
     fold_geos: list[torch.nn.Module] = []
+    pretrained: list[torch.nn.Module] = []
+    appearance_meta: dict[str, object] | None = None
+    if config.appearance_from is not None and n_folds < 2:
+        raise ValueError("--appearance-from needs cross-fitting folds (at least two genuine groups)")
     if n_folds >= 2:
         folds = split_folds(clips, n_folds, config.seed)
+        if config.appearance_from is not None:
+            from monitor.training.sbi import load_fold_models
+
+            fold_of = {c.record.group: i for i, f in enumerate(folds) for c in f}
+            pretrained, appearance_meta = load_fold_models(config.appearance_from, config.width, fold_of)
         for i, held_fold in enumerate(folds):
             train_clips = [c for j, f in enumerate(folds) if j != i for c in f]
             steps_a = max(1, int(config.appearance_steps * config.fold_step_fraction))
             steps_g = max(1, int(config.geometry_steps * config.fold_step_fraction))
-            app = train_appearance(train_clips, config, steps_a, config.seed + 100 + i, f"fold {i + 1} appearance", progress)
+            if pretrained:
+                app = pretrained[i]
+            else:
+                app = train_appearance(train_clips, config, steps_a, config.seed + 100 + i, f"fold {i + 1} appearance", progress)
             geo = train_geometry(train_clips, config, steps_g, config.seed + 200 + i, f"fold {i + 1} geometry", progress)
             fold_apps.append(app)
             fold_geos.append(geo)
@@ -482,11 +486,13 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         "appearance_width": config.width,
         "members": max(1, n_folds if n_folds >= 2 else 1),
         # Paths are left out so that the same command reproduces the same manifest anywhere.
-        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir"})),
+        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from"})),
         "clips": len(clips),
         "fake_clips": sum(c.record.is_fake for c in clips),
         "fusion_stats": stats,
     }
+    if appearance_meta is not None:
+        meta["appearance_from"] = {"sha256": _sha256(config.appearance_from), **appearance_meta}  # type: ignore[arg-type]
     sha = export(app, geo, fusion, config.out_dir, meta)
     logger.info("bundle %s written in %.1f min (manifest sha256 %s)", config.out_dir, (time.monotonic() - started) / 60, sha)
     return config.out_dir
@@ -526,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--appearance-steps", type=int, default=800)
     ap.add_argument("--geometry-steps", type=int, default=400)
+    ap.add_argument("--width", type=int, default=24, help="appearance CNN width")
+    ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(
@@ -537,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads=args.threads,
         appearance_steps=args.appearance_steps,
         geometry_steps=args.geometry_steps,
+        width=args.width,
+        appearance_from=args.appearance_from,
     )
     print(run_training(cfg))
 

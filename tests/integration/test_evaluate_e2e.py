@@ -69,3 +69,37 @@ def test_evaluate_reports_every_clip(dataset: Path, bundle: Path, settings: Sett
     assert {m.name for m in report.groups} >= {"folder:genuine", "folder:swapped", "method:synthetic swap"}
     text = format_report(report)
     assert "overall" in text and "false alarms" in text and "could not judge 1 clips" in text
+
+
+def test_gpu_style_appearance_training_feeds_monitor_train(dataset: Path, tmp_path: Path) -> None:
+    """`sbi pack` -> `sbi fit` -> `monitor train --appearance-from`: the fold CNNs are used as
+    they are, the bundle loads and scores, and its manifest records where they came from."""
+    import numpy as np
+    import torch
+
+    from monitor.training import sbi
+
+    (dataset / "grouped.tsv").write_text(
+        "path\tlabel\tgroup\n" "genuine/a.mp4\treal\tga\n" "genuine/b.mp4\treal\tgb\n" "swapped/c.mp4\tfake\tga\n"
+    )
+    source = f"tsv:{dataset / 'grouped.tsv'}"
+    cache = tmp_path / "cache"
+    summary = sbi.build_pack([source], [], tmp_path / "pack.npz", cache)
+    # Genuine faces of both clips train; the evaluation set holds the one fake (nothing is held out).
+    assert summary["folds"] == 2 and summary["train_frames"] > 20 and summary["eval_clips"] == 1
+    sbi.fit(tmp_path / "pack.npz", tmp_path / "fit", steps=2, widths=(8,), pairs=2, workers=0, eval_every=0)
+    cfg = TrainConfig(
+        sources=(source,), out_dir=tmp_path / "bundle", cache_dir=cache, geometry_steps=2, folds=2, threads=1,
+        width=8, appearance_from=tmp_path / "fit/models.pt",
+    )
+    run_training(cfg, progress=False)
+    manifest = json.loads((tmp_path / "bundle/manifest.json").read_text())
+    assert manifest["appearance_from"]["steps"] == 2 and len(manifest["appearance_from"]["sha256"]) == 64
+    shipped = torch.load(tmp_path / "bundle/appearance.pt", weights_only=True)
+    fitted = torch.load(tmp_path / "fit/models.pt", weights_only=True)["state"]
+    for f in range(2):  # the bundle's ensemble members are the fitted fold models, unchanged
+        for key, value in fitted[f"w8-fold{f}"].items():
+            assert torch.equal(shipped[f"members.{f}.{key}"], value)
+    detector = TemporalDetector(TemporalDetector.Config(model_dir=tmp_path / "bundle"))
+    crop = np.random.default_rng(0).integers(0, 255, (1, 112, 112, 3), dtype=np.uint8)
+    assert np.isfinite(detector.bundle.appearance(crop)).all()

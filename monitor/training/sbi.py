@@ -1,0 +1,481 @@
+"""Long self-blended (SBI) training of the appearance CNN, on a GPU when there is one.
+
+`monitor train` trains the appearance CNN for a few hundred steps on the CPU. This module
+runs the same per-frame recipe (self-blends, call-channel simulation, real/fake pairs, the
+blend-boundary head) for far longer, fed by worker processes, and writes the cross-fitting
+fold models that ``monitor train --appearance-from FILE`` then uses in place of its own.
+
+It has two steps, because a GPU machine usually lacks the service's dependencies:
+
+    python -m monitor.training.sbi pack --source tsv:MANIFEST:ROOT --holdout-preset dev-v1 --out PACK.npz
+    python -m monitor.training.sbi fit --pack PACK.npz --out DIR [--device cuda] [--steps N]
+
+``pack`` runs the service's face extraction (MediaPipe) and stores the genuine training faces
+as JPEG with their landmarks, each tagged with its cross-fitting fold, plus an evaluation
+set of held-out clips. ``fit`` needs only numpy, OpenCV and torch. Only genuine faces are
+trained on: the fakes in the evaluation set are never seen, so its numbers measure transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from monitor.training import synthesis as syn
+
+logger = logging.getLogger(__name__)
+
+PACK_VERSION = 1
+EVAL_FRAMES = 16  # frames per evaluation clip, evenly spaced over its main track
+# The landmarks the blend masks are built from (face oval and brows); a pack keeps only these.
+MASK_POINTS = np.union1d(syn.FACE_OVAL, syn.BROWS)
+
+
+# --- the pack -------------------------------------------------------------------------------
+
+
+def _encode(images: Sequence[np.ndarray], quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 images -> (concatenated JPEG bytes, offsets)."""
+    chunks = []
+    for img in images:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        chunks.append(buf.reshape(-1))
+    offsets = np.zeros(len(chunks) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(c) for c in chunks])
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+def _decode(data: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
+    img = cv2.imdecode(data[offsets[i] : offsets[i + 1]], cv2.IMREAD_COLOR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def build_pack(
+    sources: Sequence[str], holdout: Sequence[str], out: Path, cache_dir: Path, seed: int = 0, folds: int = 2,
+    quality: int = 90, eval_quality: int = 95, frame_step: int = 1, max_clip_s: float = 60.0,
+) -> dict[str, object]:
+    """Extract (or load cached) faces and write the training pack; returns its summary."""
+    from monitor.config import AnalysisConfig
+    from monitor.training.datasets import read_source
+    from monitor.training.train import TrainConfig, load_clips, split_folds
+
+    cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
+    records = [r for s in sources for r in read_source(s)]
+    held = set(holdout)
+    clips = load_clips(records, cfg, AnalysisConfig())
+    train = [c for c in clips if c.record.group not in held]
+    n_folds = min(folds, len({c.record.group for c in train if not c.record.is_fake}))
+    if n_folds < 2:
+        raise ValueError("the pack needs genuine clips from at least two groups (one per cross-fitting fold)")
+    fold_of = {c.record.group: i for i, f in enumerate(split_folds(train, n_folds, seed)) for c in f}
+
+    crops: list[np.ndarray] = []
+    lms: list[np.ndarray] = []
+    fold: list[int] = []
+    clip_id: list[int] = []
+    reals = [c for c in train if not c.record.is_fake]
+    for k, c in enumerate(reals):
+        for i in c.idx[::frame_step]:
+            crops.append(c.faces.crops[i])
+            lms.append(c.faces.crop_landmarks[i, MASK_POINTS, :2])
+            fold.append(fold_of[c.record.group])
+            clip_id.append(k)
+    jpeg, offsets = _encode(crops, quality)
+
+    # Evaluation: every held-out clip, plus the training split's fakes and the originals they
+    # were made from (the fakes are never trained on here; only their genuine side may be).
+    in_eval = [c for c in clips if c.record.group in held or c.record.is_fake]
+    pairs = {c.pair.record.path for c in in_eval if c.pair is not None}
+    in_eval += [c for c in clips if c.record.path in pairs and c not in in_eval]
+    rng = np.random.default_rng(seed)
+    ev_img: list[np.ndarray] = []
+    ev_clip: list[int] = []
+    meta_clips = []
+    sbi_img: list[np.ndarray] = []
+    sbi_y: list[int] = []
+    for k, c in enumerate(in_eval):
+        # Pairs of consecutive analysed frames, so that two-frame models can be evaluated too.
+        anchors = np.unique(np.linspace(0, len(c.idx) - 2, EVAL_FRAMES // 2).round().astype(int))
+        pick = c.idx[np.stack([anchors, anchors + 1], axis=1).reshape(-1)]
+        for i in pick:
+            ev_img.append(syn.to_input(c.faces.crops[i], rng, False))
+            ev_clip.append(k)
+        meta_clips.append({
+            "rel": c.record.rel or str(c.record.path), "label": c.record.label, "group": c.record.group,
+            "method": c.record.method, "heldout": c.record.group in held,
+            "pair": (c.pair.record.rel or str(c.pair.record.path)) if c.pair is not None else None,
+        })
+        if c.record.group in held and not c.record.is_fake:
+            # Held-out genuine faces and their self-blends (consecutive pairs, blended as a live
+            # tool would): the synthetic task on new people.
+            for a, b in pick.reshape(-1, 2)[::2]:
+                imgs = [c.faces.crops[a], c.faces.crops[b]]
+                lms2 = [c.faces.crop_landmarks[a, :, :2], c.faces.crop_landmarks[b, :, :2]]
+                fakes, _ = blend_pair(imgs, lms2, rng)
+                sbi_img += [syn.to_input(x, rng, False) for x in (*imgs, *fakes)]
+                sbi_y += [0, 0, 1, 1]
+    ev_jpeg, ev_offsets = _encode(ev_img, eval_quality)
+    sbi_jpeg, sbi_offsets = _encode(sbi_img, eval_quality)
+    meta = {
+        "version": PACK_VERSION, "sources": list(sources), "holdout": list(holdout), "seed": seed, "folds": n_folds,
+        "fold_of_group": fold_of, "quality": quality, "frame_step": frame_step, "max_clip_s": max_clip_s,
+        "train_frames": len(crops), "train_clips": len(reals), "eval_clips": meta_clips,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out, jpeg=jpeg, offsets=offsets, lm=np.array(lms, np.float32).reshape(-1, len(MASK_POINTS), 2), fold=np.array(fold, np.int8),
+        clip=np.array(clip_id, np.int32), eval_jpeg=ev_jpeg, eval_offsets=ev_offsets, eval_clip=np.array(ev_clip, np.int32),
+        sbi_jpeg=sbi_jpeg, sbi_offsets=sbi_offsets, sbi_y=np.array(sbi_y, np.int8), meta=np.array(json.dumps(meta)),
+    )
+    summary = {k: meta[k] for k in ("train_frames", "train_clips", "folds")}
+    summary.update(eval_clips=len(meta_clips), sbi_frames=len(sbi_y), bytes=out.stat().st_size)
+    return summary
+
+
+class Pack:
+    def __init__(self, path: Path) -> None:
+        d = np.load(path)
+        self.meta: dict = json.loads(str(d["meta"]))
+        if self.meta.get("version") != PACK_VERSION:
+            raise ValueError(f"{path}: pack version {self.meta.get('version')}, expected {PACK_VERSION}")
+        for k in d.files:
+            if k != "meta":
+                setattr(self, k, d[k])
+
+    def eval_images(self) -> np.ndarray:
+        return _decode_all(self.eval_jpeg, self.eval_offsets)
+
+    def sbi_images(self) -> np.ndarray:
+        return _decode_all(self.sbi_jpeg, self.sbi_offsets)
+
+
+def _decode_all(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    images = [_decode(data, offsets, i) for i in range(len(offsets) - 1)]
+    return np.stack(images) if images else np.zeros((0, 112, 112, 3), np.uint8)
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def blend_pair(imgs: Sequence[np.ndarray], lms: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """Self-blend two consecutive frames the way a live swap tool pastes a face: one recipe
+    with per-frame jitter, and sometimes a mask that lags the head or a pasted face that
+    froze. Returns both fakes and the second frame's mask."""
+    base = syn.draw_blend(rng)
+    amount = float(rng.uniform(0.3, 2.0))
+    pa, pb = syn.jitter_blend(base, rng, amount), syn.jitter_blend(base, rng, amount)
+    fa, mask = syn.self_blend(imgs[0], lms[0], pa)
+    r = rng.random()
+    if r < 0.25:
+        fb, mask = syn.self_blend(imgs[1], lms[1], pb, mask_landmarks=lms[0])
+    elif r < 0.4:
+        mask = syn.blend_mask(imgs[1].shape[:2], lms[1], pb)
+        m = mask[..., None]
+        fb = np.clip(m * fa + (1 - m) * imgs[1] + 0.5, 0, 255).astype(np.uint8)
+    else:
+        fb, mask = syn.self_blend(imgs[1], lms[1], pb)
+    return [fa, fb], mask
+
+
+def _landmarks(pack: Pack, i: int) -> np.ndarray:
+    lm = np.zeros((478, 2), np.float32)
+    lm[MASK_POINTS] = pack.lm[i]
+    return lm
+
+
+def make_batch(pack: Pack, rows: np.ndarray, pairs: int, rng: np.random.Generator, frames: int = 1) -> tuple[np.ndarray, ...]:
+    """``pairs`` genuine faces drawn from ``rows``, each followed by its self-blend; one channel
+    degradation and one flip per pair, as `monitor train`'s sampler does. With ``frames`` 2
+    each sample is a face and the next analysed frame of it, stacked on the channel axis."""
+    xs, ys, bounds, has = [], [], [], []
+    zero = np.zeros((28, 28), np.float32)
+    for i in rows[rng.integers(len(rows), size=pairs)]:
+        idx = [int(i) + k for k in range(frames)]
+        imgs = [_decode(pack.jpeg, pack.offsets, j) for j in idx]
+        lms = [_landmarks(pack, j) for j in idx]
+        if frames == 1:
+            fake, mask = syn.self_blend(imgs[0], lms[0], syn.draw_blend(rng))
+            fakes = [fake]
+        else:
+            fakes, mask = blend_pair(imgs, lms, rng)
+        channel = syn.draw_channel(rng)
+        flip = rng.random() < 0.5
+        shift_seed = int(rng.integers(1 << 31))  # the same crop jitter for every frame of a sample
+        for group, y, b in ((imgs, 0.0, zero), (fakes, 1.0, syn.boundary_target(mask))):
+            x = np.concatenate([syn.apply_channel(syn.to_input(g, np.random.default_rng(shift_seed), True), channel, rng) for g in group], axis=2)
+            if flip:
+                x, b = x[:, ::-1], b[:, ::-1]
+            xs.append(x)
+            ys.append(y)
+            bounds.append(b)
+            has.append(1.0)  # genuine faces learn an empty boundary map, as in `monitor train`
+    return (np.ascontiguousarray(np.stack(xs)), np.array(ys, np.float32), np.ascontiguousarray(np.stack(bounds)), np.array(has, np.float32))
+
+
+def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """Endless batches of the genuine faces outside ``fold`` (every face when ``fold`` < 0)."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    worker = info.id if info is not None else 0
+    cv2.setNumThreads(1)
+    pack = Pack(pack_path)
+    rows = np.flatnonzero(pack.fold != fold)
+    if frames > 1:  # samples start where the next frames belong to the same clip
+        last = len(pack.clip) - frames + 1
+        rows = rows[rows < last]
+        rows = rows[pack.clip[rows + frames - 1] == pack.clip[rows]]
+    rng = np.random.default_rng([seed, fold + 1, worker])
+    while True:
+        yield make_batch(pack, rows, pairs, rng, frames)
+
+
+def _prefetch(workers: int, pairs: int) -> int:
+    """Batches each worker may hold ahead, so that all of them fit in half of /dev/shm (where
+    DataLoader passes them; containers often give it only 64 MB)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return 2
+    batch = 2 * pairs * (6 * 112 * 112 + 4 * 28 * 28 + 8)
+    return int(max(1, min(4, free // 2 // max(1, workers * batch))))
+
+
+def _loader(pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1):  # type: ignore[no-untyped-def]
+    import torch
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return _batches(pack_path, fold, pairs, seed, frames)
+
+    if workers == 0:
+        return iter(Stream())
+    return iter(torch.utils.data.DataLoader(Stream(), batch_size=None, num_workers=workers, prefetch_factor=prefetch, persistent_workers=True))
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float | None:
+    """ROC AUC by the rank-sum statistic (ties averaged); None without both classes."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, np.float64)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, frames: int = 1) -> dict[str, float | None]:
+    """Clip AUCs on the evaluation set (clip score = mean sample logit) and the held-out
+    self-blend sample AUC."""
+    clips = pack.meta["eval_clips"]
+    eval_clip, sbi_y = pack.eval_clip[::frames], pack.sbi_y[::frames]
+    score = np.array([frame_logits[eval_clip == k].mean() for k in range(len(clips))])
+    fake = np.array([c["label"] != "real" for c in clips])
+    held = np.array([c["heldout"] for c in clips])
+    dfl = np.array([c["rel"].startswith("deepfacelive_") and "_cropped/" in c["rel"] for c in clips])
+    sad = np.array([c["group"] == "sadtalker_fake" for c in clips])
+    genuine_held = held & ~fake
+
+    def sub(sel: np.ndarray) -> float | None:
+        return auc(fake[sel], score[sel])
+
+    return {
+        "sbi_heldout_frame_auc": auc(sbi_y, sbi_logits),
+        "heldout_clip_auc": sub(held),
+        "live_swaps_heldout_auc": sub(held & dfl),
+        "live_swaps_all_auc": sub(dfl),
+        "sadtalker_vs_heldout_genuine_auc": sub(sad | genuine_held),
+        "all_unseen_fakes_vs_heldout_genuine_auc": sub(fake | genuine_held),
+        "heldout_genuine_score_std": float(score[genuine_held].std()) if genuine_held.any() else None,
+    }
+
+
+# --- fit ------------------------------------------------------------------------------------
+
+
+def fit(
+    pack_path: Path, out_dir: Path, device: str = "cpu", steps: int = 400, widths: Sequence[int] = (24,), pairs: int = 32,
+    workers: int = 1, seed: int = 0, lr: float = 3e-3, time_limit_s: float = 0.0, eval_every: int = 500, frames: int = 1,
+) -> dict[str, object]:
+    """Train one AppearanceNet per (width, fold) on self-blends of the fold's complement.
+
+    The learning rate follows one cosine cycle over ``steps``; with ``time_limit_s`` the cycle
+    runs over whichever of the two ends first, so a time-boxed run still anneals, and the
+    steps it reached are recorded (rerun with that many steps to reproduce it without a limit).
+    Writes ``models.pt`` (state dicts and metadata) and ``results.json`` to ``out_dir``.
+    """
+    import torch
+
+    from monitor.detect.nets import AppearanceNet
+
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    pack = Pack(pack_path)
+    folds = int(pack.meta["folds"])
+    per_fold = max(0, workers // folds) if workers else 0
+    prefetch = _prefetch(per_fold * folds, pairs)
+    logger.info("%d data workers per fold, prefetch %d", per_fold, prefetch)
+    loaders = [_loader(pack_path, f, pairs, seed, per_fold, prefetch, frames) for f in range(folds)]  # workers fork before CUDA starts
+    dev = torch.device(device)
+    nets = {(w, f): AppearanceNet(w, 3 * frames).to(dev).to(memory_format=torch.channels_last) for w in widths for f in range(folds)}
+    opts = {k: torch.optim.AdamW(n.parameters(), lr=lr, weight_decay=1e-4) for k, n in nets.items()}
+    use_amp = dev.type == "cuda"
+    def stacked(images: np.ndarray):  # type: ignore[no-untyped-def]
+        # Consecutive images form a sample when ``frames`` > 1 (the pack stores frame pairs).
+        n, h, w_, c = images.shape
+        x = images.reshape(n // frames, frames, h, w_, c).transpose(0, 2, 3, 1, 4).reshape(n // frames, h, w_, frames * c)
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
+
+    eval_x, sbi_x = stacked(pack.eval_images()), stacked(pack.sbi_images())
+    history: list[dict[str, object]] = []
+
+    def logits(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, np.float32)
+        net.eval()
+        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
+            out = torch.cat([net(x[i : i + 512].to(dev).contiguous(memory_format=torch.channels_last))[0].float() for i in range(0, len(x), 512)])
+        net.train()
+        return out.cpu().numpy()
+
+    def evaluate(step: int) -> None:
+        row: dict[str, object] = {"step": step, "elapsed_s": round(time.monotonic() - started, 1)}
+        for w in widths:
+            ev = [logits(nets[(w, f)], eval_x) for f in range(folds)]
+            sb = [logits(nets[(w, f)], sbi_x) for f in range(folds)]
+            row[f"w{w}"] = eval_report(pack, np.mean(ev, axis=0), np.mean(sb, axis=0), frames)
+        history.append(row)
+        logger.info("eval %s", json.dumps(row))
+        save(step)
+
+    def save(step: int) -> None:
+        torch.save(
+            {"meta": {"widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
+                      "planned_steps": steps, "pairs": pairs, "frames": frames, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
+             "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
+            out_dir / "models.pt",
+        )
+        (out_dir / "results.json").write_text(json.dumps({"history": history}, indent=2) + "\n")
+
+    for n in nets.values():
+        n.train()
+    step = 0
+    seen = 0
+    t0 = time.monotonic()
+    while True:
+        progress = step / steps
+        if time_limit_s > 0:
+            progress = max(progress, (time.monotonic() - t0) / time_limit_s)
+        if progress >= 1.0:
+            break
+        scale = 0.5 * (1 + math.cos(math.pi * progress)) if progress > 0.03 else progress / 0.03
+        for f in range(folds):
+            x, y, b, hb = (torch.as_tensor(a) for a in next(loaders[f]))
+            x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+            y, b, hb = y.to(dev), b.to(dev), hb.to(dev)
+            seen += len(y)
+            for w in widths:
+                net, opt = nets[(w, f)], opts[(w, f)]
+                for g in opt.param_groups:
+                    g["lr"] = lr * max(scale, 0.0)
+                with torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
+                    logit, boundary = net(x)
+                logit, boundary = logit.float(), boundary.float()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
+                bl = ((torch.sigmoid(boundary) - b) ** 2).mean(dim=(1, 2))
+                loss = loss + 0.5 * (bl * hb).sum() / hb.sum().clamp(min=1.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        step += 1
+        if step % 50 == 0:
+            logger.info("step %d  %.0f faces/s  loss %.3f  lr %.2e", step, seen / (time.monotonic() - t0), loss.item(), lr * scale)
+        if eval_every and step % eval_every == 0:
+            evaluate(step)
+    if not history or history[-1]["step"] != step:
+        evaluate(step)
+    summary = {"steps": step, "faces_seen": seen, "minutes": round((time.monotonic() - started) / 60, 2), "final": history[-1]}
+    (out_dir / "results.json").write_text(json.dumps({"summary": summary, "history": history}, indent=2) + "\n")
+    return summary
+
+
+def load_fold_models(path: Path, width: int, fold_of_group: dict[str, int]):  # type: ignore[no-untyped-def]
+    """The fold models of ``width`` from a ``fit`` output, checked against the fold split that
+    `monitor train` computed (the fusion is calibrated on out-of-fold scores, so they must match)."""
+    import torch
+
+    from monitor.detect.nets import AppearanceNet
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    if meta["fold_of_group"] != fold_of_group:
+        raise ValueError(f"{path}: trained on another fold split than this run's (same sources, hold-out and seed are needed)")
+    nets = []
+    for f in range(int(meta["folds"])):
+        key = f"w{width}-fold{f}"
+        if key not in blob["state"]:
+            raise ValueError(f"{path}: no model {key}; it holds {sorted(blob['state'])}")
+        net = AppearanceNet(width)
+        net.load_state_dict(blob["state"][key])
+        nets.append(net.eval())
+    return nets, meta
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m monitor.training.sbi", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="extract faces and write the training pack")
+    p.add_argument("--source", action="append", required=True)
+    p.add_argument("--holdout", action="append", default=[])
+    p.add_argument("--holdout-preset", default="none")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=Path("/tmp/deepfake-monitor-cache"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--frame-step", type=int, default=1)
+    f = sub.add_parser("fit", help="train the fold models on a pack")
+    f.add_argument("--pack", type=Path, required=True)
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--steps", type=int, default=400)
+    f.add_argument("--width", type=int, action="append", help="appearance CNN width (repeatable; default 24)")
+    f.add_argument("--pairs", type=int, default=32, help="genuine faces per batch, each with its self-blend")
+    f.add_argument("--workers", type=int, default=1, help="data worker processes in all (0 = in the training process)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--lr", type=float, default=3e-3)
+    f.add_argument("--time-limit", type=float, default=0.0, help="seconds; the schedule ends at the step limit or here, whichever is first")
+    f.add_argument("--eval-every", type=int, default=500)
+    f.add_argument("--frames", type=int, choices=(1, 2), default=1, help="2: each sample is two consecutive analysed frames (temporal flicker and mask lag)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "pack":
+        from monitor.training.train import HOLDOUT_PRESETS
+
+        holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
+        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step), indent=2))
+    else:
+        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Unit tests for the long self-blended training (monitor.training.sbi): pack format, batches,
+two-frame blends, the AUC and the fold-split check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.training import sbi
+from monitor.training import synthesis as syn
+from tests.unit.test_training_synthesis import synthetic_face
+
+
+def write_pack(path: Path, frames: int = 6, clips: int = 2) -> None:
+    """A pack of ``clips`` clips x ``frames`` synthetic faces that drift right frame by frame."""
+    crops, lms, clip_ids = [], [], []
+    for k in range(clips):
+        for i in range(frames):
+            img, lm = synthetic_face()
+            img = np.roll(img, 2 * i + k, axis=1)
+            lm = lm.copy()
+            lm[:, 0] += 2 * i + k
+            crops.append(img)
+            lms.append(lm[sbi.MASK_POINTS, :2])
+            clip_ids.append(k)
+    jpeg, offsets = sbi._encode(crops, 95)
+    small = [syn.to_input(c, np.random.default_rng(0), False) for c in crops]
+    ev_jpeg, ev_offsets = sbi._encode(small, 95)
+    meta = {
+        "version": sbi.PACK_VERSION, "folds": 2, "fold_of_group": {"g0": 0, "g1": 1}, "sources": [], "holdout": [], "seed": 0,
+        "train_frames": len(crops),
+        "eval_clips": [{"rel": f"c{k}.mp4", "label": "real" if k == 0 else "fake", "group": f"g{k}", "method": "", "heldout": True, "pair": None} for k in range(clips)],
+    }
+    np.savez(
+        path, jpeg=jpeg, offsets=offsets, lm=np.array(lms, np.float32), fold=np.array(clip_ids, np.int8) % 2,
+        clip=np.array(clip_ids, np.int32), eval_jpeg=ev_jpeg, eval_offsets=ev_offsets, eval_clip=np.array(clip_ids, np.int32),
+        sbi_jpeg=ev_jpeg, sbi_offsets=ev_offsets, sbi_y=np.array([0, 0, 1, 1] * (len(crops) // 4), np.int8), meta=np.array(json.dumps(meta)),
+    )
+
+
+@pytest.fixture()
+def pack(tmp_path: Path) -> sbi.Pack:
+    write_pack(tmp_path / "p.npz")
+    return sbi.Pack(tmp_path / "p.npz")
+
+
+def test_pack_round_trips_faces_and_mask_landmarks(pack: sbi.Pack) -> None:
+    img, lm = synthetic_face()
+    got = sbi._decode(pack.jpeg, pack.offsets, 0)
+    assert got.shape == img.shape
+    # JPEG keeps the low frequencies of this noise texture: compare 8x8 block means.
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return a.astype(float).reshape(20, 8, 20, 8, 3).mean(axis=(1, 3))
+
+    assert np.abs(blocks(got) - blocks(img)).mean() < 4
+    full = sbi._landmarks(pack, 0)
+    assert full.shape == (478, 2)
+    np.testing.assert_allclose(full[syn.FACE_OVAL], lm[syn.FACE_OVAL, :2], atol=1e-4)
+    assert pack.eval_images().shape == (12, 112, 112, 3)
+
+
+def test_pack_version_is_checked(tmp_path: Path) -> None:
+    write_pack(tmp_path / "p.npz")
+    d = dict(np.load(tmp_path / "p.npz"))
+    meta = json.loads(str(d["meta"]))
+    meta["version"] = 99
+    d["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "old.npz", **d)
+    with pytest.raises(ValueError, match="pack version 99"):
+        sbi.Pack(tmp_path / "old.npz")
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_batches_pair_each_genuine_face_with_its_blend(pack: sbi.Pack, frames: int) -> None:
+    rows = np.arange(0, 5)  # clip 0, every row followed by a frame of the same clip
+    x, y, bound, has = sbi.make_batch(pack, rows, 4, np.random.default_rng(0), frames)
+    assert x.shape == (8, 112, 112, 3 * frames) and x.dtype == np.uint8
+    assert y.tolist() == [0.0, 1.0] * 4
+    assert bound.shape == (8, 28, 28) and has.tolist() == [1.0] * 8
+    assert np.all(bound[y == 0] == 0) and all(b.max() > 0 for b in bound[y == 1])
+    # A real and its blend share crop, channel and flip: they differ inside the face only.
+    diff = np.abs(x[0::2].astype(int) - x[1::2].astype(int)).mean(axis=(0, 3))
+    assert diff[48:64, 48:64].mean() > diff[:6, :6].mean()
+
+
+def test_two_frame_samples_follow_the_face(pack: sbi.Pack) -> None:
+    """The second frame of a sample is the next frame of the clip (the face moved), and both
+    frames got the same crop jitter, so genuine motion is the only difference."""
+    x, *_ = sbi.make_batch(pack, np.array([0]), 1, np.random.default_rng(3), 2)
+    real = x[0].astype(int)
+    assert np.abs(real[..., :3] - real[..., 3:]).mean() > 2  # the texture moved by 2 px
+
+
+def test_pair_blend_lags_or_freezes_like_a_live_tool() -> None:
+    img, lm = synthetic_face()
+    moved = np.roll(img, 6, axis=1)
+    lm2 = lm.copy()
+    lm2[:, 0] += 6
+    outcomes = set()
+    for seed in range(40):
+        (fa, fb), mask = sbi.blend_pair([img, moved], [lm[:, :2], lm2[:, :2]], np.random.default_rng(seed))
+        assert fa.shape == img.shape and fb.shape == img.shape and mask.shape == img.shape[:2]
+        outside = mask < 1e-4
+        assert np.abs(fb[outside].astype(int) - moved[outside].astype(int)).max() <= 1
+        outcomes.add(round(float(mask.max()), 3))
+    assert len(outcomes) > 3  # recipes vary
+
+
+def test_auc_matches_definition() -> None:
+    assert sbi.auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert sbi.auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert sbi.auc([0, 1], [0.5, 0.5]) == 0.5
+    assert sbi.auc([0, 0, 1], [0.1, 0.4, 0.3]) == 0.5
+    assert sbi.auc([1, 1], [0.1, 0.2]) is None
+
+
+def test_fit_writes_fold_models_that_load_only_for_the_same_split(tmp_path: Path) -> None:
+    write_pack(tmp_path / "p.npz")
+    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, widths=(8,), pairs=2, workers=0, eval_every=0)
+    assert summary["steps"] == 2
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    final = results["history"][-1]["w8"]
+    assert set(final) >= {"sbi_heldout_frame_auc", "heldout_clip_auc", "live_swaps_heldout_auc"}
+    nets, meta = sbi.load_fold_models(tmp_path / "out/models.pt", 8, {"g0": 0, "g1": 1})
+    assert len(nets) == 2 and meta["steps"] == 2
+    with pytest.raises(ValueError, match="another fold split"):
+        sbi.load_fold_models(tmp_path / "out/models.pt", 8, {"g0": 1, "g1": 0})
+    with pytest.raises(ValueError, match="no model w16-fold0"):
+        sbi.load_fold_models(tmp_path / "out/models.pt", 16, {"g0": 0, "g1": 1})
