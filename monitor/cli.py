@@ -174,6 +174,14 @@ def train(ctx: typer.Context) -> None:
     train_main(ctx.args)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def sbi(ctx: typer.Context) -> None:
+    """Long self-blend training of the appearance CNN, GPU-ready: `monitor sbi pack|fit --help`."""
+    from monitor.training.sbi import main as sbi_main
+
+    sbi_main(ctx.args)
+
+
 @app.command()
 def evaluate(
     manifest: Path = typer.Argument(..., help="TSV with a header and at least `path` and `label` (real | fake | attack).", exists=True, dir_okay=False),

@@ -143,6 +143,8 @@ def build_pack(
 
 
 class Pack:
+    """A pack written by ``build_pack``: its arrays as attributes, ``meta`` as a dict."""
+
     def __init__(self, path: Path) -> None:
         d = np.load(path)
         self.meta: dict = json.loads(str(d["meta"]))
@@ -442,7 +444,7 @@ def load_fold_models(path: Path, width: int, fold_of_group: dict[str, int]):  # 
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m monitor.training.sbi", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="monitor sbi", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="extract faces and write the training pack")
     p.add_argument("--source", action="append", required=True)
@@ -471,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.cmd == "pack":
         from monitor.training.train import HOLDOUT_PRESETS
 
+        if args.holdout_preset not in HOLDOUT_PRESETS:
+            ap.error(f"--holdout-preset must be one of {', '.join(sorted(HOLDOUT_PRESETS))}")
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
         print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step), indent=2))
     else:

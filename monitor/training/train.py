@@ -49,7 +49,9 @@ class TrainConfig(BaseModel):
     alert_threshold: float = Field(0.7, gt=0, lt=1, description="The policy's alert threshold the calibration targets.")
     genuine_exceed: float = Field(0.01, gt=0, lt=1, description="Calibration: at most this fraction of genuine out-of-fold windows may score at or above alert_threshold.")
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
-    appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `python -m monitor.training.sbi fit` output (models.pt) instead of training them here.")
+    checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
+    appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
+    finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -148,6 +150,81 @@ class Sampler:
 # --- training loops -----------------------------------------------------------------------
 
 
+class Checkpoints:
+    """Resumable training state: one file per stage (``fold1-appearance``, ...) under a folder
+    keyed by everything that decides the weights, so a resumed run ends bit for bit where an
+    uninterrupted one would. Writes are atomic; a finished stage keeps its final state."""
+
+    def __init__(self, directory: Path, every: int) -> None:
+        self.directory = directory
+        self.every = every
+
+    def _file(self, stage: str) -> Path:
+        return self.directory / f"{stage}.pt"
+
+    def load(self, stage: str) -> dict | None:
+        import torch
+
+        file = self._file(stage)
+        if not file.is_file():
+            return None
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint only costs a retrain
+            logger.warning("ignoring unreadable checkpoint %s: %s", file, exc)
+            return None
+
+    def due(self, step: int, steps: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == steps)
+
+    def save(self, stage: str, state: dict) -> None:
+        import os
+
+        import torch
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self._file(stage).with_suffix(f".{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(self._file(stage))
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_key(config: TrainConfig, records: Sequence[ClipRecord]) -> str:
+    """Hash of the training config and the clips it reads (path, size, label, group)."""
+    import hashlib
+
+    h = hashlib.sha256(config.model_dump_json(exclude={"out_dir", "cache_dir", "checkpoint_every"}).encode())
+    for r in records:
+        size = r.path.stat().st_size if r.path.is_file() else -1
+        h.update(f"|{r.path}|{size}|{r.label}|{r.group}".encode())
+    return h.hexdigest()[:16]
+
+
+def _resume(ckpt: Checkpoints | None, stage: str, desc: str, net, opt, sched, rng: np.random.Generator) -> int:  # type: ignore[no-untyped-def]
+    state = ckpt.load(stage) if ckpt is not None else None
+    if state is None:
+        return 0
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    if sched is not None:
+        sched.load_state_dict(state["sched"])
+    rng.bit_generator.state = state["rng"]
+    logger.info("%s: resuming from the checkpoint at step %d", desc, state["step"])
+    return int(state["step"])
+
+
+def _checkpoint(ckpt: Checkpoints | None, stage: str, step: int, steps: int, net, opt, sched, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    if ckpt is not None and ckpt.due(step, steps):
+        ckpt.save(stage, {
+            "step": step, "net": net.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict() if sched is not None else None, "rng": rng.bit_generator.state,
+        })
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
@@ -156,7 +233,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_appearance(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True):  # type: ignore[no-untyped-def]
+def train_appearance(  # type: ignore[no-untyped-def]
+    clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True,
+    ckpt: Checkpoints | None = None, stage: str = "appearance", init=None,
+):
     import torch
     from tqdm import tqdm
 
@@ -166,11 +246,16 @@ def train_appearance(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: 
     rng = np.random.default_rng(seed)
     sampler = Sampler(clips, cfg, rng)
     net = AppearanceNet(cfg.width)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    scale = 1.0
+    if init is not None:  # fine-tuning a pretrained CNN: gentler steps keep what it learned
+        net.load_state_dict(init.state_dict())
+        scale = 1.0 / 3.0
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3 * scale, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3 * scale, total_steps=steps, pct_start=0.15)
+    start = _resume(ckpt, stage, desc, net, opt, sched, rng)
     net.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for _ in bar:
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
+    for step in bar:
         x, y, b, hb = sampler.batch()
         logit, boundary = net(torch.from_numpy(x))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.from_numpy(y))
@@ -182,6 +267,7 @@ def train_appearance(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: 
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        _checkpoint(ckpt, stage, step + 1, steps, net, opt, sched, rng)
     net.eval()
     return net
 
@@ -190,7 +276,10 @@ def geometry_sequence(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([geometry_vector(lm) for lm in landmarks])
 
 
-def train_geometry(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True):  # type: ignore[no-untyped-def]
+def train_geometry(  # type: ignore[no-untyped-def]
+    clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True,
+    ckpt: Checkpoints | None = None, stage: str = "geometry",
+):
     """GRU on real landmark windows vs their perturbations (and the sources' real fakes)."""
     import torch
     from tqdm import tqdm
@@ -203,6 +292,7 @@ def train_geometry(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: in
     fakes = [c for c in clips if c.record.is_fake and len(c.idx) >= 12] if cfg.real_fakes else []
     net = GeometryNet(GEOMETRY_DIM)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    start = _resume(ckpt, stage, desc, net, opt, None, rng)
     net.train()
 
     def window(c: Clip, n: int) -> np.ndarray:
@@ -210,8 +300,8 @@ def train_geometry(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: in
         a = int(rng.integers(0, len(c.idx) - n + 1))
         return c.faces.landmarks[c.idx[a : a + n]]
 
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for _ in bar:
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
+    for step in bar:
         n = int(rng.integers(12, 31))
         xs, ys = [], []
         for _ in range(16):
@@ -233,6 +323,7 @@ def train_geometry(clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: in
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        _checkpoint(ckpt, stage, step + 1, steps, net, opt, None, rng)
     net.eval()
     return net
 
@@ -412,8 +503,9 @@ def split_folds(clips: Sequence[Clip], k: int, seed: int) -> list[list[Clip]]:
     return [[c for c in clips if fold_of[c.record.group] == i] for i in range(k)]
 
 
-def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, progress: bool = True) -> Path:
-    """Train and export a bundle to ``config.out_dir``; returns that folder."""
+def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, progress: bool = True, fresh: bool = False) -> Path:
+    """Train and export a bundle to ``config.out_dir``; returns that folder. An interrupted run
+    resumes from its checkpoints unless ``fresh``."""
     import torch
 
     started = time.monotonic()
@@ -423,6 +515,9 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
     held = set(config.holdout_groups)
     records = [r for r in records if r.group not in held]
     clips = load_clips(records, config, analysis, progress)
+    ckpt = Checkpoints(config.cache_dir / "checkpoints" / run_key(config, records), config.checkpoint_every) if config.checkpoint_every else None
+    if ckpt is not None and fresh:
+        ckpt.clear()
     logger.info("training on %d clips (%d fake)", len(clips), sum(c.record.is_fake for c in clips))
     window_s = 8.0
     stats: dict[str, float] = {}
@@ -435,6 +530,8 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
     fold_geos: list[torch.nn.Module] = []
     pretrained: list[torch.nn.Module] = []
     appearance_meta: dict[str, object] | None = None
+    if config.finetune_appearance and config.appearance_from is None:
+        raise ValueError("--finetune-appearance needs --appearance-from")
     if config.appearance_from is not None and n_folds < 2:
         raise ValueError("--appearance-from needs cross-fitting folds (at least two genuine groups)")
     if n_folds >= 2:
@@ -448,11 +545,12 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
             train_clips = [c for j, f in enumerate(folds) if j != i for c in f]
             steps_a = max(1, int(config.appearance_steps * config.fold_step_fraction))
             steps_g = max(1, int(config.geometry_steps * config.fold_step_fraction))
-            if pretrained:
+            if pretrained and not config.finetune_appearance:
                 app = pretrained[i]
             else:
-                app = train_appearance(train_clips, config, steps_a, config.seed + 100 + i, f"fold {i + 1} appearance", progress)
-            geo = train_geometry(train_clips, config, steps_g, config.seed + 200 + i, f"fold {i + 1} geometry", progress)
+                init = pretrained[i] if pretrained else None
+                app = train_appearance(train_clips, config, steps_a, config.seed + 100 + i, f"fold {i + 1} appearance", progress, ckpt, f"fold{i + 1}-appearance", init)
+            geo = train_geometry(train_clips, config, steps_g, config.seed + 200 + i, f"fold {i + 1} geometry", progress, ckpt, f"fold{i + 1}-geometry")
             fold_apps.append(app)
             fold_geos.append(geo)
             x, y, cid = fold_windows(held_fold, app, geo, window_s, config.seed + 300 + i)
@@ -472,8 +570,8 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         app.eval()
         geo.eval()
     else:
-        app = train_appearance(clips, config, config.appearance_steps, config.seed, "appearance", progress)
-        geo = train_geometry(clips, config, config.geometry_steps, config.seed + 1, "geometry", progress)
+        app = train_appearance(clips, config, config.appearance_steps, config.seed, "appearance", progress, ckpt, "appearance")
+        geo = train_geometry(clips, config, config.geometry_steps, config.seed + 1, "geometry", progress, ckpt, "geometry")
     if not xs:
         x, y, cid = fold_windows(clips, app, geo, window_s, config.seed + 300)
         xs, ys, ids = [x], [y], [cid]
@@ -486,14 +584,16 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         "appearance_width": config.width,
         "members": max(1, n_folds if n_folds >= 2 else 1),
         # Paths are left out so that the same command reproduces the same manifest anywhere.
-        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from"})),
+        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every"})),
         "clips": len(clips),
         "fake_clips": sum(c.record.is_fake for c in clips),
         "fusion_stats": stats,
     }
     if appearance_meta is not None:
-        meta["appearance_from"] = {"sha256": _sha256(config.appearance_from), **appearance_meta}  # type: ignore[arg-type]
+        meta["appearance_from"] = {"sha256": _sha256(config.appearance_from), "finetuned": config.finetune_appearance, **appearance_meta}  # type: ignore[arg-type]
     sha = export(app, geo, fusion, config.out_dir, meta)
+    if ckpt is not None:
+        ckpt.clear()  # they exist to survive an interruption; a finished run starts afresh
     logger.info("bundle %s written in %.1f min (manifest sha256 %s)", config.out_dir, (time.monotonic() - started) / 60, sha)
     return config.out_dir
 
@@ -533,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--appearance-steps", type=int, default=800)
     ap.add_argument("--geometry-steps", type=int, default=400)
     ap.add_argument("--width", type=int, default=24, help="appearance CNN width")
+    ap.add_argument("--finetune-appearance", action="store_true", help="with --appearance-from: fine-tune those CNNs with this run's recipe instead of using them as they are")
+    ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none); a rerun of an interrupted command resumes from them")
+    ap.add_argument("--fresh", action="store_true", help="ignore checkpoints left by an interrupted run")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -547,8 +650,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         geometry_steps=args.geometry_steps,
         width=args.width,
         appearance_from=args.appearance_from,
+        finetune_appearance=args.finetune_appearance,
+        checkpoint_every=args.checkpoint_every,
     )
-    print(run_training(cfg))
+    print(run_training(cfg, fresh=args.fresh))
 
 
 if __name__ == "__main__":

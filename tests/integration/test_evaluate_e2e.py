@@ -103,3 +103,50 @@ def test_gpu_style_appearance_training_feeds_monitor_train(dataset: Path, tmp_pa
     detector = TemporalDetector(TemporalDetector.Config(model_dir=tmp_path / "bundle"))
     crop = np.random.default_rng(0).integers(0, 255, (1, 112, 112, 3), dtype=np.uint8)
     assert np.isfinite(detector.bundle.appearance(crop)).all()
+
+    # Fine-tuning starts from the fitted models and trains them further with real fakes.
+    tuned = cfg.model_copy(update={"out_dir": tmp_path / "tuned", "finetune_appearance": True, "appearance_steps": 4, "pairs_per_batch": 2})
+    run_training(tuned, progress=False)
+    assert json.loads((tmp_path / "tuned/manifest.json").read_text())["appearance_from"]["finetuned"] is True
+    moved = torch.load(tmp_path / "tuned/appearance.pt", weights_only=True)
+    assert not all(torch.equal(moved[f"members.0.{k}"], v) for k, v in fitted["w8-fold0"].items())
+    with pytest.raises(ValueError, match="needs --appearance-from"):
+        run_training(tuned.model_copy(update={"appearance_from": None}), progress=False)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints: a run killed mid-way and started again ends with exactly the weights of an
+    uninterrupted run, and a finished run leaves no checkpoints behind."""
+    import torch
+
+    from monitor.training import train
+
+    cfg = TrainConfig(
+        sources=(f"tsv:{dataset / 'm.tsv'}",), out_dir=tmp_path / "a", cache_dir=tmp_path / "cache",
+        appearance_steps=4, geometry_steps=4, pairs_per_batch=2, folds=0, threads=1, checkpoint_every=1,
+    )
+    run_training(cfg, progress=False)
+    assert not any((tmp_path / "cache/checkpoints").glob("*/*.pt"))
+
+    calls = {"n": 0}
+    real_batch = train.Sampler.batch
+
+    def killed_at_third_batch(self):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real_batch(self)
+
+    monkeypatch.setattr(train.Sampler, "batch", killed_at_third_batch)
+    resumed = cfg.model_copy(update={"out_dir": tmp_path / "b"})
+    with pytest.raises(RuntimeError, match="killed"):
+        run_training(resumed, progress=False)
+    (state,) = (tmp_path / "cache/checkpoints").glob("*/appearance.pt")
+    assert torch.load(state, weights_only=True)["step"] == 2
+    monkeypatch.undo()
+    run_training(resumed, progress=False)
+    for name in ("appearance.pt", "geometry.pt"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)
+        b = torch.load(tmp_path / "b" / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a/fusion.json").read_text() == (tmp_path / "b/fusion.json").read_text()

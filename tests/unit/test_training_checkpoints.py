@@ -1,0 +1,40 @@
+"""Unit tests for `monitor train`'s checkpoints (monitor.training.train.Checkpoints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.training.train import Checkpoints
+
+
+def test_checkpoints_are_due_every_n_steps_and_at_the_end(tmp_path: Path) -> None:
+    ck = Checkpoints(tmp_path, every=3)
+    assert [s for s in range(1, 8) if ck.due(s, 7)] == [3, 6, 7]
+    assert not any(Checkpoints(tmp_path, every=0).due(s, 7) for s in range(1, 8))
+
+
+def test_state_round_trips_including_the_rng(tmp_path: Path) -> None:
+    ck = Checkpoints(tmp_path / "run", every=1)
+    rng = np.random.default_rng(5)
+    rng.integers(10, size=3)
+    ck.save("fold1-appearance", {"step": 4, "rng": rng.bit_generator.state, "w": torch.ones(2)})
+    state = ck.load("fold1-appearance")
+    assert state is not None and state["step"] == 4
+    again = np.random.default_rng(0)
+    again.bit_generator.state = state["rng"]
+    assert again.integers(1000) == rng.integers(1000)
+    assert ck.load("fold2-appearance") is None
+    assert not list((tmp_path / "run").glob("*.tmp"))  # written atomically
+    ck.clear()
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_checkpoint_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ck = Checkpoints(tmp_path, every=1)
+    (tmp_path / "geometry.pt").write_bytes(b"not a checkpoint")
+    assert ck.load("geometry") is None
+    assert "ignoring unreadable checkpoint" in caplog.text
