@@ -332,7 +332,7 @@ def fit(
     torch.manual_seed(seed)
     pack = Pack(pack_path)
     folds = int(pack.meta["folds"])
-    per_fold = max(0, workers // folds) if workers else 0
+    per_fold = max(1, workers // folds) if workers else 0
     prefetch = _prefetch(per_fold * folds, pairs)
     logger.info("%d data workers per fold, prefetch %d", per_fold, prefetch)
     loaders = [_loader(pack_path, f, pairs, seed, per_fold, prefetch, frames) for f in range(folds)]  # workers fork before CUDA starts
