@@ -48,6 +48,14 @@ class AppearanceNet(nn.Module):
         return self.head(pooled).squeeze(1), self.boundary(f2).squeeze(1)
 
 
+def appearance_loss(logit: torch.Tensor, boundary: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, has_bound: torch.Tensor) -> torch.Tensor:
+    """The appearance CNN's training objective: fake/genuine cross-entropy plus half the squared
+    error of the blend-boundary map, over the samples that have a boundary target."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logit, y)
+    err = ((torch.sigmoid(boundary) - bound) ** 2).mean(dim=(1, 2))
+    return loss + 0.5 * (err * has_bound).sum() / has_bound.sum().clamp(min=1.0)
+
+
 class GeometryNet(nn.Module):
     """A small GRU over a landmark sequence (aligned-crop units): one fake logit per window.
 

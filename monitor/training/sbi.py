@@ -325,7 +325,7 @@ def fit(
     """
     import torch
 
-    from monitor.detect.nets import AppearanceNet
+    from monitor.detect.nets import AppearanceNet, appearance_loss
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,6 +340,7 @@ def fit(
     nets = {(w, f): AppearanceNet(w, 3 * frames).to(dev).to(memory_format=torch.channels_last) for w in widths for f in range(folds)}
     opts = {k: torch.optim.AdamW(n.parameters(), lr=lr, weight_decay=1e-4) for k, n in nets.items()}
     use_amp = dev.type == "cuda"
+
     def stacked(images: np.ndarray):  # type: ignore[no-untyped-def]
         # Consecutive images form a sample when ``frames`` > 1 (the pack stores frame pairs).
         n, h, w_, c = images.shape
@@ -377,8 +378,6 @@ def fit(
         )
         (out_dir / "results.json").write_text(json.dumps({"history": history}, indent=2) + "\n")
 
-    for n in nets.values():
-        n.train()
     step = 0
     seen = 0
     t0 = time.monotonic()
@@ -397,13 +396,10 @@ def fit(
             for w in widths:
                 net, opt = nets[(w, f)], opts[(w, f)]
                 for g in opt.param_groups:
-                    g["lr"] = lr * max(scale, 0.0)
+                    g["lr"] = lr * scale
                 with torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
                     logit, boundary = net(x)
-                logit, boundary = logit.float(), boundary.float()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
-                bl = ((torch.sigmoid(boundary) - b) ** 2).mean(dim=(1, 2))
-                loss = loss + 0.5 * (bl * hb).sum() / hb.sum().clamp(min=1.0)
+                loss = appearance_loss(logit.float(), boundary.float(), y, b, hb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -240,7 +240,7 @@ def train_appearance(  # type: ignore[no-untyped-def]
     import torch
     from tqdm import tqdm
 
-    from monitor.detect.nets import AppearanceNet
+    from monitor.detect.nets import AppearanceNet, appearance_loss
 
     seed_everything(seed)
     rng = np.random.default_rng(seed)
@@ -258,10 +258,7 @@ def train_appearance(  # type: ignore[no-untyped-def]
     for step in bar:
         x, y, b, hb = sampler.batch()
         logit, boundary = net(torch.from_numpy(x))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.from_numpy(y))
-        bl = ((torch.sigmoid(boundary) - torch.from_numpy(b)) ** 2).mean(dim=(1, 2))
-        hbt = torch.from_numpy(hb)
-        loss = loss + 0.5 * (bl * hbt).sum() / hbt.sum().clamp(min=1.0)
+        loss = appearance_loss(logit, boundary, torch.from_numpy(y), torch.from_numpy(b), torch.from_numpy(hb))
         opt.zero_grad()
         loss.backward()
         opt.step()

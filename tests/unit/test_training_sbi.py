@@ -99,14 +99,22 @@ def test_pair_blend_lags_or_freezes_like_a_live_tool() -> None:
     moved = np.roll(img, 6, axis=1)
     lm2 = lm.copy()
     lm2[:, 0] += 6
-    outcomes = set()
-    for seed in range(40):
+    outcomes, lagged, frozen = set(), 0, 0
+    for seed in range(60):
         (fa, fb), mask = sbi.blend_pair([img, moved], [lm[:, :2], lm2[:, :2]], np.random.default_rng(seed))
         assert fa.shape == img.shape and fb.shape == img.shape and mask.shape == img.shape[:2]
         outside = mask < 1e-4
         assert np.abs(fb[outside].astype(int) - moved[outside].astype(int)).max() <= 1
         outcomes.add(round(float(mask.max()), 3))
+        # Lag: the second frame's mask sits where the face was (x ~ 80), not where it is (~ 86).
+        xs = np.arange(img.shape[1])
+        centre_x = float((mask.sum(axis=0) * xs).sum() / mask.sum())
+        lagged += centre_x < 83
+        # Freeze: the second frame shows the first frame's pasted face over the moved head.
+        m = mask[..., None]
+        frozen += np.array_equal(fb, np.clip(m * fa + (1 - m) * moved + 0.5, 0, 255).astype(np.uint8))
     assert len(outcomes) > 3  # recipes vary
+    assert 0 < lagged < 60 and 0 < frozen < 60  # both happen, neither always
 
 
 def test_auc_matches_definition() -> None:
