@@ -67,7 +67,9 @@ async def test_rtsp_stream_tracks_face_reconnects_after_server_restart(tmp_path:
                 assert event["subject"] == "streams/cam/tracks/1"
                 st = await wait_for(lambda: _tracks_with_score(http), 20, "a scored face track")
                 assert st["state"] == "running" and st["width"] == 640 and st["fps_in"] > 10
-                assert 5 <= st["fps_analysed"] <= 12
+                # Sampled at analysis.fps (10 of 30 frames), not every frame. Counts, not the
+                # rate meter: a rate over a short window swings on a loaded machine.
+                assert 0.15 <= st["frames_analysed"] / st["frames_received"] <= 0.5, st
 
                 # Kill the server: the source notices (read timeout) and keeps retrying.
                 server.kill()
