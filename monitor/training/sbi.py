@@ -83,14 +83,30 @@ def build_pack(
     lms: list[np.ndarray] = []
     fold: list[int] = []
     clip_id: list[int] = []
+    first_row: dict[str, int] = {}
     reals = [c for c in train if not c.record.is_fake]
     for k, c in enumerate(reals):
+        first_row[str(c.record.path)] = len(crops)
         for i in c.idx[::frame_step]:
             crops.append(c.faces.crops[i])
             lms.append(c.faces.crop_landmarks[i, MASK_POINTS, :2])
             fold.append(fold_of[c.record.group])
             clip_id.append(k)
     jpeg, offsets = _encode(crops, quality)
+
+    # The training split's fakes and attacks (used by ``fit --fake-share``), each frame with the
+    # row of its frame-aligned original when it has one (-1: unpaired).
+    fk_crops: list[np.ndarray] = []
+    fk_fold: list[int] = []
+    fk_partner: list[int] = []
+    for c in (c for c in train if c.record.is_fake):
+        start = first_row.get(str(c.pair.record.path)) if c.pair is not None else None
+        n_orig = len(c.pair.idx[::frame_step]) if c.pair is not None else 0
+        for k, i in enumerate(c.idx[::frame_step]):
+            fk_crops.append(c.faces.crops[i])
+            fk_fold.append(fold_of[c.record.group])
+            fk_partner.append(start + k if start is not None and k < n_orig else -1)
+    fk_jpeg, fk_offsets = _encode(fk_crops, quality)
 
     # Evaluation: every held-out clip, plus the training split's fakes and the originals they
     # were made from (the fakes are never trained on here; only their genuine side may be).
@@ -129,15 +145,16 @@ def build_pack(
     meta = {
         "version": PACK_VERSION, "sources": list(sources), "holdout": list(holdout), "seed": seed, "folds": n_folds,
         "fold_of_group": fold_of, "quality": quality, "frame_step": frame_step, "max_clip_s": max_clip_s,
-        "train_frames": len(crops), "train_clips": len(reals), "eval_clips": meta_clips,
+        "train_frames": len(crops), "train_clips": len(reals), "fake_frames": len(fk_crops), "eval_clips": meta_clips,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         out, jpeg=jpeg, offsets=offsets, lm=np.array(lms, np.float32).reshape(-1, len(MASK_POINTS), 2), fold=np.array(fold, np.int8),
         clip=np.array(clip_id, np.int32), eval_jpeg=ev_jpeg, eval_offsets=ev_offsets, eval_clip=np.array(ev_clip, np.int32),
-        sbi_jpeg=sbi_jpeg, sbi_offsets=sbi_offsets, sbi_y=np.array(sbi_y, np.int8), meta=np.array(json.dumps(meta)),
+        sbi_jpeg=sbi_jpeg, sbi_offsets=sbi_offsets, sbi_y=np.array(sbi_y, np.int8), fake_jpeg=fk_jpeg, fake_offsets=fk_offsets,
+        fake_fold=np.array(fk_fold, np.int8), fake_partner=np.array(fk_partner, np.int64), meta=np.array(json.dumps(meta)),
     )
-    summary = {k: meta[k] for k in ("train_frames", "train_clips", "folds")}
+    summary = {k: meta[k] for k in ("train_frames", "train_clips", "fake_frames", "folds")}
     summary.update(eval_clips=len(meta_clips), sbi_frames=len(sbi_y), bytes=out.stat().st_size)
     return summary
 
@@ -195,36 +212,55 @@ def _landmarks(pack: Pack, i: int) -> np.ndarray:
     return lm
 
 
-def make_batch(pack: Pack, rows: np.ndarray, pairs: int, rng: np.random.Generator, frames: int = 1) -> tuple[np.ndarray, ...]:
+def make_batch(
+    pack: Pack, rows: np.ndarray, pairs: int, rng: np.random.Generator, frames: int = 1,
+    fake_rows: np.ndarray | None = None, fake_share: float = 0.0,
+) -> tuple[np.ndarray, ...]:
     """``pairs`` genuine faces drawn from ``rows``, each followed by its self-blend; one channel
     degradation and one flip per pair, as `monitor train`'s sampler does. With ``frames`` 2
-    each sample is a face and the next analysed frame of it, stacked on the channel axis."""
+    each sample is a face and the next analysed frame of it, stacked on the channel axis.
+
+    With ``fake_share`` > 0 (one frame per sample only), that share of the pairs is instead a
+    real fake from ``fake_rows`` and its frame-aligned original (a random genuine face when it
+    has none); a real fake has no boundary target."""
     xs, ys, bounds, has = [], [], [], []
     zero = np.zeros((28, 28), np.float32)
+    use_fakes = fake_share > 0 and fake_rows is not None and len(fake_rows) > 0
+    if use_fakes and frames != 1:
+        raise ValueError("real fakes are sampled one frame at a time")
     for i in rows[rng.integers(len(rows), size=pairs)]:
-        idx = [int(i) + k for k in range(frames)]
-        imgs = [_decode(pack.jpeg, pack.offsets, j) for j in idx]
-        lms = [_landmarks(pack, j) for j in idx]
-        if frames == 1:
-            fake, mask = syn.self_blend(imgs[0], lms[0], syn.draw_blend(rng))
-            fakes = [fake]
+        real_fake = use_fakes and rng.random() < fake_share
+        if real_fake:
+            assert fake_rows is not None
+            j = int(fake_rows[rng.integers(len(fake_rows))])
+            partner = int(pack.fake_partner[j])
+            imgs = [_decode(pack.jpeg, pack.offsets, partner if partner >= 0 else int(i))]
+            fakes, bound, has_bound = [_decode(pack.fake_jpeg, pack.fake_offsets, j)], zero, 0.0
         else:
-            fakes, mask = blend_pair(imgs, lms, rng)
+            idx = [int(i) + k for k in range(frames)]
+            imgs = [_decode(pack.jpeg, pack.offsets, j) for j in idx]
+            lms = [_landmarks(pack, j) for j in idx]
+            if frames == 1:
+                fake, mask = syn.self_blend(imgs[0], lms[0], syn.draw_blend(rng))
+                fakes = [fake]
+            else:
+                fakes, mask = blend_pair(imgs, lms, rng)
+            bound, has_bound = syn.boundary_target(mask), 1.0
         channel = syn.draw_channel(rng)
         flip = rng.random() < 0.5
         shift_seed = int(rng.integers(1 << 31))  # the same crop jitter for every frame of a sample
-        for group, y, b in ((imgs, 0.0, zero), (fakes, 1.0, syn.boundary_target(mask))):
+        for group, y, b, hb in ((imgs, 0.0, zero, 1.0), (fakes, 1.0, bound, has_bound)):
             x = np.concatenate([syn.apply_channel(syn.to_input(g, np.random.default_rng(shift_seed), True), channel, rng) for g in group], axis=2)
             if flip:
                 x, b = x[:, ::-1], b[:, ::-1]
             xs.append(x)
             ys.append(y)
             bounds.append(b)
-            has.append(1.0)  # genuine faces learn an empty boundary map, as in `monitor train`
+            has.append(hb)  # genuine faces learn an empty boundary map, as in `monitor train`
     return (np.ascontiguousarray(np.stack(xs)), np.array(ys, np.float32), np.ascontiguousarray(np.stack(bounds)), np.array(has, np.float32))
 
 
-def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int) -> Iterator[tuple[np.ndarray, ...]]:
+def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fake_share: float = 0.0) -> Iterator[tuple[np.ndarray, ...]]:
     """Endless batches of the genuine faces outside ``fold`` (every face when ``fold`` < 0)."""
     import torch
 
@@ -237,9 +273,12 @@ def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int) -> 
         last = len(pack.clip) - frames + 1
         rows = rows[rows < last]
         rows = rows[pack.clip[rows + frames - 1] == pack.clip[rows]]
+    fake_rows = np.flatnonzero(pack.fake_fold != fold) if fake_share > 0 else None
+    if fake_share > 0 and (fake_rows is None or len(fake_rows) == 0):
+        raise ValueError(f"{pack_path}: no training fakes outside fold {fold} (repack with this version for fake_* arrays)")
     rng = np.random.default_rng([seed, fold + 1, worker])
     while True:
-        yield make_batch(pack, rows, pairs, rng, frames)
+        yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share)
 
 
 def _prefetch(workers: int, pairs: int) -> int:
@@ -255,12 +294,12 @@ def _prefetch(workers: int, pairs: int) -> int:
     return int(max(1, min(4, free // 2 // max(1, workers * batch))))
 
 
-def _loader(pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1):  # type: ignore[no-untyped-def]
+def _loader(pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1, fake_share: float = 0.0):  # type: ignore[no-untyped-def]
     import torch
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):  # type: ignore[no-untyped-def]
-            return _batches(pack_path, fold, pairs, seed, frames)
+            return _batches(pack_path, fold, pairs, seed, frames, fake_share)
 
     if workers == 0:
         return iter(Stream())
@@ -283,9 +322,9 @@ def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, frames: int = 1) -> dict[str, float | None]:
-    """Clip AUCs on the evaluation set (clip score = mean sample logit) and the held-out
-    self-blend sample AUC."""
+def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, frames: int = 1) -> dict[str, float | str | None]:
+    """Clip AUCs on the evaluation set (clip score = mean sample logit), the held-out
+    self-blend sample AUC, and how many held-out live swaps score above their own original."""
     clips = pack.meta["eval_clips"]
     eval_clip, sbi_y = pack.eval_clip[::frames], pack.sbi_y[::frames]
     score = np.array([frame_logits[eval_clip == k].mean() for k in range(len(clips))])
@@ -298,6 +337,9 @@ def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, fr
     def sub(sel: np.ndarray) -> float | None:
         return auc(fake[sel], score[sel])
 
+    index = {c["rel"]: k for k, c in enumerate(clips)}
+    pairs = [(k, index[c["pair"]]) for k, c in enumerate(clips) if held[k] and dfl[k] and fake[k] and c["pair"] in index]
+
     return {
         "sbi_heldout_frame_auc": auc(sbi_y, sbi_logits),
         "heldout_clip_auc": sub(held),
@@ -306,6 +348,7 @@ def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, fr
         "sadtalker_vs_heldout_genuine_auc": sub(sad | genuine_held),
         "all_unseen_fakes_vs_heldout_genuine_auc": sub(fake | genuine_held),
         "heldout_genuine_score_std": float(score[genuine_held].std()) if genuine_held.any() else None,
+        "live_swaps_heldout_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in pairs)}/{len(pairs)}",
     }
 
 
@@ -315,8 +358,18 @@ def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, fr
 def fit(
     pack_path: Path, out_dir: Path, device: str = "cpu", steps: int = 400, widths: Sequence[int] = (24,), pairs: int = 32,
     workers: int = 1, seed: int = 0, lr: float = 3e-3, time_limit_s: float = 0.0, eval_every: int = 500, frames: int = 1,
+    arch: str = "cnn", single: bool = False, trunk_lr_scale: float = 0.1, fake_share: float = 0.0,
 ) -> dict[str, object]:
     """Train one AppearanceNet per (width, fold) on self-blends of the fold's complement.
+
+    ``arch`` "facemesh" fine-tunes MediaPipe's pretrained face_landmark trunk instead (see
+    ``tflite_torch.FaceMeshAppearanceNet``; ``widths`` is then ignored), its pretrained layers
+    at ``trunk_lr_scale`` times the head's learning rate. ``single`` trains one model on every
+    training face instead of one per fold: enough to measure transfer on the evaluation set
+    (which no fold trains on), half the cost, but not usable by ``--appearance-from``.
+    ``fake_share`` > 0 replaces that share of the self-blend pairs with the training split's
+    real fakes and their originals (supervised, as `monitor train` does; the held-out
+    identities and generators stay unseen).
 
     The learning rate follows one cosine cycle over ``steps``; with ``time_limit_s`` the cycle
     runs over whichever of the two ends first, so a time-boxed run still anneals, and the
@@ -331,14 +384,32 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     pack = Pack(pack_path)
+    if arch not in ("cnn", "facemesh"):
+        raise ValueError(f"arch must be cnn or facemesh, not {arch!r}")
+    if arch == "facemesh":
+        widths = (0,)  # one architecture; the key keeps the "w<width>-fold<f>" layout
     folds = int(pack.meta["folds"])
-    per_fold = max(1, workers // folds) if workers else 0
-    prefetch = _prefetch(per_fold * folds, pairs)
+    fold_ids = [-1] if single else list(range(folds))
+    per_fold = max(1, workers // len(fold_ids)) if workers else 0
+    prefetch = _prefetch(per_fold * len(fold_ids), pairs)
     logger.info("%d data workers per fold, prefetch %d", per_fold, prefetch)
-    loaders = [_loader(pack_path, f, pairs, seed, per_fold, prefetch, frames) for f in range(folds)]  # workers fork before CUDA starts
+    loaders = {f: _loader(pack_path, f, pairs, seed, per_fold, prefetch, frames, fake_share) for f in fold_ids}  # workers fork before CUDA starts
     dev = torch.device(device)
-    nets = {(w, f): AppearanceNet(w, 3 * frames).to(dev).to(memory_format=torch.channels_last) for w in widths for f in range(folds)}
-    opts = {k: torch.optim.AdamW(n.parameters(), lr=lr, weight_decay=1e-4) for k, n in nets.items()}
+
+    def make(w: int) -> torch.nn.Module:
+        if arch == "facemesh":
+            from monitor.training.tflite_torch import FaceMeshAppearanceNet
+
+            return FaceMeshAppearanceNet(3 * frames)
+        return AppearanceNet(w, 3 * frames)
+
+    def groups(net: torch.nn.Module) -> list[dict]:
+        trunk = [p for n, p in net.named_parameters() if n.startswith("trunk.")]
+        rest = [p for n, p in net.named_parameters() if not n.startswith("trunk.")]
+        return [{"params": rest, "base_lr": lr}] + ([{"params": trunk, "base_lr": lr * trunk_lr_scale}] if trunk else [])
+
+    nets = {(w, f): make(w).to(dev).to(memory_format=torch.channels_last) for w in widths for f in fold_ids}
+    opts = {k: torch.optim.AdamW(groups(n), lr=lr, weight_decay=1e-4) for k, n in nets.items()}
     use_amp = dev.type == "cuda"
 
     def stacked(images: np.ndarray):  # type: ignore[no-untyped-def]
@@ -362,8 +433,8 @@ def fit(
     def evaluate(step: int) -> None:
         row: dict[str, object] = {"step": step, "elapsed_s": round(time.monotonic() - started, 1)}
         for w in widths:
-            ev = [logits(nets[(w, f)], eval_x) for f in range(folds)]
-            sb = [logits(nets[(w, f)], sbi_x) for f in range(folds)]
+            ev = [logits(nets[(w, f)], eval_x) for f in fold_ids]
+            sb = [logits(nets[(w, f)], sbi_x) for f in fold_ids]
             row[f"w{w}"] = eval_report(pack, np.mean(ev, axis=0), np.mean(sb, axis=0), frames)
         history.append(row)
         logger.info("eval %s", json.dumps(row))
@@ -371,8 +442,8 @@ def fit(
 
     def save(step: int) -> None:
         torch.save(
-            {"meta": {"widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
-                      "planned_steps": steps, "pairs": pairs, "frames": frames, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
+            {"meta": {"arch": arch, "single": single, "widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
+                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "trunk_lr_scale": trunk_lr_scale, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
              "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
             out_dir / "models.pt",
         )
@@ -388,7 +459,7 @@ def fit(
         if progress >= 1.0:
             break
         scale = 0.5 * (1 + math.cos(math.pi * progress)) if progress > 0.03 else progress / 0.03
-        for f in range(folds):
+        for f in fold_ids:
             x, y, b, hb = (torch.as_tensor(a) for a in next(loaders[f]))
             x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
             y, b, hb = y.to(dev), b.to(dev), hb.to(dev)
@@ -396,7 +467,7 @@ def fit(
             for w in widths:
                 net, opt = nets[(w, f)], opts[(w, f)]
                 for g in opt.param_groups:
-                    g["lr"] = lr * scale
+                    g["lr"] = g["base_lr"] * scale
                 with torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
                     logit, boundary = net(x)
                 loss = appearance_loss(logit.float(), boundary.float(), y, b, hb)
@@ -424,6 +495,8 @@ def load_fold_models(path: Path, width: int, fold_of_group: dict[str, int]):  # 
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
+    if meta.get("arch", "cnn") != "cnn" or meta.get("single"):
+        raise ValueError(f"{path}: {meta.get('arch')} {'single model' if meta.get('single') else 'fold models'}; `monitor train` takes the cnn fold models")
     if meta["fold_of_group"] != fold_of_group:
         raise ValueError(f"{path}: trained on another fold split than this run's (same sources, hold-out and seed are needed)")
     nets = []
@@ -464,6 +537,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--time-limit", type=float, default=0.0, help="seconds; the schedule ends at the step limit or here, whichever is first")
     f.add_argument("--eval-every", type=int, default=500)
     f.add_argument("--frames", type=int, choices=(1, 2), default=1, help="2: each sample is two consecutive analysed frames (temporal flicker and mask lag)")
+    f.add_argument("--arch", choices=("cnn", "facemesh"), default="cnn", help="facemesh: fine-tune MediaPipe's pretrained face_landmark trunk (needs tflite)")
+    f.add_argument("--single", action="store_true", help="one model on every training face instead of one per fold (evaluation only)")
+    f.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning rate of pretrained layers relative to --lr")
+    f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "pack":
@@ -474,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
         print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step), indent=2))
     else:
-        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames), indent=2))
+        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share), indent=2))
 
 
 if __name__ == "__main__":

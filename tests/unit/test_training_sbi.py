@@ -15,7 +15,9 @@ from tests.unit.test_training_synthesis import synthetic_face
 
 
 def write_pack(path: Path, frames: int = 6, clips: int = 2) -> None:
-    """A pack of ``clips`` clips x ``frames`` synthetic faces that drift right frame by frame."""
+    """A pack of ``clips`` clips x ``frames`` synthetic faces that drift right frame by frame,
+    plus four training fakes: solid blue in fold 0 and solid red in fold 1, whose originals
+    are row 3 (made solid green) or, for the last, none."""
     crops, lms, clip_ids = [], [], []
     for k in range(clips):
         for i in range(frames):
@@ -26,6 +28,9 @@ def write_pack(path: Path, frames: int = 6, clips: int = 2) -> None:
             crops.append(img)
             lms.append(lm[sbi.MASK_POINTS, :2])
             clip_ids.append(k)
+    crops[3] = np.full_like(crops[3], (0, 255, 0))
+    fakes = [np.full_like(crops[0], colour) for colour in ((0, 0, 255), (0, 0, 255), (255, 0, 0), (255, 0, 0))]
+    fk_jpeg, fk_offsets = sbi._encode(fakes, 95)
     jpeg, offsets = sbi._encode(crops, 95)
     small = [syn.to_input(c, np.random.default_rng(0), False) for c in crops]
     ev_jpeg, ev_offsets = sbi._encode(small, 95)
@@ -38,6 +43,7 @@ def write_pack(path: Path, frames: int = 6, clips: int = 2) -> None:
         path, jpeg=jpeg, offsets=offsets, lm=np.array(lms, np.float32), fold=np.array(clip_ids, np.int8) % 2,
         clip=np.array(clip_ids, np.int32), eval_jpeg=ev_jpeg, eval_offsets=ev_offsets, eval_clip=np.array(clip_ids, np.int32),
         sbi_jpeg=ev_jpeg, sbi_offsets=ev_offsets, sbi_y=np.array([0, 0, 1, 1] * (len(crops) // 4), np.int8), meta=np.array(json.dumps(meta)),
+        fake_jpeg=fk_jpeg, fake_offsets=fk_offsets, fake_fold=np.array([0, 0, 1, 1], np.int8), fake_partner=np.array([3, 3, 3, -1], np.int64),
     )
 
 
@@ -84,6 +90,34 @@ def test_batches_pair_each_genuine_face_with_its_blend(pack: sbi.Pack, frames: i
     # A real and its blend share crop, channel and flip: they differ inside the face only.
     diff = np.abs(x[0::2].astype(int) - x[1::2].astype(int)).mean(axis=(0, 3))
     assert diff[48:64, 48:64].mean() > diff[:6, :6].mean()
+
+
+def test_real_fakes_come_with_their_original_and_never_from_the_held_fold(tmp_path: Path) -> None:
+    write_pack(tmp_path / "p.npz")
+    batches = sbi._batches(tmp_path / "p.npz", fold=1, pairs=8, seed=0, frames=1, fake_share=1.0)
+    x, y, bound, has = next(batches)
+    assert y.tolist() == [0.0, 1.0] * 8
+    mean = x.reshape(16, -1, 3).mean(axis=1)  # RGB
+    # Fold 1 is held, so every fake is a blue one, and their original is the green row 3.
+    assert np.all(mean[1::2, 2] > 2 * mean[1::2, 0]) and np.all(mean[1::2, 2] > 2 * mean[1::2, 1])
+    assert np.all(mean[0::2, 1] > 2 * mean[0::2, 0]) and np.all(mean[0::2, 1] > 2 * mean[0::2, 2])
+    # Real fakes have no blend boundary to learn; genuine faces learn an empty one.
+    assert has.tolist() == [1.0, 0.0] * 8 and not bound.any()
+    # From fold 0's complement: the red fakes; the unpaired one gets a random genuine face.
+    x, y, _, _ = next(sbi._batches(tmp_path / "p.npz", fold=0, pairs=16, seed=0, frames=1, fake_share=1.0))
+    mean = x.reshape(32, -1, 3).mean(axis=1)
+    assert np.all(mean[1::2, 0] > 2 * mean[1::2, 2])
+    green = mean[0::2, 1] > 2 * mean[0::2, 0]
+    assert green.any() and not green.all()
+
+
+def test_real_fakes_need_a_pack_that_has_them(tmp_path: Path) -> None:
+    write_pack(tmp_path / "p.npz")
+    d = dict(np.load(tmp_path / "p.npz"))
+    d["fake_fold"] = np.zeros(0, np.int8)
+    np.savez(tmp_path / "q.npz", **d)
+    with pytest.raises(ValueError, match="no training fakes"):
+        next(sbi._batches(tmp_path / "q.npz", fold=0, pairs=2, seed=0, frames=1, fake_share=0.5))
 
 
 def test_two_frame_samples_follow_the_face(pack: sbi.Pack) -> None:
@@ -138,3 +172,17 @@ def test_fit_writes_fold_models_that_load_only_for_the_same_split(tmp_path: Path
         sbi.load_fold_models(tmp_path / "out/models.pt", 8, {"g0": 1, "g1": 0})
     with pytest.raises(ValueError, match="no model w16-fold0"):
         sbi.load_fold_models(tmp_path / "out/models.pt", 16, {"g0": 0, "g1": 1})
+    assert final["live_swaps_heldout_pairs_ranked"] == "0/0"
+
+
+def test_fit_fine_tunes_the_face_landmark_trunk_as_one_model(tmp_path: Path) -> None:
+    write_pack(tmp_path / "p.npz")
+    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, pairs=2, workers=0, eval_every=0, arch="facemesh", single=True, fake_share=0.5)
+    assert summary["steps"] == 2 and summary["faces_seen"] == 8
+    import torch
+
+    blob = torch.load(tmp_path / "out/models.pt", weights_only=True)
+    assert list(blob["state"]) == ["w0-fold-1"] and blob["meta"]["arch"] == "facemesh"
+    assert any(k.startswith("trunk.params.") for k in blob["state"]["w0-fold-1"])
+    with pytest.raises(ValueError, match="cnn fold models"):
+        sbi.load_fold_models(tmp_path / "out/models.pt", 0, {"g0": 0, "g1": 1})
