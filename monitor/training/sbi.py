@@ -12,8 +12,11 @@ It has two steps, because a GPU machine usually lacks the service's dependencies
 
 ``pack`` runs the service's face extraction (MediaPipe) and stores the genuine training faces
 as JPEG with their landmarks, each tagged with its cross-fitting fold, plus an evaluation
-set of held-out clips. ``fit`` needs only numpy, OpenCV and torch. Only genuine faces are
-trained on: the fakes in the evaluation set are never seen, so its numbers measure transfer.
+set of held-out clips; it also keeps the training split's fakes, which ``fit`` uses only with
+``--fake-share``. ``fit`` needs only numpy, OpenCV and torch. By default only genuine faces are
+trained on, so every fake in the evaluation set is unseen and its numbers measure transfer;
+with ``--fake-share`` the metrics that would include trained-on fakes are restricted to the
+held-out ones.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ def build_pack(
     fk_partner: list[int] = []
     for c in (c for c in train if c.record.is_fake):
         start = first_row.get(str(c.pair.record.path)) if c.pair is not None else None
+        if c.pair is not None and fold_of[c.pair.record.group] != fold_of[c.record.group]:
+            start = None  # an original in another fold would leak that fold's faces into training
         n_orig = len(c.pair.idx[::frame_step]) if c.pair is not None else 0
         for k, i in enumerate(c.idx[::frame_step]):
             fk_crops.append(c.faces.crops[i])
@@ -109,7 +114,7 @@ def build_pack(
     fk_jpeg, fk_offsets = _encode(fk_crops, quality)
 
     # Evaluation: every held-out clip, plus the training split's fakes and the originals they
-    # were made from (the fakes are never trained on here; only their genuine side may be).
+    # were made from (trained on only with ``fit --fake-share``; see ``eval_report``).
     in_eval = [c for c in clips if c.record.group in held or c.record.is_fake]
     pairs = {c.pair.record.path for c in in_eval if c.pair is not None}
     in_eval += [c for c in clips if c.record.path in pairs and c not in in_eval]
@@ -273,9 +278,16 @@ def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fak
         last = len(pack.clip) - frames + 1
         rows = rows[rows < last]
         rows = rows[pack.clip[rows + frames - 1] == pack.clip[rows]]
-    fake_rows = np.flatnonzero(pack.fake_fold != fold) if fake_share > 0 else None
-    if fake_share > 0 and (fake_rows is None or len(fake_rows) == 0):
-        raise ValueError(f"{pack_path}: no training fakes outside fold {fold} (repack with this version for fake_* arrays)")
+    fake_rows = None
+    if fake_share > 0:
+        if not hasattr(pack, "fake_fold"):
+            raise ValueError(f"{pack_path}: the pack has no training fakes; rebuild it with this version's `pack`")
+        fake_rows = np.flatnonzero(pack.fake_fold != fold)
+        if len(fake_rows) == 0:
+            raise ValueError(f"{pack_path}: no training fakes outside fold {fold}")
+        partners = pack.fake_partner[fake_rows]
+        if np.any(pack.fold[partners[partners >= 0]] == fold):
+            raise ValueError(f"{pack_path}: a training fake's original lies in fold {fold}; rebuild the pack")
     rng = np.random.default_rng([seed, fold + 1, worker])
     while True:
         yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share)
@@ -322,9 +334,14 @@ def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, frames: int = 1) -> dict[str, float | str | None]:
+def eval_report(
+    pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, frames: int = 1, fakes_seen: bool = False,
+) -> dict[str, float | str | None]:
     """Clip AUCs on the evaluation set (clip score = mean sample logit), the held-out
-    self-blend sample AUC, and how many held-out live swaps score above their own original."""
+    self-blend sample AUC, and how many held-out live swaps score above their own original.
+
+    ``fakes_seen``: the model trained on the training split's fakes, so only held-out fakes
+    count as unseen (``live_swaps_all_auc`` is then None: it would mix in trained-on swaps)."""
     clips = pack.meta["eval_clips"]
     eval_clip, sbi_y = pack.eval_clip[::frames], pack.sbi_y[::frames]
     score = np.array([frame_logits[eval_clip == k].mean() for k in range(len(clips))])
@@ -333,6 +350,7 @@ def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, fr
     dfl = np.array([c["rel"].startswith("deepfacelive_") and "_cropped/" in c["rel"] for c in clips])
     sad = np.array([c["group"] == "sadtalker_fake" for c in clips])
     genuine_held = held & ~fake
+    unseen = held if fakes_seen else np.ones_like(held)
 
     def sub(sel: np.ndarray) -> float | None:
         return auc(fake[sel], score[sel])
@@ -344,9 +362,9 @@ def eval_report(pack: Pack, frame_logits: np.ndarray, sbi_logits: np.ndarray, fr
         "sbi_heldout_frame_auc": auc(sbi_y, sbi_logits),
         "heldout_clip_auc": sub(held),
         "live_swaps_heldout_auc": sub(held & dfl),
-        "live_swaps_all_auc": sub(dfl),
+        "live_swaps_all_auc": None if fakes_seen else sub(dfl),
         "sadtalker_vs_heldout_genuine_auc": sub(sad | genuine_held),
-        "all_unseen_fakes_vs_heldout_genuine_auc": sub(fake | genuine_held),
+        "all_unseen_fakes_vs_heldout_genuine_auc": sub((fake & unseen) | genuine_held),
         "heldout_genuine_score_std": float(score[genuine_held].std()) if genuine_held.any() else None,
         "live_swaps_heldout_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in pairs)}/{len(pairs)}",
     }
@@ -386,6 +404,10 @@ def fit(
     pack = Pack(pack_path)
     if arch not in ("cnn", "facemesh"):
         raise ValueError(f"arch must be cnn or facemesh, not {arch!r}")
+    if not 0.0 <= fake_share <= 1.0:
+        raise ValueError(f"fake_share must be within [0, 1], not {fake_share}")
+    if fake_share > 0 and frames != 1:
+        raise ValueError("real fakes are sampled one frame at a time (frames 1)")
     if arch == "facemesh":
         widths = (0,)  # one architecture; the key keeps the "w<width>-fold<f>" layout
     folds = int(pack.meta["folds"])
@@ -435,7 +457,7 @@ def fit(
         for w in widths:
             ev = [logits(nets[(w, f)], eval_x) for f in fold_ids]
             sb = [logits(nets[(w, f)], sbi_x) for f in fold_ids]
-            row[f"w{w}"] = eval_report(pack, np.mean(ev, axis=0), np.mean(sb, axis=0), frames)
+            row[f"w{w}"] = eval_report(pack, np.mean(ev, axis=0), np.mean(sb, axis=0), frames, fake_share > 0)
         history.append(row)
         logger.info("eval %s", json.dumps(row))
         save(step)

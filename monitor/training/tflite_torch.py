@@ -44,8 +44,12 @@ class TFLiteNet(nn.Module):
     """A float TFLite graph of the supported operators, executed in torch (NCHW).
 
     ``forward(x, outputs)`` takes ``x`` as (N, C, H, W) float, the scale the model expects,
-    and returns the tensors named in ``outputs`` (the graph outputs by default), NCHW. Any
-    input size works for the convolutional part; SAME padding is recomputed per call.
+    and returns the tensors named in ``outputs`` (the graph outputs by default), NCHW. SAME
+    padding is recomputed per call, so other input sizes work as far as the branches of each
+    residual block still agree in size (for face_landmark: up to ``p_re_lu_12`` at 112 px, all
+    of it at 192 px). Checked against the TFLite interpreter on face_landmark only: operator
+    options that model does not use (fused RELU, SAME pooling, constant ADD operands) follow
+    the TFLite reference semantics but are untested here.
     """
 
     def __init__(self, path: Path) -> None:
@@ -118,11 +122,14 @@ class TFLiteNet(nn.Module):
                     w = w.transpose(0, 3, 1, 2)  # OHWI -> OIHW
                 elif kind == "DEPTHWISE_CONV_2D" and j == 1:
                     w = w.transpose(3, 0, 1, 2)  # 1HWC -> C1HW
-                elif kind == "PRELU":
+                elif kind == "PRELU" or kind == "ADD":
+                    # A per-channel (..., C) or scalar constant broadcasts over NHWC's last axis.
+                    if w.size not in (1, w.shape[-1] if w.ndim else 1):
+                        raise NotImplementedError(f"{path}: {kind} constant {name} of shape {w.shape} (only per-channel)")
                     w = w.reshape(-1)[None, :, None, None] if w.ndim > 0 else w
-                elif w.ndim == 4:  # a constant NHWC operand of ADD
-                    w = w.transpose(0, 3, 1, 2)
                 key = re.sub(r"\W", "_", name)
+                if key in self.params:
+                    raise ValueError(f"{path}: tensor names {name!r} and another both map to parameter {key!r}")
                 self._key[name] = key
                 self.params[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(w, np.float32)))
 

@@ -16,8 +16,8 @@ from tests.unit.test_training_synthesis import synthetic_face
 
 def write_pack(path: Path, frames: int = 6, clips: int = 2) -> None:
     """A pack of ``clips`` clips x ``frames`` synthetic faces that drift right frame by frame,
-    plus four training fakes: solid blue in fold 0 and solid red in fold 1, whose originals
-    are row 3 (made solid green) or, for the last, none."""
+    plus four training fakes: solid blue in fold 0, whose original is row 3 (made solid green),
+    and solid red in fold 1, without originals."""
     crops, lms, clip_ids = [], [], []
     for k in range(clips):
         for i in range(frames):
@@ -43,7 +43,7 @@ def write_pack(path: Path, frames: int = 6, clips: int = 2) -> None:
         path, jpeg=jpeg, offsets=offsets, lm=np.array(lms, np.float32), fold=np.array(clip_ids, np.int8) % 2,
         clip=np.array(clip_ids, np.int32), eval_jpeg=ev_jpeg, eval_offsets=ev_offsets, eval_clip=np.array(clip_ids, np.int32),
         sbi_jpeg=ev_jpeg, sbi_offsets=ev_offsets, sbi_y=np.array([0, 0, 1, 1] * (len(crops) // 4), np.int8), meta=np.array(json.dumps(meta)),
-        fake_jpeg=fk_jpeg, fake_offsets=fk_offsets, fake_fold=np.array([0, 0, 1, 1], np.int8), fake_partner=np.array([3, 3, 3, -1], np.int64),
+        fake_jpeg=fk_jpeg, fake_offsets=fk_offsets, fake_fold=np.array([0, 0, 1, 1], np.int8), fake_partner=np.array([3, 3, -1, -1], np.int64),
     )
 
 
@@ -103,21 +103,48 @@ def test_real_fakes_come_with_their_original_and_never_from_the_held_fold(tmp_pa
     assert np.all(mean[0::2, 1] > 2 * mean[0::2, 0]) and np.all(mean[0::2, 1] > 2 * mean[0::2, 2])
     # Real fakes have no blend boundary to learn; genuine faces learn an empty one.
     assert has.tolist() == [1.0, 0.0] * 8 and not bound.any()
-    # From fold 0's complement: the red fakes; the unpaired one gets a random genuine face.
+    # From fold 0's complement: the red fakes, unpaired, so each gets a random genuine face of
+    # fold 1 (never the green row 3, which is in the held fold 0).
     x, y, _, _ = next(sbi._batches(tmp_path / "p.npz", fold=0, pairs=16, seed=0, frames=1, fake_share=1.0))
     mean = x.reshape(32, -1, 3).mean(axis=1)
+    std = x.reshape(32, -1, 3).std(axis=1).mean(axis=1)
     assert np.all(mean[1::2, 0] > 2 * mean[1::2, 2])
-    green = mean[0::2, 1] > 2 * mean[0::2, 0]
-    assert green.any() and not green.all()
+    assert np.all(std[0::2] > 3 * std[1::2])  # textured synthetic faces, not a solid colour
 
 
-def test_real_fakes_need_a_pack_that_has_them(tmp_path: Path) -> None:
+def test_real_fakes_need_a_consistent_pack_that_has_them(tmp_path: Path) -> None:
     write_pack(tmp_path / "p.npz")
     d = dict(np.load(tmp_path / "p.npz"))
-    d["fake_fold"] = np.zeros(0, np.int8)
-    np.savez(tmp_path / "q.npz", **d)
-    with pytest.raises(ValueError, match="no training fakes"):
+
+    def batch_from(**changes: np.ndarray) -> None:
+        np.savez(tmp_path / "q.npz", **{k: v for k, v in {**d, **changes}.items() if v is not None})
         next(sbi._batches(tmp_path / "q.npz", fold=0, pairs=2, seed=0, frames=1, fake_share=0.5))
+
+    with pytest.raises(ValueError, match="no training fakes outside fold 0"):
+        batch_from(fake_fold=np.zeros(4, np.int8))
+    with pytest.raises(ValueError, match="original lies in fold 0"):  # a red fake paired with the green row 3
+        batch_from(fake_partner=np.array([3, 3, 3, -1], np.int64))
+    with pytest.raises(ValueError, match="rebuild it"):  # a pack from before fakes were packed
+        batch_from(fake_jpeg=None, fake_offsets=None, fake_fold=None, fake_partner=None)
+
+
+def test_eval_report_ranks_each_held_out_swap_against_its_own_original() -> None:
+    from types import SimpleNamespace
+
+    clips = [
+        {"rel": f"deepfacelive_{kind}_cropped/{who}_{kind}.mp4", "label": "fake" if kind == "swap" else "real", "group": f"dfl:{who}",
+         "heldout": held, "pair": f"deepfacelive_orig_cropped/{who}_orig.mp4" if kind == "swap" else None}
+        for who, held in (("A", True), ("B", True), ("C", True), ("D", False)) for kind in ("swap", "orig")
+    ]
+    pack = SimpleNamespace(meta={"eval_clips": clips}, eval_clip=np.repeat(np.arange(8), 2), sbi_y=np.array([0, 1]))
+    # Swap vs its original: A 2 > 1, B 0 < 5, C 3 > 0; D (in-sample) 4 > 2.
+    logits = np.repeat([2.0, 1.0, 0.0, 5.0, 3.0, 0.0, 4.0, 2.0], 2)
+    report = sbi.eval_report(pack, logits, np.array([0.0, 1.0]))  # type: ignore[arg-type]
+    assert report["live_swaps_heldout_pairs_ranked"] == "2/3"
+    assert report["live_swaps_heldout_auc"] == 0.5 and report["live_swaps_all_auc"] == 9 / 16
+    seen = sbi.eval_report(pack, logits, np.array([0.0, 1.0]), fakes_seen=True)  # type: ignore[arg-type]
+    assert seen["live_swaps_all_auc"] is None
+    assert seen["all_unseen_fakes_vs_heldout_genuine_auc"] == 0.5 and report["all_unseen_fakes_vs_heldout_genuine_auc"] == 6.5 / 12
 
 
 def test_two_frame_samples_follow_the_face(pack: sbi.Pack) -> None:
@@ -177,12 +204,24 @@ def test_fit_writes_fold_models_that_load_only_for_the_same_split(tmp_path: Path
 
 def test_fit_fine_tunes_the_face_landmark_trunk_as_one_model(tmp_path: Path) -> None:
     write_pack(tmp_path / "p.npz")
-    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, pairs=2, workers=0, eval_every=0, arch="facemesh", single=True, fake_share=0.5)
-    assert summary["steps"] == 2 and summary["faces_seen"] == 8
     import torch
 
-    blob = torch.load(tmp_path / "out/models.pt", weights_only=True)
-    assert list(blob["state"]) == ["w0-fold-1"] and blob["meta"]["arch"] == "facemesh"
-    assert any(k.startswith("trunk.params.") for k in blob["state"]["w0-fold-1"])
+    from monitor.training.tflite_torch import TFLiteNet, face_landmark_path
+
+    pretrained = TFLiteNet(face_landmark_path()).state_dict()
+    trunks = {}
+    for scale in (0.0, 0.1):
+        out = tmp_path / f"out{scale}"
+        summary = sbi.fit(tmp_path / "p.npz", out, steps=2, pairs=2, workers=0, eval_every=0, arch="facemesh", single=True, fake_share=0.5, trunk_lr_scale=scale)
+        assert summary["steps"] == 2 and summary["faces_seen"] == 8
+        blob = torch.load(out / "models.pt", weights_only=True)
+        assert list(blob["state"]) == ["w0-fold-1"] and blob["meta"]["arch"] == "facemesh"
+        trunks[scale] = {k.removeprefix("trunk."): v for k, v in blob["state"]["w0-fold-1"].items() if k.startswith("trunk.")}
+        assert summary["final"]["w0"]["live_swaps_all_auc"] is None  # trained on fakes: not reported as unseen
+    assert trunks[0.0].keys() == pretrained.keys()
+    assert all(torch.equal(trunks[0.0][k], pretrained[k]) for k in pretrained)  # trunk frozen at scale 0
+    assert not all(torch.equal(trunks[0.1][k], pretrained[k]) for k in pretrained)
     with pytest.raises(ValueError, match="cnn fold models"):
-        sbi.load_fold_models(tmp_path / "out/models.pt", 0, {"g0": 0, "g1": 1})
+        sbi.load_fold_models(tmp_path / "out0.1/models.pt", 0, {"g0": 0, "g1": 1})
+    with pytest.raises(ValueError, match="one frame at a time"):
+        sbi.fit(tmp_path / "p.npz", tmp_path / "bad", steps=1, pairs=2, workers=0, fake_share=0.5, frames=2)
