@@ -150,15 +150,19 @@ class TFLiteNet(nn.Module):
             if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
                 w = self._get(env, ins[1])
                 b = self._get(env, ins[2]) if len(ins) > 2 else None
+                pad: tuple[int, int] | int = 0
                 if o["same"]:
                     ph = _same_pad(a.shape[2], w.shape[2], o["stride"][0], o["dilation"][0])
                     pw = _same_pad(a.shape[3], w.shape[3], o["stride"][1], o["dilation"][1])
-                    a = F.pad(a, (*pw, *ph))
+                    if ph[0] == ph[1] and pw[0] == pw[1]:
+                        pad = (ph[0], pw[0])  # symmetric: let the convolution pad (no copy)
+                    else:
+                        a = F.pad(a, (*pw, *ph))
                 groups = a.shape[1] if kind == "DEPTHWISE_CONV_2D" else 1
-                y = F.conv2d(a, w, b, o["stride"], 0, o["dilation"], groups)
+                y = F.conv2d(a, w, b, o["stride"], pad, o["dilation"], groups)
             elif kind == "PRELU":
                 alpha = self._get(env, ins[1])
-                y = torch.where(a >= 0, a, a * alpha)
+                y = F.prelu(a, alpha.reshape(-1))  # one ONNX PRelu, not a Where
             elif kind == "ADD":
                 y = a + self._get(env, ins[1])
             elif kind == "MAX_POOL_2D":
