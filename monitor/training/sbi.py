@@ -559,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--time-limit", type=float, default=0.0, help="seconds; the schedule ends at the step limit or here, whichever is first")
     f.add_argument("--eval-every", type=int, default=500)
     f.add_argument("--frames", type=int, choices=(1, 2), default=1, help="2: each sample is two consecutive analysed frames (temporal flicker and mask lag)")
-    f.add_argument("--arch", choices=("cnn", "facemesh"), default="cnn", help="facemesh: fine-tune MediaPipe's pretrained face_landmark trunk (needs tflite)")
+    f.add_argument("--arch", choices=("cnn", "facemesh"), default="cnn", help="facemesh: fine-tune MediaPipe's pretrained face_landmark trunk (needs tflite and mediapipe, which holds the model file)")
     f.add_argument("--single", action="store_true", help="one model on every training face instead of one per fold (evaluation only)")
     f.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning rate of pretrained layers relative to --lr")
     f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")

@@ -7,7 +7,8 @@ graph from the few operators such networks use: CONV_2D, DEPTHWISE_CONV_2D, PREL
 MAX_POOL_2D, PAD and DEQUANTIZE (float16 weights). The torch module computes in NCHW, keeps the
 weights as parameters (so the network can be fine-tuned), and can stop at any named tensor.
 
-Only a training dependency: ``pip install tflite==2.18.0`` (see docs/dependencies.md).
+Training only: ``tflite`` is pinned with the project (docs/dependencies.md), and the service
+never imports this module.
 """
 
 from __future__ import annotations

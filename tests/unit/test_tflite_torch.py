@@ -15,6 +15,7 @@ def net() -> TFLiteNet:
     return TFLiteNet(face_landmark_path()).eval()
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Enabling .experimental_preserve_all_tensors:UserWarning")
 def test_every_tensor_matches_the_tflite_interpreter(net: TFLiteNet) -> None:
     path = face_landmark_path()
     interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
