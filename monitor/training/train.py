@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.config import AnalysisConfig
-from monitor.detect.bundle import MODELS_DIR, Fusion, write_manifest
+from monitor.detect.bundle import MODELS_DIR, Fusion, sha256_file, write_manifest
 from monitor.detect.features import GEOMETRY_DIM, colour_vector, geometry_vector
 from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
@@ -443,12 +443,6 @@ def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) 
 # --- export -------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
     import warnings
 
@@ -587,7 +581,7 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         "fusion_stats": stats,
     }
     if appearance_meta is not None:
-        meta["appearance_from"] = {"sha256": _sha256(config.appearance_from), "finetuned": config.finetune_appearance, **appearance_meta}  # type: ignore[arg-type]
+        meta["appearance_from"] = {"sha256": sha256_file(config.appearance_from), "finetuned": config.finetune_appearance, **appearance_meta}  # type: ignore[arg-type]
     sha = export(app, geo, fusion, config.out_dir, meta)
     if ckpt is not None:
         ckpt.clear()  # they exist to survive an interruption; a finished run starts afresh

@@ -35,8 +35,12 @@ def test_every_tensor_matches_the_tflite_interpreter(net: TFLiteNet) -> None:
 
 
 def test_stops_at_the_requested_tensor_and_rejects_unknown_names(net: TFLiteNet) -> None:
-    (mid,) = net(torch.rand(2, 3, 112, 112), ["p_re_lu_12"])
-    assert mid.shape == (2, 128, 7, 7)
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        (mid,) = net(x, ["p_re_lu_12"])
+        early, again = net(x, ["p_re_lu_6", "p_re_lu_12"])
+    assert mid.shape == (2, 128, 7, 7) and early.shape == (2, 32, 28, 28)
+    assert torch.equal(mid, again)  # stopping early computes the same tensor
     with pytest.raises(KeyError, match="nope"):
         net(torch.rand(1, 3, 192, 192), ["nope"])
 
