@@ -36,14 +36,36 @@ class Frame:
     seq: int
     pts_s: float
     received_at: float
-    width: int
+    width: int  # as displayed, i.e. after ``turns``
     height: int
     decoded: Decoded | np.ndarray
+    turns: int = 0  # quarter turns counter-clockwise (np.rot90) from decoded to displayed
+
+    @classmethod
+    def from_decoded(cls, stream_id: str, seq: int, pts_s: float, received_at: float, decoded: Decoded) -> Frame:
+        """A frame as the viewer sees it. Phones record portrait video as landscape pixels
+        plus a display matrix (FFmpeg's ``rotation``, degrees counter-clockwise); face
+        tracking on the raw pixels would see every face lying on its side."""
+        turns = display_turns(getattr(decoded, "rotation", 0))
+        w, h = (decoded.height, decoded.width) if turns % 2 else (decoded.width, decoded.height)
+        return cls(stream_id, seq, pts_s, received_at, w, h, decoded, turns)
 
     def rgb(self) -> np.ndarray:
         if isinstance(self.decoded, np.ndarray):
             return self.decoded
-        return readonly(self.decoded.to_ndarray(format="rgb24"))
+        image = self.decoded.to_ndarray(format="rgb24")
+        if self.turns:
+            image = np.ascontiguousarray(np.rot90(image, self.turns))
+        return readonly(image)
+
+
+def display_turns(rotation: float | None) -> int:
+    """Quarter turns (0-3, for ``np.rot90``) that display a frame whose display matrix says
+    ``rotation`` degrees (FFmpeg: counter-clockwise, -180..180). Angles that are not a
+    multiple of 90 are rounded to the nearest; no camera writes them."""
+    if not rotation:
+        return 0
+    return round(float(rotation) / 90.0) % 4
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class FileSource(ThreadedSource):
                         return
                 if self._stop.is_set():
                     return
-                yield Frame(self.stream_id, self.next_seq(), t, self.clock.monotonic(), vf.width, vf.height, vf)
+                yield Frame.from_decoded(self.stream_id, self.next_seq(), t, self.clock.monotonic(), vf)
             if not self.loop or self._stop.is_set():
                 return
             self._offset += last_pts + 1.0 / 30
@@ -207,7 +207,7 @@ class RtspSource(ThreadedSource):
                 self._t0 = now
             # Stream time is the monitor's clock since the first frame: it keeps running
             # across reconnects, so policy durations stay in real seconds.
-            yield Frame(self.stream_id, self.next_seq(), now - self._t0, now, vf.width, vf.height, vf)
+            yield Frame.from_decoded(self.stream_id, self.next_seq(), now - self._t0, now, vf)
             if self._stop.is_set():
                 return
 
@@ -244,6 +244,6 @@ def sample_video(
             while next_t <= t + 1e-6:
                 next_t += interval
             seq += 1
-            yield Frame("scan", seq, t, time.monotonic(), vf.width, vf.height, vf)
+            yield Frame.from_decoded("scan", seq, t, time.monotonic(), vf)
     finally:
         container.close()

@@ -179,7 +179,7 @@ class WhipTrackSource(ThreadedSource):
                 if self._t0 is None:
                     self._t0 = now
                 # Stream time is the monitor's clock since the first frame, like RTSP.
-                self._deliver(Frame(self.stream_id, self.next_seq(), now - self._t0, now, vf.width, vf.height, vf))
+                self._deliver(Frame.from_decoded(self.stream_id, self.next_seq(), now - self._t0, now, vf))
         except asyncio.CancelledError:
             self._set_state(StreamState.STOPPED)
             raise
@@ -357,7 +357,7 @@ class WhepSource(ThreadedSource):
             silent_since = now
             if self._t0 is None:
                 self._t0 = now
-            yield Frame(self.stream_id, self.next_seq(), now - self._t0, now, vf.width, vf.height, vf)
+            yield Frame.from_decoded(self.stream_id, self.next_seq(), now - self._t0, now, vf)
 
     def _close(self) -> None:
         loop, self._aloop = self._aloop, None

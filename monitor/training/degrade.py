@@ -11,6 +11,8 @@ import av
 import cv2
 import numpy as np
 
+from monitor.types import display_turns
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,6 +68,9 @@ def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
             last_pts = -1
             for frame in inp.decode(stream):
                 img = frame.to_ndarray(format="rgb24")
+                turns = display_turns(frame.rotation)
+                if turns:  # the copy carries no display matrix, so it is written upright
+                    img = np.ascontiguousarray(np.rot90(img, turns))
                 h, w = img.shape[:2]
                 if d.height and h > d.height:
                     nw = int(round(w * d.height / h / 2)) * 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -99,3 +101,33 @@ def _nal_types(data: bytes, avcc: bool) -> list[int]:
         types.append(data[i + 4] & 0x1F)
         i += 4 + length
     return types
+
+
+def phone_clip(path: Path, frames: list[np.ndarray], fps: int, turns: int) -> Path:
+    """An mp4 stored the way phones record portrait video: the pixels are the upright
+    ``frames`` turned ``turns`` quarter turns counter-clockwise, and the track header's
+    display matrix (tkhd) tells players to turn them back."""
+    stored = [np.ascontiguousarray(np.rot90(f, turns)) for f in frames]
+    h, w = stored[0].shape[:2]
+    with av.open(os.fspath(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, img in enumerate(stored):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(vf):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"tkhd")  # PyAV writes moov (with the one track header) after the media
+    assert at > 0 and data[at + 4] == 0, "expected a version-0 tkhd"
+    # version/flags 4, times and ids 20, reserved 8, layer/group/volume/reserved 8: matrix.
+    matrix = at + 4 + 4 + 20 + 8 + 8
+    # FFmpeg's display matrix rotates by theta counter-clockwise; upright = rot90(stored, -turns).
+    cos, sin = [(1, 0), (0, -1), (-1, 0), (0, 1)][turns % 4]
+    one = 1 << 16
+    struct.pack_into(">9i", data, matrix, cos * one, -sin * one, 0, sin * one, cos * one, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
