@@ -1,0 +1,185 @@
+"""Within-clip cues: does a live swap give itself away when the head turns or moves fast?
+
+Run (faces cached by `monitor train`, otherwise extracted first, ~13 min):
+    .venv/bin/python benchmarks/within_clip_cues.py --data ../shared/data/dev --cache-dir /tmp/cache/train
+
+Between-clip differences (scene, camera, identity) swamp every per-clip level this project has
+measured. These cues compare a clip with itself, so a scene offset cancels:
+- how the shipped appearance CNN's per-frame logit moves with head yaw, pitch and speed
+  (a swap model renders turned or fast-moving faces worse than frontal, still ones);
+- motion-blur consistency: a real face blurs when the head moves fast, a rendered face may
+  stay sharp (slope of inner-face sharpness, alone and relative to a ring around the face,
+  against log speed).
+Per-frame logits are out of fold: a training clip is scored by the ensemble member that did
+not train on it, a dev-v1 held-out clip by both members' mean, as the service does.
+Writes benchmarks/results/within_clip_cues.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monitor.config import AnalysisConfig
+from monitor.detect.nets import AppearanceEnsemble
+from monitor.faces.quality import head_angles_deg
+from monitor.training.datasets import read_source
+from monitor.training.evaluate import roc_auc
+from monitor.training.synthesis import to_input
+from monitor.training.train import DEV_HOLDOUT, Clip, TrainConfig, load_clips, split_folds
+
+# MediaPipe face-oval landmarks: the hull of the face below the hairline.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+
+
+def frame_series(clip: Clip, member: Callable[[torch.Tensor], np.ndarray]) -> dict[str, np.ndarray]:
+    f, i = clip.faces, clip.idx
+    rng = np.random.default_rng(0)
+    x = np.stack([to_input(c, rng, False) for c in f.crops[i]])
+    with torch.inference_mode():
+        logit = member(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float())
+    lm, t = f.landmarks[i], f.t[i]
+    angles = np.array([head_angles_deg(p) for p in lm])
+    iod = np.linalg.norm(lm[:, 33, :2] - lm[:, 263, :2], axis=1)
+    dt = np.diff(t, prepend=t[0] - 0.1).clip(1e-3)
+    speed = np.r_[0.0, np.linalg.norm(np.diff(lm[:, :, :2], axis=0), axis=2).mean(1)] / iod / dt  # inter-ocular distances per second
+    inner, ring = [], []
+    for crop, cl in zip(f.crops[i], f.crop_landmarks[i]):
+        lap = np.abs(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+        hull = np.zeros(lap.shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(cl[list(FACE_OVAL), :2].astype(np.int32)), 1)
+        core = cv2.erode(hull, np.ones((9, 9), np.uint8)).astype(bool)
+        band = (cv2.dilate(hull, np.ones((21, 21), np.uint8)) - cv2.dilate(hull, np.ones((7, 7), np.uint8))).astype(bool)
+        inner.append(lap[core].mean() if core.any() else np.nan)
+        ring.append(lap[band].mean() if band.any() else np.nan)
+    return {"logit": logit, "yaw": np.abs(angles[:, 0]), "pitch": np.abs(angles[:, 1]), "speed": speed,
+            "sharp_in": np.log(np.array(inner) + 1e-3), "sharp_ring": np.log(np.array(ring) + 1e-3)}
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 5 or a[ok].std() < 1e-9 or b[ok].std() < 1e-9:
+        return 0.0
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def _slope(y: np.ndarray, x: np.ndarray) -> float:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 5 or x[ok].std() < 1e-6:
+        return 0.0
+    return float(np.polyfit(x[ok], y[ok], 1)[0])
+
+
+def _top_minus_bottom(y: np.ndarray, key: np.ndarray) -> float:
+    k = max(1, len(y) // 4)
+    order = np.argsort(key)
+    return float(y[order[-k:]].mean() - y[order[:k]].mean())
+
+
+def clip_cues(s: dict[str, np.ndarray]) -> dict[str, float]:
+    lo, log_speed = s["logit"], np.log(s["speed"] + 0.05)
+    rel = s["sharp_in"] - s["sharp_ring"]
+    return {
+        "logit_mean (reference: the shipped per-frame score)": float(lo.mean()),
+        "corr(logit, abs yaw)": _corr(lo, s["yaw"]),
+        "corr(logit, abs pitch)": _corr(lo, s["pitch"]),
+        "corr(logit, speed)": _corr(lo, s["speed"]),
+        "logit: most turned quarter - most frontal quarter": _top_minus_bottom(lo, s["yaw"]),
+        "logit: fastest quarter - stillest quarter": _top_minus_bottom(lo, s["speed"]),
+        "slope(face sharpness, log speed)": _slope(s["sharp_in"], log_speed),
+        "corr(face sharpness, log speed)": _corr(s["sharp_in"], log_speed),
+        "slope(face/ring sharpness, log speed)": _slope(rel, log_speed),
+        "corr(face/ring sharpness, log speed)": _corr(rel, log_speed),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dev")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/deepfake-monitor-cache"))
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "temporal-v1")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "within_clip_cues")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    source = f"tsv:{args.data / 'MANIFEST.tsv'}:{args.data}"
+    clips = load_clips(read_source(source), TrainConfig(sources=(source,), cache_dir=args.cache_dir), AnalysisConfig(), progress=False)
+    held = set(DEV_HOLDOUT)
+    # The bundle's members are its cross-fitting fold models; the same split says which is out of fold.
+    folds = split_folds([c for c in clips if c.record.group not in held], 2, 0)
+    fold_of = {id(c): k for k, fold in enumerate(folds) for c in fold}
+    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    ens = AppearanceEnsemble(manifest["appearance_width"], manifest["members"])
+    ens.load_state_dict(torch.load(args.bundle / "appearance.pt", weights_only=True))
+    ens.eval()
+
+    def member(k: int | None) -> Callable[[torch.Tensor], np.ndarray]:
+        if k is None:
+            return lambda x: np.mean([m(x)[0].numpy() for m in ens.members], axis=0)
+        return lambda x: ens.members[k](x)[0].numpy()
+
+    rows = []
+    for c in clips:
+        cues = clip_cues(frame_series(c, member(fold_of.get(id(c)))))
+        rel = c.record.rel
+        pair = os.path.relpath(c.record.pair, args.data) if c.record.pair else None
+        rows.append({"path": rel, "group": c.record.group, "label": c.record.label, "held_out": c.record.group in held, "pair": pair, "cues": cues})
+    by_path = {r["path"]: r for r in rows}
+
+    def live(r: dict) -> bool:
+        return bool(r["group"].startswith("deepfacelive:"))
+
+    sets: dict[str, tuple[Callable[[dict], bool], Callable[[dict], bool]]] = {
+        "live swaps vs originals, all 15 pairs": (lambda r: live(r) and r["label"] != "real", lambda r: live(r) and r["label"] == "real"),
+        "held-out live swaps vs their originals": (lambda r: live(r) and r["held_out"] and r["label"] != "real", lambda r: live(r) and r["held_out"] and r["label"] == "real"),
+        "held-out, all": (lambda r: r["held_out"] and r["label"] != "real", lambda r: r["held_out"] and r["label"] == "real"),
+        "SadTalker vs held-out genuine": (lambda r: r["group"] == "sadtalker_fake", lambda r: r["held_out"] and r["label"] == "real"),
+    }
+    table: dict[str, dict[str, object]] = {}
+    for name in rows[0]["cues"]:
+        entry: dict[str, object] = {}
+        for label, (pos, neg) in sets.items():
+            p = [r["cues"][name] for r in rows if pos(r)]
+            n = [r["cues"][name] for r in rows if neg(r)]
+            entry[label] = {"auc": roc_auc([True] * len(p) + [False] * len(n), p + n), "fakes": len(p), "genuine": len(n)}
+        wins = [r["cues"][name] > by_path[r["pair"]]["cues"][name] for r in rows if live(r) and r["label"] != "real" and r["pair"] in by_path]
+        k, m = sum(wins), len(wins)
+        p_two = min(1.0, 2 * sum(math.comb(m, j) for j in range(max(k, m - k), m + 1)) / 2**m) if m else float("nan")
+        entry["swap above its own original"] = {"wins": k, "pairs": m, "sign_test_p": p_two}
+        table[name] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"bundle_manifest": manifest["name"], "clips": len(rows), "cues": table, "per_clip": rows}, indent=1))
+    lines = [
+        "# Within-clip cues (`benchmarks/within_clip_cues.py`)",
+        "",
+        f"Clip-level AUC of each cue (higher = more likely fake) on data/dev, bundle `{manifest['name']}`;",
+        "per-frame logits out of fold. Generated by the script; interpretation in models/temporal-v1.md.",
+        "",
+        "| cue | " + " | ".join(sets) + " | swap > own original (sign test p) |", "|---|" + "---|" * (len(sets) + 1)]
+    for name, entry in table.items():
+        cells = [f"{entry[s]['auc']:.3f}" for s in sets]  # type: ignore[index]
+        w = entry["swap above its own original"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {w['wins']}/{w['pairs']} ({w['sign_test_p']:.2f}) |")  # type: ignore[index]
+    n_counts = {s: table[next(iter(table))][s] for s in sets}
+    lines.append("")
+    lines.append("Clips: " + "; ".join(f"{s}: {c['fakes']} fake, {c['genuine']} genuine" for s, c in n_counts.items()))  # type: ignore[index]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
