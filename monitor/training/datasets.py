@@ -68,14 +68,33 @@ def _pair_of(rel: str, known: set[str]) -> str | None:
     return None
 
 
+def manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    """The rows of a TSV manifest with a header holding at least ``path`` and ``label``.
+
+    Spreadsheet exports are accepted as they come: a UTF-8 byte-order mark, CRLF line ends,
+    header names in any case or padded with spaces, and blank lines. Cells are stripped."""
+    with manifest.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = [h.strip().lower() for h in next(reader, [])]
+        rows = []
+        for r in reader:
+            cells = [v.strip() for v in r]
+            if any(cells):  # a short row reads as empty cells, so it fails on its label below
+                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+    missing = {"path", "label"} - set(header)
+    if header and missing:
+        raise ValueError(f"{manifest}: needs `path` and `label` columns, has {sorted(h for h in header if h)}")
+    for line, r in enumerate(rows, start=2):
+        if not r.get("path"):
+            raise ValueError(f"{manifest}:{line}: empty path")
+    return rows
+
+
 def read_tsv(manifest: Path, root: Path | None = None) -> list[ClipRecord]:
     """A TSV with a header and at least ``path`` (relative to ``root``) and ``label`` columns;
     ``method`` and ``group`` are used when present."""
     root = root if root is not None else manifest.parent
-    with manifest.open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if rows and not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"{manifest}: needs `path` and `label` columns, has {sorted(rows[0])}")
+    rows = manifest_rows(manifest)
     known = {r["path"] for r in rows}
     out = []
     for i, r in enumerate(rows, start=2):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -126,13 +125,9 @@ def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metri
 
 
 def read_manifest(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if not rows:
-        return []
-    missing = {"path", "label"} - set(rows[0])
-    if missing:
-        raise ValueError(f"{manifest}: missing columns {sorted(missing)}")
+    from monitor.training.datasets import manifest_rows
+
+    rows = manifest_rows(manifest)
     for i, r in enumerate(rows, start=2):
         if r["label"].strip().lower() not in ("real", "fake", "attack"):
             raise ValueError(f"{manifest}:{i}: label {r['label']!r} is not real, fake or attack")

@@ -113,3 +113,28 @@ def test_read_source_specs(tmp_path: Path) -> None:
     assert all(r.label == "real" for r in recs)
     with pytest.raises(ValueError, match="unknown training source"):
         read_source("youtube:abc")
+
+
+def test_tsv_as_spreadsheets_export_it(tmp_path: Path) -> None:
+    """Byte-order mark, CRLF, header case and padding, blank lines: all read the same."""
+    text = "\ufeffPath \t Label\tMethod\r\nclips/a.mp4\tFAKE \tSwap\r\n\r\nclips/b.mp4\treal\t\r\n"
+    (tmp_path / "excel.tsv").write_bytes(text.encode("utf-8"))
+    recs = read_tsv(tmp_path / "excel.tsv", tmp_path)
+    assert [(r.rel, r.label, r.method) for r in recs] == [("clips/a.mp4", "fake", "Swap"), ("clips/b.mp4", "real", "")]
+    from monitor.training.evaluate import read_manifest
+
+    rows = read_manifest(tmp_path / "excel.tsv")
+    assert [(r["path"], r["label"]) for r in rows] == [("clips/a.mp4", "FAKE"), ("clips/b.mp4", "real")]
+
+
+def test_tsv_short_row_and_empty_path_are_reported_by_line(tmp_path: Path) -> None:
+    from monitor.training.evaluate import read_manifest
+
+    (tmp_path / "short.tsv").write_text("path\tlabel\na.mp4\treal\nb.mp4\n")
+    with pytest.raises(ValueError, match=r"short.tsv:3: label ''"):
+        read_manifest(tmp_path / "short.tsv")
+    with pytest.raises(ValueError, match=r"short.tsv:3: label ''"):
+        read_tsv(tmp_path / "short.tsv")
+    (tmp_path / "nopath.tsv").write_text("path\tlabel\n\treal\n")
+    with pytest.raises(ValueError, match=r"nopath.tsv:2: empty path"):
+        read_manifest(tmp_path / "nopath.tsv")
