@@ -2,6 +2,8 @@
 
 Run: OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/detector_accuracy.py \
         ../shared/data/dev/MANIFEST.tsv --root ../shared/data/dev [--degrade all] [--model-dir DIR]
+Add ``--from-json benchmarks/results/detector_accuracy.json`` to rebuild the tables from a saved
+evaluation instead of scanning every clip again.
 Evaluates with the service's offline scan (monitor.training.evaluate), then reports the clips of
 groups the bundle never saw in training (``holdout_groups`` in its manifest) separately from the
 rest: only the held-out rows say anything about generalisation. Writes
@@ -26,7 +28,7 @@ from monitor.config import load_settings  # noqa: E402
 from monitor.detect.bundle import MODELS_DIR  # noqa: E402
 from monitor.detect.temporal import TemporalDetector  # noqa: E402
 from monitor.training.datasets import identity_group  # noqa: E402
-from monitor.training.evaluate import ClipResult, evaluate, format_report, metrics, summarise  # noqa: E402
+from monitor.training.evaluate import ClipResult, evaluate, format_ci, format_report, metrics, summarise  # noqa: E402
 
 
 def split_report(clips: list[ClipResult], held: set[str], threshold: float) -> list[str]:
@@ -34,7 +36,7 @@ def split_report(clips: list[ClipResult], held: set[str], threshold: float) -> l
         "held-out (never trained on)": [c for c in clips if identity_group(c.path) in held],
         "training groups (in-sample)": [c for c in clips if identity_group(c.path) not in held],
     }
-    lines = ["| split / set | genuine | fake | AUC | EER | acc@thr | alerts on genuine |", "|---|---|---|---|---|---|---|"]
+    lines = ["| split / set | genuine | fake | AUC | 95% CI | EER | acc@thr | alerts on genuine |", "|---|---|---|---|---|---|---|---|"]
     for name, members in parts.items():
         sets = [("all", members)]
         live = [c for c in members if "deepfacelive" in c.path]
@@ -53,7 +55,7 @@ def split_report(clips: list[ClipResult], held: set[str], threshold: float) -> l
             m = metrics(label, cs, threshold)
             alarms = sum(c.alerts_opened for c in cs if not c.is_fake)
             f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            lines.append(f"| {name}: {label} | {m.n_genuine} | {m.n_fake} | {f(m.auc)} | {f(m.eer)} | {f(m.accuracy)} | {alarms} |")
+            lines.append(f"| {name}: {label} | {m.n_genuine} | {m.n_fake} | {f(m.auc)} | {format_ci(m.auc_ci95)} | {f(m.eer)} | {f(m.accuracy)} | {alarms} |")
     return lines
 
 
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--degrade", default=None)
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None, help="A saved evaluation (this script's or `monitor evaluate --json`): tables only, no scan.")
     args = ap.parse_args()
     model_dir = args.model_dir or MODELS_DIR / "temporal-v1"
     meta = json.loads((model_dir / "manifest.json").read_text())
@@ -73,8 +76,14 @@ def main() -> None:
     suffix = f"_{args.degrade.replace('+', '_')}" if args.degrade else ""
     out = args.out or ROOT / "benchmarks" / "results" / f"detector_accuracy{suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = evaluate(args.manifest, args.root, settings, out.with_suffix(".json"), args.degrade, detector_factory=lambda: TemporalDetector(cfg))
-    held_report = summarise(str(args.manifest), args.degrade, report.threshold, [c for c in report.clips if identity_group(c.path) in held])
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        clips = [ClipResult(**{**c, "reasons": tuple(c["reasons"])}) for c in saved["clips"]]
+        report = summarise(saved["manifest"], saved["degrade"], saved["threshold"], clips)
+        out.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=2) + "\n")  # the same clips, metrics recomputed
+    else:
+        report = evaluate(args.manifest, args.root, settings, out.with_suffix(".json"), args.degrade, detector_factory=lambda: TemporalDetector(cfg))
+    held_report = summarise(report.manifest, report.degrade, report.threshold, [c for c in report.clips if identity_group(c.path) in held])
     text = [
         f"# Detector accuracy: {model_dir.name}" + (f", degraded {args.degrade}" if args.degrade else ""),
         "",

@@ -50,6 +50,7 @@ class Metrics:
     mean_score_genuine: float | None
     mean_score_fake: float | None
     note: str = ""
+    auc_ci95: tuple[float, float] | None = None  # stratified bootstrap; None below AUC_CI_MIN_PER_CLASS
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,38 @@ def roc_auc(y: Sequence[bool], s: Sequence[float]) -> float | None:
     return float(greater / (len(pos) * len(neg)))
 
 
+# Below this many clips in either class a bootstrap interval is degenerate (3 fakes above 4
+# genuine clips resample to [1, 1]), which would read as certainty; none is reported.
+AUC_CI_MIN_PER_CLASS = 5
+
+
+def _auc_statistic(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mann-Whitney AUC from mid-ranks (ties count half), vectorised over resamples."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg], axis=axis), axis=axis)
+    n_pos, n_neg = pos.shape[axis], neg.shape[axis]
+    rank_sum = np.take(ranks, np.arange(n_pos), axis=axis).sum(axis=axis)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def auc_interval(y: Sequence[bool], s: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile interval of the AUC from a stratified bootstrap (fakes and genuine clips
+    resampled separately, as the field reports it for video-level AUC); seeded, so a report
+    is reproducible. None when either class has fewer than AUC_CI_MIN_PER_CLASS clips."""
+    from scipy.stats import bootstrap
+
+    ya, sa = np.asarray(y, bool), np.asarray(s, float)
+    pos, neg = sa[ya], sa[~ya]
+    if min(len(pos), len(neg)) < AUC_CI_MIN_PER_CLASS:
+        return None
+    batch = max(1, 10_000_000 // (len(pos) + len(neg)))  # bounds memory on large manifests
+    res = bootstrap((pos, neg), _auc_statistic, vectorized=True, paired=False, n_resamples=resamples, batch=batch,
+                    method="percentile", confidence_level=confidence, random_state=seed)
+    ci = res.confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def equal_error_rate(y: Sequence[bool], s: Sequence[float]) -> float | None:
     ya, sa = np.asarray(y, bool), np.asarray(s, float)
     if ya.all() or not ya.any():
@@ -104,7 +137,7 @@ def metrics(name: str, clips: Sequence[ClipResult], threshold: float, note: str 
     acc = float(np.mean([(sc >= threshold) == yy for sc, yy in zip(s, y)])) if judged else None
     return Metrics(
         name, len(g), len(f), roc_auc(y, s), equal_error_rate(y, s), acc,
-        float(np.mean(g)) if g else None, float(np.mean(f)) if f else None, note,
+        float(np.mean(g)) if g else None, float(np.mean(f)) if f else None, note, auc_interval(y, s),
     )
 
 
@@ -212,21 +245,26 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def format_ci(ci: tuple[float, float] | None) -> str:
+    return "-" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
+
+
 def format_report(report: EvalReport) -> str:
     """A plain-text summary: overall, per group, time-to-detect, false alarms, unjudged clips."""
     lines = [
         f"manifest {report.manifest}" + (f"  (degraded: {report.degrade})" if report.degrade else ""),
         f"threshold {report.threshold:g} on the video score; {len(report.clips)} clips",
         "",
-        f"{'set':52} {'gen':>4} {'fake':>4} {'AUC':>6} {'EER':>6} {'acc':>6} {'s_gen':>6} {'s_fake':>6}",
+        f"{'set':52} {'gen':>4} {'fake':>4} {'AUC':>6} {'95% CI':>13} {'EER':>6} {'acc':>6} {'s_gen':>6} {'s_fake':>6}",
     ]
     for m in (report.overall, *report.groups):
         name = m.name + (" *" if m.note else "")
         lines.append(
-            f"{name[:52]:52} {m.n_genuine:>4} {m.n_fake:>4} {_f(m.auc):>6} {_f(m.eer):>6} {_f(m.accuracy):>6} "
+            f"{name[:52]:52} {m.n_genuine:>4} {m.n_fake:>4} {_f(m.auc):>6} {format_ci(m.auc_ci95):>13} {_f(m.eer):>6} {_f(m.accuracy):>6} "
             f"{_f(m.mean_score_genuine):>6} {_f(m.mean_score_fake):>6}"
         )
     lines.append("* fakes of this group scored against all genuine clips")
+    lines.append(f"95% CI: stratified bootstrap of the AUC; '-' below {AUC_CI_MIN_PER_CLASS} clips in a class")
     n_fake = sum(c.is_fake for c in report.clips)
     lines += [
         "",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from monitor.training.degrade import Degradation, parse_degradation
-from monitor.training.evaluate import ClipResult, equal_error_rate, format_report, roc_auc, summarise
+from monitor.training.evaluate import ClipResult, auc_interval, equal_error_rate, format_report, roc_auc, summarise
 
 
 @pytest.mark.parametrize(
@@ -53,8 +54,38 @@ def test_summary_counts_attacks_as_not_genuine_and_reports_rates() -> None:
     names = {m.name: m for m in r.groups}
     assert names["folder:b"].note == "fakes vs all genuine" and names["folder:b"].auc == 1.0
     assert names["method:replay"].n_fake == 1
+    assert r.overall.auc_ci95 is None  # two clips per class: too few for an interval
     text = format_report(r)
     assert "could not judge 1 clips" in text and "d/1.mp4: no_face" in text
+
+
+def test_auc_interval_brackets_the_auc_and_narrows_with_more_clips() -> None:
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (8, 80, 800):
+        y = [True] * n + [False] * (2 * n)
+        s = list(rng.normal(0.8, 1, n)) + list(rng.normal(0, 1, 2 * n))
+        auc = roc_auc(y, s)
+        ci = auc_interval(y, s)
+        assert ci is not None and auc is not None
+        assert 0.0 <= ci[0] <= auc <= ci[1] <= 1.0
+        assert auc_interval(y, s) == ci  # seeded: the same report twice
+        widths.append(ci[1] - ci[0])
+    assert widths[0] > 2 * widths[1] > 4 * widths[2] > 0
+    # With 8 fakes the true AUC (0.71 for these two normals) must not be excluded by chance alone.
+    assert widths[0] > 0.2
+
+
+def test_auc_interval_matches_the_mann_whitney_auc_with_ties() -> None:
+    y = [True] * 5 + [False] * 6
+    s = [0.5, 0.5, 0.7, 0.2, 0.9, 0.5, 0.1, 0.3, 0.5, 0.6, 0.2]
+    from monitor.training.evaluate import _auc_statistic
+
+    pos = np.array([v for v, t in zip(s, y) if t])
+    neg = np.array([v for v, t in zip(s, y) if not t])
+    assert _auc_statistic(pos, neg) == pytest.approx(roc_auc(y, s))
+    assert _auc_statistic(np.stack([pos, pos]), np.stack([neg, neg]))[1] == pytest.approx(roc_auc(y, s))
+    assert auc_interval(y[:4] + y[5:], s[:4] + s[5:]) is None  # 4 fakes: below the minimum
 
 
 @pytest.mark.parametrize(
