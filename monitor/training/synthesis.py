@@ -187,6 +187,60 @@ def self_blend_clip(
     return out
 
 
+# --- animated stills (a proxy for warping-based talking heads) ---------------------------
+
+# Points that drive the warp: the face contour, eyes, brows, nose and lips. Dense enough for
+# blinks and speech, sparse enough to triangulate in a millisecond.
+WARP_POINTS = np.unique(np.concatenate([FACE_OVAL, INNER, np.array([2, 98, 327, 168, 6, 197])]))
+
+
+def piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Warp ``img`` so that points ``src`` (N, 2) land on ``dst``: affine inside each triangle
+    of a Delaunay triangulation of ``dst`` plus the image border, which stays in place."""
+    from scipy.spatial import Delaunay
+
+    h, w = img.shape[:2]
+    border = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1], [w / 2, 0], [w / 2, h - 1], [0, h / 2], [w - 1, h / 2]], np.float64)
+    d = np.vstack([dst.astype(np.float64), border])
+    sp = np.vstack([src.astype(np.float64), border])
+    tri = Delaunay(d)
+    ys, xs = np.mgrid[0:h, 0:w]
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    simplex = tri.find_simplex(grid)
+    inside = simplex >= 0
+    t = tri.transform[simplex[inside]]  # (M, 3, 2): inverse affine to barycentric, and offset
+    b = np.einsum("mij,mj->mi", t[:, :2], grid[inside] - t[:, 2])
+    bary = np.concatenate([b, 1 - b.sum(axis=1, keepdims=True)], axis=1)
+    mapped = grid.copy()
+    mapped[inside] = np.einsum("mk,mkj->mj", bary, sp[tri.simplices[simplex[inside]]])
+    mx = mapped[:, 0].reshape(h, w).astype(np.float32)
+    my = mapped[:, 1].reshape(h, w).astype(np.float32)
+    return cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def animate_still(frames: list[np.ndarray], landmarks: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """A clip-level talking-head proxy: one frame of the clip, warped to follow every other
+    frame's landmarks (head pose, blinks, speech), as warping-based generators (FOMM,
+    LivePortrait, SadTalker's renderer) animate a single source image. The skin keeps the
+    source frame's colour throughout, so no pulse or lighting change survives. One "generator
+    look" per clip: down-then-up-scaling or sharpening, as their decoders and face enhancers
+    leave."""
+    ref = int(rng.integers(len(frames)))
+    src_img = frames[ref]
+    src_pts = landmarks[ref][WARP_POINTS, :2]
+    resample = float(rng.uniform(0.5, 0.9)) if rng.random() < 0.5 else 1.0
+    sharpen = float(rng.uniform(0.0, 1.0)) if resample == 1.0 else 0.0
+    h, w = src_img.shape[:2]
+    look = src_img
+    if resample < 1.0:
+        small = cv2.resize(src_img, (max(8, int(w * resample)), max(8, int(h * resample))), interpolation=cv2.INTER_AREA)
+        look = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    elif sharpen > 0:
+        blur = cv2.GaussianBlur(src_img, (0, 0), 1.0)
+        look = cv2.addWeighted(src_img, 1 + sharpen, blur, -sharpen, 0)
+    return [piecewise_affine(look, src_pts, lm[WARP_POINTS, :2]) for lm in landmarks]
+
+
 # --- net inputs ----------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ class TrainConfig(BaseModel):
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
     appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
+    animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads, whose skin carries no pulse).")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
 
 
@@ -372,9 +373,12 @@ def torch_geo(net) -> Callable[[np.ndarray], float]:  # type: ignore[no-untyped-
     return run
 
 
-def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Windows of held-out clips (and a clip-level self-blend of each genuine one): X, y, clip id."""
+def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed: int, animated_stills: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Windows of held-out clips (and a clip-level self-blend of each genuine one, and with
+    ``animated_stills`` an animated still of it): X, y, clip id."""
     rng = np.random.default_rng(seed)
+    # Its own stream, so that switching animated stills on leaves every self-blend as it was.
+    still_rng = np.random.default_rng([seed, 1])
     app, geo = torch_app(app_net), torch_geo(geo_net)
     xs, ys, ids = [], [], []
     for k, c in enumerate(clips):
@@ -383,13 +387,19 @@ def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed:
         w = clip_windows(clip_cues(f.crops[i], f.landmarks[i], f.t[i], app), geo, window_s)
         xs.append(w)
         ys.append(np.full(len(w), float(c.record.is_fake)))
-        ids.append(np.full(len(w), 2 * k))
+        ids.append(np.full(len(w), 3 * k))
         if not c.record.is_fake:
             frames = syn.self_blend_clip(list(f.crops[i]), list(f.crop_landmarks[i]), rng)
             w = clip_windows(clip_cues(np.stack(frames), f.landmarks[i], f.t[i], app), geo, window_s)
             xs.append(w)
             ys.append(np.ones(len(w)))
-            ids.append(np.full(len(w), 2 * k + 1))
+            ids.append(np.full(len(w), 3 * k + 1))
+            if animated_stills:
+                frames = syn.animate_still(list(f.crops[i]), list(f.crop_landmarks[i]), still_rng)
+                w = clip_windows(clip_cues(np.stack(frames), f.landmarks[i], f.t[i], app), geo, window_s)
+                xs.append(w)
+                ys.append(np.ones(len(w)))
+                ids.append(np.full(len(w), 3 * k + 2))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
 
 
@@ -544,7 +554,7 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
             geo = train_geometry(train_clips, config, steps_g, config.seed + 200 + i, f"fold {i + 1} geometry", progress, ckpt, f"fold{i + 1}-geometry")
             fold_apps.append(app)
             fold_geos.append(geo)
-            x, y, cid = fold_windows(held_fold, app, geo, window_s, config.seed + 300 + i)
+            x, y, cid = fold_windows(held_fold, app, geo, window_s, config.seed + 300 + i, config.animated_stills)
             xs.append(x)
             ys.append(y)
             ids.append(cid + 1_000_000 * i)
@@ -564,7 +574,7 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         app = train_appearance(clips, config, config.appearance_steps, config.seed, "appearance", progress, ckpt, "appearance")
         geo = train_geometry(clips, config, config.geometry_steps, config.seed + 1, "geometry", progress, ckpt, "geometry")
     if not xs:
-        x, y, cid = fold_windows(clips, app, geo, window_s, config.seed + 300)
+        x, y, cid = fold_windows(clips, app, geo, window_s, config.seed + 300, config.animated_stills)
         xs, ys, ids = [x], [y], [cid]
     x_all, y_all, id_all = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
     config.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -575,7 +585,8 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         "appearance_width": config.width,
         "members": max(1, n_folds if n_folds >= 2 else 1),
         # Paths are left out so that the same command reproduces the same manifest anywhere.
-        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every"})),
+        # Off by default, and then left out, so that temporal-v1's manifest rebuilds unchanged.
+        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every", *(() if config.animated_stills else ("animated_stills",))})),
         "clips": len(clips),
         "fake_clips": sum(c.record.is_fake for c in clips),
         "fusion_stats": stats,
@@ -627,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--finetune-appearance", action="store_true", help="with --appearance-from: fine-tune those CNNs with this run's recipe instead of using them as they are")
     ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none); a rerun of an interrupted command resumes from them")
     ap.add_argument("--fresh", action="store_true", help="ignore checkpoints left by an interrupted run")
+    ap.add_argument("--animated-stills", action="store_true", help="also fit the fusion on animated stills of the genuine clips (a talking-head proxy)")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -643,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         appearance_from=args.appearance_from,
         finetune_appearance=args.finetune_appearance,
         checkpoint_every=args.checkpoint_every,
+        animated_stills=args.animated_stills,
     )
     print(run_training(cfg, fresh=args.fresh))
 

@@ -150,3 +150,31 @@ def test_interrupted_training_resumes_to_the_same_weights(dataset: Path, tmp_pat
         b = torch.load(tmp_path / "b" / name, weights_only=True)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a/fusion.json").read_text() == (tmp_path / "b/fusion.json").read_text()
+
+
+def test_animated_stills_add_fusion_windows_and_leave_the_rest_unchanged(dataset: Path, tmp_path: Path) -> None:
+    """--animated-stills adds one still per genuine clip to the fusion's windows; the nets and
+    every other window (clips, self-blends) are those of a run without it."""
+    import numpy as np
+    import torch
+
+    base = TrainConfig(
+        sources=(f"tsv:{dataset / 'm.tsv'}",), out_dir=tmp_path / "off", cache_dir=tmp_path / "cache",
+        appearance_steps=2, geometry_steps=2, pairs_per_batch=2, folds=0, threads=1,
+    )
+    run_training(base, progress=False)
+    stills = base.model_copy(update={"out_dir": tmp_path / "on", "animated_stills": True})
+    run_training(stills, progress=False)
+    off = np.load(tmp_path / "cache/fusion-windows-off.npz")
+    on = np.load(tmp_path / "cache/fusion-windows-on.npz")
+    still = on["ids"] % 3 == 2
+    assert still.any() and (on["y"][still] == 1).all()
+    assert len(np.unique(on["ids"][still])) == 2  # one per genuine clip
+    assert np.array_equal(on["x"][~still], off["x"]) and np.array_equal(on["ids"][~still], off["ids"])
+    a = torch.load(tmp_path / "off/appearance.pt", weights_only=True)
+    b = torch.load(tmp_path / "on/appearance.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "animated_stills" not in json.loads((tmp_path / "off/manifest.json").read_text())["train_config"]
+    assert json.loads((tmp_path / "on/manifest.json").read_text())["train_config"]["animated_stills"] is True
+    detector = TemporalDetector(TemporalDetector.Config(model_dir=tmp_path / "on"))
+    assert np.isfinite(detector.fusion.intercept)

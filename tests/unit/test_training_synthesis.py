@@ -113,3 +113,34 @@ def test_landmark_perturbation_moves_the_inner_face_not_the_contour(seed: int) -
     assert out.shape == seq.shape and out.dtype == np.float32
     assert np.array_equal(out[:, syn.FACE_OVAL], seq[:, syn.FACE_OVAL])
     assert np.abs(out - seq).max() > 0
+
+
+def test_piecewise_affine_is_identity_on_equal_points_and_carries_the_face_along() -> None:
+    img, lm = synthetic_face()
+    img = img.copy()
+    img[73:78, 78:83] = 255  # a white dot in the middle of the face
+    img[img < 255] //= 2
+    src = lm[syn.WARP_POINTS, :2]
+    assert np.array_equal(syn.piecewise_affine(img, src, src), img)
+    moved = syn.piecewise_affine(img, src, src + np.array([6.0, 4.0], np.float32))
+    ys, xs = np.nonzero(moved[..., 0] > 200)
+    assert abs(xs.mean() - 86) < 0.6 and abs(ys.mean() - 79) < 0.6
+    # The image border stays where it was.
+    assert np.array_equal(moved[0], img[0]) and np.array_equal(moved[:, -1], img[:, -1])
+
+
+def test_animated_still_follows_the_landmarks_but_keeps_one_frames_colour() -> None:
+    img, lm = synthetic_face()
+    # Lighting (or a pulse) changes over the clip; the head moves right.
+    frames = [np.clip(img.astype(int) + 8 * i - 30, 0, 255).astype(np.uint8) for i in range(8)]
+    lms = [lm + np.array([i, 0, 0], np.float32) for i in range(8)]
+    a = syn.animate_still(frames, lms, np.random.default_rng(5))
+    b = syn.animate_still(frames, lms, np.random.default_rng(5))
+    assert len(a) == 8 and all(x.shape == img.shape and x.dtype == np.uint8 for x in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    centre = (slice(60, 100), slice(60, 100))
+    assert np.ptp([f[centre].mean() for f in frames]) > 40
+    assert np.ptp([x[centre].mean() for x in a]) < 3  # one source frame's colour throughout
+    # The face moves with the landmarks: a later frame is the earlier one shifted right.
+    shift = [np.abs(a[7][:, 60:100].astype(int) - a[0][:, 60 - d : 100 - d].astype(int)).mean() for d in range(10)]
+    assert int(np.argmin(shift)) == 7
