@@ -189,8 +189,8 @@ def self_blend_clip(
 
 # --- animated stills (a proxy for warping-based talking heads) ---------------------------
 
-# Points that drive the warp: the face contour, eyes, brows, nose and lips. Dense enough for
-# blinks and speech, sparse enough to triangulate in a millisecond.
+# Points that drive the warp: the face contour, eyes, brows, nose and lips, enough for blinks
+# and speech. A 160 px crop takes about 9 ms to warp on this machine.
 WARP_POINTS = np.unique(np.concatenate([FACE_OVAL, INNER, np.array([2, 98, 327, 168, 6, 197])]))
 
 

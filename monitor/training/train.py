@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
     appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
-    animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads, whose skin carries no pulse).")
+    animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads). Measured not to help on data/dev: benchmarks/results/animated_stills.md.")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
 
 
