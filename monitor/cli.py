@@ -171,7 +171,10 @@ def train(ctx: typer.Context) -> None:
     """Train the temporal-v1 detector bundle (`monitor train --help` for the options)."""
     from monitor.training.train import main as train_main
 
-    train_main(ctx.args)
+    try:
+        train_main(ctx.args)
+    except (ValueError, OSError) as exc:  # bad sources, manifests or options: say so, no traceback
+        _fail(exc)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -179,7 +182,10 @@ def sbi(ctx: typer.Context) -> None:
     """Long self-blend training of the appearance CNN, GPU-ready: `monitor sbi pack|fit --help`."""
     from monitor.training.sbi import main as sbi_main
 
-    sbi_main(ctx.args)
+    try:
+        sbi_main(ctx.args)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -203,7 +209,7 @@ def evaluate(
     _setup_logging("WARNING")
     try:
         report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade)
-    except MonitorError as exc:
+    except (MonitorError, ValueError) as exc:  # ValueError: a bad manifest row or --degrade spec
         _fail(exc)
     typer.echo(format_report(report))
 

@@ -69,3 +69,24 @@ def test_unknown_and_bad_keys_are_named(tmp_path: Path, served: list[Settings], 
     monkeypatch.setenv("MONITOR_SERVER__PORT", "eighty")
     with pytest.raises(ConfigError, match=r"server\.port: .*integer.*'eighty'"):
         load_settings(None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate", "{bad}"], "bad.tsv:2: label 'maybe' is not real, fake or attack"),
+        (["evaluate", "{ok}", "--degrade", "5x"], "unknown degradation '5x'"),
+        (["train", "--source", "tsv:{bad}", "--out", "{tmp}/b"], "bad.tsv:2: label 'maybe'"),
+        (["train", "--source", "nope:x", "--out", "{tmp}/b"], "unknown training source 'nope:x'"),
+        (["train", "--source", "tsv:{tmp}/missing.tsv", "--out", "{tmp}/b"], "No such file or directory"),
+        (["sbi", "pack", "--source", "tsv:{bad}", "--out", "{tmp}/p.npz"], "bad.tsv:2: label 'maybe'"),
+    ],
+)
+def test_training_commands_reject_bad_input_with_a_one_line_error(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "bad.tsv").write_text("path\tlabel\na.mp4\tmaybe\n")
+    (tmp_path / "ok.tsv").write_text("path\tlabel\na.mp4\treal\n")
+    argv = [a.format(bad=tmp_path / "bad.tsv", ok=tmp_path / "ok.tsv", tmp=tmp_path) for a in args]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and message in r.stderr
+    assert "Traceback" not in r.output + r.stderr
