@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2
 import numpy as np
 import torch
+from sklearn.linear_model import LinearRegression
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,11 +92,15 @@ def _top_minus_bottom(y: np.ndarray, key: np.ndarray) -> float:
     return float(y[order[-k:]].mean() - y[order[:k]].mean())
 
 
+REFERENCE = "logit_mean (reference: the shipped per-frame score)"
+RESIDUAL = "logit_mean minus its sharpness fit (fit on training genuine clips)"
+
+
 def clip_cues(s: dict[str, np.ndarray]) -> dict[str, float]:
     lo, log_speed = s["logit"], np.log(s["speed"] + 0.05)
     rel = s["sharp_in"] - s["sharp_ring"]
     return {
-        "logit_mean (reference: the shipped per-frame score)": float(lo.mean()),
+        REFERENCE: float(lo.mean()),
         "corr(logit, abs yaw)": _corr(lo, s["yaw"]),
         "corr(logit, abs pitch)": _corr(lo, s["pitch"]),
         "corr(logit, speed)": _corr(lo, s["speed"]),
@@ -134,10 +139,20 @@ def main() -> None:
 
     rows = []
     for c in clips:
-        cues = clip_cues(frame_series(c, member(fold_of.get(id(c)))))
+        series = frame_series(c, member(fold_of.get(id(c))))
+        cues = clip_cues(series)
         rel = c.record.rel
         pair = os.path.relpath(c.record.pair, args.data) if c.record.pair else None
-        rows.append({"path": rel, "group": c.record.group, "label": c.record.label, "held_out": c.record.group in held, "pair": pair, "cues": cues})
+        quality = [float(np.nanmedian(series["sharp_in"])), float(np.nanmedian(series["sharp_ring"]))]
+        rows.append({"path": rel, "group": c.record.group, "label": c.record.label, "held_out": c.record.group in held, "pair": pair, "cues": cues, "quality": quality})
+    # Not within-clip, but the same question: how much of the between-clip spread is image
+    # quality? Regress the clip's mean logit on its median face and ring sharpness over the
+    # training split's genuine clips only, and score clips by what is left.
+    fit_rows = [r for r in rows if not r["held_out"] and r["label"] == "real"]
+    reg = LinearRegression().fit([r["quality"] for r in fit_rows], [r["cues"][REFERENCE] for r in fit_rows])
+    quality_r2 = float(reg.score([r["quality"] for r in fit_rows], [r["cues"][REFERENCE] for r in fit_rows]))
+    for r in rows:
+        r["cues"][RESIDUAL] = float(r["cues"][REFERENCE] - reg.predict([r["quality"]])[0])
     by_path = {r["path"]: r for r in rows}
 
     def live(r: dict) -> bool:
@@ -162,7 +177,7 @@ def main() -> None:
         entry["swap above its own original"] = {"wins": k, "pairs": m, "sign_test_p": p_two}
         table[name] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"bundle_manifest": manifest["name"], "clips": len(rows), "cues": table, "per_clip": rows}, indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps({"bundle_manifest": manifest["name"], "clips": len(rows), "sharpness_fit_r2": quality_r2, "cues": table, "per_clip": rows}, indent=1))
     lines = [
         "# Within-clip cues (`benchmarks/within_clip_cues.py`)",
         "",
@@ -175,6 +190,8 @@ def main() -> None:
         w = entry["swap above its own original"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {w['wins']}/{w['pairs']} ({w['sign_test_p']:.2f}) |")  # type: ignore[index]
     n_counts = {s: table[next(iter(table))][s] for s in sets}
+    lines.append("")
+    lines.append(f"Sharpness fit: R² {quality_r2:.3f} over {len(fit_rows)} training genuine clips (median log Laplacian of the face and of a ring around it).")
     lines.append("")
     lines.append("Clips: " + "; ".join(f"{s}: {c['fakes']} fake, {c['genuine']} genuine" for s, c in n_counts.items()))  # type: ignore[index]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
