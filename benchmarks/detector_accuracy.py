@@ -2,8 +2,9 @@
 
 Run: OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/detector_accuracy.py \
         ../shared/data/dev/MANIFEST.tsv --root ../shared/data/dev [--degrade all] [--model-dir DIR]
-Add ``--from-json benchmarks/results/detector_accuracy.json`` to rebuild the tables from a saved
-evaluation instead of scanning every clip again.
+``--workers N`` scans N clips at once (default: the CPU count); the results do not depend on it.
+``--from-json benchmarks/results/detector_accuracy.json`` (no manifest needed) rebuilds the
+tables from a saved evaluation instead of scanning every clip again.
 Evaluates with the service's offline scan (monitor.training.evaluate), then reports the clips of
 groups the bundle never saw in training (``holdout_groups`` in its manifest) separately from the
 rest: only the held-out rows say anything about generalisation. Writes
@@ -13,6 +14,7 @@ benchmarks/results/detector_accuracy[_<degrade>].{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -61,31 +63,35 @@ def split_report(clips: list[ClipResult], held: set[str], threshold: float) -> l
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("manifest", type=Path)
-    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("manifest", type=Path, nargs="?", help="the manifest to scan (not with --from-json)")
+    ap.add_argument("--root", type=Path, default=None)
     ap.add_argument("--degrade", default=None)
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None, help="A saved evaluation (this script's or `monitor evaluate --json`): tables only, no scan.")
+    ap.add_argument("--from-json", type=Path, default=None, help="A saved evaluation (this script's or `monitor evaluate --json`): tables only, no scan; its degradation names the output.")
+    ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="clips scanned at once, one process each")
     args = ap.parse_args()
     model_dir = args.model_dir or MODELS_DIR / "temporal-v1"
     meta = json.loads((model_dir / "manifest.json").read_text())
     held = set(meta["train_config"]["holdout_groups"])
-    settings = load_settings(None, demo=False)
-    cfg = TemporalDetector.Config(model_dir=args.model_dir)
-    suffix = f"_{args.degrade.replace('+', '_')}" if args.degrade else ""
+    saved = json.loads(args.from_json.read_text()) if args.from_json is not None else None
+    if saved is None and (args.manifest is None or args.root is None):
+        ap.error("give MANIFEST and --root to scan, or --from-json to rebuild the tables")
+    degrade = saved["degrade"] if saved is not None else args.degrade
+    suffix = f"_{degrade.replace('+', '_')}" if degrade else ""
     out = args.out or ROOT / "benchmarks" / "results" / f"detector_accuracy{suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.from_json is not None:
-        saved = json.loads(args.from_json.read_text())
+    if saved is not None:
         clips = [ClipResult(**{**c, "reasons": tuple(c["reasons"])}) for c in saved["clips"]]
         report = summarise(saved["manifest"], saved["degrade"], saved["threshold"], clips)
         out.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=2) + "\n")  # the same clips, metrics recomputed
     else:
-        report = evaluate(args.manifest, args.root, settings, out.with_suffix(".json"), args.degrade, detector_factory=lambda: TemporalDetector(cfg))
+        settings = load_settings(None, demo=False)
+        factory = functools.partial(TemporalDetector, TemporalDetector.Config(model_dir=args.model_dir))  # picklable, for the workers
+        report = evaluate(args.manifest, args.root, settings, out.with_suffix(".json"), degrade, detector_factory=factory, workers=args.workers)
     held_report = summarise(report.manifest, report.degrade, report.threshold, [c for c in report.clips if identity_group(c.path) in held])
     text = [
-        f"# Detector accuracy: {model_dir.name}" + (f", degraded {args.degrade}" if args.degrade else ""),
+        f"# Detector accuracy: {model_dir.name}" + (f", degraded {degrade}" if degrade else ""),
         "",
         f"Held-out groups: {', '.join(sorted(held))}",
         "",

@@ -173,7 +173,7 @@ def train(ctx: typer.Context) -> None:
 
     try:
         train_main(ctx.args)
-    except (ValueError, OSError) as exc:  # bad sources, manifests or options: say so, no traceback
+    except (MonitorError, OSError) as exc:  # bad input (InputError) or an unwritable path: no traceback
         _fail(exc)
 
 
@@ -184,7 +184,7 @@ def sbi(ctx: typer.Context) -> None:
 
     try:
         sbi_main(ctx.args)
-    except (ValueError, OSError) as exc:
+    except (MonitorError, OSError) as exc:
         _fail(exc)
 
 
@@ -194,6 +194,7 @@ def evaluate(
     root: Optional[Path] = typer.Option(None, help="Directory the manifest's paths are relative to (default: the manifest's directory)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every clip's score, verdict, time to detect and alerts here."),
     degrade: Optional[str] = typer.Option(None, help="Evaluate degraded copies: 300k, 360p, noise or all."),
+    workers: int = typer.Option(min(os.cpu_count() or 1, 8), min=1, help="Clips scanned at once, one process each (default: the CPU count, at most 8); results do not depend on it."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Run the streaming pipeline over every clip of a manifest; report AUC, EER, accuracy,
@@ -208,8 +209,8 @@ def evaluate(
         _fail(exc)
     _setup_logging("WARNING")
     try:
-        report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade)
-    except (MonitorError, ValueError) as exc:  # ValueError: a bad manifest row or --degrade spec
+        report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade, workers=workers)
+    except (MonitorError, OSError) as exc:  # InputError: a bad manifest row or --degrade spec
         _fail(exc)
     typer.echo(format_report(report))
 

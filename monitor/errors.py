@@ -18,6 +18,11 @@ class ConfigError(MonitorError):
     """The configuration or a request is invalid; retrying will not help."""
 
 
+class InputError(MonitorError, ValueError):
+    """Bad input to an offline command: a manifest, dataset, pack or option. The message
+    names the file (and line) at fault; retrying will not help."""
+
+
 class SourceError(MonitorError):
     """A source failed to open or read. Network failures are retryable, bad input is not."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,36 +37,66 @@ class Frame:
     seq: int
     pts_s: float
     received_at: float
-    width: int  # as displayed, i.e. after ``turns``
+    width: int  # as displayed, i.e. after ``orientation``
     height: int
     decoded: Decoded | np.ndarray
-    turns: int = 0  # quarter turns counter-clockwise (np.rot90) from decoded to displayed
+    orientation: Orientation | None = None  # from decoded to displayed; None: as decoded
 
     @classmethod
     def from_decoded(cls, stream_id: str, seq: int, pts_s: float, received_at: float, decoded: Decoded) -> Frame:
-        """A frame as the viewer sees it. Phones record portrait video as landscape pixels
-        plus a display matrix (FFmpeg's ``rotation``, degrees counter-clockwise); face
-        tracking on the raw pixels would see every face lying on its side."""
-        turns = display_turns(getattr(decoded, "rotation", 0))
-        w, h = (decoded.height, decoded.width) if turns % 2 else (decoded.width, decoded.height)
-        return cls(stream_id, seq, pts_s, received_at, w, h, decoded, turns)
+        """A frame as the viewer sees it. Phones record portrait (and front cameras mirrored)
+        video as landscape pixels plus a display matrix; face tracking on the raw pixels would
+        see every face lying on its side."""
+        o = display_orientation(decoded)
+        w, h = (decoded.height, decoded.width) if o and o[0] else (decoded.width, decoded.height)
+        return cls(stream_id, seq, pts_s, received_at, w, h, decoded, o)
 
     def rgb(self) -> np.ndarray:
         if isinstance(self.decoded, np.ndarray):
             return self.decoded
         image = self.decoded.to_ndarray(format="rgb24")
-        if self.turns:
-            image = np.ascontiguousarray(np.rot90(image, self.turns))
+        if self.orientation:
+            image = orient(image, self.orientation)
         return readonly(image)
 
 
-def display_turns(rotation: float | None) -> int:
-    """Quarter turns (0-3, for ``np.rot90``) that display a frame whose display matrix says
-    ``rotation`` degrees (FFmpeg: counter-clockwise, -180..180). Angles that are not a
-    multiple of 90 are rounded to the nearest; no camera writes them."""
-    if not rotation:
-        return 0
-    return round(float(rotation) / 90.0) % 4
+# (transpose, flip rows, flip columns), applied in that order: the eight ways a display matrix
+# can turn and mirror a frame by multiples of 90 degrees.
+Orientation = tuple[bool, bool, bool]
+
+
+def matrix_orientation(matrix: Sequence[int]) -> Orientation | None:
+    """The orientation an FFmpeg display matrix (9 int32, 16.16 fixed point, row-major ``a b u
+    c d v x y w``) asks for, rounded to the nearest multiple of 90 degrees; None for identity.
+
+    FFmpeg maps a source pixel (p, q) to (a*p + c*q, b*p + d*q), y pointing down: ``b = 1,
+    c = -1`` is the 90-degree clockwise turn of a phone held upright, ``a = -1`` a mirror."""
+    a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+    if abs(a) + abs(d) >= abs(b) + abs(c):
+        o = (False, d < 0, a < 0)  # x' = +-x, y' = +-y
+    else:
+        o = (True, b < 0, c < 0)  # y' = b*x, x' = c*y: transpose, then flip
+    return o if any(o) else None
+
+
+def display_orientation(decoded: object) -> Orientation | None:
+    """The orientation of a decoded frame's display-matrix side data (PyAV), if any."""
+    side = getattr(decoded, "side_data", None)
+    data = side.get("DISPLAYMATRIX") if side is not None else None
+    if data is None:
+        return None
+    return matrix_orientation(np.frombuffer(bytes(data), "<i4"))
+
+
+def orient(image: np.ndarray, o: Orientation) -> np.ndarray:
+    """``image`` (rows, columns, ...) turned and mirrored as ``o`` says, contiguous."""
+    if o[0]:
+        image = image.swapaxes(0, 1)
+    if o[1]:
+        image = image[::-1]
+    if o[2]:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ summarise it per track and per video (``monitor scan``, ``monitor evaluate``).""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,14 @@ class _ScanClock:
 
     def time(self) -> float:
         return time.time()
+
+
+def dominant_reason(codes: Sequence[str]) -> str:
+    """The most frequent reason a clip's faces were not judged. ``low_quality`` only heads
+    the specific ones (``low_resolution``, ``blurred`` ...), so it counts only when alone; ties
+    go to the reason seen first, so the answer never depends on hashing."""
+    specific = [c for c in codes if c != "low_quality"] or list(codes)
+    return Counter(specific).most_common(1)[0][0] if specific else "too_short"
 
 
 def scan(
@@ -204,9 +213,7 @@ def summarise(
         elif with_face == 0:
             reasons.append("no_face")
         else:
-            codes = [r for t in tracks for pt in t.timeline for r in pt.reasons]
-            common = max(set(codes), key=codes.count) if codes else "too_short"
-            reasons.append(common)
+            reasons.append(dominant_reason([r for t in tracks for pt in t.timeline for r in pt.reasons]))
     elif n_alerts:
         verdict = "alert"
     elif score >= p.suspicious_enter:

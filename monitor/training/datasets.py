@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from monitor.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 Label = Literal["real", "fake", "attack"]
@@ -35,7 +37,7 @@ class ClipRecord:
 def _label(value: str, where: str) -> Label:
     v = value.strip().lower()
     if v not in LABELS:
-        raise ValueError(f"{where}: label {value!r} is not one of {', '.join(LABELS)}")
+        raise InputError(f"{where}: label {value!r} is not one of {', '.join(LABELS)}")
     return v  # type: ignore[return-value]
 
 
@@ -68,25 +70,37 @@ def _pair_of(rel: str, known: set[str]) -> str | None:
     return None
 
 
-def manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    """The rows of a TSV manifest with a header holding at least ``path`` and ``label``.
+def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` for each row of a TSV manifest whose header holds at least
+    ``path`` and ``label``.
 
-    Spreadsheet exports are accepted as they come: a UTF-8 byte-order mark, CRLF line ends,
-    header names in any case or padded with spaces, and blank lines. Cells are stripped."""
-    with manifest.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = [h.strip().lower() for h in next(reader, [])]
-        rows = []
-        for r in reader:
-            cells = [v.strip() for v in r]
-            if any(cells):  # a short row reads as empty cells, so it fails on its label below
-                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+    UTF-8 text as spreadsheets export it is accepted: a byte-order mark, CRLF line ends, header
+    names in any case or padded with spaces, and blank lines. Cells are stripped. Quotes are
+    text, as in any TSV: a stray ``"`` cannot swallow the lines after it."""
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header: list[str] = []
+            rows: list[tuple[int, dict[str, str]]] = []
+            for r in reader:
+                cells = [v.strip() for v in r]
+                if not any(cells):
+                    continue
+                if not header:
+                    header = [h.lower() for h in cells]
+                    continue
+                # A short row reads as empty cells, so it fails on its label.
+                rows.append((reader.line_num, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise InputError(f"{manifest}: {exc.strerror or exc}") from exc
     missing = {"path", "label"} - set(header)
-    if header and missing:
-        raise ValueError(f"{manifest}: needs `path` and `label` columns, has {sorted(h for h in header if h)}")
-    for line, r in enumerate(rows, start=2):
+    if missing:
+        raise InputError(f"{manifest}: needs `path` and `label` columns, has {sorted(h for h in header if h)}")
+    for line, r in rows:
         if not r.get("path"):
-            raise ValueError(f"{manifest}:{line}: empty path")
+            raise InputError(f"{manifest}:{line}: empty path")
     return rows
 
 
@@ -95,9 +109,9 @@ def read_tsv(manifest: Path, root: Path | None = None) -> list[ClipRecord]:
     ``method`` and ``group`` are used when present."""
     root = root if root is not None else manifest.parent
     rows = manifest_rows(manifest)
-    known = {r["path"] for r in rows}
+    known = {r["path"] for _, r in rows}
     out = []
-    for i, r in enumerate(rows, start=2):
+    for i, r in rows:
         rel = r["path"]
         label = _label(r["label"], f"{manifest}:{i}")
         pair = _pair_of(rel, known) if label != "real" else None
@@ -181,7 +195,17 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
 def read_source(spec: str) -> list[ClipRecord]:
     """One training source from a spec ``kind:path[:option]``:
     ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split]``, ``celebdf:ROOT``, ``dfdc:METADATA.json``,
-    ``real:DIR`` (every video under DIR, all genuine: self-blending alone)."""
+    ``real:DIR`` (every video under DIR, all genuine: self-blending alone). A missing or
+    unreadable file is an InputError that names the source."""
+    try:
+        return _read_source(spec)
+    except InputError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"source {spec!r}: {exc}") from exc
+
+
+def _read_source(spec: str) -> list[ClipRecord]:
     kind, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     if kind == "tsv" and parts:
@@ -200,4 +224,4 @@ def read_source(spec: str) -> list[ClipRecord]:
             for p in sorted(root.rglob("*"))
             if p.suffix.lower() in exts
         ]
-    raise ValueError(f"unknown training source {spec!r}: use tsv:, ffpp:, celebdf:, dfdc: or real:")
+    raise InputError(f"unknown training source {spec!r}: use tsv:, ffpp:, celebdf:, dfdc: or real:")

@@ -11,7 +11,8 @@ import av
 import cv2
 import numpy as np
 
-from monitor.types import display_turns
+from monitor.errors import InputError
+from monitor.types import display_orientation, orient
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def parse_degradation(spec: str) -> Degradation:
         elif part.startswith("noise"):
             noise = float(part[5:] or 8.0)
         else:
-            raise ValueError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise, or all")
+            raise InputError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise, or all")
     if bitrate is None and (height or noise):
         bitrate = 2_000_000  # the copy has to be encoded somehow; high enough not to matter
     return Degradation(bitrate, height, noise)
@@ -68,9 +69,9 @@ def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
             last_pts = -1
             for frame in inp.decode(stream):
                 img = frame.to_ndarray(format="rgb24")
-                turns = display_turns(frame.rotation)
-                if turns:  # the copy carries no display matrix, so it is written upright
-                    img = np.ascontiguousarray(np.rot90(img, turns))
+                o = display_orientation(frame)
+                if o:  # the copy carries no display matrix, so it is written as displayed
+                    img = orient(img, o)
                 h, w = img.shape[:2]
                 if d.height and h > d.height:
                     nw = int(round(w * d.height / h / 2)) * 2

@@ -9,11 +9,16 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monitor.config import Settings
+from monitor.errors import InputError
 from monitor.plugins import Detector
+
+if TYPE_CHECKING:
+    from monitor.training.degrade import Degradation
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +166,105 @@ def read_manifest(manifest: Path) -> list[dict[str, str]]:
     from monitor.training.datasets import manifest_rows
 
     rows = manifest_rows(manifest)
-    for i, r in enumerate(rows, start=2):
+    for line, r in rows:
         if r["label"].strip().lower() not in ("real", "fake", "attack"):
-            raise ValueError(f"{manifest}:{i}: label {r['label']!r} is not real, fake or attack")
-    return rows
+            raise InputError(f"{manifest}:{line}: label {r['label']!r} is not real, fake or attack")
+    return [r for _, r in rows]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One manifest row to scan; picklable, for worker processes."""
+
+    index: int
+    rel: str
+    path: Path
+    label: str
+    method: str
+    degraded_to: Path | None  # where the degraded copy goes, when degrading
+
+
+def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degradation: Degradation | None) -> ClipResult:
+    """Scan one clip; any failure of that clip is its result, never an exception."""
+    from monitor.pipeline.offline import scan
+    from monitor.training.degrade import degrade_clip
+
+    group = job.rel.split("/")[0] if "/" in job.rel else ""
+    try:
+        path = job.path
+        if degradation is not None and job.degraded_to is not None:
+            path = degrade_clip(path, job.degraded_to, degradation, seed=job.index)
+        res = scan(str(path), settings, make())
+    except Exception as exc:  # one unreadable clip is a reported failure, not a crash
+        logger.warning("could not scan %s: %s", job.rel, exc)
+        return ClipResult(job.rel, job.label, group, job.method, None, "error", None, 0, 0.0, None, (f"error:{type(exc).__name__}: {exc}",))
+    ttd = None
+    if res.first_alert_t is not None and res.first_face_t is not None:
+        ttd = round(max(0.0, res.first_alert_t - res.first_face_t), 3)
+    return ClipResult(job.rel, job.label, group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, res.reasons)
+
+
+def _picklable(obj: object) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except Exception:  # pickling fails with many types (PicklingError, AttributeError, TypeError)
+        return False
+    return True
+
+
+# Per worker process: what _worker_init was given, so each job carries only its row.
+_WORKER: dict[str, object] = {}
+
+
+def _worker_init(settings: Settings, factory: Callable[[], Detector] | None, degradation: Degradation | None) -> None:
+    from monitor.components import detector_factory as default_factory
+
+    logging.basicConfig(level=logging.WARNING)
+    _WORKER.update(settings=settings, make=factory or default_factory(settings), degradation=degradation)
+
+
+def _worker_scan(job: _Job) -> ClipResult:
+    return _scan_job(job, _WORKER["settings"], _WORKER["make"], _WORKER["degradation"])  # type: ignore[arg-type]
+
+
+def _scan_parallel(jobs: Sequence[_Job], settings: Settings, factory: Callable[[], Detector] | None, degradation: Degradation | None, workers: int, progress: bool) -> dict[int, ClipResult]:
+    """Scan ``jobs`` in ``workers`` fresh processes. A process that dies (a native crash in a
+    decoder or in MediaPipe) takes down the pool and every clip then in flight; those clips
+    are scanned again one by one, each in a process of its own, so only the clip that kills
+    its process is reported as an error and no other result is lost."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tqdm import tqdm
+
+    ctx = multiprocessing.get_context("spawn")  # MediaPipe's threads do not survive fork
+    init = (settings, factory, degradation)
+    results: dict[int, ClipResult] = {}
+    suspects: list[_Job] = []
+    bar = tqdm(total=len(jobs), desc="evaluate", unit="clip", disable=not progress)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
+        futures = {pool.submit(_worker_scan, job): job for job in jobs}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                results[job.index] = fut.result()
+                bar.update()
+            except BrokenProcessPool:
+                suspects.append(job)
+    for job in sorted(suspects, key=lambda j: j.index):
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init, initargs=init) as alone:
+            try:
+                results[job.index] = alone.submit(_worker_scan, job).result()
+            except BrokenProcessPool:
+                logger.warning("could not scan %s: its worker process died", job.rel)
+                group = job.rel.split("/")[0] if "/" in job.rel else ""
+                results[job.index] = ClipResult(job.rel, job.label, group, job.method, None, "error", None, 0, 0.0, None, ("error:worker process died while scanning this clip",))
+        bar.update()
+    bar.close()
+    return results
 
 
 def evaluate(
@@ -176,42 +276,35 @@ def evaluate(
     *,
     detector_factory: Callable[[], Detector] | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> EvalReport:
     """Scan every clip of ``manifest`` (paths relative to ``root``) with the service's
     streaming pipeline; ``degrade`` (e.g. ``300k``, ``360p``, ``noise``, ``all``) re-encodes each
-    clip first."""
+    clip first. ``workers`` > 1 scans clips in that many processes; every clip gets a fresh
+    detector and face tracker either way, so the results are the same. A custom
+    ``detector_factory`` must then be picklable (a module-level function)."""
     from tqdm import tqdm
 
     from monitor.components import detector_factory as default_factory
-    from monitor.pipeline.offline import scan
-    from monitor.training.degrade import degrade_clip, parse_degradation
+    from monitor.training.degrade import parse_degradation
 
     rows = read_manifest(manifest)
-    make = detector_factory or default_factory(settings)
     deg = parse_degradation(degrade) if degrade else None
     threshold = settings.policy.alert_enter
-    results: list[ClipResult] = []
     with tempfile.TemporaryDirectory(prefix="monitor-eval-") as tmp:
-        for i, row in enumerate(tqdm(rows, desc="evaluate", unit="clip", disable=not progress)):
-            rel = row["path"]
-            path = root / rel
-            label = row["label"].strip().lower()
-            group = rel.split("/")[0] if "/" in rel else ""
-            method = (row.get("method") or "").strip()
-            try:
-                if deg is not None:
-                    path = degrade_clip(path, Path(tmp) / f"{i}.mp4", deg, seed=i)
-                res = scan(str(path), settings, make())
-            except Exception as exc:  # one unreadable clip is a reported failure, not a crash
-                logger.warning("could not scan %s: %s", rel, exc)
-                results.append(ClipResult(rel, label, group, method, None, "error", None, 0, 0.0, None, (f"error:{type(exc).__name__}: {exc}",)))
-                continue
-            ttd = None
-            if res.first_alert_t is not None and res.first_face_t is not None:
-                ttd = round(max(0.0, res.first_alert_t - res.first_face_t), 3)
-            results.append(
-                ClipResult(rel, label, group, method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, res.reasons)
-            )
+        jobs = [
+            _Job(i, row["path"], root / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), Path(tmp) / f"{i}.mp4" if deg else None)
+            for i, row in enumerate(rows)
+        ]
+        if workers > 1 and detector_factory is not None and not _picklable(detector_factory):
+            logger.warning("detector_factory cannot be sent to worker processes (not picklable): scanning in this process")
+            workers = 1
+        if workers > 1 and len(jobs) > 1:
+            done = _scan_parallel(jobs, settings, detector_factory, deg, min(workers, len(jobs)), progress)
+            results = [done[job.index] for job in jobs]
+        else:
+            make = detector_factory or default_factory(settings)
+            results = [_scan_job(job, settings, make, deg) for job in tqdm(jobs, desc="evaluate", unit="clip", disable=not progress)]
     report = summarise(str(manifest), degrade, threshold, results)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

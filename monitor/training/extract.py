@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 # Faces are stored at this side with the service's crop framing; self-blending happens here,
 # above the 112 px the net reads, and the result is downscaled like the run-time crop.
 STORE_SIZE = 160
-CACHE_VERSION = "1"
+# 2: frames are shown as their display matrix says (portrait phone video was read lying down).
+CACHE_VERSION = "2"
 
 
 @dataclass(frozen=True, eq=False)

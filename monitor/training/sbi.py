@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from monitor.errors import InputError
 from monitor.training import synthesis as syn
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def build_pack(
     train = [c for c in clips if c.record.group not in held]
     n_folds = min(folds, len({c.record.group for c in train if not c.record.is_fake}))
     if n_folds < 2:
-        raise ValueError("the pack needs genuine clips from at least two groups (one per cross-fitting fold)")
+        raise InputError("the pack needs genuine clips from at least two groups (one per cross-fitting fold)")
     fold_of = {c.record.group: i for i, f in enumerate(split_folds(train, n_folds, seed)) for c in f}
 
     crops: list[np.ndarray] = []
@@ -171,7 +172,7 @@ class Pack:
         d = np.load(path)
         self.meta: dict = json.loads(str(d["meta"]))
         if self.meta.get("version") != PACK_VERSION:
-            raise ValueError(f"{path}: pack version {self.meta.get('version')}, expected {PACK_VERSION}")
+            raise InputError(f"{path}: pack version {self.meta.get('version')}, expected {PACK_VERSION}")
         for k in d.files:
             if k != "meta":
                 setattr(self, k, d[k])
@@ -281,13 +282,13 @@ def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fak
     fake_rows = None
     if fake_share > 0:
         if not hasattr(pack, "fake_fold"):
-            raise ValueError(f"{pack_path}: the pack has no training fakes; rebuild it with this version's `pack`")
+            raise InputError(f"{pack_path}: the pack has no training fakes; rebuild it with this version's `pack`")
         fake_rows = np.flatnonzero(pack.fake_fold != fold)
         if len(fake_rows) == 0:
-            raise ValueError(f"{pack_path}: no training fakes outside fold {fold}")
+            raise InputError(f"{pack_path}: no training fakes outside fold {fold}")
         partners = pack.fake_partner[fake_rows]
         if np.any(pack.fold[partners[partners >= 0]] == fold):
-            raise ValueError(f"{pack_path}: a training fake's original lies in fold {fold}; rebuild the pack")
+            raise InputError(f"{pack_path}: a training fake's original lies in fold {fold}; rebuild the pack")
     rng = np.random.default_rng([seed, fold + 1, worker])
     while True:
         yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share)
@@ -403,11 +404,11 @@ def fit(
     torch.manual_seed(seed)
     pack = Pack(pack_path)
     if arch not in ("cnn", "facemesh"):
-        raise ValueError(f"arch must be cnn or facemesh, not {arch!r}")
+        raise InputError(f"arch must be cnn or facemesh, not {arch!r}")
     if not 0.0 <= fake_share <= 1.0:
-        raise ValueError(f"fake_share must be within [0, 1], not {fake_share}")
+        raise InputError(f"fake_share must be within [0, 1], not {fake_share}")
     if fake_share > 0 and frames != 1:
-        raise ValueError("real fakes are sampled one frame at a time (frames 1)")
+        raise InputError("real fakes are sampled one frame at a time (frames 1)")
     if arch == "facemesh":
         widths = (0,)  # one architecture; the key keeps the "w<width>-fold<f>" layout
     folds = int(pack.meta["folds"])
@@ -518,14 +519,14 @@ def load_fold_models(path: Path, width: int, fold_of_group: dict[str, int]):  # 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
     if meta.get("arch", "cnn") != "cnn" or meta.get("single"):
-        raise ValueError(f"{path}: {meta.get('arch')} {'single model' if meta.get('single') else 'fold models'}; `monitor train` takes the cnn fold models")
+        raise InputError(f"{path}: {meta.get('arch')} {'single model' if meta.get('single') else 'fold models'}; `monitor train` takes the cnn fold models")
     if meta["fold_of_group"] != fold_of_group:
-        raise ValueError(f"{path}: trained on another fold split than this run's (same sources, hold-out and seed are needed)")
+        raise InputError(f"{path}: trained on another fold split than this run's (same sources, hold-out and seed are needed)")
     nets = []
     for f in range(int(meta["folds"])):
         key = f"w{width}-fold{f}"
         if key not in blob["state"]:
-            raise ValueError(f"{path}: no model {key}; it holds {sorted(blob['state'])}")
+            raise InputError(f"{path}: no model {key}; it holds {sorted(blob['state'])}")
         net = AppearanceNet(width)
         net.load_state_dict(blob["state"][key])
         nets.append(net.eval())

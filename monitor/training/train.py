@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -11,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.config import AnalysisConfig
 from monitor.detect.bundle import MODELS_DIR, Fusion, sha256_file, write_manifest
 from monitor.detect.features import GEOMETRY_DIM, colour_vector, geometry_vector
 from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
+from monitor.errors import InputError
 from monitor.training import synthesis as syn
 from monitor.training.datasets import ClipRecord, read_source
 from monitor.training.extract import FaceClip, load_or_extract
@@ -99,7 +101,7 @@ class Sampler:
         self.cfg = cfg
         self.rng = rng
         if not self.reals:
-            raise ValueError("training needs genuine clips (self-blending makes fakes from them)")
+            raise InputError("training needs genuine clips (self-blending makes fakes from them)")
 
     def _real_frame(self) -> tuple[np.ndarray, np.ndarray]:
         c = self.reals[self.rng.integers(len(self.reals))]
@@ -532,9 +534,9 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
     pretrained: list[torch.nn.Module] = []
     appearance_meta: dict[str, object] | None = None
     if config.finetune_appearance and config.appearance_from is None:
-        raise ValueError("--finetune-appearance needs --appearance-from")
+        raise InputError("--finetune-appearance needs --appearance-from")
     if config.appearance_from is not None and n_folds < 2:
-        raise ValueError("--appearance-from needs cross-fitting folds (at least two genuine groups)")
+        raise InputError("--appearance-from needs cross-fitting folds (at least two genuine groups)")
     if n_folds >= 2:
         folds = split_folds(clips, n_folds, config.seed)
         if config.appearance_from is not None:
@@ -622,8 +624,6 @@ HOLDOUT_PRESETS: dict[str, tuple[str, ...]] = {"dev-v1": DEV_HOLDOUT, "none": ()
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m monitor.training.train``: the same as ``monitor train``."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="monitor train", description="Train the temporal-v1 detector bundle.")
     ap.add_argument("--source", action="append", required=True, help="tsv:MANIFEST[:ROOT], ffpp:ROOT[:split], celebdf:ROOT, dfdc:METADATA.json, real:DIR (repeatable)")
     ap.add_argument("--holdout", action="append", default=[], help="a split group never trained on (repeatable)")
@@ -642,7 +642,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = TrainConfig(
+    try:
+        cfg = _config_from_args(args)
+    except ValidationError as exc:
+        raise InputError(str(exc)) from exc
+    print(run_training(cfg, fresh=args.fresh))
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
         sources=tuple(args.source),
         holdout_groups=tuple(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout])),
         out_dir=args.out,
@@ -657,7 +665,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         checkpoint_every=args.checkpoint_every,
         animated_stills=args.animated_stills,
     )
-    print(run_training(cfg, fresh=args.fresh))
 
 
 if __name__ == "__main__":

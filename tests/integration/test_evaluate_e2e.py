@@ -178,3 +178,34 @@ def test_animated_stills_add_fusion_windows_and_leave_the_rest_unchanged(dataset
     assert json.loads((tmp_path / "on/manifest.json").read_text())["train_config"]["animated_stills"] is True
     detector = TemporalDetector(TemporalDetector.Config(model_dir=tmp_path / "on"))
     assert np.isfinite(detector.fusion.intercept)
+
+
+def test_worker_processes_give_the_serial_results(dataset: Path, bundle: Path, settings: Settings, tmp_path: Path) -> None:
+    import functools
+
+    factory = functools.partial(TemporalDetector, TemporalDetector.Config(model_dir=bundle))
+    serial = evaluate(dataset / "eval.tsv", dataset, settings, None, None, detector_factory=factory, progress=False)
+    parallel = evaluate(dataset / "eval.tsv", dataset, settings, tmp_path / "p.json", None, detector_factory=factory, progress=False, workers=2)
+    assert parallel.clips == serial.clips  # same order, same scores, same errors
+    assert json.loads((tmp_path / "p.json").read_text())["clips"][3]["verdict"] == "error"
+
+
+def test_a_clip_that_kills_its_worker_is_an_error_and_nothing_else_is_lost(dataset: Path, settings: Settings, tmp_path: Path) -> None:
+    from tests.support import crashing_detector
+
+    root = tmp_path / "clips"
+    root.mkdir()
+    names = ["a.mp4", "crash.mp4", "b.mp4", "c.mp4"]
+    for name in names:
+        width = crashing_detector.CRASH_WIDTH if name == "crash.mp4" else 320
+        write_clip(root / name, 2.0, fps=10, width=width, height=240)
+    (root / "all.tsv").write_text("path\tlabel\n" + "".join(f"{n}\treal\n" for n in names))
+    (root / "safe.tsv").write_text("path\tlabel\n" + "".join(f"{n}\treal\n" for n in names if n != "crash.mp4"))
+    report = evaluate(root / "all.tsv", root, settings, None, None, detector_factory=crashing_detector.make, progress=False, workers=2)
+    by = {c.path: c for c in report.clips}
+    assert [c.path for c in report.clips] == names
+    assert by["crash.mp4"].verdict == "error" and "worker process died" in by["crash.mp4"].reasons[0]
+    # In-process (it would kill pytest on the marked clip): the other clips score the same.
+    safe = evaluate(root / "safe.tsv", root, settings, None, None, detector_factory=crashing_detector.make, progress=False)
+    assert [by[c.path] for c in safe.clips] == list(safe.clips)
+    assert all(c.score is not None for c in safe.clips)

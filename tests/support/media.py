@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -103,16 +102,24 @@ def _nal_types(data: bytes, avcc: bool) -> list[int]:
     return types
 
 
-def phone_clip(path: Path, frames: list[np.ndarray], fps: int, turns: int) -> Path:
-    """An mp4 stored the way phones record portrait video: the pixels are the upright
-    ``frames`` turned ``turns`` quarter turns counter-clockwise, and the track header's
-    display matrix (tkhd) tells players to turn them back."""
-    stored = [np.ascontiguousarray(np.rot90(f, turns)) for f in frames]
+def phone_clip(path: Path, frames: list[np.ndarray], fps: int, degrees: int, hflip: bool = False, vflip: bool = False) -> Path:
+    """An mp4 whose display matrix (written by FFmpeg through PyAV) says: turn the stored
+    pixels ``degrees`` counter-clockwise, then mirror them. The stored pixels are ``frames``
+    put through the inverse, so a player that honours the matrix shows ``frames`` again:
+    ``degrees=-90`` is how a phone held upright stores portrait video."""
+    stored = []
+    for f in frames:
+        if vflip:
+            f = f[::-1]
+        if hflip:
+            f = f[:, ::-1]
+        stored.append(np.ascontiguousarray(np.rot90(f, -round(degrees / 90))))
     h, w = stored[0].shape[:2]
     with av.open(os.fspath(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = Fraction(1, fps)
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
         for i, img in enumerate(stored):
             vf = av.VideoFrame.from_ndarray(img, format="rgb24")
             vf.pts, vf.time_base = i, Fraction(1, fps)
@@ -120,14 +127,4 @@ def phone_clip(path: Path, frames: list[np.ndarray], fps: int, turns: int) -> Pa
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    data = bytearray(path.read_bytes())
-    at = data.rfind(b"tkhd")  # PyAV writes moov (with the one track header) after the media
-    assert at > 0 and data[at + 4] == 0, "expected a version-0 tkhd"
-    # version/flags 4, times and ids 20, reserved 8, layer/group/volume/reserved 8: matrix.
-    matrix = at + 4 + 4 + 20 + 8 + 8
-    # FFmpeg's display matrix rotates by theta counter-clockwise; upright = rot90(stored, -turns).
-    cos, sin = [(1, 0), (0, -1), (-1, 0), (0, 1)][turns % 4]
-    one = 1 << 16
-    struct.pack_into(">9i", data, matrix, cos * one, -sin * one, 0, sin * one, cos * one, 0, 0, 0, 1 << 30)
-    path.write_bytes(bytes(data))
     return path

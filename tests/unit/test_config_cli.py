@@ -78,7 +78,8 @@ def test_unknown_and_bad_keys_are_named(tmp_path: Path, served: list[Settings], 
         (["evaluate", "{ok}", "--degrade", "5x"], "unknown degradation '5x'"),
         (["train", "--source", "tsv:{bad}", "--out", "{tmp}/b"], "bad.tsv:2: label 'maybe'"),
         (["train", "--source", "nope:x", "--out", "{tmp}/b"], "unknown training source 'nope:x'"),
-        (["train", "--source", "tsv:{tmp}/missing.tsv", "--out", "{tmp}/b"], "No such file or directory"),
+        (["train", "--source", "tsv:{tmp}/missing.tsv", "--out", "{tmp}/b"], "missing.tsv: No such file or directory"),
+        (["train", "--source", "tsv:{ok}", "--out", "{tmp}/b", "--width", "4"], "width"),
         (["sbi", "pack", "--source", "tsv:{bad}", "--out", "{tmp}/p.npz"], "bad.tsv:2: label 'maybe'"),
     ],
 )
@@ -90,3 +91,18 @@ def test_training_commands_reject_bad_input_with_a_one_line_error(tmp_path: Path
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.output + r.stderr
+
+
+def test_a_bug_in_training_is_not_dressed_up_as_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only InputError (and OS errors) become a one-line `error:`; any other exception keeps
+    its traceback, so a defect is not mistaken for a user's mistake."""
+    from monitor.training import train
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(train, "run_training", broken)
+    (tmp_path / "ok.tsv").write_text("path\tlabel\na.mp4\treal\n")
+    r = CliRunner().invoke(app, ["train", "--source", f"tsv:{tmp_path / 'ok.tsv'}", "--out", str(tmp_path / "b")])
+    assert isinstance(r.exception, ValueError) and r.exit_code == 1
+    assert "error: operands" not in r.stderr

@@ -162,3 +162,21 @@ def test_low_quality_faces_are_inconclusive_with_reasons(metrics: Metrics) -> No
 def test_redact_url() -> None:
     assert redact_url("rtsp://admin:hunter2@cam.local:554/s") == "rtsp://***@cam.local:554/s"
     assert redact_url("rtsp://cam.local/s") == "rtsp://cam.local/s"
+
+
+@pytest.mark.parametrize(
+    ("codes", "reason"),
+    [
+        # quality_reasons puts low_quality before every specific code: it must not win the tie.
+        (["low_quality", "low_resolution"] * 5, "low_resolution"),
+        (["low_quality", "blurred", "low_quality", "blurred", "low_quality", "low_resolution"], "blurred"),
+        (["low_quality"], "low_quality"),
+        (["window_too_short", "occluded", "window_too_short"], "window_too_short"),
+        (["blurred", "occluded"], "blurred"),  # a tie goes to the reason seen first
+        ([], "too_short"),
+    ],
+)
+def test_dominant_reason_is_specific_and_deterministic(codes: list[str], reason: str) -> None:
+    from monitor.pipeline.offline import dominant_reason
+
+    assert dominant_reason(codes) == reason

@@ -1,4 +1,4 @@
-"""Portrait phone video: frames are turned upright from the container's display matrix."""
+"""Portrait and mirrored phone video: frames are shown as the container's display matrix says."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from monitor.config import AnalysisConfig
 from monitor.faces import FaceTracker
 from monitor.sources.av_source import sample_video
 from monitor.training.degrade import Degradation, degrade_clip
-from monitor.types import Frame, display_turns
+from monitor.types import Frame, matrix_orientation
 from tests.support.media import phone_clip
 
 ASSET = Path(__file__).resolve().parents[2] / "monitor" / "assets" / "astronaut.png"
@@ -31,17 +31,30 @@ def bright_centre(rgb: np.ndarray) -> tuple[float, float]:
     return float(xs.mean()) / rgb.shape[1], float(ys.mean()) / rgb.shape[0]
 
 
-@pytest.mark.parametrize(("rotation", "turns"), [(0, 0), (-90, 3), (90, 1), (180, 2), (-180, 2), (-89.6, 3), (None, 0)])
-def test_display_turns(rotation: float | None, turns: int) -> None:
-    assert display_turns(rotation) == turns
+# Every orientation a display matrix can express: (degrees, hflip, vflip).
+ORIENTATIONS = [(d, h, v) for d in (0, 90, 180, -90) for h in (False, True) for v in (False, True) if not (h and v)]
 
 
-@pytest.mark.parametrize("turns", [1, 2, 3])
-def test_scanned_frames_are_upright(tmp_path: Path, turns: int) -> None:
-    clip = phone_clip(tmp_path / "phone.mp4", marker_frames(), 10, turns)
-    with av.open(str(clip)) as c:  # the fixture really is stored turned, with a matrix
-        raw = next(c.decode(video=0))
-        assert raw.rotation != 0 and (raw.width, raw.height) == ((64, 96) if turns % 2 else (96, 64))
+@pytest.mark.parametrize(
+    ("matrix", "expected"),
+    [
+        ((1, 0, 0, 0, 1, 0, 0, 0, 1), None),
+        ((0, 1, 0, -1, 0, 0, 0, 0, 1), (True, False, True)),  # phone upright: turn clockwise
+        ((-1, 0, 0, 0, 1, 0, 0, 0, 1), (False, False, True)),  # mirror only (FFmpeg reads -180)
+        ((1, 0, 0, 0, -1, 0, 0, 0, 1), (False, True, False)),  # upside-down mirror (reads 0)
+        ((0.6, 0.8, 0, -0.8, 0.6, 0, 0, 0, 1), (True, False, True)),  # 53 degrees: nearest quarter
+    ],
+)
+def test_matrix_orientation(matrix: tuple[float, ...], expected: tuple[bool, bool, bool] | None) -> None:
+    assert matrix_orientation([v * 65536 for v in matrix]) == expected
+
+
+@pytest.mark.parametrize(("degrees", "hflip", "vflip"), ORIENTATIONS)
+def test_scanned_frames_are_shown_as_the_matrix_says(tmp_path: Path, degrees: int, hflip: bool, vflip: bool) -> None:
+    clip = phone_clip(tmp_path / "phone.mp4", marker_frames(), 10, degrees, hflip, vflip)
+    if degrees % 180:  # the fixture really is stored turned
+        with av.open(str(clip)) as c:
+            assert next(c.decode(video=0)).width == 64
     frames = list(sample_video(str(clip), 10.0))
     assert len(frames) == 6
     for frame in frames:
@@ -49,15 +62,16 @@ def test_scanned_frames_are_upright(tmp_path: Path, turns: int) -> None:
         assert (frame.width, frame.height) == (96, 64) and rgb.shape == (64, 96, 3)
         assert not rgb.flags.writeable
         x, y = bright_centre(rgb)
-        assert x < 0.25 and y < 0.25, (turns, x, y)
+        assert x < 0.25 and y < 0.25, (degrees, hflip, vflip, x, y)
 
 
-def test_degraded_copy_is_written_upright(tmp_path: Path) -> None:
-    clip = phone_clip(tmp_path / "phone.mp4", marker_frames(), 10, 1)
+@pytest.mark.parametrize(("degrees", "hflip", "vflip"), [(-90, False, False), (0, True, False), (90, False, True)])
+def test_degraded_copy_is_written_as_displayed(tmp_path: Path, degrees: int, hflip: bool, vflip: bool) -> None:
+    clip = phone_clip(tmp_path / "phone.mp4", marker_frames(), 10, degrees, hflip, vflip)
     out = degrade_clip(clip, tmp_path / "degraded.mp4", Degradation(bitrate=300_000))
     with av.open(str(out)) as c:
         frame = next(c.decode(video=0))
-        assert frame.rotation == 0
+        assert frame.side_data.get("DISPLAYMATRIX") is None
         rgb = frame.to_ndarray(format="rgb24")
     assert rgb.shape == (64, 96, 3)
     x, y = bright_centre(rgb)
@@ -76,7 +90,7 @@ def test_face_in_portrait_phone_video_is_found_where_it_is_upright(tmp_path: Pat
     """The astronaut filmed 'portrait': stored lying on her side, displayed upright."""
     bgr = cv2.imread(str(ASSET), cv2.IMREAD_COLOR)
     upright = np.ascontiguousarray(cv2.resize(bgr[:, :, ::-1], (256, 256))[:, 16:240])  # 224 wide, 256 high
-    clip = phone_clip(tmp_path / "phone.mp4", [upright] * 3, 10, 1)
+    clip = phone_clip(tmp_path / "phone.mp4", [upright] * 3, 10, -90)
     expected = _faces(upright)
     assert len(expected) == 1
     frames = list(sample_video(str(clip), 10.0))

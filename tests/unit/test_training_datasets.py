@@ -138,3 +138,28 @@ def test_tsv_short_row_and_empty_path_are_reported_by_line(tmp_path: Path) -> No
     (tmp_path / "nopath.tsv").write_text("path\tlabel\n\treal\n")
     with pytest.raises(ValueError, match=r"nopath.tsv:2: empty path"):
         read_manifest(tmp_path / "nopath.tsv")
+
+
+def test_tsv_errors_name_the_real_line_after_blank_lines(tmp_path: Path) -> None:
+    (tmp_path / "gaps.tsv").write_text("\npath\tlabel\n\n\na.mp4\treal\nb.mp4\tfkae\n")
+    with pytest.raises(ValueError, match=r"gaps.tsv:6: label 'fkae'"):
+        read_tsv(tmp_path / "gaps.tsv")
+    from monitor.training.evaluate import read_manifest
+
+    with pytest.raises(ValueError, match=r"gaps.tsv:6: label 'fkae'"):
+        read_manifest(tmp_path / "gaps.tsv")
+
+
+def test_tsv_quotes_are_text_and_bad_files_are_input_errors(tmp_path: Path) -> None:
+    from monitor.errors import InputError
+
+    (tmp_path / "q.tsv").write_text('path\tlabel\tnote\na.mp4\treal\t"a stray quote\nb.mp4\tfake\tx\n')
+    recs = read_tsv(tmp_path / "q.tsv", tmp_path)
+    assert [r.rel for r in recs] == ["a.mp4", "b.mp4"]
+    (tmp_path / "utf16.tsv").write_bytes("path\tlabel\na.mp4\treal\n".encode("utf-16"))
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        read_tsv(tmp_path / "utf16.tsv")
+    with pytest.raises(InputError, match="No such file"):
+        read_source(f"tsv:{tmp_path / 'missing.tsv'}")
+    with pytest.raises(InputError, match="no_such_dir"):
+        read_source(f"dfdc:{tmp_path / 'no_such_dir' / 'metadata.json'}")
