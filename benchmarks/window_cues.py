@@ -5,7 +5,7 @@ animated stills made from the held-out genuine clips (the talking-head proxy of
 Run (faces cached by `monitor train`, otherwise extracted first, ~13 min):
     .venv/bin/python benchmarks/window_cues.py --data ../shared/data/dev --cache-dir /tmp/cache/train
 
-For every dev-v1 held-out clip, the service's 8 s windows (one every 0.5 s) are computed with a
+For every clip the bundle held out (dev-v1 for temporal-v1), the service's 8 s windows (one every 0.5 s) are computed with a
 bundle's nets, exactly as training computes the fusion's inputs, and averaged per clip. The
 table gives each set's mean and standard deviation per cue, and the clip AUC of SadTalker and
 of the stills against the held-out genuine clips (above 0.5: the cue is higher on them).
@@ -35,7 +35,7 @@ from monitor.detect.temporal import FEATURE_NAMES
 from monitor.training import synthesis as syn
 from monitor.training.datasets import read_source
 from monitor.training.evaluate import roc_auc
-from monitor.training.train import DEV_HOLDOUT, TrainConfig, clip_cues, clip_windows, load_clips, torch_app, torch_geo
+from monitor.training.train import TrainConfig, clip_cues, clip_windows, load_clips, torch_app, torch_geo
 
 WINDOW_S = 8.0  # as monitor train's fusion windows
 
@@ -58,7 +58,7 @@ def main() -> None:
     app.eval()
     geo.eval()
     run_app, run_geo = torch_app(app), torch_geo(geo)
-    held = set(DEV_HOLDOUT)
+    held = set(manifest["train_config"]["holdout_groups"])  # the bundle's own hold-out
     sets: dict[str, list[list[float]]] = {"held-out genuine": [], "SadTalker": [], "held-out live swaps": [], "animated stills of held-out genuine": []}
     rng = np.random.default_rng(0)
     for c in clips:

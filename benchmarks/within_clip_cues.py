@@ -41,7 +41,7 @@ from monitor.faces.quality import head_angles_deg
 from monitor.training.datasets import read_source
 from monitor.training.evaluate import roc_auc
 from monitor.training.synthesis import to_input
-from monitor.training.train import DEV_HOLDOUT, Clip, TrainConfig, load_clips, split_folds
+from monitor.training.train import Clip, TrainConfig, load_clips, split_folds
 
 # MediaPipe face-oval landmarks: the hull of the face below the hairline.
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -123,11 +123,13 @@ def main() -> None:
     torch.set_num_threads(1)
     source = f"tsv:{args.data / 'MANIFEST.tsv'}:{args.data}"
     clips = load_clips(read_source(source), TrainConfig(sources=(source,), cache_dir=args.cache_dir), AnalysisConfig(), progress=False)
-    held = set(DEV_HOLDOUT)
-    # The bundle's members are its cross-fitting fold models; the same split says which is out of fold.
-    folds = split_folds([c for c in clips if c.record.group not in held], 2, 0)
-    fold_of = {id(c): k for k, fold in enumerate(folds) for c in fold}
     manifest = json.loads((args.bundle / "manifest.json").read_text())
+    train_config = manifest["train_config"]
+    held = set(train_config["holdout_groups"])
+    # The bundle's members are its cross-fitting fold models; its own split (groups, folds,
+    # seed) says which member did not train on a clip.
+    folds = split_folds([c for c in clips if c.record.group not in held], manifest["members"], train_config["seed"])
+    fold_of = {id(c): k for k, fold in enumerate(folds) for c in fold}
     ens = AppearanceEnsemble(manifest["appearance_width"], manifest["members"])
     ens.load_state_dict(torch.load(args.bundle / "appearance.pt", weights_only=True))
     ens.eval()

@@ -107,7 +107,9 @@ def _auc_statistic(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarr
 def auc_interval(y: Sequence[bool], s: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
     """Percentile interval of the AUC from a stratified bootstrap (fakes and genuine clips
     resampled separately, as the field reports it for video-level AUC); seeded, so a report
-    is reproducible. None when either class has fewer than AUC_CI_MIN_PER_CLASS clips."""
+    is reproducible. None when either class has fewer than AUC_CI_MIN_PER_CLASS clips. It
+    describes the resampling of these clips only: a perfectly separated set gives (1, 1), which
+    says nothing about footage unlike it."""
     from scipy.stats import bootstrap
 
     ya, sa = np.asarray(y, bool), np.asarray(s, float)
