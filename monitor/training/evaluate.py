@@ -185,13 +185,19 @@ class _Job:
     method: str
     degraded_to: Path | None  # where the degraded copy goes, when degrading
 
+    @property
+    def group(self) -> str:
+        return self.rel.split("/")[0] if "/" in self.rel else ""
+
+    def failed(self, reason: str) -> ClipResult:
+        return ClipResult(self.rel, self.label, self.group, self.method, None, "error", None, 0, 0.0, None, (reason,))
+
 
 def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degradation: Degradation | None) -> ClipResult:
     """Scan one clip; any failure of that clip is its result, never an exception."""
     from monitor.pipeline.offline import scan
     from monitor.training.degrade import degrade_clip
 
-    group = job.rel.split("/")[0] if "/" in job.rel else ""
     try:
         path = job.path
         if degradation is not None and job.degraded_to is not None:
@@ -199,11 +205,11 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
         res = scan(str(path), settings, make())
     except Exception as exc:  # one unreadable clip is a reported failure, not a crash
         logger.warning("could not scan %s: %s", job.rel, exc)
-        return ClipResult(job.rel, job.label, group, job.method, None, "error", None, 0, 0.0, None, (f"error:{type(exc).__name__}: {exc}",))
+        return job.failed(f"error:{type(exc).__name__}: {exc}")
     ttd = None
     if res.first_alert_t is not None and res.first_face_t is not None:
         ttd = round(max(0.0, res.first_alert_t - res.first_face_t), 3)
-    return ClipResult(job.rel, job.label, group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, res.reasons)
+    return ClipResult(job.rel, job.label, job.group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, res.reasons)
 
 
 def _picklable(obj: object) -> bool:
@@ -262,8 +268,7 @@ def _scan_parallel(jobs: Sequence[_Job], settings: Settings, factory: Callable[[
                 results[job.index] = alone.submit(_worker_scan, job).result()
             except BrokenProcessPool:
                 logger.warning("could not scan %s: its worker process died", job.rel)
-                group = job.rel.split("/")[0] if "/" in job.rel else ""
-                results[job.index] = ClipResult(job.rel, job.label, group, job.method, None, "error", None, 0, 0.0, None, ("error:worker process died while scanning this clip",))
+                results[job.index] = job.failed("error:worker process died while scanning this clip")
         bar.update()
     bar.close()
     return results
@@ -298,6 +303,9 @@ def evaluate(
             _Job(i, row["path"], root / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), Path(tmp) / f"{i}.mp4" if deg else None)
             for i, row in enumerate(rows)
         ]
+        # Resolved here in any case, so that a bad detector configuration fails at once,
+        # not in every worker.
+        make = detector_factory or default_factory(settings)
         if workers > 1 and detector_factory is not None and not _picklable(detector_factory):
             logger.warning("detector_factory cannot be sent to worker processes (not picklable): scanning in this process")
             workers = 1
@@ -305,7 +313,6 @@ def evaluate(
             done = _scan_parallel(jobs, settings, detector_factory, deg, min(workers, len(jobs)), progress)
             results = [done[job.index] for job in jobs]
         else:
-            make = detector_factory or default_factory(settings)
             results = [_scan_job(job, settings, make, deg) for job in tqdm(jobs, desc="evaluate", unit="clip", disable=not progress)]
     report = summarise(str(manifest), degrade, threshold, results)
     if json_out is not None:
