@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,14 @@ def test_parse_degradation(spec: str, expected: Degradation) -> None:
 def test_parse_degradation_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="unknown degradation"):
         parse_degradation("blur")
+
+
+def test_a_bad_detector_configuration_fails_before_any_worker_starts(tmp_path: Path) -> None:
+    from monitor.config import Settings
+    from monitor.errors import ConfigError
+    from monitor.training.evaluate import evaluate
+
+    (tmp_path / "m.tsv").write_text("path\tlabel\na.mp4\treal\nb.mp4\tfake\n")
+    settings = Settings.model_validate({"detector": {"name": "no-such-detector"}})
+    with pytest.raises(ConfigError, match="no-such-detector"):
+        evaluate(tmp_path / "m.tsv", tmp_path, settings, None, None, progress=False, workers=2)
