@@ -309,8 +309,13 @@ def evaluate(
         if workers > 1 and detector_factory is not None and not _picklable(detector_factory):
             logger.warning("detector_factory cannot be sent to worker processes (not picklable): scanning in this process")
             workers = 1
+        done: dict[int, ClipResult] | None = None
         if workers > 1 and len(jobs) > 1:
-            done = _scan_parallel(jobs, settings, detector_factory, deg, min(workers, len(jobs)), progress)
+            try:
+                done = _scan_parallel(jobs, settings, detector_factory, deg, min(workers, len(jobs)), progress)
+            except (OSError, ImportError, NotImplementedError) as exc:  # no processes here (no /dev/shm, a sandbox)
+                logger.warning("cannot start worker processes (%s): scanning in this process", exc)
+        if done is not None:
             results = [done[job.index] for job in jobs]
         else:
             results = [_scan_job(job, settings, make, deg) for job in tqdm(jobs, desc="evaluate", unit="clip", disable=not progress)]

@@ -209,3 +209,20 @@ def test_a_clip_that_kills_its_worker_is_an_error_and_nothing_else_is_lost(datas
     safe = evaluate(root / "safe.tsv", root, settings, None, None, detector_factory=crashing_detector.make, progress=False)
     assert [by[c.path] for c in safe.clips] == list(safe.clips)
     assert all(c.score is not None for c in safe.clips)
+
+
+def test_without_worker_processes_evaluate_scans_in_process(tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import concurrent.futures
+
+    from tests.support import crashing_detector
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno 38] Function not implemented (sem_open)")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", unavailable)
+    for name in ("a.mp4", "b.mp4"):
+        write_clip(tmp_path / name, 1.5, fps=10, width=320, height=240)
+    (tmp_path / "m.tsv").write_text("path\tlabel\na.mp4\treal\nb.mp4\tfake\n")
+    report = evaluate(tmp_path / "m.tsv", tmp_path, settings, None, None, detector_factory=crashing_detector.make, progress=False, workers=2)
+    assert [c.score is not None for c in report.clips] == [True, True]
+    assert "cannot start worker processes" in caplog.text
