@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Degradation:
     bitrate: int | None = None  # bit/s of an H.264 re-encode
-    height: int | None = None  # downscale to this many lines (never upscale)
+    short_side: int | None = None  # downscale until the shorter side is this long (never upscale): 360p is 640x360, or 360x640 portrait
     noise_sigma: float = 0.0  # Gaussian noise, grey levels
 
     @property
@@ -28,8 +28,8 @@ class Degradation:
         parts = []
         if self.bitrate:
             parts.append(f"{self.bitrate // 1000}k")
-        if self.height:
-            parts.append(f"{self.height}p")
+        if self.short_side:
+            parts.append(f"{self.short_side}p")
         if self.noise_sigma:
             parts.append(f"noise{self.noise_sigma:g}")
         return "+".join(parts) or "none"
@@ -40,20 +40,20 @@ def parse_degradation(spec: str) -> Degradation:
     if spec == "all":
         spec = "300k+360p+noise"
     bitrate: int | None = None
-    height: int | None = None
+    short_side: int | None = None
     noise = 0.0
     for part in spec.lower().split("+"):
         if part.endswith("k") and part[:-1].isdigit():
             bitrate = int(part[:-1]) * 1000
         elif part.endswith("p") and part[:-1].isdigit():
-            height = int(part[:-1])
+            short_side = int(part[:-1])
         elif part.startswith("noise"):
             noise = float(part[5:] or 8.0)
         else:
             raise InputError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise, or all")
-    if bitrate is None and (height or noise):
+    if bitrate is None and (short_side or noise):
         bitrate = 2_000_000  # the copy has to be encoded somehow; high enough not to matter
-    return Degradation(bitrate, height, noise)
+    return Degradation(bitrate, short_side, noise)
 
 
 def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
@@ -73,9 +73,10 @@ def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
                 if o:  # the copy carries no display matrix, so it is written as displayed
                     img = orient(img, o)
                 h, w = img.shape[:2]
-                if d.height and h > d.height:
-                    nw = int(round(w * d.height / h / 2)) * 2
-                    img = cv2.resize(img, (nw, d.height), interpolation=cv2.INTER_AREA)
+                if d.short_side and min(h, w) > d.short_side:
+                    scale = d.short_side / min(h, w)
+                    size = (int(round(w * scale / 2)) * 2, int(round(h * scale / 2)) * 2)
+                    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
                 if d.noise_sigma:
                     img = np.clip(img + rng.normal(0, d.noise_sigma, img.shape), 0, 255).astype(np.uint8)
                 h2, w2 = img.shape[:2]

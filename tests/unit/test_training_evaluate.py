@@ -117,3 +117,17 @@ def test_a_bad_detector_configuration_fails_before_any_worker_starts(tmp_path: P
     settings = Settings.model_validate({"detector": {"name": "no-such-detector"}})
     with pytest.raises(ConfigError, match="no-such-detector"):
         evaluate(tmp_path / "m.tsv", tmp_path, settings, None, None, progress=False, workers=2)
+
+
+@pytest.mark.parametrize(("size", "expected"), [((800, 480), (600, 360)), ((480, 800), (360, 600)), ((320, 240), (320, 240))])
+def test_360p_means_the_shorter_side_in_portrait_too(tmp_path: Path, size: tuple[int, int], expected: tuple[int, int]) -> None:
+    import av
+
+    from monitor.sources.demo_media import write_clip
+    from monitor.training.degrade import degrade_clip
+
+    clip = write_clip(tmp_path / "in.mp4", 0.5, fps=10, width=size[0], height=size[1])
+    out = degrade_clip(clip, tmp_path / "out.mp4", parse_degradation("360p"))
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+    assert (frame.width, frame.height) == expected
