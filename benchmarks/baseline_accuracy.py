@@ -161,8 +161,8 @@ def sampled_frames(path: Path) -> Iterator[Frame]:
                 continue
             while next_t <= t + 1e-6:
                 next_t += 1.0 / FPS
-            rgb = readonly(decoded.to_ndarray(format="rgb24"))
-            yield Frame("bench", index, t, 0.0, decoded.width, decoded.height, rgb)
+            shown = Frame.from_decoded("bench", index, t, 0.0, decoded)  # as its display matrix says
+            yield Frame("bench", index, t, 0.0, shown.width, shown.height, shown.rgb())
 
 
 def extract(clip: Clip) -> Extracted:
