@@ -99,8 +99,8 @@ def test_face_in_portrait_phone_video_is_found_where_it_is_upright(tmp_path: Pat
         faces = _faces(frame.rgb())
         assert len(faces) == 1
         assert np.allclose(faces[0].bbox, expected[0].bbox, atol=6), (faces[0].bbox, expected[0].bbox)
-    # Control: the stored pixels show the face on its side; without the turn it is missed
-    # or found only with a strongly rolled, occluded-looking mesh.
+    # Control: in the stored pixels the face lies on its side. MediaPipe may still find it
+    # there, but not where the viewer sees it, so the boxes above come from the turn.
     with av.open(str(clip)) as c:
         lying = _faces(next(c.decode(video=0)).to_ndarray(format="rgb24"))
     assert not lying or not np.allclose(lying[0].bbox, expected[0].bbox, atol=6)
