@@ -2,7 +2,8 @@
 
 Run: OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/detector_accuracy.py \
         ../shared/data/dev/MANIFEST.tsv --root ../shared/data/dev [--degrade all] [--model-dir DIR]
-``--workers N`` scans N clips at once (default: the CPU count); the results do not depend on it.
+``--workers N`` scans N clips at once (default: the CPUs available, at most 8); the results do not
+depend on it.
 ``--from-json benchmarks/results/detector_accuracy.json`` (no manifest needed) rebuilds the
 tables from a saved evaluation instead of scanning every clip again.
 Evaluates with the service's offline scan (monitor.training.evaluate), then reports the clips of
@@ -30,7 +31,7 @@ from monitor.config import load_settings  # noqa: E402
 from monitor.detect.bundle import MODELS_DIR  # noqa: E402
 from monitor.detect.temporal import TemporalDetector  # noqa: E402
 from monitor.training.datasets import identity_group  # noqa: E402
-from monitor.training.evaluate import ClipResult, evaluate, format_ci, format_report, metrics, summarise  # noqa: E402
+from monitor.training.evaluate import ClipResult, default_workers, evaluate, format_ci, format_report, metrics, summarise  # noqa: E402
 
 
 def split_report(clips: list[ClipResult], held: set[str], threshold: float) -> list[str]:
@@ -69,7 +70,7 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--from-json", type=Path, default=None, help="A saved evaluation (this script's or `monitor evaluate --json`): tables only, no scan; its degradation names the output.")
-    ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="clips scanned at once, one process each")
+    ap.add_argument("--workers", type=int, default=default_workers(), help="clips scanned at once, one process each (default: the CPUs available, at most 8)")
     args = ap.parse_args()
     model_dir = args.model_dir or MODELS_DIR / "temporal-v1"
     meta = json.loads((model_dir / "manifest.json").read_text())

@@ -194,14 +194,14 @@ def evaluate(
     root: Optional[Path] = typer.Option(None, help="Directory the manifest's paths are relative to (default: the manifest's directory)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every clip's score, verdict, time to detect and alerts here."),
     degrade: Optional[str] = typer.Option(None, help="Evaluate degraded copies: 300k, 360p, noise or all."),
-    workers: int = typer.Option(min(os.cpu_count() or 1, 8), min=1, help="Clips scanned at once, one process each (default: the CPU count, at most 8); results do not depend on it."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Clips scanned at once, one process each (default: the CPUs available, at most 8); results do not depend on it."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Run the streaming pipeline over every clip of a manifest; report AUC, EER, accuracy,
     time to detect and false alarms per hour, overall and per group."""
     from monitor.config import load_settings
+    from monitor.training.evaluate import default_workers, format_report
     from monitor.training.evaluate import evaluate as run_evaluate
-    from monitor.training.evaluate import format_report
 
     try:
         settings = load_settings(config, demo=False)
@@ -209,7 +209,7 @@ def evaluate(
         _fail(exc)
     _setup_logging("WARNING")
     try:
-        report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade, workers=workers)
+        report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade, workers=workers or default_workers())
     except (MonitorError, OSError) as exc:  # InputError: a bad manifest row or --degrade spec
         _fail(exc)
     typer.echo(format_report(report))

@@ -85,7 +85,7 @@ def display_orientation(decoded: object) -> Orientation | None:
     data = side.get("DISPLAYMATRIX") if side is not None else None
     if data is None:
         return None
-    return matrix_orientation(np.frombuffer(bytes(data), "<i4"))
+    return matrix_orientation(np.frombuffer(bytes(data), np.int32))  # FFmpeg writes native int32
 
 
 def orient(image: np.ndarray, o: Orientation) -> np.ndarray:

@@ -70,20 +70,27 @@ def _pair_of(rel: str, known: set[str]) -> str | None:
     return None
 
 
+def _unquote(cell: str) -> str:
+    """A cell a spreadsheet quoted whole (``"a b.mp4"``, inner quotes doubled) as its text."""
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        return cell[1:-1].replace('""', '"')
+    return cell
+
+
 def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     """``(line number, row)`` for each row of a TSV manifest whose header holds at least
     ``path`` and ``label``.
 
     UTF-8 text as spreadsheets export it is accepted: a byte-order mark, CRLF line ends, header
-    names in any case or padded with spaces, and blank lines. Cells are stripped. Quotes are
-    text, as in any TSV: a stray ``"`` cannot swallow the lines after it."""
+    names in any case or padded with spaces, blank lines, and cells quoted whole. Cells are
+    stripped. Other quotes are text, as in any TSV: a stray ``"`` cannot swallow the lines after it."""
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             header: list[str] = []
             rows: list[tuple[int, dict[str, str]]] = []
             for r in reader:
-                cells = [v.strip() for v in r]
+                cells = [_unquote(v.strip()) for v in r]
                 if not any(cells):
                     continue
                 if not header:
@@ -135,7 +142,10 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
     """FaceForensics++ folder layout with the official splits (``splits/{train,val,test}.json``,
     lists of [target, source] id pairs): originals from ``original_sequences/youtube/<c>/videos``,
     fakes ``<target>_<source>.mp4`` from ``manipulated_sequences/<method>/<c>/videos``."""
-    pairs = json.loads((root / "splits" / f"{split}.json").read_text())
+    split_file = root / "splits" / f"{split}.json"
+    pairs = json.loads(split_file.read_text())
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, str) for i in p) for p in pairs):
+        raise InputError(f"{split_file}: expected a list of [target, source] id pairs, as FF++'s official splits are")
     ids = sorted({i for p in pairs for i in p})
     # Both videos of a pair (and every fake made from them) share one group.
     group_of = {i: f"ffpp:{min(a, b)}" for a, b in pairs for i in (a, b)}
@@ -164,10 +174,14 @@ def read_celebdf(root: Path, test_list: Path | None = None) -> list[ClipRecord]:
     1 = real); the identity (``idN``) is the split group."""
     test_list = test_list or root / "List_of_testing_videos.txt"
     out = []
-    for line in test_list.read_text().splitlines():
+    for number, line in enumerate(test_list.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        flag, rel = line.split(maxsplit=1)
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2 or fields[0] not in ("0", "1"):
+            raise InputError(f"{test_list}:{number}: expected '<1|0> <relative path>', got {line.strip()!r}")
+        flag, rel = fields
+        rel = rel.strip()
         name = Path(rel).stem
         group = "celebdf:" + name.split("_")[0]
         label: Label = "real" if flag.strip() == "1" else "fake"
@@ -180,6 +194,8 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
     """A DFDC part folder's ``metadata.json`` ({file: {label: REAL|FAKE, original}}); a fake
     is grouped with its original so both fall on one side of a split."""
     data = json.loads(metadata.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise InputError(f"{metadata}: expected DFDC's {{file: {{label, original}}}} object")
     root = metadata.parent
     out = []
     for name, info in sorted(data.items()):

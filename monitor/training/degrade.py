@@ -35,6 +35,14 @@ class Degradation:
         return "+".join(parts) or "none"
 
 
+def _noise_sigma(text: str) -> float | None:
+    try:
+        sigma = float(text or 8.0)
+    except ValueError:
+        return None
+    return sigma if 0 < sigma <= 128 else None
+
+
 def parse_degradation(spec: str) -> Degradation:
     """``300k``, ``360p``, ``noise`` (sigma 8) or ``noise5``, joined with ``+``; ``all`` is all three."""
     if spec == "all":
@@ -43,14 +51,14 @@ def parse_degradation(spec: str) -> Degradation:
     short_side: int | None = None
     noise = 0.0
     for part in spec.lower().split("+"):
-        if part.endswith("k") and part[:-1].isdigit():
+        if part.endswith("k") and part[:-1].isdigit() and int(part[:-1]) > 0:
             bitrate = int(part[:-1]) * 1000
-        elif part.endswith("p") and part[:-1].isdigit():
+        elif part.endswith("p") and part[:-1].isdigit() and int(part[:-1]) >= 16:
             short_side = int(part[:-1])
-        elif part.startswith("noise"):
+        elif part.startswith("noise") and _noise_sigma(part[5:]) is not None:
             noise = float(part[5:] or 8.0)
         else:
-            raise InputError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise, or all")
+            raise InputError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise (sigma 8) or noise5, or all")
     if bitrate is None and (short_side or noise):
         bitrate = 2_000_000  # the copy has to be encoded somehow; high enough not to matter
     return Degradation(bitrate, short_side, noise)

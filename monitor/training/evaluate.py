@@ -237,41 +237,85 @@ def _worker_scan(job: _Job) -> ClipResult:
     return _scan_job(job, _WORKER["settings"], _WORKER["make"], _WORKER["degradation"])  # type: ignore[arg-type]
 
 
-def _scan_parallel(jobs: Sequence[_Job], settings: Settings, factory: Callable[[], Detector] | None, degradation: Degradation | None, workers: int, progress: bool) -> dict[int, ClipResult]:
-    """Scan ``jobs`` in ``workers`` fresh processes. A process that dies (a native crash in a
-    decoder or in MediaPipe) takes down the pool and every clip then in flight; those clips
-    are scanned again one by one, each in a process of its own, so only the clip that kills
-    its process is reported as an error and no other result is lost."""
+def _worker_ready() -> bool:
+    return "make" in _WORKER
+
+
+class WorkersUnavailable(RuntimeError):
+    """Worker processes cannot start or cannot set up here; scan in-process instead."""
+
+
+def _scan_parallel(
+    jobs: Sequence[_Job], settings: Settings, factory: Callable[[], Detector] | None, degradation: Degradation | None,
+    workers: int, results: dict[int, ClipResult], progress: bool,
+) -> None:
+    """Scan ``jobs`` in ``workers`` fresh processes, filling ``results`` (clip index -> result).
+
+    At most ``workers`` clips are handed out at a time, so when a process dies (a native crash
+    in a decoder or in MediaPipe) and takes the pool down, only the clips then in flight are
+    suspect. Each is scanned again alone, in a process of its own, so only a clip that kills
+    its own process is reported as an error; the others continue in a new pool. A probe
+    call first checks that workers start and set up (WorkersUnavailable if not). Ctrl-C
+    cancels what has not started and ends the workers."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from collections import deque
+    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from tqdm import tqdm
 
     ctx = multiprocessing.get_context("spawn")  # MediaPipe's threads do not survive fork
-    init = (settings, factory, degradation)
-    results: dict[int, ClipResult] = {}
-    suspects: list[_Job] = []
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="clip", disable=not progress)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
-        futures = {pool.submit(_worker_scan, job): job for job in jobs}
-        for fut in as_completed(futures):
-            job = futures[fut]
-            try:
-                results[job.index] = fut.result()
+
+    def pool(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init, initargs=(settings, factory, degradation))
+
+    pending = deque(jobs)
+    with tqdm(total=len(jobs), desc="evaluate", unit="clip", disable=not progress) as bar:
+        first = True
+        while pending:
+            suspects: list[_Job] = []
+            with pool(workers) as ex:
+                try:
+                    if first:
+                        try:
+                            ex.submit(_worker_ready).result()
+                        except Exception as exc:  # BrokenProcessPool, an unpicklable factory, a failing initializer
+                            raise WorkersUnavailable(f"worker processes do not start here: {exc!r}") from exc
+                        first = False
+                    running: dict[Future[ClipResult], _Job] = {}
+                    while pending or running:
+                        while pending and len(running) < workers and not suspects:
+                            job = pending.popleft()
+                            running[ex.submit(_worker_scan, job)] = job
+                        if not running:
+                            break
+                        done, _ = wait(running, return_when=ALL_COMPLETED if suspects else FIRST_COMPLETED)
+                        for fut in done:
+                            job = running.pop(fut)
+                            try:
+                                results[job.index] = fut.result()
+                                bar.update()
+                            except BrokenProcessPool:
+                                suspects.append(job)
+                except BaseException:
+                    ex.shutdown(wait=False, cancel_futures=True)
+                    raise
+            for job in sorted(suspects, key=lambda j: j.index):
+                with pool(1) as alone:
+                    try:
+                        results[job.index] = alone.submit(_worker_scan, job).result()
+                    except BrokenProcessPool:
+                        logger.warning("could not scan %s: its worker process died", job.rel)
+                        results[job.index] = job.failed("error:worker process died while scanning this clip")
                 bar.update()
-            except BrokenProcessPool:
-                suspects.append(job)
-    for job in sorted(suspects, key=lambda j: j.index):
-        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init, initargs=init) as alone:
-            try:
-                results[job.index] = alone.submit(_worker_scan, job).result()
-            except BrokenProcessPool:
-                logger.warning("could not scan %s: its worker process died", job.rel)
-                results[job.index] = job.failed("error:worker process died while scanning this clip")
-        bar.update()
-    bar.close()
-    return results
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (affinity and cpusets count), at most 8."""
+    import os
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(usable, 8))
 
 
 def evaluate(
@@ -303,22 +347,23 @@ def evaluate(
             _Job(i, row["path"], root / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), Path(tmp) / f"{i}.mp4" if deg else None)
             for i, row in enumerate(rows)
         ]
-        # Resolved here in any case, so that a bad detector configuration fails at once,
-        # not in every worker.
+        # One detector is built here in any case, so that a bad configuration or a missing
+        # bundle fails at once, not once per clip in every worker.
         make = detector_factory or default_factory(settings)
+        make()
         if workers > 1 and detector_factory is not None and not _picklable(detector_factory):
             logger.warning("detector_factory cannot be sent to worker processes (not picklable): scanning in this process")
             workers = 1
-        done: dict[int, ClipResult] | None = None
+        done: dict[int, ClipResult] = {}
         if workers > 1 and len(jobs) > 1:
             try:
-                done = _scan_parallel(jobs, settings, detector_factory, deg, min(workers, len(jobs)), progress)
-            except (OSError, ImportError, NotImplementedError) as exc:  # no processes here (no /dev/shm, a sandbox)
-                logger.warning("cannot start worker processes (%s): scanning in this process", exc)
-        if done is not None:
-            results = [done[job.index] for job in jobs]
-        else:
-            results = [_scan_job(job, settings, make, deg) for job in tqdm(jobs, desc="evaluate", unit="clip", disable=not progress)]
+                _scan_parallel(jobs, settings, detector_factory, deg, min(workers, len(jobs)), done, progress)
+            except (OSError, ImportError, NotImplementedError, WorkersUnavailable) as exc:  # no processes here (no /dev/shm, a sandbox)
+                logger.warning("cannot use worker processes (%s): scanning the %d clips left in this process", exc, len(jobs) - len(done))
+        left = [job for job in jobs if job.index not in done]
+        for job in tqdm(left, desc="evaluate", unit="clip", disable=not progress or not left):
+            done[job.index] = _scan_job(job, settings, make, deg)
+        results = [done[job.index] for job in jobs]
     report = summarise(str(manifest), degrade, threshold, results)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

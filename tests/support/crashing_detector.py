@@ -23,3 +23,18 @@ class CrashOnWidth(LandmarkBaselineDetector):
 
 def make() -> CrashOnWidth:
     return CrashOnWidth()
+
+
+def _refuse() -> None:
+    raise RuntimeError("this factory cannot be rebuilt in another process")
+
+
+class ParentOnlyFactory:
+    """Works in the process that made it; a worker cannot unpickle it (as a factory defined in
+    a notebook or on stdin cannot be imported by a spawned worker)."""
+
+    def __call__(self) -> CrashOnWidth:
+        return make()
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse, ())

@@ -163,3 +163,24 @@ def test_tsv_quotes_are_text_and_bad_files_are_input_errors(tmp_path: Path) -> N
         read_source(f"tsv:{tmp_path / 'missing.tsv'}")
     with pytest.raises(InputError, match="no_such_dir"):
         read_source(f"dfdc:{tmp_path / 'no_such_dir' / 'metadata.json'}")
+
+
+def test_dataset_files_in_the_wrong_shape_are_input_errors_naming_the_file(tmp_path: Path) -> None:
+    from monitor.errors import InputError
+
+    (tmp_path / "List_of_testing_videos.txt").write_text("1 YouTube-real/00170.mp4\nCeleb-synthesis/id0_id1_0000.mp4\n")
+    with pytest.raises(InputError, match=r"List_of_testing_videos.txt:2: expected '<1\|0> <relative path>'"):
+        read_celebdf(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps(["a.mp4", "b.mp4"]))
+    with pytest.raises(InputError, match=r"metadata.json: expected DFDC's"):
+        read_dfdc(tmp_path / "metadata.json")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "test.json").write_text(json.dumps({"test": ["001", "002"]}))
+    with pytest.raises(InputError, match=r"test.json: expected a list of \[target, source\] id pairs"):
+        read_ffpp(tmp_path, "test")
+
+
+def test_cells_a_spreadsheet_quoted_whole_are_unquoted(tmp_path: Path) -> None:
+    (tmp_path / "q.tsv").write_text('path\tlabel\tmethod\n"my clips/a b.mp4"\t"fake"\t"swap ""DFL"""\n')
+    (rec,) = read_tsv(tmp_path / "q.tsv", tmp_path)
+    assert (rec.rel, rec.label, rec.method) == ("my clips/a b.mp4", "fake", 'swap "DFL"')
