@@ -169,8 +169,11 @@ class Pack:
     """A pack written by ``build_pack``: its arrays as attributes, ``meta`` as a dict."""
 
     def __init__(self, path: Path) -> None:
-        d = np.load(path)
-        self.meta: dict = json.loads(str(d["meta"]))
+        try:
+            d = np.load(path)
+            self.meta: dict = json.loads(str(d["meta"]))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:  # not an .npz, or not one of ours
+            raise InputError(f"{path}: not a pack written by `monitor sbi pack` ({exc})") from exc
         if self.meta.get("version") != PACK_VERSION:
             raise InputError(f"{path}: pack version {self.meta.get('version')}, expected {PACK_VERSION}")
         for k in d.files:
@@ -288,7 +291,7 @@ def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fak
             raise InputError(f"{pack_path}: no training fakes outside fold {fold}")
         partners = pack.fake_partner[fake_rows]
         if np.any(pack.fold[partners[partners >= 0]] == fold):
-            raise InputError(f"{pack_path}: a training fake's original lies in fold {fold}; rebuild the pack")
+            raise InputError(f"{pack_path}: a training fake's original lies in fold {fold}. Rebuild the pack; if that does not help, a manifest `group` column puts a fake and its original in different groups")
     rng = np.random.default_rng([seed, fold + 1, worker])
     while True:
         yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share)

@@ -79,6 +79,18 @@ def test_pack_version_is_checked(tmp_path: Path) -> None:
         sbi.Pack(tmp_path / "old.npz")
 
 
+@pytest.mark.parametrize("content", [b"not a pack at all", None])
+def test_a_file_that_is_not_a_pack_is_an_input_error(tmp_path: Path, content: bytes | None) -> None:
+    from monitor.errors import InputError
+
+    if content is None:
+        np.savez(tmp_path / "x.npz", other=np.zeros(3))  # an .npz, but not ours
+    else:
+        (tmp_path / "x.npz").write_bytes(content)
+    with pytest.raises(InputError, match="not a pack written by `monitor sbi pack`"):
+        sbi.Pack(tmp_path / "x.npz")
+
+
 @pytest.mark.parametrize("frames", [1, 2])
 def test_batches_pair_each_genuine_face_with_its_blend(pack: sbi.Pack, frames: int) -> None:
     rows = np.arange(0, 5)  # clip 0, every row followed by a frame of the same clip
