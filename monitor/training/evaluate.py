@@ -212,16 +212,6 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
     return ClipResult(job.rel, job.label, job.group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, res.reasons)
 
 
-def _picklable(obj: object) -> bool:
-    import pickle
-
-    try:
-        pickle.dumps(obj)
-    except Exception:  # pickling fails with many types (PicklingError, AttributeError, TypeError)
-        return False
-    return True
-
-
 # Per worker process: what _worker_init was given, so each job carries only its row.
 _WORKER: dict[str, object] = {}
 
@@ -333,7 +323,7 @@ def evaluate(
     streaming pipeline; ``degrade`` (e.g. ``300k``, ``360p``, ``noise``, ``all``) re-encodes each
     clip first. ``workers`` > 1 scans clips in that many processes; every clip gets a fresh
     detector and face tracker either way, so the results are the same. A custom
-    ``detector_factory`` must then be picklable (a module-level function)."""
+    ``detector_factory`` that workers cannot rebuild (a lambda, say) is run in-process."""
     from tqdm import tqdm
 
     from monitor.components import detector_factory as default_factory
@@ -351,9 +341,6 @@ def evaluate(
         # bundle fails at once, not once per clip in every worker.
         make = detector_factory or default_factory(settings)
         make()
-        if workers > 1 and detector_factory is not None and not _picklable(detector_factory):
-            logger.warning("detector_factory cannot be sent to worker processes (not picklable): scanning in this process")
-            workers = 1
         done: dict[int, ClipResult] = {}
         if workers > 1 and len(jobs) > 1:
             try:

@@ -228,12 +228,14 @@ def test_without_worker_processes_evaluate_scans_in_process(tmp_path: Path, sett
     assert "cannot use worker processes" in caplog.text
 
 
-def test_workers_that_cannot_set_up_fall_back_to_scanning_in_process(tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("factory_kind", ["unimportable in a worker", "a lambda"])
+def test_workers_that_cannot_set_up_fall_back_to_scanning_in_process(tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture, factory_kind: str) -> None:
     from tests.support import crashing_detector
 
+    factory = crashing_detector.ParentOnlyFactory() if factory_kind == "unimportable in a worker" else (lambda: crashing_detector.make())
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         write_clip(tmp_path / name, 1.5, fps=10, width=320, height=240)
     (tmp_path / "m.tsv").write_text("path\tlabel\na.mp4\treal\nb.mp4\tfake\nc.mp4\treal\n")
-    report = evaluate(tmp_path / "m.tsv", tmp_path, settings, None, None, detector_factory=crashing_detector.ParentOnlyFactory(), progress=False, workers=2)
+    report = evaluate(tmp_path / "m.tsv", tmp_path, settings, None, None, detector_factory=factory, progress=False, workers=2)
     assert all(c.score is not None for c in report.clips), [c.reasons for c in report.clips]
     assert "cannot use worker processes" in caplog.text and "do not start here" in caplog.text
