@@ -14,7 +14,6 @@ Writes benchmarks/results/window_cues.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,29 +27,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.config import AnalysisConfig
+from benchmarks.cue_data import clips_and_manifest, cue_args
 from monitor.detect.features import GEOMETRY_DIM
 from monitor.detect.nets import AppearanceEnsemble, GeometryEnsemble
 from monitor.detect.temporal import FEATURE_NAMES
 from monitor.training import synthesis as syn
-from monitor.training.datasets import read_source
 from monitor.training.evaluate import roc_auc
-from monitor.training.train import TrainConfig, clip_cues, clip_windows, load_clips, torch_app, torch_geo
+from monitor.training.train import clip_cues, clip_windows, torch_app, torch_geo
 
 WINDOW_S = 8.0  # as monitor train's fusion windows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dev")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/deepfake-monitor-cache"))
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "temporal-v1")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "window_cues")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    source = f"tsv:{args.data / 'MANIFEST.tsv'}:{args.data}"
-    clips = load_clips(read_source(source), TrainConfig(sources=(source,), cache_dir=args.cache_dir), AnalysisConfig(), progress=False)
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    args = cue_args(__doc__.splitlines()[0], "window_cues")
+    clips, manifest = clips_and_manifest(args)
     app = AppearanceEnsemble(manifest["appearance_width"], manifest["members"])
     app.load_state_dict(torch.load(args.bundle / "appearance.pt", weights_only=True))
     geo = GeometryEnsemble(GEOMETRY_DIM, manifest["members"])

@@ -17,7 +17,6 @@ Writes benchmarks/results/within_clip_cues.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,13 +34,12 @@ from sklearn.linear_model import LinearRegression
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.config import AnalysisConfig
+from benchmarks.cue_data import clips_and_manifest, cue_args
 from monitor.detect.nets import AppearanceEnsemble
 from monitor.faces.quality import head_angles_deg
-from monitor.training.datasets import read_source
 from monitor.training.evaluate import roc_auc
 from monitor.training.synthesis import to_input
-from monitor.training.train import Clip, TrainConfig, load_clips, split_folds
+from monitor.training.train import Clip, split_folds
 
 # MediaPipe face-oval landmarks: the hull of the face below the hairline.
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -114,16 +112,8 @@ def clip_cues(s: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dev")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/deepfake-monitor-cache"))
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "temporal-v1")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "within_clip_cues")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    source = f"tsv:{args.data / 'MANIFEST.tsv'}:{args.data}"
-    clips = load_clips(read_source(source), TrainConfig(sources=(source,), cache_dir=args.cache_dir), AnalysisConfig(), progress=False)
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    args = cue_args(__doc__.splitlines()[0], "within_clip_cues")
+    clips, manifest = clips_and_manifest(args)
     train_config = manifest["train_config"]
     held = set(train_config["holdout_groups"])
     # The bundle's members are its cross-fitting fold models; its own split (groups, folds,
