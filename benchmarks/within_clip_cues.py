@@ -18,7 +18,6 @@ Writes benchmarks/results/within_clip_cues.{json,md}.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -34,12 +33,18 @@ from sklearn.linear_model import LinearRegression
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cue_data import clips_and_manifest, cue_args
-from monitor.detect.nets import AppearanceEnsemble
+from benchmarks.cue_data import (
+    clips_and_manifest,
+    cue_args,
+    cue_counts_line,
+    cue_row,
+    cue_table,
+    cue_table_lines,
+    out_of_fold_scorer,
+)
 from monitor.faces.quality import head_angles_deg
-from monitor.training.evaluate import roc_auc
 from monitor.training.synthesis import to_input
-from monitor.training.train import Clip, split_folds
+from monitor.training.train import Clip
 
 # MediaPipe face-oval landmarks: the hull of the face below the hairline.
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -114,29 +119,13 @@ def clip_cues(s: dict[str, np.ndarray]) -> dict[str, float]:
 def main() -> None:
     args = cue_args(__doc__.splitlines()[0], "within_clip_cues")
     clips, manifest = clips_and_manifest(args)
-    train_config = manifest["train_config"]
-    held = set(train_config["holdout_groups"])
-    # The bundle's members are its cross-fitting fold models; its own split (groups, folds,
-    # seed) says which member did not train on a clip.
-    folds = split_folds([c for c in clips if c.record.group not in held], manifest["members"], train_config["seed"])
-    fold_of = {id(c): k for k, fold in enumerate(folds) for c in fold}
-    ens = AppearanceEnsemble(manifest["appearance_width"], manifest["members"])
-    ens.load_state_dict(torch.load(args.bundle / "appearance.pt", weights_only=True))
-    ens.eval()
-
-    def member(k: int | None) -> Callable[[torch.Tensor], np.ndarray]:
-        if k is None:
-            return lambda x: np.mean([m(x)[0].numpy() for m in ens.members], axis=0)
-        return lambda x: ens.members[k](x)[0].numpy()
-
+    held = set(manifest["train_config"]["holdout_groups"])
+    scorer = out_of_fold_scorer(clips, manifest, args.bundle)
     rows = []
     for c in clips:
-        series = frame_series(c, member(fold_of.get(id(c))))
-        cues = clip_cues(series)
-        rel = c.record.rel
-        pair = os.path.relpath(c.record.pair, args.data) if c.record.pair else None
+        series = frame_series(c, scorer(c))
         quality = [float(np.nanmedian(series["sharp_in"])), float(np.nanmedian(series["sharp_ring"]))]
-        rows.append({"path": rel, "group": c.record.group, "label": c.record.label, "held_out": c.record.group in held, "pair": pair, "cues": cues, "quality": quality})
+        rows.append(cue_row(c, args.data, held, clip_cues(series), quality=quality))
     # Not within-clip, but the same question: how much of the between-clip spread is image
     # quality? Regress the clip's mean logit on its median face and ring sharpness over the
     # training split's genuine clips only, and score clips by what is left.
@@ -145,29 +134,7 @@ def main() -> None:
     quality_r2 = float(reg.score([r["quality"] for r in fit_rows], [r["cues"][REFERENCE] for r in fit_rows]))
     for r in rows:
         r["cues"][RESIDUAL] = float(r["cues"][REFERENCE] - reg.predict([r["quality"]])[0])
-    by_path = {r["path"]: r for r in rows}
-
-    def live(r: dict) -> bool:
-        return bool(r["group"].startswith("deepfacelive:"))
-
-    sets: dict[str, tuple[Callable[[dict], bool], Callable[[dict], bool]]] = {
-        "live swaps vs originals, all 15 pairs": (lambda r: live(r) and r["label"] != "real", lambda r: live(r) and r["label"] == "real"),
-        "held-out live swaps vs their originals": (lambda r: live(r) and r["held_out"] and r["label"] != "real", lambda r: live(r) and r["held_out"] and r["label"] == "real"),
-        "held-out, all": (lambda r: r["held_out"] and r["label"] != "real", lambda r: r["held_out"] and r["label"] == "real"),
-        "SadTalker vs held-out genuine": (lambda r: r["group"] == "sadtalker_fake", lambda r: r["held_out"] and r["label"] == "real"),
-    }
-    table: dict[str, dict[str, object]] = {}
-    for name in rows[0]["cues"]:
-        entry: dict[str, object] = {}
-        for label, (pos, neg) in sets.items():
-            p = [r["cues"][name] for r in rows if pos(r)]
-            n = [r["cues"][name] for r in rows if neg(r)]
-            entry[label] = {"auc": roc_auc([True] * len(p) + [False] * len(n), p + n), "fakes": len(p), "genuine": len(n)}
-        wins = [r["cues"][name] > by_path[r["pair"]]["cues"][name] for r in rows if live(r) and r["label"] != "real" and r["pair"] in by_path]
-        k, m = sum(wins), len(wins)
-        p_two = min(1.0, 2 * sum(math.comb(m, j) for j in range(max(k, m - k), m + 1)) / 2**m) if m else float("nan")
-        entry["swap above its own original"] = {"wins": k, "pairs": m, "sign_test_p": p_two}
-        table[name] = entry
+    table = cue_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"bundle_manifest": manifest["name"], "clips": len(rows), "sharpness_fit_r2": quality_r2, "cues": table, "per_clip": rows}, indent=1))
     lines = [
@@ -176,16 +143,12 @@ def main() -> None:
         f"Clip-level AUC of each cue (higher = more likely fake) on data/dev, bundle `{manifest['name']}`;",
         "per-frame logits out of fold. Generated by the script; interpretation in models/temporal-v1.md.",
         "",
-        "| cue | " + " | ".join(sets) + " | swap > own original (sign test p) |", "|---|" + "---|" * (len(sets) + 1)]
-    for name, entry in table.items():
-        cells = [f"{entry[s]['auc']:.3f}" for s in sets]  # type: ignore[index]
-        w = entry["swap above its own original"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {w['wins']}/{w['pairs']} ({w['sign_test_p']:.2f}) |")  # type: ignore[index]
-    n_counts = {s: table[next(iter(table))][s] for s in sets}
-    lines.append("")
-    lines.append(f"Sharpness fit: R² {quality_r2:.3f} over {len(fit_rows)} training genuine clips (median log Laplacian of the face and of a ring around it).")
-    lines.append("")
-    lines.append("Clips: " + "; ".join(f"{s}: {c['fakes']} fake, {c['genuine']} genuine" for s, c in n_counts.items()))  # type: ignore[index]
+        *cue_table_lines(table),
+        "",
+        f"Sharpness fit: R² {quality_r2:.3f} over {len(fit_rows)} training genuine clips (median log Laplacian of the face and of a ring around it).",
+        "",
+        cue_counts_line(table),
+    ]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
