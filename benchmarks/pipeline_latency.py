@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from monitor.config import StreamConfig, load_settings  # noqa: E402
 from monitor.pipeline.offline import scan  # noqa: E402
 from monitor.sources.demo_media import write_clip  # noqa: E402
+from monitor.types import Frame  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -109,7 +110,8 @@ def floor_cost(clip: Path, fps: float) -> dict[str, float]:
                 continue
             while next_t <= t + 1e-6:
                 next_t += 1.0 / fps
-            mesh.process(frame.to_ndarray(format="rgb24"))
+            # As the pipeline shows a frame: display matrix applied (none in generated clips).
+            mesh.process(Frame.from_decoded("floor", n, t, time.monotonic(), frame).rgb())
             n += 1
     mesh.close()
     return {"cpu_s": cpu_seconds() - cpu0, "wall_s": time.perf_counter() - wall0, "frames": n, "duration_s": dur}
