@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -262,6 +263,15 @@ def boundary_target(mask: np.ndarray) -> np.ndarray:
 # --- call-channel simulation -------------------------------------------------------------
 
 
+# Video codecs of calls, as the channel simulation runs them (`draw_channel(call_codecs=True)`):
+# PyAV encoder, decoder, and the range of the fixed quantiser drawn. The ranges match what real
+# 360p calls at 0.3-1.5 Mbit/s do to the face crop (`benchmarks/channel_calibration.py`).
+CALL_CODECS: dict[str, tuple[str, str, tuple[int, int]]] = {
+    "h264": ("libx264", "h264", (0, 28)),
+    "vp8": ("libvpx", "vp8", (0, 24)),
+}
+
+
 @dataclass(frozen=True)
 class ChannelParams:
     """A degradation applied alike to reals and fakes: what a video call does to a face."""
@@ -270,19 +280,68 @@ class ChannelParams:
     jpeg_quality: int  # 100 = none
     noise_sigma: float  # Gaussian noise, grey levels
     blur_sigma: float
+    codec: str = "none"  # "h264" or "vp8": re-encoded by that codec (replaces JPEG)
+    quantiser: int = 0  # the codec's fixed quantiser (x264 QP 0-51, VP8 q 0-63)
+    motion: tuple[int, int] = (0, 0)  # pixels the face moved since the reference frame
 
 
-def draw_channel(rng: np.random.Generator) -> ChannelParams:
-    return ChannelParams(
-        scale=float(rng.choice([1.0, rng.uniform(0.35, 1.0)])),
-        jpeg_quality=int(rng.choice([100, int(rng.integers(30, 100))])),
-        noise_sigma=float(rng.choice([0.0, rng.uniform(0.0, 6.0)])),
-        blur_sigma=float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.2)])),
-    )
+def draw_channel(rng: np.random.Generator, call_codecs: bool = False) -> ChannelParams:
+    """Downscaling, noise and blur, each at even odds or less; then compression. By default half
+    the draws are JPEG-compressed (quality 30-99). With ``call_codecs``, half keep full
+    quality and the rest are JPEG-compressed (1/6 of draws) or re-encoded by H.264 (1/4) or VP8
+    (1/12) as a call at 0.3-1.5 Mbit/s is."""
+    if not call_codecs:
+        return ChannelParams(
+            scale=float(rng.choice([1.0, rng.uniform(0.35, 1.0)])),
+            jpeg_quality=int(rng.choice([100, int(rng.integers(30, 100))])),
+            noise_sigma=float(rng.choice([0.0, rng.uniform(0.0, 6.0)])),
+            blur_sigma=float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.2)])),
+        )
+    scale = float(rng.choice([1.0, rng.uniform(0.35, 1.0)]))
+    noise = float(rng.choice([0.0, rng.uniform(0.0, 6.0)]))
+    blur = float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.2)]))
+    kind = rng.choice(["none"] * 6 + ["jpeg"] * 2 + ["h264"] * 3 + ["vp8"])
+    if kind in CALL_CODECS:
+        lo, hi = CALL_CODECS[str(kind)][2]
+        motion = (int(rng.integers(-3, 4)), int(rng.integers(-3, 4)))
+        return ChannelParams(scale, 100, noise, blur, str(kind), int(rng.integers(lo, hi + 1)), motion)
+    quality = int(rng.integers(30, 100)) if kind == "jpeg" else 100
+    return ChannelParams(scale, quality, noise, blur)
+
+
+def codec_roundtrip(img: np.ndarray, codec: str, quantiser: int, motion: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``img`` (uint8 RGB, even size) as a call's decoder shows it: coded by ``codec`` at a
+    fixed quantiser as an inter frame, predicted from a copy moved by ``motion`` pixels
+    (a key frame when there is no motion), then decoded. One thread, so it is deterministic."""
+    import av
+
+    encoder, decoder, _ = CALL_CODECS[codec]
+    h, w = img.shape[:2]
+    enc = av.CodecContext.create(encoder, "w")
+    enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+    enc.time_base = Fraction(1, 30)
+    if codec == "h264":
+        enc.options = {"qp": str(quantiser), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
+    else:
+        enc.options = {"qmin": str(quantiser), "qmax": str(quantiser), "deadline": "realtime", "cpu-used": "8", "threads": "1", "b": "10M"}
+    frames = [img]
+    if motion != (0, 0):
+        shift = np.array([[1, 0, motion[0]], [0, 1, motion[1]]], np.float32)
+        frames = [cv2.warpAffine(img, shift, (w, h), borderMode=cv2.BORDER_REPLICATE), img]
+    packets = []
+    for i, a in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
+        frame.pts = i
+        packets += enc.encode(frame)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create(decoder, "r")
+    out = [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
+    return np.ascontiguousarray(out[-1].to_ndarray(format="rgb24"))
 
 
 def apply_channel(img: np.ndarray, p: ChannelParams, rng: np.random.Generator) -> np.ndarray:
-    """Downscale, blur, add noise and JPEG-compress ``img`` (uint8 RGB), keeping its size."""
+    """Downscale, blur, add noise, then JPEG-compress or re-encode ``img`` (uint8 RGB) with a
+    call's video codec, keeping its size."""
     h, w = img.shape[:2]
     out = img
     if p.scale < 0.999:
@@ -292,7 +351,9 @@ def apply_channel(img: np.ndarray, p: ChannelParams, rng: np.random.Generator) -
         out = cv2.GaussianBlur(out, (0, 0), p.blur_sigma)
     if p.noise_sigma > 0:
         out = np.clip(out.astype(np.float32) + rng.normal(0, p.noise_sigma, out.shape), 0, 255).astype(np.uint8)
-    if p.jpeg_quality < 100:
+    if p.codec != "none":
+        out = codec_roundtrip(out, p.codec, p.quantiser, p.motion)
+    elif p.jpeg_quality < 100:
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
         if ok:
             out = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

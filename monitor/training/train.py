@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
     appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
+    call_codecs: bool = Field(False, description="Degrade training crops with calls' video codecs too (H.264 and VP8 at quantisers calibrated on 360p calls at 0.3-1.5 Mbit/s), not only JPEG. The shipped temporal-v1 is trained with it: benchmarks/results/codec_channel.md.")
     animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads). Measured not to help on data/dev: benchmarks/results/animated_stills.md.")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
 
@@ -117,7 +118,7 @@ class Sampler:
         zero = np.zeros((28, 28), np.float32)
 
         def add(group: list[tuple[np.ndarray, float, np.ndarray | None]]) -> None:
-            channel = syn.draw_channel(rng)
+            channel = syn.draw_channel(rng, self.cfg.call_codecs)
             flip = rng.random() < 0.5
             for img, y, b in group:
                 x = syn.apply_channel(to_input(img, rng, True), channel, rng)
@@ -588,7 +589,7 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
         "members": max(1, n_folds if n_folds >= 2 else 1),
         # Paths are left out so that the same command reproduces the same manifest anywhere.
         # Off by default, and then left out, so that temporal-v1's manifest rebuilds unchanged.
-        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every", *(() if config.animated_stills else ("animated_stills",))})),
+        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every", *(() if config.animated_stills else ("animated_stills",)), *(() if config.call_codecs else ("call_codecs",))})),
         "clips": len(clips),
         "fake_clips": sum(c.record.is_fake for c in clips),
         "fusion_stats": stats,
@@ -639,6 +640,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none); a rerun of an interrupted command resumes from them")
     ap.add_argument("--fresh", action="store_true", help="ignore checkpoints left by an interrupted run")
     ap.add_argument("--animated-stills", action="store_true", help="also fit the fusion on animated stills of the genuine clips (a talking-head proxy)")
+    ap.add_argument("--call-codecs", action="store_true", help="degrade training crops with H.264 and VP8 as calls do, not only JPEG")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -664,6 +666,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         finetune_appearance=args.finetune_appearance,
         checkpoint_every=args.checkpoint_every,
         animated_stills=args.animated_stills,
+        call_codecs=args.call_codecs,
     )
 
 

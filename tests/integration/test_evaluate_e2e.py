@@ -175,9 +175,31 @@ def test_animated_stills_add_fusion_windows_and_leave_the_rest_unchanged(dataset
     b = torch.load(tmp_path / "on/appearance.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "animated_stills" not in json.loads((tmp_path / "off/manifest.json").read_text())["train_config"]
+    assert "call_codecs" not in json.loads((tmp_path / "off/manifest.json").read_text())["train_config"]
     assert json.loads((tmp_path / "on/manifest.json").read_text())["train_config"]["animated_stills"] is True
     detector = TemporalDetector(TemporalDetector.Config(model_dir=tmp_path / "on"))
     assert np.isfinite(detector.fusion.intercept)
+
+
+def test_call_codecs_flag_changes_only_the_appearance_training(dataset: Path, tmp_path: Path) -> None:
+    """`monitor train --call-codecs` re-encodes training crops with H.264/VP8: the CNN weights
+    change and the manifest says so; without the flag the manifest does not mention it."""
+    import torch
+
+    from monitor.training.train import main
+
+    common = ["--source", f"tsv:{dataset / 'm.tsv'}", "--cache-dir", str(tmp_path / "cache"), "--appearance-steps", "3", "--geometry-steps", "2", "--checkpoint-every", "0"]
+    main([*common, "--out", str(tmp_path / "off")])
+    main([*common, "--out", str(tmp_path / "on"), "--call-codecs"])
+    off = json.loads((tmp_path / "off/manifest.json").read_text())["train_config"]
+    on = json.loads((tmp_path / "on/manifest.json").read_text())["train_config"]
+    assert "call_codecs" not in off and on.pop("call_codecs") is True and on == off
+    a = torch.load(tmp_path / "off/appearance.pt", weights_only=True)
+    b = torch.load(tmp_path / "on/appearance.pt", weights_only=True)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    g1 = torch.load(tmp_path / "off/geometry.pt", weights_only=True)
+    g2 = torch.load(tmp_path / "on/geometry.pt", weights_only=True)
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
 
 
 def test_worker_processes_give_the_serial_results(dataset: Path, bundle: Path, settings: Settings, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -101,6 +102,76 @@ def test_heavy_channel_degrades() -> None:
     img, _ = synthetic_face()
     out = syn.apply_channel(img, syn.ChannelParams(0.4, 30, 5.0, 1.0), np.random.default_rng(0))
     assert np.abs(out.astype(int) - img.astype(int)).mean() > 5
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(cv2.PSNR(a, b))
+
+
+@pytest.mark.parametrize("codec", sorted(syn.CALL_CODECS))
+def test_codec_roundtrip_costs_more_at_coarser_quantisers(codec: str) -> None:
+    img, _ = synthetic_face()
+    img = cv2.resize(img, (112, 112), interpolation=cv2.INTER_AREA)
+    lo, hi = syn.CALL_CODECS[codec][2]
+    fine = syn.codec_roundtrip(img, codec, lo, (2, 1))
+    coarse = syn.codec_roundtrip(img, codec, hi + 16, (2, 1))
+    assert fine.shape == img.shape and fine.dtype == np.uint8
+    assert not np.array_equal(fine, img)  # 4:2:0 and the quantiser always lose something
+    assert _psnr(img, fine) > _psnr(img, coarse) + 2
+    # Fine quantisers keep the luma close; the synthetic face's saturated edges lose more
+    # colour to 4:2:0 than skin does, so colour PSNR is low even here.
+    grey = cv2.COLOR_RGB2GRAY
+    assert _psnr(cv2.cvtColor(img, grey), cv2.cvtColor(fine, grey)) > 35
+    # One thread and a fixed quantiser: the same input gives the same bytes back.
+    assert np.array_equal(fine, syn.codec_roundtrip(img, codec, lo, (2, 1)))
+
+
+def test_codec_roundtrip_codes_an_inter_frame_after_motion() -> None:
+    img, _ = synthetic_face()
+    img = cv2.resize(img, (112, 112), interpolation=cv2.INTER_AREA)
+    key = syn.codec_roundtrip(img, "h264", 28)
+    inter = syn.codec_roundtrip(img, "h264", 28, (3, -2))
+    # The second frame is predicted from a moved copy, so it decodes differently from a key
+    # frame of the same image, and still shows the same image (not the moved reference).
+    assert not np.array_equal(key, inter)
+    moved = cv2.warpAffine(img, np.array([[1, 0, 3], [0, 1, -2]], np.float32), (112, 112), borderMode=cv2.BORDER_REPLICATE)
+    assert _psnr(img, inter) > _psnr(moved, inter) + 3
+
+
+def test_draw_channel_mixes_codecs_within_their_calibrated_ranges() -> None:
+    draws = [syn.draw_channel(np.random.default_rng(seed), call_codecs=True) for seed in range(600)]
+    kinds = {k: sum(d.codec == k for d in draws) for k in ("none", "h264", "vp8")}
+    assert 0.18 < kinds["h264"] / len(draws) < 0.32 and 0.04 < kinds["vp8"] / len(draws) < 0.13
+    assert 0.08 < sum(d.jpeg_quality < 100 for d in draws) / len(draws) < 0.25
+    for d in draws:
+        if d.codec != "none":
+            lo, hi = syn.CALL_CODECS[d.codec][2]
+            assert lo <= d.quantiser <= hi and d.jpeg_quality == 100  # a codec replaces JPEG
+            assert max(abs(d.motion[0]), abs(d.motion[1])) <= 3
+
+
+def test_default_channel_draws_are_unchanged() -> None:
+    """The default draw consumes the generator as before the codec option existed, so the
+    shipped bundle still reproduces bit for bit; these values are from that version."""
+    expected = {
+        0: ((0.764025, 100, 0.0, 0.0), 980063838),
+        1: ((0.682684, 100, 0.0, 0.580648), 454543313),
+        2: ((1.0, 100, 0.551496, 0.84009), 782285908),
+        3: ((1.0, 100, 3.492972, 0.0), 465066510),
+        4: ((0.962986, 65, 0.485016, 0.0), 404249391),
+    }
+    for seed, (values, next_draw) in expected.items():
+        rng = np.random.default_rng(seed)
+        p = syn.draw_channel(rng)
+        assert (round(p.scale, 6), p.jpeg_quality, round(p.noise_sigma, 6), round(p.blur_sigma, 6)) == values
+        assert p.codec == "none" and int(rng.integers(1 << 30)) == next_draw
+
+
+def test_channel_with_a_codec_uses_it() -> None:
+    img, _ = synthetic_face()
+    img = cv2.resize(img, (112, 112), interpolation=cv2.INTER_AREA)
+    p = syn.ChannelParams(1.0, 100, 0.0, 0.0, "vp8", 20, (1, 1))
+    assert np.array_equal(syn.apply_channel(img, p, np.random.default_rng(0)), syn.codec_roundtrip(img, "vp8", 20, (1, 1)))
 
 
 @pytest.mark.parametrize("seed", range(12))
