@@ -223,7 +223,7 @@ def _landmarks(pack: Pack, i: int) -> np.ndarray:
 
 def make_batch(
     pack: Pack, rows: np.ndarray, pairs: int, rng: np.random.Generator, frames: int = 1,
-    fake_rows: np.ndarray | None = None, fake_share: float = 0.0,
+    fake_rows: np.ndarray | None = None, fake_share: float = 0.0, call_codecs: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """``pairs`` genuine faces drawn from ``rows``, each followed by its self-blend; one channel
     degradation and one flip per pair, as `monitor train`'s sampler does. With ``frames`` 2
@@ -231,7 +231,8 @@ def make_batch(
 
     With ``fake_share`` > 0 (one frame per sample only), that share of the pairs is instead a
     real fake from ``fake_rows`` and its frame-aligned original (a random genuine face when it
-    has none); a real fake has no boundary target."""
+    has none); a real fake has no boundary target. ``call_codecs`` adds H.264/VP8 re-encoding
+    to the channel, as `monitor train --call-codecs` does."""
     xs, ys, bounds, has = [], [], [], []
     zero = np.zeros((28, 28), np.float32)
     use_fakes = fake_share > 0 and fake_rows is not None and len(fake_rows) > 0
@@ -255,7 +256,7 @@ def make_batch(
             else:
                 fakes, mask = blend_pair(imgs, lms, rng)
             bound, has_bound = syn.boundary_target(mask), 1.0
-        channel = syn.draw_channel(rng)
+        channel = syn.draw_channel(rng, call_codecs)
         flip = rng.random() < 0.5
         shift_seed = int(rng.integers(1 << 31))  # the same crop jitter for every frame of a sample
         for group, y, b, hb in ((imgs, 0.0, zero, 1.0), (fakes, 1.0, bound, has_bound)):
@@ -269,7 +270,7 @@ def make_batch(
     return (np.ascontiguousarray(np.stack(xs)), np.array(ys, np.float32), np.ascontiguousarray(np.stack(bounds)), np.array(has, np.float32))
 
 
-def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fake_share: float = 0.0) -> Iterator[tuple[np.ndarray, ...]]:
+def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fake_share: float = 0.0, call_codecs: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
     """Endless batches of the genuine faces outside ``fold`` (every face when ``fold`` < 0)."""
     import torch
 
@@ -294,7 +295,7 @@ def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fak
             raise InputError(f"{pack_path}: a training fake's original lies in fold {fold}. Rebuild the pack; if that does not help, a manifest `group` column puts a fake and its original in different groups")
     rng = np.random.default_rng([seed, fold + 1, worker])
     while True:
-        yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share)
+        yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share, call_codecs)
 
 
 def _prefetch(workers: int, pairs: int) -> int:
@@ -310,12 +311,12 @@ def _prefetch(workers: int, pairs: int) -> int:
     return int(max(1, min(4, free // 2 // max(1, workers * batch))))
 
 
-def _loader(pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1, fake_share: float = 0.0):  # type: ignore[no-untyped-def]
+def _loader(pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1, fake_share: float = 0.0, call_codecs: bool = False):  # type: ignore[no-untyped-def]
     import torch
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):  # type: ignore[no-untyped-def]
-            return _batches(pack_path, fold, pairs, seed, frames, fake_share)
+            return _batches(pack_path, fold, pairs, seed, frames, fake_share, call_codecs)
 
     if workers == 0:
         return iter(Stream())
@@ -380,7 +381,7 @@ def eval_report(
 def fit(
     pack_path: Path, out_dir: Path, device: str = "cpu", steps: int = 400, widths: Sequence[int] = (24,), pairs: int = 32,
     workers: int = 1, seed: int = 0, lr: float = 3e-3, time_limit_s: float = 0.0, eval_every: int = 500, frames: int = 1,
-    arch: str = "cnn", single: bool = False, trunk_lr_scale: float = 0.1, fake_share: float = 0.0,
+    arch: str = "cnn", single: bool = False, trunk_lr_scale: float = 0.1, fake_share: float = 0.0, call_codecs: bool = False,
 ) -> dict[str, object]:
     """Train one AppearanceNet per (width, fold) on self-blends of the fold's complement.
 
@@ -391,7 +392,8 @@ def fit(
     (which no fold trains on), half the cost, but not usable by ``--appearance-from``.
     ``fake_share`` > 0 replaces that share of the self-blend pairs with the training split's
     real fakes and their originals (supervised, as `monitor train` does; the held-out
-    identities and generators stay unseen).
+    identities and generators stay unseen). ``call_codecs`` re-encodes training crops with
+    calls' video codecs too (`synthesis.draw_channel`).
 
     The learning rate follows one cosine cycle over ``steps``; with ``time_limit_s`` the cycle
     runs over whichever of the two ends first, so a time-boxed run still anneals, and the
@@ -419,7 +421,7 @@ def fit(
     per_fold = max(1, workers // len(fold_ids)) if workers else 0
     prefetch = _prefetch(per_fold * len(fold_ids), pairs)
     logger.info("%d data workers per fold, prefetch %d", per_fold, prefetch)
-    loaders = {f: _loader(pack_path, f, pairs, seed, per_fold, prefetch, frames, fake_share) for f in fold_ids}  # workers fork before CUDA starts
+    loaders = {f: _loader(pack_path, f, pairs, seed, per_fold, prefetch, frames, fake_share, call_codecs) for f in fold_ids}  # workers fork before CUDA starts
     dev = torch.device(device)
 
     def make(w: int) -> torch.nn.Module:
@@ -469,7 +471,7 @@ def fit(
     def save(step: int) -> None:
         torch.save(
             {"meta": {"arch": arch, "single": single, "widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
-                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "trunk_lr_scale": trunk_lr_scale, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
+                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
              "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
             out_dir / "models.pt",
         )
@@ -567,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--single", action="store_true", help="one model on every training face instead of one per fold (evaluation only)")
     f.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning rate of pretrained layers relative to --lr")
     f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")
+    f.add_argument("--call-codecs", action="store_true", help="also re-encode training crops with H.264/VP8 as calls do (as monitor train --call-codecs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "pack":
@@ -577,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
         print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step), indent=2))
     else:
-        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share), indent=2))
+        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs), indent=2))
 
 
 if __name__ == "__main__":

@@ -198,6 +198,17 @@ def test_auc_matches_definition() -> None:
     assert sbi.auc([1, 1], [0.1, 0.2]) is None
 
 
+def test_call_codecs_reach_the_batches_and_the_fit_metadata(pack: sbi.Pack, tmp_path: Path) -> None:
+    rows = np.arange(0, 5)
+    plain = sbi.make_batch(pack, rows, 6, np.random.default_rng(1), 1)[0]
+    coded = sbi.make_batch(pack, rows, 6, np.random.default_rng(1), 1, call_codecs=True)[0]
+    assert plain.shape == coded.shape and not np.array_equal(plain, coded)
+    write_pack(tmp_path / "p.npz")
+    sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=1, widths=(8,), pairs=2, workers=0, eval_every=0, call_codecs=True)
+    _, meta = sbi.load_fold_models(tmp_path / "out/models.pt", 8, {"g0": 0, "g1": 1})
+    assert meta["call_codecs"] is True
+
+
 def test_fit_writes_fold_models_that_load_only_for_the_same_split(tmp_path: Path) -> None:
     write_pack(tmp_path / "p.npz")
     summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, widths=(8,), pairs=2, workers=0, eval_every=0)
