@@ -114,3 +114,25 @@ def cue_table_lines(table: dict[str, dict[str, object]]) -> list[str]:
 def cue_counts_line(table: dict[str, dict[str, object]]) -> str:
     counts = {s: table[next(iter(table))][s] for s in CUE_SETS}
     return "Clips: " + "; ".join(f"{s}: {c['fakes']} fake, {c['genuine']} genuine" for s, c in counts.items())  # type: ignore[index]
+
+
+def write_cue_report(args: argparse.Namespace, manifest: dict, rows: list[dict], title: str, method: list[str], notes: list[str], **extra: object) -> None:
+    """Write ``args.out`` .json (``extra`` between the clip count and the table) and .md (title,
+    ``method`` lines, the AUC table, ``notes`` lines, clip counts), and print the .md."""
+    table = cue_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"bundle_manifest": manifest["name"], "clips": len(rows), **extra, "cues": table, "per_clip": rows}, indent=1))
+    lines = [
+        f"# {title}",
+        "",
+        f"Clip-level AUC of each cue (higher = more likely fake) on data/dev, bundle `{manifest['name']}`;",
+        *method,
+        "",
+        *cue_table_lines(table),
+        "",
+        *notes,
+        "",
+        cue_counts_line(table),
+    ]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
