@@ -35,6 +35,15 @@ RTSP_OPTIONS = {
     "timeout": "2000000",
 }
 
+# Decoder options for network streams. "chunks" lets the H.264 decoder assemble a frame from
+# several packets. FFmpeg's parser starts a new frame at every SPS/PPS, so a server that repeats
+# them before each slice of a keyframe delivers one packet per slice: GStreamer's
+# `rtph264pay config-interval=-1` after a multi-slice x264 (zerolatency on a multi-core machine,
+# a common camera pipeline). Without this option each slice decoded as a frame of its own, and
+# 28 of 30 frames came out with a grey top slice until the next keyframe. With it the frame is
+# output when its last slice arrives, with no added latency for well-formed streams.
+STREAM_DECODER_OPTIONS = {"flags2": "+chunks"}
+
 
 def decode_frames(
     container: Any, on_decode_error: Callable[[BaseException], None], max_consecutive_errors: int = 50
@@ -66,7 +75,12 @@ def decode_frames(
         yield from frames
 
 
-def open_video(url: str, options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None) -> Any:
+def open_video(
+    url: str,
+    options: dict[str, str] | None = None,
+    timeout: tuple[float, float] | None = None,
+    decoder_options: dict[str, str] | None = None,
+) -> Any:
     try:
         container = av.open(url, "r", options=options or {}, timeout=timeout)
     except FileNotFoundError as exc:
@@ -78,6 +92,8 @@ def open_video(url: str, options: dict[str, str] | None = None, timeout: tuple[f
         raise SourceError(f"{url} has no video stream", retryable=False)
     # FRAME threading doubles latency over RTSP (DESIGN.md); it can only be set before decoding.
     container.streams.video[0].thread_type = "SLICE"
+    if decoder_options:
+        container.streams.video[0].codec_context.options = dict(decoder_options)
     return container
 
 
@@ -190,7 +206,9 @@ class RtspSource(ThreadedSource):
         options = dict(RTSP_OPTIONS)
         options["rtsp_transport"] = c.transport
         options["timeout"] = str(int(c.read_timeout_s * 1_000_000))
-        self._container = open_video(self.url, options, timeout=(c.open_timeout_s, c.read_timeout_s))
+        self._container = open_video(
+            self.url, options, timeout=(c.open_timeout_s, c.read_timeout_s), decoder_options=STREAM_DECODER_OPTIONS
+        )
 
     def _close(self) -> None:
         if self._container is not None:
@@ -223,7 +241,7 @@ def sample_video(
     by timestamp, for offline scans. ``received_at`` is the monotonic time after decoding."""
     errors: list[BaseException] = []
     if url.lower().startswith(("rtsp://", "rtsps://")):
-        container = open_video(url, dict(RTSP_OPTIONS), timeout=(5.0, 5.0))
+        container = open_video(url, dict(RTSP_OPTIONS), timeout=(5.0, 5.0), decoder_options=STREAM_DECODER_OPTIONS)
     else:
         container = open_video(url[len("file://") :] if url.startswith("file://") else url)
     try:

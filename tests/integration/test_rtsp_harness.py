@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest, start_http_server
 
+from monitor.sources.av_source import STREAM_DECODER_OPTIONS
 from tests.support.media import corrupt_clip, empty_file, multislice_clip, slices_per_frame, text_file
 from tests.support.procs import free_port
 from tests.support.prometheus import Prometheus, promtool_check_metrics
@@ -106,21 +107,39 @@ def test_rtsp_with_corrupted_payload_still_decodes_frames() -> None:
     assert len(frames) == 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: FFmpeg decodes the top slice of multi-slice x264 frames corrupt over RTSP "
-    "(28 of 30 frames here); the fixture exists so the service's RTSP source can be tested against it",
-)
-def test_rtsp_multislice_frames_decode_clean() -> None:
-    with RtspServer(x264_threads=4) as server, open_rtsp(server.url) as container:
-        frames = read_frames(container, 30)
-    assert len(frames) == 30
-    corrupt = [
+def _top_slice_corrupt(frames: list[av.VideoFrame]) -> list[int]:
+    """Indices of frames whose top rows are not the plain background (a missing top slice)."""
+    return [
         i
         for i, frame in enumerate(frames)
         if np.abs(frame.to_ndarray(format="rgb24")[:20].reshape(-1, 3).mean(axis=0) - BACKGROUND).max() > 8
     ]
-    assert corrupt == []
+
+
+def test_rtsp_multislice_server_splits_keyframes_into_slices() -> None:
+    # The fixture reproduces a common camera pipeline (multi-slice x264 + rtph264pay
+    # config-interval=-1): SPS/PPS before every keyframe slice, so FFmpeg's parser hands the
+    # decoder one packet per slice, all with the keyframe's timestamp. Decoded without the
+    # service's decoder options, most frames lose their top slice.
+    with RtspServer(x264_threads=4) as server, open_rtsp(server.url) as container:
+        stream = container.streams.video[0]
+        packets = []
+        for packet in container.demux(stream):
+            packets.append(packet)
+            if len(packets) == 12:
+                break
+        frames = [frame for packet in packets for frame in packet.decode()]
+    keyframe_pts = [p.pts for p in packets if p.is_keyframe and p.pts is not None]
+    assert max(keyframe_pts.count(pts) for pts in set(keyframe_pts)) == 4, server.log()
+    assert len(_top_slice_corrupt(frames)) >= len(frames) // 2
+
+
+def test_rtsp_multislice_frames_decode_clean_with_stream_decoder_options() -> None:
+    with RtspServer(x264_threads=4) as server, open_rtsp(server.url) as container:
+        container.streams.video[0].codec_context.options = dict(STREAM_DECODER_OPTIONS)
+        frames = read_frames(container, 30)
+    assert len(frames) == 30
+    assert _top_slice_corrupt(frames) == []
 
 
 def test_media_fixtures(tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ def multislice_clip(
 ) -> Path:
     """H.264 with ``slices`` slices per frame, as x264 makes with threads > 1 and zerolatency.
 
-    Regression fixture: such frames once decoded with a corrupt top slice over RTSP.
+    File fixture for slice counting; the RTSP regression fixture for multi-slice keyframes is
+    ``RtspServer(x264_threads=4)``.
     """
     options = {"x264-params": f"slices={slices}"}
     return write_clip(path, seconds, fps=fps, width=width, height=height, codec="h264", options=options)
