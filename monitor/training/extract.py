@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,14 @@ def extract_clip(path: Path, analysis: AnalysisConfig, max_duration_s: float | N
     )
 
 
+def cache_file(path: Path, analysis: AnalysisConfig, cache_dir: Path, max_duration_s: float | None = None) -> Path:
+    return cache_dir / f"{cache_key(path, analysis)}-{max_duration_s}.npz"
+
+
 def load_or_extract(path: Path, analysis: AnalysisConfig, cache_dir: Path, max_duration_s: float | None = None) -> FaceClip:
     """The clip's faces from ``cache_dir`` (never inside the repository), extracting once."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    file = cache_dir / f"{cache_key(path, analysis)}-{max_duration_s}.npz"
+    file = cache_file(path, analysis, cache_dir, max_duration_s)
     if file.is_file():
         d = np.load(file)
         return FaceClip(d["t"], d["track"], d["landmarks"], d["crops"], d["crop_landmarks"], float(d["duration_s"]))
@@ -106,3 +111,55 @@ def load_or_extract(path: Path, analysis: AnalysisConfig, cache_dir: Path, max_d
     )
     tmp.replace(file)  # atomic: a killed run never leaves a truncated cache entry
     return clip
+
+
+def _extract_into_cache(path: Path, analysis: AnalysisConfig, cache_dir: Path, max_duration_s: float | None) -> int:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    return len(load_or_extract(path, analysis, cache_dir, max_duration_s))
+
+
+def prefetch(
+    paths: Sequence[Path],
+    analysis: AnalysisConfig,
+    cache_dir: Path,
+    max_duration_s: float | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[Path, str]:
+    """Extract every clip of ``paths`` not yet in ``cache_dir``, in ``workers`` processes.
+
+    Extraction is per clip and the cache is keyed by clip, so the faces (and the weights trained
+    on them) are the same as extracting one clip after another. Returns the clips that failed,
+    with the reason; callers then meet them again when they load the cache and skip them as they
+    always did. If a worker dies (a native crash in a decoder or in MediaPipe), the remaining
+    clips are left to the caller's in-process extraction."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tqdm import tqdm
+
+    missing = [p for p in dict.fromkeys(paths) if p.is_file() and not cache_file(p, analysis, cache_dir, max_duration_s).is_file()]
+    if workers < 2 or len(missing) < 2:
+        return {}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    failed: dict[Path, str] = {}
+    ctx = multiprocessing.get_context("spawn")  # MediaPipe's threads do not survive fork
+    with (
+        ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx) as pool,
+        tqdm(total=len(missing), desc=f"faces ({workers} workers)", unit="clip", disable=not progress) as bar,
+    ):
+        futures = {pool.submit(_extract_into_cache, p, analysis, cache_dir, max_duration_s): p for p in missing}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    fut.result()
+                except BrokenProcessPool:
+                    logger.warning("a face extraction worker died; the remaining clips are extracted in this process")
+                    break
+                except Exception as exc:  # one unreadable clip must not end the others
+                    failed[futures[fut]] = f"{type(exc).__name__}: {exc}"
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return failed

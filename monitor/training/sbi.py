@@ -66,7 +66,7 @@ def _decode(data: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
 
 def build_pack(
     sources: Sequence[str], holdout: Sequence[str], out: Path, cache_dir: Path, seed: int = 0, folds: int = 2,
-    quality: int = 90, eval_quality: int = 95, frame_step: int = 1, max_clip_s: float = 60.0,
+    quality: int = 90, eval_quality: int = 95, frame_step: int = 1, max_clip_s: float = 60.0, workers: int = 1,
 ) -> dict[str, object]:
     """Extract (or load cached) faces and write the training pack; returns its summary."""
     from monitor.config import AnalysisConfig
@@ -76,7 +76,7 @@ def build_pack(
     cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
     records = [r for s in sources for r in read_source(s)]
     held = set(holdout)
-    clips = load_clips(records, cfg, AnalysisConfig())
+    clips = load_clips(records, cfg, AnalysisConfig(), workers=workers)
     train = [c for c in clips if c.record.group not in held]
     n_folds = min(folds, len({c.record.group for c in train if not c.record.is_fake}))
     if n_folds < 2:
@@ -552,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--frame-step", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="processes extracting faces not yet cached (default: usable CPUs, at most 8)")
     f = sub.add_parser("fit", help="train the fold models on a pack")
     f.add_argument("--pack", type=Path, required=True)
     f.add_argument("--out", type=Path, required=True)
@@ -573,12 +574,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "pack":
+        from monitor.training.evaluate import default_workers
         from monitor.training.train import HOLDOUT_PRESETS
 
         if args.holdout_preset not in HOLDOUT_PRESETS:
             ap.error(f"--holdout-preset must be one of {', '.join(sorted(HOLDOUT_PRESETS))}")
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
-        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step), indent=2))
+        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, workers=args.workers or default_workers()), indent=2))
     else:
         print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs), indent=2))
 

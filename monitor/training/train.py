@@ -22,7 +22,7 @@ from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, Wi
 from monitor.errors import InputError
 from monitor.training import synthesis as syn
 from monitor.training.datasets import ClipRecord, read_source
-from monitor.training.extract import FaceClip, load_or_extract
+from monitor.training.extract import FaceClip, load_or_extract, prefetch
 from monitor.training.synthesis import boundary_target, to_input
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,14 @@ class Clip:
     pair: Clip | None = None
 
 
-def load_clips(records: Sequence[ClipRecord], cfg: TrainConfig, analysis: AnalysisConfig, progress: bool = True) -> list[Clip]:
+def load_clips(
+    records: Sequence[ClipRecord], cfg: TrainConfig, analysis: AnalysisConfig, progress: bool = True, workers: int = 1
+) -> list[Clip]:
+    """The records' faces, extracted once into ``cfg.cache_dir`` (in ``workers`` processes when
+    more than one); clips that cannot be read or show no face track are skipped, with a warning."""
     from tqdm import tqdm
 
+    prefetch([rec.path for rec in records], analysis, cfg.cache_dir, cfg.max_clip_s, workers, progress)
     clips: list[Clip] = []
     by_path: dict[Path, Clip] = {}
     for rec in tqdm(records, desc="faces", disable=not progress, unit="clip"):
@@ -507,9 +512,12 @@ def split_folds(clips: Sequence[Clip], k: int, seed: int) -> list[list[Clip]]:
     return [[c for c in clips if fold_of[c.record.group] == i] for i in range(k)]
 
 
-def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, progress: bool = True, fresh: bool = False) -> Path:
+def run_training(
+    config: TrainConfig, analysis: AnalysisConfig | None = None, progress: bool = True, fresh: bool = False, workers: int = 1
+) -> Path:
     """Train and export a bundle to ``config.out_dir``; returns that folder. An interrupted run
-    resumes from its checkpoints unless ``fresh``."""
+    resumes from its checkpoints unless ``fresh``. ``workers`` processes extract faces that are
+    not cached yet; they do not change the weights."""
     import torch
 
     started = time.monotonic()
@@ -518,7 +526,7 @@ def run_training(config: TrainConfig, analysis: AnalysisConfig | None = None, pr
     records = [r for s in config.sources for r in read_source(s)]
     held = set(config.holdout_groups)
     records = [r for r in records if r.group not in held]
-    clips = load_clips(records, config, analysis, progress)
+    clips = load_clips(records, config, analysis, progress, workers)
     ckpt = Checkpoints(config.cache_dir / "checkpoints" / run_key(config, records), config.checkpoint_every) if config.checkpoint_every else None
     if ckpt is not None and fresh:
         ckpt.clear()
@@ -642,13 +650,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--animated-stills", action="store_true", help="also fit the fusion on animated stills of the genuine clips (a talking-head proxy)")
     ap.add_argument("--call-codecs", action="store_true", help="degrade training crops with H.264 and VP8 as calls do, not only JPEG")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
+    ap.add_argument("--max-clip-s", type=float, default=60.0, help="read at most this many seconds of each clip (default 60)")
+    ap.add_argument("--workers", type=int, default=None, help="processes extracting faces not yet cached (default: usable CPUs, at most 8); the weights do not depend on it")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = _config_from_args(args)
     except ValidationError as exc:
         raise InputError(str(exc)) from exc
-    print(run_training(cfg, fresh=args.fresh))
+    from monitor.training.evaluate import default_workers
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    print(run_training(cfg, fresh=args.fresh, workers=args.workers or default_workers()))
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -667,6 +681,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         animated_stills=args.animated_stills,
         call_codecs=args.call_codecs,
+        max_clip_s=args.max_clip_s,
     )
 
 

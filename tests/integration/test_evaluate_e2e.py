@@ -261,3 +261,30 @@ def test_workers_that_cannot_set_up_fall_back_to_scanning_in_process(tmp_path: P
     report = evaluate(tmp_path / "m.tsv", tmp_path, settings, None, None, detector_factory=factory, progress=False, workers=2)
     assert all(c.score is not None for c in report.clips), [c.reasons for c in report.clips]
     assert "cannot use worker processes" in caplog.text and "do not start here" in caplog.text
+
+
+def test_face_extraction_workers_give_the_serial_faces_and_weights(dataset: Path, bundle: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from monitor.config import AnalysisConfig
+    from monitor.detect.bundle import sha256_file
+    from monitor.training.extract import cache_file, load_or_extract, prefetch
+
+    analysis = AnalysisConfig()
+    clips = [dataset / n for n in ("genuine/a.mp4", "genuine/b.mp4", "swapped/c.mp4")]
+    failed = prefetch([*clips, dataset / "nothing/missing.mp4"], analysis, tmp_path / "par", 60.0, workers=2, progress=False)
+    assert list(failed) == [dataset / "nothing/missing.mp4"]
+    for clip in clips:
+        serial = load_or_extract(clip, analysis, tmp_path / "ser", 60.0)
+        with np.load(cache_file(clip, analysis, tmp_path / "par", 60.0)) as parallel:
+            assert len(serial) > 0
+            for name in ("t", "track", "landmarks", "crops", "crop_landmarks"):
+                assert np.array_equal(parallel[name], getattr(serial, name)), (clip.name, name)
+
+    cfg = TrainConfig(
+        sources=(f"tsv:{dataset / 'm.tsv'}",), out_dir=tmp_path / "w2", cache_dir=tmp_path / "cache",
+        appearance_steps=3, geometry_steps=3, pairs_per_batch=2, folds=2, threads=1,
+    )
+    run_training(cfg, progress=False, workers=2)
+    for name in ("appearance.pt", "geometry.pt", "appearance.onnx", "geometry.onnx", "fusion.json"):
+        assert sha256_file(tmp_path / "w2" / name) == sha256_file(bundle / name), name
