@@ -55,7 +55,7 @@ class ScanResult:
     frames_analysed: int
     frames_with_face: int
     first_face_t: float | None
-    first_alert_t: float | None  # stream time the first alert opened
+    first_alert_t: float | None  # stream time the first alert opened (the service raised it)
     alerts_opened: int
     score: float | None  # video level, higher = more likely manipulated
     verdict: str  # alert | suspicious | clear | inconclusive
@@ -178,7 +178,10 @@ def summarise(
     for e in events:
         if e.type == EventType.ALERT_OPENED and isinstance(e.data, AlertData):
             alerts_by_track[e.data.track_id] = alerts_by_track.get(e.data.track_id, 0) + 1
-            first_alert_t = e.data.start_t if first_alert_t is None else min(first_alert_t, e.data.start_t)
+        # When the alert opened (the state change that opens it), not AlertData.start_t: that is
+        # when the score first crossed the threshold, at least policy.min_alert_s earlier.
+        if isinstance(e.data, TrackStateData) and e.data.state == TrackState.ALERT and e.data.previous != TrackState.ALERT:
+            first_alert_t = e.data.t if first_alert_t is None else min(first_alert_t, e.data.t)
     final_states: dict[int, TrackState] = {}
     for e in events:
         if isinstance(e.data, TrackStateData):

@@ -124,15 +124,24 @@ def auc_interval(y: Sequence[bool], s: Sequence[float], confidence: float = 0.95
 
 
 def equal_error_rate(y: Sequence[bool], s: Sequence[float]) -> float | None:
+    """The rate where false accepts of genuine clips equal missed fakes, on the ROC curve.
+
+    Tied scores move both rates at once, so the curve between two thresholds is a straight
+    line (as the AUC counts ties); the crossing is interpolated on it. Taking the best discrete
+    threshold instead overstated the EER with ties (1.0 for one genuine and one fake tied)."""
+    from sklearn.metrics import roc_curve
+
     ya, sa = np.asarray(y, bool), np.asarray(s, float)
     if ya.all() or not ya.any():
         return None
-    best = 1.0
-    for thr in np.unique(np.concatenate([sa, [np.inf]])):
-        far = float((sa[~ya] >= thr).mean())
-        frr = float((sa[ya] < thr).mean())
-        best = min(best, max(far, frr))
-    return best
+    far, tpr, _ = roc_curve(ya, sa, drop_intermediate=False)  # far rises from 0 to 1
+    frr = 1.0 - tpr
+    gap = far - frr  # from -1 (reject all) up to 1 (accept all)
+    i = int(np.argmax(gap >= 0))
+    if gap[i] == 0 or i == 0:
+        return float(far[i])
+    w = -gap[i - 1] / (gap[i] - gap[i - 1])
+    return float(far[i - 1] + w * (far[i] - far[i - 1]))
 
 
 def metrics(name: str, clips: Sequence[ClipResult], threshold: float, note: str = "") -> Metrics:

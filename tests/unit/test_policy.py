@@ -125,3 +125,17 @@ def test_short_spike_then_gap_does_not_alert() -> None:
     series = steady(0.95, 0, 0.5) + [(0.5 + i / 10, None) for i in range(30)] + steady(0.1, 3.5, 6)
     events = run(TrackPolicy("s", 1, CFG), series)  # type: ignore[arg-type]
     assert not [e for e in events if e.type == EventType.ALERT_OPENED]
+
+
+def test_offline_scan_times_an_alert_from_when_it_opened(settings) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from monitor.pipeline.offline import summarise
+
+    events = run(TrackPolicy("s", 1, CFG), steady(0.99, 0, 3))
+    opened = [e for e in events if e.type == EventType.ALERT_OPENED]
+    assert len(opened) == 1 and opened[0].data.start_t < 0.5  # the condition began at once...
+    result = summarise("clip", settings, {}, events, 30, 30, 0.0, 3.0, 1.0, [], np.zeros(4), [])
+    # ...but the alert opened only after min_alert_s: evaluate's time-to-detect counts from then.
+    assert CFG.min_alert_s <= result.first_alert_t < CFG.min_alert_s + 0.5
+    assert result.alerts_opened == 1

@@ -32,6 +32,13 @@ def test_auc_and_eer_need_both_classes() -> None:
 def test_eer() -> None:
     assert equal_error_rate([False, False, True, True], [0.1, 0.2, 0.8, 0.9]) == 0.0
     assert equal_error_rate([False, False, True, True], [0.1, 0.8, 0.2, 0.9]) == pytest.approx(0.5)
+    assert equal_error_rate([False, True], [0.9, 0.1]) == 1.0
+
+
+def test_eer_with_tied_scores_is_read_on_the_roc_curve() -> None:
+    # Ties move both error rates at once: the crossing lies on the straight segment between.
+    assert equal_error_rate([True, False], [0.5, 0.5]) == pytest.approx(0.5)
+    assert equal_error_rate([False] * 3 + [True] * 3, [0.2, 0.5, 0.5, 0.5, 0.5, 0.8]) == pytest.approx(1 / 3)
 
 
 def clip(path: str, label: str, score: float | None, alerts: int = 0, ttd: float | None = None, method: str = "") -> ClipResult:
