@@ -58,6 +58,11 @@ class TrackPolicy:
         self._alert: _OpenAlert | None = None
         self._announced = False
 
+    @property
+    def announced(self) -> bool:
+        """Whether the track's first state event has been emitted (it counts in the state gauge)."""
+        return self._announced
+
     # ----------------------------------------------------------------------------------
     def update(self, verdict: Verdict, wall_time: float) -> list[Event]:
         c = self.config

@@ -125,6 +125,10 @@ class StreamAnalyzer:
         self.fps = fps or analysis.fps
         self.budget_s = analysis.budget_s or 1.0 / self.fps
         self.tracks: dict[int, _Track] = {}
+        # Tracks the face stage reported ended and not yet closed here. It reports each only
+        # once, so they are kept until a frame's analysis succeeds: dropped with a failed frame,
+        # a track (and its open alert) would stay until the stream stops.
+        self._ended: set[int] = set()
         self._over_budget = False
         self._timer: Callable[[], float] = time.perf_counter
 
@@ -134,6 +138,7 @@ class StreamAnalyzer:
         rgb = frame.rgb()
         t1 = timer()
         face_frame = self.faces.process(frame, rgb)
+        self._ended.update(face_frame.ended_tracks)
         t2 = timer()
 
         skip_detect = self._over_budget
@@ -154,11 +159,12 @@ class StreamAnalyzer:
         events: list[Event] = []
         for verdict in verdicts:
             events.extend(self.tracks[verdict.track_id].policy.update(verdict, wall))
-        for track_id in face_frame.ended_tracks:
+        for track_id in sorted(self._ended):
             track = self.tracks.pop(track_id, None)
             if track is not None:
                 events.extend(track.policy.end(frame.pts_s, wall))
-                self.metrics.track_states.labels(track.policy.state.value).dec()
+                self._forget_state(track)
+        self._ended.clear()
         self._count_states(events)
         t4 = timer()
 
@@ -194,6 +200,12 @@ class StreamAnalyzer:
         for verdict in verdicts:
             m.verdicts.labels(self.tracks[verdict.track_id].policy.state.value).inc()
 
+    def _forget_state(self, track: _Track) -> None:
+        # A track that never got a verdict (created on a frame whose analysis failed) was never
+        # counted, so it must not be subtracted either.
+        if track.policy.announced:
+            self.metrics.track_states.labels(track.policy.state.value).dec()
+
     def _count_states(self, events: list[Event]) -> None:
         gauge = self.metrics.track_states
         for e in events:
@@ -208,8 +220,9 @@ class StreamAnalyzer:
         events: list[Event] = []
         for track in self.tracks.values():
             events.extend(track.policy.end(t, wall))
-            self.metrics.track_states.labels(track.policy.state.value).dec()
+            self._forget_state(track)
         self.tracks.clear()
+        self._ended.clear()
         self.faces.close()
         return events
 

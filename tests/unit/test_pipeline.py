@@ -120,6 +120,61 @@ def test_analyzer_reaches_alert_and_records_stages(metrics: Metrics) -> None:
     assert metrics.registry.get_sample_value("deepfake_monitor_tracks", {"state": "alert"}) == 0
 
 
+class ScriptedFaces:
+    """Scripted track ids per frame; a track missing from the next frame is reported ended once."""
+
+    def __init__(self, script: list[tuple[int, ...]]) -> None:
+        self.script = script
+        self.previous: tuple[int, ...] = ()
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        ids = self.script[frame.seq]
+        obs = tuple(
+            FaceObservation("s", tid, frame.seq, frame.pts_s, frame.received_at, np.zeros((478, 3), np.float32),
+                            (0, 0, 1, 1), None, GOOD)
+            for tid in ids
+        )
+        ended = tuple(t for t in self.previous if t not in ids)
+        self.previous = ids
+        return FaceFrame("s", frame.seq, frame.pts_s, frame.received_at, obs, ended)
+
+    def close(self) -> None:
+        pass
+
+
+class FailingOnce(CountingDetector):
+    def __init__(self, fail_at_t: float) -> None:
+        super().__init__(0.95)
+        self.fail_at_t = fail_at_t
+
+    def features(self, obs: FaceObservation) -> Any:
+        if abs(obs.t - self.fail_at_t) < 1e-6:
+            raise RuntimeError("detector failed on this frame")
+        return super().features(obs)
+
+
+def test_a_failed_frame_does_not_lose_the_tracks_that_ended_on_it(metrics: Metrics) -> None:
+    # Track 1 alerts, then leaves on frame 20, the frame on which analysis fails (and on which
+    # track 2 appears). Its alert must still close, on the next frame that succeeds.
+    clock = FakeClock()
+    script = [(1,)] * 20 + [(2,)] * 10
+    a = analyzer(FailingOnce(fail_at_t=2.0), ScriptedFaces(script), metrics, clock)  # type: ignore[arg-type]
+    events = []
+    for i in range(30):
+        try:
+            events.extend(a.analyse(frame(i, i / 10, clock.monotonic())).events)
+        except RuntimeError:
+            assert i == 20
+        clock.advance(0.1)
+    types = [(e.type.value, e.data.track_id) for e in events]
+    assert ("io.deepfake-monitor.alert.closed.v1", 1) in types
+    assert [s.track_id for s in a.snapshot()] == [2]
+    gauge = metrics.registry.get_sample_value
+    assert all((gauge("deepfake_monitor_tracks", {"state": s.value}) or 0) >= 0 for s in TrackState)
+    a.end(3.0)
+    assert all((gauge("deepfake_monitor_tracks", {"state": s.value}) or 0) == 0 for s in TrackState)
+
+
 def test_over_budget_skips_detector_work_instead_of_queueing(metrics: Metrics) -> None:
     clock = FakeClock()
     det = CountingDetector()
