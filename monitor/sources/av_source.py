@@ -75,6 +75,50 @@ def decode_frames(
         yield from frames
 
 
+class Timeline:
+    """Stream time of each decoded frame: seconds since the video started playing.
+
+    Files count from the container's start time, as a player does: MPEG-TS recordings start at
+    1.4 s or more and HLS segments anywhere, and taking those timestamps as they are made a live
+    file source sleep that long before its first frame and an offline scan with a duration limit
+    read nothing. A live stream counts from its first frame (``start_s`` None). A timestamp that
+    goes backwards or jumps more than ``MAX_JUMP_S`` ahead (concatenated MPEG-TS files, a 33-bit
+    wrap) is a discontinuity: the frame follows the previous one by one frame interval."""
+
+    MAX_JUMP_S = 10.0
+
+    def __init__(self, start_s: float | None = None) -> None:
+        self.start_s = start_s
+        self.t = 0.0  # the last frame's stream time
+        self.step = 1.0 / 30  # the last regular frame interval seen
+        self._raw: float | None = None
+
+    @classmethod
+    def of(cls, container: Any) -> Timeline:
+        start = getattr(container, "start_time", None)  # microseconds (AV_TIME_BASE)
+        return cls(start / 1_000_000 if start is not None else 0.0)
+
+    def __call__(self, raw: float | None) -> float:
+        if self._raw is None:
+            if raw is None:
+                raw = self.start_s or 0.0
+            if self.start_s is None:
+                self.start_s = raw
+            t = max(raw - self.start_s, 0.0)
+        elif raw is None:
+            raw, t = self._raw + self.step, self.t + self.step
+        else:
+            delta = raw - self._raw
+            if 0.0 <= delta <= self.MAX_JUMP_S:
+                t = self.t + delta
+                if 0.0 < delta < 1.0:
+                    self.step = delta
+            else:
+                t = self.t + self.step
+        self._raw, self.t = raw, t
+        return t
+
+
 def open_video(
     url: str,
     options: dict[str, str] | None = None,
@@ -147,12 +191,10 @@ class FileSource(ThreadedSource):
 
     def _read(self) -> Iterator[Frame]:
         started = self.clock.monotonic()
-        last_pts = 0.0
         while True:
+            timeline = Timeline.of(self._container)
             for vf in decode_frames(self._container, self.count_decode_error):
-                pts = float(vf.time) if vf.time is not None else last_pts
-                last_pts = pts
-                t = self._offset + pts
+                t = self._offset + timeline(None if vf.time is None else float(vf.time))
                 if self.realtime:
                     wait = started + t - self.clock.monotonic()
                     if wait > 0 and not self._sleep(wait):
@@ -162,7 +204,7 @@ class FileSource(ThreadedSource):
                 yield Frame.from_decoded(self.stream_id, self.next_seq(), t, self.clock.monotonic(), vf)
             if not self.loop or self._stop.is_set():
                 return
-            self._offset += last_pts + 1.0 / 30
+            self._offset += timeline.t + timeline.step
             self._container.seek(0)
 
 
@@ -247,13 +289,10 @@ def sample_video(
     try:
         interval = 1.0 / fps
         next_t = 0.0
-        t0: float | None = None
+        timeline = Timeline() if url.lower().startswith(("rtsp://", "rtsps://")) else Timeline.of(container)
         seq = 0
         for vf in decode_frames(container, on_decode_error or errors.append):
-            raw = float(vf.time) if vf.time is not None else next_t
-            if t0 is None:
-                t0 = min(raw, 0.0) if not url.lower().startswith("rtsp") else raw
-            t = raw - t0
+            t = timeline(None if vf.time is None else float(vf.time))
             if max_duration_s is not None and t > max_duration_s:
                 return
             if t + 1e-6 < next_t:

@@ -215,9 +215,13 @@ class ThreadedSource:
                     err = SourceError(f"{type(exc).__name__}: {exc}", retryable=self.reconnect)
                 finally:
                     self._close()
+                if self._stop.is_set():
+                    # Asked to stop: an error from the read or open it interrupted (a stalled
+                    # camera's timeout) is not a failure of the stream.
+                    break
                 self.status.last_error = str(err)
                 self.metrics.source_errors.labels(self.stream_id, type(err).__name__).inc()
-                if not (err.retryable and self.reconnect) or self._stop.is_set():
+                if not (err.retryable and self.reconnect):
                     self._set_state(StreamState.FAILED, str(err))
                     end = err
                     break

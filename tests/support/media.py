@@ -1,4 +1,5 @@
-"""Media fixtures generated at test time: raw frames, corrupt and edge-case files, multi-slice H.264."""
+"""Media fixtures generated at test time: raw frames, corrupt and edge-case files, multi-slice H.264,
+offset and discontinuous timestamps."""
 
 from __future__ import annotations
 
@@ -42,6 +43,24 @@ def corrupt_clip(
     with open(path, "r+b") as f:
         f.seek(start)
         f.write(noise)
+    return path
+
+
+def timestamped_ts(path: Path, seconds: float, start_s: float, *, fps: int = 10, width: int = 320, height: int = 240) -> Path:
+    """An MPEG-TS clip of the demo face whose timestamps start at ``start_s`` (recordings start
+    at 1.4 s or more, HLS segments anywhere). Concatenating two of them byte by byte gives a
+    timestamp discontinuity, as concatenated recordings have."""
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        first = round(start_s * fps)
+        for i in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(render_frame(i / fps, width, height), format="rgb24")
+            frame.pts = first + i
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,13 +14,13 @@ import pytest
 
 from monitor.clock import FakeClock, RateMeter
 from monitor.config import AnalysisConfig, PolicyConfig
-from monitor.errors import SourceEnded
+from monitor.errors import SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import StreamAnalyzer, quality_reasons
 from monitor.pipeline.stream import redact_url
 from monitor.plugins import TrackWindow
-from monitor.sources.base import Backoff, LatestSlot
-from monitor.types import FaceFrame, FaceObservation, FaceQuality, Frame, Score, Signal, TrackState
+from monitor.sources.base import Backoff, LatestSlot, ThreadedSource
+from monitor.types import FaceFrame, FaceObservation, FaceQuality, Frame, Score, Signal, StreamState, TrackState
 
 GOOD = FaceQuality(face_px=120, blur=100, out_of_frame=0, occlusion=0.1, confidence=0.9)
 
@@ -235,3 +238,32 @@ def test_dominant_reason_is_specific_and_deterministic(codes: list[str], reason:
     from monitor.pipeline.offline import dominant_reason
 
     assert dominant_reason(codes) == reason
+
+
+class StallingSource(ThreadedSource):
+    """Opens, then its read blocks like a silent camera until its timeout raises."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__("stalled", metrics=metrics)
+        self.reading = threading.Event()
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> Iterator[Frame]:
+        self.reading.set()
+        time.sleep(0.3)  # the read timeout, which the stop request cannot interrupt
+        raise SourceError("read failed: timed out", retryable=True)
+        yield  # pragma: no cover
+
+
+async def test_removing_a_stalled_stream_stops_it_without_a_failure(metrics: Metrics) -> None:
+    source = StallingSource(metrics)
+    states: list[StreamState] = []
+    source.on_state(lambda state, detail: states.append(state))
+    await source.start()
+    await asyncio.to_thread(source.reading.wait, 5)
+    await source.aclose()
+    assert states == [StreamState.RUNNING, StreamState.STOPPED]
+    assert source.status.last_error in (None, "")
+    assert metrics.registry.get_sample_value("deepfake_monitor_source_errors_total", {"stream": "stalled", "kind": "SourceError"}) is None
