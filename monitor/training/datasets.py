@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -108,7 +109,24 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     for line, r in rows:
         if not r.get("path"):
             raise InputError(f"{manifest}:{line}: empty path")
+        r["path"] = _relative_path(r["path"], f"{manifest}:{line}")
     return rows
+
+
+def _relative_path(raw: str, where: str) -> str:
+    """A manifest path as a clean POSIX path under the root: backslashes (manifests written on
+    Windows) become slashes, and ``./`` and doubled slashes go, so that the first component, which
+    names the clip's group, is the folder. An absolute path or one with ``..`` would not be under
+    ``--root`` (the manifest would not move with its data, and its group would be ``..``)."""
+    path = raw.replace("\\", "/")
+    if path.startswith("/") or re.match(r"[A-Za-z]:/", path):
+        raise InputError(f"{where}: path {raw!r} is absolute; paths are relative to the root")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InputError(f"{where}: path {raw!r} leaves the root (..)")
+    if not parts:
+        raise InputError(f"{where}: path {raw!r} names no file")
+    return "/".join(parts)
 
 
 def read_tsv(manifest: Path, root: Path | None = None) -> list[ClipRecord]:
@@ -151,10 +169,13 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
     group_of = {i: f"ffpp:{min(a, b)}" for a, b in pairs for i in (a, b)}
     real_dir = root / "original_sequences" / "youtube" / compression / "videos"
     out: list[ClipRecord] = []
+    missing = 0
     for vid in ids:
         path = real_dir / f"{vid}.mp4"
         if path.is_file():
             out.append(ClipRecord(path, "real", group_of[vid], "original", rel=str(path.relative_to(root))))
+        else:
+            missing += 1
     for method in FFPP_METHODS:
         mdir = root / "manipulated_sequences" / method / compression / "videos"
         if not mdir.is_dir():
@@ -166,6 +187,16 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
                     out.append(
                         ClipRecord(path, "fake", group_of[a], method, pair=real_dir / f"{tgt}.mp4", rel=str(path.relative_to(root)))
                     )
+                elif method != "DeepFakeDetection":  # DFD's videos are not named by split pairs
+                    missing += 1
+    if not out:
+        raise InputError(
+            f"{root}: no FF++ video of the {split} split at {compression}: expected "
+            f"original_sequences/youtube/{compression}/videos/<id>.mp4 and "
+            f"manipulated_sequences/<method>/{compression}/videos/<target>_<source>.mp4"
+        )
+    if missing:
+        logger.warning("%s: %d videos of the %s split are not there at %s (read %d)", root, missing, split, compression, len(out))
     return out
 
 
@@ -199,7 +230,10 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
     root = metadata.parent
     out = []
     for name, info in sorted(data.items()):
-        label: Label = "fake" if str(info.get("label", "")).upper() == "FAKE" else "real"
+        kind = str(info.get("label", "")).strip().upper()
+        if kind not in ("REAL", "FAKE"):
+            raise InputError(f"{metadata}: {name}: label {info.get('label')!r} is not REAL or FAKE")
+        label: Label = "fake" if kind == "FAKE" else "real"
         original = info.get("original")
         group = "dfdc:" + (original or name)
         out.append(
@@ -210,7 +244,8 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
 
 def read_source(spec: str) -> list[ClipRecord]:
     """One training source from a spec ``kind:path[:option]``:
-    ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split]``, ``celebdf:ROOT``, ``dfdc:METADATA.json``,
+    ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split[:compression]]`` (train, val or test; raw, c23
+    or c40; default train at c23), ``celebdf:ROOT``, ``dfdc:METADATA.json``,
     ``real:DIR`` (every video under DIR, all genuine: self-blending alone). A missing or
     unreadable file is an InputError that names the source."""
     try:
@@ -227,7 +262,11 @@ def _read_source(spec: str) -> list[ClipRecord]:
     if kind == "tsv" and parts:
         return read_tsv(Path(parts[0]), Path(parts[1]) if len(parts) > 1 else None)
     if kind == "ffpp" and parts:
-        return read_ffpp(Path(parts[0]), parts[1] if len(parts) > 1 else "train")  # type: ignore[arg-type]
+        split = parts[1] if len(parts) > 1 and parts[1] else "train"
+        compression = parts[2] if len(parts) > 2 else "c23"
+        if split not in ("train", "val", "test") or compression not in ("raw", "c23", "c40"):
+            raise InputError(f"source {spec!r}: use ffpp:ROOT[:train|val|test[:raw|c23|c40]]")
+        return read_ffpp(Path(parts[0]), split, compression)  # type: ignore[arg-type]
     if kind == "celebdf" and parts:
         return read_celebdf(Path(parts[0]))
     if kind == "dfdc" and parts:

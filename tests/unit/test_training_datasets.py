@@ -184,3 +184,35 @@ def test_cells_a_spreadsheet_quoted_whole_are_unquoted(tmp_path: Path) -> None:
     (tmp_path / "q.tsv").write_text('path\tlabel\tmethod\n"my clips/a b.mp4"\t"fake"\t"swap ""DFL"""\n')
     (rec,) = read_tsv(tmp_path / "q.tsv", tmp_path)
     assert (rec.rel, rec.label, rec.method) == ("my clips/a b.mp4", "fake", 'swap "DFL"')
+
+
+def test_manifest_paths_are_normalised_under_the_root(tmp_path: Path) -> None:
+    from monitor.training.evaluate import read_manifest
+
+    (tmp_path / "m.tsv").write_text("path\tlabel\n./fake/a.mp4\tfake\nreal\\\\b.mp4\treal\nreal//c.mp4\treal\n")
+    assert [r["path"] for r in read_manifest(tmp_path / "m.tsv")] == ["fake/a.mp4", "real/b.mp4", "real/c.mp4"]
+    recs = read_tsv(tmp_path / "m.tsv")
+    assert [(r.rel, r.path) for r in recs][0] == ("fake/a.mp4", tmp_path / "fake/a.mp4")
+    for bad, message in (("/data/x.mp4", "is absolute"), ("../x.mp4", r"leaves the root \(\.\.\)"), ("C:\\\\v\\\\x.mp4", "is absolute")):
+        (tmp_path / "bad.tsv").write_text(f"path\tlabel\na.mp4\treal\n{bad}\tfake\n")
+        with pytest.raises(ValueError, match=rf"bad.tsv:3: path .* {message}"):
+            read_manifest(tmp_path / "bad.tsv")
+
+
+def test_dfdc_labels_other_than_real_or_fake_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "metadata.json").write_text(json.dumps({"c.mp4": {"lable": "FAKE"}}))
+    with pytest.raises(ValueError, match=r"c.mp4: label None is not REAL or FAKE"):
+        read_dfdc(tmp_path / "metadata.json")
+
+
+def test_ffpp_compression_option_and_an_empty_layout(tmp_path: Path) -> None:
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.json").write_text(json.dumps([["001", "002"]]))
+    with pytest.raises(ValueError, match=r"no FF\+\+ video of the train split at c23"):
+        read_source(f"ffpp:{tmp_path}")
+    touch(tmp_path / "original_sequences/youtube/c40/videos/001.mp4")
+    touch(tmp_path / "manipulated_sequences/Deepfakes/c40/videos/001_002.mp4")
+    recs = read_source(f"ffpp:{tmp_path}:train:c40")
+    assert sorted(r.rel for r in recs) == ["manipulated_sequences/Deepfakes/c40/videos/001_002.mp4", "original_sequences/youtube/c40/videos/001.mp4"]
+    with pytest.raises(ValueError, match=r"use ffpp:ROOT\[:train\|val\|test\[:raw\|c23\|c40\]\]"):
+        read_source(f"ffpp:{tmp_path}:train:c99")
