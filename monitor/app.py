@@ -47,9 +47,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
     async with contextlib.AsyncExitStack() as stack:
         log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
         stack.callback(log.close)
-        pruned = log.prune(clock.time() - settings.alerts.retention_days * 86400)
-        if pruned:
-            logger.info("pruned %d events older than %.0f days", pruned, settings.alerts.retention_days)
+        prune_event_log(log, settings, clock.time())
         bus = EventBus(log, metrics, settings.alerts.queue_size)
         stack.push_async_callback(bus.aclose)
 
@@ -70,6 +68,28 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
 
         app = create_app(settings, manager, bus, metrics)
         yield Runtime(settings, metrics, log, bus, manager, app)
+
+
+def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:
+    """Delete events older than ``alerts.retention_days``, except those a configured sink has
+    not delivered yet. Sinks promise at-least-once delivery, so retention gives way to them:
+    a sink down for longer than the retention keeps its backlog (the log grows meanwhile) and
+    each start-up warns about it. Cursors of sinks no longer configured hold nothing back."""
+    older_than = now - settings.alerts.retention_days * 86400
+    cursors = {c.key: log.get_cursor(c.key) for c in settings.sinks}
+    owed = {key: cursor for key, cursor in cursors.items() if cursor is not None}  # None: not started yet
+    for key, cursor in owed.items():
+        kept = log.count_older(cursor, older_than)
+        if kept:
+            logger.warning(
+                "sink %s has %d undelivered events older than alerts.retention_days=%g (its cursor is at "
+                "event %d); they are kept, not pruned, until it delivers them or is removed from `sinks`",
+                key, kept, settings.alerts.retention_days, cursor,
+            )
+    pruned = log.prune(older_than, keep_after=min(owed.values(), default=None))
+    if pruned:
+        logger.info("pruned %d events older than %g days", pruned, settings.alerts.retention_days)
+    return pruned
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

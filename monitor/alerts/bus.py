@@ -107,15 +107,25 @@ class SinkRunner:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        cursor = await self._first_cursor()  # first: if it fails, there is no started sink to close
         await self.sink.start()
-        self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
+        self._task = asyncio.create_task(self._run(cursor), name=f"sink-{self.name}")
 
-    async def _run(self) -> None:
+    async def _first_cursor(self) -> int:
+        """The stored cursor; for a sink never started before, the log's end, saved at once.
+        A new sink starts from now rather than flooding its target with history, but from then
+        on it owes every event: were the cursor saved only after the first delivery, a restart
+        while its receiver is down would start "from now" again and skip what it still owes.
+        Set here, before start() returns, so no event published after start is missed either."""
         log = self.bus.log
         cursor = await self.bus.on_log(log.get_cursor, self.name)
         if cursor is None:
-            # A new sink starts from now rather than flooding its target with history.
             cursor = await self.bus.on_log(log.last_id)
+            await self.bus.on_log(log.set_cursor, self.name, cursor)
+        return cursor
+
+    async def _run(self, cursor: int) -> None:
+        log = self.bus.log
         delay = 0.5
         while True:
             try:

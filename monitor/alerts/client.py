@@ -28,12 +28,22 @@ def with_since(url: str, since: int | None) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def last_event_url(ws_url: str) -> str:
+    """``GET /api/events?last=1`` on the server behind ``ws_url``. Keeps what reaching it
+    needs: TLS (wss -> https), a reverse proxy's path prefix (``/monitor/ws/alerts`` ->
+    ``/monitor/api/events``) and query parameters such as ``access_token``."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/")
+    prefix = path[: -len("/ws/alerts")] if path.endswith("/ws/alerts") else ""
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("since", "last")] + [("last", "1")]
+    return urlunsplit((scheme, parts.netloc, prefix + "/api/events", urlencode(query), ""))
+
+
 async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> int:
     """The id of the newest event in the log (0 if empty), asked over HTTP on the same port."""
-    parts = urlsplit(ws_url)
-    base = urlunsplit(("https" if parts.scheme == "wss" else "http", parts.netloc, "/api/events", "last=1", ""))
     async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(base, headers=headers)
+        response = await http.get(last_event_url(ws_url), headers=headers)
     response.raise_for_status()
     events = response.json()
     return int(events[-1]["id"]) if events else 0

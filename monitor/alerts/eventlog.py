@@ -156,11 +156,24 @@ class EventLog:
             ).fetchone()
         return int(row[0])
 
-    def prune(self, older_than: float) -> int:
-        """Delete events older than ``older_than`` (UNIX time); ids are never reused."""
+    def prune(self, older_than: float, keep_after: int | None = None) -> int:
+        """Delete events older than ``older_than`` (UNIX time), but none with an id above
+        ``keep_after`` (a sink's cursor: not yet delivered); ids are never reused."""
         with self._lock:
-            cur = self._db.execute("DELETE FROM events WHERE time < ?", (older_than,))
+            if keep_after is None:
+                cur = self._db.execute("DELETE FROM events WHERE time < ?", (older_than,))
+            else:
+                cur = self._db.execute("DELETE FROM events WHERE time < ? AND id <= ?", (older_than, keep_after))
         return cur.rowcount
+
+    def count_older(self, after_id: int, older_than: float) -> int:
+        """How many events with id > ``after_id`` are older than ``older_than`` (a sink's
+        undelivered backlog past the retention)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM events WHERE id > ? AND time < ?", (after_id, older_than)
+            ).fetchone()
+        return int(row[0])
 
     def get_cursor(self, name: str) -> int | None:
         with self._lock:

@@ -1,0 +1,80 @@
+"""`monitor alerts` (monitor.alerts.client.tail) against the real service behind a path prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from monitor.alerts.client import last_event_url, tail
+from monitor.app import Runtime, runtime, uvicorn_config
+from monitor.config import load_settings
+from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+
+TOKEN = "t" * 32
+
+
+def status_event(i: int) -> Event:
+    data = StreamStatusData(StreamState.RUNNING, f"n{i}", 0)
+    return Event(EventType.STREAM_STATUS, "cam", Severity.INFO, time.time(), data)
+
+
+def test_last_event_url_keeps_tls_prefix_and_token() -> None:
+    assert last_event_url("ws://h:8080/ws/alerts") == "http://h:8080/api/events?last=1"
+    assert (
+        last_event_url("wss://example.org/monitor/ws/alerts?access_token=abc&since=7")
+        == "https://example.org/monitor/api/events?access_token=abc&last=1"
+    )
+
+
+@contextlib.asynccontextmanager
+async def behind_prefix(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[Runtime, str]]:
+    """The service (token required) mounted under ``prefix``, as a reverse proxy would serve it."""
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    async with runtime(settings) as rt:
+        config = uvicorn_config(Starlette(routes=[Mount(prefix, app=rt.app)]), settings)
+        config.port, config.log_level = 0, "warning"
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            assert not task.done(), "server did not start"
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield rt, f"ws://127.0.0.1:{port}{prefix}"
+        finally:
+            server.should_exit = True
+            await task
+
+
+@pytest.mark.parametrize(("prefix", "header"), [("", False), ("/monitor", False), ("/monitor", True)])
+async def test_tail_without_since_keeps_prefix_and_token(tmp_path: Path, prefix: str, header: bool) -> None:
+    # Before: the "from now" probe went to /api/events without the prefix or the token, and
+    # tail gave up with "alert API refused" (401, 404) although the websocket accepts that URL.
+    async with behind_prefix(tmp_path, prefix) as (rt, base):
+        await rt.bus.publish([status_event(1), status_event(2)])  # history: not printed
+        out = io.StringIO()
+        url, token = (f"{base}/ws/alerts", TOKEN) if header else (f"{base}/ws/alerts?access_token={TOKEN}", None)
+        task = asyncio.create_task(tail(url, token=token, out=out))
+        try:
+            async with asyncio.timeout(10):
+                while len(rt.bus._subs) == 0:  # noqa: SLF001 - wait until the websocket subscribed
+                    assert not task.done(), task.result()
+                    await asyncio.sleep(0.02)
+                await rt.bus.publish([status_event(3)])
+                while not out.getvalue():
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["3"]
