@@ -282,10 +282,17 @@ def _scan_parallel(
                             raise WorkersUnavailable(f"worker processes do not start here: {exc!r}") from exc
                         first = False
                     running: dict[Future[ClipResult], _Job] = {}
+                    broken = False
                     while pending or running:
-                        while pending and len(running) < workers and not suspects:
+                        while pending and len(running) < workers and not suspects and not broken:
                             job = pending.popleft()
-                            running[ex.submit(_worker_scan, job)] = job
+                            try:
+                                running[ex.submit(_worker_scan, job)] = job
+                            except BrokenProcessPool:
+                                # A worker died after the last wait: this clip never ran, so it
+                                # goes back; the clips in flight come back broken as suspects.
+                                pending.appendleft(job)
+                                broken = True
                         if not running:
                             break
                         done, _ = wait(running, return_when=ALL_COMPLETED if suspects else FIRST_COMPLETED)

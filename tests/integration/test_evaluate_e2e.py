@@ -212,6 +212,32 @@ def test_worker_processes_give_the_serial_results(dataset: Path, bundle: Path, s
     assert json.loads((tmp_path / "p.json").read_text())["clips"][3]["verdict"] == "error"
 
 
+def test_a_pool_found_broken_when_handing_out_a_clip_loses_nothing(
+    dataset: Path, bundle: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker can die between two hand-outs: then submit() itself raises. The clip it was
+    # handing out never ran and must be scanned later, not end the whole evaluation.
+    import concurrent.futures
+    import functools
+    from concurrent.futures.process import BrokenProcessPool
+
+    calls = {"n": 0}
+
+    class BreaksOnce(concurrent.futures.ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 3:  # the probe, the first clip, then this
+                raise BrokenProcessPool("a worker died")
+            return super().submit(*args, **kwargs)
+
+    factory = functools.partial(TemporalDetector, TemporalDetector.Config(model_dir=bundle))
+    serial = evaluate(dataset / "eval.tsv", dataset, settings, None, None, detector_factory=factory, progress=False)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", BreaksOnce)
+    parallel = evaluate(dataset / "eval.tsv", dataset, settings, None, None, detector_factory=factory, progress=False, workers=2)
+    assert calls["n"] > 3
+    assert parallel.clips == serial.clips
+
+
 def test_a_clip_that_kills_its_worker_is_an_error_and_nothing_else_is_lost(dataset: Path, settings: Settings, tmp_path: Path) -> None:
     from tests.support import crashing_detector
 
