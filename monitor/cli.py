@@ -225,17 +225,14 @@ def config_schema() -> None:
 
 @config_app.command("show")
 def config_show(config: Optional[Path] = ConfigOpt) -> None:
-    """Print the effective configuration (file + env + defaults), token hidden."""
-    from monitor.config import load_settings
+    """Print the effective configuration (file + env + defaults), credentials hidden."""
+    from monitor.config import load_settings, redact
 
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(exc)
-    data = settings.model_dump(mode="json")
-    if data["server"].get("token"):
-        data["server"]["token"] = "***"
-    typer.echo(json.dumps(data, indent=2))
+    typer.echo(json.dumps(redact(settings.model_dump(mode="json")), indent=2))
 
 
 def main() -> None:

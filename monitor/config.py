@@ -25,6 +25,8 @@ from monitor.errors import ConfigError
 
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEMO_URL = "demo://astronaut"
+# The logging level names that both the logging module and uvicorn accept.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _yaml_path: ContextVar[Path | None] = ContextVar("monitor_yaml_path", default=None)
 
 
@@ -163,7 +165,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("monitor-data"), description="Where the event log and state live; relative to the working directory.")
     instance: str = Field("monitor", description="Name of this instance, used as the CloudEvents `source`.")
-    log_level: str = Field("INFO", description="Python logging level.")
+    log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     demo: bool = Field(True, description="Watch the built-in demo stream when no streams are configured.")
     server: ServerConfig = Field(default_factory=ServerConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
@@ -190,6 +192,14 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        # Checked here: a bad level would otherwise pass and crash start-up with a traceback.
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:
         for what, ids in (("stream", [s.id for s in self.streams]), ("sink", [s.key for s in self.sinks])):
@@ -199,8 +209,46 @@ class Settings(BaseSettings):
         return self
 
 
+# Keys whose values are credentials. By name, not by type: plugin options are plain dicts
+# checked by each plugin's own model (the webhook's `secret`, `headers`), and SecretStr
+# would change what `settings.server.token` is for every caller.
+_SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re.IGNORECASE)
+REDACTED = "***"
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]+@")  # rtsp://user:pass@host
+
+
+def is_secret(path: tuple[Any, ...]) -> bool:
+    """Whether the value at ``path`` (keys from the root) is a credential: a secret-named key,
+    or any HTTP header value (an Authorization header is one)."""
+    for i, part in enumerate(path):
+        if isinstance(part, str) and (_SECRET_KEY.search(part) or (part.lower() == "headers" and i + 1 < len(path))):
+            return True
+    return False
+
+
+def redact(data: Any, path: tuple[Any, ...] = ()) -> Any:
+    """A copy of ``data`` (e.g. ``model_dump(mode="json")``) with every credential that is set
+    replaced by ``***``, and the user:password of URLs hidden; unset credentials stay null, so
+    the output still says whether they are set."""
+    if isinstance(data, dict):
+        return {k: redact(v, (*path, k)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact(v, (*path, i)) for i, v in enumerate(data)]
+    if data is not None and is_secret(path):
+        return REDACTED
+    return _URL_USERINFO.sub(rf"\1{REDACTED}@", data) if isinstance(data, str) else data
+
+
+def _shown(path: tuple[Any, ...], value: Any) -> str:
+    """The offending value as an error message may quote it: a credential only by its size."""
+    if not is_secret(path):
+        return repr(value)
+    return f"{len(value)} characters" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
 def describe_errors(exc: ValidationError) -> list[str]:
-    """One line per problem, each naming the offending key as a dotted path."""
+    """One line per problem, each naming the offending key as a dotted path; the offending
+    value is quoted, unless it is a credential (then only its length)."""
     lines = []
     for err in exc.errors(include_url=False):
         key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
@@ -209,7 +257,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if not isinstance(err.get("input"), (dict, list, tuple)) and err["type"] != "missing":
-                msg += f" (got {err['input']!r})"
+                msg += f" (got {_shown(tuple(err['loc']), err['input'])})"
         # Model-level checks already name their keys ("server.host=... needs server.token").
         lines.append(msg if not key or msg.startswith(key + ".") else f"{key}: {msg}")
     return lines

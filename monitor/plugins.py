@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from monitor.config import describe_errors
 from monitor.errors import ConfigError
 from monitor.types import FaceObservation, Frame, Score, SourceStatus, StreamState
 
@@ -137,5 +138,10 @@ def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
         return BaseModel()
     try:
         return config_model.model_validate(options)
-    except Exception as exc:  # pydantic.ValidationError, re-raised with the plugin's name
+    except ValidationError as exc:
+        # Re-raised with the plugin's name; described like the config file's errors, so a
+        # bad `secret` or header is named without printing its value.
+        problems = "; ".join(describe_errors(exc))
+        raise ConfigError(f"invalid options for plugin {cls.__name__}: {problems}") from exc
+    except Exception as exc:  # a plugin's own validation code failing some other way
         raise ConfigError(f"invalid options for plugin {cls.__name__}: {exc}") from exc

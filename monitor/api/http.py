@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 from collections import Counter
 import enum
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,19 @@ def origin_allowed(origin: str | None, host: str | None, allowed: set[str]) -> b
     return host is not None and origin.split("://", 1)[-1].rstrip("/") == host
 
 
+def loopback_hosts(bound: str) -> list[str]:
+    """Host header names a loopback server answers to: the usual two and the address it is
+    bound to (::1, 127.0.0.2...). TrustedHostMiddleware compares the host part of the header,
+    which keeps an IPv6 address in brackets (``Host: [::1]:8080``)."""
+    hosts = ["127.0.0.1", "localhost"]
+    try:
+        ip = ipaddress.ip_address(bound)
+    except ValueError:
+        return hosts  # "localhost"
+    name = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+    return hosts if name in hosts else [*hosts, name]
+
+
 def status_json(status: StreamStatus) -> dict[str, Any]:
     def conv(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -129,7 +143,7 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics)
     if settings.server.is_loopback:
         # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=loopback_hosts(settings.server.host))
     allowed_origins = set(settings.server.cors_origins)
     app.state.settings = settings
     app.state.manager = manager
@@ -176,6 +190,8 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             body = await request.json()
         except ValueError:
             raise HTTPException(400, "body must be JSON") from None
+        except RecursionError:  # json's C parser recurses per nesting level
+            raise HTTPException(400, "body must be JSON: nested too deeply") from None
         try:
             stream = StreamConfig.model_validate(body)
         except ValidationError as exc:
@@ -258,13 +274,15 @@ async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics
         # Replay everything up to the moment we subscribed; the queue holds what came after.
         while last_sent < sub.start_id:
             rows = await bus.read_since(last_sent, 500)
-            if not rows:
-                break
             for event_id, payload in rows:
                 if event_id > sub.start_id:
                     break
                 await websocket.send_text(payload)
                 last_sent = event_id
+            if not rows or rows[-1][0] > sub.start_id:
+                # The log has nothing more up to start_id (the ids left below it were pruned);
+                # the queue holds everything after it. Without this the loop re-reads forever.
+                last_sent = sub.start_id
         while True:
             get = asyncio.ensure_future(sub.queue.get())
             evicted = asyncio.ensure_future(sub.overflowed.wait())

@@ -119,9 +119,16 @@ class WhipSessions:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             except OperationError as exc:
                 raise Refused(422, f"cannot answer the offer: {exc}", "unanswerable_sdp") from exc
-            except (ValueError, InvalidAccessError, InvalidStateError, AssertionError, IndexError, KeyError) as exc:
+            except (
+                ValueError, InvalidAccessError, InvalidStateError, AssertionError, IndexError, KeyError, AttributeError
+            ) as exc:
+                # AttributeError: aiortc dereferences parts of the offer it assumes are present.
                 raise Refused(400, f"malformed SDP offer: {exc or type(exc).__name__}", "malformed_sdp") from exc
-            await set_local_description(pc, await pc.createAnswer(), self._hosts)
+            try:
+                await set_local_description(pc, await pc.createAnswer(), self._hosts)
+            except (ValueError, AttributeError) as exc:
+                # An offer aiortc accepted but cannot build a matching answer for.
+                raise Refused(422, f"cannot answer the offer: {exc or type(exc).__name__}", "unanswerable_sdp") from exc
             by_mid = {t.receiver.track: t.mid for t in pc.getTransceivers()}
             video_tracks = [t for t in tracks if t.kind == "video"]
             for track in tracks:
@@ -268,6 +275,18 @@ def check_offer(offer: str) -> list[str]:
         parsed = SessionDescription.parse(offer)
     except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
         raise Refused(400, f"malformed SDP offer: {exc or type(exc).__name__}", "malformed_sdp") from exc
+    # aiortc assumes unique mids and a DTLS fingerprint per m-line (RFC 8843, RFC 8842):
+    # without them it fails deep inside negotiation (AttributeError, a 500) or answers and
+    # then cannot check DTLS. Refuse such offers here, with a reason.
+    seen_mids: set[str] = set()
+    for index, media in enumerate(parsed.media):
+        mid = media.rtp.muxId or ""
+        if mid in seen_mids:
+            which = f"with a=mid:{mid}" if mid else "without a=mid"
+            raise Refused(400, f"malformed SDP offer: more than one m-line {which}", "malformed_sdp")
+        seen_mids.add(mid)
+        if media.dtls is None or not media.dtls.fingerprints:  # aiortc drops dtls without a=setup
+            raise Refused(400, f"malformed SDP offer: m-line {index} has no a=fingerprint (or no a=setup)", "malformed_sdp")
     videos: list[str] = []
     codecs_seen: set[str] = set()
     for index, media in enumerate(parsed.media):

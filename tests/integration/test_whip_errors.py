@@ -99,3 +99,41 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
                 assert got == n, (reason, got)
             assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
             assert svc.runtime.manager.list() == []
+
+
+def without_fingerprint(offer: str) -> str:
+    """ICE credentials and rtcp-mux, but no DTLS fingerprint: aiortc fails on it with AttributeError."""
+    return "".join(line for line in offer.splitlines(keepends=True) if not line.startswith("a=fingerprint:"))
+
+
+def video_twice(offer: str) -> str:
+    """The video m-section repeated, so two m-lines share ``a=mid:0``."""
+    head, video = offer.split("m=video", 1)
+    return head + "m=video" + video + "m=video" + video
+
+
+async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN}, webrtc={"max_sessions": 1}
+    )
+    offer = await real_offer()
+    cases = [
+        (without_fingerprint(offer), "no a=fingerprint"),
+        (video_twice(offer), "more than one m-line with a=mid:0"),
+    ]
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            for body, reason in cases:
+                r = await client.post("/whip/cam1", content=body, headers={**AUTH, **SDP})
+                assert r.status_code == 400, (reason, r.text)
+                assert reason in r.json()["error"], r.text
+        reg = svc.runtime.metrics.registry
+        failed = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "malformed_sdp"})
+        assert failed == 2
+        sessions = svc.runtime.app.state.whip_sessions
+        assert sessions.sessions == {} and sessions._reserved == 0
+        assert svc.runtime.manager.list() == []
+        # The only session slot is free again: a good offer is answered.
+        pc, ok = await publish(svc.base, "cam1", [FaceTrack((160, 120))])
+        assert ok.status_code == 201, ok.text
+        await pc.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -151,6 +152,9 @@ async def test_stream_crud_and_errors(tmp_path: Path) -> None:
             assert (await http.get("/api/streams/cam1")).status_code == 200
             assert (await http.get("/api/streams/nope")).status_code == 404
             assert (await http.post("/api/streams", content=b"{not json", headers={"content-type": "application/json"})).status_code == 400
+            # Nested deeper than the parser recurses (still under the body limit): 400, not 500.
+            deep = await http.post("/api/streams", content=b"[" * 50_000, headers={"content-type": "application/json"})
+            assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"], deep.text
             assert (await http.post("/api/streams", content=b"x" * 200_000)).status_code == 413
             assert (await http.delete("/api/streams/cam1")).status_code == 204
             assert (await http.delete("/api/streams/cam1")).status_code == 404
@@ -196,6 +200,28 @@ async def test_cross_site_requests_are_refused(tmp_path: Path) -> None:
                         pass
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_ipv6_loopback_host_is_trusted_and_rebinding_still_refused(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path, server={"host": "::1"})) as svc:
+        port = svc.base.rsplit(":", 1)[1]
+        async with httpx.AsyncClient(base_url=f"http://[::1]:{port}") as http:
+            assert (await http.get("/api/streams")).status_code == 200  # Host: [::1]:PORT
+            for host in ("evil.example", "127.0.0.2", f"evil.example:{port}"):
+                assert (await http.get("/api/streams", headers={"host": host})).status_code == 400, host
+        async with websockets.connect(f"ws://[::1]:{port}/ws/alerts?since=0") as ws:
+            await svc.runtime.bus.publish([status_event(1)])
+            assert (await recv_all(ws, 1))[0]["id"] == "1"
+
+
 async def test_event_published_during_replay_is_neither_lost_nor_duplicated(tmp_path: Path) -> None:
     async with running_service(make_settings(tmp_path)) as svc:
         bus = svc.runtime.bus
@@ -218,6 +244,32 @@ async def test_event_published_during_replay_is_neither_lost_nor_duplicated(tmp_
                 async with asyncio.timeout(0.5):
                     await ws.recv()
         assert [int(e["id"]) for e in got] == [1, 2, 3, 4]
+
+
+async def test_replay_ends_when_the_events_before_the_subscription_were_pruned(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        # ids 1-2 are recent, ids 3-4 old; pruning leaves a gap just below the subscription's start.
+        await bus.publish([status_event(10), status_event(11), status_event(0), status_event(1)])
+        assert await bus.on_log(bus.log.prune, 1_700_000_000.0 + 5) == 2
+        original = bus.read_since
+        calls = 0
+
+        async def publish_then_read(after_id: int, limit: int = 500) -> list[tuple[int, str]]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # id 5 lands after subscribe() but before the first replay read
+                await bus.publish([status_event(12)])
+            return await original(after_id, limit)
+
+        bus.read_since = publish_then_read  # type: ignore[method-assign]
+        async with websockets.connect(svc.ws + "/ws/alerts?since=0") as ws:
+            got = await recv_all(ws, 3, timeout=5)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await ws.recv()
+        assert [int(e["id"]) for e in got] == [1, 2, 5]
+        assert calls <= 2  # the replay stopped instead of re-reading the log forever
 
 
 def test_sinks_need_distinct_ids(tmp_path: Path) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 import monitor.app
 from monitor.cli import app
 from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError
+from monitor.plugins import plugin_config
 
 EXPOSED = "server:\n  host: 0.0.0.0\n  port: 9000\n"
 
@@ -106,3 +110,80 @@ def test_a_bug_in_training_is_not_dressed_up_as_bad_input(tmp_path: Path, monkey
     r = CliRunner().invoke(app, ["train", "--source", f"tsv:{tmp_path / 'ok.tsv'}", "--out", str(tmp_path / "b")])
     assert isinstance(r.exception, ValueError) and r.exit_code == 1
     assert "error: operands" not in r.stderr
+
+
+def test_a_bad_log_level_is_a_config_error_naming_the_key(
+    tmp_path: Path, served: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MONITOR_LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigError, match=r"log_level: must be one of DEBUG, INFO.*'verbose'"):
+        load_settings(None)
+    r = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "d")])
+    assert r.exit_code == 2 and not served, r.output
+    assert "log_level" in r.stderr and "Traceback" not in r.stderr
+    monkeypatch.setenv("MONITOR_LOG_LEVEL", "debug")  # any case; what logging and uvicorn take
+    assert load_settings(None).log_level == "DEBUG"
+
+
+SECRETS = {
+    "token": "server-token-0123456789",
+    "credential": "turn-credential-42",
+    "secret": "webhook-secret-0123456789",
+    "authorization": "Bearer receiver-key-987",
+    "password": "rtsp-pass-1",
+}
+
+
+def test_config_show_hides_every_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MONITOR_SERVER__HOST", "MONITOR_SERVER__TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "server": {"token": SECRETS["token"]},
+        "webrtc": {"ice_servers": [
+            {"urls": ["turn:turn.example:3478"], "username": "u", "credential": SECRETS["credential"]},
+            {"urls": ["stun:stun.example:3478"]},
+        ]},
+        "sinks": [{"name": "webhook", "options": {
+            "url": "https://hooks.example/in", "secret": SECRETS["secret"],
+            "headers": {"Authorization": SECRETS["authorization"], "X-Team": "soc"},
+        }}],
+        "streams": [{"id": "cam1", "url": f"rtsp://admin:{SECRETS['password']}@10.0.0.5/live"}],
+    }))
+    r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    for what, value in SECRETS.items():
+        assert value not in r.stdout, what
+    shown = json.loads(r.stdout)
+    assert shown["server"]["token"] == "***"
+    assert [s["credential"] for s in shown["webrtc"]["ice_servers"]] == ["***", None]  # unset stays null
+    options = shown["sinks"][0]["options"]
+    assert options["secret"] == "***" and options["headers"] == {"Authorization": "***", "X-Team": "***"}
+    assert options["url"] == "https://hooks.example/in"
+    assert shown["streams"][0]["url"] == "rtsp://***@10.0.0.5/live"
+
+
+class _SecretPlugin:
+    """Declares its options like the webhook sink: a `secret` and free-form `headers`."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        secret: str | None = Field(None, min_length=16)
+        headers: dict[str, str] = Field(default_factory=dict)
+        retries: int = 3
+
+
+def test_validation_errors_do_not_echo_credentials() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, server={"host": "0.0.0.0", "token": "shortsecret"})
+    assert "shortsecret" not in str(err.value)
+    assert "server.token: String should have at least 16 characters (got 11 characters)" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        plugin_config(_SecretPlugin, {"secret": "tooshort", "headers": {"Authorization": ["Bearer k3y"]}})
+    message = str(err.value)
+    assert "tooshort" not in message and "k3y" not in message
+    assert "secret: String should have at least 16 characters (got 8 characters)" in message
+    assert "headers.Authorization" in message
+    # Values of other options are still quoted: they help find the mistake.
+    with pytest.raises(ConfigError, match=r"retries: .*'three'"):
+        plugin_config(_SecretPlugin, {"retries": "three"})
