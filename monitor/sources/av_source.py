@@ -46,13 +46,22 @@ STREAM_DECODER_OPTIONS = {"flags2": "+chunks"}
 
 
 def decode_frames(
-    container: Any, on_decode_error: Callable[[BaseException], None], max_consecutive_errors: int = 50
+    container: Any,
+    on_decode_error: Callable[[BaseException], None],
+    max_consecutive_errors: int = 50,
+    max_video_gap_s: float | None = None,
 ) -> Iterator[Any]:
     """Decode the first video stream, skipping corrupt packets (each reported) instead of
-    giving up on the whole stream. Raises SourceError after too many errors in a row."""
+    giving up on the whole stream. Raises SourceError after too many errors in a row.
+
+    With ``max_video_gap_s`` (live streams), every stream's packets are read and a video
+    stream silent that long while others still flow raises SourceError too. The socket's read
+    timeout cannot see that: a camera whose video encoder hangs while its audio goes on kept
+    the source "running" with no frame, for ever."""
     stream = container.streams.video[0]
     consecutive = 0
-    packets = container.demux(stream)
+    packets = container.demux() if max_video_gap_s is not None else container.demux(stream)
+    last_video = time.monotonic()
     while True:
         try:
             packet = next(packets)
@@ -62,6 +71,12 @@ def decode_frames(
             return
         except (av.error.FFmpegError, OSError) as exc:
             raise SourceError(f"read failed: {exc}", retryable=True) from exc
+        if packet.stream.index != stream.index:
+            silent = time.monotonic() - last_video
+            if max_video_gap_s is not None and silent > max_video_gap_s:
+                raise SourceError(f"no video for {silent:.1f} s while other streams still play", retryable=True)
+            continue
+        last_video = time.monotonic()
         try:
             frames = packet.decode()
         except (av.error.InvalidDataError, av.error.FFmpegError) as exc:
@@ -261,7 +276,8 @@ class RtspSource(ThreadedSource):
             self._container = None
 
     def _read(self) -> Iterator[Frame]:
-        for vf in decode_frames(self._container, self.count_decode_error):
+        frames = decode_frames(self._container, self.count_decode_error, max_video_gap_s=self.config.read_timeout_s)
+        for vf in frames:
             now = self.clock.monotonic()
             if self._t0 is None:
                 self._t0 = now
@@ -289,9 +305,10 @@ def sample_video(
     try:
         interval = 1.0 / fps
         next_t = 0.0
-        timeline = Timeline() if url.lower().startswith(("rtsp://", "rtsps://")) else Timeline.of(container)
+        live = url.lower().startswith(("rtsp://", "rtsps://"))
+        timeline = Timeline() if live else Timeline.of(container)
         seq = 0
-        for vf in decode_frames(container, on_decode_error or errors.append):
+        for vf in decode_frames(container, on_decode_error or errors.append, max_video_gap_s=5.0 if live else None):
             t = timeline(None if vf.time is None else float(vf.time))
             if max_duration_s is not None and t > max_duration_s:
                 return

@@ -1,4 +1,5 @@
-"""The service's RTSP readers against a real RTSP server whose keyframes arrive one packet per slice."""
+"""The service's RTSP readers against a real RTSP server: keyframes that arrive one packet per slice,
+and a video stream that stops while audio goes on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from monitor.metrics import Metrics
 from monitor.sources.av_source import RtspSource, sample_video
-from monitor.types import Frame
+from monitor.types import Frame, StreamState
 from tests.support.rtsp_server import RtspServer
 
 pytestmark = pytest.mark.integration
@@ -39,3 +40,22 @@ def test_sample_video_decodes_multislice_rtsp_whole() -> None:
         frames = list(sample_video(server.url, fps=30, max_duration_s=1.5))
     assert len(frames) >= 30
     assert [i for i, frame in enumerate(frames) if not top_rows_clean(frame)] == []
+
+
+async def test_rtsp_source_reconnects_when_video_stops_but_audio_goes_on(metrics: Metrics) -> None:
+    # A camera whose video encoder hangs keeps sending audio: the socket never times out, so
+    # only the gap in video can show that the stream is dead.
+    with RtspServer(width=320, height=240, fps=10, source="testsrc", audio=True, video_seconds=1.0) as server:
+        source = RtspSource("cam", server.url, metrics=metrics, config=RtspSource.Config(read_timeout_s=1.0))
+        states: list[StreamState] = []
+        source.on_state(lambda state, detail: states.append(state))
+        await source.start()
+        try:
+            await asyncio.wait_for(source.recv(), 10)
+            deadline = asyncio.get_running_loop().time() + 8
+            while StreamState.RECONNECTING not in states and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            await source.aclose()
+    assert StreamState.RECONNECTING in states, states
+    assert "no video for" in (source.status.last_error or "")

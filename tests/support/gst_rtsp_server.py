@@ -42,6 +42,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="x264 threads; >1 with tune=zerolatency gives multi-slice frames (a regression)",
     )
+    p.add_argument("--audio", action="store_true", help="also stream a PCMU test tone (pay1)")
+    p.add_argument(
+        "--video-seconds",
+        type=float,
+        default=0.0,
+        help="stop each client's video after this long (0: never), as a camera whose video "
+        "encoder hangs; audio goes on",
+    )
     p.add_argument(
         "--garbage",
         type=float,
@@ -123,7 +131,16 @@ def launch_line(args: argparse.Namespace) -> str:
     if args.garbage > 0:
         # skip keeps the first keyframe intact so clients get SPS/PPS and start decoding.
         garbage = f" ! breakmydata probability={args.garbage} skip=20000 seed=1"
-    return f"( {source} ! {encoder}{garbage} ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    if args.video_seconds:
+        source += " ! valve name=gate drop=false"
+    audio = ""
+    if args.audio:
+        # audiotestsrc next to the appsrc made PLAY fail (the server's seek): use it with testsrc.
+        audio = (
+            " audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=8000,channels=1 ! mulawenc "
+            "! rtppcmupay name=pay1 pt=0"
+        )
+    return f"( {source} ! {encoder}{garbage} ! rtph264pay name=pay0 pt=96 config-interval=-1{audio} )"
 
 
 def main(argv: list[str]) -> int:
@@ -144,6 +161,14 @@ def main(argv: list[str]) -> int:
         if frames is not None:
             src = media.get_element().get_child_by_name("src")
             src.connect("need-data", Pacer(frames, args.fps).on_need_data)
+        if args.video_seconds:
+            gate = media.get_element().get_child_by_name("gate")
+
+            def close_gate() -> bool:
+                gate.set_property("drop", True)
+                return False  # once
+
+            GLib.timeout_add(int(args.video_seconds * 1000), close_gate)
 
     factory.connect("media-configure", on_configure)
 

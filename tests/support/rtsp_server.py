@@ -34,7 +34,9 @@ class RtspServer:
 
     ``source="face"`` streams the demo face (pre-rendered here, since Debian's python has no
     numpy), ``"testsrc"`` GStreamer's bouncing ball. The port is kept across ``restart()``,
-    so a client can reconnect to the same URL. Interleaved TCP only.
+    so a client can reconnect to the same URL. Interleaved TCP only. ``audio`` adds a PCMU
+    tone (with ``source="testsrc"``); ``video_seconds`` stops each client's video after that
+    long while audio goes on.
     """
 
     def __init__(
@@ -50,6 +52,8 @@ class RtspServer:
         key_int: int | None = None,
         x264_threads: int = 1,
         garbage: float = 0.0,
+        audio: bool = False,
+        video_seconds: float = 0.0,
         port: int = 0,
     ) -> None:
         self.width, self.height, self.fps = width, height, fps
@@ -64,7 +68,10 @@ class RtspServer:
             f"--key-int={key_int or 0}",
             f"--x264-threads={x264_threads}",
             f"--garbage={garbage}",
+            f"--video-seconds={video_seconds}",
         ]
+        if audio:
+            self._args.append("--audio")
         if source == "face":
             # One second played forwards then backwards: smooth motion, 27 MB at 480p.
             raw = self._workdir / "frames.rgb"
