@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make run` and `make test`. Both set everything up first.
-.PHONY: run test setup setup-test bench lint
+.PHONY: run test setup setup-test bench
 
 run: setup
 	.venv/bin/monitor serve

@@ -46,6 +46,17 @@ stamp=.venv/.setup-stamp
 inputs=$(cat pyproject.toml plugins/*/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$want_test
 if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  # torch's Linux wheel on PyPI is the CUDA build (several GB of NVIDIA libraries). Take the
+  # CPU build from PyTorch's own index first, unless a CPU wheel is already at hand in a
+  # PIP_FIND_LINKS folder (as on machines prepared offline). TORCH_INDEX_URL overrides the index;
+  # set it empty to take whatever pip finds.
+  torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+  for dir in ${PIP_FIND_LINKS:-}; do
+    compgen -G "${dir%/}/torch-2.13.0+cpu-*.whl" >/dev/null && torch_index=""
+  done
+  if [ -n "$torch_index" ] && ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+    .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 --index-url "$torch_index"
+  fi
   extras=""; [ "$want_test" = 1 ] && extras="[test]"
   .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" -e plugins/webhook-sink
   # mediapipe 0.10.21 bundles the face models (later releases download them at run time);
