@@ -160,6 +160,13 @@ class TrackAssigner:
 
     A track unseen for more than ``lost_s`` of stream time ends; a face that comes back sooner,
     near the same place and size, keeps its id. Separate from MediaPipe so it is testable alone.
+
+    Boxes are in pixels of the frame they came from. Pass ``frame_size`` (width, height) so that
+    a change of resolution mid-stream (WebRTC bandwidth adaptation, a simulcast layer switch)
+    does not end every track: when it differs from the previous frame's size, the tracks' stored
+    boxes are first mapped into the new frame, x by new/old width and y by new/old height. Only
+    stored state is rescaled, and only on a change, so at a constant size the arithmetic, and the
+    ids, are exactly those of an assigner that is never told the size.
     """
 
     def __init__(self, lost_s: float) -> None:
@@ -167,15 +174,24 @@ class TrackAssigner:
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
         self._last_t: float | None = None
+        self._frame_size: tuple[int, int] | None = None
 
     @property
     def active_ids(self) -> tuple[int, ...]:
         return tuple(self._tracks)
 
     def update(
-        self, t: float, boxes: list[tuple[float, float, float, float]]
+        self,
+        t: float,
+        boxes: list[tuple[float, float, float, float]],
+        frame_size: tuple[int, int] | None = None,
     ) -> tuple[list[tuple[int, float] | None], tuple[int, ...]]:
-        """(track id, confidence) per box, None for a duplicate, and the ids of ended tracks."""
+        """(track id, confidence) per box, None for a duplicate, and the ids of ended tracks.
+
+        ``frame_size`` is the (width, height) the boxes are in pixels of; None keeps the previous.
+        """
+        if frame_size is not None:
+            self._rescale(frame_size)
         ended: list[int] = []
         if self._last_t is not None and t < self._last_t:
             # Stream time went backwards (a looped file, a restarted source): nothing carries over.
@@ -216,6 +232,24 @@ class TrackAssigner:
                 track.persistence /= 2.0
         return result, tuple(ended)
 
+    def _rescale(self, frame_size: tuple[int, int]) -> None:
+        """Map the tracks' boxes into a frame of ``frame_size`` if it differs from the last one."""
+        width, height = int(frame_size[0]), int(frame_size[1])
+        if width <= 0 or height <= 0:
+            return
+        previous = self._frame_size
+        self._frame_size = (width, height)
+        if previous is None or previous == self._frame_size:
+            return
+        # Each axis maps by its own ratio, so boxes stay where they were relative to the frame:
+        # exact for a pure change of scale. Under a change of aspect ratio this treats the new
+        # frame as the old one stretched; for a crop, faces near the centre still match (IoU or
+        # the centre gate) while faces near the cropped edges may start new tracks.
+        sx, sy = width / previous[0], height / previous[1]
+        for track in self._tracks.values():
+            x0, y0, x1, y1 = track.bbox
+            track.bbox = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+
 
 class FaceTracker:
     """Finds, tracks and aligns the faces of one stream; call ``process`` from one thread."""
@@ -247,7 +281,7 @@ class FaceTracker:
             landmarks_to_array(lm, width, height) for lm in (result.multi_face_landmarks or ())
         ]
         boxes = [bbox_of(lm) for lm in landmark_sets]
-        ids, ended = self._assigner.update(frame.pts_s, boxes)
+        ids, ended = self._assigner.update(frame.pts_s, boxes, (width, height))
         size = self._config.crop_size
         faces: list[FaceObservation] = []
         for landmarks, box, assigned in zip(landmark_sets, boxes, ids):
