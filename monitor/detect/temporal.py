@@ -132,9 +132,14 @@ class TemporalDetector:
     def features(self, obs: FaceObservation) -> FrameCues | None:
         if obs.crop is None:
             return None
+        geometry = geometry_vector(obs.landmarks)
+        if not np.isfinite(geometry).all():
+            # A NaN landmark or a degenerate mesh would poison 3 s of the geometry GRU's input
+            # (torch and ONNX even disagree on NaN): the frame adds nothing to the window.
+            return None
         crop = prepare_crop(obs.crop)
         logit = float(self.bundle.appearance(crop[None])[0])
-        return FrameCues(obs.t, logit, geometry_vector(obs.landmarks), colour_vector(crop))
+        return FrameCues(obs.t, logit, geometry, colour_vector(crop))
 
     def score(self, window: TrackWindow) -> Score:
         rows = [f for f in window.features if f is not None]
@@ -157,6 +162,9 @@ class TemporalDetector:
         return self.fuse(x)
 
     def fuse(self, x: np.ndarray) -> Score:
+        if not np.isfinite(x).all():
+            # Never a probability: sigmoid's clamp would turn NaN into 1.0, an alert from nothing.
+            return Score(None, reasons=("invalid_features",))
         terms = self.fusion.terms(x)
         probability = sigmoid(self.fusion.intercept + float(terms.sum()))
         total = float(np.abs(terms).sum()) or 1.0

@@ -130,6 +130,7 @@ class StreamAnalyzer:
         # a track (and its open alert) would stay until the stream stops.
         self._ended: set[int] = set()
         self._over_budget = False
+        self._skipped_last = False
         self._timer: Callable[[], float] = time.perf_counter
 
     def analyse(self, frame: Frame) -> Analysis:
@@ -141,7 +142,12 @@ class StreamAnalyzer:
         self._ended.update(face_frame.ended_tracks)
         t2 = timer()
 
-        skip_detect = self._over_budget
+        # Over budget last frame: reuse the windows as they are instead of adding this frame's
+        # features, but never twice in a row. When face finding alone exceeds the budget (a busy
+        # machine, a high analysis fps) every frame is over it, and skipping each time froze every
+        # window: a new face never got a score, a swap switched on mid-call was never seen.
+        skip_detect = self._over_budget and not self._skipped_last
+        self._skipped_last = skip_detect
         verdicts: list[Verdict] = []
         multiple = len(face_frame.faces) > 1
         for obs in face_frame.faces:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monitor.detect.bundle import FILES, MODELS_DIR, Fusion, load_bundle, sha256_file
-from monitor.detect.features import GEOMETRY_DIM
+from monitor.detect.features import GEOMETRY_DIM, GEOMETRY_POINTS
 from monitor.detect.nets import AppearanceNet, GeometryNet
 from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, TemporalDetector
 from monitor.errors import ConfigError
@@ -110,6 +110,28 @@ def test_score_rises_with_the_appearance_logit(bundle_dir: Path) -> None:
     low = det.score(window_of(cues(20, logit=-3.0), track=1)).probability
     high = det.score(window_of(cues(20, logit=3.0), track=2)).probability
     assert low is not None and high is not None and high > low
+
+
+def test_non_finite_window_features_never_become_a_probability(bundle_dir: Path) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    x = np.zeros(len(FEATURE_NAMES))
+    assert det.fuse(x).probability is not None
+    x[3] = np.nan  # torch's GRU gave NaN for a window holding one NaN row: sigmoid's clamp made it 1.0
+    score = det.fuse(x)
+    assert score.probability is None and score.reasons == ("invalid_features",)
+
+
+def test_a_face_with_non_finite_landmarks_adds_nothing(bundle_dir: Path) -> None:
+    from monitor.types import FaceObservation, FaceQuality
+
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    landmarks = np.full((478, 3), 50.0, np.float32)
+    landmarks[GEOMETRY_POINTS[0], 0] = np.nan  # a point the geometry branch reads
+    crop = np.full((112, 112, 3), 128, np.uint8)
+    obs = FaceObservation("s", 1, 0, 0.0, 0.0, landmarks, (0, 0, 10, 10), crop, FaceQuality(100, 100, 0, 0, 1))
+    assert det.features(obs) is None
+    landmarks[:] = 50.0  # every point in one place: no inter-ocular distance to scale by
+    assert det.features(obs) is None or np.isfinite(det.features(obs).geometry).all()
 
 
 def test_config_is_strict() -> None:

@@ -190,6 +190,21 @@ def test_over_budget_skips_detector_work_instead_of_queueing(metrics: Metrics) -
     assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 4
 
 
+def test_always_over_budget_still_feeds_every_window(metrics: Metrics) -> None:
+    # Face finding alone over the budget on every frame: the detector must still see frames,
+    # or no face would ever get a score and a swap switched on later would never be seen.
+    clock = FakeClock()
+    det = CountingDetector(0.95)
+    a = analyzer(det, FakeFaces(), metrics, clock)
+    ticks = iter(np.arange(0, 1000, 0.25))
+    a._timer = lambda: float(next(ticks))
+    scored = []
+    for i in range(20):
+        scored.append(a.analyse(frame(i, i / 10)).verdicts[0].score.probability)
+    assert det.features_calls >= 10  # at least every other frame
+    assert scored[-1] is not None  # the window filled and the face is judged
+
+
 @pytest.mark.parametrize(
     "quality, codes",
     [
