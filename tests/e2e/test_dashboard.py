@@ -48,8 +48,14 @@ async def test_dashboard_publishes_the_camera_and_shows_live_state(tmp_path: Pat
             page = browser.pages[0] if browser.pages else await browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            token_in_urls: list[str] = []
+            page.on("request", lambda req: token_in_urls.append(req.url) if "/api/" in req.url and TOKEN in req.url else None)
             await page.goto(f"{svc.base}/?token={TOKEN}")
             await expect(page.locator("#api-state")).to_have_text("API live", timeout=10_000)
+            # The token leaves the address bar (history, bookmarks) and never rides in an API URL,
+            # where proxies would log it once a second.
+            assert TOKEN not in page.url
+            assert token_in_urls == []
             await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
             await expect(page.locator('article[data-stream="demo"]')).to_be_visible(timeout=10_000)
 
@@ -86,7 +92,22 @@ async def test_dashboard_publishes_the_camera_and_shows_live_state(tmp_path: Pat
             await page.click("#cam-stop")
             await expect(card).to_have_count(0, timeout=10_000)
             assert not svc.runtime.app.state.whip_sessions.sessions
+
+            # A camera that ends (unplugged, permission revoked) ends the session too.
+            await page.click("#cam-start")
+            await expect(card).to_have_attribute("data-state", "running", timeout=15_000)
+            await page.evaluate("() => cam.media.getVideoTracks()[0].dispatchEvent(new Event('ended'))")
+            await expect(card).to_have_count(0, timeout=10_000)
+            await expect(page.locator("#cam-note")).to_have_text("The camera stopped.")
+
+            # A refused publish (the id is taken) lets go of the camera and can be retried.
+            await page.fill("#cam-id", "demo")
+            await page.click("#cam-start")
+            await expect(page.locator("#cam-note")).to_contain_text("Could not start: WHIP 409", timeout=10_000)
+            await expect(page.locator("#cam-start")).to_be_enabled()
+            assert await page.evaluate("() => cam") is None
             assert errors == []
+            assert token_in_urls == []
         finally:
             await browser.close()
 

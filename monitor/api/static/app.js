@@ -17,13 +17,22 @@ const timelines = new Map(); // "stream/track" -> [{t, score, state}]
 const explanations = new Map(); // "stream/track" -> {reasons, signals} of its last state change
 let lastEventId = Number(sessionStorage.getItem("lastEventId") || 0) || null;
 let latestStreams = [];
+let tokenRefused = false; // the last API call answered 401: the websocket's close says less (1006)
 
 // --- token: ?token= in the URL, or the field (kept for this tab only) ----------------------
 const params = new URLSearchParams(location.search);
 const tokenInput = $("token");
 tokenInput.value = params.get("token") || sessionStorage.getItem("token") || "";
-tokenInput.addEventListener("change", () => { sessionStorage.setItem("token", tokenInput.value); connectAlerts(); });
+if (params.has("token")) {
+  // Out of the address bar, history and bookmarks: the tab keeps it in sessionStorage.
+  sessionStorage.setItem("token", tokenInput.value);
+  params.delete("token");
+  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
+}
+tokenInput.addEventListener("change", () => { sessionStorage.setItem("token", tokenInput.value); backfill().then(connectAlerts); });
 const token = () => tokenInput.value.trim();
+// HTTP requests carry the token in a header; only the websocket, which cannot, puts it in its URL.
+const authHeaders = () => (token() ? { Authorization: "Bearer " + token() } : {});
 const withToken = (url) => (token() ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token()) : url);
 
 function el(tag, attrs = {}, ...children) {
@@ -41,8 +50,9 @@ const reasonText = (codes) => (codes || []).map((c) => REASON_TEXT[c] || c.repla
 // --- streams ----------------------------------------------------------------------------
 async function poll() {
   try {
-    const r = await fetch(withToken("/api/streams"), { cache: "no-store" });
-    if (r.status === 401) { setPill("api-state", "API: token needed", "bad"); return; }
+    const r = await fetch("/api/streams", { cache: "no-store", headers: authHeaders() });
+    tokenRefused = r.status === 401;
+    if (tokenRefused) { setPill("api-state", "API: token needed", "bad"); return; }
     if (!r.ok) throw new Error(r.status);
     latestStreams = await r.json();
     setPill("api-state", "API live", "ok");
@@ -166,7 +176,7 @@ function connectAlerts() {
       setTimeout(connectAlerts, 0);
       return;
     }
-    setPill("ws-state", ev.code === 1008 ? "alerts: token needed" : "alerts reconnecting…", "bad");
+    setPill("ws-state", ev.code === 1008 || tokenRefused ? "alerts: token needed" : "alerts reconnecting…", "bad");
     setTimeout(connectAlerts, wsRetry);
     wsRetry = Math.min(wsRetry * 2, 5000);
   };
@@ -204,14 +214,14 @@ async function startCamera() {
   const id = $("cam-id").value.trim();
   const note = $("cam-note");
   $("cam-start").disabled = true;
+  let media = null, pc = null;
   try {
-    const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480, frameRate: 30 }, audio: false });
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480, frameRate: 30 }, audio: false });
+    pc = new RTCPeerConnection({ iceServers: [] });
     for (const track of media.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringDone(pc, 3000); // non-trickle: the offer carries every candidate
-    const headers = { "Content-Type": "application/sdp" };
-    if (token()) headers.Authorization = "Bearer " + token();
+    const headers = { "Content-Type": "application/sdp", ...authHeaders() };
     const r = await fetch(`/whip/${encodeURIComponent(id)}`, { method: "POST", headers, body: pc.localDescription.sdp });
     if (r.status !== 201) {
       let reason = r.statusText;
@@ -224,8 +234,19 @@ async function startCamera() {
     $("cam-video").srcObject = media;
     $("cam-stop").disabled = false;
     note.textContent = `Publishing as "${id}" over WHIP.`;
-    pc.onconnectionstatechange = () => { if (pc.connectionState === "failed") { note.textContent = "Connection failed."; stopCamera(); } };
+    pc.onconnectionstatechange = () => {
+      if (cam && cam.pc === pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) {
+        note.textContent = "Connection lost."; stopCamera();
+      }
+    };
+    // Camera unplugged or permission revoked: end the session instead of showing a stale verdict.
+    for (const track of media.getVideoTracks()) {
+      track.addEventListener("ended", () => { if (cam && cam.media === media) { note.textContent = "The camera stopped."; stopCamera(); } });
+    }
   } catch (e) {
+    // Nothing was published: let go of the camera and the connection, or the camera stays on.
+    if (pc) pc.close();
+    if (media) media.getTracks().forEach((t) => t.stop());
     note.textContent = "Could not start: " + e.message;
     $("cam-start").disabled = false;
   }
@@ -244,8 +265,7 @@ async function stopCamera() {
   const c = cam; cam = null;
   $("cam-stop").disabled = true; $("cam-start").disabled = false;
   if (!c) return;
-  const headers = token() ? { Authorization: "Bearer " + token() } : {};
-  try { await fetch(c.resource, { method: "DELETE", headers, keepalive: true }); } catch (e) { /* the service cleans up anyway */ }
+  try { await fetch(c.resource, { method: "DELETE", headers: authHeaders(), keepalive: true }); } catch (e) { /* the service cleans up anyway */ }
   c.pc.close();
   c.media.getTracks().forEach((t) => t.stop());
   $("cam-video").srcObject = null;
@@ -271,13 +291,13 @@ window.addEventListener("pagehide", () => { if (cam) stopCamera(); });
 
 poll();
 setInterval(poll, POLL_MS);
-// First paint: the newest events from the log, then the websocket resumes after them.
-(async () => {
-  if (!lastEventId) {
-    try {
-      const r = await fetch(withToken("/api/events?last=30"), { cache: "no-store" });
-      if (r.ok) for (const ce of await r.json()) onEvent(ce);
-    } catch (e) { /* the websocket still connects */ }
-  }
-  connectAlerts();
-})();
+// First paint: the newest events from the log, then the websocket resumes after them. Again
+// when a token is typed in, if the first try was refused for want of one.
+async function backfill() {
+  if (lastEventId) return;
+  try {
+    const r = await fetch("/api/events?last=30", { cache: "no-store", headers: authHeaders() });
+    if (r.ok) for (const ce of await r.json()) onEvent(ce);
+  } catch (e) { /* the websocket still connects */ }
+}
+backfill().then(connectAlerts);
