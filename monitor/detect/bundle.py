@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -39,20 +40,29 @@ def write_manifest(directory: Path, extra: dict[str, object] | None = None) -> s
     return sha256_file(path)
 
 
-def verify(directory: Path, manifest_sha256: str | None) -> None:
+def verify(directory: Path, manifest_sha256: str | None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Refuse a bundle whose manifest or files do not match their sha256 (a partial copy,
-    a stale checkout, tampering). ``manifest_sha256`` pins the manifest itself."""
+    a stale checkout, tampering). ``manifest_sha256`` pins the manifest itself.
+
+    Returns the manifest and the bytes of every file as hashed: the loaders use those bytes,
+    so what runs is what was checked, even if the folder changes after the check."""
     path = directory / MANIFEST
     if not path.is_file():
         raise ConfigError(f"detector weights: {path} is missing (run `monitor train` or restore models/)")
-    if manifest_sha256 is not None and sha256_file(path) != manifest_sha256:
+    raw = path.read_bytes()
+    if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
         raise ConfigError(f"detector weights: {path} sha256 does not match the pinned {manifest_sha256}")
-    files = json.loads(path.read_text())["files"]
+    manifest = json.loads(raw)
+    files = manifest["files"]
+    contents: dict[str, bytes] = {}
     for name in FILES:
         expected = files.get(name)
-        actual = sha256_file(directory / name) if (directory / name).is_file() else None
-        if expected is None or actual != expected:
+        data = (directory / name).read_bytes() if (directory / name).is_file() else None
+        actual = hashlib.sha256(data).hexdigest() if data is not None else None
+        if expected is None or actual != expected or data is None:
             raise ConfigError(f"detector weights: {directory / name} sha256 {actual} != manifest {expected}")
+        contents[name] = data
+    return manifest, contents
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,11 @@ class Fusion:
 
     @classmethod
     def load(cls, path: Path) -> Fusion:
-        d = json.loads(path.read_text())
+        return cls.from_json(path.read_bytes())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Fusion:
+        d = json.loads(text)
         return cls(
             names=tuple(d["names"]),
             mean=np.array(d["mean"], np.float64),
@@ -107,8 +121,8 @@ class GeometryModel(Protocol):
 
 
 class _OnnxAppearance:
-    def __init__(self, path: Path) -> None:
-        self._sess = _onnx_session(path)
+    def __init__(self, model: bytes) -> None:
+        self._sess = _onnx_session(model)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -116,15 +130,15 @@ class _OnnxAppearance:
 
 
 class _OnnxGeometry:
-    def __init__(self, path: Path) -> None:
-        self._sess = _onnx_session(path)
+    def __init__(self, model: bytes) -> None:
+        self._sess = _onnx_session(model)
 
     def __call__(self, seq: np.ndarray) -> float:
         x = np.ascontiguousarray(seq[None], dtype=np.float32)
         return float(self._sess.run(["logit"], {"seq": x})[0][0])
 
 
-def _onnx_session(path: Path):  # type: ignore[no-untyped-def]
+def _onnx_session(model: bytes):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -132,18 +146,18 @@ def _onnx_session(path: Path):  # type: ignore[no-untyped-def]
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 class _TorchAppearance:
-    def __init__(self, path: Path, width: int, members: int) -> None:
+    def __init__(self, state: bytes, width: int, members: int) -> None:
         import torch
 
         from monitor.detect.nets import AppearanceEnsemble, AppearanceNet
 
         self._torch = torch
         self._net = AppearanceEnsemble(width, members) if members > 1 else AppearanceNet(width)
-        self._net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._net.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
         self._net.eval()
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
@@ -154,14 +168,14 @@ class _TorchAppearance:
 
 
 class _TorchGeometry:
-    def __init__(self, path: Path, in_dim: int, members: int) -> None:
+    def __init__(self, state: bytes, in_dim: int, members: int) -> None:
         import torch
 
         from monitor.detect.nets import GeometryEnsemble, GeometryNet
 
         self._torch = torch
         self._net = GeometryEnsemble(in_dim, members) if members > 1 else GeometryNet(in_dim)
-        self._net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._net.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
         self._net.eval()
 
     def __call__(self, seq: np.ndarray) -> float:
@@ -183,17 +197,16 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
     """Verify and load a bundle; nothing is fetched from the network."""
     from monitor.detect.features import GEOMETRY_DIM
 
-    verify(directory, manifest_sha256)
-    meta = json.loads((directory / MANIFEST).read_text())
+    meta, files = verify(directory, manifest_sha256)
     width = int(meta.get("appearance_width", 24))
     members = int(meta.get("members", 1))
     if backend == "onnx":
-        app: AppearanceModel = _OnnxAppearance(directory / "appearance.onnx")
-        geo: GeometryModel = _OnnxGeometry(directory / "geometry.onnx")
+        app: AppearanceModel = _OnnxAppearance(files["appearance.onnx"])
+        geo: GeometryModel = _OnnxGeometry(files["geometry.onnx"])
     else:
         import torch
 
         torch.set_num_threads(1)
-        app = _TorchAppearance(directory / "appearance.pt", width, members)
-        geo = _TorchGeometry(directory / "geometry.pt", GEOMETRY_DIM, members)
-    return Bundle(directory, app, geo, Fusion.load(directory / "fusion.json"), meta)
+        app = _TorchAppearance(files["appearance.pt"], width, members)
+        geo = _TorchGeometry(files["geometry.pt"], GEOMETRY_DIM, members)
+    return Bundle(directory, app, geo, Fusion.from_json(files["fusion.json"]), meta)

@@ -139,3 +139,23 @@ def test_config_is_strict() -> None:
         TemporalDetector.Config.model_validate({"window": 3})
     with pytest.raises(Exception):
         TemporalDetector.Config.model_validate({"backend": "tensorrt"})
+
+
+def test_the_bundle_runs_the_bytes_it_verified(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Swapping a file between the check and the load must not change what runs.
+    import monitor.detect.bundle as bundle_module
+
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for name in (*FILES, "manifest.json"):
+        (copy / name).write_bytes((bundle_dir / name).read_bytes())
+    real_verify = bundle_module.verify
+
+    def verify_then_swap(directory: Path, pin: str | None):  # type: ignore[no-untyped-def]
+        checked = real_verify(directory, pin)
+        (directory / "fusion.json").write_text('{"names": [], "mean": [], "std": [], "coef": [], "intercept": -99, "branch": []}')
+        return checked
+
+    monkeypatch.setattr(bundle_module, "verify", verify_then_swap)
+    loaded = load_bundle(copy, "onnx", None)
+    assert loaded.fusion.names == FEATURE_NAMES and loaded.fusion.intercept != -99
