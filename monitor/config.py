@@ -86,6 +86,7 @@ class WebRTCConfig(Strict):
     max_sessions: int = Field(16, ge=1, le=256, description="Most concurrent WHIP sessions; more get 503.")
     max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted.")
     session_idle_s: float = Field(30.0, gt=0, description="A WHIP session not connected this long after it was created is cleaned up; a failed or closed connection ends its session at once.")
+    no_video_s: float = Field(5.0, gt=0, description="A connected WHIP session ends, as a DELETE would end it, when one of its video tracks has delivered no frame for this long (counted from `connected` until the first frame). Catches a publisher that vanished (ICE consent alone notices only after about 30 s) or stopped sending video while the connection stays up.")
 
 
 class DetectorConfig(Strict):

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCIceTransport, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -70,9 +70,9 @@ class WhipSession:
 
 
 class WhipSessions:
-    """Owns every WHIP session. A session ends on DELETE, on ICE failure or timeout, or when
-    one of its streams is removed; whatever the cause, its streams leave the manager and its
-    peer connection closes."""
+    """Owns every WHIP session. A session ends on DELETE, on ICE failure or timeout, when a
+    video track goes silent, or when one of its streams is removed; whatever the cause, its
+    streams leave the manager and its peer connection closes, once (``end``)."""
 
     def __init__(self, settings: Settings, manager: StreamManager, metrics: Metrics) -> None:
         self.settings = settings
@@ -175,7 +175,7 @@ class WhipSessions:
         if session.closed:
             return
         if state == "connected":
-            self._disarm_timer(session)
+            self._watch_video(session)
         elif state == "failed":
             self.metrics.whip_sessions_failed.labels("ice_failed").inc()
             self._spawn_end(session, "ice_failed")
@@ -195,6 +195,36 @@ class WhipSessions:
                 self._spawn_end(session, reason)
 
         session.timer = asyncio.get_running_loop().call_later(self.settings.webrtc.session_idle_s, expired)
+
+    def _watch_video(self, session: WhipSession) -> None:
+        """Replace the connect timer: from now on the session ends when one of its video
+        tracks has delivered no frame for ``webrtc.no_video_s``. Without this a publisher
+        that vanished keeps its streams, face tracks and open alerts until ICE consent
+        expires (about 30 s in aioice, not configurable), and one whose camera stopped keeps
+        them for as long as the connection stays up."""
+        self._disarm_timer(session)
+        limit = self.settings.webrtc.no_video_s
+        clock = self.manager.clock
+        connected_at = clock.monotonic()  # the first frame is due within `limit` of this
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            session.timer = None
+            if session.closed:
+                return
+            # The most silent track decides: one dead stream would keep its alerts open.
+            last = min(
+                (connected_at if s.last_frame_at is None else s.last_frame_at for s in session.sources),
+                default=connected_at,
+            )
+            silent = clock.monotonic() - last
+            if silent < limit:
+                session.timer = loop.call_later(limit - silent, check)
+                return
+            self.metrics.whip_sessions_failed.labels("no_video").inc()
+            self._spawn_end(session, f"no video for {limit:g} s")
+
+        session.timer = loop.call_later(limit, check)
 
     def _disarm_timer(self, session: WhipSession) -> None:
         if session.timer is not None:
@@ -233,34 +263,56 @@ class WhipSessions:
         return session
 
     async def trickle(self, session: WhipSession, fragment: str) -> None:
-        """Add the remote candidates of a trickle-ice-sdpfrag (RFC 8840) to the session."""
-        mid: str | None = None
+        """Add the remote candidates of a trickle-ice-sdpfrag (RFC 8840) to the session.
+
+        Each candidate belongs to the m-section it appears in (that section's ``a=mid``);
+        lines before the first ``m=`` form a section too, and candidates without a mid go to
+        the session's first media section. A fragment naming a mid the session lacks is
+        refused whole (422): nothing is applied, nothing dropped silently.
+        ``a=end-of-candidates`` ends its section's candidates (all of them at session level).
+        """
         ufrag: str | None = None
         remote = session.pc.remoteDescription
         current_ufrag = SessionDescription.parse(remote.sdp).media[0].ice.usernameFragment if remote else None
-        candidates = []
+        sections = [_FragmentSection()]
         for raw in fragment.splitlines():
             line = raw.strip()
-            if line.startswith("a=mid:"):
-                mid = line[6:]
+            if line.startswith("m="):
+                sections.append(_FragmentSection())
+            elif line.startswith("a=mid:"):
+                sections[-1].mid = line[6:]
             elif line.startswith("a=ice-ufrag:"):
                 ufrag = line[12:]
+            elif line == "a=end-of-candidates":
+                sections[-1].end = True
             elif line.startswith("a=candidate:"):
                 try:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
                 except (AssertionError, ValueError, IndexError) as exc:
                     raise Refused(400, f"malformed candidate line: {line[:80]}", "malformed_sdp") from exc
-                candidates.append(candidate)
+                sections[-1].candidates.append(candidate)
         if ufrag is not None and current_ufrag is not None and ufrag != current_ufrag:
             raise Refused(422, "ICE restart is not supported: start a new session", "ice_restart")
-        if mid is None and remote is not None:
-            mid = next((t.mid for t in session.pc.getTransceivers() if t.mid is not None), None)
-        for candidate in candidates:
-            candidate.sdpMid = mid
-            try:
-                await session.pc.addIceCandidate(candidate)
-            except (ValueError, InternalError) as exc:
-                raise Refused(400, f"cannot add candidate: {exc}", "malformed_sdp") from exc
+
+        transports = _ice_transports(session.pc)
+        first_mid = next(iter(transports), None)
+        for section in sections:
+            if section.mid is not None and section.mid not in transports:
+                raise Refused(422, f"the session has no m-section with a=mid:{section.mid}", "unknown_mid")
+        for section in sections:
+            mid = section.mid if section.mid is not None else first_mid
+            for candidate in section.candidates:
+                candidate.sdpMid = mid
+                try:
+                    # The mid's own transport: with BUNDLE that is the shared one, which
+                    # pc.addIceCandidate() would skip for every mid but the first.
+                    await transports[mid].addRemoteCandidate(candidate)
+                except (ValueError, InternalError) as exc:
+                    raise Refused(400, f"cannot add candidate: {exc}", "malformed_sdp") from exc
+            if section.end:
+                ended = [transports[mid]] if section.mid is not None else list(transports.values())
+                for transport in ended:
+                    await transport.addRemoteCandidate(None)  # aiortc ignores a repeat
 
     async def aclose(self) -> None:
         for session in list(self.sessions.values()):
@@ -304,6 +356,23 @@ def check_offer(offer: str) -> list[str]:
         offered = ", ".join(sorted(codecs_seen))
         raise Refused(422, f"no decodable video codec offered (need VP8 or H264; got {offered})", "unanswerable_sdp")
     return videos
+
+
+@dataclass
+class _FragmentSection:
+    """One m-section of a trickle fragment (or the lines before the first ``m=``)."""
+
+    mid: str | None = None
+    candidates: list[RTCIceCandidate] = field(default_factory=list)
+    end: bool = False
+
+
+def _ice_transports(pc: RTCPeerConnection) -> dict[str, RTCIceTransport]:
+    """Each negotiated mid's ICE transport, in m-line order; bundled mids share one."""
+    transports = {t.mid: t.receiver.transport.transport for t in pc.getTransceivers() if t.mid is not None}
+    if pc.sctp is not None and pc.sctp.mid is not None:
+        transports[pc.sctp.mid] = pc.sctp.transport.transport
+    return transports
 
 
 def stream_names(stream_id: str, mids: list[str]) -> list[str]:

@@ -159,6 +159,7 @@ class WhipTrackSource(ThreadedSource):
         self._reader: asyncio.Task[None] | None = None
         self._on_close = on_close
         self._t0: float | None = None
+        self.last_frame_at: float | None = None  # clock.monotonic() of the newest frame
 
     async def start(self) -> None:
         self._slot = LatestSlot(asyncio.get_running_loop(), self._superseded)
@@ -176,6 +177,7 @@ class WhipTrackSource(ThreadedSource):
                     self._set_state(StreamState.ENDED, "peer ended the track")
                     break
                 now = self.clock.monotonic()
+                self.last_frame_at = now
                 if self._t0 is None:
                     self._t0 = now
                 # Stream time is the monitor's clock since the first frame, like RTSP.
@@ -226,6 +228,7 @@ class WhepSource(ThreadedSource):
     """
 
     kind: ClassVar[str] = "whep"
+    MAX_REDIRECTS: ClassVar[int] = 3
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -286,26 +289,45 @@ class WhepSource(ThreadedSource):
             headers["Authorization"] = f"Bearer {self.config.token}"
         return headers
 
-    def _session_headers(self, resource: str) -> dict[str, str]:
-        """Headers for requests to the session URL: the token goes only to the endpoint's
-        origin, never to another host a ``Location`` header pointed at."""
+    def _session_headers(self, resource: str, what: str = "deleting it") -> dict[str, str]:
+        """Headers for requests to a URL a ``Location`` header gave (a redirect, the session):
+        the token goes only to the configured endpoint's origin, never to another host."""
         if same_origin(self.url, resource):
             return self._headers()
         if self.config.token:
-            logger.warning(
-                "WHEP session URL %s is not on the endpoint's origin: deleting it without the token", resource
-            )
+            logger.warning("WHEP URL %s is not on the endpoint's origin: %s without the token", resource, what)
         return {}
 
     def _open(self) -> None:
         self._aloop = asyncio.new_event_loop()
         self._failed = None
         try:
-            self._aloop.run_until_complete(asyncio.wait_for(self._negotiate(), self.config.open_timeout_s))
+            self._aloop.run_until_complete(self._unless_stopped(self._negotiate(), self.config.open_timeout_s))
         except asyncio.TimeoutError as exc:
             raise SourceError(f"WHEP connect to {self.url} timed out", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise SourceError(f"WHEP request to {self.url} failed: {exc}", retryable=True) from exc
+
+    async def _unless_stopped(self, work: Awaitable[None], timeout: float) -> None:
+        """``work`` within ``timeout``, cancelled early when the source is asked to stop:
+        ``aclose`` joins the thread for 10 s, which ``open_timeout_s`` may exceed."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(work)
+        deadline = loop.time() + timeout
+        try:
+            while not task.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                if self._stop.is_set():
+                    raise SourceError("stopped while connecting", retryable=True)
+                await asyncio.wait({task}, timeout=min(left, 0.25))
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _negotiate(self) -> None:
         pc = RTCPeerConnection(rtc_configuration(self.webrtc))
@@ -322,21 +344,34 @@ class WhepSource(ThreadedSource):
         watch_states(pc, "whep", self.metrics, on_connection)
         transceiver = pc.addTransceiver("video", direction="recvonly")
         await set_local_description(pc, await pc.createOffer(), self.hosts)
-        async with httpx.AsyncClient(timeout=self.config.open_timeout_s) as client:
-            response = await client.post(
-                self.url, content=pc.localDescription.sdp, headers=self._headers("application/sdp")
-            )
+        endpoint, response = await self._post_offer(pc.localDescription.sdp)
         if response.status_code != 201:
             # 4xx other than 404/429 will not fix itself, but a media server that has not
             # started the stream yet answers 404: keep retrying everything, with backoff.
             raise SourceError(f"WHEP endpoint answered {response.status_code}: {response.text[:200]}", retryable=True)
         location = response.headers.get("location")
-        self._resource = session_url(self.url, location) if location else None
+        # The session belongs to the endpoint that answered, not the one we were sent to.
+        self._resource = session_url(endpoint, location) if location else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
         self._track = transceiver.receiver.track
         await connected.wait()
         if self._failed:
             raise SourceError(f"WHEP connection {self._failed}", retryable=True)
+
+    async def _post_offer(self, offer: str) -> tuple[str, httpx.Response]:
+        """POST the offer, following up to MAX_REDIRECTS 307/308 redirects (RFC 9725 load
+        balancing); the final URL and its answer. We follow them ourselves, not httpx, so the
+        token policy is the DELETE's: only the configured endpoint's origin gets it."""
+        url = self.url
+        async with httpx.AsyncClient(timeout=self.config.open_timeout_s) as client:
+            for _ in range(self.MAX_REDIRECTS + 1):
+                headers = self._session_headers(url, what="posting the offer")
+                response = await client.post(url, content=offer, headers={**headers, "Content-Type": "application/sdp"})
+                location = response.headers.get("location")
+                if response.status_code not in (307, 308) or not location:
+                    return url, response
+                url = session_url(url, location)
+        raise SourceError(f"WHEP endpoint {self.url}: more than {self.MAX_REDIRECTS} redirects", retryable=True)
 
     def _read(self) -> Iterator[Frame]:
         assert self._aloop is not None and self._track is not None

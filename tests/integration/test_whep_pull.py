@@ -19,8 +19,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from monitor.config import StreamConfig, load_settings
+from monitor.metrics import Metrics
 from monitor.pipeline.manager import build_source
-from monitor.sources.webrtc import set_local_description
+from monitor.sources.webrtc import WhepSource, set_local_description
 from monitor.types import StreamState
 from tests.integration.test_whip_publish import FaceTrack
 from tests.support.service import running_service
@@ -33,14 +34,26 @@ TOKEN = "p" * 32
 class WhepServer:
     """A minimal WHEP endpoint (RFC 9725 style, for egress): POST an offer, get 201 + answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = TOKEN) -> None:
+        self.token = token  # None: no token needed
         self.pcs: dict[str, RTCPeerConnection] = {}
         self.requests = 0
         self.deleted = 0
+        self.authorization: list[str | None] = []  # the header of every request
+        self.redirect_to: str | None = None  # where POST /lb/whep sends the client (307)
+
+    def _authorized(self, request: Request) -> bool:
+        self.authorization.append(request.headers.get("authorization"))
+        return self.token is None or request.headers.get("authorization") == f"Bearer {self.token}"
+
+    async def redirect(self, request: Request) -> Response:
+        self._authorized(request)
+        assert self.redirect_to is not None
+        return Response(status_code=307, headers={"Location": self.redirect_to})
 
     async def post(self, request: Request) -> Response:
         self.requests += 1
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+        if not self._authorized(request):
             return Response("unauthorized", status_code=401)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=(await request.body()).decode(), type="offer"))
@@ -57,6 +70,8 @@ class WhepServer:
         )
 
     async def delete(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return Response("unauthorized", status_code=401)
         pc = self.pcs.pop(request.path_params["sid"], None)
         if pc is None:
             return Response(status_code=404)
@@ -73,6 +88,7 @@ class WhepServer:
     async def serving(self, port: int = 0) -> AsyncIterator[int]:
         app = Starlette(routes=[
             Route("/whep/cam", self.post, methods=["POST"]),
+            Route("/lb/whep", self.redirect, methods=["POST"]),
             Route("/whep/cam/{sid}", self.delete, methods=["DELETE"]),
         ])
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
@@ -146,3 +162,53 @@ async def test_whep_source_retries_while_the_endpoint_is_down(tmp_path: Path) ->
         async with whep.serving(port):
             await until(lambda: pipeline.status().frames_received > 3, 20, "frames once the endpoint is up")
         await rt.manager.remove("later")
+
+
+@pytest.mark.parametrize("cross_origin", [False, True])
+async def test_whep_pull_follows_a_307_and_sends_the_token_only_to_the_endpoint_origin(
+    metrics: Metrics, cross_origin: bool
+) -> None:
+    balancer = WhepServer()
+    media = WhepServer(token=None)  # on another origin it gets no token, so needs none
+    async with balancer.serving() as port, media.serving() as media_port:
+        balancer.redirect_to = f"http://127.0.0.1:{media_port}/whep/cam" if cross_origin else "/whep/cam"
+        serving = media if cross_origin else balancer
+        source = WhepSource(
+            "lb", f"http://127.0.0.1:{port}/lb/whep", metrics=metrics,
+            config=WhepSource.Config(token=TOKEN, open_timeout_s=5.0),
+        )
+        await source.start()
+        try:
+            await asyncio.wait_for(source.recv(), 15)
+        finally:
+            await source.aclose()
+        assert serving.requests == 1 and source.status.reconnects == 0
+        # The session's Location is resolved against the URL that answered: it is deleted there.
+        assert serving.deleted == 1 and not serving.pcs
+        bearer = f"Bearer {TOKEN}"
+        if cross_origin:
+            assert balancer.authorization == [bearer]  # the configured endpoint
+            assert media.authorization == [None, None]  # POST and DELETE: never the token
+        else:
+            assert balancer.authorization == [bearer, bearer, bearer]  # redirect, POST, DELETE
+
+
+async def test_stopping_a_whep_source_does_not_wait_for_a_hung_endpoint(metrics: Metrics) -> None:
+    accepted = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # hold the connection open without answering
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        source = WhepSource(
+            "hung", f"http://127.0.0.1:{port}/whep", metrics=metrics, config=WhepSource.Config(open_timeout_s=30.0)
+        )
+        await source.start()
+        await asyncio.wait_for(accepted.wait(), 10)
+        started = time.monotonic()
+        await source.aclose()
+        assert time.monotonic() - started < 2.0  # not open_timeout_s, not aclose's 10 s join
+        assert source._thread is not None and not source._thread.is_alive()
