@@ -216,6 +216,16 @@ class Settings(BaseSettings):
 _SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re.IGNORECASE)
 REDACTED = "***"
 _URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]+@")  # rtsp://user:pass@host
+_URL_QUERY_VALUE = re.compile(r"([?&])([^=&#]+)=([^&#]*)")  # ?access_token=..., &token=...
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials hidden: the user:password before the host, and the value of
+    every query parameter named like a credential (``access_token``, ``token``, ``api_key``...)."""
+    url = _URL_USERINFO.sub(rf"\1{REDACTED}@", url)
+    if "?" not in url:
+        return url
+    return _URL_QUERY_VALUE.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if _SECRET_KEY.search(m[2]) else m[0], url)
 
 
 def is_secret(path: tuple[Any, ...]) -> bool:
@@ -229,7 +239,7 @@ def is_secret(path: tuple[Any, ...]) -> bool:
 
 def redact(data: Any, path: tuple[Any, ...] = ()) -> Any:
     """A copy of ``data`` (e.g. ``model_dump(mode="json")``) with every credential that is set
-    replaced by ``***``, and the user:password of URLs hidden; unset credentials stay null, so
+    replaced by ``***``, and the credentials in URLs hidden (``redact_url``); unset credentials stay null, so
     the output still says whether they are set."""
     if isinstance(data, dict):
         return {k: redact(v, (*path, k)) for k, v in data.items()}
@@ -237,7 +247,7 @@ def redact(data: Any, path: tuple[Any, ...] = ()) -> Any:
         return [redact(v, (*path, i)) for i, v in enumerate(data)]
     if data is not None and is_secret(path):
         return REDACTED
-    return _URL_USERINFO.sub(rf"\1{REDACTED}@", data) if isinstance(data, str) else data
+    return redact_url(data) if isinstance(data, str) else data
 
 
 def _shown(path: tuple[Any, ...], value: Any) -> str:

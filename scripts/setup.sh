@@ -54,7 +54,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
   for dir in ${PIP_FIND_LINKS:-}; do
     compgen -G "${dir%/}/torch-2.13.0+cpu-*.whl" >/dev/null && torch_index=""
   done
-  if [ -n "$torch_index" ] && ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  if [ -n "$torch_index" ] && ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__ != "2.13.0+cpu")' >/dev/null 2>&1; then
     .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 --index-url "$torch_index"
   fi
   extras=""; [ "$want_test" = 1 ] && extras="[test]"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from monitor.alerts.bus import EventBus
 from monitor.clock import Clock, RateMeter
-from monitor.config import StreamConfig
+from monitor.config import StreamConfig, redact_url
 from monitor.errors import MonitorError, SourceEnded
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import Analysis, StreamAnalyzer, TrackSnapshot
@@ -254,11 +254,3 @@ class StreamPipeline:
         if self._started:
             self.metrics.streams_active.labels(self.source.kind).dec()
         self.metrics.forget_stream(self.id)
-
-
-def redact_url(url: str) -> str:
-    """Hide credentials in rtsp://user:pass@host URLs before showing them."""
-    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -100,7 +100,7 @@ class Timeline:
     goes backwards or jumps more than ``MAX_JUMP_S`` ahead (concatenated MPEG-TS files, a 33-bit
     wrap) is a discontinuity: the frame follows the previous one by one frame interval."""
 
-    MAX_JUMP_S = 10.0
+    MAX_JUMP_S = 60.0  # longer real gaps in a recording are rare; a wrap is 26.5 hours
 
     def __init__(self, start_s: float | None = None) -> None:
         self.start_s = start_s

@@ -145,11 +145,13 @@ def prefetch(
     cache_dir.mkdir(parents=True, exist_ok=True)
     failed: dict[Path, str] = {}
     ctx = multiprocessing.get_context("spawn")  # MediaPipe's threads do not survive fork
-    with (
-        ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx) as pool,
-        tqdm(total=len(missing), desc=f"faces ({workers} workers)", unit="clip", disable=not progress) as bar,
-    ):
+    try:
+        pool = ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx)
         futures = {pool.submit(_extract_into_cache, p, analysis, cache_dir, max_duration_s): p for p in missing}
+    except (OSError, NotImplementedError) as exc:  # no processes here (a sandbox, no /dev/shm)
+        logger.warning("cannot start face extraction workers (%s): extracting in this process", exc)
+        return {}
+    with pool, tqdm(total=len(missing), desc=f"faces ({workers} workers)", unit="clip", disable=not progress) as bar:
         try:
             for fut in as_completed(futures):
                 try:

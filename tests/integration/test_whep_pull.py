@@ -210,5 +210,5 @@ async def test_stopping_a_whep_source_does_not_wait_for_a_hung_endpoint(metrics:
         await asyncio.wait_for(accepted.wait(), 10)
         started = time.monotonic()
         await source.aclose()
-        assert time.monotonic() - started < 2.0  # not open_timeout_s, not aclose's 10 s join
+        assert time.monotonic() - started < 5.0  # not open_timeout_s, not aclose's 10 s join
         assert source._thread is not None and not source._thread.is_alive()

@@ -60,7 +60,9 @@ async def ends_like_a_delete(svc: Running, stream: str, silent_since: float) -> 
         return not rt.manager.list() and not sessions.sessions
 
     await until(gone, NO_VIDEO_S + MARGIN_S, "the silent session to end")
-    assert time.monotonic() - silent_since >= NO_VIDEO_S * 0.9  # the no-video timer, not something else
+    # The no-video timer, not something else. silent_since is taken after the publisher went
+    # quiet, so the session's real silence is longer; half the limit leaves room for a loaded box.
+    assert time.monotonic() - silent_since >= NO_VIDEO_S * 0.5
     reg = rt.metrics.registry
     assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "no_video"}) == 1
     assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0

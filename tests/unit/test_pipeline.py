@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from monitor.clock import FakeClock, RateMeter
-from monitor.config import AnalysisConfig, PolicyConfig
+from monitor.config import AnalysisConfig, PolicyConfig, redact_url
 from monitor.errors import SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import StreamAnalyzer, quality_reasons
-from monitor.pipeline.stream import redact_url
 from monitor.plugins import TrackWindow
 from monitor.sources.base import Backoff, LatestSlot, ThreadedSource
 from monitor.types import FaceFrame, FaceObservation, FaceQuality, Frame, Score, Signal, StreamState, TrackState
@@ -235,6 +234,9 @@ def test_low_quality_faces_are_inconclusive_with_reasons(metrics: Metrics) -> No
 def test_redact_url() -> None:
     assert redact_url("rtsp://admin:hunter2@cam.local:554/s") == "rtsp://***@cam.local:554/s"
     assert redact_url("rtsp://cam.local/s") == "rtsp://cam.local/s"
+    assert redact_url("https://sfu/whep?access_token=zzz&room=a") == "https://sfu/whep?access_token=***&room=a"
+    assert redact_url("https://u:p@sfu/whep?room=a&token=t#x") == "https://***@sfu/whep?room=a&token=***#x"
+    assert redact_url("https://sfu/whep?tokenizer=bpe") == "https://sfu/whep?tokenizer=***"  # by name: errs on the safe side
 
 
 @pytest.mark.parametrize(

@@ -42,15 +42,19 @@ class RecordingSink:
         pass
 
 
-async def run_sink(path: Path, sink: RecordingSink, publish: int = 0, settle: float = 0.3) -> None:
-    """One process lifetime: start the sink, publish ``publish`` events, let it work, stop."""
+async def run_sink(path: Path, sink: RecordingSink, publish: int = 0, expect: int = 0, settle: float = 0.3) -> None:
+    """One process lifetime: start the sink, publish ``publish`` events, let it work until it
+    has delivered ``expect`` events (or for ``settle`` s when none are expected), stop."""
     log = EventLog(path)
     metrics = Metrics()
     bus = EventBus(log, metrics)
     runner = SinkRunner(bus, sink, "hook", metrics)
     await runner.start()
     await bus.publish([status_event(NOW + i) for i in range(publish)])
-    await asyncio.sleep(settle)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while len(sink.got) < expect and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(settle)  # room for anything delivered that should not have been
     await runner.aclose()
     await bus.aclose()
     log.close()
@@ -62,7 +66,7 @@ async def test_new_sink_starts_at_end_of_log(tmp_path: Path) -> None:
     log.append([status_event(NOW), status_event(NOW)])
     log.close()
     sink = RecordingSink()
-    await run_sink(path, sink, publish=1)
+    await run_sink(path, sink, publish=1, expect=1)
     # No history flood, but everything after start() returned (before: the cursor was read
     # in the runner's task, after this publish, so event 3 was skipped too).
     assert sink.got == [3]
@@ -74,7 +78,7 @@ async def test_event_owed_before_first_delivery_survives_restart(tmp_path: Path)
     path = tmp_path / "e.sqlite3"
     await run_sink(path, RecordingSink(down=True), publish=1)
     sink = RecordingSink()
-    await run_sink(path, sink)
+    await run_sink(path, sink, expect=1)
     assert sink.got == [1]
 
 

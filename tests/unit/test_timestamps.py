@@ -20,7 +20,7 @@ def test_timeline_counts_from_the_start_and_bridges_discontinuities() -> None:
     assert round(line(5.0), 3) == 0.4  # backwards (concatenated files): one interval on
     assert round(line(5.1), 3) == 0.5  # and regular again from there
     assert round(line(5.1 + 3600.0), 3) == 0.6  # a jump of an hour is a discontinuity too
-    assert round(line(3605.1 + 5.0), 3) == 5.6  # a real gap of a few seconds is kept
+    assert round(line(3605.1 + 30.0), 3) == 30.6  # a real gap of half a minute is kept
 
 
 def test_live_timeline_counts_from_the_first_frame() -> None:
@@ -59,7 +59,7 @@ async def test_file_source_plays_an_offset_file_at_once_and_loops_without_a_paus
             times.append((await asyncio.wait_for(source.recv(), 5)).pts_s)
     finally:
         await source.aclose()
-    assert first.pts_s == pytest.approx(0.0) and waited < 1.0
+    assert first.pts_s == pytest.approx(0.0) and waited < 5.0  # was 1000 s: the file's start time
     # The second pass follows the first by one frame interval (0.1 s), not by the file's start.
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) < 0.25, times

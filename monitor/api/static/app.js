@@ -214,7 +214,7 @@ async function startCamera() {
   const id = $("cam-id").value.trim();
   const note = $("cam-note");
   $("cam-start").disabled = true;
-  let media = null, pc = null;
+  let media = null, pc = null, resource = null;
   try {
     media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480, frameRate: 30 }, audio: false });
     pc = new RTCPeerConnection({ iceServers: [] });
@@ -228,7 +228,7 @@ async function startCamera() {
       try { reason = (await r.json()).error; } catch (e) { /* not JSON */ }
       throw new Error(`WHIP ${r.status}: ${reason}`);
     }
-    const resource = new URL(r.headers.get("Location"), location.href).href;
+    resource = new URL(r.headers.get("Location"), location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     cam = { pc, media, resource, id };
     $("cam-video").srcObject = media;
@@ -244,7 +244,9 @@ async function startCamera() {
       track.addEventListener("ended", () => { if (cam && cam.media === media) { note.textContent = "The camera stopped."; stopCamera(); } });
     }
   } catch (e) {
-    // Nothing was published: let go of the camera and the connection, or the camera stays on.
+    // Nothing was published: let go of the camera and the connection, or the camera stays on,
+    // and of a session the service already made, or the id stays taken until it times out.
+    if (resource) fetch(resource, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
     if (pc) pc.close();
     if (media) media.getTracks().forEach((t) => t.stop());
     note.textContent = "Could not start: " + e.message;
