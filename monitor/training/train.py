@@ -94,6 +94,8 @@ def load_clips(
     for c in clips:
         if c.record.pair is not None:
             c.pair = by_path.get(c.record.pair)
+    held = sum(c.faces.crops.nbytes + c.faces.landmarks.nbytes + c.faces.crop_landmarks.nbytes for c in clips)
+    logger.info("%d clips, %d faces in memory (%.2f GB)", len(clips), sum(len(c.faces) for c in clips), held / 1e9)
     return clips
 
 
