@@ -50,8 +50,14 @@ def verify(directory: Path, manifest_sha256: str | None) -> tuple[dict[str, Any]
     if not path.is_file():
         raise ConfigError(f"detector weights: {path} is missing (run `monitor train` or restore models/)")
     raw = path.read_bytes()
-    if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
-        raise ConfigError(f"detector weights: {path} sha256 does not match the pinned {manifest_sha256}")
+    actual = hashlib.sha256(raw).hexdigest()
+    if manifest_sha256 is not None and actual != manifest_sha256:
+        raise ConfigError(
+            f"detector weights: {path} sha256 {actual} does not match the pinned {manifest_sha256}. "
+            f"If you retrained into this folder, pin your bundle instead (detector options: "
+            f"manifest_sha256: {actual}) or train with --out into a folder of its own; to go back "
+            f"to the shipped weights, restore the folder (git checkout -- {directory})"
+        )
     manifest = json.loads(raw)
     files = manifest["files"]
     contents: dict[str, bytes] = {}

@@ -610,7 +610,26 @@ def run_training(
     if ckpt is not None:
         ckpt.clear()  # they exist to survive an interruption; a finished run starts afresh
     logger.info("bundle %s written in %.1f min (manifest sha256 %s)", config.out_dir, (time.monotonic() - started) / 60, sha)
+    logger.info("to run it: %s", use_bundle_hint(config.out_dir, sha))
     return config.out_dir
+
+
+def use_bundle_hint(out_dir: Path, sha: str) -> str:
+    """How to make the service load a bundle just written: shipped names are pinned to the
+    shipped weights, so new weights in their folder need their own pin."""
+    from monitor.detect.temporal import SHIPPED_MANIFESTS
+
+    name = out_dir.name
+    if out_dir.resolve().parent == MODELS_DIR.resolve():
+        pinned = SHIPPED_MANIFESTS.get(name)
+        if pinned is not None and pinned != sha:
+            return (
+                f"models/{name} now holds new weights, and the service refuses them until you pin them: "
+                f"detector: {{name: temporal-v1, options: {{model: {name}, manifest_sha256: {sha}}}}} "
+                f"(or `git checkout -- models/{name}` to restore the shipped ones)"
+            )
+        return f"detector: {{name: temporal-v1, options: {{model: {name}}}}}"
+    return f"detector: {{name: temporal-v1, options: {{model_dir: {out_dir.resolve()}, manifest_sha256: {sha}}}}}"
 
 
 # The held-out split of data/dev used for the shipped bundle: one half of the live-swap

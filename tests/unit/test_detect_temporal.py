@@ -159,3 +159,18 @@ def test_the_bundle_runs_the_bytes_it_verified(bundle_dir: Path, tmp_path: Path,
     monkeypatch.setattr(bundle_module, "verify", verify_then_swap)
     loaded = load_bundle(copy, "onnx", None)
     assert loaded.fusion.names == FEATURE_NAMES and loaded.fusion.intercept != -99
+
+
+def test_a_retrained_bundle_under_a_pinned_name_says_how_to_use_it(bundle_dir: Path) -> None:
+    from monitor.training.train import use_bundle_hint
+
+    actual = sha256_file(bundle_dir / "manifest.json")
+    with pytest.raises(ConfigError, match=f"manifest_sha256: {actual}") as refused:
+        load_bundle(bundle_dir, "onnx", "0" * 64)
+    assert "git checkout" in str(refused.value)
+    hint = use_bundle_hint(MODELS_DIR / "temporal-v1", actual)
+    assert f"manifest_sha256: {actual}" in hint and "refuses" in hint
+    assert use_bundle_hint(MODELS_DIR / "mine", actual) == "detector: {name: temporal-v1, options: {model: mine}}"
+    # The configuration the hint gives loads the bundle.
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, manifest_sha256=actual))
+    assert det.fusion.names == FEATURE_NAMES
