@@ -242,6 +242,27 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
     return out
 
 
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".ts", ".m4v", ".mpg"}
+
+
+def read_real(root: Path) -> list[ClipRecord]:
+    """Every video under ``root``, all genuine (self-blending makes the fakes). Each top-level
+    folder is one group (one person or source: keep a person's clips in one folder), and each
+    video directly under ``root`` its own group, so that cross-fitting can split them."""
+    if not root.is_dir():
+        raise InputError(f"real:{root}: no such folder")
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in VIDEO_SUFFIXES or not p.is_file():
+            continue
+        rel = p.relative_to(root)
+        group = f"real:{rel.parts[0]}" if len(rel.parts) > 1 else f"real:{rel.as_posix()}"
+        out.append(ClipRecord(p, "real", group, "genuine", rel=rel.as_posix()))
+    if not out:
+        raise InputError(f"real:{root}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under it")
+    return out
+
+
 def read_source(spec: str) -> list[ClipRecord]:
     """One training source from a spec ``kind:path[:option]``:
     ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split[:compression]]`` (train, val or test; raw, c23
@@ -272,11 +293,5 @@ def _read_source(spec: str) -> list[ClipRecord]:
     if kind == "dfdc" and parts:
         return read_dfdc(Path(parts[0]))
     if kind == "real" and parts:
-        root = Path(parts[0])
-        exts = {".mp4", ".mov", ".webm", ".avi", ".mkv"}
-        return [
-            ClipRecord(p, "real", f"real:{p.parent.name}", "genuine", rel=str(p.relative_to(root)))
-            for p in sorted(root.rglob("*"))
-            if p.suffix.lower() in exts
-        ]
+        return read_real(Path(parts[0]))
     raise InputError(f"unknown training source {spec!r}: use tsv:, ffpp:, celebdf:, dfdc: or real:")

@@ -71,10 +71,11 @@ def build_pack(
     """Extract (or load cached) faces and write the training pack; returns its summary."""
     from monitor.config import AnalysisConfig
     from monitor.training.datasets import read_source
-    from monitor.training.train import TrainConfig, load_clips, split_folds
+    from monitor.training.train import TrainConfig, apply_holdout, load_clips, split_folds
 
     cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
     records = [r for s in sources for r in read_source(s)]
+    apply_holdout(records, holdout)  # only to refuse a name that matches no group
     held = set(holdout)
     clips = load_clips(records, cfg, AnalysisConfig(), workers=workers)
     train = [c for c in clips if c.record.group not in held]

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.config import AnalysisConfig
-from monitor.detect.bundle import MODELS_DIR, Fusion, sha256_file, write_manifest
+from monitor.detect.bundle import FILES, MANIFEST, MODELS_DIR, Fusion, sha256_file, write_manifest
 from monitor.detect.features import GEOMETRY_DIM, colour_vector, geometry_vector
 from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
@@ -87,6 +87,7 @@ def load_clips(
             continue
         idx = faces.main_track()
         if len(idx) < 2:
+            logger.warning("skipping %s: no usable face track (%d faces passed the quality gate)", rec.path, len(faces))
             continue
         clip = Clip(rec, faces, idx)
         clips.append(clip)
@@ -219,6 +220,12 @@ def _resume(ckpt: Checkpoints | None, stage: str, desc: str, net, opt, sched, rn
     state = ckpt.load(stage) if ckpt is not None else None
     if state is None:
         return 0
+    expected = {k: v.shape for k, v in net.state_dict().items()}
+    saved = state.get("net") if isinstance(state, dict) else None
+    if not isinstance(saved, dict) or {k: getattr(v, "shape", None) for k, v in saved.items()} != expected:
+        # Written by other code (a different net): load_state_dict would fail half-way through.
+        logger.warning("%s: the checkpoint does not fit this net (written by another version?): starting afresh", desc)
+        return 0
     net.load_state_dict(state["net"])
     opt.load_state_dict(state["opt"])
     if sched is not None:
@@ -284,6 +291,18 @@ def geometry_sequence(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([geometry_vector(lm) for lm in landmarks])
 
 
+# The geometry GRU trains on windows of 12-30 consecutive face frames (1.2-3 s at 10 fps).
+GEOMETRY_MIN_FACES = 12
+
+
+def geometry_shortage() -> str:
+    return (
+        f"no genuine clip has {GEOMETRY_MIN_FACES} usable face frames in a track "
+        f"({GEOMETRY_MIN_FACES / 10:.1f} s at 10 fps), which the geometry branch trains on: "
+        "use longer clips (or a larger --max-clip-s)"
+    )
+
+
 def train_geometry(  # type: ignore[no-untyped-def]
     clips: Sequence[Clip], cfg: TrainConfig, steps: int, seed: int, desc: str, progress: bool = True,
     ckpt: Checkpoints | None = None, stage: str = "geometry",
@@ -296,8 +315,10 @@ def train_geometry(  # type: ignore[no-untyped-def]
 
     seed_everything(seed)
     rng = np.random.default_rng(seed + 1)
-    reals = [c for c in clips if not c.record.is_fake and len(c.idx) >= 12]
-    fakes = [c for c in clips if c.record.is_fake and len(c.idx) >= 12] if cfg.real_fakes else []
+    reals = [c for c in clips if not c.record.is_fake and len(c.idx) >= GEOMETRY_MIN_FACES]
+    fakes = [c for c in clips if c.record.is_fake and len(c.idx) >= GEOMETRY_MIN_FACES] if cfg.real_fakes else []
+    if not reals:
+        raise InputError(f"{desc}: {geometry_shortage()}")
     net = GeometryNet(GEOMETRY_DIM)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     start = _resume(ckpt, stage, desc, net, opt, None, rng)
@@ -464,11 +485,29 @@ def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) 
 
 
 def export(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
+    """Write the bundle into ``out_dir``. Every file is written to a folder beside it first and
+    moved in only once all of them exist (the manifest last), so a failed or killed export
+    leaves the previous bundle as it was, not a mix the detector refuses."""
+    import shutil
+    import tempfile
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_bundle(app_net, geo_net, fusion, staging, meta)
+        out_dir.mkdir(exist_ok=True)
+        for name in (*FILES, MANIFEST):  # the manifest last: it vouches for the files before it
+            (staging / name).replace(out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sha256_file(out_dir / MANIFEST)
+
+
+def _write_bundle(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
     import warnings
 
     import torch
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(app_net.state_dict(), out_dir / "appearance.pt")
     torch.save(geo_net.state_dict(), out_dir / "geometry.pt")
 
@@ -514,6 +553,18 @@ def split_folds(clips: Sequence[Clip], k: int, seed: int) -> list[list[Clip]]:
     return [[c for c in clips if fold_of[c.record.group] == i] for i in range(k)]
 
 
+def apply_holdout(records: list[ClipRecord], holdout: Sequence[str]) -> list[ClipRecord]:
+    """``records`` without the held-out groups. A name that matches no group is an error: a
+    typo would otherwise train on what the manifest then claims was held out."""
+    groups = {r.group for r in records}
+    unknown = sorted(set(holdout) - groups)
+    if unknown:
+        known = ", ".join(sorted(groups)[:20]) + (" ..." if len(groups) > 20 else "")
+        raise InputError(f"--holdout {', '.join(unknown)}: no such group in the sources (groups: {known})")
+    held = set(holdout)
+    return [r for r in records if r.group not in held]
+
+
 def run_training(
     config: TrainConfig, analysis: AnalysisConfig | None = None, progress: bool = True, fresh: bool = False, workers: int = 1
 ) -> Path:
@@ -526,9 +577,14 @@ def run_training(
     torch.set_num_threads(config.threads)
     analysis = analysis or AnalysisConfig()
     records = [r for s in config.sources for r in read_source(s)]
-    held = set(config.holdout_groups)
-    records = [r for r in records if r.group not in held]
+    records = apply_holdout(records, config.holdout_groups)
+    if not any(not r.is_fake for r in records):
+        raise InputError("training needs genuine clips (self-blending makes fakes from them); the sources hold none")
     clips = load_clips(records, config, analysis, progress, workers)
+    if not clips:
+        raise InputError(f"none of the {len(records)} clips read has a usable face track (see the warnings above)")
+    if not any(not c.record.is_fake and len(c.idx) >= GEOMETRY_MIN_FACES for c in clips):
+        raise InputError(geometry_shortage())
     ckpt = Checkpoints(config.cache_dir / "checkpoints" / run_key(config, records), config.checkpoint_every) if config.checkpoint_every else None
     if ckpt is not None and fresh:
         ckpt.clear()
@@ -538,7 +594,12 @@ def run_training(
     xs, ys, ids = [], [], []
     # Every fold's complement must hold genuine footage to self-blend from.
     n_folds = min(config.folds, len({c.record.group for c in clips if not c.record.is_fake}))
-    if n_folds < config.folds:
+    if n_folds < 2 <= config.folds:
+        logger.warning(
+            "only %d genuine group: the fusion is fitted and calibrated in-sample, without cross-fitting, "
+            "and will be overconfident on new footage (give each person or source its own group)", n_folds,
+        )
+    elif n_folds < config.folds:
         logger.warning("only %d genuine groups: cross-fitting with %d folds", n_folds, n_folds)
     fold_apps: list[torch.nn.Module] = []
     fold_geos: list[torch.nn.Module] = []

@@ -314,3 +314,46 @@ def test_face_extraction_workers_give_the_serial_faces_and_weights(dataset: Path
     run_training(cfg, progress=False, workers=2)
     for name in ("appearance.pt", "geometry.pt", "appearance.onnx", "geometry.onnx", "fusion.json"):
         assert sha256_file(tmp_path / "w2" / name) == sha256_file(bundle / name), name
+
+
+def test_training_refuses_clips_too_short_for_the_geometry_branch(tmp_path: Path) -> None:
+    from monitor.errors import InputError
+
+    for name in ("a/x.mp4", "b/y.mp4"):
+        (tmp_path / "reals" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(tmp_path / "reals" / name, 0.8, fps=10, width=320, height=240)
+    cfg = TrainConfig(
+        sources=(f"real:{tmp_path / 'reals'}",), out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+        appearance_steps=3, geometry_steps=3, pairs_per_batch=2, folds=2, threads=1,
+    )
+    # Before any training (it used to fail with a raw ValueError after the first stage).
+    with pytest.raises(InputError, match="12 usable face frames"):
+        run_training(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_export_leaves_the_previous_bundle_as_it_was(
+    dataset: Path, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import monitor.training.train as train_module
+    from monitor.detect.bundle import load_bundle, sha256_file
+
+    target = tmp_path / "models" / "mine"
+    target.mkdir(parents=True)
+    for f in bundle.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    before = {f.name: sha256_file(f) for f in target.iterdir()}
+
+    def onnx_fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("ONNX export failed")
+
+    monkeypatch.setattr(train_module, "_export_onnx", onnx_fails)
+    cfg = TrainConfig(
+        sources=(f"tsv:{dataset / 'm.tsv'}",), out_dir=target, cache_dir=tmp_path / "cache",
+        appearance_steps=2, geometry_steps=2, pairs_per_batch=2, folds=2, threads=1, seed=3,
+    )
+    with pytest.raises(RuntimeError, match="ONNX export failed"):
+        run_training(cfg, progress=False)
+    assert {f.name: sha256_file(f) for f in target.iterdir()} == before
+    load_bundle(target, "onnx", None)  # still a whole bundle
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["mine"]  # no staging folder left

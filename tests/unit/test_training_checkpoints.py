@@ -38,3 +38,18 @@ def test_an_unreadable_checkpoint_is_ignored_with_a_warning(tmp_path: Path, capl
     (tmp_path / "geometry.pt").write_bytes(b"not a checkpoint")
     assert ck.load("geometry") is None
     assert "ignoring unreadable checkpoint" in caplog.text
+
+
+def test_a_checkpoint_of_another_net_starts_afresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from monitor.detect.nets import GeometryNet
+    from monitor.training.train import _resume
+
+    ck = Checkpoints(tmp_path, every=1)
+    other = GeometryNet(8)  # another input size: another version of the code, say
+    ck.save("geometry", {"step": 50, "net": other.state_dict(), "opt": {}, "sched": None, "rng": None})
+    net = GeometryNet(16)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW(net.parameters())
+    assert _resume(ck, "geometry", "geometry", net, opt, None, np.random.default_rng(0)) == 0
+    assert "does not fit this net" in caplog.text
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # untouched

@@ -216,3 +216,28 @@ def test_ffpp_compression_option_and_an_empty_layout(tmp_path: Path) -> None:
     assert sorted(r.rel for r in recs) == ["manipulated_sequences/Deepfakes/c40/videos/001_002.mp4", "original_sequences/youtube/c40/videos/001.mp4"]
     with pytest.raises(ValueError, match=r"use ffpp:ROOT\[:train\|val\|test\[:raw\|c23\|c40\]\]"):
         read_source(f"ffpp:{tmp_path}:train:c99")
+
+
+def test_real_sources_group_by_top_level_folder_and_refuse_nothing_to_read(tmp_path: Path) -> None:
+    touch(tmp_path / "reals/alice/s1/a.mp4")
+    touch(tmp_path / "reals/bob/s1/b.mp4")
+    touch(tmp_path / "reals/loose.webm")
+    recs = read_source(f"real:{tmp_path / 'reals'}")
+    # Same leaf names (s1) no longer merge two people; a loose clip is a group of its own.
+    assert {r.rel: r.group for r in recs} == {"alice/s1/a.mp4": "real:alice", "bob/s1/b.mp4": "real:bob", "loose.webm": "real:loose.webm"}
+    with pytest.raises(ValueError, match="no such folder"):
+        read_source(f"real:{tmp_path / 'typo'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        read_source(f"real:{tmp_path / 'empty'}")
+
+
+def test_holdout_names_must_be_groups_of_the_sources(tmp_path: Path) -> None:
+    from monitor.training.train import apply_holdout
+
+    touch(tmp_path / "reals/alice/a.mp4")
+    touch(tmp_path / "reals/bob/b.mp4")
+    recs = read_source(f"real:{tmp_path / 'reals'}")
+    assert [r.group for r in apply_holdout(recs, ["real:bob"])] == ["real:alice"]
+    with pytest.raises(ValueError, match=r"--holdout real:bbo: no such group .*real:alice, real:bob"):
+        apply_holdout(recs, ["real:bbo"])
