@@ -7,6 +7,7 @@ are errors (``extra="forbid"``), at every level.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -70,7 +71,19 @@ class AnalysisConfig(Strict):
     max_frame_age_s: float = Field(0.5, gt=0, description="A frame older than this when analysis could start is skipped (`stale`).")
     budget_s: float | None = Field(None, gt=0, description="Per-frame analysis budget; default 1/fps. Over budget, the detector skips work on the next frame rather than queue it.")
     track_lost_s: float = Field(1.0, gt=0, description="A face unseen this long ends its track; a face that returns sooner keeps its id.")
-    detector_threads: int = Field(1, ge=1, le=8, description="Threads for MediaPipe and the detector per stream (1 keeps each stream on one core).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        # `detector_threads` sized a thread pool that analysed one frame at a time anyway: it
+        # changed nothing (and let a stream's end race a frame still in analysis). Accepted, with
+        # a warning, so that existing configuration files still load.
+        if isinstance(data, dict) and "detector_threads" in data:
+            logging.getLogger(__name__).warning(
+                "analysis.detector_threads is retired and ignored: each stream is analysed on one thread"
+            )
+            data = {k: v for k, v in data.items() if k != "detector_threads"}
+        return data
 
 
 class IceServer(Strict):

@@ -72,7 +72,7 @@ class StreamManager:
                     stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
                 )
                 pipeline = StreamPipeline(
-                    stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s, a.detector_threads
+                    stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s
                 )
                 await pipeline.start()
             except BaseException:

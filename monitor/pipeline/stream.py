@@ -58,7 +58,6 @@ class StreamPipeline:
         clock: Clock,
         fps: float,
         max_frame_age_s: float,
-        threads: int = 1,
     ) -> None:
         self.config = config
         self.source = source
@@ -68,7 +67,9 @@ class StreamPipeline:
         self.clock = clock
         self.fps = fps
         self.max_frame_age_s = max_frame_age_s
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"analyse-{config.id}")
+        # One thread: frames are analysed one after another, and the stream's end (analyzer.end)
+        # must not run beside a frame still in analysis.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"analyse-{config.id}")
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.frames_analysed = 0

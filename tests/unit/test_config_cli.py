@@ -187,3 +187,12 @@ def test_validation_errors_do_not_echo_credentials() -> None:
     # Values of other options are still quoted: they help find the mistake.
     with pytest.raises(ConfigError, match=r"retries: .*'three'"):
         plugin_config(_SecretPlugin, {"retries": "three"})
+
+
+def test_the_retired_detector_threads_key_still_loads_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="monitor.config"):
+        settings = load_settings(None, data_dir=tmp_path, analysis={"detector_threads": 4})
+    assert "detector_threads is retired and ignored" in caplog.text
+    assert "detector_threads" not in settings.analysis.model_dump()
