@@ -143,5 +143,6 @@ async def _announce(server: uvicorn.Server) -> None:
     for srv in server.servers:
         for sock in srv.sockets:
             host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL needs brackets
             # One parseable line, so scripts and tests can find a port chosen with port=0.
-            print(f"monitor listening on http://{host}:{port} (ready in {time.monotonic() - started:.1f}s)", flush=True)
+            print(f"monitor listening on http://{shown}:{port} (ready in {time.monotonic() - started:.1f}s)", flush=True)

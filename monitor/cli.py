@@ -83,7 +83,9 @@ def scan(
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of stream time (default: whole file; 30 s for URLs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Analyse a file or stream offline; print a per-track summary, a video-level score and verdict."""
+    """Analyse a file or stream offline; print a per-track summary, a video-level score and verdict.
+
+    Exit status: 0 when no alert was raised, 1 when one was (verdict `alert`), 2 on an error."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -133,6 +135,8 @@ def scan(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_jsonable(result), indent=1))
+    if result.verdict == "alert":
+        raise typer.Exit(1)  # scripts and CI jobs can act on a detection without parsing output
 
 
 def _duration_of(path: str) -> float | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from monitor.plugins import TrackWindow
 from monitor.types import FaceObservation, Score, Signal
@@ -174,6 +174,13 @@ class LandmarkBaselineDetector:
         min_observations: int = Field(8, ge=3, description="Below this many usable observations the window is `window_too_short`.")
         max_occlusion: float = Field(0.7, ge=0, le=1, description="Observations more turned away than this are not used.")
         max_out_of_frame: float = Field(0.1, ge=0, le=1, description="Observations with more landmarks outside the image are not used.")
+
+        @model_validator(mode="after")
+        def _reachable(self) -> LandmarkBaselineDetector.Config:
+            # A window that can never hold enough history would leave every face unjudged.
+            if self.min_span_s > self.window_s:
+                raise ValueError(f"min_span_s ({self.min_span_s}) must not exceed window_s ({self.window_s})")
+            return self
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or self.Config()

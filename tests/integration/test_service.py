@@ -220,15 +220,25 @@ def test_scan_cli_prints_score_and_verdict_and_json_timeline(tmp_path: Path) -> 
     clip = write_clip(tmp_path / "face.mp4", 5.0, fps=30, width=640, height=480)
     out = tmp_path / "scan.json"
     r = subprocess.run([MONITOR, "scan", str(clip), "--json", str(out)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
     assert "score:" in r.stdout and "verdict:" in r.stdout
     data = json.loads(out.read_text())
     assert data["verdict"] in ("clear", "suspicious", "alert")
+    assert r.returncode == (1 if data["verdict"] == "alert" else 0), r.stderr
     assert 0.0 <= data["score"] <= 1.0
     assert data["frames_analysed"] >= 45 and data["frames_with_face"] >= 45
     track = data["tracks"][0]
     assert track["track_id"] == 1 and len(track["timeline"]) >= 45
     assert {"t", "state", "score", "raw_score", "reasons"} <= set(track["timeline"][0])
+
+
+def test_scan_cli_exits_1_when_it_raises_an_alert(tmp_path: Path) -> None:
+    # A policy that alerts on any score: the exit status is what a script or CI job checks.
+    clip = write_clip(tmp_path / "face.mp4", 4.0, fps=30, width=640, height=480)
+    config = tmp_path / "alert-all.yaml"
+    config.write_text("policy: {suspicious_enter: 0.0, alert_enter: 0.0, min_alert_s: 0.0}\n")
+    r = subprocess.run([MONITOR, "scan", str(clip), "-c", str(config), "-q"], capture_output=True, text=True, timeout=120)
+    assert "verdict: alert" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 1
 
 
 @pytest.mark.parametrize("make", [text_file, lambda p: p.with_name("missing.mp4")])

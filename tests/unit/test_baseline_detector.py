@@ -167,3 +167,8 @@ def test_config_is_strict_and_sets_the_window() -> None:
     with pytest.raises(ConfigError):
         plugin_config(LandmarkBaselineDetector, {"bogus": 1})
     assert LandmarkBaselineDetector.name == "baseline-landmarks"
+
+
+def test_a_window_that_can_never_be_long_enough_is_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="min_span_s .* must not exceed window_s"):
+        LandmarkBaselineDetector.Config(window_s=3.0, min_span_s=5.0)
