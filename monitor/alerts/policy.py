@@ -43,10 +43,16 @@ class _OpenAlert:
 class TrackPolicy:
     """The state machine of one face track. ``update`` returns the events it caused."""
 
-    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig) -> None:
+    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig, frame_interval_s: float = 0.1) -> None:
         self.stream_id = stream_id
         self.track_id = track_id
         self.config = config
+        # Evidence time above the alert threshold is counted between readable scores, at most
+        # two frame intervals per step: a rejected frame or two still counts, a longer stretch
+        # with no readable score does not (two short spikes with a gap never make an alert).
+        self._max_step_s = 2.0 * frame_interval_s
+        self._above_s = 0.0
+        self._step_s: float | None = None  # this update's readable step, not yet counted
         self.state = TrackState.INCONCLUSIVE
         self.since_t: float | None = None
         self.smoothed: float | None = None
@@ -78,6 +84,7 @@ class TrackPolicy:
                 # Decay by the time since the last *usable* score, so evidence is weighed by age.
                 alpha = 1.0 - math.pow(0.5, max(t - self._last_usable_t, 0.0) / c.ema_halflife_s)
                 self.smoothed += alpha * (p - self.smoothed)
+            self._step_s = 0.0 if self._last_usable_t is None else min(max(t - self._last_usable_t, 0.0), self._max_step_s)
             self._last_usable_t = t
             self.signals = verdict.score.signals
         self.reasons = verdict.reasons
@@ -115,13 +122,17 @@ class TrackPolicy:
 
         last_usable = self._last_usable_t
         assert last_usable is not None
+        step, self._step_s = self._step_s, None
         if s >= c.alert_enter:
             if self._above_alert_since is None:
                 self._above_alert_since = last_usable
+                self._above_s = 0.0
+            elif step is not None:
+                self._above_s += step
         else:
             self._above_alert_since = None
-        # Only usable evidence counts towards min_alert_s: a gap does not extend a spike.
-        alert_ready = self._above_alert_since is not None and last_usable - self._above_alert_since >= c.min_alert_s
+        # Only readable evidence counts towards min_alert_s: a gap does not extend a spike.
+        alert_ready = self._above_alert_since is not None and self._above_s >= c.min_alert_s - 1e-9
 
         dwell = t - (self.since_t if self.since_t is not None else t)
         can_downgrade = dwell >= c.min_state_s

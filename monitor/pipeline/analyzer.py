@@ -98,9 +98,9 @@ def quality_reasons(q: FaceQuality, c: AnalysisConfig) -> tuple[str, ...]:
 
 
 class _Track:
-    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig) -> None:
+    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig, frame_interval_s: float) -> None:
         self.window = TrackWindow(stream_id, track_id, horizon_s)
-        self.policy = TrackPolicy(stream_id, track_id, policy)
+        self.policy = TrackPolicy(stream_id, track_id, policy, frame_interval_s)
 
 
 class StreamAnalyzer:
@@ -154,7 +154,7 @@ class StreamAnalyzer:
             track = self.tracks.get(obs.track_id)
             if track is None:
                 track = self.tracks[obs.track_id] = _Track(
-                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config
+                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config, 1.0 / self.fps
                 )
             verdicts.append(self._verdict(track, obs, multiple, skip_detect))
         if skip_detect:

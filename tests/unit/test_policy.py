@@ -139,3 +139,21 @@ def test_offline_scan_times_an_alert_from_when_it_opened(settings) -> None:  # t
     # ...but the alert opened only after min_alert_s: evaluate's time-to-detect counts from then.
     assert CFG.min_alert_s <= result.first_alert_t < CFG.min_alert_s + 0.5
     assert result.alerts_opened == 1
+
+
+def test_two_short_spikes_with_an_unreadable_gap_do_not_make_an_alert() -> None:
+    # The smoothed score crosses the threshold late in the first spike; then no readable score
+    # for 1.9 s (shorter than inconclusive_after_s, so the smoothed score holds); then one more
+    # high frame. Counting the gap as evidence opened an alert on about 0.5 s above threshold.
+    cfg = PolicyConfig()
+    series = steady(0.1, 0, 2) + steady(0.99, 2, 4) + steady(None, 4.0, 5.9) + [(5.9, 0.99)]  # type: ignore[arg-type,operator]
+    events = run(TrackPolicy("s", 1, cfg), series)
+    assert [e for e in events if e.type == EventType.ALERT_OPENED] == []
+
+
+def test_a_rejected_frame_or_two_does_not_break_the_evidence() -> None:
+    # Single unreadable frames (a blur spike) inside a long run above threshold still alert.
+    cfg = PolicyConfig()
+    series = [(t, None if i % 5 == 4 else 0.99) for i, (t, _) in enumerate(steady(0.99, 0, 4))]
+    events = run(TrackPolicy("s", 1, cfg), series)  # type: ignore[arg-type]
+    assert len([e for e in events if e.type == EventType.ALERT_OPENED]) == 1
