@@ -39,3 +39,7 @@ class StreamExists(MonitorError):
 
 class StreamNotFound(MonitorError):
     """No stream with that id."""
+
+
+class ShuttingDown(MonitorError):
+    """The service is stopping and takes no new streams."""

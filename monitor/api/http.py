@@ -28,7 +28,7 @@ from monitor.alerts.bus import EventBus
 from monitor.api.auth import token_ok
 from monitor.api.whip import whip_router
 from monitor.config import Settings, StreamConfig
-from monitor.errors import ConfigError, MonitorError, StreamExists, StreamNotFound
+from monitor.errors import ConfigError, MonitorError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.pipeline.stream import StreamStatus
@@ -162,6 +162,10 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     @app.exception_handler(StreamExists)
     async def _exists(request: Request, exc: StreamExists) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(ShuttingDown)
+    async def _shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/healthz", dependencies=public, tags=["ops"])
     async def healthz() -> dict[str, Any]:

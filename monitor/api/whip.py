@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from monitor.api.auth import token_ok
 from monitor.config import STREAM_ID_RE, Settings, StreamConfig
-from monitor.errors import ConfigError, StreamExists, StreamNotFound
+from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.sources.webrtc import (
@@ -146,7 +146,7 @@ class WhipSessions:
                     await self.manager.add(stream, source=source)
                 except StreamExists as exc:
                     raise Refused(409, str(exc), "conflict") from exc
-                except ConfigError as exc:
+                except (ConfigError, ShuttingDown) as exc:
                     raise Refused(503, str(exc), "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
                 session.sources.append(source)
                 if session.closed:

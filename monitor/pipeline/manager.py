@@ -9,7 +9,7 @@ from collections.abc import Callable
 from monitor.alerts.bus import EventBus
 from monitor.clock import Clock
 from monitor.config import Settings, StreamConfig
-from monitor.errors import ConfigError, StreamExists, StreamNotFound
+from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
 from monitor.pipeline.stream import StreamPipeline
@@ -48,11 +48,14 @@ class StreamManager:
         self.max_streams = max_streams
         self._streams: dict[str, StreamPipeline] = {}
         self._closing: set[str] = set()
+        self._closed = False  # aclose() began: no new streams
         self._lock = asyncio.Lock()
 
     async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
         """Start watching ``stream``. A prebuilt ``source`` (e.g. a WebRTC track) may be given."""
         async with self._lock:
+            if self._closed:
+                raise ShuttingDown("the service is shutting down: no new streams")
             if stream.id in self._streams or stream.id in self._closing:
                 raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
             if len(self._streams) >= self.max_streams:
@@ -112,6 +115,10 @@ class StreamManager:
         return list(self._streams.values())
 
     async def aclose(self) -> None:
+        async with self._lock:
+            # Under the lock: an add still starting (loading models) finishes first and is
+            # closed below, and none starts after this.
+            self._closed = True
         for stream_id in list(self._streams):
             try:
                 await self.remove(stream_id)

@@ -48,6 +48,9 @@ class StreamStatus:
 
 
 class StreamPipeline:
+    STOP_WAIT_S = 10.0  # for the stream's task to finish (and close its alerts) on removal
+    STUCK_WAIT_S = 5.0  # after cancelling it, before leaving a stuck analysis thread behind
+
     def __init__(
         self,
         config: StreamConfig,
@@ -236,14 +239,21 @@ class StreamPipeline:
 
     async def aclose(self) -> None:
         await self.source.aclose()
+        stuck = False
         if self._task is not None:
             try:
                 # shield: a timeout must not cancel the task's own teardown (closing alerts).
-                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+                await asyncio.wait_for(asyncio.shield(self._task), self.STOP_WAIT_S)
             except asyncio.TimeoutError:
-                logger.warning("stream %s did not stop within 10 s; cancelling", self.id)
+                logger.warning("stream %s did not stop within %g s; cancelling", self.id, self.STOP_WAIT_S)
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+                # Its teardown (analyzer.end) queues behind the analysis call that is running:
+                # a call stuck in a native library must not hold the removal, or shutdown, for
+                # ever. Past the wait, the thread is left behind and its open alerts stay open.
+                done, _ = await asyncio.wait({self._task}, timeout=self.STUCK_WAIT_S)
+                if not done:
+                    stuck = True
+                    logger.error("stream %s: analysis is stuck; leaving its thread behind", self.id)
             except Exception:
                 logger.exception("stream %s task failed", self.id)
         else:
@@ -251,7 +261,7 @@ class StreamPipeline:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         # A stuck analysis call must not block the event loop while we wait for it.
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=not stuck, cancel_futures=stuck)
         if self._started:
             self.metrics.streams_active.labels(self.source.kind).dec()
         self.metrics.forget_stream(self.id)

@@ -88,6 +88,7 @@ class ThreadedSource:
 
     kind: ClassVar[str] = "threaded"
     reconnect: ClassVar[bool] = True
+    JOIN_S: ClassVar[float] = 10.0  # how long aclose waits for a blocked decoder thread
 
     def __init__(self, stream_id: str, *, metrics: Metrics, clock: Clock | None = None) -> None:
         self.stream_id = stream_id
@@ -101,6 +102,7 @@ class ThreadedSource:
         self._backoff = Backoff()
         self._rate = RateMeter()
         self._state_listeners: list[Any] = []
+        self._detached = False  # closed while its thread was still blocked: ignore what it does
 
     # --- the subclass interface -------------------------------------------------------
     def _open(self) -> None:
@@ -120,7 +122,7 @@ class ThreadedSource:
         self._state_listeners.append(listener)
 
     def _set_state(self, state: StreamState, detail: str = "") -> None:
-        if state == self.status.state and not detail:
+        if self._detached or (state == self.status.state and not detail):
             return
         self.status.state = state
         if state in (StreamState.ENDED, StreamState.STOPPED):
@@ -146,11 +148,15 @@ class ThreadedSource:
         self.metrics.frames_dropped.labels(self.stream_id, reason).inc()
 
     def count_decode_error(self, exc: BaseException) -> None:
+        if self._detached:
+            return
         self.status.decode_errors += 1
         self.status.last_error = f"decode error: {exc}"
         self.metrics.frames_dropped.labels(self.stream_id, "decode_error").inc()
 
     def _deliver(self, frame: Frame) -> None:
+        if self._detached:
+            return
         now = frame.received_at
         st = self.status
         self._rate.tick(now)
@@ -178,9 +184,16 @@ class ThreadedSource:
     async def aclose(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10.0)
+            await asyncio.to_thread(self._thread.join, self.JOIN_S)
             if self._thread.is_alive():
-                logger.warning("source thread for %s did not stop within 10 s", self.stream_id)
+                logger.warning("source thread for %s did not stop within %g s; leaving it behind", self.stream_id, self.JOIN_S)
+                # Whatever it does when it wakes (a frame, a state change) belongs to a stream
+                # that is gone, perhaps replaced by a new one with the same id: it must not
+                # publish events or bring back the removed stream's metrics.
+                self._detached = True
+                self._state_listeners.clear()
+                assert self._slot is not None
+                self._slot.close_threadsafe(SourceEnded(f"stream {self.stream_id} closed"))
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; returns False when asked to stop."""

@@ -1,0 +1,136 @@
+"""Removing streams and shutting down stay bounded, whatever a stuck thread is doing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from monitor.alerts.bus import EventBus
+from monitor.alerts.eventlog import EventLog
+from monitor.clock import SystemClock
+from monitor.config import Settings, StreamConfig
+from monitor.errors import ShuttingDown
+from monitor.metrics import Metrics
+from monitor.pipeline.manager import StreamManager
+from monitor.pipeline.stream import StreamPipeline
+from monitor.plugins import TrackWindow
+from monitor.sources.base import ThreadedSource
+from monitor.types import FaceFrame, FaceObservation, Frame, Score
+
+
+class Ticking(ThreadedSource):
+    """A frame every 50 ms; ``block`` makes the next read hang like a dead camera."""
+
+    kind: ClassVar[str] = "ticking"
+
+    def __init__(self, stream_id: str, metrics: Metrics, block_s: float = 0.0) -> None:
+        super().__init__(stream_id, metrics=metrics)
+        self.block_s = block_s
+        self.blocking = threading.Event()
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> Iterator[Frame]:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            yield Frame(self.stream_id, self.next_seq(), n * 0.05, time.monotonic(), 4, 4, np.zeros((4, 4, 3), np.uint8))
+            if self.block_s and n == 3:
+                self.blocking.set()
+                time.sleep(self.block_s)  # ignores the stop request, as a stuck native call does
+                yield Frame(self.stream_id, self.next_seq(), n * 0.05, time.monotonic(), 4, 4, np.zeros((4, 4, 3), np.uint8))
+            time.sleep(0.05)
+
+
+class NoFaces:
+    def __init__(self, stall_s: float = 0.0) -> None:
+        self.stall_s = stall_s
+        self.stalled = threading.Event()
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        if self.stall_s and not self.stalled.is_set():
+            self.stalled.set()
+            time.sleep(self.stall_s)
+        return FaceFrame(frame.stream_id, frame.seq, frame.pts_s, frame.received_at, ())
+
+    def close(self) -> None:
+        pass
+
+
+class Constant:
+    name: ClassVar[str] = "constant"
+    window_s = 2.0
+
+    def features(self, obs: FaceObservation) -> Any:
+        return 0
+
+    def score(self, window: TrackWindow) -> Score:
+        return Score(0.1)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[Settings, EventLog, EventBus, Metrics]]:
+    from monitor.config import load_settings
+
+    settings = load_settings(None, data_dir=tmp_path, demo=False)
+    log = EventLog(tmp_path / "events.sqlite3")
+    metrics = Metrics()
+    yield settings, log, EventBus(log, metrics), metrics
+    log.close()
+
+
+def manager(parts: tuple[Settings, EventLog, EventBus, Metrics], faces: NoFaces, slow_detector_s: float = 0.0) -> StreamManager:
+    settings, _, bus, metrics = parts
+
+    def make_detector() -> Constant:
+        time.sleep(slow_detector_s)  # model loading
+        return Constant()
+
+    return StreamManager(settings, bus, metrics, SystemClock(), make_detector, lambda stream_id: faces)
+
+
+async def test_a_stuck_analysis_does_not_hold_the_removal_for_ever(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(StreamPipeline, "STOP_WAIT_S", 0.5)
+    monkeypatch.setattr(StreamPipeline, "STUCK_WAIT_S", 0.5)
+    faces = NoFaces(stall_s=4.0)
+    m = manager(parts, faces)
+    await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", parts[3]))
+    await asyncio.to_thread(faces.stalled.wait, 5)
+    started = time.monotonic()
+    await m.remove("cam")
+    assert time.monotonic() - started < 3.0  # not the 4 s stall, let alone for ever
+    assert m.list() == []
+
+
+async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ThreadedSource, "JOIN_S", 0.3)
+    _, log, _, metrics = parts
+    m = manager(parts, NoFaces())
+    source = Ticking("cam", metrics, block_s=2.0)
+    await m.add(StreamConfig(id="cam", url="x://y"), source=source)
+    await asyncio.to_thread(source.blocking.wait, 5)
+    await m.remove("cam")
+    events_then = log.last_id()
+    await asyncio.sleep(2.5)  # the thread wakes, delivers a frame and stops
+    assert metrics.registry.get_sample_value("deepfake_monitor_frames_received_total", {"stream": "cam"}) is None
+    assert log.last_id() == events_then  # no late "stopped" event for a stream that is gone
+
+
+async def test_shutdown_waits_for_a_stream_still_starting_and_refuses_new_ones(parts: Any) -> None:
+    _, _, _, metrics = parts
+    m = manager(parts, NoFaces(), slow_detector_s=1.0)
+    adding = asyncio.create_task(m.add(StreamConfig(id="late", url="x://y"), source=Ticking("late", metrics)))
+    await asyncio.sleep(0.2)  # the add holds the lock while its detector loads
+    await m.aclose()
+    await adding
+    assert m.list() == []  # it was added, then closed with the rest
+    with pytest.raises(ShuttingDown):
+        await m.add(StreamConfig(id="later", url="x://y"), source=Ticking("later", metrics))
