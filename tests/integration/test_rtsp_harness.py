@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest, start
 
 from monitor.sources.av_source import STREAM_DECODER_OPTIONS
 from tests.support.media import corrupt_clip, empty_file, multislice_clip, slices_per_frame, text_file
-from tests.support.procs import free_port
 from tests.support.prometheus import Prometheus, promtool_check_metrics
 from tests.support.rtsp_server import PYAV_RTSP_OPTIONS, GarbageMode, GarbageRtspServer, RtspServer
 
@@ -165,8 +164,8 @@ def test_prometheus_scrapes_a_loopback_target() -> None:
     registry = CollectorRegistry()
     frames = Counter("harness_frames", "Frames seen by the harness test.", registry=registry)
     frames.inc(7)
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)  # the OS picks a free port
+    port = server.server_port
     try:
         with Prometheus([f"127.0.0.1:{port}"], job="harness") as prometheus:
             target = prometheus.wait_for_scrape("harness")

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitor.alerts.eventlog import EventLog
 from monitor.config import load_settings
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
 from tests.support.service import running_service
@@ -65,9 +66,12 @@ async def test_webhook_delivers_every_event_in_order_with_retries(tmp_path: Path
             async with asyncio.timeout(20):
                 while len(receiver.accepted) < 5:
                     await asyncio.sleep(0.05)
-        # Events published while the service (and its sink) was down are delivered after restart.
+        # Events logged while the service (and its sink) was down are delivered after restart,
+        # from the sink's cursor in the log.
+        log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+        log.append([status_event(i) for i in range(5, 8)])
+        log.close()
         async with running_service(settings) as svc:
-            await svc.runtime.bus.publish([status_event(i) for i in range(5, 8)])
             async with asyncio.timeout(20):
                 while len(receiver.accepted) < 8:
                     await asyncio.sleep(0.05)

@@ -116,7 +116,7 @@ async def test_whip_publish_produces_verdicts_on_the_websocket(tmp_path: Path) -
 
 
 async def test_two_video_tracks_become_two_streams_and_vanish_when_the_peer_leaves(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, webrtc={"session_idle_s": 3.0})
+    settings = make_settings(tmp_path, webrtc={"session_idle_s": 10.0})  # room for a slow ICE/DTLS start
     async with running_service(settings) as svc:
         rt = svc.runtime
         pc, response = await publish(svc.base, "room", [FaceTrack((160, 120)), FaceTrack((192, 144))])

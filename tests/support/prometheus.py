@@ -74,23 +74,32 @@ class Prometheus:
         return self._proc.log() if self._proc is not None else ""
 
     def start(self, timeout: float = 30.0) -> Prometheus:
-        self.port = free_port()
-        self._proc = ManagedProcess(
-            [
-                PROMETHEUS,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self._workdir / 'data'}",
-                f"--web.listen-address={LOOPBACK}:{self.port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            name="prometheus",
-            log_path=self._workdir / "prometheus.log",
-        )
-        self._proc.start()
-        proc = self._proc
-        wait_until(self._ready, timeout, "prometheus", alive=lambda: proc.running, detail=self.log, interval=0.1)
-        return self
+        # free_port() finds a port free now; another process may bind it before Prometheus
+        # does. A start that dies on "address already in use" is retried on a fresh port.
+        for attempt in range(3):
+            self.port = free_port()
+            self._proc = ManagedProcess(
+                [
+                    PROMETHEUS,
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self._workdir / 'data'}",
+                    f"--web.listen-address={LOOPBACK}:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                    "--log.level=warn",
+                ],
+                name="prometheus",
+                log_path=self._workdir / "prometheus.log",
+            )
+            self._proc.start()
+            proc = self._proc
+            try:
+                wait_until(self._ready, timeout, "prometheus", alive=lambda: proc.running, detail=self.log, interval=0.1)
+                return self
+            except RuntimeError:  # it exited before it was ready
+                if attempt == 2 or "address already in use" not in self.log():
+                    raise
+                proc.stop(graceful=False)
+        raise AssertionError("unreachable")
 
     def _ready(self) -> bool:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import re
@@ -70,26 +71,34 @@ class ServiceProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.base = ""
         self.log = workdir / "service.log"
+        self._cleanup_registered = False
 
     def start(self, port: int = 0, timeout: float = 60.0) -> str:
-        log = self.log.open("a")
-        self.proc = subprocess.Popen(
-            [MONITOR, "serve", "-c", str(self.config_path), "--port", str(port)],
-            cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True,
-        )
-        assert self.proc.stdout is not None
+        """Start it and wait (at most ``timeout``) for its "listening on" line. Output goes to
+        the log file, not a pipe nobody drains; a start that fails is killed, not leaked."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [MONITOR, "serve", "-c", str(self.config_path), "--port", str(port)],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            )
+        if not self._cleanup_registered:
+            atexit.register(self.stop, signal.SIGKILL)  # whatever a failing test left running
+            self._cleanup_registered = True
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+        try:
+            while time.monotonic() < deadline:
+                m = re.search(r"listening on (http://\S+)", self.log.read_text(errors="replace")[offset:])
+                if m:
+                    self.base = m.group(1)
+                    return self.base
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"monitor exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-                continue
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.base = m.group(1)
-                return self.base
-        raise TimeoutError("monitor did not report its port")
+                time.sleep(0.05)
+            raise TimeoutError(f"monitor did not report its port within {timeout:.0f} s")
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
 
     @property
     def port(self) -> int:

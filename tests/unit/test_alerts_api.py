@@ -78,7 +78,9 @@ async def test_slow_client_is_evicted_with_1013_and_loses_nothing(tmp_path: Path
     settings = make_settings(tmp_path, alerts={"queue_size": 5})
     async with running_service(settings) as svc:
         async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=["cloudevents.json"]) as ws:
-            await asyncio.sleep(0.1)  # let the server register the subscription
+            async with asyncio.timeout(10):  # until the server has registered the subscription
+                while not svc.runtime.bus._subs:  # noqa: SLF001
+                    await asyncio.sleep(0.02)
             await svc.runtime.bus.publish([status_event(i) for i in range(50)])
             got: list[dict] = []
             with pytest.raises(ConnectionClosed) as closed:

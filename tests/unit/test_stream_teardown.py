@@ -103,7 +103,7 @@ async def test_a_stuck_analysis_does_not_hold_the_removal_for_ever(parts: Any, m
     faces = NoFaces(stall_s=4.0)
     m = manager(parts, faces)
     await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", parts[3]))
-    await asyncio.to_thread(faces.stalled.wait, 5)
+    assert await asyncio.to_thread(faces.stalled.wait, 5)
     started = time.monotonic()
     await m.remove("cam")
     assert time.monotonic() - started < 3.0  # not the 4 s stall, let alone for ever
@@ -116,7 +116,7 @@ async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(pa
     m = manager(parts, NoFaces())
     source = Ticking("cam", metrics, block_s=2.0)
     await m.add(StreamConfig(id="cam", url="x://y"), source=source)
-    await asyncio.to_thread(source.blocking.wait, 5)
+    assert await asyncio.to_thread(source.blocking.wait, 5)
     await m.remove("cam")
     events_then = log.last_id()
     await asyncio.sleep(2.5)  # the thread wakes, delivers a frame and stops
