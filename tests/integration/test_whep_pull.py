@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -154,11 +155,15 @@ async def test_whep_source_retries_while_the_endpoint_is_down(tmp_path: Path) ->
     async with running_service(settings) as svc:
         rt = svc.runtime
         whep = WhepServer()
-        async with whep.serving() as port:
-            pass  # learn a free port, then leave it closed
+        # Bound but not listening: connections are refused, and no other process can take the
+        # port while the source retries (it is released just before the server binds it).
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
         stream = StreamConfig(id="later", url=f"http://127.0.0.1:{port}/whep/cam", source="whep", options={"token": TOKEN})
         pipeline = await rt.manager.add(stream, source=build_source(stream, settings, rt.metrics, rt.manager.clock))
         await until(lambda: pipeline.status().state == StreamState.RECONNECTING, 10, "reconnecting state")
+        holder.close()
         async with whep.serving(port):
             await until(lambda: pipeline.status().frames_received > 3, 20, "frames once the endpoint is up")
         await rt.manager.remove("later")
