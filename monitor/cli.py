@@ -85,7 +85,8 @@ def scan(
 ) -> None:
     """Analyse a file or stream offline; print a per-track summary, a video-level score and verdict.
 
-    Exit status: 0 when no alert was raised, 1 when one was (verdict `alert`), 2 on an error."""
+    Exit status: 0 when no alert was raised, 1 when one was (verdict `alert`), 2 on an error,
+    130 when interrupted."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -117,6 +118,11 @@ def scan(
             )
     except MonitorError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # interrupted: not "1", which means an alert
+    except Exception:  # a bug or a library failure: 2 with its traceback, never 1 (an alert)
+        console.print_exception()
+        raise typer.Exit(2) from None
     out = Console()
     table = Table(title=f"{target}: {result.duration_s:.1f} s, {result.frames_analysed} frames analysed")
     for col in ("track", "from s", "to s", "frames", "score", "max", "final state", "alerts"):

@@ -43,14 +43,16 @@ class _OpenAlert:
 class TrackPolicy:
     """The state machine of one face track. ``update`` returns the events it caused."""
 
-    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig, frame_interval_s: float = 0.1) -> None:
+    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig) -> None:
         self.stream_id = stream_id
         self.track_id = track_id
         self.config = config
-        # Evidence time above the alert threshold is counted between readable scores, at most
-        # two frame intervals per step: a rejected frame or two still counts, a longer stretch
-        # with no readable score does not (two short spikes with a gap never make an alert).
-        self._max_step_s = 2.0 * frame_interval_s
+        # Evidence time above the alert threshold is counted between readable scores. A step
+        # that spans unreadable verdicts counts at most three of this track's own verdict
+        # intervals: a rejected frame or two still counts in full, a longer stretch with no
+        # readable score does not (two short spikes with a gap never make an alert). The
+        # track's own rhythm, not the configured fps, so a slow source loses nothing.
+        self._last_verdict_t: float | None = None
         self._above_s = 0.0
         self._step_s: float | None = None  # this update's readable step, not yet counted
         self.state = TrackState.INCONCLUSIVE
@@ -84,10 +86,17 @@ class TrackPolicy:
                 # Decay by the time since the last *usable* score, so evidence is weighed by age.
                 alpha = 1.0 - math.pow(0.5, max(t - self._last_usable_t, 0.0) / c.ema_halflife_s)
                 self.smoothed += alpha * (p - self.smoothed)
-            self._step_s = 0.0 if self._last_usable_t is None else min(max(t - self._last_usable_t, 0.0), self._max_step_s)
+            if self._last_usable_t is None:
+                self._step_s = 0.0
+            else:
+                step = max(t - self._last_usable_t, 0.0)
+                if self._last_verdict_t is not None and self._last_verdict_t > self._last_usable_t:
+                    step = min(step, 3.0 * max(t - self._last_verdict_t, 0.0))  # unreadable ones between
+                self._step_s = step
             self._last_usable_t = t
             self.signals = verdict.score.signals
         self.reasons = verdict.reasons
+        self._last_verdict_t = t
 
         target = self._target(t)
         events: list[Event] = []

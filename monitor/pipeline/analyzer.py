@@ -98,9 +98,9 @@ def quality_reasons(q: FaceQuality, c: AnalysisConfig) -> tuple[str, ...]:
 
 
 class _Track:
-    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig, frame_interval_s: float) -> None:
+    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig) -> None:
         self.window = TrackWindow(stream_id, track_id, horizon_s)
-        self.policy = TrackPolicy(stream_id, track_id, policy, frame_interval_s)
+        self.policy = TrackPolicy(stream_id, track_id, policy)
 
 
 class StreamAnalyzer:
@@ -131,6 +131,7 @@ class StreamAnalyzer:
         self._ended: set[int] = set()
         self._over_budget = False
         self._skipped_last = False
+        self._detached = False  # its stream was removed while a call was stuck: count nothing
         self._timer: Callable[[], float] = time.perf_counter
 
     def analyse(self, frame: Frame) -> Analysis:
@@ -154,7 +155,7 @@ class StreamAnalyzer:
             track = self.tracks.get(obs.track_id)
             if track is None:
                 track = self.tracks[obs.track_id] = _Track(
-                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config, 1.0 / self.fps
+                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config
                 )
             verdicts.append(self._verdict(track, obs, multiple, skip_detect))
         if skip_detect:
@@ -171,13 +172,15 @@ class StreamAnalyzer:
                 events.extend(track.policy.end(frame.pts_s, wall))
                 self._forget_state(track)
         self._ended.clear()
-        self._count_states(events)
+        if not self._detached:
+            self._count_states(events)
         t4 = timer()
 
         times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         self._over_budget = times.total > self.budget_s
         latency = self.clock.monotonic() - frame.received_at
-        self._observe(times, latency, verdicts, len(face_frame.faces))
+        if not self._detached:
+            self._observe(times, latency, verdicts, len(face_frame.faces))
         return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, latency)
 
     def _verdict(self, track: _Track, obs: FaceObservation, multiple: bool, skip_detect: bool) -> Verdict:
@@ -208,8 +211,8 @@ class StreamAnalyzer:
 
     def _forget_state(self, track: _Track) -> None:
         # A track that never got a verdict (created on a frame whose analysis failed) was never
-        # counted, so it must not be subtracted either.
-        if track.policy.announced:
+        # counted, so it must not be subtracted either; a detached one was subtracted already.
+        if track.policy.announced and not self._detached:
             self.metrics.track_states.labels(track.policy.state.value).dec()
 
     def _count_states(self, events: list[Event]) -> None:
@@ -219,6 +222,15 @@ class StreamAnalyzer:
                 if e.data.previous is not None:
                     gauge.labels(e.data.previous.value).dec()
                 gauge.labels(e.data.state.value).inc()
+
+    def detach(self) -> None:
+        """The stream is gone while a call is still running: whatever it finishes, it must not
+        bring back the stream's metrics (its per-stream series were removed). Its tracks leave
+        the state gauge now, since ``end`` will not run."""
+        self._detached = True
+        for track in list(self.tracks.values()):
+            if track.policy.announced:
+                self.metrics.track_states.labels(track.policy.state.value).dec()
 
     def end(self, t: float) -> list[Event]:
         """The stream is over: close every track (and its open alert)."""

@@ -119,10 +119,14 @@ class StreamManager:
             # Under the lock: an add still starting (loading models) finishes first and is
             # closed below, and none starts after this.
             self._closed = True
-        for stream_id in list(self._streams):
-            try:
-                await self.remove(stream_id)
-            except StreamNotFound:
-                pass  # removed meanwhile, e.g. with its WHIP session's sibling stream
-            except Exception:
-                logger.exception("error stopping stream %s", stream_id)
+        # All at once: each may wait on a stuck camera or analysis (up to ~25 s), and streams are
+        # independent, so shutdown takes the slowest stream's time, not the sum.
+        await asyncio.gather(*(self._remove_at_shutdown(stream_id) for stream_id in list(self._streams)))
+
+    async def _remove_at_shutdown(self, stream_id: str) -> None:
+        try:
+            await self.remove(stream_id)
+        except StreamNotFound:
+            pass  # removed meanwhile, e.g. with its WHIP session's sibling stream
+        except Exception:
+            logger.exception("error stopping stream %s", stream_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from monitor.alerts.bus import EventBus
@@ -15,6 +14,7 @@ from monitor.config import StreamConfig, redact_url
 from monitor.errors import MonitorError, SourceEnded
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import Analysis, StreamAnalyzer, TrackSnapshot
+from monitor.pipeline.worker import DaemonWorker
 from monitor.plugins import Source
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
 
@@ -72,7 +72,7 @@ class StreamPipeline:
         self.max_frame_age_s = max_frame_age_s
         # One thread: frames are analysed one after another, and the stream's end (analyzer.end)
         # must not run beside a frame still in analysis.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"analyse-{config.id}")
+        self._executor = DaemonWorker(f"analyse-{config.id}")
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.frames_analysed = 0
@@ -253,6 +253,8 @@ class StreamPipeline:
                 done, _ = await asyncio.wait({self._task}, timeout=self.STUCK_WAIT_S)
                 if not done:
                     stuck = True
+                    # When (if) the call returns, it must not touch this stream's metrics again.
+                    self.analyzer.detach()
                     logger.error("stream %s: analysis is stuck; leaving its thread behind", self.id)
             except Exception:
                 logger.exception("stream %s task failed", self.id)

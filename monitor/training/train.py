@@ -486,8 +486,9 @@ def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) 
 
 def export(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
     """Write the bundle into ``out_dir``. Every file is written to a folder beside it first and
-    moved in only once all of them exist (the manifest last), so a failed or killed export
-    leaves the previous bundle as it was, not a mix the detector refuses."""
+    moved in only once all of them exist (the manifest last), so an export that fails (the ONNX
+    step, a full disk) leaves the previous bundle as it was. Only a kill during the few renames
+    can leave a mix, which the detector refuses by its manifest; rerunning the command mends it."""
     import shutil
     import tempfile
 
@@ -611,6 +612,11 @@ def run_training(
         raise InputError("--appearance-from needs cross-fitting folds (at least two genuine groups)")
     if n_folds >= 2:
         folds = split_folds(clips, n_folds, config.seed)
+        # Each fold model trains on the other folds: check now, not hours into the run.
+        for i in range(n_folds):
+            rest = [c for j, f in enumerate(folds) if j != i for c in f]
+            if not any(not c.record.is_fake and len(c.idx) >= GEOMETRY_MIN_FACES for c in rest):
+                raise InputError(f"cross-fitting fold {i + 1}: {geometry_shortage()} in the other folds")
         if config.appearance_from is not None:
             from monitor.training.sbi import load_fold_models
 

@@ -357,3 +357,18 @@ def test_a_failed_export_leaves_the_previous_bundle_as_it_was(
     assert {f.name: sha256_file(f) for f in target.iterdir()} == before
     load_bundle(target, "onnx", None)  # still a whole bundle
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["mine"]  # no staging folder left
+
+
+def test_training_refuses_a_fold_whose_other_half_is_too_short_before_training(tmp_path: Path) -> None:
+    from monitor.errors import InputError
+
+    for name, seconds in (("a/long.mp4", 3.0), ("b/short.mp4", 0.8)):
+        (tmp_path / "reals" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(tmp_path / "reals" / name, seconds, fps=10, width=320, height=240)
+    cfg = TrainConfig(
+        sources=(f"real:{tmp_path / 'reals'}",), out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+        appearance_steps=3, geometry_steps=3, pairs_per_batch=2, folds=2, threads=1,
+    )
+    with pytest.raises(InputError, match="cross-fitting fold .* in the other folds"):
+        run_training(cfg, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "checkpoints").exists()

@@ -108,6 +108,42 @@ async def test_a_stuck_analysis_does_not_hold_the_removal_for_ever(parts: Any, m
     await m.remove("cam")
     assert time.monotonic() - started < 3.0  # not the 4 s stall, let alone for ever
     assert m.list() == []
+    await asyncio.sleep(4.0)  # the stuck call returns meanwhile: it must not count for "cam" again
+    assert parts[3].registry.get_sample_value("deepfake_monitor_frames_analysed_total", {"stream": "cam"}) is None
+
+
+def test_a_stuck_analysis_call_does_not_hold_the_process_exit() -> None:
+    # ThreadPoolExecutor's workers are joined at exit: a call stuck in native code kept
+    # `monitor serve` alive after SIGTERM. The analysis worker's thread is a daemon.
+    import subprocess
+    import sys
+
+    script = (
+        "import time\n"
+        "from monitor.pipeline.worker import DaemonWorker\n"
+        "w = DaemonWorker('stuck')\n"
+        "w.submit(time.sleep, 60)\n"
+        "time.sleep(0.2)\n"
+        "w.shutdown(wait=False, cancel_futures=True)\n"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert time.monotonic() - started < 20
+
+
+def test_the_analysis_worker_runs_calls_in_order_and_reports_failures() -> None:
+    from monitor.pipeline.worker import DaemonWorker
+
+    worker = DaemonWorker("w")
+    done: list[int] = []
+    futures = [worker.submit(done.append, i) for i in range(5)]
+    failing = worker.submit(lambda: 1 / 0)
+    worker.shutdown(wait=True)
+    assert done == [0, 1, 2, 3, 4] and all(f.done() for f in futures)
+    with pytest.raises(ZeroDivisionError):
+        failing.result()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        worker.submit(done.append, 5)
 
 
 async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +155,9 @@ async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(pa
     assert await asyncio.to_thread(source.blocking.wait, 5)
     await m.remove("cam")
     events_then = log.last_id()
-    await asyncio.sleep(2.5)  # the thread wakes, delivers a frame and stops
+    assert source._thread is not None
+    await asyncio.to_thread(source._thread.join, 10)  # it wakes, delivers a frame and stops
+    assert not source._thread.is_alive()
     assert metrics.registry.get_sample_value("deepfake_monitor_frames_received_total", {"stream": "cam"}) is None
     assert log.last_id() == events_then  # no late "stopped" event for a stream that is gone
 
