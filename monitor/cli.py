@@ -87,6 +87,13 @@ def scan(
 
     Exit status: 0 when no alert was raised, 1 when one was (verdict `alert`), 2 on an error,
     130 when interrupted."""
+    try:
+        _scan(target, json_out, config, duration, quiet)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # interrupted: not 1, which means an alert
+
+
+def _scan(target: str, json_out: Path | None, config: Path | None, duration: float | None, quiet: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -118,8 +125,6 @@ def scan(
             )
     except MonitorError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None  # interrupted: not "1", which means an alert
     except Exception:  # a bug or a library failure: 2 with its traceback, never 1 (an alert)
         console.print_exception()
         raise typer.Exit(2) from None
@@ -139,8 +144,11 @@ def scan(
     out.print(f"score: {'n/a' if result.score is None else f'{result.score:.3f}'}")
     out.print(f"verdict: {result.verdict}" + (f" ({', '.join(result.reasons)})" if result.reasons else ""))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(_jsonable(result), indent=1))
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(_jsonable(result), indent=1))
+        except OSError as exc:  # 2, not the 1 of an uncaught exception, which reads as an alert
+            _fail(ConfigError(f"cannot write {json_out}: {exc.strerror or exc}"))
     if result.verdict == "alert":
         raise typer.Exit(1)  # scripts and CI jobs can act on a detection without parsing output
 

@@ -7,7 +7,9 @@ All times are stream seconds (``Verdict.t``); nothing here reads a clock.
 from __future__ import annotations
 
 import math
+import statistics
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 from monitor.config import PolicyConfig
@@ -43,15 +45,17 @@ class _OpenAlert:
 class TrackPolicy:
     """The state machine of one face track. ``update`` returns the events it caused."""
 
-    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig) -> None:
+    def __init__(self, stream_id: str, track_id: int, config: PolicyConfig, frame_interval_s: float = 0.1) -> None:
         self.stream_id = stream_id
         self.track_id = track_id
         self.config = config
-        # Evidence time above the alert threshold is counted between readable scores. A step
-        # that spans unreadable verdicts counts at most three of this track's own verdict
-        # intervals: a rejected frame or two still counts in full, a longer stretch with no
-        # readable score does not (two short spikes with a gap never make an alert). The
-        # track's own rhythm, not the configured fps, so a slow source loses nothing.
+        # Evidence time above the alert threshold is counted between readable scores, each step
+        # at most three of the track's usual verdict intervals: one or two rejected frames still
+        # count in full, a longer stretch without a readable score does not, whether it held
+        # unreadable verdicts or none at all (face missed, frames dropped): two short spikes
+        # with a gap never make an alert. The usual interval is the median of the recent ones,
+        # starting from the analysis interval: a source slower than configured loses nothing.
+        self._intervals: deque[float] = deque([frame_interval_s], maxlen=9)
         self._last_verdict_t: float | None = None
         self._above_s = 0.0
         self._step_s: float | None = None  # this update's readable step, not yet counted
@@ -79,6 +83,8 @@ class TrackPolicy:
             self.since_t = t
         p = verdict.score.probability
         self.raw = p
+        if self._last_verdict_t is not None and t > self._last_verdict_t:
+            self._intervals.append(t - self._last_verdict_t)
         if p is not None:
             if self.smoothed is None or self._last_usable_t is None:
                 self.smoothed = p
@@ -89,10 +95,7 @@ class TrackPolicy:
             if self._last_usable_t is None:
                 self._step_s = 0.0
             else:
-                step = max(t - self._last_usable_t, 0.0)
-                if self._last_verdict_t is not None and self._last_verdict_t > self._last_usable_t:
-                    step = min(step, 3.0 * max(t - self._last_verdict_t, 0.0))  # unreadable ones between
-                self._step_s = step
+                self._step_s = min(max(t - self._last_usable_t, 0.0), 3.0 * statistics.median_low(self._intervals))
             self._last_usable_t = t
             self.signals = verdict.score.signals
         self.reasons = verdict.reasons

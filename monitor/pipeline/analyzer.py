@@ -9,6 +9,7 @@ queued.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from monitor.types import (
     Frame,
     Score,
     TrackState,
-    TrackStateData,
     Verdict,
 )
 
@@ -98,9 +98,10 @@ def quality_reasons(q: FaceQuality, c: AnalysisConfig) -> tuple[str, ...]:
 
 
 class _Track:
-    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig) -> None:
+    def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig, frame_interval_s: float) -> None:
         self.window = TrackWindow(stream_id, track_id, horizon_s)
-        self.policy = TrackPolicy(stream_id, track_id, policy)
+        self.policy = TrackPolicy(stream_id, track_id, policy, frame_interval_s)
+        self.counted: TrackState | None = None  # the state this track adds to the state gauge
 
 
 class StreamAnalyzer:
@@ -132,6 +133,7 @@ class StreamAnalyzer:
         self._over_budget = False
         self._skipped_last = False
         self._detached = False  # its stream was removed while a call was stuck: count nothing
+        self._gauge_lock = threading.Lock()  # detach() runs on the loop thread, the rest here
         self._timer: Callable[[], float] = time.perf_counter
 
     def analyse(self, frame: Frame) -> Analysis:
@@ -155,7 +157,7 @@ class StreamAnalyzer:
             track = self.tracks.get(obs.track_id)
             if track is None:
                 track = self.tracks[obs.track_id] = _Track(
-                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config
+                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config, 1.0 / self.fps
                 )
             verdicts.append(self._verdict(track, obs, multiple, skip_detect))
         if skip_detect:
@@ -165,15 +167,15 @@ class StreamAnalyzer:
         wall = self.clock.time()
         events: list[Event] = []
         for verdict in verdicts:
-            events.extend(self.tracks[verdict.track_id].policy.update(verdict, wall))
+            track = self.tracks[verdict.track_id]
+            events.extend(track.policy.update(verdict, wall))
+            self._count_state(track)
         for track_id in sorted(self._ended):
             track = self.tracks.pop(track_id, None)
             if track is not None:
                 events.extend(track.policy.end(frame.pts_s, wall))
                 self._forget_state(track)
         self._ended.clear()
-        if not self._detached:
-            self._count_states(events)
         t4 = timer()
 
         times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
@@ -209,28 +211,33 @@ class StreamAnalyzer:
         for verdict in verdicts:
             m.verdicts.labels(self.tracks[verdict.track_id].policy.state.value).inc()
 
-    def _forget_state(self, track: _Track) -> None:
-        # A track that never got a verdict (created on a frame whose analysis failed) was never
-        # counted, so it must not be subtracted either; a detached one was subtracted already.
-        if track.policy.announced and not self._detached:
-            self.metrics.track_states.labels(track.policy.state.value).dec()
+    def _count_state(self, track: _Track) -> None:
+        """Keep the state gauge at what each track is now. A track counts once it has been
+        announced (its first state event); one created on a frame whose analysis failed never
+        was, so it never counts."""
+        with self._gauge_lock:
+            now = track.policy.state if track.policy.announced and not self._detached else None
+            if track.counted != now:
+                if track.counted is not None:
+                    self.metrics.track_states.labels(track.counted.value).dec()
+                if now is not None:
+                    self.metrics.track_states.labels(now.value).inc()
+                track.counted = now
 
-    def _count_states(self, events: list[Event]) -> None:
-        gauge = self.metrics.track_states
-        for e in events:
-            if isinstance(e.data, TrackStateData):
-                if e.data.previous is not None:
-                    gauge.labels(e.data.previous.value).dec()
-                gauge.labels(e.data.state.value).inc()
+    def _forget_state(self, track: _Track) -> None:
+        with self._gauge_lock:
+            if track.counted is not None:
+                self.metrics.track_states.labels(track.counted.value).dec()
+                track.counted = None
 
     def detach(self) -> None:
         """The stream is gone while a call is still running: whatever it finishes, it must not
         bring back the stream's metrics (its per-stream series were removed). Its tracks leave
         the state gauge now, since ``end`` will not run."""
-        self._detached = True
+        with self._gauge_lock:
+            self._detached = True
         for track in list(self.tracks.values()):
-            if track.policy.announced:
-                self.metrics.track_states.labels(track.policy.state.value).dec()
+            self._forget_state(track)
 
     def end(self, t: float) -> list[Event]:
         """The stream is over: close every track (and its open alert)."""

@@ -247,6 +247,15 @@ def test_scan_cli_exits_1_when_it_raises_an_alert(tmp_path: Path) -> None:
     assert r.returncode == 1
 
 
+def test_scan_cli_exits_2_when_it_cannot_write_its_json(tmp_path: Path) -> None:
+    # An error is 2, never the 1 that means "alert" (an uncaught OSError exited 1).
+    clip = write_clip(tmp_path / "face.mp4", 1.0, fps=10, width=320, height=240)
+    (tmp_path / "a-file").write_text("")
+    r = subprocess.run([MONITOR, "scan", str(clip), "-q", "--json", str(tmp_path / "a-file" / "out.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot write" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("make", [text_file, lambda p: p.with_name("missing.mp4")])
 def test_scan_cli_rejects_bad_input_clearly(tmp_path: Path, make: Callable[[Path], Path]) -> None:
     path = make(tmp_path / "bad.mp4")

@@ -172,3 +172,14 @@ def test_min_alert_s_means_seconds_at_any_frame_rate(fps: float) -> None:
     # The step cap follows the track's own rhythm: a slow source is not penalised.
     t_alert = first_alert_t(steady(0.99, 0, 8, fps=fps))
     assert t_alert is not None and t_alert <= PolicyConfig().min_alert_s + 2.0 / fps + 1e-6
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        [(0.0, 0.99), (1.0, 0.99)],  # two frames a second apart: no verdict between (face missed)
+        [(0.0, 0.99), (0.1, None), (1.0, 0.99)],  # one rejected frame, then nothing
+    ],
+)
+def test_a_gap_without_verdicts_is_not_evidence(series: list) -> None:
+    assert first_alert_t(series) is None
