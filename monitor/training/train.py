@@ -504,7 +504,7 @@ def export(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, obje
     return sha256_file(out_dir / MANIFEST)
 
 
-def _write_bundle(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
+def _write_bundle(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
     import warnings
 
     import torch
@@ -526,7 +526,7 @@ def _write_bundle(app_net, geo_net, fusion: Fusion, out_dir: Path, meta: dict[st
         warnings.simplefilter("ignore")
         _export_onnx(_Logit(app_net), geo_net, out_dir)
     (out_dir / "fusion.json").write_text(json.dumps(fusion.to_json(), indent=2) + "\n")
-    return write_manifest(out_dir, meta)
+    write_manifest(out_dir, meta)
 
 
 def _export_onnx(app, geo_net, out_dir: Path) -> None:  # type: ignore[no-untyped-def]

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 
 from monitor.metrics import Metrics
 from monitor.sources.av_source import RtspSource, sample_video
 from monitor.types import Frame, StreamState
+from tests.support.media import shows_background
 from tests.support.rtsp_server import RtspServer
 
 pytestmark = pytest.mark.integration
 
-BACKGROUND = np.array([118, 128, 138])  # demo_media's plain background
-
-
 def top_rows_clean(frame: Frame) -> bool:
-    return bool(np.abs(frame.rgb()[:20].reshape(-1, 3).mean(axis=0) - BACKGROUND).max() <= 8)
+    return shows_background(frame.rgb()[:20])
 
 
 async def test_rtsp_source_decodes_multislice_keyframes_whole(metrics: Metrics) -> None:

@@ -12,6 +12,14 @@ import numpy as np
 
 from monitor.sources.demo_media import render_frame, write_clip
 
+BACKGROUND = np.array([118, 128, 138])  # demo_media's plain background
+
+
+def shows_background(pixels: np.ndarray) -> bool:
+    """Whether an RGB region (e.g. a frame's top rows or a corner) is the demo's plain
+    background, not grey or garbage from a missing or corrupt slice."""
+    return bool(np.abs(pixels.reshape(-1, 3).mean(axis=0) - BACKGROUND).max() < 8)
+
 
 def write_raw_rgb(path: Path, frames: int, fps: int, width: int, height: int, faces: int = 1) -> Path:
     """``frames`` frames of the demo face as concatenated raw RGB, for gst_rtsp_server.py --raw."""
