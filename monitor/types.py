@@ -223,7 +223,7 @@ class AlertData:
     reasons: tuple[str, ...]
     signals: tuple[Signal, ...]
     start_t: float  # stream time the alert condition began
-    end_t: float | None  # stream time it ended; None while open
+    end_t: float | None  # stream time it ended (its last readable score when evidence ran out); None while open
     start_time: float  # wall-clock UNIX time it began
 
 

@@ -116,8 +116,14 @@ class TrackPolicy:
         return events
 
     def end(self, t: float, wall_time: float) -> list[Event]:
-        """The track is gone: close an open alert."""
-        return self._close_alert(t, wall_time, ("track_ended",))
+        """The track is gone: close an open alert, ending it at its last readable evidence."""
+        return self._close_alert(self._evidence_end(t), wall_time, ("track_ended",))
+
+    def _evidence_end(self, t: float) -> float:
+        """When the evidence for an alert closed for want of evidence stopped: the last readable
+        score, not the moment the track was declared inconclusive or lost (up to
+        ``inconclusive_after_s`` or the tracker's timeout later)."""
+        return t if self._last_usable_t is None else min(t, self._last_usable_t)
 
     # ----------------------------------------------------------------------------------
     def _target(self, t: float) -> TrackState:
@@ -166,7 +172,10 @@ class TrackPolicy:
         previous = self.state
         events: list[Event] = []
         if previous == TrackState.ALERT:
-            events.extend(self._close_alert(t, wall_time, self.reasons))
+            # A readable score below the threshold ends the alert when it was read; a lack of
+            # readable scores ends it at the last one.
+            end_t = self._evidence_end(t) if target == TrackState.INCONCLUSIVE else t
+            events.extend(self._close_alert(end_t, wall_time, self.reasons))
         self.state = target
         self.since_t = t
         events.append(self._state_event(previous, t, wall_time))

@@ -120,7 +120,9 @@ def scan(
     stage_totals = np.zeros(4)
     frames = with_face = 0
     first_face_t: float | None = None
+    first_t: float | None = None
     last_t = 0.0
+    intervals: list[float] = []
     started = time.perf_counter()
     decode_errors: list[BaseException] = []
     try:
@@ -129,6 +131,10 @@ def scan(
         ):
             analysis = analyzer.analyse(frame)
             frames += 1
+            if first_t is None:
+                first_t = frame.pts_s
+            else:
+                intervals.append(frame.pts_s - last_t)
             last_t = frame.pts_s
             t = analysis.times
             stage_totals += (t.convert, t.faces, t.detect, t.policy)
@@ -153,8 +159,12 @@ def scan(
     finally:
         events.extend(analyzer.end(last_t))
     wall = time.perf_counter() - started
+    # Footage covered: from the first sampled frame to the end of the last one's interval (the
+    # usual sampling interval; longer where the source is slower than the analysis rate).
+    step_s = max(1.0 / settings.analysis.fps, float(np.median(intervals)) if intervals else 0.0)
+    duration = 0.0 if first_t is None else last_t - first_t + step_s
     return summarise(
-        url_or_path, settings, timelines, events, frames, with_face, first_face_t, last_t, wall, latencies,
+        url_or_path, settings, timelines, events, frames, with_face, first_face_t, duration, wall, latencies,
         stage_totals, decode_errors,
     )
 

@@ -88,15 +88,21 @@ def test_long_gap_becomes_inconclusive_and_closes_alert() -> None:
     series = steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(40)]
     events = run(TrackPolicy("s", 1, CFG), series)  # type: ignore[arg-type]
     assert states(events)[-1] == TrackState.INCONCLUSIVE
-    assert [e.type for e in events].count(EventType.ALERT_CLOSED) == 1
+    closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
+    assert len(closed) == 1
+    # It ends at the last readable score, not when the track was declared inconclusive.
+    last_readable = max(t for t, p in series if p is not None)
+    assert closed[0].end_t == pytest.approx(last_readable)
 
 
 def test_track_end_closes_alert() -> None:
     policy = TrackPolicy("s", 1, CFG)
-    run(policy, steady(0.95, 0, 4))
-    closing = policy.end(4.0, 2000.0)
+    run(policy, steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(1, 6)])
+    closing = policy.end(5.5, 2000.0)
     assert [e.type for e in closing] == [EventType.ALERT_CLOSED]
     assert "track_ended" in closing[0].data.reasons
+    last_readable = max(t for t, _ in steady(0.95, 0, 4))
+    assert closing[0].data.end_t == pytest.approx(last_readable)
 
 
 def test_first_event_announces_track_with_reasons() -> None:

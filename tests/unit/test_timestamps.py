@@ -63,3 +63,13 @@ async def test_file_source_plays_an_offset_file_at_once_and_loops_without_a_paus
     # The second pass follows the first by one frame interval (0.1 s), not by the file's start.
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) < 0.25, times
+
+
+@pytest.mark.parametrize("fps", [10, 5])
+def test_scan_counts_all_the_footage_it_covered(tmp_path: Path, settings, fps: int) -> None:  # type: ignore[no-untyped-def]
+    from monitor.pipeline.offline import scan
+
+    assert settings.analysis.fps == 10
+    clip = timestamped_ts(tmp_path / "rec.ts", 2.0, start_s=1000.0, fps=fps)
+    # 2 s of footage, not the last frame's time (1.9 s or 1.8 s): false alarms per hour divide by it.
+    assert scan(str(clip), settings).duration_s == pytest.approx(2.0, abs=0.01)
