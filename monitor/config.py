@@ -7,8 +7,10 @@ are errors (``extra="forbid"``), at every level.
 from __future__ import annotations
 
 import ipaddress
+import os
 import logging
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -287,9 +289,36 @@ def describe_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+# MONITOR_* variables that are not settings: read by the command-line tools themselves.
+CLIENT_ENV_VARS = frozenset({"MONITOR_TOKEN", "MONITOR_PROGRESS"})
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """MONITOR_* variables naming no setting. pydantic-settings silently skips a variable whose
+    first part is no field (``MONITOR_SERVR__PORT``), so a typo would leave its setting at the
+    default: a token never set, a port never changed."""
+    environ = os.environ if environ is None else environ
+    fields = set(Settings.model_fields)
+    bad = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith("MONITOR_") or upper in CLIENT_ENV_VARS:
+            continue
+        if upper[len("MONITOR_"):].split("__", 1)[0].lower() not in fields:
+            bad.append(name)
+    return sorted(bad)
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Read ``path`` (YAML), apply MONITOR_* env vars and ``overrides`` (nested dicts merge
     key by key), then validate the result once; errors are ConfigError naming each bad key."""
+    bad_env = unknown_env_vars()
+    if bad_env:
+        raise ConfigError(
+            f"unknown environment variable(s) {', '.join(bad_env)}: MONITOR_* variables name settings "
+            f"(MONITOR_<KEY> or MONITOR_<SECTION>__<KEY>, e.g. MONITOR_SERVER__TOKEN; "
+            f"`monitor config schema` lists the keys)"
+        )
     if path is not None:
         try:
             loaded = yaml.safe_load(path.read_text())

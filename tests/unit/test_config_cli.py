@@ -125,6 +125,20 @@ def test_a_bad_log_level_is_a_config_error_naming_the_key(
     assert load_settings(None).log_level == "DEBUG"
 
 
+@pytest.mark.parametrize("name", ["MONITOR_SERVR__PORT", "MONITOR_TOKENS", "monitor_severs__host"])
+def test_a_misspelt_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "7000")
+    with pytest.raises(ConfigError, match=name):
+        load_settings(None)
+
+
+def test_the_client_tools_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONITOR_TOKEN", "read-by-monitor-alerts-only")
+    monkeypatch.setenv("MONITOR_PROGRESS", "1")
+    monkeypatch.setenv("MONITOR_LOG_LEVEL", "warning")
+    assert load_settings(None).server.token is None
+
+
 SECRETS = {
     "token": "server-token-0123456789",
     "credential": "turn-credential-42",
