@@ -19,7 +19,7 @@ from monitor.alerts.eventlog import EventLog
 from monitor.api.http import create_app
 from monitor.clock import Clock, SystemClock
 from monitor.components import detector_factory, faces_factory
-from monitor.config import DEMO_URL, Settings, StreamConfig
+from monitor.config import DEMO_URL, Settings, StreamConfig, redact_url
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
@@ -92,7 +92,34 @@ def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:
     return pruned
 
 
+class RedactUrls(logging.Filter):
+    """Hides credentials in the URLs uvicorn logs. It logs every websocket handshake at INFO,
+    path and query included (``"WebSocket /ws/alerts?access_token=..." [accepted]``), even with
+    the access log off, so a client passing its token in the query wrote it to the log on each
+    connect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "?" in a for a in record.args):
+            record.args = tuple(redact_url(a) if isinstance(a, str) and "?" in a else a for a in record.args)
+        elif isinstance(record.msg, str) and "?" in record.msg and not record.args:
+            record.msg = redact_url(record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, RedactUrls) for f in target.filters):
+            target.addFilter(RedactUrls())
+
+
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    config = _uvicorn_config(app, settings)
+    install_log_redaction()  # after uvicorn.Config, which (re)configures its loggers
+    return config
+
+
+def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.server.host,

@@ -7,8 +7,8 @@ are errors (``extra="forbid"``), at every level.
 from __future__ import annotations
 
 import ipaddress
-import os
 import logging
+import os
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar

@@ -177,7 +177,9 @@ class WhipSessions:
         if state == "connected":
             self._watch_video(session)
         elif state == "failed":
-            self.metrics.whip_sessions_failed.labels("ice_failed").inc()
+            if session.id in self.sessions:
+                # A session still being set up is refused as ice_failed, which counts it there.
+                self.metrics.whip_sessions_failed.labels("ice_failed").inc()
             self._spawn_end(session, "ice_failed")
         elif state == "closed":
             self._spawn_end(session, "closed")
@@ -407,7 +409,7 @@ def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) ->
         if origin and origin in allowed_origins:
             return {
                 "Access-Control-Allow-Origin": origin,
-                "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Link",
+                "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Link, X-Monitor-Streams",
                 "Vary": "Origin",
             }
         return {}

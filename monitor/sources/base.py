@@ -206,12 +206,16 @@ class ThreadedSource:
             while not self._stop.is_set():
                 try:
                     self._open()
-                    self._set_state(StreamState.RUNNING)
                     got_frame = False
                     for frame in self._read():
                         if not got_frame:
+                            # Running (and stream_up 1) from the first frame, not from the open:
+                            # a camera that accepts the connection but sends nothing would
+                            # otherwise flap between running and reconnecting, and an alert on
+                            # stream_up == 0 for a minute would never fire.
                             got_frame = True
                             self._backoff.reset()
+                            self._set_state(StreamState.RUNNING)
                         self._deliver(frame)
                         if self._stop.is_set():
                             break

@@ -42,7 +42,9 @@ class FaceTrack(VideoStreamTrack):
         return frame
 
 
-async def publish(base: str, stream: str, tracks: list, token: str | None = TOKEN) -> tuple[RTCPeerConnection, httpx.Response]:
+async def publish(
+    base: str, stream: str, tracks: list, token: str | None = TOKEN, origin: str | None = None
+) -> tuple[RTCPeerConnection, httpx.Response]:
     """WHIP-publish ``tracks``; the peer connection (answer applied if 201) and the response."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track in tracks:
@@ -51,6 +53,8 @@ async def publish(base: str, stream: str, tracks: list, token: str | None = TOKE
     headers = {"Content-Type": "application/sdp"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if origin:
+        headers["Origin"] = origin
     async with httpx.AsyncClient(base_url=base) as client:
         response = await client.post(f"/whip/{stream}", content=pc.localDescription.sdp, headers=headers)
     if response.status_code == 201:
@@ -112,6 +116,23 @@ async def test_whip_publish_produces_verdicts_on_the_websocket(tmp_path: Path) -
                 assert again.status_code == 404
             assert [p.id for p in rt.manager.list()] == []
             assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
+            await pc.close()
+
+
+async def test_an_allowed_cross_origin_client_can_read_its_stream_ids(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN, "cors_origins": ["https://studio.example"]}
+    )
+    async with running_service(settings) as svc:
+        pc, response = await publish(svc.base, "cam1", [FaceTrack()], origin="https://studio.example")
+        try:
+            assert response.status_code == 201, response.text
+            assert response.headers["access-control-allow-origin"] == "https://studio.example"
+            # A browser hides every response header not listed here from the page's script.
+            exposed = {h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")}
+            assert {"location", "etag", "x-monitor-streams"} <= exposed
+            assert response.headers["x-monitor-streams"] == "cam1"
+        finally:
             await pc.close()
 
 

@@ -275,6 +275,27 @@ class StallingSource(ThreadedSource):
         yield  # pragma: no cover
 
 
+async def test_a_camera_that_connects_but_sends_nothing_is_never_up(metrics: Metrics) -> None:
+    source = StallingSource(metrics)
+    states: list[StreamState] = []
+    up: list[float | None] = []
+
+    def seen(state: StreamState, detail: str) -> None:
+        states.append(state)
+        up.append(metrics.registry.get_sample_value("deepfake_monitor_stream_up", {"stream": "stalled"}))
+
+    source.on_state(seen)
+    await source.start()
+    deadline = time.monotonic() + 15
+    while source.status.reconnects < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await source.aclose()
+    assert source.status.reconnects >= 2
+    # Before, each successful open reported "running" (stream_up 1) until the read timed out.
+    assert StreamState.RUNNING not in states and StreamState.RECONNECTING in states
+    assert 1.0 not in up
+
+
 async def test_removing_a_stalled_stream_stops_it_without_a_failure(metrics: Metrics) -> None:
     source = StallingSource(metrics)
     states: list[StreamState] = []
@@ -282,6 +303,6 @@ async def test_removing_a_stalled_stream_stops_it_without_a_failure(metrics: Met
     await source.start()
     assert await asyncio.to_thread(source.reading.wait, 5)  # the read really stalled
     await source.aclose()
-    assert states == [StreamState.RUNNING, StreamState.STOPPED]
+    assert states == [StreamState.STOPPED]  # never running: it never sent a frame
     assert source.status.last_error in (None, "")
     assert metrics.registry.get_sample_value("deepfake_monitor_source_errors_total", {"stream": "stalled", "kind": "SourceError"}) is None
