@@ -25,6 +25,9 @@ from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
 
 logger = logging.getLogger(__name__)
+# At shutdown, how long each alert sink may take to deliver what is owed before it is stopped
+# (the rest is delivered after the next start). Inside docker stop's 10 s grace period.
+SINK_DRAIN_S = 3.0
 
 DEMO_STREAM = StreamConfig(id="demo", url=DEMO_URL)
 
@@ -52,15 +55,18 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         stack.push_async_callback(bus.aclose)
 
         make_detector = detector_factory(settings)  # fails loudly on an unknown detector
-        manager = StreamManager(settings, bus, metrics, clock, make_detector, faces_factory(settings))
-        stack.push_async_callback(manager.aclose)
 
+        # Sinks start before the manager so that they stop after it: the events the streams'
+        # shutdown writes (alerts closed, tracks ended) are delivered before the process exits.
         for sink_config in settings.sinks:
             cls = load_plugin(SINK_GROUP, sink_config.name)
             sink = cls(plugin_config(cls, sink_config.options))
             runner = SinkRunner(bus, sink, sink_config.key, metrics)
             await runner.start()
-            stack.push_async_callback(runner.aclose)
+            stack.push_async_callback(runner.aclose, SINK_DRAIN_S)
+
+        manager = StreamManager(settings, bus, metrics, clock, make_detector, faces_factory(settings))
+        stack.push_async_callback(manager.aclose)
 
         streams = settings.streams or ((DEMO_STREAM,) if settings.demo else ())
         for stream in streams:

@@ -43,3 +43,10 @@ class StreamNotFound(MonitorError):
 
 class ShuttingDown(MonitorError):
     """The service is stopping and takes no new streams."""
+
+
+class RejectedEvent(MonitorError):
+    """An alert sink's receiver refused this particular event for good (e.g. HTTP 400, 413,
+    415, 422), so retrying it cannot help. Never raise it for failures that would apply to
+    every event (auth, a wrong URL, config): the runner skips rejected events, so that would
+    skip every alert."""

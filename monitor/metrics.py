@@ -104,6 +104,13 @@ class Metrics:
         self.sink_failures = Counter(
             "deepfake_monitor_sink_failures_total", "Failed deliveries to alert sinks.", ["sink"], registry=r
         )
+        self.sink_rejected = Counter(
+            "deepfake_monitor_sink_rejected_total",
+            "Events an alert sink's receiver refused for good (e.g. HTTP 422) and that were skipped "
+            "after retries; they stay in the event log.",
+            ["sink"],
+            registry=r,
+        )
         self.http_rejections = Counter(
             "deepfake_monitor_http_rejected_total",
             "HTTP requests rejected before handling, by reason (unauthorized, too_large).",

@@ -103,8 +103,16 @@ class Detector(Protocol):
 
 
 class AlertSink(Protocol):
-    """Receives every stored event in id order, as its CloudEvents 1.0 JSON. ``send`` may
-    raise; the caller retries with backoff and never skips an event (at-least-once)."""
+    """Receives every stored event in id order, as its CloudEvents 1.0 JSON, at least once.
+
+    ``send`` returns once the receiver has accepted the event. For a transient failure it
+    raises any exception: the caller retries from its cursor with backoff, for ever, and skips
+    nothing. Only when the receiver refuses this particular event for good (it is malformed
+    or too large for it) does ``send`` raise ``monitor.errors.RejectedEvent``: the caller
+    retries it a few times, then logs it, counts it in ``sink_rejected_total`` and moves on;
+    the event stays in the event log. Failures that would apply to every event (auth, a wrong
+    URL, redirects, config) must not raise ``RejectedEvent``, or every alert would be skipped.
+    """
 
     name: ClassVar[str]
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from monitor.alerts.eventlog import EventLog
+from monitor.errors import RejectedEvent
 from monitor.metrics import Metrics
 from monitor.plugins import AlertSink
 from monitor.types import Event, EventType, StoredEvent
@@ -97,17 +98,37 @@ class EventBus:
 
 class SinkRunner:
     """Delivers every event to one sink in id order, at least once: the cursor (keyed by the
-    sink's id) advances only after ``send`` succeeds, and failures retry with backoff."""
+    sink's id) advances only after ``send`` succeeds, and failures retry with backoff from it.
+    The one exception is an event the receiver refuses for good (``RejectedEvent``): after
+    ``REJECT_ATTEMPTS`` attempts it is logged, counted and passed over, so that one bad event
+    cannot block every later alert; it stays in the event log."""
 
-    def __init__(self, bus: EventBus, sink: AlertSink, name: str, metrics: Metrics) -> None:
+    # A receiver may briefly answer 400 during a deploy, so a rejection is retried a little.
+    REJECT_ATTEMPTS = 3
+    # A receiver that refuses this many events in a row with none accepted in between most
+    # likely refuses every event (a bad signature, a schema or size limit it applies to all):
+    # skipping on would drop every alert, so its rejections are retried like any failure
+    # until one event gets through.
+    MAX_SKIPPED_IN_A_ROW = 3
+
+    def __init__(
+        self, bus: EventBus, sink: AlertSink, name: str, metrics: Metrics,
+        *, retry_delay_s: float = 0.5, max_retry_delay_s: float = 30.0,
+    ) -> None:
         self.bus = bus
         self.sink = sink
         self.name = name
         self.metrics = metrics
+        self.retry_delay_s = retry_delay_s
+        self.max_retry_delay_s = max_retry_delay_s
         self._task: asyncio.Task[None] | None = None
+        self.cursor = 0  # the last event delivered (or skipped), as saved in the log
 
     async def start(self) -> None:
-        cursor = await self._first_cursor()  # first: if it fails, there is no started sink to close
+        cursor = self.cursor = await self._first_cursor()  # first: if it fails, there is no started sink to close
+        # Series born at zero, so increase() sees the first failure or rejection.
+        self.metrics.sink_failures.labels(self.name)
+        self.metrics.sink_rejected.labels(self.name)
         await self.sink.start()
         self._task = asyncio.create_task(self._run(cursor), name=f"sink-{self.name}")
 
@@ -126,7 +147,9 @@ class SinkRunner:
 
     async def _run(self, cursor: int) -> None:
         log = self.bus.log
-        delay = 0.5
+        delay = self.retry_delay_s
+        rejected_id, rejections = 0, 0  # the event being rejected, and how many times so far
+        skipped_in_a_row = 0
         while True:
             try:
                 batch = await self.bus.read_since(cursor, 100)
@@ -134,9 +157,29 @@ class SinkRunner:
                     await self.bus.wait_for_new(5.0)
                     continue
                 for event_id, payload in batch:
-                    await self.sink.send(event_id, payload)
-                    delay = 0.5
-                    cursor = event_id
+                    try:
+                        await self.sink.send(event_id, payload)
+                    except RejectedEvent as exc:
+                        if event_id != rejected_id:
+                            rejected_id, rejections = event_id, 0
+                        rejections += 1
+                        if rejections < self.REJECT_ATTEMPTS:
+                            raise  # retried with backoff like any failure
+                        if skipped_in_a_row >= self.MAX_SKIPPED_IN_A_ROW:
+                            if rejections == self.REJECT_ATTEMPTS:
+                                logger.error(
+                                    "sink %s: the receiver refused %d events in a row and now event %d: it seems to "
+                                    "refuse every event, so nothing more is skipped; retrying until it accepts one",
+                                    self.name, skipped_in_a_row, event_id,
+                                )
+                            raise
+                        self._give_up(event_id, rejections, exc)
+                        skipped_in_a_row += 1
+                    else:
+                        skipped_in_a_row = 0
+                    delay = self.retry_delay_s
+                    # Advanced in memory first: if saving fails, the retry does not resend it.
+                    cursor = self.cursor = event_id
                     await self.bus.on_log(log.set_cursor, self.name, cursor)
             except asyncio.CancelledError:
                 raise
@@ -146,9 +189,29 @@ class SinkRunner:
                 self.metrics.sink_failures.labels(self.name).inc()
                 logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, self.max_retry_delay_s)
 
-    async def aclose(self) -> None:
+    def _give_up(self, event_id: int, attempts: int, exc: RejectedEvent) -> None:
+        self.metrics.sink_failures.labels(self.name).inc()  # still a failed delivery
+        self.metrics.sink_rejected.labels(self.name).inc()
+        logger.error(
+            "sink %s: the receiver refused event %d for good %d times (%s); skipped it and went on "
+            "with the next events. It stays in the event log until alerts.retention_days: "
+            "GET /api/events?since=%d",
+            self.name, event_id, attempts, exc, event_id - 1,
+        )
+
+    async def aclose(self, drain_s: float = 0.0) -> None:
+        """Stop delivering. With ``drain_s``, first give the sink up to that long to deliver what
+        the log holds now: at shutdown, the alerts closed and tracks ended by the shutdown
+        itself, which would otherwise wait for the next start (or for ever, for a sink that is
+        then removed). Whatever is left stays owed and is sent after the next start."""
+        if self._task is not None and drain_s > 0 and not self._task.done():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + drain_s
+            target = await self.bus.on_log(self.bus.log.last_id)
+            while self.cursor < target and loop.time() < deadline and not self._task.done():
+                await asyncio.sleep(0.05)
         if self._task is not None:
             self._task.cancel()
             try:

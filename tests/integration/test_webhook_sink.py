@@ -1,14 +1,19 @@
-"""The first-party webhook sink: signed, in order, retried until delivered, resumed after restart."""
+"""The first-party webhook sink: signed, in order, retried until delivered, resumed after restart;
+an event the receiver refuses for good is skipped after retries; one delivery has a total deadline."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
-from monitor_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from monitor_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, DeliveryError, WebhookSink, verify
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,11 +29,14 @@ SECRET = "s" * 24
 
 
 class Receiver:
-    """A real HTTP endpoint on loopback that fails the first ``fail_first`` requests."""
+    """A real HTTP endpoint on loopback that fails the first ``fail_first`` requests and
+    answers 422 to every event whose id is in ``refuse``."""
 
-    def __init__(self, fail_first: int) -> None:
+    def __init__(self, fail_first: int, refuse: frozenset[int] = frozenset()) -> None:
         self.fail_first = fail_first
+        self.refuse = refuse
         self.calls = 0
+        self.refused: Counter[int] = Counter()
         self.accepted: list[dict] = []
         self.bad_signatures = 0
         self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
@@ -42,8 +50,28 @@ class Receiver:
         if self.calls <= self.fail_first:
             return Response(status_code=503)
         assert request.headers["content-type"] == "application/cloudevents+json"
-        self.accepted.append(json.loads(body))
+        event = json.loads(body)
+        if int(event["id"]) in self.refuse:
+            self.refused[int(event["id"])] += 1
+            return Response("data.reasons: not a list", status_code=422)
+        self.accepted.append(event)
         return Response(status_code=204)
+
+
+@contextlib.asynccontextmanager
+async def serving(receiver: Receiver) -> AsyncIterator[int]:
+    """Run the receiver with uvicorn on a free loopback port; yields the port."""
+    server = uvicorn.Server(uvicorn.Config(receiver.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
 
 
 def status_event(i: int) -> Event:
@@ -83,6 +111,91 @@ async def test_webhook_delivers_every_event_in_order_with_retries(tmp_path: Path
     assert receiver.bad_signatures == 0
     assert receiver.calls == 8 + 2
     assert failures is None or failures == 0  # the failures happened in the first run
+
+
+async def test_event_refused_for_good_is_skipped_and_later_events_delivered(tmp_path: Path) -> None:
+    # Before: the sink raised DeliveryError for the 422 and the runner retried event 2 for
+    # ever, so no later alert reached the receiver.
+    receiver = Receiver(fail_first=0, refuse=frozenset({2}))
+    async with serving(receiver) as port:
+        sink = {"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}}
+        settings = load_settings(None, data_dir=tmp_path / "data", demo=False, sinks=[sink])
+        async with running_service(settings) as svc:
+            await svc.runtime.bus.publish([status_event(i) for i in range(4)])
+            async with asyncio.timeout(15):  # two backoffs of 0.5 s and 1 s before the skip
+                while len(receiver.accepted) < 3:
+                    await asyncio.sleep(0.05)
+            rejected = svc.runtime.metrics.registry.get_sample_value(
+                "deepfake_monitor_sink_rejected_total", {"sink": "webhook"}
+            )
+            # The skipped event is still served by the API for whoever follows up.
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"{svc.base}/api/events", params={"since": 1, "limit": 1})
+            logged = [int(e["id"]) for e in response.json()]
+    assert [int(e["id"]) for e in receiver.accepted] == [1, 3, 4]
+    assert receiver.refused == {2: 3}
+    assert rejected == 1
+    assert logged == [2]
+
+
+async def test_the_events_of_the_shutdown_itself_are_delivered_before_exit(tmp_path: Path) -> None:
+    # Before: the sinks were stopped before the streams, so the "stopped" status (and any
+    # alert closed by the shutdown) reached the receiver only after the next start.
+    from monitor.sources.demo_media import write_clip
+
+    clip = write_clip(tmp_path / "face.mp4", 4.0, fps=15, width=320, height=240)
+    receiver = Receiver(fail_first=0)
+    async with serving(receiver) as port:
+        sink = {"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}}
+        stream = {"id": "cam", "url": str(clip), "loop": True}
+        settings = load_settings(None, data_dir=tmp_path / "data", demo=False, sinks=[sink], streams=[stream])
+        async with running_service(settings):
+            async with asyncio.timeout(20):
+                while not any(e["data"].get("state") == "running" for e in receiver.accepted):
+                    await asyncio.sleep(0.05)
+        states = [e["data"]["state"] for e in receiver.accepted if e["type"].endswith("stream.status.v1")]
+    assert states[-1] == "stopped"
+
+
+async def test_delivery_has_a_total_deadline_against_a_trickling_receiver() -> None:
+    # A raw server, to control the bytes: headers at once, then one body byte every 0.1 s for
+    # 3 s. Each read is well inside httpx's 0.5 s timeout, so only a total deadline ends it.
+    # Before: the send took the full 3 s and succeeded.
+    trickling: list[asyncio.Task[None]] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        trickling.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass  # request line and headers; the body is not needed
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+            for _ in range(30):
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b"x")
+            await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = WebhookSink(WebhookSink.Config(url=f"http://127.0.0.1:{port}/hook", timeout_s=0.5))
+    await sink.start()
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(DeliveryError, match="within 0.5s"):
+            await sink.send(1, '{"id": "1"}')
+        elapsed = loop.time() - started
+    finally:
+        await sink.aclose()
+        for task in trickling:
+            task.cancel()
+        server.close()
+        await server.wait_closed()
+    assert 0.4 <= elapsed < 1.5
 
 
 def test_signature_rejects_tampering_and_stale_timestamps() -> None:

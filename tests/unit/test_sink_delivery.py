@@ -1,17 +1,26 @@
-"""Alert sinks: durable cursor across restarts, and start-up pruning that spares their backlog."""
+"""Alert sinks: durable cursor across restarts, events refused for good skipped after retries
+(transient failures never), the webhook's status mapping, and start-up pruning that spares
+their backlog."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from monitor_webhook import DeliveryError, WebhookSink
 
 from monitor.alerts.bus import EventBus, SinkRunner
 from monitor.alerts.eventlog import EventLog
 from monitor.app import prune_event_log
 from monitor.config import Settings, load_settings
+from monitor.errors import RejectedEvent
 from monitor.metrics import Metrics
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
 
@@ -80,6 +89,167 @@ async def test_event_owed_before_first_delivery_survives_restart(tmp_path: Path)
     sink = RecordingSink()
     await run_sink(path, sink, expect=1)
     assert sink.got == [1]
+
+
+class FlakySink:
+    """Fails chosen events a set number of times (``math.inf``: for ever) before accepting them:
+    ``reject`` as a receiver refusing the event for good would, ``transient`` as one that is down."""
+
+    def __init__(self, reject: dict[int, float] | None = None, transient: dict[int, float] | None = None) -> None:
+        self.reject = reject or {}
+        self.transient = transient or {}
+        self.attempts: Counter[int] = Counter()
+        self.got: list[int] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, event_id: int, payload: str) -> None:
+        self.attempts[event_id] += 1
+        if self.attempts[event_id] <= self.reject.get(event_id, 0):
+            raise RejectedEvent(f"event {event_id}: HTTP 422 'no such field'")
+        if self.attempts[event_id] <= self.transient.get(event_id, 0):
+            raise ConnectionError("receiver down")
+        self.got.append(event_id)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def running_sink(path: Path, sink: FlakySink, metrics: Metrics) -> AsyncIterator[EventBus]:
+    """One process lifetime of a sink, with short retry delays so the tests stay fast."""
+    log = EventLog(path)
+    bus = EventBus(log, metrics)
+    runner = SinkRunner(bus, sink, "hook", metrics, retry_delay_s=0.01, max_retry_delay_s=0.05)
+    await runner.start()
+    try:
+        yield bus
+    finally:
+        await runner.aclose()
+        await bus.aclose()
+        log.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert condition()
+
+
+def sample(metrics: Metrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(f"deepfake_monitor_sink_{name}_total", {"sink": "hook"})
+
+
+async def test_a_receiver_refusing_every_event_does_not_make_the_sink_skip_them_all(tmp_path: Path) -> None:
+    metrics = Metrics()
+    sink = FlakySink(reject={i: math.inf for i in range(1, 7)})
+    async with running_sink(tmp_path / "e.sqlite3", sink, metrics) as bus:
+        await bus.publish([status_event(NOW + i) for i in range(6)])
+        await until(lambda: sink.attempts[4] >= 10)  # the fourth refusal in a row is retried, not skipped
+        assert bus.log.get_cursor("hook") == 3
+        assert sink.attempts[5] == 0
+        sink.reject[4] = 0  # the receiver is fixed: delivery resumes where it stopped
+        sink.reject[5] = sink.reject[6] = 0
+        await until(lambda: sink.got == [4, 5, 6])
+    assert sample(metrics, "rejected") == 3
+
+
+async def test_event_rejected_for_good_is_skipped_after_three_attempts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the runner retried event 2 for ever, so events 3 and 4 were never delivered.
+    path = tmp_path / "e.sqlite3"
+    metrics = Metrics()
+    sink = FlakySink(reject={2: math.inf})
+    with caplog.at_level(logging.ERROR, logger="monitor.alerts.bus"):
+        async with running_sink(path, sink, metrics) as bus:
+            await bus.publish([status_event(NOW + i) for i in range(4)])
+            await until(lambda: sink.got == [1, 3, 4])
+            await until(lambda: bus.log.get_cursor("hook") == 4)
+    assert sink.attempts[2] == 3
+    assert sample(metrics, "rejected") == 1
+    assert sample(metrics, "failures") == 3  # every refused attempt is a failed delivery
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "sink hook" in errors[0] and "event 2" in errors[0] and "HTTP 422 'no such field'" in errors[0]
+    assert "GET /api/events?since=1" in errors[0]
+
+    # The cursor was saved past it: the next lifetime does not resend it.
+    again = FlakySink(reject={2: math.inf})
+    async with running_sink(path, again, Metrics()) as bus:
+        await bus.publish([status_event(NOW + 4)])
+        await until(lambda: again.got == [5])
+    assert again.attempts == {5: 1}
+    # Skipped for the sink, but still in the log for whoever looks.
+    log = EventLog(path)
+    assert [r[0] for r in log.read_since(1, 1)] == [2]
+    log.close()
+
+
+async def test_brief_rejection_is_retried_not_skipped(tmp_path: Path) -> None:
+    # A receiver mid-deploy may answer 400 a couple of times: that event is delivered, not skipped.
+    metrics = Metrics()
+    sink = FlakySink(reject={2: 2})
+    async with running_sink(tmp_path / "e.sqlite3", sink, metrics) as bus:
+        await bus.publish([status_event(NOW + i) for i in range(3)])
+        await until(lambda: sink.got == [1, 2, 3])
+    assert sink.attempts[2] == 3
+    assert sample(metrics, "rejected") == 0
+
+
+async def test_transient_failures_retry_until_delivered_and_skip_nothing(tmp_path: Path) -> None:
+    # More failures than a rejection gets: a transient error must never lead to a skip.
+    metrics = Metrics()
+    sink = FlakySink(transient={2: 6})
+    async with running_sink(tmp_path / "e.sqlite3", sink, metrics) as bus:
+        await bus.publish([status_event(NOW + i) for i in range(3)])
+        await until(lambda: sink.got == [1, 2, 3])
+        await until(lambda: bus.log.get_cursor("hook") == 3)
+    assert sink.attempts == {1: 1, 2: 7, 3: 1}
+    assert sample(metrics, "failures") == 6
+    assert sample(metrics, "rejected") == 0  # created at zero, so increase() sees the first one
+
+
+def webhook(status: int, **headers: str) -> WebhookSink:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=headers, text="no such field")
+
+    config = WebhookSink.Config(url="https://siem.example/hook", timeout_s=0.5)
+    return WebhookSink(config, transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize("status", [400, 413, 415, 422])
+async def test_webhook_payload_refusals_are_rejected_events(status: int) -> None:
+    sink = webhook(status)
+    await sink.start()
+    try:
+        with pytest.raises(RejectedEvent, match=f"event 7: HTTP {status} 'no such field'"):
+            await sink.send(7, '{"id": "7"}')
+    finally:
+        await sink.aclose()
+
+
+@pytest.mark.parametrize(
+    "status, headers",
+    # Auth, wrong URL, throttling, redirects (not followed: a config error) and server errors
+    # apply to every event: skipping on them would skip every alert.
+    [(401, {}), (403, {}), (404, {}), (405, {}), (407, {}), (408, {}), (409, {}), (429, {}),
+     (301, {"location": "https://elsewhere/"}), (302, {"location": "https://elsewhere/"}),
+     (307, {"location": "https://elsewhere/"}), (500, {}), (503, {})],
+)
+async def test_webhook_failures_that_apply_to_every_event_are_retried(status: int, headers: dict[str, str]) -> None:
+    sink = webhook(status, **headers)
+    await sink.start()
+    try:
+        with pytest.raises(DeliveryError, match=f"HTTP {status}") as caught:
+            await sink.send(7, '{"id": "7"}')
+        assert not isinstance(caught.value, RejectedEvent)
+        if 300 <= status < 400:
+            assert "redirect not followed" in str(caught.value)
+    finally:
+        await sink.aclose()
 
 
 def settings_with_hook(tmp_path: Path, retention_days: float = 30.0) -> Settings:

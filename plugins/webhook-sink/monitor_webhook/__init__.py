@@ -1,7 +1,15 @@
-"""Webhook alert sink: POST each CloudEvent, HMAC-SHA256 signed; the monitor retries failures."""
+"""Webhook alert sink: POST each CloudEvent, HMAC-SHA256 signed; the monitor retries failures.
+
+A 2xx is a delivery. 400, 413, 415 and 422 say the receiver refuses this particular event, so
+they raise ``RejectedEvent`` (retried a few times, then skipped and logged by the monitor).
+Everything else raises ``DeliveryError`` and is retried until delivered: auth (401, 403, 407),
+a wrong URL (404, 405), redirects (not followed: a config error), 408, 409, 429, 5xx, network
+errors and timeouts all apply to every event, and skipping on them would skip every alert.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -11,8 +19,12 @@ from typing import ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from monitor.errors import RejectedEvent
+
 SIGNATURE_HEADER = "X-Monitor-Signature"
 TIMESTAMP_HEADER = "X-Monitor-Timestamp"
+# Refusals of the payload itself; any other status could apply to every event.
+REJECTED_STATUSES = frozenset({400, 413, 415, 422})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -40,7 +52,10 @@ class WebhookSink:
         model_config = ConfigDict(extra="forbid")
         url: HttpUrl = Field(description="Where to POST events.")
         secret: str | None = Field(None, min_length=16, description="Shared secret for HMAC-SHA256 signatures.")
-        timeout_s: float = Field(5.0, gt=0, le=60, description="Per-request timeout.")
+        timeout_s: float = Field(
+            5.0, gt=0, le=60,
+            description="Total time allowed for one delivery (connect, send, whole response), in seconds.",
+        )
         headers: dict[str, str] = Field(default_factory=dict, description="Extra headers, e.g. an Authorization for the receiver.")
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -61,12 +76,31 @@ class WebhookSink:
             headers[TIMESTAMP_HEADER] = ts
             headers[SIGNATURE_HEADER] = sign(self.config.secret, ts, body)
         try:
-            response = await self._client.post(str(self.config.url), content=body, headers=headers)
+            # httpx's timeout bounds each read, not the whole exchange: a receiver trickling
+            # bytes could hold a delivery (and every later alert) open for ever without this.
+            async with asyncio.timeout(self.config.timeout_s):
+                response = await self._client.post(str(self.config.url), content=body, headers=headers)
+        except TimeoutError as exc:
+            raise DeliveryError(f"event {event_id}: no complete response within {self.config.timeout_s:g}s") from exc
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"event {event_id}: {exc}") from exc
-        if not response.is_success:
-            raise DeliveryError(f"event {event_id}: HTTP {response.status_code}")
+            raise DeliveryError(f"event {event_id}: {exc!r}") from exc
+        if response.is_success:
+            return
+        if response.status_code in REJECTED_STATUSES:
+            raise RejectedEvent(f"event {event_id}: HTTP {response.status_code} {_excerpt(response)}")
+        if response.is_redirect:
+            raise DeliveryError(
+                f"event {event_id}: HTTP {response.status_code} redirect not followed; "
+                "set the sink's url to the final address"
+            )
+        raise DeliveryError(f"event {event_id}: HTTP {response.status_code}")
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+def _excerpt(response: httpx.Response, limit: int = 200) -> str:
+    """The start of the receiver's reason, for the log (bodies of refusals are usually short)."""
+    text = " ".join(response.text.split())
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
