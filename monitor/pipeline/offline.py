@@ -122,7 +122,6 @@ def scan(
     first_face_t: float | None = None
     first_t: float | None = None
     last_t = 0.0
-    intervals: list[float] = []
     started = time.perf_counter()
     decode_errors: list[BaseException] = []
     try:
@@ -133,8 +132,6 @@ def scan(
             frames += 1
             if first_t is None:
                 first_t = frame.pts_s
-            else:
-                intervals.append(frame.pts_s - last_t)
             last_t = frame.pts_s
             t = analysis.times
             stage_totals += (t.convert, t.faces, t.detect, t.policy)
@@ -160,9 +157,11 @@ def scan(
         events.extend(analyzer.end(last_t))
     wall = time.perf_counter() - started
     # Footage covered: from the first sampled frame to the end of the last one's interval (the
-    # usual sampling interval; longer where the source is slower than the analysis rate).
-    step_s = max(1.0 / settings.analysis.fps, float(np.median(intervals)) if intervals else 0.0)
-    duration = 0.0 if first_t is None else last_t - first_t + step_s
+    # mean sampling interval: 1/fps, or longer where the source is slower than the analysis).
+    if first_t is None:
+        duration = 0.0
+    else:
+        duration = (last_t - first_t) * frames / (frames - 1) if frames > 1 else 1.0 / settings.analysis.fps
     return summarise(
         url_or_path, settings, timelines, events, frames, with_face, first_face_t, duration, wall, latencies,
         stage_totals, decode_errors,
