@@ -7,10 +7,13 @@ a token is configured; request bodies are capped before they are read.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import enum
 import ipaddress
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,10 @@ from monitor.pipeline.stream import StreamStatus
 logger = logging.getLogger(__name__)
 
 WS_SUBPROTOCOL = "cloudevents.json"
+# A browser cannot set headers on a websocket, and a URL gets logged (uvicorn, proxies): it sends
+# the token as the subprotocol ``bearer.<base64url(token), unpadded>``, as Kubernetes does.
+WS_BEARER_PREFIX = "bearer."
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 WS_CLOSE_TOO_SLOW = 1013
 WS_CLOSE_POLICY = 1008
 # ``since`` is past the log's last id: the log was reset (or the id is wrong). Resume from 0.
@@ -230,8 +237,14 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
 
     @app.websocket("/ws/alerts")
     async def ws_alerts(websocket: WebSocket, since: int | None = None, access_token: str | None = None) -> None:
-        """CloudEvents over a websocket. `?since=ID` replays every event after ID first."""
-        if not token_ok(expected, websocket.headers.get("authorization"), access_token):
+        """CloudEvents over a websocket. `?since=ID` replays every event after ID first. The token
+        comes as a bearer header, a `bearer.<base64url>` subprotocol (browsers) or, still
+        accepted, `?access_token=`."""
+        offered = websocket.scope.get("subprotocols") or []
+        in_subprotocol = subprotocol_token(offered)
+        # token_ok prefers a bearer header; then the subprotocol's token, then the query's.
+        sent = in_subprotocol if in_subprotocol is not None else access_token
+        if not token_ok(expected, websocket.headers.get("authorization"), sent):
             metrics.http_rejections.labels("unauthorized").inc()
             await websocket.close(code=WS_CLOSE_POLICY, reason="missing or wrong token")
             return
@@ -240,10 +253,10 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             metrics.http_rejections.labels("forbidden_origin").inc()
             await websocket.close(code=WS_CLOSE_POLICY, reason="origin not allowed")
             return
-        offered = websocket.scope.get("subprotocols") or []
         if offered and WS_SUBPROTOCOL not in offered:
             await websocket.close(code=WS_CLOSE_POLICY, reason=f"subprotocol must be {WS_SUBPROTOCOL}")
             return
+        # Never the bearer one: echoing it would put the token in the response headers.
         await websocket.accept(subprotocol=WS_SUBPROTOCOL if offered else None)
         await serve_subscriber(websocket, bus, metrics, since)
 
@@ -254,6 +267,21 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     app.mount("/", StaticFiles(directory=Path(__file__).parent / "static", html=True), name="dashboard")
 
     return app
+
+
+def subprotocol_token(offered: list[str]) -> str | None:
+    """The token in the first ``bearer.<base64url>`` subprotocol offered, None if there is none.
+    Malformed base64 gives "", which no configured token matches: refused, not a crash."""
+    for proto in offered:
+        if proto.startswith(WS_BEARER_PREFIX):
+            encoded = proto[len(WS_BEARER_PREFIX):]
+            if not _BASE64URL.fullmatch(encoded):
+                return ""
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return ""
+    return None
 
 
 def since_ahead_reason(since: int, last_id: int) -> str:

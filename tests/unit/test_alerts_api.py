@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from monitor.alerts.eventlog import EventLog
 from monitor.config import Settings, load_settings
@@ -113,6 +115,77 @@ async def test_token_auth(tmp_path: Path) -> None:
             assert (await recv_all(ws, 1))[0]["id"] == "1"
         async with websockets.connect(svc.ws + "/ws/alerts", additional_headers={"Authorization": f"Bearer {TOKEN}"}):
             pass
+
+
+def bearer_subprotocol(token: str) -> str:
+    """What the dashboard offers: ``bearer.<base64url(token)>`` without padding."""
+    return "bearer." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+def protocols(*names: str) -> list[Subprotocol]:
+    return [Subprotocol(name) for name in names]
+
+
+async def test_token_in_a_bearer_subprotocol(tmp_path: Path) -> None:
+    # Browsers cannot set an Authorization header on a websocket, and a token in the URL lands
+    # in uvicorn's and proxies' logs: the dashboard offers it as a subprotocol instead.
+    async with running_service(make_settings(tmp_path, server={"token": TOKEN})) as svc:
+        offered = protocols("cloudevents.json", bearer_subprotocol(TOKEN))
+        async with websockets.connect(svc.ws + "/ws/alerts?since=0", subprotocols=offered) as ws:
+            # Only the plain protocol is echoed: the bearer one would repeat the token.
+            assert ws.subprotocol == "cloudevents.json"
+            assert ws.response is not None
+            assert ws.response.headers.get_all("Sec-WebSocket-Protocol") == ["cloudevents.json"]
+            await svc.runtime.bus.publish([status_event(1)])
+            assert (await recv_all(ws, 1))[0]["id"] == "1"
+        # Offered first works too; order does not matter.
+        async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=offered[::-1]) as ws:
+            assert ws.subprotocol == "cloudevents.json"
+
+
+@pytest.mark.parametrize(
+    "offered",
+    [
+        pytest.param(["cloudevents.json", bearer_subprotocol("w" * 32)], id="wrong-token"),
+        pytest.param(["cloudevents.json", "bearer.dHR0!!"], id="not-base64url"),
+        pytest.param(["cloudevents.json", "bearer.dHR0d"], id="bad-length"),
+        pytest.param(["cloudevents.json", "bearer.__8"], id="not-utf8"),
+        pytest.param(["cloudevents.json", "bearer."], id="empty"),
+        pytest.param(["cloudevents.json"], id="no-token"),
+        pytest.param([], id="no-subprotocol"),
+    ],
+)
+async def test_bearer_subprotocol_refusals(tmp_path: Path, offered: list[str]) -> None:
+    async with running_service(make_settings(tmp_path, server={"token": TOKEN})) as svc:
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=protocols(*offered) or None):
+                pass
+        assert refused.value.response.status_code == 403  # refused, not a 500 from a crash
+        rejected = svc.runtime.metrics.registry.get_sample_value(
+            "deepfake_monitor_http_rejected_total", {"reason": "unauthorized"}
+        )
+        assert rejected == 1
+        good = protocols("cloudevents.json", bearer_subprotocol(TOKEN))
+        async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=good) as ws:
+            assert ws.subprotocol == "cloudevents.json"
+
+
+async def test_other_websocket_token_carriers_still_work(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path, server={"token": TOKEN})) as svc:
+        plain = protocols("cloudevents.json")
+        # The query parameter, for clients made before the subprotocol (it does get logged).
+        async with websockets.connect(svc.ws + f"/ws/alerts?access_token={TOKEN}", subprotocols=plain) as ws:
+            assert ws.subprotocol == "cloudevents.json"
+        # A bearer header (non-browser clients), with or without a subprotocol.
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with websockets.connect(svc.ws + "/ws/alerts", additional_headers=headers, subprotocols=plain) as ws:
+            assert ws.subprotocol == "cloudevents.json"
+        async with websockets.connect(svc.ws + "/ws/alerts", additional_headers=headers) as ws:
+            assert ws.subprotocol is None
+        # A subprotocol token still needs the cloudevents.json protocol offered with it.
+        with pytest.raises(InvalidStatus):
+            async with websockets.connect(svc.ws + "/ws/alerts", subprotocols=protocols(bearer_subprotocol(TOKEN))):
+                pass
 
 
 async def test_wrong_subprotocol_refused(tmp_path: Path) -> None:

@@ -15,7 +15,11 @@ const REASON_TEXT = {
 const $ = (id) => document.getElementById(id);
 const timelines = new Map(); // "stream/track" -> [{t, score, state}]
 const explanations = new Map(); // "stream/track" -> {reasons, signals} of its last state change
-let lastEventId = Number(sessionStorage.getItem("lastEventId") || 0) || null;
+const EVENT_IDS_MAX = 2 * FEED_MAX;
+// Ids already shown: a refill and a resumed replay overlap. A set, not "id <= last", so an
+// older event that arrives after a newer one still shows. Bounded: the oldest ids go first.
+const seenIds = new Set();
+let lastEventId = null; // the newest id held: the websocket resumes after it
 let latestStreams = [];
 let tokenRefused = false; // the last API call answered 401: the websocket's close says less (1006)
 
@@ -29,11 +33,14 @@ if (params.has("token")) {
   params.delete("token");
   history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
 }
-tokenInput.addEventListener("change", () => { sessionStorage.setItem("token", tokenInput.value); backfill().then(connectAlerts); });
+tokenInput.addEventListener("change", () => { sessionStorage.setItem("token", tokenInput.value); refill().then(connectAlerts); });
 const token = () => tokenInput.value.trim();
-// HTTP requests carry the token in a header; only the websocket, which cannot, puts it in its URL.
+// Never in a URL: servers and proxies log URLs. HTTP requests carry the token in a header; the
+// websocket, which cannot set one, offers it as the subprotocol bearer.<base64url(token)> (as
+// Kubernetes does). The server answers with "cloudevents.json" only.
 const authHeaders = () => (token() ? { Authorization: "Bearer " + token() } : {});
-const withToken = (url) => (token() ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token()) : url);
+const base64url = (text) => btoa(String.fromCharCode(...new TextEncoder().encode(text))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const wsProtocols = () => ["cloudevents.json", ...(token() ? ["bearer." + base64url(token())] : [])];
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -165,15 +172,17 @@ let ws = null, wsRetry = 500;
 function connectAlerts() {
   if (ws) { ws.onclose = null; ws.close(); }
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = withToken(`${proto}//${location.host}/ws/alerts` + (lastEventId !== null ? `?since=${lastEventId}` : ""));
-  ws = new WebSocket(url, "cloudevents.json");
+  const url = `${proto}//${location.host}/ws/alerts` + (lastEventId !== null ? `?since=${lastEventId}` : "");
+  ws = new WebSocket(url, wsProtocols());
   ws.onopen = () => { wsRetry = 500; setPill("ws-state", "alerts live", "ok"); };
   ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
   ws.onclose = (ev) => {
-    if (ev.code === 4409) { // the server's event log was reset: every event in it is new to us
-      lastEventId = 0;
-      sessionStorage.removeItem("lastEventId");
-      setTimeout(connectAlerts, 0);
+    if (ev.code === 4409) {
+      // The server's event log was reset: its ids restarted, so ours mean nothing there. Start
+      // over as on load; since=0 would replay the whole retained log (up to 30 days) into the tab.
+      seenIds.clear();
+      lastEventId = null;
+      refill().then(connectAlerts);
       return;
     }
     setPill("ws-state", ev.code === 1008 || tokenRefused ? "alerts: token needed" : "alerts reconnecting…", "bad");
@@ -184,10 +193,11 @@ function connectAlerts() {
 
 function onEvent(ce) {
   const id = Number(ce.id);
-  if (lastEventId && id <= lastEventId) return; // replay overlap after a resume
-  lastEventId = id;
-  sessionStorage.setItem("lastEventId", String(id));
-  $("last-id").textContent = "last event #" + id;
+  if (seenIds.has(id)) return; // a refill and a resumed replay overlap
+  seenIds.add(id);
+  if (seenIds.size > EVENT_IDS_MAX) seenIds.delete(seenIds.values().next().value);
+  if (lastEventId === null || id > lastEventId) lastEventId = id;
+  $("last-id").textContent = "last event #" + lastEventId;
   const d = ce.data || {};
   const stream = ce.source.split("/streams/")[1] || "?";
   if (d.track_id != null && (ce.type.includes(".track.state") || ce.type.includes(".alert.opened"))) {
@@ -293,13 +303,15 @@ window.addEventListener("pagehide", () => { if (cam) stopCamera(); });
 
 poll();
 setInterval(poll, POLL_MS);
-// First paint: the newest events from the log, then the websocket resumes after them. Again
-// when a token is typed in, if the first try was refused for want of one.
-async function backfill() {
-  if (lastEventId) return;
+// Every page load (a reload too: the page starts empty), a token typed in and a log reset:
+// the newest events from the log, then the websocket resumes after the newest id held.
+async function refill() {
   try {
     const r = await fetch("/api/events?last=30", { cache: "no-store", headers: authHeaders() });
-    if (r.ok) for (const ce of await r.json()) onEvent(ce);
+    if (!r.ok) return; // refused or failing: the websocket still connects, from now
+    for (const ce of await r.json()) onEvent(ce);
+    // An empty log: resume from its start, so nothing published meanwhile is missed.
+    if (lastEventId === null) lastEventId = 0;
   } catch (e) { /* the websocket still connects */ }
 }
-backfill().then(connectAlerts);
+refill().then(connectAlerts);
