@@ -1,7 +1,8 @@
 """HTTP and websocket routes: health, metrics, streams, alert websocket (CloudEvents).
 
-One ASGI app on one port; auth by bearer token (header or ``access_token`` query) whenever
-a token is configured; request bodies are capped before they are read.
+One ASGI app on one port; auth by bearer token (a header; for the websocket also a
+``bearer.`` subprotocol; an ``access_token`` query still works) whenever a token is
+configured; request bodies are capped before they are read.
 """
 
 from __future__ import annotations
