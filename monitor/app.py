@@ -58,12 +58,15 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
 
         # Sinks start before the manager so that they stop after it: the events the streams'
         # shutdown writes (alerts closed, tracks ended) are delivered before the process exits.
+        # They drain together, under one deadline, not one after another.
+        runners: list[SinkRunner] = []
+        stack.push_async_callback(close_sinks, runners, SINK_DRAIN_S)
         for sink_config in settings.sinks:
             cls = load_plugin(SINK_GROUP, sink_config.name)
             sink = cls(plugin_config(cls, sink_config.options))
             runner = SinkRunner(bus, sink, sink_config.key, metrics)
             await runner.start()
-            stack.push_async_callback(runner.aclose, SINK_DRAIN_S)
+            runners.append(runner)
 
         manager = StreamManager(settings, bus, metrics, clock, make_detector, faces_factory(settings))
         stack.push_async_callback(manager.aclose)
@@ -74,6 +77,13 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
 
         app = create_app(settings, manager, bus, metrics)
         yield Runtime(settings, metrics, log, bus, manager, app)
+
+
+async def close_sinks(runners: list[SinkRunner], drain_s: float) -> None:
+    results = await asyncio.gather(*(r.aclose(drain_s) for r in runners), return_exceptions=True)
+    for runner, result in zip(runners, results):
+        if isinstance(result, BaseException):
+            logger.warning("closing sink %s failed: %r", runner.name, result)
 
 
 def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:
@@ -98,16 +108,35 @@ def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:
     return pruned
 
 
-class RedactUrls(logging.Filter):
-    """Hides credentials in the URLs uvicorn logs. It logs every websocket handshake at INFO,
-    path and query included (``"WebSocket /ws/alerts?access_token=..." [accepted]``), even with
-    the access log off, so a client passing its token in the query wrote it to the log on each
-    connect."""
+# Request headers that carry credentials. websockets, which uvicorn hands its "uvicorn.error"
+# logger, logs every handshake header at DEBUG ("< %s: %s"); the dashboard's token travels in
+# Sec-WebSocket-Protocol (bearer.<base64url>).
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "sec-websocket-protocol"})
+
+
+def _redact_header(name: str, value: str) -> str:
+    if name == "sec-websocket-protocol":  # only the bearer offer is secret
+        return ", ".join("bearer.***" if p.strip().startswith("bearer.") else p.strip() for p in value.split(","))
+    return "***"
+
+
+class RedactSecrets(logging.Filter):
+    """Hides credentials in what uvicorn logs. It logs every websocket handshake at INFO, path
+    and query included (``"WebSocket /ws/alerts?access_token=..." [accepted]``), even with the
+    access log off, so a client passing its token in the query wrote it to the log on each
+    connect; at DEBUG, request headers too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "?" in a for a in record.args):
-            record.args = tuple(redact_url(a) if isinstance(a, str) and "?" in a else a for a in record.args)
-        elif isinstance(record.msg, str) and "?" in record.msg and not record.args:
+        args = record.args
+        if isinstance(args, tuple):
+            if (
+                len(args) == 2 and isinstance(record.msg, str) and record.msg.endswith("%s: %s")
+                and str(args[0]).lower() in _SECRET_HEADERS
+            ):
+                record.args = (args[0], _redact_header(str(args[0]).lower(), str(args[1])))
+            elif any(isinstance(a, str) and "?" in a for a in args):
+                record.args = tuple(redact_url(a) if isinstance(a, str) and "?" in a else a for a in args)
+        elif isinstance(record.msg, str) and "?" in record.msg and not args:
             record.msg = redact_url(record.msg)
         return True
 
@@ -115,8 +144,8 @@ class RedactUrls(logging.Filter):
 def install_log_redaction() -> None:
     for name in ("uvicorn.error", "uvicorn.access"):
         target = logging.getLogger(name)
-        if not any(isinstance(f, RedactUrls) for f in target.filters):
-            target.addFilter(RedactUrls())
+        if not any(isinstance(f, RedactSecrets) for f in target.filters):
+            target.addFilter(RedactSecrets())
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

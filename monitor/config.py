@@ -291,6 +291,11 @@ def describe_errors(exc: ValidationError) -> list[str]:
 
 # MONITOR_* variables that are not settings: read by the command-line tools themselves.
 CLIENT_ENV_VARS = frozenset({"MONITOR_TOKEN", "MONITOR_PROGRESS"})
+# Variables a platform sets for a service or container named "monitor" (the name compose.yaml
+# uses): Kubernetes service links (MONITOR_SERVICE_HOST, MONITOR_PORT_8080_TCP_ADDR...) and
+# Docker's legacy links (MONITOR_NAME, MONITOR_ENV_*). They are not settings, and failing on
+# them would crash-loop the pod.
+_PLATFORM_ENV_VAR = re.compile(r"MONITOR_(SERVICE_\w+|PORT|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?|NAME|ENV_\w+)")
 
 
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -302,7 +307,7 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
     bad = []
     for name in environ:
         upper = name.upper()
-        if not upper.startswith("MONITOR_") or upper in CLIENT_ENV_VARS:
+        if not upper.startswith("MONITOR_") or upper in CLIENT_ENV_VARS or _PLATFORM_ENV_VAR.fullmatch(upper):
             continue
         if upper[len("MONITOR_"):].split("__", 1)[0].lower() not in fields:
             bad.append(name)

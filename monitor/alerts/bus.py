@@ -122,10 +122,16 @@ class SinkRunner:
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max_retry_delay_s
         self._task: asyncio.Task[None] | None = None
-        self.cursor = 0  # the last event delivered (or skipped), as saved in the log
+        self.cursor = 0  # the last event delivered (or skipped), once saved in the log
+        self._skipped_key = f"{name}#skipped_in_a_row"  # kept beside the cursor, across restarts
+        self._skipped_in_a_row = 0
+        self._wake = asyncio.Event()  # cuts a retry's backoff short (shutdown drain)
 
     async def start(self) -> None:
         cursor = self.cursor = await self._first_cursor()  # first: if it fails, there is no started sink to close
+        # A restart must not reset the safeguard: against a receiver refusing everything, each
+        # start would otherwise skip MAX_SKIPPED_IN_A_ROW more events.
+        self._skipped_in_a_row = await self.bus.on_log(self.bus.log.get_cursor, self._skipped_key) or 0
         # Series born at zero, so increase() sees the first failure or rejection.
         self.metrics.sink_failures.labels(self.name)
         self.metrics.sink_rejected.labels(self.name)
@@ -149,7 +155,6 @@ class SinkRunner:
         log = self.bus.log
         delay = self.retry_delay_s
         rejected_id, rejections = 0, 0  # the event being rejected, and how many times so far
-        skipped_in_a_row = 0
         while True:
             try:
                 batch = await self.bus.read_since(cursor, 100)
@@ -165,22 +170,24 @@ class SinkRunner:
                         rejections += 1
                         if rejections < self.REJECT_ATTEMPTS:
                             raise  # retried with backoff like any failure
-                        if skipped_in_a_row >= self.MAX_SKIPPED_IN_A_ROW:
+                        if self._skipped_in_a_row >= self.MAX_SKIPPED_IN_A_ROW:
                             if rejections == self.REJECT_ATTEMPTS:
                                 logger.error(
                                     "sink %s: the receiver refused %d events in a row and now event %d: it seems to "
                                     "refuse every event, so nothing more is skipped; retrying until it accepts one",
-                                    self.name, skipped_in_a_row, event_id,
+                                    self.name, self._skipped_in_a_row, event_id,
                                 )
                             raise
                         self._give_up(event_id, rejections, exc)
-                        skipped_in_a_row += 1
+                        await self._set_skipped(self._skipped_in_a_row + 1)
                     else:
-                        skipped_in_a_row = 0
+                        if self._skipped_in_a_row:
+                            await self._set_skipped(0)
                     delay = self.retry_delay_s
                     # Advanced in memory first: if saving fails, the retry does not resend it.
-                    cursor = self.cursor = event_id
+                    cursor = event_id
                     await self.bus.on_log(log.set_cursor, self.name, cursor)
+                    self.cursor = cursor
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -188,8 +195,16 @@ class SinkRunner:
                 # nothing is skipped and the runner never dies.
                 self.metrics.sink_failures.labels(self.name).inc()
                 logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, delay)
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()  # cut one backoff short, not every later one
                 delay = min(delay * 2, self.max_retry_delay_s)
+
+    async def _set_skipped(self, n: int) -> None:
+        await self.bus.on_log(self.bus.log.set_cursor, self._skipped_key, n)
+        self._skipped_in_a_row = n
 
     def _give_up(self, event_id: int, attempts: int, exc: RejectedEvent) -> None:
         self.metrics.sink_failures.labels(self.name).inc()  # still a failed delivery
@@ -210,6 +225,7 @@ class SinkRunner:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + drain_s
             target = await self.bus.on_log(self.bus.log.last_id)
+            self._wake.set()  # a runner waiting out a backoff of up to 30 s tries again now
             while self.cursor < target and loop.time() < deadline and not self._task.done():
                 await asyncio.sleep(0.05)
         if self._task is not None:

@@ -167,7 +167,6 @@ class WhipTrackSource(ThreadedSource):
 
     async def _read_track(self) -> None:
         assert self._slot is not None
-        self._set_state(StreamState.RUNNING)
         end: BaseException = SourceEnded(f"stream {self.stream_id} ended")
         try:
             while True:
@@ -179,7 +178,10 @@ class WhipTrackSource(ThreadedSource):
                 now = self.clock.monotonic()
                 self.last_frame_at = now
                 if self._t0 is None:
+                    # Running from the first frame, as the other sources: a publisher that
+                    # connects but sends no video is not "up".
                     self._t0 = now
+                    self._set_state(StreamState.RUNNING)
                 # Stream time is the monitor's clock since the first frame, like RTSP.
                 self._deliver(Frame.from_decoded(self.stream_id, self.next_seq(), now - self._t0, now, vf))
         except asyncio.CancelledError:

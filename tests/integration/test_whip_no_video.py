@@ -86,6 +86,28 @@ async def publishes_again(svc: Running, stream: str) -> None:
         await pc.close()
 
 
+async def test_a_publisher_that_never_sends_video_is_never_up(tmp_path: Path) -> None:
+    async with running_service(settings(tmp_path)) as svc:
+        track = StallingTrack()
+        track.stall.set()  # connected, but not one frame
+        pc, response = await publish(svc.base, "cam", [track])
+        states: list[str] = []
+        try:
+            assert response.status_code == 201, response.text
+            reg = svc.runtime.metrics.registry
+
+            async def ended() -> bool:
+                states.extend(p.status().state.value for p in svc.runtime.manager.list())
+                assert reg.get_sample_value("deepfake_monitor_stream_up", {"stream": "cam"}) in (None, 0.0)
+                return not svc.runtime.manager.list()
+
+            # Before: "running" (stream_up 1) from the connection until no_video_s ended it.
+            await until(ended, NO_VIDEO_S + MARGIN_S, "the session without video to end")
+        finally:
+            await pc.close()
+        assert states and "running" not in states
+
+
 async def test_a_publisher_whose_video_stops_loses_its_session(tmp_path: Path) -> None:
     async with running_service(settings(tmp_path)) as svc:
         track = StallingTrack()

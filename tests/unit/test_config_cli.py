@@ -132,9 +132,16 @@ def test_a_misspelt_environment_variable_is_an_error(monkeypatch: pytest.MonkeyP
         load_settings(None)
 
 
-def test_the_client_tools_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_client_tools_and_platforms_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONITOR_TOKEN", "read-by-monitor-alerts-only")
     monkeypatch.setenv("MONITOR_PROGRESS", "1")
+    # What Kubernetes sets in every pod of a namespace with a Service named "monitor".
+    for name, value in {
+        "MONITOR_SERVICE_HOST": "10.0.0.7", "MONITOR_SERVICE_PORT": "8080", "MONITOR_SERVICE_PORT_HTTP": "8080",
+        "MONITOR_PORT": "tcp://10.0.0.7:8080", "MONITOR_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "MONITOR_PORT_8080_TCP_PROTO": "tcp", "MONITOR_PORT_8080_TCP_PORT": "8080", "MONITOR_PORT_8080_TCP_ADDR": "10.0.0.7",
+    }.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("MONITOR_LOG_LEVEL", "warning")
     assert load_settings(None).server.token is None
 

@@ -18,7 +18,7 @@ from monitor_webhook import DeliveryError, WebhookSink
 
 from monitor.alerts.bus import EventBus, SinkRunner
 from monitor.alerts.eventlog import EventLog
-from monitor.app import prune_event_log
+from monitor.app import close_sinks, prune_event_log
 from monitor.config import Settings, load_settings
 from monitor.errors import RejectedEvent
 from monitor.metrics import Metrics
@@ -154,6 +154,67 @@ async def test_a_receiver_refusing_every_event_does_not_make_the_sink_skip_them_
         sink.reject[5] = sink.reject[6] = 0
         await until(lambda: sink.got == [4, 5, 6])
     assert sample(metrics, "rejected") == 3
+
+
+async def test_the_safeguard_holds_across_restarts(tmp_path: Path) -> None:
+    # Before: the count of skipped events lived in memory, so each restart skipped 3 more.
+    path = tmp_path / "e.sqlite3"
+    metrics = Metrics()
+    refuse_all = {i: math.inf for i in range(1, 9)}
+    first = FlakySink(reject=dict(refuse_all))
+    async with running_sink(path, first, metrics) as bus:
+        await bus.publish([status_event(NOW + i) for i in range(8)])
+        await until(lambda: first.attempts[4] >= 4)
+    second = FlakySink(reject=dict(refuse_all))
+    async with running_sink(path, second, metrics) as bus:
+        await until(lambda: second.attempts[4] >= 4)
+        assert bus.log.get_cursor("hook") == 3 and second.attempts[5] == 0
+        second.reject[4] = 0  # one event accepted: the count starts again
+        await until(lambda: bus.log.get_cursor("hook") >= 7)  # 5, 6, 7 skipped; 8 held again
+        await until(lambda: second.attempts[8] >= 4)
+        assert bus.log.get_cursor("hook") == 7
+
+
+async def test_the_shutdown_drain_cuts_a_retry_backoff_short(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.sqlite3")
+    metrics = Metrics()
+    bus = EventBus(log, metrics)
+    sink = FlakySink(transient={1: 1})
+    runner = SinkRunner(bus, sink, "hook", metrics, retry_delay_s=30.0, max_retry_delay_s=30.0)
+    await runner.start()
+    try:
+        await bus.publish([status_event(NOW)])
+        await until(lambda: sink.attempts[1] == 1)  # failed once; now waiting 30 s to retry
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await runner.aclose(drain_s=20.0)
+        elapsed = loop.time() - started
+    finally:
+        await bus.aclose()
+    # Before: the drain waited out its whole time while the runner slept, then cancelled it.
+    assert sink.got == [1] and log.get_cursor("hook") == 1
+    assert elapsed < 10.0
+    log.close()
+
+
+async def test_sinks_drain_together_at_shutdown(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.sqlite3")
+    metrics = Metrics()
+    bus = EventBus(log, metrics)
+    sinks = [FlakySink(transient={1: math.inf}) for _ in range(4)]  # receivers down
+    runners = [SinkRunner(bus, s, f"hook{i}", metrics, retry_delay_s=0.05, max_retry_delay_s=0.1) for i, s in enumerate(sinks)]
+    for r in runners:
+        await r.start()
+    try:
+        await bus.publish([status_event(NOW)])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await close_sinks(runners, 2.0)
+        elapsed = loop.time() - started
+    finally:
+        await bus.aclose()
+        log.close()
+    assert 2.0 <= elapsed < 6.0  # one shared deadline; one after another took 8 s
 
 
 async def test_event_rejected_for_good_is_skipped_after_three_attempts(
