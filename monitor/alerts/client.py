@@ -28,6 +28,18 @@ def with_since(url: str, since: int | None) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def take_token(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``access_token`` query parameter, and that token (None if absent).
+    The client sends it as a header instead: servers and proxies log URLs."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    tokens = [v for k, v in query if k == "access_token"]
+    if not tokens:
+        return url, None
+    kept = [(k, v) for k, v in query if k != "access_token"]
+    return urlunsplit(parts._replace(query=urlencode(kept))), tokens[-1]
+
+
 def last_event_url(ws_url: str) -> str:
     """``GET /api/events?last=1`` on the server behind ``ws_url``. Keeps what reaching it
     needs: TLS (wss -> https), a reverse proxy's path prefix (``/monitor/ws/alerts`` ->
@@ -55,6 +67,8 @@ async def tail(
     """Print each CloudEvent as one JSON line; on disconnect, resume after the last id seen.
     If the server's log was reset (it closes with 4409: ``since`` is past its last id), warn
     and start again from the beginning of the new log: every event in it is new to us."""
+    url, url_token = take_token(url)
+    token = token or url_token
     headers = {"Authorization": f"Bearer {token}"} if token else None
     last = since
     delay = 0.5

@@ -37,11 +37,21 @@ def test_last_event_url_keeps_tls_prefix_and_token() -> None:
 
 
 @contextlib.asynccontextmanager
-async def behind_prefix(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[Runtime, str]]:
-    """The service (token required) mounted under ``prefix``, as a reverse proxy would serve it."""
+async def behind_prefix(
+    tmp_path: Path, prefix: str, queries: list[bytes] | None = None
+) -> AsyncIterator[tuple[Runtime, str]]:
+    """The service (token required) mounted under ``prefix``, as a reverse proxy would serve it;
+    the query string of every request it gets is added to ``queries``."""
     settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
     async with runtime(settings) as rt:
-        config = uvicorn_config(Starlette(routes=[Mount(prefix, app=rt.app)]), settings)
+        app = Starlette(routes=[Mount(prefix, app=rt.app)])
+
+        async def recording(scope, receive, send):  # type: ignore[no-untyped-def]
+            if queries is not None and scope["type"] in ("http", "websocket"):
+                queries.append(scope["query_string"])
+            await app(scope, receive, send)
+
+        config = uvicorn_config(recording, settings)  # type: ignore[arg-type]
         config.port, config.log_level = 0, "warning"
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
@@ -60,7 +70,8 @@ async def behind_prefix(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[Runt
 async def test_tail_without_since_keeps_prefix_and_token(tmp_path: Path, prefix: str, header: bool) -> None:
     # Before: the "from now" probe went to /api/events without the prefix or the token, and
     # tail gave up with "alert API refused" (401, 404) although the websocket accepts that URL.
-    async with behind_prefix(tmp_path, prefix) as (rt, base):
+    queries: list[bytes] = []
+    async with behind_prefix(tmp_path, prefix, queries) as (rt, base):
         await rt.bus.publish([status_event(1), status_event(2)])  # history: not printed
         out = io.StringIO()
         url, token = (f"{base}/ws/alerts", TOKEN) if header else (f"{base}/ws/alerts?access_token={TOKEN}", None)
@@ -78,3 +89,5 @@ async def test_tail_without_since_keeps_prefix_and_token(tmp_path: Path, prefix:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["3"]
+    # A token given in the URL travels as a header: servers and proxies log URLs.
+    assert len(queries) >= 2 and not any(b"access_token" in q for q in queries), queries
