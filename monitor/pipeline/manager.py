@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from monitor.alerts.bus import EventBus
 from monitor.clock import Clock
@@ -18,6 +20,8 @@ from monitor.plugins import SOURCE_GROUP, Detector, Source, load_plugin
 logger = logging.getLogger(__name__)
 
 MAX_STREAMS = 64
+
+T = TypeVar("T")
 
 
 def build_source(stream: StreamConfig, settings: Settings, metrics: Metrics, clock: Clock) -> Source:
@@ -47,62 +51,111 @@ class StreamManager:
         self.make_faces = make_faces
         self.max_streams = max_streams
         self._streams: dict[str, StreamPipeline] = {}
-        self._closing: set[str] = set()
+        # Teardowns under way, by stream id: the id stays taken until its teardown ends (a new
+        # stream with the same id would otherwise have its metrics removed by the old one's),
+        # and aclose() waits for every one, whoever started it.
+        self._closing: dict[str, asyncio.Task[None]] = {}
         self._closed = False  # aclose() began: no new streams
         self._lock = asyncio.Lock()
 
     async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
         """Start watching ``stream``. A prebuilt ``source`` (e.g. a WebRTC track) may be given."""
-        async with self._lock:
-            if self._closed:
-                raise ShuttingDown("the service is shutting down: no new streams")
-            if stream.id in self._streams or stream.id in self._closing:
-                raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
-            if len(self._streams) >= self.max_streams:
-                raise ConfigError(f"at most {self.max_streams} streams")
-            if source is None:
-                source = build_source(stream, self.settings, self.metrics, self.clock)
-            a = self.settings.analysis
-            fps = stream.analysis_fps or a.fps
-            loop = asyncio.get_running_loop()
-            faces: FaceStage | None = None
-            pipeline: StreamPipeline | None = None
-            try:
-                # Model loading and MediaPipe graph setup take a moment: keep them off the loop.
-                detector = await loop.run_in_executor(None, self.make_detector)
-                faces = await loop.run_in_executor(None, self.make_faces, stream.id)
-                analyzer = StreamAnalyzer(
-                    stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
-                )
-                pipeline = StreamPipeline(
-                    stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s
-                )
-                await pipeline.start()
-            except BaseException:
-                # Nothing half-built may outlive a failed add: source thread, graph, executor.
-                if pipeline is not None:
-                    await pipeline.aclose()
-                else:
+        cleanup: asyncio.Task[None] | None = None
+        try:
+            async with self._lock:
+                if self._closed:
+                    raise ShuttingDown("the service is shutting down: no new streams")
+                if stream.id in self._streams or stream.id in self._closing:
+                    raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
+                if len(self._streams) >= self.max_streams:
+                    raise ConfigError(f"at most {self.max_streams} streams")
+                if source is None:
+                    source = build_source(stream, self.settings, self.metrics, self.clock)
+                a = self.settings.analysis
+                fps = stream.analysis_fps or a.fps
+                faces: FaceStage | None = None
+                pipeline: StreamPipeline | None = None
+                try:
+                    # Model loading and MediaPipe graph setup take a moment: keep them off the loop.
+                    detector = await self._off_loop(self.make_detector)
+                    faces = await self._off_loop(functools.partial(self.make_faces, stream.id), _close_faces)
+                    analyzer = StreamAnalyzer(
+                        stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
+                    )
+                    pipeline = StreamPipeline(
+                        stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s
+                    )
+                    await pipeline.start()
+                except BaseException:
+                    # Nothing half-built may outlive a failed add: source thread, graph, executor.
+                    # It is closed after the lock is released: closing a WHIP source ends its
+                    # session, which removes the session's other streams through this manager.
+                    cleanup = self._begin_teardown(stream.id, self._discard(stream.id, source, faces, pipeline))
+                    raise
+                self._streams[stream.id] = pipeline
+                logger.info("watching stream %s (%s)", stream.id, source.kind)
+                return pipeline
+        finally:
+            if cleanup is not None:
+                await self._wait_teardown(cleanup)
+
+    async def _off_loop(self, build: Callable[[], T], dispose: Callable[[T], None] | None = None) -> T:
+        """``build()`` in a thread. A cancelled add cannot stop the thread: what it returns
+        later is handed to ``dispose``, or it would leak (a MediaPipe graph)."""
+        future = asyncio.get_running_loop().run_in_executor(None, build)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if dispose is not None:
+                future.add_done_callback(functools.partial(_dispose_late, dispose=dispose))
+            raise
+
+    async def _discard(
+        self, stream_id: str, source: Source, faces: FaceStage | None, pipeline: StreamPipeline | None
+    ) -> None:
+        """Close what a failed add built. Never raises: the add's own error is what its caller sees."""
+        try:
+            if pipeline is not None:
+                await pipeline.aclose()
+            else:
+                try:
                     await source.aclose()
+                finally:
                     if faces is not None:
                         faces.close()
-                raise
-            self._streams[stream.id] = pipeline
-            logger.info("watching stream %s (%s)", stream.id, source.kind)
-            return pipeline
+        except Exception:
+            logger.exception("stream %s: cleaning up after a failed start failed", stream_id)
+
+    def _begin_teardown(self, stream_id: str, closing: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a stream's teardown in a task of its own, the id held until it ends: a caller that
+        gives up (a client hanging up) must not leave it half done, and aclose() waits for it."""
+        task = asyncio.ensure_future(closing)
+        self._closing[stream_id] = task
+        # Registered first, so it runs before whoever awaits the task resumes: the id is free
+        # again when remove() returns.
+        task.add_done_callback(functools.partial(self._teardown_done, stream_id))
+        return task
+
+    def _teardown_done(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        if self._closing.get(stream_id) is task:
+            del self._closing[stream_id]
+
+    @staticmethod
+    async def _wait_teardown(task: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller gave up; the teardown goes on, and nobody else will see its error.
+            task.add_done_callback(_log_teardown_failure)
+            raise
 
     async def remove(self, stream_id: str) -> None:
         async with self._lock:
             pipeline = self._streams.pop(stream_id, None)
             if pipeline is None:
                 raise StreamNotFound(f"no stream {stream_id!r}")
-            # Until it is closed the id stays taken: a new stream with the same id would
-            # otherwise have its metrics removed by the old one's teardown.
-            self._closing.add(stream_id)
-        try:
-            await pipeline.aclose()
-        finally:
-            self._closing.discard(stream_id)
+            teardown = self._begin_teardown(stream_id, pipeline.aclose())
+        await self._wait_teardown(teardown)
         logger.info("stopped stream %s", stream_id)
 
     def get(self, stream_id: str) -> StreamPipeline:
@@ -122,6 +175,12 @@ class StreamManager:
         # All at once: each may wait on a stuck camera or analysis (up to ~25 s), and streams are
         # independent, so shutdown takes the slowest stream's time, not the sum.
         await asyncio.gather(*(self._remove_at_shutdown(stream_id) for stream_id in list(self._streams)))
+        # Teardowns started elsewhere (a WHIP session ending in the background, a failed add
+        # cleaning up) or by those above: the bus and event log close after this, and the
+        # events they publish (alerts closed) must still reach them. Each is bounded by the
+        # pipeline's own waits.
+        while pending := {task for task in self._closing.values() if not task.done()}:
+            await asyncio.wait(pending)
 
     async def _remove_at_shutdown(self, stream_id: str) -> None:
         try:
@@ -130,3 +189,21 @@ class StreamManager:
             pass  # removed meanwhile, e.g. with its WHIP session's sibling stream
         except Exception:
             logger.exception("error stopping stream %s", stream_id)
+
+
+def _close_faces(faces: FaceStage) -> None:
+    faces.close()
+
+
+def _dispose_late(future: asyncio.Future[T], dispose: Callable[[T], None]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    try:
+        dispose(future.result())
+    except Exception:
+        logger.exception("disposing of what a cancelled add built failed")
+
+
+def _log_teardown_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("stream teardown failed", exc_info=task.exception())

@@ -80,7 +80,11 @@ class StreamPipeline:
         self._analysed_rate = RateMeter()
         self.recent_latencies: deque[float] = deque(maxlen=1000)  # seconds, newest last
         self._last_latency: float | None = None
-        self._pending: set[asyncio.Task[object]] = set()
+        self._pending: set[asyncio.Task[None]] = set()
+        # Status events wait here for the one task that writes them, in order and with the
+        # retries analysis events get: a log locked for a moment must not lose "failed".
+        self._status_queue: deque[Event] = deque()
+        self._status_writer: asyncio.Task[None] | None = None
         self._started = False
         self.frames_skipped_for_fresher = 0
         self.analysis_errors = 0
@@ -119,9 +123,18 @@ class StreamPipeline:
             pass
 
     def _publish_soon(self, events: list[Event]) -> None:
-        task: asyncio.Task[object] = asyncio.ensure_future(self.bus.publish(events))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._status_queue.extend(events)
+        if self._status_writer is None or self._status_writer.done():
+            # One writer at a time: a retry must not let a later transition overtake it.
+            task = self._status_writer = asyncio.create_task(self._write_statuses(), name=f"status-{self.id}")
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _write_statuses(self) -> None:
+        while self._status_queue:
+            events = list(self._status_queue)
+            self._status_queue.clear()
+            await self._publish(events)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -50,16 +50,19 @@ def decode_frames(
     on_decode_error: Callable[[BaseException], None],
     max_consecutive_errors: int = 50,
     max_video_gap_s: float | None = None,
+    consecutive_errors: int = 0,
 ) -> Iterator[Any]:
     """Decode the first video stream, skipping corrupt packets (each reported) instead of
-    giving up on the whole stream. Raises SourceError after too many errors in a row.
+    giving up on the whole stream. Raises SourceError after too many errors in a row;
+    ``consecutive_errors`` is how many came in a row before this call (a looped file's
+    previous pass), so that seeking back to the start does not reset the count.
 
     With ``max_video_gap_s`` (live streams), every stream's packets are read and a video
     stream silent that long while others still flow raises SourceError too. The socket's read
     timeout cannot see that: a camera whose video encoder hangs while its audio goes on kept
     the source "running" with no frame, for ever."""
     stream = container.streams.video[0]
-    consecutive = 0
+    consecutive = consecutive_errors
     packets = container.demux() if max_video_gap_s is not None else container.demux(stream)
     last_video = time.monotonic()
     while True:
@@ -117,7 +120,9 @@ class Timeline:
         if self._raw is None:
             if raw is None:
                 raw = self.start_s or 0.0
-            if self.start_s is None:
+            if self.start_s is None or raw - self.start_s > self.MAX_JUMP_S:
+                # Video that starts long after the container (audio from 0 s, video from
+                # 100 s; a 33-bit wrap) would make the player wait that long: count from it.
                 self.start_s = raw
             t = max(raw - self.start_s, 0.0)
         elif raw is None:
@@ -206,9 +211,19 @@ class FileSource(ThreadedSource):
 
     def _read(self) -> Iterator[Frame]:
         started = self.clock.monotonic()
+        errors_in_a_row = 0  # since the last frame, across passes of a looped file
+
+        def decode_error(exc: BaseException) -> None:
+            nonlocal errors_in_a_row
+            errors_in_a_row += 1
+            self.count_decode_error(exc)
+
+        passes = 0
         while True:
             timeline = Timeline.of(self._container)
-            for vf in decode_frames(self._container, self.count_decode_error):
+            got_frame = False
+            for vf in decode_frames(self._container, decode_error, consecutive_errors=errors_in_a_row):
+                got_frame, errors_in_a_row = True, 0
                 t = self._offset + timeline(None if vf.time is None else float(vf.time))
                 if self.realtime:
                     wait = started + t - self.clock.monotonic()
@@ -217,8 +232,17 @@ class FileSource(ThreadedSource):
                 if self._stop.is_set():
                     return
                 yield Frame.from_decoded(self.stream_id, self.next_seq(), t, self.clock.monotonic(), vf)
-            if not self.loop or self._stop.is_set():
+            if self._stop.is_set():
                 return
+            if not got_frame:
+                # A video stream in the program table with no decodable frame (an audio-only
+                # MPEG-TS, every packet corrupt): looping would re-read it at full speed for ever.
+                where = "after seeking back to the start" if passes else f"in {self.path}"
+                corrupt = f" ({errors_in_a_row} corrupt packets)" if errors_in_a_row else ""
+                raise SourceError(f"no decodable video frame {where}{corrupt}", retryable=False)
+            if not self.loop:
+                return
+            passes += 1
             self._offset += timeline.t + timeline.step
             self._container.seek(0)
 

@@ -1,5 +1,5 @@
 """Media fixtures generated at test time: raw frames, corrupt and edge-case files, multi-slice H.264,
-offset and discontinuous timestamps."""
+offset and discontinuous timestamps, video that starts late or never decodes."""
 
 from __future__ import annotations
 
@@ -155,4 +155,67 @@ def phone_clip(path: Path, frames: list[np.ndarray], fps: int, degrees: int, hfl
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return path
+
+
+def _silent_audio(container: av.container.OutputContainer, seconds: float) -> None:
+    """Mux ``seconds`` of silent MP2 audio, from 0 s, into an MPEG-TS ``container``."""
+    rate, samples = 48000, 1152
+    stream = container.add_stream("mp2", rate=rate)
+    stream.layout = "mono"
+    for i in range(0, round(seconds * rate), samples):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, i, Fraction(1, rate)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def late_video_ts(
+    path: Path,
+    video_start_s: float = 100.0,
+    seconds: float = 2.0,
+    *,
+    fps: int = 10,
+    width: int = 320,
+    height: int = 240,
+) -> Path:
+    """An MPEG-TS clip whose audio starts at 0 s and whose video (the demo face) starts at
+    ``video_start_s``: the container's start time is the audio's, long before the first frame."""
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        _silent_audio(container, 2.0)
+        first = round(video_start_s * fps)
+        for i in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(render_frame(i / fps, width, height), format="rgb24")
+            frame.pts, frame.time_base = first + i, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    return path
+
+
+def audio_only_ts(path: Path, seconds: float = 2.0) -> Path:
+    """An MPEG-TS file whose program table lists an H.264 video stream that has no packet:
+    it opens as video, and not one frame decodes."""
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        _silent_audio(container, seconds)
+    return path
+
+
+def garbage_video_ts(path: Path, packets: int = 20, *, fps: int = 10, seed: int = 0) -> Path:
+    """An MPEG-TS file whose H.264 stream holds only ``packets`` packets of random bytes:
+    every one fails to decode (fewer than the 50 in a row that fail a stream on their own)."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        for i in range(packets):
+            # A start code and a slice NAL header, then noise: the decoder sees a broken slice.
+            packet = av.Packet(b"\x00\x00\x00\x01\x65" + rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+            packet.stream, packet.pts, packet.dts, packet.time_base = video, i, i, Fraction(1, fps)
+            container.mux(packet)
     return path

@@ -22,7 +22,20 @@ from monitor.pipeline.manager import StreamManager
 from monitor.pipeline.stream import StreamPipeline
 from monitor.plugins import TrackWindow
 from monitor.sources.base import ThreadedSource
-from monitor.types import FaceFrame, FaceObservation, Frame, Score
+from monitor.types import (
+    AlertData,
+    Event,
+    EventType,
+    FaceFrame,
+    FaceObservation,
+    Frame,
+    Score,
+    Severity,
+    StreamState,
+    StreamStatusData,
+)
+
+ALERT_CLOSED = EventType.ALERT_CLOSED.value
 
 
 class Ticking(ThreadedSource):
@@ -172,3 +185,62 @@ async def test_shutdown_waits_for_a_stream_still_starting_and_refuses_new_ones(p
     assert m.list() == []  # it was added, then closed with the rest
     with pytest.raises(ShuttingDown):
         await m.add(StreamConfig(id="later", url="x://y"), source=Ticking("later", metrics))
+
+
+async def test_shutdown_waits_for_a_removal_already_under_way(parts: Any) -> None:
+    # A WHIP session ending in the background removes its streams on its own: shutdown must
+    # not close the bus and the log under that removal, or the alerts it closes are lost.
+    _, log, bus, metrics = parts
+    m = manager(parts, NoFaces())
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    now = time.time()
+    alert = AlertData("a1", 1, 0.9, ("track_ended",), (), 0.0, 1.0, now)
+    closed = Event(EventType.ALERT_CLOSED, "cam", Severity.CRITICAL, now, alert)
+    real_end = pipeline.analyzer.end
+
+    def slow_end(t: float) -> list[Event]:
+        time.sleep(1.0)  # the stream's end waits behind a slow analysis call
+        return [*real_end(t), closed]
+
+    pipeline.analyzer.end = slow_end  # type: ignore[method-assign]
+    removing = asyncio.create_task(m.remove("cam"))
+    deadline = time.monotonic() + 5
+    while m.list() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert m.list() == [] and not removing.done()  # under way, not finished
+    await asyncio.wait_for(m.aclose(), 20)
+    assert removing.done()  # before, aclose returned at once and the removal ran on
+    await bus.aclose()  # what shutdown closes next
+    assert any(ALERT_CLOSED in text for _, text in log.read_last(10))
+    await removing
+
+
+class FlakyBus:
+    """An event log locked (by a backup, say) for its first write."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.stored: list[Event] = []
+
+    async def publish(self, events: list[Event]) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("database is locked")
+        self.stored.extend(events)
+        return []
+
+
+async def test_stream_status_events_are_retried_in_order(parts: Any) -> None:
+    settings, _, _, metrics = parts
+    bus = FlakyBus()
+    m = StreamManager(
+        settings, bus, metrics, SystemClock(), Constant, lambda stream_id: NoFaces()  # type: ignore[arg-type]
+    )
+    await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    deadline = time.monotonic() + 5
+    while bus.calls < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert bus.calls >= 1  # "running" met the locked log
+    await m.remove("cam")  # "stopped" comes while "running" still waits for its retry
+    states = [e.data.state for e in bus.stored if isinstance(e.data, StreamStatusData)]
+    assert states == [StreamState.RUNNING, StreamState.STOPPED]  # before, "running" was lost

@@ -1,4 +1,5 @@
-"""Stream time of decoded frames: files count from the container's start, across discontinuities."""
+"""Stream time of decoded frames: files count from the container's start, across discontinuities;
+a looped file with nothing to decode fails instead of spinning."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import asyncio
 import time
 from pathlib import Path
 
+import av
 import pytest
 
+from monitor.errors import SourceError
 from monitor.metrics import Metrics
-from monitor.sources.av_source import FileSource, Timeline, sample_video
-from tests.support.media import timestamped_ts
+from monitor.sources.av_source import FileSource, Timeline, decode_frames, sample_video
+from monitor.types import StreamState
+from tests.support.media import audio_only_ts, garbage_video_ts, late_video_ts, timestamped_ts
 
 
 def test_timeline_counts_from_the_start_and_bridges_discontinuities() -> None:
@@ -73,3 +77,74 @@ def test_scan_counts_all_the_footage_it_covered(tmp_path: Path, settings, fps: i
     clip = timestamped_ts(tmp_path / "rec.ts", 2.0, start_s=1000.0, fps=fps)
     # 2 s of footage, not the last frame's time (1.9 s or 1.8 s): false alarms per hour divide by it.
     assert scan(str(clip), settings).duration_s == pytest.approx(2.0, abs=0.01)
+
+
+def test_timeline_counts_from_a_first_frame_long_after_the_container_start() -> None:
+    line = Timeline(start_s=0.0)  # audio from 0 s, video from 100 s (or a 33-bit wrap)
+    assert [round(line(raw), 3) for raw in (100.0, 100.1)] == [0.0, 0.1]
+    line = Timeline(start_s=0.0)
+    assert round(line(30.0), 3) == 30.0  # a first frame within MAX_JUMP_S keeps its offset
+
+
+def test_offline_scan_of_a_file_whose_video_starts_late_starts_at_zero(tmp_path: Path) -> None:
+    clip = late_video_ts(tmp_path / "late.ts", video_start_s=100.0, seconds=2.0)
+    frames = list(sample_video(str(clip), 10.0, max_duration_s=1.0))
+    assert len(frames) == 11  # before, the first frame was at 100 s and the limit read nothing
+    assert frames[0].pts_s == pytest.approx(0.0)
+
+
+async def test_file_source_plays_a_file_whose_video_starts_late_at_once(tmp_path: Path) -> None:
+    clip = late_video_ts(tmp_path / "late.ts", video_start_s=100.0, seconds=1.0)
+    source = FileSource("f", str(clip), metrics=Metrics())
+    await source.start()
+    try:
+        first = await asyncio.wait_for(source.recv(), 5)  # before, it waited 100 s
+    finally:
+        await source.aclose()
+    assert first.pts_s == pytest.approx(0.0)
+
+
+async def wait_for_state(source: FileSource, state: StreamState, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while source.status.state != state and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert source.status.state == state, (source.status.state, source.status.last_error)
+
+
+@pytest.mark.parametrize("loop", [True, False])
+async def test_file_source_with_no_decodable_frame_fails_instead_of_spinning(tmp_path: Path, loop: bool) -> None:
+    # The program table lists a video stream; only audio packets follow. Looped, it was
+    # re-read at full speed for ever: "starting", no error, a core burnt.
+    clip = audio_only_ts(tmp_path / "audio.ts")
+    source = FileSource("f", str(clip), metrics=Metrics(), loop=loop)
+    await source.start()
+    try:
+        await wait_for_state(source, StreamState.FAILED)
+    finally:
+        await source.aclose()
+    assert source.status.frames_received == 0
+    assert "no decodable video" in (source.status.last_error or "")
+
+
+async def test_a_looped_file_of_corrupt_packets_only_fails(tmp_path: Path) -> None:
+    # 20 corrupt packets per pass: fewer than the 50 in a row that fail a stream, so looping
+    # restarted the count on every pass and never failed.
+    clip = garbage_video_ts(tmp_path / "garbage.ts", packets=20)
+    source = FileSource("f", str(clip), metrics=Metrics(), loop=True, realtime=False)
+    await source.start()
+    try:
+        await wait_for_state(source, StreamState.FAILED)
+    finally:
+        await source.aclose()
+    assert source.status.frames_received == 0
+    assert 20 <= source.status.decode_errors <= 50
+    assert "no decodable video" in (source.status.last_error or "")
+
+
+def test_decode_errors_in_a_row_carry_over_from_the_previous_pass(tmp_path: Path) -> None:
+    clip = garbage_video_ts(tmp_path / "garbage.ts", packets=20)
+    errors: list[BaseException] = []
+    with av.open(str(clip)) as container:
+        with pytest.raises(SourceError, match="50 corrupt packets in a row"):
+            list(decode_frames(container, errors.append, consecutive_errors=40))
+    assert len(errors) == 10
