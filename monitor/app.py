@@ -159,6 +159,11 @@ def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.server.host,
         port=settings.server.port,
+        # h11, not httptools (uvicorn's default), which has no limit on a request's head: a client
+        # could hold any amount of memory with a header it never finishes, before auth or the
+        # body limit act. h11 answers 400 and closes once the head passes 64 KiB.
+        http="h11",
+        h11_max_incomplete_event_size=64 * 1024,
         ws="websockets-sansio",
         lifespan="off",
         log_level=settings.log_level.lower(),

@@ -26,11 +26,19 @@ from pydantic_settings import (
 
 from monitor.errors import ConfigError
 
-STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Use only through ``is_stream_id`` (``fullmatch``): ``match`` with a ``$`` anchor accepts a
+# trailing newline, which then reaches Location headers, logs and metric labels.
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+STREAM_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEMO_URL = "demo://astronaut"
 # The logging level names that both the logging module and uvicorn accept.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _yaml_path: ContextVar[Path | None] = ContextVar("monitor_yaml_path", default=None)
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` is a valid stream id, all of it (no trailing newline)."""
+    return STREAM_ID_RE.fullmatch(value) is not None
 
 
 class Strict(BaseModel):
@@ -102,6 +110,8 @@ class WebRTCConfig(Strict):
     max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted.")
     session_idle_s: float = Field(30.0, gt=0, description="A WHIP session not connected this long after it was created is cleaned up; a failed or closed connection ends its session at once.")
     no_video_s: float = Field(5.0, gt=0, description="A connected WHIP session ends, as a DELETE would end it, when one of its video tracks has delivered no frame for this long (counted from `connected` until the first frame). Catches a publisher that vanished (ICE consent alone notices only after about 30 s) or stopped sending video while the connection stays up.")
+    max_video_tracks: int = Field(4, ge=1, le=64, description="Most video tracks one WHIP session may publish (each becomes a stream with its own analysis pipeline); an offer with more is refused with 422 before anything is built.")
+    resolve_mdns: bool = Field(False, description="Resolve `<name>.local` ICE candidates (browsers hide local addresses behind them) by multicast DNS. Off by default: resolving binds UDP port 5353 and sends multicast queries to the local network, and the monitor contacts no host unless configured to; such candidates (in WHIP offers, trickle PATCHes and WHEP answers) are dropped instead.")
 
 
 class DetectorConfig(Strict):
@@ -152,8 +162,8 @@ class StreamConfig(Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not STREAM_ID_RE.match(value):
-            raise ValueError("stream id must match " + STREAM_ID_RE.pattern)
+        if not is_stream_id(value):
+            raise ValueError(f"stream id must be {STREAM_ID_RULE}")
         return value
 
     @property

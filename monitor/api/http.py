@@ -13,13 +13,16 @@ import binascii
 import dataclasses
 import enum
 import ipaddress
+import json
 import logging
+import math
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -121,6 +124,41 @@ def loopback_hosts(bound: str) -> list[str]:
     return hosts if name in hosts else [*hosts, name]
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309
+        raise _NonFinite(text)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def parse_json_body(body: bytes) -> Any:
+    """``body`` as strict JSON. Python's json accepts NaN, Infinity and -Infinity (and makes
+    inf of 1e309), which JSON has not: echoed in an error they made the response itself fail
+    (a 500). Refused here with a 400 instead."""
+    try:
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise HTTPException(400, f"body must be JSON: {str(exc)[:20]} is not a finite number") from None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError too
+        raise HTTPException(400, "body must be JSON") from None
+    except RecursionError:  # json's C parser recurses per nesting level
+        raise HTTPException(400, "body must be JSON: nested too deeply") from None
+
+
+def validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors as a 422 shows them: where and why, never the offending value (it
+    may be a credential, e.g. a URL with a password, or not serialisable)."""
+    return [{k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in errors]
+
+
 def status_json(status: StreamStatus) -> dict[str, Any]:
     def conv(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -147,6 +185,10 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         title="deepfake-monitor",
         version=__version__,
         description="Watches video streams for deepfaked faces; alerts over a websocket as CloudEvents.",
+        # No Swagger UI or ReDoc: both load their code from a CDN (the browser would contact an
+        # outside host) and were served without the token. /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics)
     if settings.server.is_loopback:
@@ -158,6 +200,11 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     app.state.bus = bus
     app.state.metrics = metrics
     app.state.require_token = require_token
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each offending value (`input`): a query's token, say.
+        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(ConfigError)
     async def _config_error(request: Request, exc: ConfigError) -> JSONResponse:
@@ -198,16 +245,12 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         # JSON only: a cross-site form or a no-cors fetch (text/plain) cannot add a stream.
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise HTTPException(415, "Content-Type must be application/json")
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "body must be JSON") from None
-        except RecursionError:  # json's C parser recurses per nesting level
-            raise HTTPException(400, "body must be JSON: nested too deeply") from None
+        body = parse_json_body(await request.body())
         try:
             stream = StreamConfig.model_validate(body)
         except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise HTTPException(422, validation_errors(errors)) from None
         pipeline = await manager.add(stream)
         return status_json(pipeline.status())
 

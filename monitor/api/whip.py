@@ -18,14 +18,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from monitor.api.auth import token_ok
-from monitor.config import STREAM_ID_RE, Settings, StreamConfig
+from monitor.config import STREAM_ID_RULE, Settings, StreamConfig, is_stream_id
 from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.sources.webrtc import (
     AudioBlackhole,
     WhipTrackSource,
+    drop_mdns_candidates,
     extra_host_addresses,
+    is_mdns_host,
     rtc_configuration,
     set_local_description,
     watch_states,
@@ -38,6 +40,9 @@ TRICKLE = "application/trickle-ice-sdpfrag"
 DECODABLE = {"video/vp8", "video/h264"}  # what aiortc decodes
 RETRY_AFTER_S = 5
 _MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# With webrtc.resolve_mdns, the most one PATCH waits for its mDNS candidates to resolve (aioice
+# gives each name 1 s; they resolve concurrently). What is not resolved by then is not added.
+MDNS_TRICKLE_DEADLINE_S = 2.0
 
 
 class Refused(Exception):
@@ -63,6 +68,7 @@ class WhipSession:
     blackholes: list[AudioBlackhole] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     closed: bool = False
+    mdns_dropped: int = 0  # mDNS candidates dropped so far (offer and trickle)
 
     @property
     def stream_ids(self) -> list[str]:
@@ -80,6 +86,7 @@ class WhipSessions:
         self.metrics = metrics
         self.sessions: dict[str, WhipSession] = {}
         self._reserved = 0  # sessions being negotiated: they count against the limit too
+        self._pending_tracks = 0  # streams those sessions will add: they count against the manager's room
         self._hosts = extra_host_addresses(settings)
         self._ending: set[asyncio.Task[None]] = set()
 
@@ -101,16 +108,37 @@ class WhipSessions:
             self._reserved -= 1
 
     async def _create(self, stream_id: str, offer: str) -> tuple[WhipSession, str]:
-        mids = check_offer(offer)
+        mids = check_offer(offer, self.settings.webrtc.max_video_tracks)
         names = dict(zip(mids, stream_names(stream_id, mids)))
         for name in names.values():
-            if not STREAM_ID_RE.match(name):
-                raise Refused(400, f"stream id {name!r} must match {STREAM_ID_RE.pattern}", "bad_stream_id")
+            if not is_stream_id(name):
+                raise Refused(400, f"stream id {name!r} must be {STREAM_ID_RULE}", "bad_stream_id")
             if any(p.id == name for p in self.manager.list()):
                 raise Refused(409, f"stream {name!r} already exists", "conflict")
+        # Every track costs a pipeline (a MediaPipe graph, a detector): refuse before building
+        # any rather than build some and tear them down when the manager is full.
+        free = self.manager.max_streams - len(self.manager.list()) - self._pending_tracks
+        if len(mids) > free:
+            raise Refused(
+                503,
+                f"room for {max(free, 0)} more stream(s) (at most {self.manager.max_streams}); "
+                f"the offer has {len(mids)} video tracks",
+                "capacity",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self._pending_tracks += len(mids)
+        try:
+            return await self._build(stream_id, offer, names)
+        finally:
+            self._pending_tracks -= len(mids)
 
+    async def _build(self, stream_id: str, offer: str, names: dict[str, str]) -> tuple[WhipSession, str]:
+        mdns_dropped = 0
+        if not self.settings.webrtc.resolve_mdns:
+            offer, mdns_dropped = drop_mdns_candidates(offer)
         pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
         session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
+        self._note_mdns_dropped(session, mdns_dropped, "offer")
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
         watch_states(pc, "whip", self.metrics, lambda state: self._on_connection(session, state))
@@ -162,6 +190,18 @@ class WhipSessions:
         self._arm_timer(session, "ice_timeout")  # it must connect within session_idle_s
         logger.info("WHIP session %s on %s: streams %s", session.id, stream_id, session.stream_ids)
         return session, pc.localDescription.sdp
+
+    def _note_mdns_dropped(self, session: WhipSession, dropped: int, where: str) -> None:
+        """Log dropped mDNS candidates: at info the first time in a session, then at debug."""
+        if not dropped:
+            return
+        level = logging.DEBUG if session.mdns_dropped else logging.INFO
+        session.mdns_dropped += dropped
+        logger.log(
+            level,
+            "WHIP session %s on %s: dropped %d mDNS (.local) ICE candidates of the %s (webrtc.resolve_mdns is off)",
+            session.id, session.stream_id, dropped, where,
+        )
 
     def _source_closed(self, session: WhipSession) -> Callable[[WhipTrackSource], Awaitable[None]]:
         async def closed(source: WhipTrackSource) -> None:
@@ -270,9 +310,15 @@ class WhipSessions:
         Each candidate belongs to the m-section it appears in (that section's ``a=mid``);
         lines before the first ``m=`` form a section too, and candidates without a mid go to
         the session's first media section. A fragment naming a mid the session lacks is
-        refused whole (422): nothing is applied, nothing dropped silently.
+        refused whole (422): nothing is applied, nothing dropped silently. So is one that adds
+        candidates to a section whose candidates have ended (aiortc would ignore them).
         ``a=end-of-candidates`` ends its section's candidates (all of them at session level).
+        mDNS candidates (``<name>.local``) are dropped, and logged, unless
+        ``webrtc.resolve_mdns``; then they are resolved concurrently, for at most
+        ``MDNS_TRICKLE_DEADLINE_S`` in all.
         """
+        resolve_mdns = self.settings.webrtc.resolve_mdns
+        mdns_dropped = 0
         ufrag: str | None = None
         remote = session.pc.remoteDescription
         current_ufrag = SessionDescription.parse(remote.sdp).media[0].ice.usernameFragment if remote else None
@@ -292,6 +338,9 @@ class WhipSessions:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
                 except (AssertionError, ValueError, IndexError) as exc:
                     raise Refused(400, f"malformed candidate line: {line[:80]}", "malformed_sdp") from exc
+                if not resolve_mdns and is_mdns_host(candidate.ip):
+                    mdns_dropped += 1
+                    continue
                 sections[-1].candidates.append(candidate)
         if ufrag is not None and current_ufrag is not None and ufrag != current_ufrag:
             raise Refused(422, "ICE restart is not supported: start a new session", "ice_restart")
@@ -301,18 +350,28 @@ class WhipSessions:
         for section in sections:
             if section.mid is not None and section.mid not in transports:
                 raise Refused(422, f"the session has no m-section with a=mid:{section.mid}", "unknown_mid")
+        added: list[tuple[RTCIceTransport, RTCIceCandidate]] = []
         for section in sections:
             mid = section.mid if section.mid is not None else first_mid
+            if section.candidates and mid is not None and transports[mid].iceGatherer._remote_candidates_end:
+                # aiortc ignores candidates after end-of-candidates without a word.
+                raise Refused(
+                    422,
+                    f"the candidates of a=mid:{mid} have ended (a=end-of-candidates): start a new session to add more",
+                    "candidates_ended",
+                )
             for candidate in section.candidates:
                 candidate.sdpMid = mid
-                try:
-                    # The mid's own transport: with BUNDLE that is the shared one, which
-                    # pc.addIceCandidate() would skip for every mid but the first.
-                    await transports[mid].addRemoteCandidate(candidate)
-                except (ValueError, InternalError) as exc:
-                    raise Refused(400, f"cannot add candidate: {exc}", "malformed_sdp") from exc
+                # The mid's own transport: with BUNDLE that is the shared one, which
+                # pc.addIceCandidate() would skip for every mid but the first.
+                added.append((transports[mid], candidate))
+        self._note_mdns_dropped(session, mdns_dropped, "trickle fragment")
+        await _add_candidates(added, MDNS_TRICKLE_DEADLINE_S)
+        if mdns_dropped:
+            return  # its end-of-candidates too: the peer may still be found as peer-reflexive
+        for section in sections:
             if section.end:
-                ended = [transports[mid]] if section.mid is not None else list(transports.values())
+                ended = [transports[section.mid]] if section.mid is not None else list(transports.values())
                 for transport in ended:
                     await transport.addRemoteCandidate(None)  # aiortc ignores a repeat
 
@@ -321,8 +380,28 @@ class WhipSessions:
             await self.end(session, "shutdown")
 
 
-def check_offer(offer: str) -> list[str]:
-    """The mids of the offer's video sections we can receive; Refused when there are none."""
+async def _add_candidates(added: list[tuple[RTCIceTransport, RTCIceCandidate]], deadline_s: float) -> None:
+    """Add remote candidates concurrently: an address is added at once, an mDNS name (only
+    with webrtc.resolve_mdns) waits for its resolution. After ``deadline_s`` in all, those
+    still resolving are given up."""
+    if not added:
+        return
+    adds = asyncio.gather(*(transport.addRemoteCandidate(c) for transport, c in added), return_exceptions=True)
+    try:
+        results = await asyncio.wait_for(adds, deadline_s)
+    except asyncio.TimeoutError:
+        logger.info("trickle: mDNS candidates not resolved within %g s were not added", deadline_s)
+        return
+    for result in results:
+        if isinstance(result, (ValueError, InternalError)):
+            raise Refused(400, f"cannot add candidate: {result}", "malformed_sdp") from result
+        if isinstance(result, BaseException):
+            raise result
+
+
+def check_offer(offer: str, max_video_tracks: int) -> list[str]:
+    """The mids of the offer's video sections we can receive; Refused when there are none,
+    or more than ``max_video_tracks``."""
     if not offer.startswith("v=0"):
         raise Refused(400, "malformed SDP offer: it must start with v=0", "malformed_sdp")
     try:
@@ -357,6 +436,14 @@ def check_offer(offer: str) -> list[str]:
             raise Refused(422, "the offer has no video to publish", "unanswerable_sdp")
         offered = ", ".join(sorted(codecs_seen))
         raise Refused(422, f"no decodable video codec offered (need VP8 or H264; got {offered})", "unanswerable_sdp")
+    if len(videos) > max_video_tracks:
+        # Each track would become a stream with its own pipeline: refused before any is built.
+        raise Refused(
+            422,
+            f"the offer has {len(videos)} video tracks; a session may publish at most {max_video_tracks} "
+            "(webrtc.max_video_tracks)",
+            "too_many_tracks",
+        )
     return videos
 
 
@@ -460,8 +547,8 @@ def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) ->
             authorize(request)
             if _media_type(request) != SDP:
                 raise Refused(415, f"Content-Type must be {SDP}", "unsupported_media_type")
-            if not STREAM_ID_RE.match(stream_id):
-                raise Refused(400, f"stream id must match {STREAM_ID_RE.pattern}", "bad_stream_id")
+            if not is_stream_id(stream_id):
+                raise Refused(400, f"stream id must be {STREAM_ID_RULE}", "bad_stream_id")
             offer = await read_body(request)
             sessions.reserve()
             session, answer = await sessions.create(stream_id, offer)

@@ -88,6 +88,55 @@ def _ice_server(server: IceServer) -> RTCIceServer:
     return RTCIceServer(urls=list(server.urls), username=server.username, credential=server.credential)
 
 
+# --- mDNS candidates ----------------------------------------------------------------------
+#
+# Browsers hide their local addresses behind ``<uuid>.local`` host candidates. aioice resolves
+# such a candidate by multicast DNS: it binds UDP 0.0.0.0:5353 and sends queries to
+# 224.0.0.251, whatever address the service is bound to, and waits up to 1 s per name. The
+# monitor contacts no host unless configured to, so these candidates are dropped before they
+# reach aioice unless ``webrtc.resolve_mdns`` is set. A browser that offers only mDNS
+# candidates still connects: its connectivity checks reach our host candidates and aioice
+# learns its address as peer-reflexive -- as long as aioice still waits for candidates: an
+# ``a=end-of-candidates`` after dropped ones would make it fail at once, before any check
+# arrives, so it is dropped with them (a session that never connects ends after
+# ``webrtc.session_idle_s``).
+
+
+def is_mdns_host(address: str) -> bool:
+    """Whether a candidate's address is an mDNS name (``<name>.local``), not an IP address.
+    Wider than aioice's own test (any case, any number of labels): what aioice would not
+    resolve it ignores anyway, so dropping it changes nothing."""
+    return address.rstrip(".").lower().endswith(".local")
+
+
+def _candidate_address(line: str) -> str | None:
+    """The address of an ``a=candidate:`` line (its fifth field), None for any other line."""
+    if not line.startswith("a=candidate:"):
+        return None
+    parts = line[len("a=candidate:"):].split()
+    return parts[4] if len(parts) > 4 else None
+
+
+def drop_mdns_candidates(sdp: str) -> tuple[str, int]:
+    """``sdp`` without its mDNS ``a=candidate`` lines, and how many were dropped. When any
+    was dropped, its ``a=end-of-candidates`` lines go too (see above)."""
+    lines = sdp.splitlines(keepends=True)
+    dropped = sum(1 for line in lines if is_mdns_candidate_line(line.strip()))
+    if not dropped:
+        return sdp, 0
+    kept = [
+        line for line in lines
+        if not is_mdns_candidate_line(line.strip()) and line.strip() != "a=end-of-candidates"
+    ]
+    return "".join(kept), dropped
+
+
+def is_mdns_candidate_line(line: str) -> bool:
+    """Whether ``line`` is an ``a=candidate:`` line whose address is an mDNS name."""
+    address = _candidate_address(line)
+    return address is not None and is_mdns_host(address)
+
+
 async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDescription, hosts: tuple[str, ...]) -> None:
     """``setLocalDescription`` with our host addresses; aiortc gathers every candidate in it."""
     with ice_host_addresses(hosts):
@@ -260,6 +309,7 @@ class WhepSource(ThreadedSource):
         self._resource: str | None = None
         self._failed: str | None = None
         self._t0: float | None = None
+        self._mdns_logged = False
 
     @classmethod
     def from_stream(
@@ -354,11 +404,26 @@ class WhepSource(ThreadedSource):
         location = response.headers.get("location")
         # The session belongs to the endpoint that answered, not the one we were sent to.
         self._resource = session_url(endpoint, location) if location else None
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=self._answer_sdp(response.text), type="answer"))
         self._track = transceiver.receiver.track
         await connected.wait()
         if self._failed:
             raise SourceError(f"WHEP connection {self._failed}", retryable=True)
+
+    def _answer_sdp(self, answer: str) -> str:
+        """The answer as aiortc gets it: without mDNS candidates unless ``webrtc.resolve_mdns``."""
+        if self.webrtc.resolve_mdns:
+            return answer
+        answer, dropped = drop_mdns_candidates(answer)
+        if dropped:
+            # Once at info (a reconnect repeats the answer), then at debug.
+            level = logging.DEBUG if self._mdns_logged else logging.INFO
+            self._mdns_logged = True
+            logger.log(
+                level, "WHEP %s: dropped %d mDNS (.local) ICE candidates of the answer (webrtc.resolve_mdns is off)",
+                self.stream_id, dropped,
+            )
+        return answer
 
     async def _post_offer(self, offer: str) -> tuple[str, httpx.Response]:
         """POST the offer, following up to MAX_REDIRECTS 307/308 redirects (RFC 9725 load

@@ -7,10 +7,12 @@ import asyncio
 import secrets
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aioice.ice
 import pytest
 import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -42,6 +44,7 @@ class WhepServer:
         self.deleted = 0
         self.authorization: list[str | None] = []  # the header of every request
         self.redirect_to: str | None = None  # where POST /lb/whep sends the client (307)
+        self.extra_candidates: list[str] = []  # a=candidate lines added to each answer
 
     def _authorized(self, request: Request) -> bool:
         self.authorization.append(request.headers.get("authorization"))
@@ -65,8 +68,13 @@ class WhepServer:
         await set_local_description(pc, await pc.createAnswer(), ("127.0.0.1",))
         sid = secrets.token_hex(4)
         self.pcs[sid] = pc
+        answer = pc.localDescription.sdp
+        if self.extra_candidates:
+            last = answer.rindex("a=candidate:")
+            cut = answer.index("\r\n", last) + 2
+            answer = answer[:cut] + "".join(line + "\r\n" for line in self.extra_candidates) + answer[cut:]
         return Response(
-            pc.localDescription.sdp, status_code=201, media_type="application/sdp",
+            answer, status_code=201, media_type="application/sdp",
             headers={"Location": f"/whep/cam/{sid}"},
         )
 
@@ -217,3 +225,30 @@ async def test_stopping_a_whep_source_does_not_wait_for_a_hung_endpoint(metrics:
         await source.aclose()
         assert time.monotonic() - started < 5.0  # not open_timeout_s, not aclose's 10 s join
         assert source._thread is not None and not source._thread.is_alive()
+
+
+async def test_whep_answer_mdns_candidates_are_not_resolved(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aioice would resolve them by multicast DNS (binding UDP 5353, querying 224.0.0.251),
+    # 1 s each, before the connection could start.
+    lookups: list[object] = []
+
+    async def no_mdns(subscriber: object) -> object:
+        lookups.append(subscriber)
+        raise AssertionError("mDNS used")
+
+    monkeypatch.setattr(aioice.ice, "get_or_create_mdns_protocol", no_mdns)
+    server = WhepServer()
+    server.extra_candidates = [
+        f"a=candidate:{9 + i} 1 udp 2122260223 {uuid.uuid4()}.local {41000 + i} typ host" for i in range(5)
+    ]
+    async with server.serving() as port:
+        source = WhepSource(
+            "mdns", f"http://127.0.0.1:{port}/whep/cam", metrics=metrics,
+            config=WhepSource.Config(token=TOKEN, open_timeout_s=5.0),
+        )
+        await source.start()
+        try:
+            await asyncio.wait_for(source.recv(), 15)
+        finally:
+            await source.aclose()
+    assert source.status.reconnects == 0 and lookups == []

@@ -74,14 +74,19 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert first.status_code == 201, first.text
             pc2, second = await publish(svc.base, "cam2", [FaceTrack((160, 120))])
             assert second.status_code == 503 and int(second.headers["retry-after"]) > 0
-            # PATCH: wrong content type, stale ETag, then a good trickle fragment.
+            # PATCH: wrong content type, stale ETag, then a good trickle fragment (aiortc's offer
+            # ended its candidates, so only a repeated end is good), then a candidate after that end.
             loc = first.headers["location"]
             frag = "a=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+            end = "a=mid:0\r\na=end-of-candidates\r\n"
             patch_type = {**AUTH, "Content-Type": "application/trickle-ice-sdpfrag"}
+            assert "a=end-of-candidates" in pc1.localDescription.sdp  # what the session was offered
             assert (await client.patch(loc, content=frag, headers=AUTH)).status_code == 415
             assert (await client.patch(loc, content=frag, headers={**patch_type, "If-Match": '"nope"'})).status_code == 412
-            ok = await client.patch(loc, content=frag, headers={**patch_type, "If-Match": first.headers["etag"]})
+            ok = await client.patch(loc, content=end, headers={**patch_type, "If-Match": first.headers["etag"]})
             assert ok.status_code == 204, ok.text
+            late = await client.patch(loc, content=frag, headers=patch_type)
+            assert late.status_code == 422 and "end-of-candidates" in late.json()["error"], late.text
             restart = "a=ice-ufrag:zzzz\r\na=ice-pwd:" + "p" * 24 + "\r\n" + frag
             assert (await client.patch(loc, content=restart, headers=patch_type)).status_code == 422
             assert (await client.patch(loc + "x", content=frag, headers=patch_type)).status_code == 404
@@ -94,7 +99,8 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
             for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
-                              ("too_large", 1), ("malformed_sdp", 3), ("unanswerable_sdp", 2), ("capacity", 1)]:
+                              ("too_large", 1), ("malformed_sdp", 3), ("unanswerable_sdp", 2), ("capacity", 1),
+                              ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
                 assert got == n, (reason, got)
             assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
@@ -137,3 +143,90 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
         pc, ok = await publish(svc.base, "cam1", [FaceTrack((160, 120))])
         assert ok.status_code == 201, ok.text
         await pc.close()
+
+
+async def video_offer(tracks: int) -> str:
+    """An aiortc offer with ``tracks`` sendonly video m-lines."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for _ in range(tracks):
+        pc.addTransceiver("video", direction="sendonly")
+    await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def watch_adds(svc: object, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stream ids the manager is asked to add from now on."""
+    manager = svc.runtime.manager  # type: ignore[attr-defined]
+    added: list[str] = []
+    real_add = manager.add
+
+    async def add(stream: object, source: object = None) -> object:
+        added.append(stream.id)  # type: ignore[attr-defined]
+        return await real_add(stream, source=source)
+
+    monkeypatch.setattr(manager, "add", add)
+    return added
+
+
+async def test_a_stream_id_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    # "abc\n" passed the id check; the newline then broke the Location header (the response
+    # crashed) after the stream and session were registered.
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    offer = await real_offer()
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            for path in ("/whip/abc%0A", "/whip/abc%0D%0A", "/whip/%0Aabc"):
+                r = await client.post(path, content=offer, headers={**AUTH, **SDP})
+                assert r.status_code == 400 and "stream id" in r.json()["error"], (path, r.text)
+        sessions = svc.runtime.app.state.whip_sessions
+        assert sessions.sessions == {} and sessions._reserved == 0
+        assert svc.runtime.manager.list() == []
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "bad_stream_id"}) == 3
+
+
+async def test_too_many_video_tracks_are_refused_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One offer with 60 video m-lines built 60 pipelines (about 2 GB) and took every stream slot.
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN}, webrtc={"max_video_tracks": 2}
+    )
+    three = await video_offer(3)
+    async with running_service(settings) as svc:
+        added = watch_adds(svc, monkeypatch)
+        reg = svc.runtime.metrics.registry
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/room", content=three, headers={**AUTH, **SDP})
+            assert r.status_code == 422, r.text
+            assert "3 video tracks" in r.json()["error"] and "webrtc.max_video_tracks" in r.json()["error"]
+            assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "too_many_tracks"}) == 1
+            # Within the limit it is answered.
+            pc, ok = await publish(svc.base, "room", [FaceTrack((160, 120)), FaceTrack((160, 120))])
+            assert ok.status_code == 201, ok.text
+            assert (await client.delete(ok.headers["location"], headers=AUTH)).status_code == 200
+            await pc.close()
+        assert added == ["room.0", "room.1"]  # none for the refused offer
+
+
+async def test_more_tracks_than_the_manager_has_room_for_get_503_before_any_is_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manager refused the track that did not fit only after the others were built.
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    two = await video_offer(2)
+    async with running_service(settings) as svc:
+        added = watch_adds(svc, monkeypatch)
+        svc.runtime.manager.max_streams = 1
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/room", content=two, headers={**AUTH, **SDP})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, r.text
+        assert "room for 1 more stream" in r.json()["error"]
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "capacity"}) == 1
+        assert added == []
+        sessions = svc.runtime.app.state.whip_sessions
+        assert sessions.sessions == {} and sessions._reserved == 0
+        assert svc.runtime.manager.list() == []

@@ -3,13 +3,17 @@ m-section's mid, or the PATCH is refused; never a 204 that dropped a candidate."
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
+import aioice.ice
 import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
+from monitor.api import whip
 from monitor.sources.webrtc import set_local_description
 from tests.integration.test_whip_publish import TOKEN, FaceTrack, make_settings
 from tests.support.service import running_service
@@ -74,5 +78,126 @@ async def test_candidates_go_to_their_own_mid(tmp_path: Path) -> None:
             # End of candidates is accepted.
             end = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=end-of-candidates\r\n"
             assert (await client.patch(loc, content=end, headers=PATCH)).status_code == 204
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()
+
+
+def mdns_candidate(n: int) -> str:
+    return f"a=candidate:{n} 1 udp 2122260223 {uuid.uuid4()}.local {40000 + n} typ host\r\n"
+
+
+class FakeMdns:
+    """Stands in for aioice's mDNS protocol: records each use, answers after ``delay``
+    (None: never). The real one binds 0.0.0.0:5353 and queries 224.0.0.251."""
+
+    def __init__(self, delay: float | None = 0.5) -> None:
+        self.delay = delay
+        self.created = 0
+        self.resolved: list[str] = []
+
+    async def get_or_create(self, subscriber: object) -> FakeMdns:
+        self.created += 1
+        return self
+
+    async def resolve(self, hostname: str, timeout: float | None = 1.0) -> str | None:
+        self.resolved.append(hostname)
+        if self.delay is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay)
+        return "192.0.2.50"
+
+
+@pytest.fixture
+def fake_mdns(monkeypatch: pytest.MonkeyPatch) -> FakeMdns:
+    fake = FakeMdns()
+    monkeypatch.setattr(aioice.ice, "get_or_create_mdns_protocol", fake.get_or_create)
+    return fake
+
+
+async def trickling_offer(extra: str = "", end: bool = False) -> tuple[RTCPeerConnection, str]:
+    """A video publisher's offer: its own candidates, then ``extra`` lines, then (if ``end``)
+    a=end-of-candidates."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(FaceTrack(), direction="sendonly")
+    await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+    lines = [x for x in pc.localDescription.sdp.splitlines() if x and x != "a=end-of-candidates"]
+    last = max(i for i, x in enumerate(lines) if x.startswith("a=candidate:"))
+    tail = extra.splitlines() + (["a=end-of-candidates"] if end else [])
+    return pc, "\r\n".join(lines[: last + 1] + tail + lines[last + 1 :]) + "\r\n"
+
+
+async def test_mdns_candidates_are_dropped_not_resolved(tmp_path: Path, fake_mdns: FakeMdns) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        # mDNS candidates in the offer, which also ends its candidates.
+        pc, offer = await trickling_offer("".join(mdns_candidate(i) for i in range(3)), end=True)
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
+            assert created.status_code == 201, created.text
+            loc = created.headers["location"]
+            session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
+            ice = session.pc.getTransceivers()[0].receiver.transport.transport
+            assert session.mdns_dropped == 3
+            # Its end-of-candidates went with them: the peer may still be found as peer-reflexive.
+            assert not ice.iceGatherer._remote_candidates_end
+
+            # 20 trickled at once: each took a 1 s mDNS query, one after another.
+            frag = "a=mid:0\r\n" + "".join(mdns_candidate(i) for i in range(10, 30)) + candidate(1, "192.0.2.7")
+            async with asyncio.timeout(5):
+                r = await client.patch(loc, content=frag, headers=PATCH)
+            assert r.status_code == 204, r.text
+            assert session.mdns_dropped == 23
+            hosts = {c.ip for c in ice.getRemoteCandidates()}
+            assert "192.0.2.7" in hosts and not any(h.endswith(".local") for h in hosts)
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()
+    assert fake_mdns.created == 0 and fake_mdns.resolved == []
+
+
+async def test_with_resolve_mdns_trickled_names_resolve_concurrently_within_a_deadline(
+    tmp_path: Path, fake_mdns: FakeMdns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_service(make_settings(tmp_path, webrtc={"resolve_mdns": True})) as svc:
+        pc, offer = await trickling_offer()
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
+            assert created.status_code == 201, created.text
+            loc = created.headers["location"]
+            session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
+            ice = session.pc.getTransceivers()[0].receiver.transport.transport
+
+            # 20 names taking 0.5 s each: together, not 10 s one after another.
+            frag = "a=mid:0\r\n" + "".join(mdns_candidate(i) for i in range(20))
+            async with asyncio.timeout(5):
+                assert (await client.patch(loc, content=frag, headers=PATCH)).status_code == 204
+            assert len(fake_mdns.resolved) == 20
+            assert sum(c.ip.endswith(".local") for c in ice.getRemoteCandidates()) == 20
+
+            # Names that never resolve: the PATCH ends at the deadline, without them.
+            fake_mdns.delay = None
+            monkeypatch.setattr(whip, "MDNS_TRICKLE_DEADLINE_S", 0.3)
+            frag = "a=mid:0\r\n" + "".join(mdns_candidate(i) for i in range(20, 25))
+            async with asyncio.timeout(5):
+                assert (await client.patch(loc, content=frag, headers=PATCH)).status_code == 204
+            assert sum(c.ip.endswith(".local") for c in ice.getRemoteCandidates()) == 20
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()
+
+
+async def test_candidates_after_end_of_candidates_are_refused_not_ignored(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path)) as svc:
+        pc, offer = await trickling_offer(end=True)
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
+            assert created.status_code == 201, created.text
+            loc = created.headers["location"]
+            session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
+            ice = session.pc.getTransceivers()[0].receiver.transport.transport
+            r = await client.patch(loc, content="a=mid:0\r\n" + candidate(1, "192.0.2.20"), headers=PATCH)
+            assert r.status_code == 422 and "a=end-of-candidates" in r.json()["error"], r.text
+            assert "192.0.2.20" not in {c.ip for c in ice.getRemoteCandidates()}
+            # Ending again is harmless.
+            assert (await client.patch(loc, content="a=end-of-candidates\r\n", headers=PATCH)).status_code == 204
+            reg = svc.runtime.metrics.registry
+            assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "candidates_ended"}) == 1
             assert (await client.delete(loc, headers=AUTH)).status_code == 200
         await pc.close()

@@ -420,3 +420,93 @@ async def test_alerts_client_restarts_from_the_start_after_a_log_reset(
             await asyncio.gather(task, return_exceptions=True)
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1", "2", "3"]
     assert any("since=50" in r.getMessage() and "start of the log" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_stream_id_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    # `$` matches before a final newline: "abc\n" passed and reached logs, metric labels and
+    # CloudEvent sources.
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            for bad in ("abc\n", "abc\r\n", "\nabc"):
+                r = await http.post("/api/streams", json={"id": bad, "url": "rtsp://127.0.0.1:9/none"})
+                assert r.status_code == 422, (bad, r.text)
+                assert r.json()["detail"][0]["loc"] == ["id"]
+            assert (await http.get("/api/streams")).json() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param('{"id": "cam", "url": "rtsp://127.0.0.1:9/x", "loop": NaN}', id="NaN-in-a-bad-field"),
+        pytest.param('{"id": NaN, "url": "rtsp://127.0.0.1:9/x"}', id="NaN-id"),
+        pytest.param('{"id": "cam", "url": "rtsp://127.0.0.1:9/x", "analysis_fps": 1e309}', id="overflow-to-inf"),
+        pytest.param('{"id": "cam", "url": "rtsp://127.0.0.1:9/x", "analysis_fps": -Infinity}', id="-Infinity"),
+        pytest.param('{"id": "cam", "url": "rtsp://127.0.0.1:9/x", "options": {"x": Infinity}}', id="Infinity-in-options"),
+    ],
+)
+async def test_non_finite_numbers_are_refused_as_bad_json(tmp_path: Path, body: str) -> None:
+    # Python's json accepts them; echoed in a 422 they made JSONResponse fail: a 500 in text/plain.
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.post("/api/streams", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert "finite" in r.json()["detail"]
+            assert (await http.get("/api/streams")).json() == []
+
+
+async def test_validation_errors_do_not_echo_the_values_sent(tmp_path: Path) -> None:
+    secret = "hunter2-rtsp-password"
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            # A misspelt `url`: "missing" echoed the whole body, "extra" the URL with its password.
+            r = await http.post("/api/streams", json={"id": "cam", "uri": f"rtsp://admin:{secret}@10.0.0.5/live"})
+            assert r.status_code == 422, r.text
+            assert secret not in r.text
+            assert {tuple(e["loc"]) for e in r.json()["detail"]} == {("url",), ("uri",)}
+            assert all(set(e) == {"type", "loc", "msg"} for e in r.json()["detail"])
+            # Query parameters too (FastAPI's own 422).
+            r = await http.get(f"/api/events?limit={secret}")
+            assert r.status_code == 422 and secret not in r.text
+            assert r.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+async def test_no_swagger_or_redoc_pages_only_the_openapi_document(tmp_path: Path) -> None:
+    # Both pages load their code from cdn.jsdelivr.net, and were served without the token.
+    settings = make_settings(tmp_path, server={"token": TOKEN, "public_metrics": False})
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+                r = await http.get(path)
+                assert r.status_code == 404, (path, r.status_code)
+                assert "cdn.jsdelivr.net" not in r.text
+            assert (await http.get("/openapi.json")).json()["info"]["title"] == "deepfake-monitor"
+
+
+async def test_an_oversized_request_head_is_refused_before_it_ends(tmp_path: Path) -> None:
+    # httptools buffered any header until its end: a few unauthenticated clients sending one
+    # that never ends held hundreds of MB.
+    async with running_service(make_settings(tmp_path, server={"token": TOKEN})) as svc:
+        port = int(svc.base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = b""
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+            try:
+                for _ in range(16):  # 1 MiB of one header, never finished
+                    writer.write(b"a" * 65536)
+                    await writer.drain()
+            except ConnectionError:
+                pass  # the server closed on us mid-send: refused
+            try:
+                async with asyncio.timeout(10):  # refused without waiting for the end of the head
+                    answer = await reader.read(200)
+            except ConnectionError:
+                answer = b""
+        finally:
+            writer.close()
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            ok = await http.get("/api/streams", headers={"Authorization": f"Bearer {TOKEN}", "X-Normal": "n" * 4096})
+            assert ok.status_code == 200

@@ -69,7 +69,7 @@ def test_unknown_and_bad_keys_are_named(tmp_path: Path, served: list[Settings], 
     r = CliRunner().invoke(app, ["serve", "-c", str(cfg), "--host", "127.0.0.1"])
     assert r.exit_code == 2 and not served
     assert "server.hots: unknown key" in r.stderr
-    assert "streams[0].id: stream id must match" in r.stderr and "'bad id'" in r.stderr
+    assert "streams[0].id: stream id must be" in r.stderr and "'bad id'" in r.stderr
     monkeypatch.setenv("MONITOR_SERVER__PORT", "eighty")
     with pytest.raises(ConfigError, match=r"server\.port: .*integer.*'eighty'"):
         load_settings(None)
@@ -217,3 +217,25 @@ def test_the_retired_detector_threads_key_still_loads_with_a_warning(tmp_path: P
         settings = load_settings(None, data_dir=tmp_path, analysis={"detector_threads": 4})
     assert "detector_threads is retired and ignored" in caplog.text
     assert "detector_threads" not in settings.analysis.model_dump()
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "abc\r\n", "\nabc", "a" * 65, "-abc", "a b"])
+def test_stream_ids_are_matched_whole(bad: str) -> None:
+    from monitor.config import is_stream_id
+
+    assert not is_stream_id(bad)
+    with pytest.raises(ConfigError, match=r"streams\[0\]\.id: stream id must be"):
+        load_settings(None, streams=[{"id": bad, "url": "rtsp://127.0.0.1:9/x"}])
+    assert is_stream_id("cam-1.front_2") and is_stream_id("a" * 64)
+
+
+def test_webrtc_track_and_mdns_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    webrtc = load_settings(None).webrtc
+    assert webrtc.max_video_tracks == 4 and webrtc.resolve_mdns is False
+    for bad in (0, -1, 65, "many"):
+        with pytest.raises(ConfigError, match=r"webrtc\.max_video_tracks"):
+            load_settings(None, webrtc={"max_video_tracks": bad})
+    monkeypatch.setenv("MONITOR_WEBRTC__RESOLVE_MDNS", "true")
+    monkeypatch.setenv("MONITOR_WEBRTC__MAX_VIDEO_TRACKS", "2")
+    webrtc = load_settings(None).webrtc
+    assert webrtc.resolve_mdns is True and webrtc.max_video_tracks == 2

@@ -7,8 +7,9 @@ import logging
 import httpx
 import pytest
 
+from monitor.config import WebRTCConfig
 from monitor.metrics import Metrics
-from monitor.sources.webrtc import WhepSource, same_origin, session_url
+from monitor.sources.webrtc import WhepSource, drop_mdns_candidates, same_origin, session_url
 
 ENDPOINT = "https://media.example/whep/cam"
 TOKEN = "w" * 32
@@ -80,3 +81,37 @@ async def test_teardown_deletes_the_session_without_leaking_the_token(
     await src._teardown()
     assert [(r.method, str(r.url)) for r in seen] == [("DELETE", resource)]
     assert ("authorization" in seen[0].headers) is authorized
+
+
+MDNS_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+    "a=candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host\r\n"
+    "a=candidate:2 1 udp 2122260223 0b6f7c1e-2f9e-4c79-9d51-3a9c2a7f0d11.local 5001 typ host\r\n"
+    "a=candidate:3 1 udp 1686052607 203.0.113.9 5002 typ srflx raddr Host-1.LOCAL rport 5001\r\n"
+    "a=candidate:4 1 udp 2122260223 printer.office.local. 5003 typ host\r\n"
+    "a=end-of-candidates\r\n"
+)
+
+
+def test_drop_mdns_candidates() -> None:
+    kept, dropped = drop_mdns_candidates(MDNS_SDP)
+    assert dropped == 2
+    assert ".local 5001" not in kept and "printer.office" not in kept
+    # Only the candidate's own address counts (not raddr); the end goes with the dropped ones.
+    assert "192.0.2.1 5000" in kept and "203.0.113.9 5002" in kept and "a=end-of-candidates" not in kept
+    assert kept.endswith("\r\n") and "\r\n\r\n" not in kept
+    plain = MDNS_SDP.replace("a=candidate:2", "a=x-2").replace("a=candidate:4", "a=x-4")
+    assert drop_mdns_candidates(plain) == (plain, 0)  # untouched, its end-of-candidates kept
+
+
+def test_whep_answer_loses_its_mdns_candidates_unless_configured(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = whep(metrics)
+    with caplog.at_level(logging.DEBUG, logger="monitor.sources.webrtc"):
+        assert src._answer_sdp(MDNS_SDP) == drop_mdns_candidates(MDNS_SDP)[0]
+        src._answer_sdp(MDNS_SDP)  # a reconnect: logged again only at debug
+    levels = [r.levelno for r in caplog.records if "mDNS" in r.getMessage()]
+    assert levels == [logging.INFO, logging.DEBUG]
+    resolving = WhepSource("cam", ENDPOINT, metrics=metrics, webrtc=WebRTCConfig(resolve_mdns=True))
+    assert resolving._answer_sdp(MDNS_SDP) == MDNS_SDP
