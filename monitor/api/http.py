@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -153,6 +154,22 @@ def parse_json_body(body: bytes) -> Any:
         raise HTTPException(400, "body must be JSON: nested too deeply") from None
 
 
+def check_api_file(url: str, roots: tuple[Path, ...]) -> None:
+    """A client of the API may open a local file only under ``server.api_file_roots``: it would
+    otherwise read any file the service can (video or not), and the answers ("file not found" or
+    not) would tell it which files exist. Links and ``..`` are resolved first. 403 otherwise,
+    before the file is looked at."""
+    path = Path(url[len("file://"):] if url.startswith("file://") else url)
+    if roots and path.is_absolute():
+        real = Path(os.path.realpath(path))
+        if any(real.is_relative_to(os.path.realpath(root)) for root in roots):
+            return
+    where = ", ".join(str(r) for r in roots) if roots else "none configured"
+    raise HTTPException(
+        403, f"files can be added through the API only under server.api_file_roots ({where}), by absolute path"
+    )
+
+
 def validation_errors(errors: Any) -> list[dict[str, Any]]:
     """Validation errors as a 422 shows them: where and why, never the offending value (it
     may be a credential, e.g. a URL with a password, or not serialisable)."""
@@ -251,6 +268,8 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             raise HTTPException(422, validation_errors(errors)) from None
+        if stream.source_name == "file":
+            check_api_file(stream.url, settings.server.api_file_roots)
         pipeline = await manager.add(stream)
         return status_json(pipeline.status())
 

@@ -131,7 +131,8 @@ async def _frames_at_least(http: httpx.AsyncClient, stream: str, n: int) -> bool
 
 async def test_corrupt_file_counts_decode_errors_and_ends(tmp_path: Path) -> None:
     clip = corrupt_clip(tmp_path / "corrupt.mp4", seconds=3.0)
-    async with running_service(settings_for(tmp_path)) as svc, httpx.AsyncClient(base_url=svc.base, timeout=10) as http:
+    settings = settings_for(tmp_path, server={"api_file_roots": [str(tmp_path)]})
+    async with running_service(settings) as svc, httpx.AsyncClient(base_url=svc.base, timeout=10) as http:
         assert (await http.post("/api/streams", json={"id": "f", "url": str(clip), "realtime": False})).status_code == 201
 
         async def ended() -> dict[str, Any] | None:

@@ -201,7 +201,7 @@ async def test_wrong_subprotocol_refused(tmp_path: Path) -> None:
         ({"id": "a", "url": "rtsp://127.0.0.1:1/x", "colour": "red"}, 422, "colour"),
         ({"id": "bad id!", "url": "rtsp://127.0.0.1:1/x"}, 422, "id"),
         ({"id": "a", "url": "gopher://x"}, 400, "cannot infer a source"),
-        ({"id": "a", "url": "/nonexistent/clip.mp4"}, 400, "file not found"),
+        ({"id": "a", "url": "/nonexistent/clip.mp4"}, 403, "server.api_file_roots (none configured)"),
         ({"id": "a", "url": "rtsp://127.0.0.1:1/x", "source": "nope"}, 400, "unknown plugin"),
         ({"id": "a", "url": "rtsp://127.0.0.1:1/x", "options": {"transport": "carrier-pigeon"}}, 400, "transport"),
     ],
@@ -510,3 +510,30 @@ async def test_an_oversized_request_head_is_refused_before_it_ends(tmp_path: Pat
             assert (await http.get("/healthz")).status_code == 200
             ok = await http.get("/api/streams", headers={"Authorization": f"Bearer {TOKEN}", "X-Normal": "n" * 4096})
             assert ok.status_code == 200
+
+
+async def test_api_file_streams_only_under_the_configured_roots(tmp_path: Path) -> None:
+    from monitor.sources.demo_media import write_clip
+
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = write_clip(media / "rec.mp4", 1.0, fps=10, width=160, height=120)
+    outside = write_clip(tmp_path / "elsewhere.mp4", 1.0, fps=10, width=160, height=120)
+    (media / "link.mp4").symlink_to(outside)
+    settings = make_settings(tmp_path, server={"token": TOKEN, "api_file_roots": [str(media)]})
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            refused = [
+                str(outside),  # exists, outside the root
+                "/etc/passwd",  # exists: refused exactly like a missing file, so nothing is learnt
+                "/nonexistent/clip.mp4",
+                f"{media}/../elsewhere.mp4",  # resolved before the check
+                str(media / "link.mp4"),  # a link out of the root
+                "media/rec.mp4",  # relative: depends on the service's working directory
+            ]
+            for i, url in enumerate(refused):
+                r = await http.post("/api/streams", json={"id": f"no{i}", "url": url})
+                assert r.status_code == 403 and "server.api_file_roots" in r.text, (url, r.text)
+            r = await http.post("/api/streams", json={"id": "ok", "url": f"file://{clip}", "realtime": False})
+            assert r.status_code == 201, r.text
+            assert [s["id"] for s in (await http.get("/api/streams")).json()] == ["ok"]
