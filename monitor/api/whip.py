@@ -43,6 +43,10 @@ _MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # With webrtc.resolve_mdns, the most one PATCH waits for its mDNS candidates to resolve (aioice
 # gives each name 1 s; they resolve concurrently). What is not resolved by then is not added.
 MDNS_TRICKLE_DEADLINE_S = 2.0
+# Remote ICE candidates one session may give, in its offer and trickled: a browser gathers a
+# handful per network interface. Each is a pair the ICE agent checks, sending STUN to an address
+# the peer chose: without a cap a 32 KB PATCH adds hundreds.
+MAX_REMOTE_CANDIDATES = 64
 
 
 class Refused(Exception):
@@ -69,6 +73,7 @@ class WhipSession:
     timer: asyncio.TimerHandle | None = None
     closed: bool = False
     mdns_dropped: int = 0  # mDNS candidates dropped so far (offer and trickle)
+    remote_candidates: int = 0  # candidates given so far (offer and trickle), against MAX_REMOTE_CANDIDATES
 
     @property
     def stream_ids(self) -> list[str]:
@@ -138,6 +143,7 @@ class WhipSessions:
             offer, mdns_dropped = drop_mdns_candidates(offer)
         pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
         session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
+        session.remote_candidates = count_candidates(offer)
         self._note_mdns_dropped(session, mdns_dropped, "offer")
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
@@ -365,6 +371,14 @@ class WhipSessions:
                 # The mid's own transport: with BUNDLE that is the shared one, which
                 # pc.addIceCandidate() would skip for every mid but the first.
                 added.append((transports[mid], candidate))
+        if session.remote_candidates + len(added) > MAX_REMOTE_CANDIDATES:
+            raise Refused(
+                422,
+                f"a session may give at most {MAX_REMOTE_CANDIDATES} ICE candidates; it gave "
+                f"{session.remote_candidates} and this fragment has {len(added)}",
+                "too_many_candidates",
+            )
+        session.remote_candidates += len(added)
         self._note_mdns_dropped(session, mdns_dropped, "trickle fragment")
         await _add_candidates(added, MDNS_TRICKLE_DEADLINE_S)
         if mdns_dropped:
@@ -399,6 +413,10 @@ async def _add_candidates(added: list[tuple[RTCIceTransport, RTCIceCandidate]], 
             raise result
 
 
+def count_candidates(sdp: str) -> int:
+    return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
+
+
 def check_offer(offer: str, max_video_tracks: int) -> list[str]:
     """The mids of the offer's video sections we can receive; Refused when there are none,
     or more than ``max_video_tracks``."""
@@ -411,6 +429,21 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
     # aiortc assumes unique mids and a DTLS fingerprint per m-line (RFC 8843, RFC 8842):
     # without them it fails deep inside negotiation (AttributeError, a 500) or answers and
     # then cannot check DTLS. Refuse such offers here, with a reason.
+    # Every m-line costs a receiver (an audio one, a task draining it): a publisher sends video
+    # and at most as many audio tracks.
+    if len(parsed.media) > 2 * max_video_tracks:
+        raise Refused(
+            422,
+            f"the offer has {len(parsed.media)} m-lines; a session may have at most {2 * max_video_tracks} "
+            "(webrtc.max_video_tracks video tracks and as many audio)",
+            "too_many_tracks",
+        )
+    candidates = count_candidates(offer)
+    if candidates > MAX_REMOTE_CANDIDATES:
+        raise Refused(
+            422, f"the offer has {candidates} ICE candidates; a session may give at most {MAX_REMOTE_CANDIDATES}",
+            "too_many_candidates",
+        )
     seen_mids: set[str] = set()
     for index, media in enumerate(parsed.media):
         mid = media.rtp.muxId or ""

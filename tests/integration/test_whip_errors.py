@@ -211,6 +211,25 @@ async def test_too_many_video_tracks_are_refused_before_anything_is_built(
         assert added == ["room.0", "room.1"]  # none for the refused offer
 
 
+async def test_audio_m_lines_count_against_the_track_limit(tmp_path: Path) -> None:
+    # Each audio m-line got a receiver and a task draining it, without limit.
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN}, webrtc={"max_video_tracks": 1}
+    )
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendonly")
+    for _ in range(2):
+        pc.addTransceiver("audio", direction="sendonly")
+    await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+    offer = pc.localDescription.sdp
+    await pc.close()
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/room", content=offer, headers={**AUTH, **SDP})
+        assert r.status_code == 422 and "3 m-lines" in r.json()["error"], r.text
+        assert svc.runtime.manager.list() == []
+
+
 async def test_more_tracks_than_the_manager_has_room_for_get_503_before_any_is_added(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -201,3 +201,30 @@ async def test_candidates_after_end_of_candidates_are_refused_not_ignored(tmp_pa
             assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "candidates_ended"}) == 1
             assert (await client.delete(loc, headers=AUTH)).status_code == 200
         await pc.close()
+
+
+async def test_a_session_gives_at_most_64_candidates(tmp_path: Path) -> None:
+    # Before: a PATCH could add hundreds of addresses for the ICE agent to send STUN checks to.
+    async with running_service(make_settings(tmp_path)) as svc:
+        pc, offer = await trickling_offer()
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
+            assert created.status_code == 201, created.text
+            loc = created.headers["location"]
+            given = offer.count("a=candidate:")
+            room = 64 - given
+            too_many = "a=mid:0\r\n" + "".join(candidate(100 + i, f"192.0.2.{i + 1}") for i in range(room + 1))
+            r = await client.patch(loc, content=too_many, headers=PATCH)
+            assert r.status_code == 422 and "at most 64" in r.json()["error"], r.text
+            fits = "a=mid:0\r\n" + "".join(candidate(100 + i, f"192.0.2.{i + 1}") for i in range(room))
+            assert (await client.patch(loc, content=fits, headers=PATCH)).status_code == 204
+            one_more = "a=mid:0\r\n" + candidate(999, "198.51.100.1")
+            assert (await client.patch(loc, content=one_more, headers=PATCH)).status_code == 422
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+            # In the offer itself too.
+            _, crowded = await trickling_offer("".join(candidate(200 + i, f"203.0.113.{i + 1}") for i in range(65)))
+            r = await client.post("/whip/cam2", content=crowded, headers={**AUTH, "Content-Type": "application/sdp"})
+            assert r.status_code == 422 and "ICE candidates" in r.json()["error"], r.text
+        await pc.close()
+    reg = svc.runtime.metrics.registry
+    assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "too_many_candidates"}) == 3
