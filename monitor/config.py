@@ -52,6 +52,7 @@ class ServerConfig(Strict):
     public_metrics: bool = Field(True, description="Serve /metrics and /healthz without the token (for Prometheus scrapers on a trusted network).")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger requests get 413.")
     cors_origins: tuple[str, ...] = Field((), description="Browser origins (e.g. https://dash.example) allowed besides same-origin: they may publish over WHIP and read the alert websocket.")
+    max_ws_clients: int = Field(64, ge=1, le=10_000, description="Alert websocket clients connected at once; more are closed with 1013 (try again later).")
     api_file_roots: tuple[Path, ...] = Field((), description="Folders under which POST /api/streams may open local files (recordings to scan, say). Empty: no file streams through the API; files named in this configuration are not affected.")
 
     @property

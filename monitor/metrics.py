@@ -113,7 +113,7 @@ class Metrics:
         )
         self.http_rejections = Counter(
             "deepfake_monitor_http_rejected_total",
-            "HTTP requests rejected before handling, by reason (unauthorized, too_large).",
+            "HTTP requests rejected before handling, by reason (unauthorized, too_large, too_many_clients...).",
             ["reason"],
             registry=r,
         )

@@ -298,6 +298,8 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         rows = await (bus.read_last(last) if last is not None else bus.read_since(since, limit))
         return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
 
+    ws_clients = [0]  # connected alert websocket clients
+
     @app.websocket("/ws/alerts")
     async def ws_alerts(websocket: WebSocket, since: int | None = None, access_token: str | None = None) -> None:
         """CloudEvents over a websocket. `?since=ID` replays every event after ID first. The token
@@ -321,7 +323,16 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             return
         # Never the bearer one: echoing it would put the token in the response headers.
         await websocket.accept(subprotocol=WS_SUBPROTOCOL if offered else None)
-        await serve_subscriber(websocket, bus, metrics, since)
+        if ws_clients[0] >= settings.server.max_ws_clients:
+            # Each client holds a queue of up to alerts.queue_size events: bounded in number too.
+            metrics.http_rejections.labels("too_many_clients").inc()
+            await websocket.close(WS_CLOSE_TOO_SLOW, f"at most {settings.server.max_ws_clients} alert clients; retry later")
+            return
+        ws_clients[0] += 1
+        try:
+            await serve_subscriber(websocket, bus, metrics, since)
+        finally:
+            ws_clients[0] -= 1
 
     # webrtc: WHIP ingest routes, then the dashboard's static files at / (after every API route,
     # so the mount never shadows them).

@@ -537,3 +537,25 @@ async def test_api_file_streams_only_under_the_configured_roots(tmp_path: Path) 
             r = await http.post("/api/streams", json={"id": "ok", "url": f"file://{clip}", "realtime": False})
             assert r.status_code == 201, r.text
             assert [s["id"] for s in (await http.get("/api/streams")).json()] == ["ok"]
+
+
+async def test_alert_websocket_clients_are_capped(tmp_path: Path) -> None:
+    async with running_service(make_settings(tmp_path, server={"max_ws_clients": 2})) as svc:
+        url = svc.ws + "/ws/alerts"
+        async with websockets.connect(url) as first, websockets.connect(url):
+            third = await websockets.connect(url)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(third.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            assert "at most 2" in closed.value.rcvd.reason
+            await first.close()
+            # A place is free again once a client leaves.
+            deadline = asyncio.get_running_loop().time() + 10
+            while svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_websocket_clients") != 1:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            async with websockets.connect(url) as again:
+                await svc.runtime.bus.publish([status_event(1)])
+                assert json.loads(await asyncio.wait_for(again.recv(), 10))["id"] == "1"
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_many_clients"}) == 1
