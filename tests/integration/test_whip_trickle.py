@@ -10,13 +10,14 @@ from pathlib import Path
 import aioice.ice
 import httpx
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceTransport, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from monitor.api import whip
+from monitor.api.whip import WhipSession
 from monitor.sources.webrtc import set_local_description
 from tests.integration.test_whip_publish import TOKEN, FaceTrack, make_settings
-from tests.support.service import running_service
+from tests.support.service import Running, running_service
 
 pytestmark = pytest.mark.integration
 
@@ -126,16 +127,20 @@ async def trickling_offer(extra: str = "", end: bool = False) -> tuple[RTCPeerCo
     return pc, "\r\n".join(lines[: last + 1] + tail + lines[last + 1 :]) + "\r\n"
 
 
+async def published(svc: Running, client: httpx.AsyncClient, offer: str) -> tuple[str, WhipSession, RTCIceTransport]:
+    """POST ``offer`` as stream "cam": its session URL, the session, and its (bundled) ICE transport."""
+    created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
+    assert created.status_code == 201, created.text
+    session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
+    return created.headers["location"], session, session.pc.getTransceivers()[0].receiver.transport.transport
+
+
 async def test_mdns_candidates_are_dropped_not_resolved(tmp_path: Path, fake_mdns: FakeMdns) -> None:
     async with running_service(make_settings(tmp_path)) as svc:
         # mDNS candidates in the offer, which also ends its candidates.
         pc, offer = await trickling_offer("".join(mdns_candidate(i) for i in range(3)), end=True)
         async with httpx.AsyncClient(base_url=svc.base) as client:
-            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
-            assert created.status_code == 201, created.text
-            loc = created.headers["location"]
-            session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
-            ice = session.pc.getTransceivers()[0].receiver.transport.transport
+            loc, session, ice = await published(svc, client, offer)
             assert session.mdns_dropped == 3
             # Its end-of-candidates went with them: the peer may still be found as peer-reflexive.
             assert not ice.iceGatherer._remote_candidates_end
@@ -159,11 +164,7 @@ async def test_with_resolve_mdns_trickled_names_resolve_concurrently_within_a_de
     async with running_service(make_settings(tmp_path, webrtc={"resolve_mdns": True})) as svc:
         pc, offer = await trickling_offer()
         async with httpx.AsyncClient(base_url=svc.base) as client:
-            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
-            assert created.status_code == 201, created.text
-            loc = created.headers["location"]
-            session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
-            ice = session.pc.getTransceivers()[0].receiver.transport.transport
+            loc, session, ice = await published(svc, client, offer)
 
             # 20 names taking 0.5 s each: together, not 10 s one after another.
             frag = "a=mid:0\r\n" + "".join(mdns_candidate(i) for i in range(20))
@@ -187,11 +188,7 @@ async def test_candidates_after_end_of_candidates_are_refused_not_ignored(tmp_pa
     async with running_service(make_settings(tmp_path)) as svc:
         pc, offer = await trickling_offer(end=True)
         async with httpx.AsyncClient(base_url=svc.base) as client:
-            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
-            assert created.status_code == 201, created.text
-            loc = created.headers["location"]
-            session = next(iter(svc.runtime.app.state.whip_sessions.sessions.values()))
-            ice = session.pc.getTransceivers()[0].receiver.transport.transport
+            loc, session, ice = await published(svc, client, offer)
             r = await client.patch(loc, content="a=mid:0\r\n" + candidate(1, "192.0.2.20"), headers=PATCH)
             assert r.status_code == 422 and "a=end-of-candidates" in r.json()["error"], r.text
             assert "192.0.2.20" not in {c.ip for c in ice.getRemoteCandidates()}
@@ -208,9 +205,7 @@ async def test_a_session_gives_at_most_64_candidates(tmp_path: Path) -> None:
     async with running_service(make_settings(tmp_path)) as svc:
         pc, offer = await trickling_offer()
         async with httpx.AsyncClient(base_url=svc.base) as client:
-            created = await client.post("/whip/cam", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
-            assert created.status_code == 201, created.text
-            loc = created.headers["location"]
+            loc, _, _ = await published(svc, client, offer)
             given = offer.count("a=candidate:")
             room = 64 - given
             too_many = "a=mid:0\r\n" + "".join(candidate(100 + i, f"192.0.2.{i + 1}") for i in range(room + 1))
