@@ -163,6 +163,9 @@ def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         # could hold any amount of memory with a header it never finishes, before auth or the
         # body limit act. h11 answers 400 and closes once the head passes 64 KiB.
         http="h11",
+        # h11 refuses a head still unfinished past this size. It checks between network reads, so
+        # one that arrives complete can be up to a read larger (about 128 KiB measured): memory
+        # stays bounded either way.
         h11_max_incomplete_event_size=64 * 1024,
         ws="websockets-sansio",
         lifespan="off",

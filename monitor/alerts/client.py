@@ -81,8 +81,10 @@ async def tail(
             async with websockets.connect(
                 with_since(url, last), subprotocols=["cloudevents.json"], additional_headers=headers  # type: ignore[list-item]
             ) as ws:
-                delay = 0.5
                 async for message in ws:
+                    # The backoff resets once the server has sent something, not on the
+                    # handshake: a connection closed at once (1013, too many clients) backs off.
+                    delay = 0.5
                     text = message if isinstance(message, str) else message.decode()
                     event = json.loads(text)
                     last = int(event["id"])

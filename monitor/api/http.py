@@ -143,9 +143,14 @@ def _no_constant(name: str) -> Any:
 def parse_json_body(body: bytes) -> Any:
     """``body`` as strict JSON. Python's json accepts NaN, Infinity and -Infinity (and makes
     inf of 1e309), which JSON has not: echoed in an error they made the response itself fail
-    (a 500). Refused here with a 400 instead."""
+    (a 500). Refused here with a 400 instead, as are lone surrogates (``"\\ud800"``): valid
+    JSON text, but no UTF-8 string, so every later listing of what they named failed."""
     try:
-        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
+        return value
+    except UnicodeEncodeError:
+        raise HTTPException(400, "body must be JSON: a string holds a lone UTF-16 surrogate") from None
     except _NonFinite as exc:
         raise HTTPException(400, f"body must be JSON: {str(exc)[:20]} is not a finite number") from None
     except ValueError:  # UnicodeDecodeError and JSONDecodeError too
@@ -161,8 +166,11 @@ def check_api_file(url: str, roots: tuple[Path, ...]) -> None:
     before the file is looked at."""
     path = Path(url[len("file://"):] if url.startswith("file://") else url)
     if roots and path.is_absolute():
-        real = Path(os.path.realpath(path))
-        if any(real.is_relative_to(os.path.realpath(root)) for root in roots):
+        try:
+            real = Path(os.path.realpath(path))
+        except ValueError:  # an embedded NUL; no file has that name
+            real = None
+        if real is not None and any(real.is_relative_to(os.path.realpath(root)) for root in roots):
             return
     where = ", ".join(str(r) for r in roots) if roots else "none configured"
     raise HTTPException(

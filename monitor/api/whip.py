@@ -131,13 +131,16 @@ class WhipSessions:
                 "capacity",
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
-        self._pending_tracks += len(mids)
+        claim = [len(mids)]  # tracks not yet in the manager: each leaves the claim as it is added
+        self._pending_tracks += claim[0]
         try:
-            return await self._build(stream_id, offer, names)
+            return await self._build(stream_id, offer, names, claim)
         finally:
-            self._pending_tracks -= len(mids)
+            self._pending_tracks -= claim[0]
 
-    async def _build(self, stream_id: str, offer: str, names: dict[str, str]) -> tuple[WhipSession, str]:
+    async def _build(
+        self, stream_id: str, offer: str, names: dict[str, str], claim: list[int]
+    ) -> tuple[WhipSession, str]:
         mdns_dropped = 0
         if not self.settings.webrtc.resolve_mdns:
             offer, mdns_dropped = drop_mdns_candidates(offer)
@@ -182,6 +185,10 @@ class WhipSessions:
                     raise Refused(409, str(exc), "conflict") from exc
                 except (ConfigError, ShuttingDown) as exc:
                     raise Refused(503, str(exc), "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
+                finally:
+                    # Added (now in manager.list()) or failed: no longer pending either way.
+                    claim[0] -= 1
+                    self._pending_tracks -= 1
                 session.sources.append(source)
                 if session.closed:
                     # The connection failed or closed while streams were starting: what was
@@ -359,7 +366,7 @@ class WhipSessions:
         added: list[tuple[RTCIceTransport, RTCIceCandidate]] = []
         for section in sections:
             mid = section.mid if section.mid is not None else first_mid
-            if section.candidates and mid is not None and transports[mid].iceGatherer._remote_candidates_end:
+            if section.candidates and mid is not None and getattr(transports[mid].iceGatherer, "_remote_candidates_end", False):
                 # aiortc ignores candidates after end-of-candidates without a word.
                 raise Refused(
                     422,
@@ -431,10 +438,11 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
     # then cannot check DTLS. Refuse such offers here, with a reason.
     # Every m-line costs a receiver (an audio one, a task draining it): a publisher sends video
     # and at most as many audio tracks.
-    if len(parsed.media) > 2 * max_video_tracks:
+    media_lines = sum(1 for media in parsed.media if media.kind in ("audio", "video"))
+    if media_lines > 2 * max_video_tracks:
         raise Refused(
             422,
-            f"the offer has {len(parsed.media)} m-lines; a session may have at most {2 * max_video_tracks} "
+            f"the offer has {media_lines} audio and video m-lines; a session may have at most {2 * max_video_tracks} "
             "(webrtc.max_video_tracks video tracks and as many audio)",
             "too_many_tracks",
         )

@@ -226,8 +226,20 @@ async def test_audio_m_lines_count_against_the_track_limit(tmp_path: Path) -> No
     async with running_service(settings) as svc:
         async with httpx.AsyncClient(base_url=svc.base) as client:
             r = await client.post("/whip/room", content=offer, headers={**AUTH, **SDP})
-        assert r.status_code == 422 and "3 m-lines" in r.json()["error"], r.text
+        assert r.status_code == 422 and "3 audio and video m-lines" in r.json()["error"], r.text
         assert svc.runtime.manager.list() == []
+        # A data channel's m-line is no track: video, audio and a data channel pass.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="sendonly")
+        pc.addTransceiver("audio", direction="sendonly")
+        pc.createDataChannel("chat")
+        await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+        assert pc.localDescription.sdp.count("m=") == 3
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/room", content=pc.localDescription.sdp, headers={**AUTH, **SDP})
+            assert r.status_code == 201, r.text
+            assert (await client.delete(r.headers["location"], headers=AUTH)).status_code == 200
+        await pc.close()
 
 
 async def test_more_tracks_than_the_manager_has_room_for_get_503_before_any_is_added(

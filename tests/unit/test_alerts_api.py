@@ -506,6 +506,19 @@ async def test_an_oversized_request_head_is_refused_before_it_ends(tmp_path: Pat
         finally:
             writer.close()
         assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
+        # A complete 300 KB head in one write: httptools took it whole; h11 stops at about 128 KiB.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n")
+            try:
+                await writer.drain()
+                async with asyncio.timeout(10):
+                    answer = await reader.read(200)
+            except ConnectionError:
+                answer = b""
+        finally:
+            writer.close()
+        assert not answer.startswith(b"HTTP/1.1 2"), answer
         async with httpx.AsyncClient(base_url=svc.base) as http:
             assert (await http.get("/healthz")).status_code == 200
             ok = await http.get("/api/streams", headers={"Authorization": f"Bearer {TOKEN}", "X-Normal": "n" * 4096})
@@ -531,6 +544,7 @@ async def test_api_file_streams_only_under_the_configured_roots(tmp_path: Path) 
                 str(media / "link.mp4"),  # a link out of the root
                 "media/rec.mp4",  # relative: depends on the service's working directory
             ]
+            refused.append(f"{media}/rec\x00.mp4")  # a NUL: no such file, not a 500
             for i, url in enumerate(refused):
                 r = await http.post("/api/streams", json={"id": f"no{i}", "url": url})
                 assert r.status_code == 403 and "server.api_file_roots" in r.text, (url, r.text)
@@ -559,3 +573,14 @@ async def test_alert_websocket_clients_are_capped(tmp_path: Path) -> None:
                 assert json.loads(await asyncio.wait_for(again.recv(), 10))["id"] == "1"
         reg = svc.runtime.metrics.registry
         assert reg.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_many_clients"}) == 1
+
+
+async def test_a_lone_surrogate_in_a_body_is_refused(tmp_path: Path) -> None:
+    # Valid JSON text but no UTF-8 string: the stream was added, then every listing failed (500).
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            body = b'{"id": "w", "source": "whep", "url": "http://127.0.0.1:9/x\\ud800"}'
+            r = await http.post("/api/streams", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400 and "surrogate" in r.json()["detail"], r.text
+            listing = await http.get("/api/streams")
+            assert listing.status_code == 200 and listing.json() == []

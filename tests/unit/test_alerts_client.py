@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+import websockets
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -91,3 +92,31 @@ async def test_tail_without_since_keeps_prefix_and_token(tmp_path: Path, prefix:
         assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["3"]
     # A token given in the URL travels as a header: servers and proxies log URLs.
     assert len(queries) >= 2 and not any(b"access_token" in q for q in queries), queries
+
+
+async def test_tail_backs_off_when_the_server_turns_it_away_after_the_handshake(tmp_path: Path) -> None:
+    # Over server.max_ws_clients the socket opens, then closes with 1013. The backoff reset on
+    # every handshake, so a refused client came back twice a second for ever.
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"max_ws_clients": 1})
+    async with runtime(settings) as rt:
+        config = uvicorn_config(rt.app, settings)
+        config.port, config.log_level = 0, "warning"
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            assert not task.done(), "server did not start"
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/ws/alerts"
+        try:
+            async with websockets.connect(url):  # holds the only place
+                refused = asyncio.create_task(tail(url, since=0, out=io.StringIO()))
+                await asyncio.sleep(4.0)  # attempts at 0, 0.5, 1.5 and 3.5 s; with no backoff, 8
+                refused.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refused
+        finally:
+            server.should_exit = True
+            await task
+        tries = rt.metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_many_clients"})
+    assert tries is not None and 2 <= tries <= 5

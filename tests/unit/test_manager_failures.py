@@ -123,11 +123,12 @@ async def test_a_cancelled_add_closes_the_face_stage_built_after_it_gave_up(part
 async def test_a_cancelled_add_with_a_sibling_to_remove_does_not_deadlock(parts: Any) -> None:
     metrics = parts[2]
     building = threading.Event()
+    release = threading.Event()
 
     def make_faces(stream_id: str) -> Faces:
         if stream_id == "cam.1":
             building.set()
-            time.sleep(0.3)  # the client gives up meanwhile
+            release.wait(DEADLINE_S)  # the client gives up meanwhile
         return Faces()
 
     m = manager(parts, make_faces)
@@ -136,6 +137,8 @@ async def test_a_cancelled_add_with_a_sibling_to_remove_does_not_deadlock(parts:
     adding = asyncio.create_task(m.add(StreamConfig(id="cam.1", url="x://y"), source=source))
     assert await asyncio.to_thread(building.wait, DEADLINE_S)
     adding.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches the add before the build returns
+    release.set()
     done, _ = await asyncio.wait({adding}, timeout=DEADLINE_S)
     assert done and adding.cancelled()
     assert m.list() == []

@@ -174,8 +174,10 @@ function connectAlerts() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const url = `${proto}//${location.host}/ws/alerts` + (lastEventId !== null ? `?since=${lastEventId}` : "");
   ws = new WebSocket(url, wsProtocols());
-  ws.onopen = () => { wsRetry = 500; setPill("ws-state", "alerts live", "ok"); };
-  ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
+  // The backoff resets only once the server has sent something: one refused right after the
+  // handshake (1013: too many clients) would otherwise be retried twice a second for ever.
+  ws.onopen = () => { setPill("ws-state", "alerts live", "ok"); };
+  ws.onmessage = (msg) => { wsRetry = 500; onEvent(JSON.parse(msg.data)); };
   ws.onclose = (ev) => {
     if (ev.code === 4409) {
       // The server's event log was reset: its ids restarted, so ours mean nothing there. Start
