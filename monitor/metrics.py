@@ -36,7 +36,7 @@ class Metrics:
             "deepfake_monitor_frames_dropped_total",
             "Frames not analysed, by reason (not_sampled: skipped to hold the analysis fps; "
             "superseded: replaced by a newer frame while analysis was busy; stale: too old when "
-            "analysis could start; decode_error: corrupt data).",
+            "analysis could start; decode_error: corrupt data; analysis_error: analysis raised).",
             ["stream", "reason"],
             registry=r,
         )
@@ -130,7 +130,8 @@ class Metrics:
             "deepfake_monitor_whip_sessions_failed_total",
             "WHIP requests refused or sessions that failed, by reason (unauthorized, forbidden, "
             "unsupported_media_type, too_large, malformed_sdp, unanswerable_sdp, bad_stream_id, "
-            "conflict, capacity, ice_failed, ice_timeout). Bodies over server.max_body_bytes are "
+            "conflict, capacity, too_many_tracks, too_many_candidates, unknown_mid, ice_restart, "
+            "candidates_ended, precondition_failed, ice_failed, ice_timeout, no_video). Bodies over server.max_body_bytes are "
             "refused before WHIP sees them and count in http_rejected_total{reason=\"too_large\"}.",
             ["reason"],
             registry=r,
@@ -164,7 +165,7 @@ class Metrics:
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         self.work_skipped.labels("detect")
-        for reason in ("unauthorized", "too_large", "forbidden_origin"):
+        for reason in ("unauthorized", "too_large", "forbidden_origin", "too_many_clients"):
             self.http_rejections.labels(reason)
 
     def forget_stream(self, stream_id: str) -> None:

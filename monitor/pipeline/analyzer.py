@@ -239,6 +239,19 @@ class StreamAnalyzer:
         for track in list(self.tracks.values()):
             self._forget_state(track)
 
+    def idle(self, t: float) -> list[Event]:
+        """No frame has come for a while (stream time ``t`` now): every track gets an unreadable
+        verdict, so one without a readable score for ``policy.inconclusive_after_s`` goes
+        inconclusive and closes its alert, ending it at its last readable score. The tracks
+        stay: a face seen again when frames return is judged afresh on the same track."""
+        wall = self.clock.time()
+        events: list[Event] = []
+        for track_id, track in sorted(self.tracks.items()):
+            verdict = Verdict(self.stream_id, track_id, t, self.clock.monotonic(), Score(None, (), ("no_frames",)), None, ("no_frames",))
+            events.extend(track.policy.update(verdict, wall))
+            self._count_state(track)
+        return events
+
     def end(self, t: float) -> list[Event]:
         """The stream is over: close every track (and its open alert)."""
         wall = self.clock.time()
@@ -249,6 +262,8 @@ class StreamAnalyzer:
         self.tracks.clear()
         self._ended.clear()
         self.faces.close()
+        if not self._detached:
+            self.metrics.faces_tracked.labels(self.stream_id).set(0)  # not the last frame's count
         return events
 
     def snapshot(self) -> list[TrackSnapshot]:

@@ -50,6 +50,7 @@ class StreamStatus:
 class StreamPipeline:
     STOP_WAIT_S = 10.0  # for the stream's task to finish (and close its alerts) on removal
     STUCK_WAIT_S = 5.0  # after cancelling it, before leaving a stuck analysis thread behind
+    LATENCY_WINDOW_S = 30.0  # status() reports the latency of verdicts this recent only
 
     def __init__(
         self,
@@ -78,7 +79,9 @@ class StreamPipeline:
         self.frames_analysed = 0
         self.frames_stale = 0
         self._analysed_rate = RateMeter()
-        self.recent_latencies: deque[float] = deque(maxlen=1000)  # seconds, newest last
+        # (monotonic time, seconds) of recent verdicts, newest last; status() reads the last
+        # LATENCY_WINDOW_S of them, so a stream that stopped producing verdicts shows none.
+        self.recent_latencies: deque[tuple[float, float]] = deque(maxlen=1000)
         self._last_latency: float | None = None
         self._pending: set[asyncio.Task[None]] = set()
         # Status events wait here for the one task that writes them, in order and with the
@@ -141,6 +144,11 @@ class StreamPipeline:
         interval = 1.0 / self.fps
         next_due = self.clock.monotonic()
         last_t = 0.0
+        last_frame_at = self.clock.monotonic()
+        # No frame for this long (a source reconnecting, a publisher gone quiet): the tracks are
+        # told, so one in alert goes inconclusive and its alert closes, instead of showing
+        # "alert" until frames come back.
+        idle_after = self.analyzer.policy_config.inconclusive_after_s
         try:
             while True:
                 wait = next_due - self.clock.monotonic()
@@ -148,7 +156,16 @@ class StreamPipeline:
                     self.source.set_drop_reason("not_sampled")
                     await asyncio.sleep(wait)
                 try:
-                    frame = await self.source.recv()
+                    if idle_after > 0:
+                        frame = await asyncio.wait_for(self.source.recv(), idle_after)
+                    else:
+                        frame = await self.source.recv()
+                except asyncio.TimeoutError:
+                    idle_t = last_t + (self.clock.monotonic() - last_frame_at)
+                    events = await loop.run_in_executor(self._executor, self.analyzer.idle, idle_t)
+                    if events:
+                        await self._publish(events)
+                    continue
                 except SourceEnded:
                     break
                 except MonitorError as exc:
@@ -186,6 +203,7 @@ class StreamPipeline:
                     self.metrics.frames_dropped.labels(self.id, "analysis_error").inc()
                     continue
                 last_t = frame.pts_s
+                last_frame_at = self.clock.monotonic()
                 self._record(analysis)
                 if analysis.events:
                     await self._publish(analysis.events)
@@ -215,7 +233,7 @@ class StreamPipeline:
         self.frames_analysed += 1
         if analysis.verdicts:
             self._last_latency = analysis.latency_s
-            self.recent_latencies.append(analysis.latency_s)
+            self.recent_latencies.append((self.clock.monotonic(), analysis.latency_s))
 
     def status(self) -> StreamStatus:
         s = self.source.status
@@ -225,7 +243,8 @@ class StreamPipeline:
             verdict = min((t.state.value for t in tracks), key=order.index)
         else:
             verdict = "no_face" if self.frames_analysed else "waiting"
-        lat = sorted(self.recent_latencies)
+        since = self.clock.monotonic() - self.LATENCY_WINDOW_S
+        lat = sorted(latency for at, latency in list(self.recent_latencies) if at >= since)
         return StreamStatus(
             id=self.id,
             url=redact_url(self.config.url),
@@ -245,7 +264,7 @@ class StreamPipeline:
             width=s.width,
             height=s.height,
             latency_ms_p50=round(lat[len(lat) // 2] * 1000, 2) if lat else None,
-            latency_ms_last=None if self._last_latency is None else round(self._last_latency * 1000, 2),
+            latency_ms_last=round(lat_last * 1000, 2) if lat and (lat_last := self._last_latency) is not None else None,
             verdict=verdict,
             tracks=tracks,
         )

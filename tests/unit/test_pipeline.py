@@ -306,3 +306,28 @@ async def test_removing_a_stalled_stream_stops_it_without_a_failure(metrics: Met
     assert states == [StreamState.STOPPED]  # never running: it never sent a frame
     assert source.status.last_error in (None, "")
     assert metrics.registry.get_sample_value("deepfake_monitor_source_errors_total", {"stream": "stalled", "kind": "SourceError"}) is None
+
+
+def test_a_stream_that_stops_producing_verdicts_reports_no_latency_or_faces() -> None:
+    from types import SimpleNamespace
+
+    from monitor.config import StreamConfig
+    from monitor.pipeline.stream import StreamPipeline
+    from monitor.sources.base import SourceStatus
+
+    metrics, clock = Metrics(), FakeClock()
+    a = analyzer(CountingDetector(0.2), FakeFaces(faces=2), metrics, clock)
+    source = SimpleNamespace(kind="rtsp", status=SourceStatus())
+    p = StreamPipeline(StreamConfig(id="s", url="rtsp://cam/x"), source, a, None, metrics, clock, 10.0, 0.5)  # type: ignore[arg-type]
+    for i in range(20):
+        p._record(a.analyse(frame(i, i / 10, clock.monotonic() - 0.08)))
+        clock.advance(0.1)
+    status = p.status()
+    assert status.latency_ms_p50 == pytest.approx(80, abs=1) and status.latency_ms_last == pytest.approx(80, abs=1)
+    clock.advance(600)  # ten minutes without a frame: before, still "80 ms"
+    status = p.status()
+    assert status.latency_ms_p50 is None and status.latency_ms_last is None
+    faces = {"stream": "s"}
+    assert metrics.registry.get_sample_value("deepfake_monitor_faces_tracked", faces) == 2
+    a.end(2.0)
+    assert metrics.registry.get_sample_value("deepfake_monitor_faces_tracked", faces) == 0  # before, 2 for good

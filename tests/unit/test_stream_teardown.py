@@ -244,3 +244,74 @@ async def test_stream_status_events_are_retried_in_order(parts: Any) -> None:
     await m.remove("cam")  # "stopped" comes while "running" still waits for its retry
     states = [e.data.state for e in bus.stored if isinstance(e.data, StreamStatusData)]
     assert states == [StreamState.RUNNING, StreamState.STOPPED]  # before, "running" was lost
+
+
+class GoesQuiet(ThreadedSource):
+    """Frames at 20 fps for ``for_s``, then none (a camera reconnecting for a long time)."""
+
+    kind: ClassVar[str] = "quiet"
+
+    def __init__(self, stream_id: str, metrics: Metrics, for_s: float) -> None:
+        super().__init__(stream_id, metrics=metrics)
+        self.for_s = for_s
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> Iterator[Frame]:
+        start = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - start < self.for_s:
+            now = time.monotonic()
+            yield Frame(self.stream_id, self.next_seq(), now - start, now, 4, 4, np.zeros((4, 4, 3), np.uint8))
+            time.sleep(0.05)
+        self._stop.wait()  # silent, not ended
+
+
+class OneFace:
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        from monitor.types import FaceQuality
+
+        quality = FaceQuality(face_px=120, blur=100, out_of_frame=0, occlusion=0.1, confidence=0.9)
+        obs = FaceObservation(frame.stream_id, 1, frame.seq, frame.pts_s, frame.received_at,
+                              np.zeros((478, 3), np.float32), (0, 0, 1, 1), None, quality)
+        return FaceFrame(frame.stream_id, frame.seq, frame.pts_s, frame.received_at, (obs,))
+
+    def close(self) -> None:
+        pass
+
+
+class Fake:
+    name: ClassVar[str] = "fake"
+    window_s = 1.0
+
+    def features(self, obs: FaceObservation) -> Any:
+        return 0
+
+    def score(self, window: TrackWindow) -> Score:
+        return Score(0.95)
+
+
+async def test_an_alert_closes_when_frames_stop_coming(parts: Any) -> None:
+    # Before: a source that stopped delivering (reconnecting for hours, say) left its tracks
+    # "alert" and the alert open until frames came back or the stream was removed.
+    from monitor.config import load_settings
+
+    _, log, bus, metrics = parts
+    settings = load_settings(None, data_dir=log.path.parent, demo=False, policy={"min_alert_s": 0.3, "inconclusive_after_s": 1.0})
+    m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: OneFace())
+    source = GoesQuiet("cam", metrics, for_s=2.0)
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=source)
+
+    def kinds() -> list[str]:
+        return [payload for _, payload in log.read_since(0, 1000)]
+
+    deadline = time.monotonic() + 20
+    while not any(EventType.ALERT_CLOSED.value in p for p in kinds()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    payloads = kinds()
+    assert any(EventType.ALERT_OPENED.value in p for p in payloads)
+    assert any(EventType.ALERT_CLOSED.value in p for p in payloads), "the alert stayed open while no frame came"
+    assert source.status.state == StreamState.RUNNING  # not removed, not ended: only quiet
+    assert [t.state.value for t in pipeline.status().tracks] == ["inconclusive"]
+    assert pipeline.status().latency_ms_p50 is not None  # verdicts within the last 30 s
+    await m.aclose()
