@@ -39,11 +39,13 @@ def test_last_event_url_keeps_tls_prefix_and_token() -> None:
 
 @contextlib.asynccontextmanager
 async def behind_prefix(
-    tmp_path: Path, prefix: str, queries: list[bytes] | None = None
+    tmp_path: Path, prefix: str, queries: list[bytes] | None = None, server: dict[str, object] | None = None
 ) -> AsyncIterator[tuple[Runtime, str]]:
-    """The service (token required) mounted under ``prefix``, as a reverse proxy would serve it;
-    the query string of every request it gets is added to ``queries``."""
-    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    """The service (token required unless ``server`` settings say otherwise) mounted under
+    ``prefix``, as a reverse proxy would serve it; the query string of every request it gets is
+    added to ``queries``."""
+    server = {"token": TOKEN} if server is None else server
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server=server)
     async with runtime(settings) as rt:
         app = Starlette(routes=[Mount(prefix, app=rt.app)])
 
@@ -97,26 +99,13 @@ async def test_tail_without_since_keeps_prefix_and_token(tmp_path: Path, prefix:
 async def test_tail_backs_off_when_the_server_turns_it_away_after_the_handshake(tmp_path: Path) -> None:
     # Over server.max_ws_clients the socket opens, then closes with 1013. The backoff reset on
     # every handshake, so a refused client came back twice a second for ever.
-    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"max_ws_clients": 1})
-    async with runtime(settings) as rt:
-        config = uvicorn_config(rt.app, settings)
-        config.port, config.log_level = 0, "warning"
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not task.done(), "server did not start"
-            await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"ws://127.0.0.1:{port}/ws/alerts"
-        try:
-            async with websockets.connect(url):  # holds the only place
-                refused = asyncio.create_task(tail(url, since=0, out=io.StringIO()))
-                await asyncio.sleep(4.0)  # attempts at 0, 0.5, 1.5 and 3.5 s; with no backoff, 8
-                refused.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refused
-        finally:
-            server.should_exit = True
-            await task
+    async with behind_prefix(tmp_path, "", server={"max_ws_clients": 1}) as (rt, base):
+        url = f"{base}/ws/alerts"
+        async with websockets.connect(url):  # holds the only place
+            refused = asyncio.create_task(tail(url, since=0, out=io.StringIO()))
+            await asyncio.sleep(4.0)  # attempts at 0, 0.5, 1.5 and 3.5 s; with no backoff, 8
+            refused.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refused
         tries = rt.metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_many_clients"})
     assert tries is not None and 2 <= tries <= 5
