@@ -11,8 +11,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from monitor.alerts.bus import EventBus, SinkRunner
 from monitor.alerts.eventlog import EventLog
@@ -154,6 +156,62 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     return config
 
 
+def head_deadline_protocol(timeout: float, metrics: Metrics | None) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline on each request head.
+
+    uvicorn times out only a kept-alive connection that stays silent, and cancels that timer as
+    soon as any byte arrives: a client that connected and sent nothing, or sent a head a byte at
+    a time, kept its connection and file descriptor for ever (the slowloris attack). Here a head
+    must be complete within ``timeout`` of the connection opening, or of the first byte of a
+    later request on a kept-alive connection (silence between requests is uvicorn's
+    ``timeout_keep_alive``), or the connection is closed."""
+
+    class HeadDeadlineH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm_head_timer()  # the start of a head on a kept-alive connection
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._cancel_head_timer()  # the head is complete
+            elif self._head_timer is None and self.conn.trailing_data[0]:
+                self._arm_head_timer()  # part of a pipelined head, already buffered
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            if not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(timeout, self._head_overdue)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # closed already, or upgraded to a websocket
+            if self.conn.their_state is h11.IDLE:  # the head is still not complete
+                if metrics is not None:
+                    metrics.http_rejections.labels("timeout").inc()
+                logger.debug("closing a connection from %s: no complete request head within %.1f s", self.client, timeout)
+                self.transport.close()
+
+    return HeadDeadlineH11Protocol
+
+
 def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -162,7 +220,7 @@ def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         # h11, not httptools (uvicorn's default), which has no limit on a request's head: a client
         # could hold any amount of memory with a header it never finishes, before auth or the
         # body limit act. h11 answers 400 and closes once the head passes 64 KiB.
-        http="h11",
+        http=head_deadline_protocol(settings.server.request_timeout_s, getattr(app.state, "metrics", None)),
         # h11 refuses a head still unfinished past this size. It checks between network reads, so
         # one that arrives complete can be up to a read larger (about 128 KiB measured): memory
         # stays bounded either way.

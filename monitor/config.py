@@ -51,6 +51,7 @@ class ServerConfig(Strict):
     token: str | None = Field(None, min_length=16, description="Bearer token required for the API, WHIP ingest and alerts. Required when `host` is not loopback.")
     public_metrics: bool = Field(True, description="Serve /metrics and /healthz without the token (for Prometheus scrapers on a trusted network).")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger requests get 413.")
+    request_timeout_s: float = Field(10.0, gt=0, le=300, description="Time a client has to send a request's head (from connecting, or from the previous response on a kept-alive connection) and, separately, its body. A head still unfinished is dropped with the connection; a body still unfinished gets 408. Stops slow clients from holding connections open for ever.")
     cors_origins: tuple[str, ...] = Field((), description="Browser origins (e.g. https://dash.example) allowed besides same-origin: they may publish over WHIP and read the alert websocket.")
     max_ws_clients: int = Field(64, ge=1, le=10_000, description="Alert websocket clients connected at once; more are closed with 1013 (try again later).")
     api_file_roots: tuple[Path, ...] = Field((), description="Folders under which POST /api/streams may open local files (recordings to scan, say). Empty: no file streams through the API; files named in this configuration are not affected.")

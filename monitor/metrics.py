@@ -113,7 +113,7 @@ class Metrics:
         )
         self.http_rejections = Counter(
             "deepfake_monitor_http_rejected_total",
-            "HTTP requests rejected before handling, by reason (unauthorized, too_large, too_many_clients...).",
+            "HTTP requests rejected before handling, by reason (unauthorized, too_large, timeout, forbidden_origin, too_many_clients).",
             ["reason"],
             registry=r,
         )
@@ -165,7 +165,7 @@ class Metrics:
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         self.work_skipped.labels("detect")
-        for reason in ("unauthorized", "too_large", "forbidden_origin", "too_many_clients"):
+        for reason in ("unauthorized", "too_large", "timeout", "forbidden_origin", "too_many_clients"):
             self.http_rejections.labels(reason)
 
     def forget_stream(self, stream_id: str) -> None:

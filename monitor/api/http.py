@@ -55,12 +55,15 @@ WS_CLOSE_SINCE_AHEAD = 4409
 
 
 class BodyLimit:
-    """Reject bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+    """Reject bodies over ``limit`` bytes with 413, by Content-Length or while streaming, and
+    bodies not received within ``timeout`` seconds of the request's head with 408 (a client
+    trickling a body would otherwise hold its handler, and a WHIP slot, for ever)."""
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, timeout: float = 10.0) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,20 +79,37 @@ class BodyLimit:
                     await self._reject(send)
                     return
         received = 0
+        complete = False
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body, receive() waits for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _TooSlow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise _TooLarge()
+                complete = not message.get("more_body", False)
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
             await self._reject(send)
+        except _TooSlow:
+            self.metrics.http_rejections.labels("timeout").inc()
+            response = JSONResponse(
+                {"error": f"request body not received within {self.timeout:g} s (server.request_timeout_s)"},
+                status_code=408,
+                headers={"Connection": "close"},  # the rest of the body may still be on its way
+            )
+            await response({"type": "http"}, _empty_receive, send)
 
     async def _reject(self, send: Send) -> None:
         self.metrics.http_rejections.labels("too_large").inc()
@@ -98,6 +118,10 @@ class BodyLimit:
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -215,7 +239,9 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics, timeout=settings.server.request_timeout_s
+    )
     if settings.server.is_loopback:
         # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=loopback_hosts(settings.server.host))

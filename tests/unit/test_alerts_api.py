@@ -584,3 +584,52 @@ async def test_a_lone_surrogate_in_a_body_is_refused(tmp_path: Path) -> None:
             assert r.status_code == 400 and "surrogate" in r.json()["detail"], r.text
             listing = await http.get("/api/streams")
             assert listing.status_code == 200 and listing.json() == []
+
+
+async def test_slow_clients_are_cut_off_at_the_request_timeout(tmp_path: Path) -> None:
+    # uvicorn alone kept a connection that sent nothing, or a head a byte at a time, open for
+    # ever, and a handler waited for ever on a trickled body (slowloris).
+    settings = make_settings(tmp_path, server={"token": TOKEN, "request_timeout_s": 1.0})
+    async with running_service(settings) as svc:
+        port = int(svc.base.rsplit(":", 1)[1])
+
+        async def answer_to(data: bytes) -> tuple[bytes, float]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = asyncio.get_running_loop().time()
+            try:
+                writer.write(data)
+                await writer.drain()
+                async with asyncio.timeout(8):
+                    return await reader.read(), asyncio.get_running_loop().time() - started
+            finally:
+                writer.close()
+
+        silent, waited = await answer_to(b"")
+        assert silent == b"" and 0.9 < waited < 4, (silent, waited)
+        partial, waited = await answer_to(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        assert partial == b"" and 0.9 < waited < 4, (partial, waited)
+        # A kept-alive connection: one request answered, the next head never finished.
+        pipelined, waited = await answer_to(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost:")
+        assert pipelined.startswith(b"HTTP/1.1 200") and pipelined.count(b"HTTP/1.1") == 1, pipelined
+        assert 0.9 < waited < 4, waited
+        head = (
+            f"POST /api/streams HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\": "
+        )
+        trickled, waited = await answer_to(head.encode())
+        assert trickled.startswith(b"HTTP/1.1 408"), trickled
+        assert b"request_timeout_s" in trickled and 0.9 < waited < 4, (trickled, waited)
+
+        # A kept-alive connection serves one request after another; an open websocket and
+        # well-behaved clients are not affected.
+        async with websockets.connect(svc.ws + "/ws/alerts", additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            async with httpx.AsyncClient(base_url=svc.base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                for _ in range(3):
+                    assert (await http.get("/api/streams")).status_code == 200
+                    await asyncio.sleep(0.6)
+                await asyncio.sleep(1.0)
+                await ws.ping()
+                r = await http.post("/api/streams", json={"id": "x", "url": "rtsp://127.0.0.1:9/none"})
+                assert r.status_code == 201, r.text
+        timeouts = svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "timeout"})
+        assert timeouts == 4
