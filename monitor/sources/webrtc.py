@@ -13,7 +13,7 @@ import aioice.ice
 import httpx
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.clock import Clock
 from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig
@@ -286,6 +286,25 @@ class WhepSource(ThreadedSource):
         token: str | None = Field(None, description="Bearer token for the WHEP endpoint.")
         open_timeout_s: float = Field(10.0, gt=0, description="Time allowed for the offer/answer exchange and ICE/DTLS to connect.")
         read_timeout_s: float = Field(3.0, gt=0, description="A stream silent this long counts as stalled; the source reconnects.")
+        redirect_origins: tuple[str, ...] = Field(
+            (),
+            description="Other origins (scheme://host[:port]) the endpoint may redirect the offer to, or place the "
+            "session on; they are sent the token. A redirect to any other origin is refused.",
+        )
+
+        @field_validator("redirect_origins")
+        @classmethod
+        def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+            out = []
+            for origin in origins:
+                try:
+                    url = httpx.URL(origin)
+                except httpx.InvalidURL as exc:
+                    raise ValueError(f"{origin!r} is not a URL: {exc}") from None
+                if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/") or url.query:
+                    raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port], nothing after it")
+                out.append(origin)
+            return tuple(out)
 
     def __init__(
         self,
@@ -341,13 +360,17 @@ class WhepSource(ThreadedSource):
             headers["Authorization"] = f"Bearer {self.config.token}"
         return headers
 
-    def _session_headers(self, resource: str, what: str = "deleting it") -> dict[str, str]:
+    def _trusted(self, url: str) -> bool:
+        """The configured endpoint's origin, or one listed in ``redirect_origins``."""
+        return any(same_origin(url, origin) for origin in (self.url, *self.config.redirect_origins))
+
+    def _session_headers(self, resource: str) -> dict[str, str]:
         """Headers for requests to a URL a ``Location`` header gave (a redirect, the session):
-        the token goes only to the configured endpoint's origin, never to another host."""
-        if same_origin(self.url, resource):
+        the token goes only to trusted origins, never to another host."""
+        if self._trusted(resource):
             return self._headers()
         if self.config.token:
-            logger.warning("WHEP URL %s is not on the endpoint's origin: %s without the token", resource, what)
+            logger.warning("WHEP session %s is not on a configured origin: deleting it without the token", resource)
         return {}
 
     def _open(self) -> None:
@@ -427,17 +450,24 @@ class WhepSource(ThreadedSource):
 
     async def _post_offer(self, offer: str) -> tuple[str, httpx.Response]:
         """POST the offer, following up to MAX_REDIRECTS 307/308 redirects (RFC 9725 load
-        balancing); the final URL and its answer. We follow them ourselves, not httpx, so the
-        token policy is the DELETE's: only the configured endpoint's origin gets it."""
+        balancing); the final URL and its answer. We follow them ourselves, not httpx, and only
+        to the endpoint's origin or ``redirect_origins``: the service contacts no host it was not
+        configured with, and only those get the token."""
         url = self.url
         async with httpx.AsyncClient(timeout=self.config.open_timeout_s) as client:
             for _ in range(self.MAX_REDIRECTS + 1):
-                headers = self._session_headers(url, what="posting the offer")
-                response = await client.post(url, content=offer, headers={**headers, "Content-Type": "application/sdp"})
+                response = await client.post(url, content=offer, headers=self._headers("application/sdp"))
                 location = response.headers.get("location")
                 if response.status_code not in (307, 308) or not location:
                     return url, response
                 url = session_url(url, location)
+                if not self._trusted(url):
+                    target = httpx.URL(url)
+                    raise SourceError(
+                        f"WHEP endpoint redirected to {target.scheme}://{target.netloc.decode('ascii')}, not its origin: "
+                        "list it in the stream's options.redirect_origins to follow it (it will get the token)",
+                        retryable=True,
+                    )
         raise SourceError(f"WHEP endpoint {self.url}: more than {self.MAX_REDIRECTS} redirects", retryable=True)
 
     def _read(self) -> Iterator[Frame]:

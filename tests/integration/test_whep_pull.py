@@ -177,18 +177,17 @@ async def test_whep_source_retries_while_the_endpoint_is_down(tmp_path: Path) ->
         await rt.manager.remove("later")
 
 
-@pytest.mark.parametrize("cross_origin", [False, True])
-async def test_whep_pull_follows_a_307_and_sends_the_token_only_to_the_endpoint_origin(
-    metrics: Metrics, cross_origin: bool
-) -> None:
+@pytest.mark.parametrize("target", ["same_origin", "listed_origin"])
+async def test_whep_pull_follows_a_307_to_a_configured_origin_with_the_token(metrics: Metrics, target: str) -> None:
     balancer = WhepServer()
-    media = WhepServer(token=None)  # on another origin it gets no token, so needs none
+    media = WhepServer()
     async with balancer.serving() as port, media.serving() as media_port:
-        balancer.redirect_to = f"http://127.0.0.1:{media_port}/whep/cam" if cross_origin else "/whep/cam"
-        serving = media if cross_origin else balancer
+        media_origin = f"http://127.0.0.1:{media_port}"
+        balancer.redirect_to = "/whep/cam" if target == "same_origin" else f"{media_origin}/whep/cam"
+        serving = balancer if target == "same_origin" else media
         source = WhepSource(
             "lb", f"http://127.0.0.1:{port}/lb/whep", metrics=metrics,
-            config=WhepSource.Config(token=TOKEN, open_timeout_s=5.0),
+            config=WhepSource.Config(token=TOKEN, open_timeout_s=5.0, redirect_origins=(media_origin,)),
         )
         await source.start()
         try:
@@ -199,11 +198,39 @@ async def test_whep_pull_follows_a_307_and_sends_the_token_only_to_the_endpoint_
         # The session's Location is resolved against the URL that answered: it is deleted there.
         assert serving.deleted == 1 and not serving.pcs
         bearer = f"Bearer {TOKEN}"
-        if cross_origin:
-            assert balancer.authorization == [bearer]  # the configured endpoint
-            assert media.authorization == [None, None]  # POST and DELETE: never the token
+        if target == "listed_origin":
+            assert balancer.authorization == [bearer] and media.authorization == [bearer, bearer]  # POST, DELETE
         else:
             assert balancer.authorization == [bearer, bearer, bearer]  # redirect, POST, DELETE
+
+
+async def test_whep_pull_refuses_a_redirect_to_an_origin_it_was_not_given(metrics: Metrics) -> None:
+    # A media server must not send the service to hosts nobody configured (an internal address,
+    # say), with or without the token.
+    balancer = WhepServer()
+    other = WhepServer(token=None)
+    async with balancer.serving() as port, other.serving() as other_port:
+        balancer.redirect_to = f"http://127.0.0.1:{other_port}/whep/cam"
+        source = WhepSource(
+            "lb", f"http://127.0.0.1:{port}/lb/whep", metrics=metrics,
+            config=WhepSource.Config(token=TOKEN, open_timeout_s=5.0),
+        )
+        await source.start()
+        try:
+            await until(lambda: source.status.state == StreamState.RECONNECTING, 10, "the refusal")
+            error = source.status.last_error or ""
+            assert f"redirected to http://127.0.0.1:{other_port}" in error and "redirect_origins" in error, error
+        finally:
+            await source.aclose()
+        assert other.authorization == [] and other.requests == 0
+        assert balancer.authorization and set(balancer.authorization) == {f"Bearer {TOKEN}"}
+
+
+def test_whep_redirect_origins_must_be_origins() -> None:
+    assert WhepSource.Config(redirect_origins=("https://media-2.example:8443",)).redirect_origins
+    for bad in ("media-2.example", "ftp://media-2.example", "https://media-2.example/whep", "https://"):
+        with pytest.raises(ValueError, match="origin|URL"):
+            WhepSource.Config(redirect_origins=(bad,))
 
 
 async def test_stopping_a_whep_source_does_not_wait_for_a_hung_endpoint(metrics: Metrics) -> None:

@@ -53,10 +53,14 @@ def test_token_only_for_the_endpoint_origin(metrics: Metrics, caplog: pytest.Log
     assert src._session_headers("https://media.example/whep/cam/s1") == {"Authorization": f"Bearer {TOKEN}"}
     with caplog.at_level(logging.WARNING, logger="monitor.sources.webrtc"):
         assert src._session_headers("https://evil.example/whep/cam/s1") == {}
-    assert "not on the endpoint's origin" in caplog.text
+    assert "not on a configured origin" in caplog.text
     caplog.clear()
     assert whep(metrics, token=None)._session_headers("https://evil.example/s1") == {}
     assert not caplog.records  # nothing withheld, nothing to warn about
+    config = WhepSource.Config(token=TOKEN, redirect_origins=("https://media-2.example",))
+    listed = WhepSource("cam", ENDPOINT, metrics=metrics, config=config)
+    assert listed._session_headers("https://media-2.example/s1") == {"Authorization": f"Bearer {TOKEN}"}
+    assert listed._session_headers("http://media-2.example/s1") == {}  # another scheme is another origin
 
 
 @pytest.mark.parametrize(
