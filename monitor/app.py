@@ -150,8 +150,8 @@ def install_log_redaction() -> None:
             target.addFilter(RedactSecrets())
 
 
-def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
-    config = _uvicorn_config(app, settings)
+def uvicorn_config(app: FastAPI, settings: Settings, metrics: Metrics | None = None) -> uvicorn.Config:
+    config = _uvicorn_config(app, settings, metrics)
     install_log_redaction()  # after uvicorn.Config, which (re)configures its loggers
     return config
 
@@ -212,7 +212,7 @@ def head_deadline_protocol(timeout: float, metrics: Metrics | None) -> type[H11P
     return HeadDeadlineH11Protocol
 
 
-def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+def _uvicorn_config(app: FastAPI, settings: Settings, metrics: Metrics | None) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.server.host,
@@ -220,7 +220,7 @@ def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         # h11, not httptools (uvicorn's default), which has no limit on a request's head: a client
         # could hold any amount of memory with a header it never finishes, before auth or the
         # body limit act. h11 answers 400 and closes once the head passes 64 KiB.
-        http=head_deadline_protocol(settings.server.request_timeout_s, getattr(app.state, "metrics", None)),
+        http=head_deadline_protocol(settings.server.request_timeout_s, metrics),
         # h11 refuses a head still unfinished past this size. It checks between network reads, so
         # one that arrives complete can be up to a read larger (about 128 KiB measured): memory
         # stays bounded either way.
@@ -255,7 +255,7 @@ class _Server(uvicorn.Server):
 async def serve(settings: Settings) -> None:
     """Run the service until SIGINT/SIGTERM, then stop streams, close open alerts and exit."""
     async with runtime(settings) as rt:
-        server = _Server(uvicorn_config(rt.app, settings))
+        server = _Server(uvicorn_config(rt.app, settings, rt.metrics))
         ready = asyncio.create_task(_announce(server))
         try:
             await server.serve()

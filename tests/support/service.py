@@ -39,7 +39,7 @@ class Running:
 async def running_service(settings: Settings) -> AsyncIterator[Running]:
     """The whole service in this event loop, on a free loopback port."""
     async with runtime(settings) as rt:
-        config = uvicorn_config(rt.app, settings)
+        config = uvicorn_config(rt.app, settings, rt.metrics)
         config.port = 0
         config.log_level = "warning"
         server = uvicorn.Server(config)
