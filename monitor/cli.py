@@ -235,19 +235,23 @@ def evaluate(
 
 @config_app.command("schema")
 def config_schema() -> None:
-    """Print the JSON schema of the configuration, with a description of every knob."""
-    from monitor.config import Settings
+    """Print the JSON schema of the configuration, with a description of every knob; each
+    installed plugin's `options` are under `x-plugin-options`."""
+    from monitor.components import settings_schema
 
-    typer.echo(json.dumps(Settings.model_json_schema(), indent=2))
+    typer.echo(json.dumps(settings_schema(), indent=2))
 
 
 @config_app.command("show")
 def config_show(config: Optional[Path] = ConfigOpt) -> None:
-    """Print the effective configuration (file + env + defaults), credentials hidden."""
+    """Print the effective configuration (file + env + defaults), credentials hidden, after
+    checking it as `serve` would: plugin names and their options included."""
+    from monitor.components import check_plugins
     from monitor.config import load_settings, redact
 
     try:
         settings = load_settings(config)
+        check_plugins(settings)
     except ConfigError as exc:
         _fail(exc)
     typer.echo(json.dumps(redact(settings.model_dump(mode="json")), indent=2))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from monitor.config import Settings
+from monitor.errors import ConfigError
 from monitor.pipeline.analyzer import FaceStage
-from monitor.plugins import DETECTOR_GROUP, Detector, load_plugin, plugin_config
+from monitor.plugins import DETECTOR_GROUP, SINK_GROUP, SOURCE_GROUP, Detector, available, load_plugin, plugin_config
 
 
 def detector_factory(settings: Settings) -> Callable[[], Detector]:
@@ -30,3 +32,48 @@ def faces_factory(settings: Settings) -> Callable[[str], FaceStage]:
         return tracker
 
     return make
+
+
+def check_plugins(settings: Settings) -> None:
+    """Resolve every plugin the settings name (detector, sinks, stream sources) and validate its
+    options as ``serve`` does at start-up, without starting anything; one ConfigError names
+    every problem. The JSON schema cannot: plugin options are each plugin's own."""
+    from monitor.clock import SystemClock
+    from monitor.metrics import Metrics
+    from monitor.pipeline.manager import build_source
+
+    problems: list[str] = []
+    try:
+        detector_factory(settings)
+    except ConfigError as exc:
+        problems.append(f"detector: {exc}")
+    for i, sink in enumerate(settings.sinks):
+        try:
+            plugin_config(load_plugin(SINK_GROUP, sink.name), sink.options)
+        except ConfigError as exc:
+            problems.append(f"sinks[{i}] ({sink.name}): {exc}")
+    metrics, clock = Metrics(), SystemClock()
+    for stream in settings.streams:
+        try:
+            build_source(stream, settings, metrics, clock)
+        except ConfigError as exc:
+            problems.append(f"streams[{stream.id}]: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def settings_schema() -> dict[str, Any]:
+    """The settings' JSON schema, plus each installed plugin's options under
+    ``x-plugin-options`` (``sources`` / ``detectors`` / ``sinks`` -> plugin name -> schema):
+    the ``options`` of a stream, the detector or a sink are validated against these."""
+    schema: dict[str, Any] = Settings.model_json_schema()
+    plugins: dict[str, dict[str, Any]] = {}
+    for key, group in (("sources", SOURCE_GROUP), ("detectors", DETECTOR_GROUP), ("sinks", SINK_GROUP)):
+        plugins[key] = {}
+        for name in sorted(available(group)):
+            config_model = getattr(load_plugin(group, name), "Config", None)
+            plugins[key][name] = (
+                config_model.model_json_schema() if config_model is not None else {"type": "object", "additionalProperties": False}
+            )
+    schema["x-plugin-options"] = plugins
+    return schema

@@ -292,7 +292,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
     for err in exc.errors(include_url=False):
         key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (`monitor config schema` lists the valid ones)"
+            msg = "unknown key (`monitor config schema` lists the valid ones; a plugin's under x-plugin-options)"
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if not isinstance(err.get("input"), (dict, list, tuple)) and err["type"] != "missing":

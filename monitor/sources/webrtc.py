@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.clock import Clock
-from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig
+from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig, redact_url
 from monitor.errors import ConfigError, SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -350,7 +350,7 @@ class WhepSource(ThreadedSource):
     @classmethod
     def validate_url(cls, url: str) -> None:
         if not url.lower().startswith(("http://", "https://")):
-            raise ConfigError(f"a WHEP endpoint must be an http(s):// URL, got {url!r}")
+            raise ConfigError(f"a WHEP endpoint must be an http(s):// URL, got {redact_url(url)!r}")
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {}

@@ -239,3 +239,37 @@ def test_webrtc_track_and_mdns_settings(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MONITOR_WEBRTC__MAX_VIDEO_TRACKS", "2")
     webrtc = load_settings(None).webrtc
     assert webrtc.resolve_mdns is True and webrtc.max_video_tracks == 2
+
+
+def test_config_show_checks_plugin_names_and_options_like_serve(tmp_path: Path) -> None:
+    # The schema cannot check them (each plugin validates its own options), so `config show`
+    # printed this file as valid and `serve` refused it.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "detector": {"name": "nosuch"},
+        "sinks": [{"name": "webhook", "options": {"url": "https://hooks.example/in", "secret": SECRETS["secret"], "retires": 3}}],
+        "streams": [
+            {"id": "cam", "url": f"rtsp://admin:{SECRETS['password']}@10.0.0.5/live", "options": {"read_timout_s": 3}},
+            {"id": "sfu", "url": f"ftp://u:{SECRETS['password']}@sfu.example/whep", "source": "whep"},
+            {"id": "ok", "url": "rtsp://10.0.0.6/live"},
+        ],
+    }))
+    r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
+    assert r.exit_code == 2, r.output
+    for problem in ("detector: unknown plugin 'nosuch'", "sinks[0] (webhook)", "retires: unknown key",
+                    "streams[cam]", "read_timout_s: unknown key", "streams[sfu]", "http(s)://"):
+        assert problem in r.output, (problem, r.output)
+    assert "streams[ok]" not in r.output
+    for value in SECRETS.values():
+        assert value not in r.output
+
+
+def test_config_schema_lists_every_plugins_options() -> None:
+    r = CliRunner().invoke(app, ["config", "schema"])
+    assert r.exit_code == 0, r.output
+    plugins = json.loads(r.stdout)["x-plugin-options"]
+    assert "redirect_origins" in plugins["sources"]["whep"]["properties"]
+    assert "read_timeout_s" in plugins["sources"]["rtsp"]["properties"]
+    assert "backend" in plugins["detectors"]["temporal-v1"]["properties"]
+    assert plugins["sinks"]["webhook"]["required"] == ["url"]
+    assert plugins["sources"]["rtsp"]["additionalProperties"] is False
