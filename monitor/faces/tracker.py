@@ -269,6 +269,10 @@ class FaceTracker:
             min_tracking_confidence=0.5,
         )
         self._closed = False
+        # Tracks the assigner ended and no process() call has returned yet: the assigner drops
+        # them as it reports them, so a call that fails after it ran (warp_face, quality) would
+        # lose them, and the analyzer would keep the track, and its open alert, until the end.
+        self._pending_ended: dict[int, None] = {}
 
     def process(self, frame: Frame, rgb: np.ndarray) -> FaceFrame:
         """Faces in ``rgb`` (H, W, 3 uint8, the frame's one RGB conversion) with stable ids."""
@@ -282,6 +286,7 @@ class FaceTracker:
         ]
         boxes = [bbox_of(lm) for lm in landmark_sets]
         ids, ended = self._assigner.update(frame.pts_s, boxes, (width, height))
+        self._pending_ended.update(dict.fromkeys(ended))
         size = self._config.crop_size
         faces: list[FaceObservation] = []
         for landmarks, box, assigned in zip(landmark_sets, boxes, ids):
@@ -310,13 +315,14 @@ class FaceTracker:
                     frame_size=(width, height),
                 )
             )
+        ended_tracks, self._pending_ended = tuple(self._pending_ended), {}
         return FaceFrame(
             stream_id=self.stream_id,
             frame_seq=frame.seq,
             t=frame.pts_s,
             received_at=frame.received_at,
             faces=tuple(faces),
-            ended_tracks=ended,
+            ended_tracks=ended_tracks,
         )
 
     def close(self) -> None:

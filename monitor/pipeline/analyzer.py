@@ -134,6 +134,12 @@ class StreamAnalyzer:
         self._skipped_last = False
         self._detached = False  # its stream was removed while a call was stuck: count nothing
         self._gauge_lock = threading.Lock()  # detach() runs on the loop thread, the rest here
+        # The tracks and their policies. The worker thread updates them; the loop thread may too
+        # while a call is stuck in a native library (idle: analysis stalled; abandon: the stream
+        # is gone). Held only around policy work, never around the face stage or the detector,
+        # so the loop never waits for a stuck call.
+        self._lock = threading.Lock()
+        self._abandoned = False  # abandon() closed every track: nothing may reopen one
         self._timer: Callable[[], float] = time.perf_counter
 
     def analyse(self, frame: Frame) -> Analysis:
@@ -142,7 +148,6 @@ class StreamAnalyzer:
         rgb = frame.rgb()
         t1 = timer()
         face_frame = self.faces.process(frame, rgb)
-        self._ended.update(face_frame.ended_tracks)
         t2 = timer()
 
         # Over budget last frame: reuse the windows as they are instead of adding this frame's
@@ -151,39 +156,50 @@ class StreamAnalyzer:
         # window: a new face never got a score, a swap switched on mid-call was never seen.
         skip_detect = self._over_budget and not self._skipped_last
         self._skipped_last = skip_detect
-        verdicts: list[Verdict] = []
         multiple = len(face_frame.faces) > 1
-        for obs in face_frame.faces:
-            track = self.tracks.get(obs.track_id)
-            if track is None:
-                track = self.tracks[obs.track_id] = _Track(
-                    self.stream_id, obs.track_id, self.detector.window_s, self.policy_config, 1.0 / self.fps
-                )
-            verdicts.append(self._verdict(track, obs, multiple, skip_detect))
+        with self._lock:
+            abandoned = self._abandoned
+            if not abandoned:
+                self._ended.update(face_frame.ended_tracks)
+                tracks = [self._track(obs.track_id) for obs in face_frame.faces]
+        if abandoned:  # the stream was closed while this call was stuck: it changes nothing
+            return Analysis(frame.seq, frame.pts_s, face_frame, (), (), StageTimes(t1 - t0, t2 - t1, 0.0, 0.0), 0.0)
+        # Windows and the detector are this thread's alone: no lock while scoring.
+        scored = [(track, self._verdict(track, obs, multiple, skip_detect)) for track, obs in zip(tracks, face_frame.faces)]
+        verdicts = [verdict for _, verdict in scored]
         if skip_detect:
             self.metrics.work_skipped.labels("detect").inc()
         t3 = timer()
 
         wall = self.clock.time()
         events: list[Event] = []
-        for verdict in verdicts:
-            track = self.tracks[verdict.track_id]
-            events.extend(track.policy.update(verdict, wall))
-            self._count_state(track)
-        for track_id in sorted(self._ended):
-            track = self.tracks.pop(track_id, None)
-            if track is not None:
-                events.extend(track.policy.end(frame.pts_s, wall))
-                self._forget_state(track)
-        self._ended.clear()
+        with self._lock:
+            if not self._abandoned:
+                for track, verdict in scored:
+                    events.extend(track.policy.update(verdict, wall))
+                    self._count_state(track)
+                for track_id in sorted(self._ended):
+                    ended = self.tracks.pop(track_id, None)
+                    if ended is not None:
+                        events.extend(ended.policy.end(frame.pts_s, wall))
+                        self._forget_state(ended)
+                self._ended.clear()
         t4 = timer()
 
         times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         self._over_budget = times.total > self.budget_s
         latency = self.clock.monotonic() - frame.received_at
         if not self._detached:
-            self._observe(times, latency, verdicts, len(face_frame.faces))
+            self._observe(times, latency, scored, len(face_frame.faces))
         return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, latency)
+
+    def _track(self, track_id: int) -> _Track:
+        track = self.tracks.get(track_id)
+        if track is None:
+            track = self.tracks[track_id] = _Track(
+                self.stream_id, track_id, self.detector.window_s, self.policy_config, 1.0 / self.fps
+            )
+        return track
 
     def _verdict(self, track: _Track, obs: FaceObservation, multiple: bool, skip_detect: bool) -> Verdict:
         reasons = quality_reasons(obs.quality, self.analysis)
@@ -198,18 +214,18 @@ class StreamAnalyzer:
         all_reasons = tuple(dict.fromkeys(reasons + score.reasons + (("multiple_faces",) if multiple else ())))
         return Verdict(self.stream_id, obs.track_id, obs.t, obs.received_at, score, obs.quality, all_reasons)
 
-    def _observe(self, times: StageTimes, latency: float, verdicts: list[Verdict], n_faces: int) -> None:
+    def _observe(self, times: StageTimes, latency: float, scored: list[tuple[_Track, Verdict]], n_faces: int) -> None:
         m = self.metrics
         m.frames_analysed.labels(self.stream_id).inc()
         m.stage_seconds.labels("convert").observe(times.convert)
         m.stage_seconds.labels("faces").observe(times.faces)
         m.stage_seconds.labels("detect").observe(times.detect)
         m.stage_seconds.labels("policy").observe(times.policy)
-        if verdicts:
+        if scored:
             m.frame_to_verdict_seconds.observe(latency)
         m.faces_tracked.labels(self.stream_id).set(len(self.tracks))
-        for verdict in verdicts:
-            m.verdicts.labels(self.tracks[verdict.track_id].policy.state.value).inc()
+        for track, _ in scored:
+            m.verdicts.labels(track.policy.state.value).inc()
 
     def _count_state(self, track: _Track) -> None:
         """Keep the state gauge at what each track is now. A track counts once it has been
@@ -239,28 +255,48 @@ class StreamAnalyzer:
         for track in list(self.tracks.values()):
             self._forget_state(track)
 
-    def idle(self, t: float) -> list[Event]:
-        """No frame has come for a while (stream time ``t`` now): every track gets an unreadable
-        verdict, so one without a readable score for ``policy.inconclusive_after_s`` goes
-        inconclusive and closes its alert, ending it at its last readable score. The tracks
-        stay: a face seen again when frames return is judged afresh on the same track."""
+    def idle(self, t: float, reason: str = "no_frames") -> list[Event]:
+        """No verdict has come for a while (stream time ``t`` now): every track gets an
+        unreadable verdict, so one without a readable score for ``policy.inconclusive_after_s``
+        goes inconclusive and closes its alert, ending it at its last readable score. The tracks
+        stay: a face seen again when verdicts return is judged afresh on the same track.
+
+        ``reason`` says why: ``no_frames`` (the source sends none), ``analysis_failed`` (every
+        analysis raises), ``analysis_stalled`` (a call has not returned). Safe to call from
+        another thread while ``analyse`` is stuck."""
         wall = self.clock.time()
         events: list[Event] = []
-        for track_id, track in sorted(self.tracks.items()):
-            verdict = Verdict(self.stream_id, track_id, t, self.clock.monotonic(), Score(None, (), ("no_frames",)), None, ("no_frames",))
-            events.extend(track.policy.update(verdict, wall))
-            self._count_state(track)
+        with self._lock:
+            if self._abandoned:
+                return events
+            for track_id, track in sorted(self.tracks.items()):
+                score = Score(None, (), (reason,))
+                verdict = Verdict(self.stream_id, track_id, t, self.clock.monotonic(), score, None, (reason,))
+                events.extend(track.policy.update(verdict, wall))
+                self._count_state(track)
+        return events
+
+    def abandon(self, t: float) -> list[Event] | None:
+        """The stream is gone while a call is stuck (from another thread): close every track's
+        open alert now, ending it at its last readable score, as ``end`` would. ``end`` still
+        closes the face stage when the call returns, and closes no alert twice. None when
+        ``end`` (or ``abandon``) already closed them."""
+        with self._lock:
+            if self._abandoned:
+                return None
+            self._abandoned = True
+            wall = self.clock.time()
+            events: list[Event] = []
+            for track in self.tracks.values():
+                events.extend(track.policy.end(t, wall))
+                self._forget_state(track)
+            self.tracks.clear()
+            self._ended.clear()
         return events
 
     def end(self, t: float) -> list[Event]:
-        """The stream is over: close every track (and its open alert)."""
-        wall = self.clock.time()
-        events: list[Event] = []
-        for track in self.tracks.values():
-            events.extend(track.policy.end(t, wall))
-            self._forget_state(track)
-        self.tracks.clear()
-        self._ended.clear()
+        """The stream is over: close every track (and its open alert) and the face stage."""
+        events = self.abandon(t) or []
         self.faces.close()
         if not self._detached:
             self.metrics.faces_tracked.labels(self.stream_id).set(0)  # not the last frame's count

@@ -16,7 +16,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import Analysis, StreamAnalyzer, TrackSnapshot
 from monitor.pipeline.worker import DaemonWorker
 from monitor.plugins import Source
-from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+from monitor.types import Event, EventType, Frame, Severity, StreamState, StreamStatusData
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ class StreamPipeline:
         self._started = False
         self.frames_skipped_for_fresher = 0
         self.analysis_errors = 0
+        self._last_t = 0.0  # stream time of the last frame analysed
+        # Why no verdict comes although frames do (analysis_failed / analysis_stalled), as last
+        # announced in a stream.status event; None while analysis works.
+        self._analysis_problem: str | None = None
 
     @property
     def id(self) -> str:
@@ -143,11 +147,12 @@ class StreamPipeline:
         loop = asyncio.get_running_loop()
         interval = 1.0 / self.fps
         next_due = self.clock.monotonic()
-        last_t = 0.0
-        last_frame_at = self.clock.monotonic()
-        # No frame for this long (a source reconnecting, a publisher gone quiet): the tracks are
-        # told, so one in alert goes inconclusive and its alert closes, instead of showing
-        # "alert" until frames come back.
+        # When an analysis last succeeded. No verdict for inconclusive_after_s (a source
+        # reconnecting, a publisher gone quiet, an analysis that fails on every frame or does not
+        # return): the tracks are told, so one in alert goes inconclusive and its alert closes,
+        # instead of showing "alert" until verdicts come back.
+        last_ok_at = self.clock.monotonic()
+        last_idle_at = last_ok_at
         idle_after = self.analyzer.policy_config.inconclusive_after_s
         try:
             while True:
@@ -161,10 +166,7 @@ class StreamPipeline:
                     else:
                         frame = await self.source.recv()
                 except asyncio.TimeoutError:
-                    idle_t = last_t + (self.clock.monotonic() - last_frame_at)
-                    events = await loop.run_in_executor(self._executor, self.analyzer.idle, idle_t)
-                    if events:
-                        await self._publish(events)
+                    await self._no_verdicts("no_frames", last_ok_at)
                     continue
                 except SourceEnded:
                     break
@@ -196,21 +198,72 @@ class StreamPipeline:
                     self.metrics.frames_dropped.labels(self.id, "stale").inc()
                     continue
                 try:
-                    analysis = await loop.run_in_executor(self._executor, self.analyzer.analyse, frame)
-                except Exception:  # one bad frame must not end the stream
+                    analysis = await self._analyse(loop, frame, last_ok_at, idle_after)
+                except Exception as exc:  # one bad frame must not end the stream
                     logger.exception("analysis failed on stream %s frame %d", self.id, frame.seq)
                     self.analysis_errors += 1
                     self.metrics.frames_dropped.labels(self.id, "analysis_error").inc()
+                    now = self.clock.monotonic()
+                    if idle_after > 0 and now - max(last_ok_at, last_idle_at) >= idle_after:
+                        # Failing on every frame: the frames keep coming, so the receive timeout
+                        # above never fires; without this the tracks stayed "alert" for ever.
+                        last_idle_at = now
+                        self._report_analysis("analysis_failed", f"{type(exc).__name__}: {exc}")
+                        await self._no_verdicts("analysis_failed", last_ok_at)
                     continue
-                last_t = frame.pts_s
-                last_frame_at = self.clock.monotonic()
+                self._last_t = frame.pts_s
+                last_ok_at = self.clock.monotonic()
+                self._report_analysis(None)
                 self._record(analysis)
                 if analysis.events:
                     await self._publish(analysis.events)
         finally:
-            events = await loop.run_in_executor(self._executor, self.analyzer.end, last_t)
+            events = await loop.run_in_executor(self._executor, self.analyzer.end, self._last_t)
             if events:
                 await self._publish(events)
+
+    async def _analyse(self, loop: asyncio.AbstractEventLoop, frame: Frame, last_ok_at: float, idle_after: float) -> Analysis:
+        """``analyzer.analyse(frame)`` in the worker. A call that runs for inconclusive_after_s
+        (stuck in a native library) cannot tell the tracks itself: they are told from here,
+        under the analyzer's lock, every inconclusive_after_s until it returns. Timed from the
+        call's start, not the last success: the first call after a wait for frames is not stuck."""
+        future = loop.run_in_executor(self._executor, self.analyzer.analyse, frame)
+        if idle_after <= 0:
+            return await future
+        deadline = self.clock.monotonic() + idle_after
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=max(deadline - self.clock.monotonic(), 0.0))
+            if done:
+                return future.result()
+            stalled_s = self.clock.monotonic() - last_ok_at
+            self._report_analysis("analysis_stalled", f"no analysis has returned for {stalled_s:.0f} s")
+            events = self.analyzer.idle(self._last_t + stalled_s, "analysis_stalled")
+            if events:
+                await self._publish(events)
+            deadline = self.clock.monotonic() + idle_after
+
+    async def _no_verdicts(self, reason: str, last_ok_at: float) -> None:
+        """No verdict since ``last_ok_at``: give every track an unreadable one (``reason``)."""
+        loop = asyncio.get_running_loop()
+        idle_t = self._last_t + (self.clock.monotonic() - last_ok_at)
+        events = await loop.run_in_executor(self._executor, self.analyzer.idle, idle_t, reason)
+        if events:
+            await self._publish(events)
+
+    def _report_analysis(self, problem: str | None, detail: str = "") -> None:
+        """Announce in a stream.status event (its detail) that analysis stopped producing
+        verdicts (``problem``, a reason code the tracks get too) or works again (None): the
+        source's state alone still says "running". Once per change, not per frame."""
+        if problem == self._analysis_problem:
+            return
+        if problem is None:
+            text, severity = f"analysis recovered after {self._analysis_problem}", Severity.INFO
+        else:
+            text, severity = f"{problem}: {detail}" if detail else problem, Severity.WARNING
+        self._analysis_problem = problem
+        state = self.source.status.state
+        data = StreamStatusData(state, text, self.source.status.reconnects)
+        self._publish_soon([Event(EventType.STREAM_STATUS, self.id, severity, self.clock.time(), data)])
 
     async def _publish(self, events: tuple[Event, ...] | list[Event]) -> None:
         """Write events to the log, retrying a briefly unavailable log (e.g. a backup holding
@@ -281,12 +334,21 @@ class StreamPipeline:
                 self._task.cancel()
                 # Its teardown (analyzer.end) queues behind the analysis call that is running:
                 # a call stuck in a native library must not hold the removal, or shutdown, for
-                # ever. Past the wait, the thread is left behind and its open alerts stay open.
+                # ever. Past the wait, the thread is left behind.
                 done, _ = await asyncio.wait({self._task}, timeout=self.STUCK_WAIT_S)
                 if not done:
                     stuck = True
                     # When (if) the call returns, it must not touch this stream's metrics again.
                     self.analyzer.detach()
+                    # Its open alerts are closed now, from here: the queued analyzer.end runs
+                    # only when the call returns, perhaps never, perhaps after the event log has
+                    # closed. It still closes the face stage then, and no alert twice.
+                    events = self.analyzer.abandon(self._last_t)
+                    if events is None:
+                        # end() got there first, just now: the task is publishing what it closed.
+                        await asyncio.wait({self._task}, timeout=self.STUCK_WAIT_S)
+                    elif events:
+                        await self._publish(events)
                     logger.error("stream %s: analysis is stuck; leaving its thread behind", self.id)
             except Exception:
                 logger.exception("stream %s task failed", self.id)
@@ -294,8 +356,9 @@ class StreamPipeline:
             self.analyzer.faces.close()  # never started: its task would have closed it
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
-        # A stuck analysis call must not block the event loop while we wait for it.
-        await asyncio.to_thread(self._executor.shutdown, wait=not stuck, cancel_futures=stuck)
+        # A stuck analysis call must not block the event loop while we wait for it. Its queued
+        # analyzer.end is kept: it closes the face stage (a MediaPipe graph) once the call returns.
+        await asyncio.to_thread(self._executor.shutdown, wait=not stuck)
         if self._started:
             self.metrics.streams_active.labels(self.source.kind).dec()
         self.metrics.forget_stream(self.id)

@@ -17,7 +17,7 @@ from monitor.config import Settings, StreamConfig
 from monitor.errors import ConfigError, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
-from monitor.sources.base import ThreadedSource
+from monitor.sources.base import ThreadedSource, redact_text
 from monitor.types import Frame
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,9 @@ class Timeline:
             raw, t = self._raw + self.step, self.t + self.step
         else:
             delta = raw - self._raw
-            if 0.0 <= delta <= self.MAX_JUMP_S:
+            # A repeated timestamp (delta 0) counts as a missing one: stream time that stood
+            # still froze track expiry and a file's pacing (it was read at full speed).
+            if 0.0 < delta <= self.MAX_JUMP_S:
                 t = self.t + delta
                 if 0.0 < delta < 1.0:
                     self.step = delta
@@ -145,15 +147,19 @@ def open_video(
     timeout: tuple[float, float] | None = None,
     decoder_options: dict[str, str] | None = None,
 ) -> Any:
+    # Error messages reach the event log, clients and logs: never with the URL's credentials,
+    # neither in the URL we name nor in FFmpeg's message, which repeats it.
+    shown = redact_text(url, url)
     try:
         container = av.open(url, "r", options=options or {}, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise SourceError(f"no such file: {url}", retryable=False) from exc
+    except FileNotFoundError:
+        raise SourceError(f"no such file: {shown}", retryable=False) from None
     except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot open {url}: {exc}", retryable=True) from exc
+        # "from None": the chained exception would print the URL in a traceback.
+        raise SourceError(f"cannot open {shown}: {redact_text(str(exc), url)}", retryable=True) from None
     if not container.streams.video:
         container.close()
-        raise SourceError(f"{url} has no video stream", retryable=False)
+        raise SourceError(f"{shown} has no video stream", retryable=False)
     # FRAME threading doubles latency over RTSP (DESIGN.md); it can only be set before decoding.
     container.streams.video[0].thread_type = "SLICE"
     if decoder_options:
@@ -244,7 +250,14 @@ class FileSource(ThreadedSource):
                 return
             passes += 1
             self._offset += timeline.t + timeline.step
-            self._container.seek(0)
+            try:
+                self._container.seek(0)
+            except (av.error.FFmpegError, OSError):
+                # A raw H.264/HEVC elementary stream (.h264, a common camera dump) cannot seek
+                # (av.error.PermissionError): start it again from a fresh open instead.
+                logger.debug("cannot seek %s; reopening it to loop", self.path, exc_info=True)
+                self._close()
+                self._open()
 
 
 class RtspSource(ThreadedSource):
@@ -296,7 +309,7 @@ class RtspSource(ThreadedSource):
             try:
                 self._container.close()
             except Exception:  # closing a broken connection may itself fail
-                logger.debug("closing %s failed", self.url, exc_info=True)
+                logger.debug("closing stream %s failed", self.stream_id)  # not the URL: it may hold a password
             self._container = None
 
     def _read(self) -> Iterator[Frame]:

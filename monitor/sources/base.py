@@ -6,16 +6,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any, ClassVar
+from urllib.parse import quote, unquote
 
 from monitor.clock import Clock, RateMeter, SystemClock
+from monitor.config import REDACTED, redact_url
 from monitor.errors import SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.types import Frame, SourceStatus, StreamState
 
 logger = logging.getLogger(__name__)
+
+# A URL quoted inside an error message (FFmpeg repeats the one it failed to open, in quotes).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# Its user:password: everything up to the authority's *last* "@", as FFmpeg splits it, so a
+# password with a raw "@" in it is hidden whole (redact_url stops at the first one).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# Numbers in an error ("no video for 2.3 s", "51 corrupt packets"): not part of its cause.
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _redact_one_url(url: str) -> str:
+    return redact_url(_USERINFO.sub(rf"\1{REDACTED}@", url))
+
+
+def redact_text(text: str, url: str | None = None) -> str:
+    """``text`` (an error message, a state detail) with the credentials of every URL in it
+    hidden; with ``url`` (the source's own), also every copy of that URL and of its
+    user:password, raw or percent-decoded or -encoded, wherever the library put them."""
+    if url:
+        text = text.replace(url, _redact_one_url(url))
+        m = _USERINFO.match(url)
+        if m:
+            userinfo = m[0][len(m[1]) : -1]
+            for form in sorted({userinfo, unquote(userinfo), quote(unquote(userinfo), safe=":")}, key=len, reverse=True):
+                if form:
+                    text = text.replace(form, REDACTED)
+    return _URL_IN_TEXT.sub(lambda m: _redact_one_url(m[0]), text)
 
 
 class LatestSlot:
@@ -89,6 +120,14 @@ class ThreadedSource:
     kind: ClassVar[str] = "threaded"
     reconnect: ClassVar[bool] = True
     JOIN_S: ClassVar[float] = 10.0  # how long aclose waits for a blocked decoder thread
+    # A connection counts as healthy, and the reconnect backoff starts again from its shortest
+    # delay, only after this long with frames: reset on the first frame, a camera that sends one
+    # frame and then fails (a decodable keyframe, then corrupt data) was retried about 5 times a
+    # second for ever.
+    HEALTHY_S: ClassVar[float] = 10.0
+    # The URL the source reads, if it has one: its credentials never reach an error or a state
+    # detail (the event log, websocket clients, webhooks, logs and /api/streams all show those).
+    url: str | None = None
 
     def __init__(self, stream_id: str, *, metrics: Metrics, clock: Clock | None = None) -> None:
         self.stream_id = stream_id
@@ -102,6 +141,7 @@ class ThreadedSource:
         self._backoff = Backoff()
         self._rate = RateMeter()
         self._state_listeners: list[Any] = []
+        self._published: tuple[StreamState, str] | None = None  # state and cause last announced
         self._detached = False  # closed while its thread was still blocked: ignore what it does
 
     # --- the subclass interface -------------------------------------------------------
@@ -121,9 +161,21 @@ class ThreadedSource:
         """``listener(state, detail)`` is called from the source thread on state changes."""
         self._state_listeners.append(listener)
 
-    def _set_state(self, state: StreamState, detail: str = "") -> None:
+    def _redact(self, text: str) -> str:
+        return redact_text(text, self.url)
+
+    def _set_state(self, state: StreamState, detail: str = "", cause: str | None = None) -> None:
+        """Announce a state change to the listeners (the stream.status event). ``cause`` (by
+        default ``detail``) tells what must change for the same state to be announced again:
+        a dead camera's retries differ only in "retrying in X s", and each one was a new event
+        in the durable log, one every 5 s per dead stream."""
         if self._detached or (state == self.status.state and not detail):
             return
+        detail = self._redact(detail)
+        key = (state, self._redact(cause) if cause is not None else detail)
+        if state == self.status.state and key == self._published:
+            return
+        self._published = key
         self.status.state = state
         if state in (StreamState.ENDED, StreamState.STOPPED):
             # Finished on purpose (a file ended, the stream was removed): not "down".
@@ -151,7 +203,7 @@ class ThreadedSource:
         if self._detached:
             return
         self.status.decode_errors += 1
-        self.status.last_error = f"decode error: {exc}"
+        self.status.last_error = self._redact(f"decode error: {exc}")
         self.metrics.frames_dropped.labels(self.stream_id, "decode_error").inc()
 
     def _deliver(self, frame: Frame) -> None:
@@ -206,16 +258,19 @@ class ThreadedSource:
             while not self._stop.is_set():
                 try:
                     self._open()
-                    got_frame = False
+                    first_frame_at: float | None = None
+                    healthy = False
                     for frame in self._read():
-                        if not got_frame:
+                        if first_frame_at is None:
                             # Running (and stream_up 1) from the first frame, not from the open:
                             # a camera that accepts the connection but sends nothing would
                             # otherwise flap between running and reconnecting, and an alert on
                             # stream_up == 0 for a minute would never fire.
-                            got_frame = True
-                            self._backoff.reset()
+                            first_frame_at = self.clock.monotonic()
                             self._set_state(StreamState.RUNNING)
+                        elif not healthy and self.clock.monotonic() - first_frame_at >= self.HEALTHY_S:
+                            healthy = True
+                            self._backoff.reset()
                         self._deliver(frame)
                         if self._stop.is_set():
                             break
@@ -228,7 +283,9 @@ class ThreadedSource:
                 except SourceError as exc:
                     err = exc
                 except Exception as exc:  # an unexpected decoder error must not kill the service
-                    logger.exception("source %s failed unexpectedly", self.stream_id)
+                    # Not logger.exception: the traceback quotes the message, URL and all.
+                    trace = "".join(traceback.format_exception(exc))
+                    logger.error("source %s failed unexpectedly: %s", self.stream_id, self._redact(trace))
                     err = SourceError(f"{type(exc).__name__}: {exc}", retryable=self.reconnect)
                 finally:
                     self._close()
@@ -236,15 +293,22 @@ class ThreadedSource:
                     # Asked to stop: an error from the read or open it interrupted (a stalled
                     # camera's timeout) is not a failure of the stream.
                     break
-                self.status.last_error = str(err)
                 self.metrics.source_errors.labels(self.stream_id, type(err).__name__).inc()
+                # Whatever built the message, it reaches the API, the event log and the logs
+                # without the URL's credentials; the pipeline logs the error that ends it too.
+                message = self._redact(str(err))
+                if message != str(err):
+                    err = SourceError(message, retryable=err.retryable)
+                self.status.last_error = message
                 if not (err.retryable and self.reconnect):
-                    self._set_state(StreamState.FAILED, str(err))
+                    self._set_state(StreamState.FAILED, message)
                     end = err
                     break
                 delay = self._backoff.next_delay()
-                self._set_state(StreamState.RECONNECTING, f"{err}; retrying in {delay:.2f}s")
-                logger.warning("stream %s: %s; reconnecting in %.2fs", self.stream_id, err, delay)
+                # The detail says when the next try is; a new event only for a new cause.
+                cause = f"{type(err).__name__}: {_NUMBER.sub('#', message)}"
+                self._set_state(StreamState.RECONNECTING, f"{message}; retrying in {delay:.2f}s", cause=cause)
+                logger.warning("stream %s: %s; reconnecting in %.2fs", self.stream_id, message, delay)
                 if not self._sleep(delay):
                     break
                 self.status.reconnects += 1

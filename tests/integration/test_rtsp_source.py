@@ -4,6 +4,7 @@ and a video stream that stops while audio goes on."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -56,3 +57,28 @@ async def test_rtsp_source_reconnects_when_video_stops_but_audio_goes_on(metrics
             await source.aclose()
     assert StreamState.RECONNECTING in states, states
     assert "no video for" in (source.status.last_error or "")
+
+
+async def test_rtsp_errors_from_a_real_server_never_show_the_credentials(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FFmpeg repeats the URL it failed on; the error text goes to the event log, websocket
+    # clients, webhooks, /api/streams and the logs.
+    caplog.set_level(logging.DEBUG)
+    with RtspServer(width=320, height=240, fps=10) as server:
+        good = server.url.replace("rtsp://", "rtsp://admin:s3cret@")
+        wrong_mount = good.rsplit("/", 1)[0] + "/nosuch"
+        source = RtspSource("cam", wrong_mount, metrics=metrics)
+        details: list[str] = []
+        source.on_state(lambda state, detail: details.append(detail))
+        await source.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            while source.status.reconnects < 1 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            await source.aclose()
+    assert source.status.reconnects >= 1
+    shown = [source.status.last_error or "", *details, caplog.text]
+    assert "rtsp://***@127.0.0.1" in shown[0], shown[0]  # still names what failed
+    assert not [text for text in shown if "s3cret" in text or "admin" in text]

@@ -219,3 +219,21 @@ def garbage_video_ts(path: Path, packets: int = 20, *, fps: int = 10, seed: int 
             packet.stream, packet.pts, packet.dts, packet.time_base = video, i, i, Fraction(1, fps)
             container.mux(packet)
     return path
+
+
+def frozen_timestamps_mkv(path: Path, frames: int = 30, *, width: int = 160, height: int = 120) -> Path:
+    """A Matroska file of the demo face (MJPEG) whose every packet has timestamp 0: stream time
+    that does not advance. Matroska takes equal timestamps (most muxers refuse them)."""
+    with av.open(str(path), mode="w", format="matroska") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(render_frame(i / 10, width, height), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            for packet in stream.encode(frame):
+                packet.pts = packet.dts = 0
+                container.mux(packet)
+        for packet in stream.encode(None):
+            packet.pts = packet.dts = 0
+            container.mux(packet)
+    return path

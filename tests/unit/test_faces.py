@@ -128,6 +128,32 @@ def test_track_expires_after_track_lost_s_and_a_new_id_follows(run: Runner, spri
     assert again > first
 
 
+def test_a_track_that_ends_on_a_failed_call_is_reported_by_the_next_one(
+    run: Runner, sprite: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The assigner forgets an ended track as it reports it: a call that failed after it ran
+    # (here in the crop warp) lost the id for good, and the analyzer kept that track, and any
+    # open alert, until the stream stopped.
+    import monitor.faces.tracker as tracker_module
+
+    first = run(canvas([(sprite, 200, 100)])).faces[0].track_id
+    blank = canvas([])
+    for _ in range(10):  # t = 0.1 .. 1.0: not yet lost
+        assert run(blank).ended_tracks == ()
+    real_warp = tracker_module.warp_face
+
+    def failing_warp(*args: object, **kwargs: object) -> np.ndarray:
+        raise MemoryError("warp failed")
+
+    monkeypatch.setattr(tracker_module, "warp_face", failing_warp)
+    with pytest.raises(MemoryError):
+        run(canvas([(sprite, 200, 100)]))  # t = 1.1: ends the first track, starts a new one
+    monkeypatch.setattr(tracker_module, "warp_face", real_warp)
+    after = run(canvas([(sprite, 200, 100)]))
+    assert after.ended_tracks == (first,)
+    assert run(canvas([(sprite, 200, 100)])).ended_tracks == ()  # reported once
+
+
 def test_two_faces_side_by_side_get_distinct_stable_ids(sprite: np.ndarray) -> None:
     runner = Runner(AnalysisConfig(max_faces=4))
     try:

@@ -315,3 +315,140 @@ async def test_an_alert_closes_when_frames_stop_coming(parts: Any) -> None:
     assert [t.state.value for t in pipeline.status().tracks] == ["inconclusive"]
     assert pipeline.status().latency_ms_p50 is not None  # verdicts within the last 30 s
     await m.aclose()
+
+
+class StallsWhenTold(OneFace):
+    """A face stage whose next call, once ``stall`` is set, blocks until ``release`` (a call
+    stuck in a native library); ``closed`` is set when the stage is closed."""
+
+    def __init__(self) -> None:
+        self.stall = threading.Event()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self.closed = threading.Event()
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        if self.stall.is_set() and not self.stalled.is_set():
+            self.stalled.set()
+            self.release.wait(60)
+        return super().process(frame, rgb)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class FailsWhenTold(OneFace):
+    """A face stage that raises on every frame while ``broken`` (a frame MediaPipe rejects)."""
+
+    broken = False
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        if self.broken:
+            raise RuntimeError("face graph error")
+        return super().process(frame, rgb)
+
+
+def events_of(log: EventLog) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(payload) for _, payload in log.read_since(0, 10_000)]
+
+
+async def wait_until(condition: Any, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def alert_manager(parts: Any, faces: OneFace, **policy: float) -> StreamManager:
+    from monitor.config import load_settings
+
+    _, log, bus, metrics = parts
+    settings = load_settings(None, data_dir=log.path.parent, demo=False, policy={"min_alert_s": 0.3, **policy})
+    return StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: faces)
+
+
+def has(log: EventLog, kind: EventType) -> int:
+    return sum(kind.value in payload for _, payload in log.read_since(0, 10_000))
+
+
+@pytest.mark.parametrize("how", ["remove", "shutdown"])
+async def test_a_stream_closed_while_its_analysis_is_stuck_still_closes_its_alerts(
+    parts: Any, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Before, past STOP_WAIT_S + STUCK_WAIT_S the queued analyzer.end was cancelled: the open
+    # alert never got its alert.closed, not even once the call returned, and the MediaPipe
+    # graph was never closed.
+    monkeypatch.setattr(StreamPipeline, "STOP_WAIT_S", 0.5)
+    monkeypatch.setattr(StreamPipeline, "STUCK_WAIT_S", 0.5)
+    _, log, bus, metrics = parts
+    faces = StallsWhenTold()
+    m = alert_manager(parts, faces, inconclusive_after_s=600.0)  # no stall watchdog before the removal
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    try:
+        await wait_until(lambda: has(log, EventType.ALERT_OPENED), "an alert")
+        faces.stall.set()
+        assert await asyncio.to_thread(faces.stalled.wait, 10)
+        await (m.remove("cam") if how == "remove" else m.aclose())
+        assert has(log, EventType.ALERT_CLOSED) == 1  # at once, the call still stuck
+        assert not faces.closed.is_set()  # not closed under the stuck call
+        closed = next(e for e in events_of(log) if EventType.ALERT_CLOSED.value in e["type"])
+        assert "track_ended" in closed["data"]["reasons"]
+    finally:
+        faces.release.set()
+        await m.aclose()  # (already closed: a no-op, or the cleanup of a failed check)
+    # When the call returns, the queued end closes the face stage, and no alert twice.
+    assert await asyncio.to_thread(faces.closed.wait, 10)
+    assert pipeline._task is not None
+    done, _ = await asyncio.wait({pipeline._task}, timeout=10)  # it publishes what end() returned
+    assert done
+    assert has(log, EventType.ALERT_CLOSED) == 1
+    await bus.aclose()
+
+
+def stream_details(log: EventLog) -> list[str]:
+    return [e["data"]["detail"] for e in events_of(log) if EventType.STREAM_STATUS.value in e["type"]]
+
+
+async def test_an_analysis_failing_on_every_frame_closes_the_alert(parts: Any) -> None:
+    # Frames keep coming, so the no-frames watchdog never fired: the track stayed "alert" and
+    # the alert open for as long as the analysis failed.
+    _, log, _, metrics = parts
+    faces = FailsWhenTold()
+    m = alert_manager(parts, faces, inconclusive_after_s=1.0)
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    try:
+        await wait_until(lambda: has(log, EventType.ALERT_OPENED), "an alert")
+        faces.broken = True
+        await wait_until(lambda: has(log, EventType.ALERT_CLOSED), "the alert to close")
+        tracks = pipeline.status().tracks
+        assert [(t.state.value, t.reasons) for t in tracks] == [("inconclusive", ("analysis_failed",))]
+        assert any(d.startswith("analysis_failed: RuntimeError: face graph error") for d in stream_details(log))
+        faces.broken = False
+        await wait_until(lambda: "analysis recovered after analysis_failed" in stream_details(log), "recovery")
+        assert sum(d.startswith("analysis_failed") for d in stream_details(log)) == 1  # once, not per frame
+    finally:
+        await m.aclose()
+
+
+async def test_an_analysis_call_that_hangs_closes_the_alert(parts: Any) -> None:
+    # The worker is blocked, so only the loop can tell the tracks; it does, under the
+    # analyzer's lock, while the call is still stuck.
+    _, log, _, metrics = parts
+    faces = StallsWhenTold()
+    m = alert_manager(parts, faces, inconclusive_after_s=1.0)
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    try:
+        await wait_until(lambda: has(log, EventType.ALERT_OPENED), "an alert")
+        faces.stall.set()
+        await wait_until(lambda: has(log, EventType.ALERT_CLOSED), "the alert to close")
+        assert not faces.release.is_set() and faces.stalled.is_set()  # closed while still stuck
+        tracks = pipeline.status().tracks
+        assert [(t.state.value, t.reasons) for t in tracks] == [("inconclusive", ("analysis_stalled",))]
+        assert any(d.startswith("analysis_stalled") for d in stream_details(log))
+        faces.release.set()
+        await wait_until(lambda: "analysis recovered after analysis_stalled" in stream_details(log), "recovery")
+    finally:
+        faces.release.set()
+        await m.aclose()

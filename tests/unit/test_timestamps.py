@@ -27,6 +27,14 @@ def test_timeline_counts_from_the_start_and_bridges_discontinuities() -> None:
     assert round(line(3605.1 + 30.0), 3) == 30.6  # a real gap of half a minute is kept
 
 
+def test_a_repeated_timestamp_counts_as_a_missing_one() -> None:
+    # Stream time that stands still froze track expiry and a file's pacing.
+    line = Timeline(start_s=0.0)
+    assert [round(line(raw), 3) for raw in (0.0, 0.1, 0.1, 0.1, 0.2)] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    frozen = Timeline(start_s=1.0)
+    assert [round(frozen(1.0), 3) for _ in range(4)] == [0.0, 0.033, 0.067, 0.1]  # the default 1/30 s
+
+
 def test_live_timeline_counts_from_the_first_frame() -> None:
     line = Timeline()
     assert [round(line(raw), 3) for raw in (73.5, 73.6)] == [0.0, 0.1]

@@ -1,0 +1,256 @@
+"""Sources under bad conditions: credentials never leak into errors, a flapping or dead camera
+neither retries at full speed nor floods the event log, files that cannot seek or whose
+timestamps stand still still play."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from monitor.alerts.bus import EventBus
+from monitor.alerts.eventlog import EventLog
+from monitor.clock import FakeClock, SystemClock
+from monitor.config import StreamConfig, load_settings
+from monitor.errors import SourceEnded, SourceError
+from monitor.metrics import Metrics
+from monitor.pipeline.manager import StreamManager
+from monitor.sources.av_source import FileSource, sample_video
+from monitor.sources.base import ThreadedSource, redact_text
+from monitor.sources.demo_media import write_clip
+from monitor.types import Frame, StreamState
+from tests.support.media import frozen_timestamps_mkv
+from tests.unit.test_stream_teardown import Constant, NoFaces
+
+DEADLINE_S = 20.0  # generous for a busy machine; a missing fix never meets the condition
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(condition: Any, what: str, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "secrets"),
+    [
+        ("admin:s3cret", ("s3cret",)),
+        ("admin:p%40ss%3Aw0rd", ("p%40ss", "p@ss:w0rd", "w0rd")),  # percent-encoded "p@ss:w0rd"
+    ],
+)
+async def test_rtsp_credentials_reach_no_error_event_or_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, userinfo: str, secrets: tuple[str, ...]
+) -> None:
+    # A real RtspSource and FFmpeg against a port with nothing listening: FFmpeg's own message
+    # repeats the URL. Before, last_error, every stored "reconnecting" event and the warning
+    # log line held the password (twice).
+    caplog.set_level(logging.DEBUG)
+    log = EventLog(tmp_path / "events.sqlite3")
+    metrics = Metrics()
+    bus = EventBus(log, metrics)
+    settings = load_settings(None, data_dir=tmp_path, demo=False)
+    m = StreamManager(settings, bus, metrics, SystemClock(), Constant, lambda stream_id: NoFaces())
+    try:
+        url = f"rtsp://{userinfo}@127.0.0.1:{free_port()}/live"
+        pipeline = await m.add(StreamConfig(id="cam", url=url))
+        await until(lambda: pipeline.source.status.reconnects >= 2 and log.last_id(), "two reconnects")
+        last_error = pipeline.status().last_error or ""
+    finally:
+        await m.aclose()
+        await bus.aclose()
+    stored = " ".join(payload for _, payload in log.read_since(0, 1000))
+    log.close()
+    assert "rtsp://***@127.0.0.1" in last_error and "refused" in last_error.lower()  # still says what failed
+    assert "rtsp://***@127.0.0.1" in stored
+    for text in (last_error, stored, caplog.text):
+        assert "admin" not in text
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_redact_text_hides_every_form_of_the_credentials() -> None:
+    url = "rtsp://admin:p%40ss%3Aw0rd@cam.local:554/live?token=abc123"
+    text = (
+        f"cannot open {url}: Connection refused: '{url}'; as decoded admin:p@ss:w0rd; "
+        "another rtsp://u:raw@at@host/x"
+    )
+    out = redact_text(text, url)
+    for secret in ("p%40ss", "p@ss", "w0rd", "abc123", "raw@at", "u:raw"):
+        assert secret not in out
+    assert "rtsp://***@cam.local:554/live?token=***" in out and "rtsp://***@host/x" in out
+    assert redact_text("read failed: Connection timed out") == "read failed: Connection timed out"
+
+
+class LeakyPlugin(ThreadedSource):
+    """A source plugin that puts its URL into its errors: an unexpected exception first (logged
+    with its traceback), then a fatal SourceError."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__("cam", metrics=Metrics())
+        self.url = url
+        self.details: list[str] = []
+        self.on_state(lambda state, detail: self.details.append(detail))
+        self._tries = 0
+
+    def _open(self) -> None:
+        self._tries += 1
+        if self._tries == 1:
+            raise RuntimeError(f"cannot reach {self.url}")
+        raise SourceError(f"401 from {self.url} (user {self.url.split('//')[1].split(':')[0]})", retryable=False)
+
+    def _read(self) -> Iterator[Frame]:
+        yield from ()
+
+    def _sleep(self, seconds: float) -> bool:
+        return not self._stop.is_set()
+
+
+async def test_any_source_plugin_errors_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    # The shared machinery redacts what any plugin reports: last_error, state details, the
+    # error that ends the stream, and the log lines (a traceback included).
+    caplog.set_level(logging.DEBUG)
+    source = LeakyPlugin("https://whepuser:t0pS3cret@media.example/whep/cam?token=abc123")
+    await source.start()
+    with pytest.raises(SourceError) as ended:
+        await asyncio.wait_for(source.recv(), DEADLINE_S)
+    await source.aclose()
+    assert source.status.state == StreamState.FAILED
+    shown = [str(ended.value), source.status.last_error or "", *source.details, caplog.text]
+    assert "https://***@media.example/whep/cam?token=***" in shown[0]
+    assert "RuntimeError: cannot reach https://***@media.example" in caplog.text  # the traceback is kept
+    assert not [text for text in shown if "t0pS3cret" in text or "abc123" in text]
+
+
+# --- backoff and reconnect events -------------------------------------------------------------
+
+
+class Scripted(ThreadedSource):
+    """Connection n delivers ``frames[n]`` frames (with ``gap_s`` of clock time between them),
+    then fails with ``errors[n]``. Backoff sleeps are recorded, not slept."""
+
+    def __init__(self, errors: list[str], frames: list[int], clock: FakeClock, gap_s: float = 0.0) -> None:
+        super().__init__("cam", metrics=Metrics(), clock=clock)
+        self.errors, self.frames, self.gap_s = errors, frames, gap_s
+        self.fake_clock = clock
+        self.delays: list[float] = []
+        self.states: list[tuple[StreamState, str]] = []
+        self.on_state(lambda state, detail: self.states.append((state, detail)))
+        self._n = 0
+
+    def _open(self) -> None:
+        if self._n >= len(self.errors):
+            self._stop.wait()  # script done: a camera that hangs until removed
+            raise SourceError("stopped", retryable=True)
+        if not self.frames[self._n]:
+            n, self._n = self._n, self._n + 1
+            raise SourceError(self.errors[n], retryable=True)
+
+    def _read(self) -> Iterator[Frame]:
+        n, self._n = self._n, self._n + 1
+        for i in range(self.frames[n]):
+            if i:
+                self.fake_clock.advance(self.gap_s)
+            now = time.monotonic()
+            yield Frame(self.stream_id, self.next_seq(), now, now, 4, 4, np.zeros((4, 4, 3), np.uint8))
+        raise SourceError(self.errors[n], retryable=True)
+
+    def _sleep(self, seconds: float) -> bool:
+        self.delays.append(seconds)
+        return not self._stop.is_set()
+
+
+async def run_script(source: Scripted) -> None:
+    await source.start()
+    try:
+        await until(lambda: len(source.delays) >= len(source.errors), "the script to run")
+    finally:
+        await source.aclose()
+
+
+async def test_one_frame_per_connection_does_not_reset_the_backoff() -> None:
+    # A camera whose keyframe decodes and whose next packets are corrupt: before, its first
+    # frame reset the backoff each time, and it reconnected about 5 times a second for ever.
+    source = Scripted(["50 corrupt packets in a row"] * 8, [1] * 8, FakeClock())
+    await run_script(source)
+    assert max(source.delays) >= 2.0, source.delays  # grew towards the 5 s cap (each >= half nominal)
+
+
+async def test_a_connection_healthy_for_a_while_resets_the_backoff() -> None:
+    gap = ThreadedSource.HEALTHY_S / 2 + 0.5  # three frames span more than HEALTHY_S
+    source = Scripted(["read failed"] * 6, [1, 1, 1, 1, 3, 1], FakeClock(), gap_s=gap)
+    await run_script(source)
+    assert source.delays[3] >= 1.0  # the fourth retry in a row: nominal 2 s
+    assert source.delays[4] <= 0.25  # after a healthy connection: from the shortest again
+
+
+async def test_a_dead_camera_writes_one_reconnecting_event_per_cause() -> None:
+    # Before, each retry's "retrying in X s" made a new stream.status event: one every <= 5 s
+    # per dead camera in the durable log.
+    refused = "cannot open rtsp://cam/live: [Errno 111] Connection refused"
+    errors = [refused] * 4 + ["no video for 2.1 s while other streams still play", "no video for 2.4 s while other streams still play"]
+    source = Scripted(errors, [0] * 6, FakeClock())
+    await run_script(source)
+    reconnecting = [detail for state, detail in source.states if state == StreamState.RECONNECTING]
+    assert len(reconnecting) == 2, reconnecting  # the cause changed once; numbers are not a cause
+    assert reconnecting[0].startswith(refused + "; retrying in") and reconnecting[1].startswith("no video for 2.1 s")
+    assert source.status.last_error == errors[-1]  # the current error is still shown
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+async def test_a_raw_h264_file_loops_by_reopening_it(tmp_path: Path) -> None:
+    # A raw H.264 elementary stream (a camera dump) cannot seek: before, looping it failed the
+    # stream with "PermissionError: [Errno 1] Operation not permitted" after one pass.
+    clip = write_clip(tmp_path / "dump.h264", 1.0, fps=10, width=160, height=120)
+    source = FileSource("f", str(clip), metrics=Metrics(), loop=True, realtime=False)
+    await source.start()
+    try:
+        frames = [await asyncio.wait_for(source.recv(), DEADLINE_S) for _ in range(25)]
+    finally:
+        await source.aclose()
+    times = [f.pts_s for f in frames]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert source.status.state != StreamState.FAILED
+
+
+def test_a_file_whose_timestamps_stand_still_is_sampled_by_frame_steps(tmp_path: Path) -> None:
+    # Every frame at t = 0: before, sampling at 10 fps kept only the first frame, a live source
+    # read the file at full speed, and tracks never expired (their time never moved).
+    clip = frozen_timestamps_mkv(tmp_path / "frozen.mkv", frames=30)
+    times = [f.pts_s for f in sample_video(str(clip), 10.0)]
+    assert len(times) == 10, times  # one second of frames at the usual 1/30 s step
+    assert times == sorted(times) and len(set(times)) == len(times)
+
+
+async def test_a_file_whose_timestamps_stand_still_plays_at_a_frame_step(tmp_path: Path) -> None:
+    clip = frozen_timestamps_mkv(tmp_path / "frozen.mkv", frames=10)
+    source = FileSource("f", str(clip), metrics=Metrics(), realtime=True)
+    await source.start()
+    times: list[float] = []
+    try:
+        while True:  # a slow reader may miss frames, never the last one
+            times.append((await asyncio.wait_for(source.recv(), DEADLINE_S)).pts_s)
+    except SourceEnded:
+        pass
+    finally:
+        await source.aclose()
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert times[-1] == pytest.approx(9 / 30)  # before, every frame at 0: no pacing at all
