@@ -49,6 +49,14 @@ def redact_text(text: str, url: str | None = None) -> str:
     return _URL_IN_TEXT.sub(lambda m: _redact_one_url(m[0]), text)
 
 
+def error_kind(err: BaseException) -> str:
+    """The metric's ``kind``: the class of the error underneath a SourceError (PyAV's
+    ``ConnectionRefusedError``, ``InvalidDataError``, ``HTTPError``...), or ``SourceError`` for
+    the source's own findings (a timeout, no video)."""
+    inner = err.__cause__ or err.__context__
+    return type(inner if isinstance(err, SourceError) and inner is not None else err).__name__
+
+
 class LatestSlot:
     """Thread-to-asyncio hand-off holding at most one frame: a newer frame replaces an
     unread one (counted as dropped), so a slow consumer always gets the newest frame."""
@@ -287,13 +295,14 @@ class ThreadedSource:
                     trace = "".join(traceback.format_exception(exc))
                     logger.error("source %s failed unexpectedly: %s", self.stream_id, self._redact(trace))
                     err = SourceError(f"{type(exc).__name__}: {exc}", retryable=self.reconnect)
+                    err.__cause__ = exc  # its kind, for the metric
                 finally:
                     self._close()
                 if self._stop.is_set():
                     # Asked to stop: an error from the read or open it interrupted (a stalled
                     # camera's timeout) is not a failure of the stream.
                     break
-                self.metrics.source_errors.labels(self.stream_id, type(err).__name__).inc()
+                self.metrics.source_errors.labels(self.stream_id, error_kind(err)).inc()
                 # Whatever built the message, it reaches the API, the event log and the logs
                 # without the URL's credentials; the pipeline logs the error that ends it too.
                 message = self._redact(str(err))

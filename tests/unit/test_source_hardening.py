@@ -72,6 +72,13 @@ async def test_rtsp_credentials_reach_no_error_event_or_log(
         pipeline = await m.add(StreamConfig(id="cam", url=url))
         await until(lambda: pipeline.source.status.reconnects >= 2 and log.last_id(), "two reconnects")
         last_error = pipeline.status().last_error or ""
+        # The metric names what failed underneath (it said SourceError for every error).
+        kinds = {
+            sample.labels["kind"]
+            for family in metrics.registry.collect() if family.name == "deepfake_monitor_source_errors"
+            for sample in family.samples if sample.name.endswith("_total")
+        }
+        assert kinds == {"ConnectionRefusedError"}, kinds
     finally:
         await m.aclose()
         await bus.aclose()
