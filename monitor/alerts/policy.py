@@ -116,8 +116,17 @@ class TrackPolicy:
         return events
 
     def end(self, t: float, wall_time: float) -> list[Event]:
-        """The track is gone: close an open alert, ending it at its last readable evidence."""
-        return self._close_alert(self._evidence_end(t), wall_time, ("track_ended",))
+        """The track is gone (the face left, the stream stopped): close an open alert, ending it
+        at its last readable evidence, then announce the end in a last track.state event
+        (``inconclusive``, reason ``track_ended``). Without it a subscriber saw a track that left
+        while ``suspicious`` stay suspicious for ever."""
+        events = self._close_alert(self._evidence_end(t), wall_time, ("track_ended",))
+        if self._announced:
+            previous, self.state, self.since_t = self.state, TrackState.INCONCLUSIVE, t
+            self.reasons = ("track_ended",)
+            events.append(self._state_event(previous, t, wall_time))
+            self._announced = False  # ended once: a second end() announces nothing
+        return events
 
     def _evidence_end(self, t: float) -> float:
         """When the evidence for an alert closed for want of evidence stopped: the last readable

@@ -366,6 +366,10 @@ def test_sigterm_stops_cleanly_closing_alerts_and_tracks(tmp_path: Path) -> None
     closed = {d["alert_id"]: d for t, d in rows if t.endswith("alert.closed.v1")}
     assert opened and opened <= set(closed), "every alert opened before SIGTERM is closed"
     assert any("track_ended" in d["reasons"] for d in closed.values())
+    # Every track announced is announced ended, so no subscriber keeps a stale state.
+    states = [d for t, d in rows if t.endswith("track.state.v1")]
+    ended = {d["track_id"] for d in states if d["reasons"] == ["track_ended"] and d["state"] == "inconclusive"}
+    assert ended and ended == {d["track_id"] for d in states}
     assert any(t.endswith("stream.status.v1") and d["state"] == "stopped" for t, d in rows)
 
 

@@ -98,11 +98,29 @@ def test_long_gap_becomes_inconclusive_and_closes_alert() -> None:
 def test_track_end_closes_alert() -> None:
     policy = TrackPolicy("s", 1, CFG)
     run(policy, steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(1, 6)])
+    before = policy.state
     closing = policy.end(5.5, 2000.0)
-    assert [e.type for e in closing] == [EventType.ALERT_CLOSED]
+    assert [e.type for e in closing] == [EventType.ALERT_CLOSED, EventType.TRACK_STATE]
     assert "track_ended" in closing[0].data.reasons
     last_readable = max(t for t, _ in steady(0.95, 0, 4))
     assert closing[0].data.end_t == pytest.approx(last_readable)
+    ended = closing[1].data
+    assert isinstance(ended, TrackStateData)
+    assert (ended.state, ended.previous, ended.reasons) == (TrackState.INCONCLUSIVE, before, ("track_ended",))
+    assert policy.end(6.0, 2001.0) == []  # ended once
+
+
+def test_a_track_that_ends_without_an_alert_announces_its_end() -> None:
+    # Before, only an open alert produced an event: a subscriber saw a face that left while
+    # suspicious stay suspicious for ever.
+    policy = TrackPolicy("s", 3, CFG)
+    run(policy, steady(0.6, 0, 3))
+    assert policy.state == TrackState.SUSPICIOUS
+    [event] = policy.end(3.5, 2000.0)
+    assert event.type == EventType.TRACK_STATE
+    assert (event.data.state, event.data.previous, event.data.reasons) == (TrackState.INCONCLUSIVE, TrackState.SUSPICIOUS, ("track_ended",))
+    assert event.data.t == 3.5 and event.data.track_id == 3
+    assert TrackPolicy("s", 4, CFG).end(1.0, 2000.0) == []  # never announced: nothing to end
 
 
 def test_first_event_announces_track_with_reasons() -> None:

@@ -204,7 +204,9 @@ function onEvent(ce) {
   const d = ce.data || {};
   const stream = ce.source.split("/streams/")[1] || "?";
   if (d.track_id != null && (ce.type.includes(".track.state") || ce.type.includes(".alert.opened"))) {
-    explanations.set(stream + "/" + d.track_id, { reasons: d.reasons || [], signals: d.signals || [] });
+    // A track that ended takes its explanation with it: the id may name another face later.
+    if ((d.reasons || []).includes("track_ended")) explanations.delete(stream + "/" + d.track_id);
+    else explanations.set(stream + "/" + d.track_id, { reasons: d.reasons || [], signals: d.signals || [] });
   }
   let what, why = "", cls = "inconclusive", tag = "event";
   if (ce.type.includes(".alert.opened")) { what = `${stream} face #${d.track_id} ${pct(d.score)}`; why = reasonText(d.reasons); cls = "alert"; tag = "ALERT"; }
