@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import uvicorn
@@ -25,11 +26,17 @@ from monitor.config import DEMO_URL, Settings, StreamConfig, redact_url
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
+from monitor.types import AlertData, Event, EventType, Severity, Signal
 
 logger = logging.getLogger(__name__)
 # At shutdown, how long each alert sink may take to deliver what is owed before it is stopped
 # (the rest is delivered after the next start). Inside docker stop's 10 s grace period.
 SINK_DRAIN_S = 3.0
+# At shutdown, how long uvicorn waits for open connections (alert websockets, a slow response)
+# before it cancels their handlers. Without a limit, one client that stopped reading kept its
+# connection, and uvicorn waiting, for ever: the teardown (closing alerts, SINK_DRAIN_S) never
+# ran and docker stop's SIGKILL ended it. Short, so the teardown normally still fits in the 10 s.
+GRACEFUL_SHUTDOWN_S = 5.0
 
 DEMO_STREAM = StreamConfig(id="demo", url=DEMO_URL)
 
@@ -70,6 +77,10 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             await runner.start()
             runners.append(runner)
 
+        # Before any stream can open a new alert, and after the sinks started, so they deliver
+        # the closes too (a sink new to this log starts from its end).
+        await close_interrupted_alerts(bus, clock.time())
+
         manager = StreamManager(settings, bus, metrics, clock, make_detector, faces_factory(settings))
         stack.push_async_callback(manager.aclose)
 
@@ -86,6 +97,53 @@ async def close_sinks(runners: list[SinkRunner], drain_s: float) -> None:
     for runner, result in zip(runners, results):
         if isinstance(result, BaseException):
             logger.warning("closing sink %s failed: %r", runner.name, result)
+
+
+# Reason code added to the alert.closed written at start-up for an alert a previous run left open.
+SERVICE_RESTARTED = "service_restarted"
+
+
+async def close_interrupted_alerts(bus: EventBus, now: float) -> int:
+    """Close every alert a previous run left open: it died (SIGKILL, OOM, a stop past its grace
+    period) before its teardown closed them, and no later run would. Each gets the
+    ``alert.closed`` the stream would have written, through the normal publish path (sinks,
+    clients), with ``service_restarted`` among its reasons. Once written, the alert is closed
+    in the log, so the next start finds nothing: idempotent. A failure to write is logged and
+    left for the next start rather than stopping this one."""
+    try:
+        unclosed = await bus.on_log(bus.log.unclosed_alerts)
+        events = [_restart_close(stream_id, data, now) for stream_id, data in unclosed]
+        if events:
+            await bus.publish(events)
+            logger.warning(
+                "closed %d alert(s) left open by the previous run (reason %s): %s",
+                len(events), SERVICE_RESTARTED, ", ".join(str(data["alert_id"]) for _, data in unclosed),
+            )
+    except Exception:
+        logger.exception("could not close the alerts left open by the previous run; the next start tries again")
+        return 0
+    return len(events)
+
+
+def _restart_close(stream_id: str, data: dict[str, Any], now: float) -> Event:
+    reasons = tuple(str(r) for r in data.get("reasons") or ())
+    start_t = float(data.get("start_t") or 0.0)
+    closed = AlertData(
+        alert_id=str(data["alert_id"]),
+        track_id=int(data.get("track_id") or 0),
+        score=float(data.get("score") or 0.0),
+        reasons=reasons if SERVICE_RESTARTED in reasons else (*reasons, SERVICE_RESTARTED),
+        signals=tuple(
+            Signal(str(s.get("name", "")), float(s.get("value") or 0.0), float(s.get("weight") or 0.0))
+            for s in data.get("signals") or () if isinstance(s, dict)
+        ),
+        start_t=start_t,
+        # When the alert really ended died with the process: its start is the last stream time
+        # known for certain (end_t is stream time, which a restart does not continue).
+        end_t=start_t,
+        start_time=float(data.get("start_time") or now),
+    )
+    return Event(EventType.ALERT_CLOSED, stream_id, Severity.INFO, now, closed)
 
 
 def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:
@@ -231,6 +289,7 @@ def _uvicorn_config(app: FastAPI, settings: Settings, metrics: Metrics | None) -
         access_log=False,
         server_header=False,
         ws_max_size=64 * 1024,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 

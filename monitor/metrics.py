@@ -93,12 +93,20 @@ class Metrics:
         self.events = Counter(
             "deepfake_monitor_events_total", "Events written to the event log, by type.", ["type"], registry=r
         )
+        self.event_log_errors = Counter(
+            "deepfake_monitor_event_log_errors_total",
+            "Failed attempts to write events to the event log (disk full, I/O error, database "
+            "locked). A stream retries a failed write for about 6 s and then drops those events, "
+            "so any increase may mean lost alert events.",
+            registry=r,
+        )
         self.ws_clients = Gauge(
             "deepfake_monitor_websocket_clients", "Connected alert websocket clients.", registry=r
         )
         self.ws_evictions = Counter(
             "deepfake_monitor_websocket_evictions_total",
-            "Alert websocket clients closed (1013) because they fell behind.",
+            "Alert websocket clients closed (1013) because they fell behind, or dropped because "
+            "they stopped reading (a send waited 10 s).",
             registry=r,
         )
         self.sink_failures = Counter(

@@ -49,18 +49,44 @@ class EventBus:
         self._new_events = asyncio.Condition()
 
     async def publish(self, events: Sequence[Event]) -> list[StoredEvent]:
+        """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
+        split the two: once the append is under way the executor thread commits it whatever
+        happens to us, so the fan-out must follow, or a live client would get the next event
+        (a higher id) and skip these for good. A cancelled caller still sees CancelledError,
+        but only after the fan-out, and with the lock held until then, so no later publish
+        offers a higher id first."""
         if not events:
             return []
-        loop = asyncio.get_running_loop()
         async with self._lock:
-            stored = await loop.run_in_executor(self._executor, self.log.append, list(events))
-            for s in stored:
-                self.metrics.events.labels(s.event.type.value).inc()
-                if s.event.type == EventType.ALERT_OPENED:
-                    self.metrics.alerts.labels(s.event.severity.value).inc()
-                rendered = (s.id, self.log.render(s))
-                for sub in self._subs:
-                    sub.offer(rendered)
+            step = asyncio.ensure_future(self._append_and_offer(list(events)))
+            try:
+                return await asyncio.shield(step)
+            except asyncio.CancelledError:
+                while not step.done():
+                    try:
+                        await asyncio.wait({step})
+                    except asyncio.CancelledError:
+                        pass  # cancelled again: the step must still finish first
+                if not step.cancelled():
+                    step.exception()  # a failed append was counted; a cancelled caller hears only of the cancel
+                raise
+
+    async def _append_and_offer(self, events: list[Event]) -> list[StoredEvent]:
+        loop = asyncio.get_running_loop()
+        try:
+            stored = await loop.run_in_executor(self._executor, self.log.append, events)
+        except Exception:
+            # The caller (StreamPipeline._publish) retries and then gives up with a log line:
+            # counted here so a failing log (disk full, locked) alarms, not just logs.
+            self.metrics.event_log_errors.inc()
+            raise
+        for s in stored:
+            self.metrics.events.labels(s.event.type.value).inc()
+            if s.event.type == EventType.ALERT_OPENED:
+                self.metrics.alerts.labels(s.event.severity.value).inc()
+            rendered = (s.id, self.log.render(s))
+            for sub in self._subs:
+                sub.offer(rendered)
         async with self._new_events:
             self._new_events.notify_all()
         return stored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from typing import TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -61,12 +62,45 @@ async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> int:
     return int(events[-1]["id"]) if events else 0
 
 
+def _emit(out: TextIO, text: str, last: int | None) -> bool:
+    """Write one event line; False once the reader of ``out`` has gone (EPIPE). Any other
+    write error (disk full, I/O error) is fatal, not a disconnect: a reconnect cannot fix it,
+    and printing on would leave a hole in the output."""
+    try:
+        out.write(text + "\n")
+        out.flush()
+    except BrokenPipeError:
+        _discard_output(out)
+        return False
+    except OSError as exc:
+        resume = f"; resume with --since {last}" if last is not None else ""
+        raise MonitorError(f"cannot write the alert output: {exc}{resume}") from exc
+    return True
+
+
+def _discard_output(out: TextIO) -> None:
+    """Point ``out``'s file descriptor at /dev/null. The line that failed stays in its buffer,
+    and Python flushes stdout at exit: without this, a second EPIPE there printed "Exception
+    ignored ... BrokenPipeError" and exit code 120 (the recipe in Python's signal docs)."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both: not a file, nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 async def tail(
     url: str, *, since: int | None = None, token: str | None = None, follow: bool = True, out: TextIO
 ) -> None:
-    """Print each CloudEvent as one JSON line; on disconnect, resume after the last id seen.
+    """Print each CloudEvent as one JSON line; on disconnect, resume after the last id written.
     If the server's log was reset (it closes with 4409: ``since`` is past its last id), warn
-    and start again from the beginning of the new log: every event in it is new to us."""
+    and start again from the beginning of the new log: every event in it is new to us.
+    Returns when ``out``'s reader has gone (EPIPE); raises MonitorError when ``out`` cannot be
+    written otherwise."""
     url, url_token = take_token(url)
     token = token or url_token
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -86,10 +120,11 @@ async def tail(
                     # handshake: a connection closed at once (1013, too many clients) backs off.
                     delay = 0.5
                     text = message if isinstance(message, str) else message.decode()
-                    event = json.loads(text)
-                    last = int(event["id"])
-                    out.write(text + "\n")
-                    out.flush()
+                    event_id = int(json.loads(text)["id"])
+                    if not _emit(out, text, last):
+                        return  # whoever reads our output is gone (`monitor alerts | head -1`)
+                    # Only now: a resume after a disconnect must not skip an event not written.
+                    last = event_id
         except ConnectionClosed as exc:
             if exc.rcvd is not None and exc.rcvd.code == CLOSE_SINCE_AHEAD:
                 logger.warning(

@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from monitor.types import Event, StoredEvent
+from monitor.types import Event, EventType, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
+-- Alert events are a tiny share of the log: finding them (unclosed_alerts) reads only them.
+CREATE INDEX IF NOT EXISTS events_type ON events(type);
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     last_id INTEGER NOT NULL
@@ -48,9 +51,15 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, float) and value != value:  # NaN is not JSON
+    if isinstance(value, float) and not math.isfinite(value):  # NaN and +-Infinity are not JSON
         return None
     return value
+
+
+def _load_data(text: str) -> Any:
+    """A stored ``data`` column. Logs written before +-inf was mapped to null may hold
+    ``Infinity``: read back as null too, so no CloudEvent ever carries invalid JSON."""
+    return json.loads(text, parse_constant=lambda _: None)
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -121,7 +130,10 @@ class EventLog:
                     stored.append(StoredEvent(cur.lastrowid, event))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR): a
+                # second ROLLBACK would raise "no transaction is active" and hide the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         return stored
 
@@ -132,7 +144,9 @@ class EventLog:
                 "SELECT id, type, stream_id, time, subject, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
-        return [(r[0], to_cloudevent_json(self.instance, r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))) for r in rows]
+        return [
+            (r[0], to_cloudevent_json(self.instance, r[0], r[1], r[2], r[3], r[4], _load_data(r[5]))) for r in rows
+        ]
 
     def read_last(self, n: int) -> list[tuple[int, str]]:
         """The newest ``n`` events, oldest first (for a dashboard's first paint)."""
@@ -155,6 +169,22 @@ class EventLog:
                 " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
             ).fetchone()
         return int(row[0])
+
+    def unclosed_alerts(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every ``alert.opened`` in the log with no ``alert.closed`` for its alert_id, oldest
+        first, as (stream_id, data). Only a process that died with alerts open (SIGKILL, OOM,
+        a stop past its grace period) leaves these: a clean stop closes them. An alert whose
+        opening was pruned is not found (nor, then, shown open anywhere)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT stream_id, data FROM events WHERE type = ?"
+                " AND json_extract(data, '$.alert_id') NOT IN ("
+                "  SELECT json_extract(data, '$.alert_id') FROM events"
+                "  WHERE type = ? AND json_extract(data, '$.alert_id') IS NOT NULL)"
+                " ORDER BY id",
+                (EventType.ALERT_OPENED.value, EventType.ALERT_CLOSED.value),
+            ).fetchall()
+        return [(r[0], _load_data(r[1])) for r in rows]
 
     def prune(self, older_than: float, keep_after: int | None = None) -> int:
         """Delete events older than ``older_than`` (UNIX time), but none with an id above

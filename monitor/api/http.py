@@ -52,6 +52,10 @@ WS_CLOSE_TOO_SLOW = 1013
 WS_CLOSE_POLICY = 1008
 # ``since`` is past the log's last id: the log was reset (or the id is wrong). Resume from 0.
 WS_CLOSE_SINCE_AHEAD = 4409
+# How long one send (or the 1013 close) to an alert websocket client may wait for room in the
+# socket's buffer. A client that stops reading fills it and every send then waits for ever,
+# holding its slot (server.max_ws_clients) and its subscription: past this it is evicted.
+WS_SEND_TIMEOUT_S = 10.0
 
 
 class BodyLimit:
@@ -245,6 +249,7 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
     if settings.server.is_loopback:
         # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=loopback_hosts(settings.server.host))
+    app.add_middleware(KeepServerSend)  # added last: outermost
     allowed_origins = set(settings.server.cors_origins)
     app.state.settings = settings
     app.state.manager = manager
@@ -392,6 +397,47 @@ def subprotocol_token(offered: list[str]) -> str | None:
     return None
 
 
+class _Stalled(Exception):
+    """A send to an alert websocket client waited past WS_SEND_TIMEOUT_S."""
+
+
+# Scope key under which KeepServerSend leaves the server's own ``send`` of a websocket.
+_SERVER_SEND = "deepfake_monitor.server_send"
+
+
+class KeepServerSend:
+    """Notes the ``send`` the server handed a websocket connection in its scope, before
+    Starlette wraps it, so that abort_transport can find the connection's transport. Outermost
+    of our middleware: Starlette's error middleware passes a websocket's ``send`` on as is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[_SERVER_SEND] = send
+        await self.app(scope, receive, send)
+
+
+def abort_transport(websocket: WebSocket) -> bool:
+    """Drop the connection under ``websocket`` at once, unsent data and all; False if it cannot
+    be reached. ASGI gives no handle on the socket: this relies on the server's ``send`` being
+    its protocol's bound method (uvicorn's, unless a server-side wrapper such as its trace-level
+    message logger replaces it), and checks that the protocol serves this very scope before
+    touching its transport. Without the abort, the handler still returns (slot and
+    subscription freed), but the stalled socket stays open until the client goes away."""
+    protocol = getattr(websocket.scope.get(_SERVER_SEND), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if getattr(protocol, "scope", None) is not websocket.scope or not isinstance(transport, asyncio.WriteTransport):
+        return False
+    try:
+        transport.abort()
+    except Exception:  # already closed, or a transport that cannot abort: the handler ends anyway
+        logger.debug("could not abort a stalled websocket transport", exc_info=True)
+        return False
+    return True
+
+
 def since_ahead_reason(since: int, last_id: int) -> str:
     """Why a ``since`` past the log's last id is refused (409 error; websocket close reason,
     which must stay under 123 bytes)."""
@@ -400,7 +446,8 @@ def since_ahead_reason(since: int, last_id: int) -> str:
 
 async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics, since: int | None) -> None:
     """Replay from the log, then stream live events; evict (1013) a client that falls behind,
-    and close (4409) one resuming from an id this log never had."""
+    drop one that stops reading (no send completes within WS_SEND_TIMEOUT_S), and close (4409)
+    one resuming from an id this log never had."""
     sub = await bus.subscribe()
     if since is not None and since > sub.start_id:
         bus.unsubscribe(sub)
@@ -410,6 +457,25 @@ async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics
     last_sent = sub.start_id if since is None else since
 
     async def pump() -> None:
+        try:
+            await stream_events()
+        except _Stalled:
+            metrics.ws_evictions.inc()
+            logger.info(
+                "alert websocket client %s stopped reading (a send waited %g s): evicted after event %d",
+                websocket.client, WS_SEND_TIMEOUT_S, last_sent,
+            )
+            # A plain close waits for the unsent data to drain, i.e. for ever: drop it instead.
+            abort_transport(websocket)
+
+    async def send(payload: str) -> None:
+        try:
+            async with asyncio.timeout(WS_SEND_TIMEOUT_S):
+                await websocket.send_text(payload)
+        except TimeoutError:
+            raise _Stalled() from None
+
+    async def stream_events() -> None:
         nonlocal last_sent
         # Replay everything up to the moment we subscribed; the queue holds what came after.
         while last_sent < sub.start_id:
@@ -417,7 +483,7 @@ async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics
             for event_id, payload in rows:
                 if event_id > sub.start_id:
                     break
-                await websocket.send_text(payload)
+                await send(payload)
                 last_sent = event_id
             if not rows or rows[-1][0] > sub.start_id:
                 # The log has nothing more up to start_id (the ids left below it were pruned);
@@ -435,11 +501,15 @@ async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics
                         fut.cancel()
             if get not in done:
                 metrics.ws_evictions.inc()
-                await websocket.close(WS_CLOSE_TOO_SLOW, f"too slow; resume with ?since={last_sent}")
+                try:
+                    async with asyncio.timeout(WS_SEND_TIMEOUT_S):  # the close frame waits for room too
+                        await websocket.close(WS_CLOSE_TOO_SLOW, f"too slow; resume with ?since={last_sent}")
+                except TimeoutError:
+                    abort_transport(websocket)
                 return
             event_id, payload = get.result()
             if event_id > last_sent:
-                await websocket.send_text(payload)
+                await send(payload)
                 last_sent = event_id
 
     async def drain_client() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import json
 import time
@@ -19,7 +20,9 @@ from starlette.routing import Mount
 from monitor.alerts.client import last_event_url, tail
 from monitor.app import Runtime, runtime, uvicorn_config
 from monitor.config import load_settings
+from monitor.errors import MonitorError
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+from tests.support.service import MONITOR
 
 TOKEN = "t" * 32
 
@@ -109,3 +112,58 @@ async def test_tail_backs_off_when_the_server_turns_it_away_after_the_handshake(
                 await refused
         tries = rt.metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_many_clients"})
     assert tries is not None and 2 <= tries <= 5
+
+
+class FailingOut(io.StringIO):
+    """An output whose write of the event with id ``fail_on`` fails with ``exc``, once."""
+
+    def __init__(self, fail_on: str, exc: OSError) -> None:
+        super().__init__()
+        self.fail_on, self.exc = fail_on, exc
+
+    def write(self, s: str) -> int:
+        if self.exc is not None and json.loads(s)["id"] == self.fail_on:
+            exc, self.exc = self.exc, None  # type: ignore[assignment]
+            raise exc
+        return super().write(s)
+
+
+async def test_tail_stops_with_an_error_when_its_output_cannot_be_written(tmp_path: Path) -> None:
+    # Before: the failed write counted as a disconnect, and the reconnect resumed after the
+    # event that was never written: ids 1, 3, 4 came out, 2 was lost without a word.
+    async with behind_prefix(tmp_path, "", server={}) as (rt, base):
+        await rt.bus.publish([status_event(i) for i in range(1, 5)])
+        out = FailingOut("2", OSError(errno.ENOSPC, "No space left on device"))
+        with pytest.raises(MonitorError, match=r"No space left on device; resume with --since 1"):
+            async with asyncio.timeout(30):
+                await tail(f"{base}/ws/alerts", since=0, out=out)
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1"]
+
+
+async def test_monitor_alerts_into_head_ends_cleanly(tmp_path: Path) -> None:
+    # Before: EPIPE counted as a disconnect, so `monitor alerts | head -1` never ended: it
+    # reconnected for ever, writing each new event into the closed pipe.
+    stderr = tmp_path / "stderr"
+    async with behind_prefix(tmp_path, "", server={}) as (rt, base):
+        await rt.bus.publish([status_event(1)])
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", 'set -o pipefail; "$0" alerts --url "$1" --since 0 2>"$2" | head -n 1',
+            MONITOR, f"{base}/ws/alerts", str(stderr), stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(60):
+                first = await proc.stdout.readline()  # head printed it and exits
+                i = 2
+                while proc.returncode is None:  # the next write after head is gone fails
+                    await rt.bus.publish([status_event(i)])
+                    i += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(proc.wait(), 0.5)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert json.loads(first)["id"] == "1"
+    assert proc.returncode == 0, stderr.read_text()  # with pipefail: monitor's own exit status
+    assert "Traceback" not in stderr.read_text() and "BrokenPipe" not in stderr.read_text()

@@ -1,0 +1,81 @@
+"""`monitor serve` after a crash that left an alert open: the restart closes it, through the
+webhook sink too, and a further restart adds nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from monitor.alerts.eventlog import EventLog
+from monitor.types import AlertData, Event, EventType, Severity, Signal
+from tests.support.service import ServiceProcess
+
+pytestmark = pytest.mark.integration
+CLOSED = EventType.ALERT_CLOSED.value
+
+
+def opened(alert_id: str) -> Event:
+    data = AlertData(alert_id, 3, 0.93, ("score_above_threshold",), (Signal("blending", 0.9, 1.0),),
+                     41.2, None, time.time())
+    return Event(EventType.ALERT_OPENED, "cam", Severity.CRITICAL, time.time(), data)
+
+
+async def test_an_alert_open_at_a_crash_is_closed_by_the_next_start_once(tmp_path: Path) -> None:
+    received: list[dict] = []
+
+    async def hook(request: Request) -> Response:
+        received.append(json.loads(await request.body()))
+        return Response(status_code=204)
+
+    receiver = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
+                                             host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    receiver.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    receiver_task = asyncio.create_task(receiver.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not receiver.started:
+                await asyncio.sleep(0.02)
+        port = receiver.servers[0].sockets[0].getsockname()[1]
+        config = {"demo": False, "data_dir": str(tmp_path / "data"),
+                  "sinks": [{"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook"}}]}
+        svc = ServiceProcess(tmp_path, config)
+        await asyncio.to_thread(svc.start)  # the sink's cursor is set at the log's end
+        assert await asyncio.to_thread(svc.stop, signal.SIGKILL) != 0
+        # What the SIGKILL of a service with an alert open leaves behind: the open, committed.
+        log = EventLog(tmp_path / "data" / "events.sqlite3")
+        log.append([opened("crashed")])
+        log.close()
+
+        await asyncio.to_thread(svc.start)
+        try:
+            async with asyncio.timeout(30):  # delivered by the sink, not only logged
+                while not any(e["type"] == CLOSED for e in received):
+                    await asyncio.sleep(0.1)
+            events = (await asyncio.to_thread(svc.get, "/api/events?since=0")).json()
+        finally:
+            assert await asyncio.to_thread(svc.stop) == 0
+        closes = [e for e in events if e["type"] == CLOSED]
+        assert len(closes) == 1 and closes[0]["data"]["alert_id"] == "crashed"
+        assert closes[0]["data"]["reasons"] == ["score_above_threshold", "service_restarted"]
+        assert closes[0]["data"]["end_t"] == 41.2
+
+        await asyncio.to_thread(svc.start)  # and again: already closed, nothing added
+        try:
+            again = (await asyncio.to_thread(svc.get, "/api/events?since=0")).json()
+        finally:
+            await asyncio.to_thread(svc.stop)
+        assert [e["id"] for e in again] == [e["id"] for e in events]
+        assert {e["id"] for e in received if e["type"] == CLOSED} == {closes[0]["id"]}
+    finally:
+        receiver.should_exit = True
+        await receiver_task

@@ -1,0 +1,282 @@
+"""What happens to alert events when things go wrong: a crash with alerts open, a client that
+stops reading (during service and at shutdown), a publish cancelled mid-write, a full disk,
+non-finite numbers. Real SQLite, a real uvicorn server and raw sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+
+import monitor.api.http as http_module
+from monitor.alerts.bus import EventBus
+from monitor.alerts.eventlog import EventLog
+from monitor.app import GRACEFUL_SHUTDOWN_S, SERVICE_RESTARTED, Runtime, runtime, uvicorn_config
+from monitor.config import Settings, load_settings
+from monitor.metrics import Metrics
+from monitor.types import AlertData, Event, EventType, Severity, Signal, StreamState, StreamStatusData
+
+OPENED, CLOSED = EventType.ALERT_OPENED.value, EventType.ALERT_CLOSED.value
+
+
+def make_settings(tmp_path: Path, **kw: object) -> Settings:
+    return load_settings(None, data_dir=tmp_path / "data", demo=False, **kw)
+
+
+def alert(kind: EventType, alert_id: str, end_t: float | None = None, stream: str = "cam") -> Event:
+    data = AlertData(alert_id, 7, 0.91, ("score_above_threshold", "blending"), (Signal("blending", 0.8, 0.6),),
+                     12.5, end_t, 1_700_000_000.0)
+    severity = Severity.CRITICAL if kind == EventType.ALERT_OPENED else Severity.INFO
+    return Event(kind, stream, severity, time.time(), data)  # now: retention would prune an older one
+
+
+def status_event(i: int, size: int = 0) -> Event:
+    return Event(EventType.STREAM_STATUS, "cam", Severity.INFO, time.time(),
+                 StreamStatusData(StreamState.RUNNING, "x" * size or f"n{i}", 0))
+
+
+def logged(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    log = EventLog(settings.data_dir / "events.sqlite3")
+    try:
+        return [(e["type"], e["data"]) for e in (json.loads(p) for _, p in log.read_since(0, 1000))]
+    finally:
+        log.close()
+
+
+async def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Generous deadlines: these wait on conditions, never measure time."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+# --- alerts left open by a crash ---------------------------------------------------------------
+
+
+async def test_alerts_left_open_by_a_crash_are_closed_at_start_once(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    # The log as SIGKILL leaves it: "a" opened and closed, "b" and "c" opened only.
+    log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+    log.append([alert(EventType.ALERT_OPENED, "a"), alert(EventType.ALERT_OPENED, "b"),
+                alert(EventType.ALERT_CLOSED, "a", end_t=20.0), alert(EventType.ALERT_OPENED, "c", stream="door"),
+                status_event(0)])
+    log.close()
+
+    async with runtime(settings) as rt:
+        # Through the bus, as the streams publish: counted, offered to clients and sinks.
+        closed_now = rt.metrics.registry.get_sample_value("deepfake_monitor_events_total", {"type": CLOSED})
+    rows = logged(settings)
+    restart_closes = rows[5:]
+    assert closed_now == 2
+    assert [d["alert_id"] for _, d in restart_closes] == ["b", "c"]
+    opened_b = next(d for t, d in rows if t == OPENED and d["alert_id"] == "b")
+    (t, b), (_, c) = restart_closes
+    assert t == CLOSED and b["severity"] == "info" and c["stream_id"] == "door"
+    assert b["reasons"] == [*opened_b["reasons"], SERVICE_RESTARTED]
+    assert b["end_t"] == b["start_t"] == opened_b["start_t"]  # the last stream time known for sure
+    same = ("track_id", "score", "signals", "start_t", "start_time", "stream_id")
+    assert {k: b[k] for k in same} == {k: opened_b[k] for k in same}
+
+    async with runtime(settings) as rt:  # a second restart finds every alert closed
+        again = rt.metrics.registry.get_sample_value("deepfake_monitor_events_total", {"type": CLOSED})
+    assert again == 0 and len(logged(settings)) == len(rows)
+
+
+# --- clients that stop reading -----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(rt: Runtime, settings: Settings) -> AsyncIterator[tuple[uvicorn.Server, asyncio.Task[None], int]]:
+    """The service's uvicorn, with its server object at hand (its open connections)."""
+    config = uvicorn_config(rt.app, settings, rt.metrics)
+    config.port, config.log_level = 0, "warning"
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started or task.done(), "server start", 20)
+        yield server, task, server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        server.force_exit = True  # whatever the test left behind: never hang here
+        await asyncio.wait({task}, timeout=30)
+
+
+def stalled_client(port: int) -> socket.socket:
+    """An alert websocket client that completes the handshake and then never reads again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws/alerts HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # byte by byte: read the handshake answer and nothing after it
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def backed_up(server: uvicorn.Server) -> bool:
+    """Whether some connection holds data the socket would not take (the client stopped reading)."""
+    return any(c.transport.get_write_buffer_size() > 0 for c in list(server.server_state.connections))
+
+
+async def stall(rt: Runtime, server: uvicorn.Server, port: int) -> socket.socket:
+    sock = await asyncio.to_thread(stalled_client, port)  # blocking: off the server's loop
+    await wait_until(lambda: rt.bus._subs, "the subscription")  # noqa: SLF001
+    # 10 MB: more than every socket buffer on the way, so a send is left waiting for room (a
+    # client that stopped reading while nothing is sent is not noticed until the next event).
+    for i in range(200):
+        await rt.bus.publish([status_event(i, 50_000)])
+    await wait_until(lambda: backed_up(server), "the server's writes backing up")
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_frees_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: every send waited for room in the socket for ever, the 1013 close too; the client
+    # kept its subscription and the only place (max_ws_clients=1), so no one else got alerts.
+    monkeypatch.setattr(http_module, "WS_SEND_TIMEOUT_S", 1.0)
+    settings = make_settings(tmp_path, alerts={"queue_size": 5}, server={"max_ws_clients": 1})
+    async with runtime(settings) as rt, serving(rt, settings) as (server, _, port):
+        sock = await stall(rt, server, port)
+        try:
+            reg = rt.metrics.registry
+            await wait_until(lambda: reg.get_sample_value("deepfake_monitor_websocket_clients") == 0, "eviction")
+            assert reg.get_sample_value("deepfake_monitor_websocket_evictions_total") == 1
+            assert not rt.bus._subs  # noqa: SLF001 - its subscription is gone too
+            # Its connection is dropped, unsent data and all, although it still reads nothing.
+            await wait_until(lambda: not server.server_state.connections, "the transport aborted")
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/alerts") as other:
+                await wait_until(lambda: rt.bus._subs, "the new subscription")  # noqa: SLF001
+                await rt.bus.publish([status_event(999)])
+                async with asyncio.timeout(30):
+                    got = json.loads(await other.recv())
+            assert got["data"]["detail"] == "n999"
+        finally:
+            sock.close()
+
+
+async def test_a_client_that_stops_reading_does_not_block_shutdown(tmp_path: Path) -> None:
+    # Before: uvicorn waited for that connection to close, and a close waits for the unsent
+    # data to drain: server.serve() never returned, so the teardown (closing alerts, the sink
+    # drain) never ran, and docker stop ended the process with SIGKILL.
+    settings = make_settings(tmp_path, alerts={"queue_size": 5})
+    async with asyncio.timeout(120):  # the teardown below must run and finish, too
+        async with runtime(settings) as rt, serving(rt, settings) as (server, task, port):
+            assert server.config.timeout_graceful_shutdown == GRACEFUL_SHUTDOWN_S
+            sock = await stall(rt, server, port)
+            try:
+                server.should_exit = True  # what SIGTERM does
+                done, _ = await asyncio.wait({task}, timeout=60)  # 5 s expected: generous for a loaded machine
+                assert task in done, "server.serve() still waits for the stalled client"
+                task.result()
+            finally:
+                sock.close()
+
+
+# --- a publish cancelled while its write runs --------------------------------------------------
+
+
+async def test_a_cancelled_publish_still_reaches_live_subscribers(tmp_path: Path) -> None:
+    # Before: the executor thread committed event 1, but the cancelled publish skipped the
+    # fan-out; a live client then got event 2 and never event 1.
+    log = EventLog(tmp_path / "e.sqlite3")
+    writing, release = threading.Event(), threading.Event()
+    real_append = log.append
+
+    def slow_append(events: list[Event]) -> Any:
+        writing.set()
+        release.wait(30)  # a busy log, an fsync on a slow disk
+        return real_append(events)
+
+    log.append = slow_append  # type: ignore[method-assign]
+    bus = EventBus(log, Metrics())
+    try:
+        sub = await bus.subscribe()
+        publishing = asyncio.create_task(bus.publish([status_event(1)]))
+        await wait_until(writing.is_set, "the write under way", 30)
+        publishing.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):  # the caller still learns it was cancelled
+            await publishing
+        assert sub.queue.qsize() == 1  # ...but only after the fan-out
+        log.append = real_append  # type: ignore[method-assign]
+        await bus.publish([status_event(2)])
+        assert [sub.queue.get_nowait()[0] for _ in range(sub.queue.qsize())] == [1, 2]
+    finally:
+        release.set()
+        await bus.aclose()
+        log.close()
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+async def test_a_full_disk_raises_its_own_error_and_is_counted(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.sqlite3")
+    metrics = Metrics()
+    assert metrics.registry.get_sample_value("deepfake_monitor_event_log_errors_total") == 0  # born at zero
+    pages = log._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001
+    log._db.execute(f"PRAGMA max_page_count={pages}")  # noqa: SLF001 - the disk is full now
+    bus = EventBus(log, metrics)
+    big = Event(EventType.STREAM_STATUS, "cam", Severity.INFO, 1.0,
+                StreamStatusData(StreamState.RUNNING, "x" * 20_000, 0))
+    try:
+        # Before: SQLite had rolled back already; our ROLLBACK raised "cannot rollback - no
+        # transaction is active", which hid the real error in the log line and the exception.
+        with pytest.raises(Exception, match="full") as raised:
+            await bus.publish([big])
+        assert raised.value.__context__ is None
+        assert metrics.registry.get_sample_value("deepfake_monitor_event_log_errors_total") == 1
+        log._db.execute("PRAGMA max_page_count=1000000")  # noqa: SLF001 - space freed
+        assert [s.id for s in await bus.publish([big])] == [1]  # no transaction left dangling
+    finally:
+        await bus.aclose()
+        log.close()
+
+
+# --- non-finite numbers ------------------------------------------------------------------------
+
+
+def _strict(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_infinity_and_nan_are_never_written_as_json(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.sqlite3")
+    try:
+        signals = (Signal("a", math.inf, 1.0), Signal("b", -math.inf, 0.5), Signal("c", math.nan, 0.0))
+        data = AlertData("x", 1, math.inf, (), signals, 0.0, None, 1.0)
+        stored = log.append([Event(EventType.ALERT_OPENED, "cam", Severity.CRITICAL, 1.0, data)])
+        # Before: "score": Infinity, live and replayed (JSON.parse and strict receivers refuse it).
+        for text in (log.render(stored[0]), log.read_since(0)[0][1]):
+            event = _strict(text)
+            assert event["data"]["score"] is None
+            assert [s["value"] for s in event["data"]["signals"]] == [None, None, None]
+            json.dumps(event, allow_nan=False)
+        # A row written by an earlier version, which stored Infinity as is, is read back as null.
+        log._db.execute("UPDATE events SET data = ?", ('{"score":Infinity,"v":-Infinity}',))  # noqa: SLF001
+        assert _strict(log.read_since(0)[0][1])["data"] == {"score": None, "v": None}
+    finally:
+        log.close()
