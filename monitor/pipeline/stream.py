@@ -49,6 +49,8 @@ class StreamStatus:
 
 class StreamPipeline:
     STOP_WAIT_S = 10.0  # for the stream's task to finish (and close its alerts) on removal
+    PUBLISH_BACKOFF_MAX_S = 5.0  # longest wait between tries to write events to a failing log
+    CLOSING_PUBLISH_TRIES = 6  # tries (about 6 s) to write events once the stream is closing
     STUCK_WAIT_S = 5.0  # after cancelling it, before leaving a stuck analysis thread behind
     LATENCY_WINDOW_S = 30.0  # status() reports the latency of verdicts this recent only
 
@@ -95,6 +97,7 @@ class StreamPipeline:
         # Why no verdict comes although frames do (analysis_failed / analysis_stalled), as last
         # announced in a stream.status event; None while analysis works.
         self._analysis_problem: str | None = None
+        self._closing = False  # aclose has begun: writes to a failing log give up after a few tries
 
     @property
     def id(self) -> str:
@@ -266,20 +269,36 @@ class StreamPipeline:
         self._publish_soon([Event(EventType.STREAM_STATUS, self.id, severity, self.clock.time(), data)])
 
     async def _publish(self, events: tuple[Event, ...] | list[Event]) -> None:
-        """Write events to the log, retrying a briefly unavailable log (e.g. a backup holding
-        the SQLite lock) instead of ending the stream's task."""
+        """Write events to the log, retrying until it takes them: a log briefly unavailable (a
+        backup holding the SQLite lock) or unwritable (a full disk) must not lose an alert, nor
+        store a close without its open. Meanwhile the stream's analysis waits (its frames are
+        dropped as stale, and counted); ``event_log_errors_total`` and its alert rule say why.
+        Once the stream is closing, a few tries only (about 6 s): then the events are dropped,
+        with an error naming them, so a broken log cannot hold a removal or shutdown."""
         delay = 0.2
-        for attempt in range(6):
+        failures = 0
+        while True:
             try:
                 await self.bus.publish(events)
+                if failures:
+                    logger.warning("stream %s: event log writable again after %d failed attempts", self.id, failures)
                 return
             except Exception:
-                if attempt == 5:
-                    logger.exception("stream %s: could not write %d events to the log", self.id, len(events))
+                failures += 1
+                if self._closing and failures >= self.CLOSING_PUBLISH_TRIES:
+                    logger.exception(
+                        "stream %s: could not write %d events to the log; dropped: %s", self.id, len(events),
+                        ", ".join(f"{e.type.value} (track {getattr(e.data, 'track_id', '-')})" for e in events),
+                    )
                     return
-                logger.warning("stream %s: event log write failed; retrying in %.1fs", self.id, delay, exc_info=True)
+                # The first failure and every 20th at WARNING with the error, the rest at DEBUG.
+                level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
+                logger.log(
+                    level, "stream %s: event log write failed (%d times); retrying in %.1fs", self.id, failures, delay,
+                    exc_info=True,
+                )
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, self.PUBLISH_BACKOFF_MAX_S)
 
     def _record(self, analysis: Analysis) -> None:
         self._analysed_rate.tick(self.clock.monotonic())
@@ -323,6 +342,7 @@ class StreamPipeline:
         )
 
     async def aclose(self) -> None:
+        self._closing = True
         await self.source.aclose()
         stuck = False
         if self._task is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -244,6 +245,48 @@ async def test_stream_status_events_are_retried_in_order(parts: Any) -> None:
     await m.remove("cam")  # "stopped" comes while "running" still waits for its retry
     states = [e.data.state for e in bus.stored if isinstance(e.data, StreamStatusData)]
     assert states == [StreamState.RUNNING, StreamState.STOPPED]  # before, "running" was lost
+
+
+class FullDiskBus:
+    """An event log that refuses every write (a full disk) for its first ``failures`` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.stored: list[Event] = []
+
+    async def publish(self, events: list[Event]) -> list[Any]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise sqlite3.OperationalError("database or disk is full")
+        self.stored.extend(events)
+        return []
+
+
+async def test_events_wait_for_a_failing_event_log_instead_of_being_dropped(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: after 6 tries (about 6 s) a stream dropped the events it could not write, so an
+    # alert.opened could be lost while its alert.closed was stored later, or the reverse.
+    from monitor.config import load_settings
+
+    monkeypatch.setattr(StreamPipeline, "PUBLISH_BACKOFF_MAX_S", 0.05, raising=False)
+    _, log, _, metrics = parts
+    settings = load_settings(None, data_dir=log.path.parent, demo=False, policy={"min_alert_s": 0.3})
+    bus = FullDiskBus(failures=15)
+    m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: OneFace())  # type: ignore[arg-type]
+    await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    deadline = time.monotonic() + 30
+    while not any(e.type == EventType.ALERT_OPENED for e in bus.stored):
+        assert time.monotonic() < deadline, "no alert stored once the log took writes again"
+        await asyncio.sleep(0.05)
+    await m.remove("cam")
+    assert bus.calls > bus.failures
+    statuses = [e.data.state for e in bus.stored if isinstance(e.data, StreamStatusData)]
+    assert statuses[0] == StreamState.RUNNING and statuses[-1] == StreamState.STOPPED, statuses
+    opened = [e.data.alert_id for e in bus.stored if e.type == EventType.ALERT_OPENED]
+    closed = [e.data.alert_id for e in bus.stored if e.type == EventType.ALERT_CLOSED]
+    assert opened and opened == closed
+    first_track_event = next(e for e in bus.stored if e.type == EventType.TRACK_STATE)
+    assert first_track_event.data.previous is None  # the track's announcement was not lost
 
 
 class GoesQuiet(ThreadedSource):
