@@ -96,8 +96,8 @@ class Metrics:
         self.event_log_errors = Counter(
             "deepfake_monitor_event_log_errors_total",
             "Failed attempts to write events to the event log (disk full, I/O error, database "
-            "locked). A stream retries a failed write for about 6 s and then drops those events, "
-            "so any increase may mean lost alert events.",
+            "locked). A stream retries until the write succeeds, its analysis paused meanwhile; "
+            "events are dropped only if the stream is stopped before then.",
             registry=r,
         )
         self.ws_clients = Gauge(
