@@ -193,7 +193,8 @@ def summarise(
             first_alert_t = e.data.t if first_alert_t is None else min(first_alert_t, e.data.t)
     final_states: dict[int, TrackState] = {}
     for e in events:
-        if isinstance(e.data, TrackStateData):
+        # A track's state when the footage ended, not the end-of-track announcement that follows.
+        if isinstance(e.data, TrackStateData) and "track_ended" not in e.data.reasons:
             final_states[e.data.track_id] = e.data.state
     tracks = []
     for tid, points in sorted(timelines.items()):

@@ -207,3 +207,19 @@ def test_min_alert_s_means_seconds_at_any_frame_rate(fps: float) -> None:
 )
 def test_a_gap_without_verdicts_is_not_evidence(series: list) -> None:
     assert first_alert_t(series) is None
+
+
+def test_offline_scan_reports_the_state_a_track_ended_in(settings) -> None:  # type: ignore[no-untyped-def]
+    # The end-of-track announcement (inconclusive, track_ended) follows every track's last state:
+    # `monitor scan` must report the state the footage ended in, not that announcement.
+    import numpy as np
+
+    from monitor.pipeline.offline import TrackPoint, summarise
+
+    policy = TrackPolicy("s", 1, CFG)
+    events = run(policy, steady(0.99, 0, 3))
+    assert policy.state == TrackState.ALERT
+    events += policy.end(3.0, 1003.0)
+    timeline = {1: [TrackPoint(3.0, TrackState.ALERT, 0.99, 0.99, ())]}
+    result = summarise("clip", settings, timeline, events, 30, 30, 0.0, 3.0, 1.0, [], np.zeros(4), [])
+    assert result.tracks[0].final_state == TrackState.ALERT
