@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import deque
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ class StreamStatus:
 class StreamPipeline:
     STOP_WAIT_S = 10.0  # for the stream's task to finish (and close its alerts) on removal
     PUBLISH_BACKOFF_MAX_S = 5.0  # longest wait between tries to write events to a failing log
-    CLOSING_PUBLISH_TRIES = 6  # tries (about 6 s) to write events once the stream is closing
+    PUBLISH_TRIES = 6  # tries (about 6 s) to write events that fail for another reason than the log
     STUCK_WAIT_S = 5.0  # after cancelling it, before leaving a stuck analysis thread behind
     LATENCY_WINDOW_S = 30.0  # status() reports the latency of verdicts this recent only
 
@@ -97,7 +98,8 @@ class StreamPipeline:
         # Why no verdict comes although frames do (analysis_failed / analysis_stalled), as last
         # announced in a stream.status event; None while analysis works.
         self._analysis_problem: str | None = None
-        self._closing = False  # aclose has begun: writes to a failing log give up after a few tries
+        self._closing = False  # aclose has begun: writes to a failing log give up by _closing_deadline
+        self._closing_deadline = 0.0
 
     @property
     def id(self) -> str:
@@ -273,32 +275,44 @@ class StreamPipeline:
         backup holding the SQLite lock) or unwritable (a full disk) must not lose an alert, nor
         store a close without its open. Meanwhile the stream's analysis waits (its frames are
         dropped as stale, and counted); ``event_log_errors_total`` and its alert rule say why.
-        Once the stream is closing, a few tries only (about 6 s): then the events are dropped,
-        with an error naming them, so a broken log cannot hold a removal or shutdown."""
+        Only such errors of the log (sqlite3.OperationalError, OSError) are waited out: any other
+        error (events that cannot be serialised, say) gets a few tries, as does everything once
+        the stream is closing, within what is left of its stop wait. Then the events are dropped
+        with an error naming them, so neither can stop the stream or hold a removal."""
         delay = 0.2
         failures = 0
-        while True:
-            try:
-                await self.bus.publish(events)
-                if failures:
-                    logger.warning("stream %s: event log writable again after %d failed attempts", self.id, failures)
-                return
-            except Exception:
-                failures += 1
-                if self._closing and failures >= self.CLOSING_PUBLISH_TRIES:
-                    logger.exception(
-                        "stream %s: could not write %d events to the log; dropped: %s", self.id, len(events),
-                        ", ".join(f"{e.type.value} (track {getattr(e.data, 'track_id', '-')})" for e in events),
-                    )
+        try:
+            while True:
+                try:
+                    await self.bus.publish(events)
+                    if failures:
+                        logger.warning("stream %s: event log writable again after %d failed attempts", self.id, failures)
                     return
-                # The first failure and every 20th at WARNING with the error, the rest at DEBUG.
-                level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
-                logger.log(
-                    level, "stream %s: event log write failed (%d times); retrying in %.1fs", self.id, failures, delay,
-                    exc_info=True,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.PUBLISH_BACKOFF_MAX_S)
+                except Exception as exc:
+                    failures += 1
+                    transient = isinstance(exc, (sqlite3.OperationalError, OSError))
+                    left = self._closing_deadline - self.clock.monotonic() if self._closing else None
+                    if (left is not None and left < delay) or (not transient and failures >= self.PUBLISH_TRIES):
+                        self._log_dropped(events, "could not write them to the log")
+                        return
+                    # The first failure and every 20th at WARNING with the error, the rest at DEBUG.
+                    level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
+                    logger.log(
+                        level, "stream %s: event log write failed (%d times); retrying in %.1fs", self.id, failures,
+                        delay, exc_info=True,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.PUBLISH_BACKOFF_MAX_S)
+        except asyncio.CancelledError:
+            if failures:  # cancelled while waiting out a failing log (a removal past its wait)
+                self._log_dropped(events, "the stream was stopped before the log took them")
+            raise
+
+    def _log_dropped(self, events: tuple[Event, ...] | list[Event], why: str) -> None:
+        logger.error(
+            "stream %s: dropped %d events, %s: %s", self.id, len(events), why,
+            ", ".join(f"{e.type.value} (track {getattr(e.data, 'track_id', '-')})" for e in events),
+        )
 
     def _record(self, analysis: Analysis) -> None:
         self._analysed_rate.tick(self.clock.monotonic())
@@ -343,6 +357,9 @@ class StreamPipeline:
 
     async def aclose(self) -> None:
         self._closing = True
+        # Writes to a failing log give up in time for the task's own end (closing alerts) to
+        # try too, and to be logged if dropped, before the stop wait runs out and cancels it.
+        self._closing_deadline = self.clock.monotonic() + self.STOP_WAIT_S - 2.0
         await self.source.aclose()
         stuck = False
         if self._task is not None:

@@ -289,6 +289,52 @@ async def test_events_wait_for_a_failing_event_log_instead_of_being_dropped(part
     assert first_track_event.data.previous is None  # the track's announcement was not lost
 
 
+class PoisonBus(FullDiskBus):
+    """Every write fails with ``error``: a log that never recovers, or events it cannot take."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(failures=10**9)
+        self.error = error
+
+    async def publish(self, events: list[Event]) -> list[Any]:
+        self.calls += 1
+        raise self.error
+
+
+async def test_events_that_can_never_be_written_do_not_stop_the_stream(parts: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Waiting out every error would stop the analysis for good on one unserialisable signal.
+    _, log, _, metrics = parts
+    bus = PoisonBus(TypeError("Object of type float32 is not JSON serializable"))
+    m = StreamManager(parts[0], bus, metrics, SystemClock(), Fake, lambda stream_id: OneFace())  # type: ignore[arg-type]
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    deadline = time.monotonic() + 30
+    while "dropped" not in caplog.text or pipeline.frames_analysed < 10:
+        assert time.monotonic() < deadline, f"analysis stopped: {pipeline.frames_analysed} frames analysed"
+        await asyncio.sleep(0.05)
+    await m.remove("cam")
+    assert "could not write them to the log" in caplog.text
+
+
+async def test_a_log_that_never_recovers_does_not_hold_a_removal_and_says_what_was_lost(
+    parts: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.config import load_settings
+
+    monkeypatch.setattr(StreamPipeline, "STOP_WAIT_S", 4.0)
+    _, log, _, metrics = parts
+    settings = load_settings(None, data_dir=log.path.parent, demo=False, policy={"min_alert_s": 0.3})
+    bus = FullDiskBus(failures=10**9)
+    m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: OneFace())  # type: ignore[arg-type]
+    await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    while bus.calls < 3:
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await m.remove("cam")
+    assert time.monotonic() - started < 4.0 + 2.0  # the stop wait, not for ever
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped and "io.deepfake-monitor.stream.status.v1" in " ".join(dropped), dropped
+
+
 class GoesQuiet(ThreadedSource):
     """Frames at 20 fps for ``for_s``, then none (a camera reconnecting for a long time)."""
 
