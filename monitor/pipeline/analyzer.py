@@ -140,6 +140,7 @@ class StreamAnalyzer:
         # so the loop never waits for a stuck call.
         self._lock = threading.Lock()
         self._abandoned = False  # abandon() closed every track: nothing may reopen one
+        self._declared_stalled = False  # idle(analysis_stalled) ran while the current call ran
         self._timer: Callable[[], float] = time.perf_counter
 
     def analyse(self, frame: Frame) -> Analysis:
@@ -175,7 +176,11 @@ class StreamAnalyzer:
         events: list[Event] = []
         with self._lock:
             if not self._abandoned:
-                for track, verdict in scored:
+                # A call the loop declared stalled (idle "analysis_stalled") returns verdicts on
+                # a frame older than the inconclusive state it already produced: applied now,
+                # they would move the track back in time. Its next frame is judged afresh.
+                late, self._declared_stalled = self._declared_stalled, False
+                for track, verdict in scored if not late else ():
                     events.extend(track.policy.update(verdict, wall))
                     self._count_state(track)
                 for track_id in sorted(self._ended):
@@ -269,6 +274,8 @@ class StreamAnalyzer:
         with self._lock:
             if self._abandoned:
                 return events
+            if reason == "analysis_stalled":
+                self._declared_stalled = True
             for track_id, track in sorted(self.tracks.items()):
                 score = Score(None, (), (reason,))
                 verdict = Verdict(self.stream_id, track_id, t, self.clock.monotonic(), score, None, (reason,))

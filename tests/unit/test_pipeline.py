@@ -19,7 +19,17 @@ from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import StreamAnalyzer, quality_reasons
 from monitor.plugins import TrackWindow
 from monitor.sources.base import Backoff, LatestSlot, ThreadedSource
-from monitor.types import FaceFrame, FaceObservation, FaceQuality, Frame, Score, Signal, StreamState, TrackState
+from monitor.types import (
+    EventType,
+    FaceFrame,
+    FaceObservation,
+    FaceQuality,
+    Frame,
+    Score,
+    Signal,
+    StreamState,
+    TrackState,
+)
 
 GOOD = FaceQuality(face_px=120, blur=100, out_of_frame=0, occlusion=0.1, confidence=0.9)
 
@@ -331,3 +341,38 @@ def test_a_stream_that_stops_producing_verdicts_reports_no_latency_or_faces() ->
     assert metrics.registry.get_sample_value("deepfake_monitor_faces_tracked", faces) == 2
     a.end(2.0)
     assert metrics.registry.get_sample_value("deepfake_monitor_faces_tracked", faces) == 0  # before, 2 for good
+
+
+def test_a_call_declared_stalled_does_not_move_its_tracks_back_in_time(metrics: Metrics) -> None:
+    # The loop declares a call stalled (idle "analysis_stalled": the track goes inconclusive at
+    # t=5.0); when the call returns, its verdict on the older frame (t=3.0) must not be applied
+    # on top, or the track went back to suspicious at t=3.0, earlier than the event before it.
+    class Gated(CountingDetector):
+        gate: threading.Event | None = None
+
+        def features(self, obs: FaceObservation) -> Any:
+            if self.gate is not None:
+                self.gate.wait(10)
+            return super().features(obs)
+
+    clock = FakeClock()
+    det = Gated(0.95)
+    a = analyzer(det, FakeFaces(), metrics, clock)
+    for i in range(30):
+        a.analyse(frame(i, i / 10, clock.monotonic()))
+        clock.advance(0.1)
+    assert a.snapshot()[0].state == TrackState.ALERT
+    det.gate = threading.Event()
+    out: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: out.setdefault("late", a.analyse(frame(30, 3.0, clock.monotonic()))))
+    worker.start()
+    time.sleep(0.2)
+    stalled = a.idle(5.0, "analysis_stalled")
+    det.gate.set()
+    worker.join(10)
+    assert [e.type for e in stalled] == [EventType.ALERT_CLOSED, EventType.TRACK_STATE]
+    assert out["late"].events == ()  # nothing applied from the late call
+    assert a.snapshot()[0].state == TrackState.INCONCLUSIVE
+    # The next frame is judged afresh, later in stream time.
+    after = a.analyse(frame(31, 5.1, clock.monotonic())).events
+    assert all(getattr(e.data, "t", 5.1) >= 5.0 for e in after)
