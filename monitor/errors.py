@@ -24,9 +24,12 @@ class InputError(MonitorError, ValueError):
 
 
 class SourceError(MonitorError):
-    """A source failed to open or read. Network failures are retryable, bad input is not."""
+    """A source failed to open or read. Network failures are retryable, bad input is not.
+    ``kind``, if set, names what failed underneath (the ``source_errors`` metric's label) when
+    the original exception is not chained."""
 
     retryable = True
+    kind: str | None = None
 
 
 class SourceEnded(MonitorError):

@@ -153,10 +153,15 @@ def open_video(
     try:
         container = av.open(url, "r", options=options or {}, timeout=timeout)
     except FileNotFoundError:
-        raise SourceError(f"no such file: {shown}", retryable=False) from None
+        missing = SourceError(f"no such file: {shown}", retryable=False)
+        missing.kind = "FileNotFoundError"
+        raise missing from None
     except (av.error.FFmpegError, OSError) as exc:
-        # "from None": the chained exception would print the URL in a traceback.
-        raise SourceError(f"cannot open {shown}: {redact_text(str(exc), url)}", retryable=True) from None
+        # "from None": the chained exception would print the URL in a traceback. Its class is
+        # kept as the error's kind, for the source_errors metric.
+        failed = SourceError(f"cannot open {shown}: {redact_text(str(exc), url)}", retryable=True)
+        failed.kind = type(exc).__name__
+        raise failed from None
     if not container.streams.video:
         container.close()
         raise SourceError(f"{shown} has no video stream", retryable=False)

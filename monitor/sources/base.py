@@ -45,15 +45,21 @@ def redact_text(text: str, url: str | None = None) -> str:
             userinfo = m[0][len(m[1]) : -1]
             for form in sorted({userinfo, unquote(userinfo), quote(unquote(userinfo), safe=":")}, key=len, reverse=True):
                 if form:
-                    text = text.replace(form, REDACTED)
+                    # Whole words only, and not a host name: a user name "cam" must not turn
+                    # "camera offline" into "***era offline", nor "@cam.local" into "@***.local".
+                    text = re.sub(rf"(?<![\w.@/-]){re.escape(form)}(?![\w-])", REDACTED, text)
     return _URL_IN_TEXT.sub(lambda m: _redact_one_url(m[0]), text)
 
 
 def error_kind(err: BaseException) -> str:
-    """The metric's ``kind``: the class of the error underneath a SourceError (PyAV's
-    ``ConnectionRefusedError``, ``InvalidDataError``, ``HTTPError``...), or ``SourceError`` for
-    the source's own findings (a timeout, no video)."""
-    inner = err.__cause__ or err.__context__
+    """The metric's ``kind``: the error's own ``kind`` if it names one, else the class of the
+    error underneath a SourceError (PyAV's ``ConnectionRefusedError``, ``InvalidDataError``,
+    ``HTTPError``...), or ``SourceError`` for the source's own findings (a timeout, no video)."""
+    kind = getattr(err, "kind", None)
+    if kind:
+        return str(kind)
+    # As Python shows it: the context of an error raised "from None" was set aside on purpose.
+    inner = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return type(inner if isinstance(err, SourceError) and inner is not None else err).__name__
 
 

@@ -103,6 +103,43 @@ def test_redact_text_hides_every_form_of_the_credentials() -> None:
         assert secret not in out
     assert "rtsp://***@cam.local:554/live?token=***" in out and "rtsp://***@host/x" in out
     assert redact_text("read failed: Connection timed out") == "read failed: Connection timed out"
+    # A user name alone is hidden as a word, not inside other words.
+    named = "rtsp://cam@cam.local/live"
+    assert redact_text(f"camera offline: user cam refused at {named}", named) == (
+        "camera offline: user *** refused at rtsp://***@cam.local/live"
+    )
+
+
+def test_the_source_errors_kind_is_what_failed_underneath() -> None:
+    from monitor.sources.base import error_kind
+
+    def raised(make: Any) -> BaseException:
+        try:
+            make()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            return exc
+        raise AssertionError("nothing raised")
+
+    def chained() -> None:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except OSError as exc:
+            raise SourceError("cannot open") from exc
+
+    def suppressed() -> None:
+        try:
+            raise TimeoutError
+        except TimeoutError:
+            raise SourceError("no video for 3.0 s") from None
+
+    def named() -> None:
+        err = SourceError("cannot open rtsp://***@cam/live")
+        err.kind = "InvalidDataError"
+        raise err from None
+
+    assert error_kind(raised(chained)) == "ConnectionRefusedError"
+    assert error_kind(raised(suppressed)) == "SourceError"  # the source's own finding
+    assert error_kind(raised(named)) == "InvalidDataError"
 
 
 class LeakyPlugin(ThreadedSource):
