@@ -71,9 +71,14 @@ def settings_schema() -> dict[str, Any]:
     for key, group in (("sources", SOURCE_GROUP), ("detectors", DETECTOR_GROUP), ("sinks", SINK_GROUP)):
         plugins[key] = {}
         for name in sorted(available(group)):
-            config_model = getattr(load_plugin(group, name), "Config", None)
-            plugins[key][name] = (
-                config_model.model_json_schema() if config_model is not None else {"type": "object", "additionalProperties": False}
-            )
+            try:
+                config_model = getattr(load_plugin(group, name), "Config", None)
+                plugins[key][name] = (
+                    config_model.model_json_schema()
+                    if config_model is not None
+                    else {"type": "object", "additionalProperties": False}
+                )
+            except Exception as exc:  # one broken third-party plugin must not hide the rest
+                plugins[key][name] = {"x-error": f"cannot load the plugin: {type(exc).__name__}: {exc}"}
     schema["x-plugin-options"] = plugins
     return schema

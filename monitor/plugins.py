@@ -134,7 +134,10 @@ def load_plugin(group: str, name: str) -> Any:
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none installed"
         raise ConfigError(f"unknown plugin {name!r} in {group} (known: {known})")
-    return eps[name].load()
+    try:
+        return eps[name].load()
+    except Exception as exc:  # a plugin installed but broken (a missing dependency, say)
+        raise ConfigError(f"plugin {name!r} in {group} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
 def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:

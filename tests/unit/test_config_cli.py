@@ -273,3 +273,28 @@ def test_config_schema_lists_every_plugins_options() -> None:
     assert "backend" in plugins["detectors"]["temporal-v1"]["properties"]
     assert plugins["sinks"]["webhook"]["required"] == ["url"]
     assert plugins["sources"]["rtsp"]["additionalProperties"] is False
+
+
+def test_a_broken_plugin_is_a_config_error_and_does_not_hide_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import monitor.components
+    import monitor.plugins
+    from monitor.plugins import SOURCE_GROUP, load_plugin
+
+    real = monitor.plugins.available
+
+    def with_broken(group: str) -> dict[str, EntryPoint]:
+        eps = dict(real(group))
+        if group == SOURCE_GROUP:
+            eps["broken"] = EntryPoint("broken", "no_such_module_for_monitor_tests:Source", group)
+        return eps
+
+    monkeypatch.setattr(monitor.plugins, "available", with_broken)
+    monkeypatch.setattr(monitor.components, "available", with_broken)
+    with pytest.raises(ConfigError, match="'broken' .* cannot be loaded: ModuleNotFoundError"):
+        load_plugin(SOURCE_GROUP, "broken")
+    r = CliRunner().invoke(app, ["config", "schema"])
+    assert r.exit_code == 0, r.output
+    sources = json.loads(r.stdout)["x-plugin-options"]["sources"]
+    assert "ModuleNotFoundError" in sources["broken"]["x-error"] and "properties" in sources["rtsp"]
