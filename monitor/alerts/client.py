@@ -21,11 +21,15 @@ logger = logging.getLogger(__name__)
 CLOSE_SINCE_AHEAD = 4409
 
 
-def with_since(url: str, since: int | None) -> str:
+def with_since(url: str, since: int | None, epoch: str | None = None) -> str:
+    """``url`` resuming after ``since``; ``epoch`` (the ``logepoch`` of that event) lets the
+    server say when its log is another one."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "since"]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("since", "epoch")]
     if since is not None:
         query.append(("since", str(since)))
+        if epoch:
+            query.append(("epoch", epoch))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -53,13 +57,14 @@ def last_event_url(ws_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, prefix + "/api/events", urlencode(query), ""))
 
 
-async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> int:
-    """The id of the newest event in the log (0 if empty), asked over HTTP on the same port."""
+async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> tuple[int, str | None]:
+    """The id of the newest event in the log (0 if empty) and its log's epoch, asked over HTTP
+    on the same port."""
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.get(last_event_url(ws_url), headers=headers)
     response.raise_for_status()
     events = response.json()
-    return int(events[-1]["id"]) if events else 0
+    return (int(events[-1]["id"]), events[-1].get("logepoch")) if events else (0, None)
 
 
 def _emit(out: TextIO, text: str, last: int | None) -> bool:
@@ -105,32 +110,33 @@ async def tail(
     token = token or url_token
     headers = {"Authorization": f"Bearer {token}"} if token else None
     last = since
+    epoch: str | None = None  # the logepoch of event ``last``
     delay = 0.5
     while True:
         try:
             if last is None:
                 # Start "from now" with a known id, so a reconnect before the first event
                 # still resumes from the log instead of silently skipping what happened.
-                last = await current_last_id(url, headers)
+                last, epoch = await current_last_id(url, headers)
             async with websockets.connect(
-                with_since(url, last), subprotocols=["cloudevents.json"], additional_headers=headers  # type: ignore[list-item]
+                with_since(url, last, epoch), subprotocols=["cloudevents.json"], additional_headers=headers  # type: ignore[list-item]
             ) as ws:
                 async for message in ws:
                     # The backoff resets once the server has sent something, not on the
                     # handshake: a connection closed at once (1013, too many clients) backs off.
                     delay = 0.5
                     text = message if isinstance(message, str) else message.decode()
-                    event_id = int(json.loads(text)["id"])
+                    event = json.loads(text)
                     if not _emit(out, text, last):
                         return  # whoever reads our output is gone (`monitor alerts | head -1`)
                     # Only now: a resume after a disconnect must not skip an event not written.
-                    last = event_id
+                    last, epoch = int(event["id"]), event.get("logepoch") or epoch
         except ConnectionClosed as exc:
             if exc.rcvd is not None and exc.rcvd.code == CLOSE_SINCE_AHEAD:
                 logger.warning(
                     "alert websocket refused since=%s (%s): restarting from the start of the log", last, exc.rcvd.reason
                 )
-                last = 0
+                last, epoch = 0, None
                 continue
             if not follow:
                 raise MonitorError(f"alert websocket closed: {exc}") from exc

@@ -10,6 +10,7 @@ import logging
 import math
 import sqlite3
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,10 @@ CREATE INDEX IF NOT EXISTS events_type ON events(type);
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     last_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -79,9 +84,17 @@ _FORMAT = JSONFormat()
 
 
 def to_cloudevent_json(
-    instance: str, event_id: int, type_: str, stream_id: str, time: float, subject: str | None, data: dict[str, Any]
+    instance: str,
+    event_id: int,
+    type_: str,
+    stream_id: str,
+    time: float,
+    subject: str | None,
+    data: dict[str, Any],
+    epoch: str | None = None,
 ) -> str:
-    """One stored event as structured-mode CloudEvents 1.0 JSON; ``id`` is the log id."""
+    """One stored event as structured-mode CloudEvents 1.0 JSON; ``id`` is the log id and the
+    extension attribute ``logepoch`` names the log it belongs to (see EventLog.epoch)."""
     attributes: dict[str, Any] = {
         "id": str(event_id),
         "source": f"/{instance}/streams/{stream_id}",
@@ -89,6 +102,8 @@ def to_cloudevent_json(
         "time": datetime.fromtimestamp(time, tz=timezone.utc),
         "datacontenttype": "application/json",
     }
+    if epoch:
+        attributes["logepoch"] = epoch
     if subject:
         attributes["subject"] = subject
     return _FORMAT.write(CloudEvent(attributes=attributes, data=data)).decode()
@@ -108,6 +123,17 @@ class EventLog:
         # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self.epoch = self._load_epoch()
+
+    def _load_epoch(self) -> str:
+        """This log's epoch: random, made when the log is created and kept for its life. Ids
+        start again at 1 in a new log (data_dir wiped, a file restored); a client that sends
+        the epoch of its last event back with ``since`` is told when its ids belong to another
+        log, even when the new log has already grown past them."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex[:16],))
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        return str(row[0])
 
     def append(self, events: Sequence[Event]) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
@@ -145,7 +171,8 @@ class EventLog:
                 (after_id, limit),
             ).fetchall()
         return [
-            (r[0], to_cloudevent_json(self.instance, r[0], r[1], r[2], r[3], r[4], _load_data(r[5]))) for r in rows
+            (r[0], to_cloudevent_json(self.instance, r[0], r[1], r[2], r[3], r[4], _load_data(r[5]), self.epoch))
+            for r in rows
         ]
 
     def read_last(self, n: int) -> list[tuple[int, str]]:
@@ -157,7 +184,7 @@ class EventLog:
     def render(self, stored: StoredEvent) -> str:
         e = stored.event
         return to_cloudevent_json(
-            self.instance, stored.id, e.type.value, e.stream_id, e.time, event_subject(e), event_payload(e)
+            self.instance, stored.id, e.type.value, e.stream_id, e.time, event_subject(e), event_payload(e), self.epoch
         )
 
     def last_id(self) -> int:

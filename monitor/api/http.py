@@ -326,22 +326,27 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
         since: int = Query(0, ge=0, description="Return events with a larger id."),
         limit: int = Query(100, ge=1, le=1000, description="At most this many events."),
         last: int | None = Query(None, ge=1, le=1000, description="Instead of `since`: the newest N events."),
+        epoch: str | None = Query(None, max_length=64, description="The `logepoch` of the event `since` names: 409 if the log is another one."),
     ) -> Response:
         """Events after id `since` (or the newest `last`), oldest first, as a JSON array of CloudEvents.
-        409 (with the log's `last_id`) when `since` is past the newest id ever assigned: the
-        event log was reset, so start again from 0."""
+        409 (with the log's `last_id` and `epoch`) when `since` is past the newest id ever
+        assigned, or `epoch` is not this log's: the event log was reset, so start again from 0."""
         if last is None and since > 0:
             last_id = await bus.on_log(bus.log.last_id)
-            if since > last_id:
-                return JSONResponse({"error": since_ahead_reason(since, last_id), "last_id": last_id}, status_code=409)
+            reason = log_mismatch(since, epoch, last_id, bus.log.epoch)
+            if reason:
+                return JSONResponse({"error": reason, "last_id": last_id, "epoch": bus.log.epoch}, status_code=409)
         rows = await (bus.read_last(last) if last is not None else bus.read_since(since, limit))
         return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
 
     ws_clients = [0]  # connected alert websocket clients
 
     @app.websocket("/ws/alerts")
-    async def ws_alerts(websocket: WebSocket, since: int | None = None, access_token: str | None = None) -> None:
-        """CloudEvents over a websocket. `?since=ID` replays every event after ID first. The token
+    async def ws_alerts(
+        websocket: WebSocket, since: int | None = None, epoch: str | None = None, access_token: str | None = None
+    ) -> None:
+        """CloudEvents over a websocket. `?since=ID` replays every event after ID first; with
+        `&epoch=` (the `logepoch` of event ID), a log replaced since is noticed (4409). The token
         comes as a bearer header, a `bearer.<base64url>` subprotocol (browsers) or, still
         accepted, `?access_token=`."""
         offered = websocket.scope.get("subprotocols") or []
@@ -369,7 +374,7 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             return
         ws_clients[0] += 1
         try:
-            await serve_subscriber(websocket, bus, metrics, since)
+            await serve_subscriber(websocket, bus, metrics, since, epoch)
         finally:
             ws_clients[0] -= 1
 
@@ -438,20 +443,29 @@ def abort_transport(websocket: WebSocket) -> bool:
     return True
 
 
-def since_ahead_reason(since: int, last_id: int) -> str:
-    """Why a ``since`` past the log's last id is refused (409 error; websocket close reason,
-    which must stay under 123 bytes)."""
-    return f"event log reset: since={since} > last id {last_id}; resume with since=0"[:123]
+def log_mismatch(since: int, epoch: str | None, last_id: int, log_epoch: str) -> str | None:
+    """Why a client's ``since`` cannot be resumed from in this log, or None: it is past the
+    log's last id, or it came with another log's epoch (the log was replaced and has grown
+    past it since: without the epoch, that client skipped the new log's first events). A 409
+    error, or a websocket close reason, which must stay under 123 bytes."""
+    if epoch is not None and epoch != log_epoch:
+        return f"event log reset: epoch {epoch[:16]} is not this log's ({log_epoch}); resume with since=0"[:123]
+    if since > last_id:
+        return f"event log reset: since={since} > last id {last_id}; resume with since=0"[:123]
+    return None
 
 
-async def serve_subscriber(websocket: WebSocket, bus: EventBus, metrics: Metrics, since: int | None) -> None:
+async def serve_subscriber(
+    websocket: WebSocket, bus: EventBus, metrics: Metrics, since: int | None, epoch: str | None = None
+) -> None:
     """Replay from the log, then stream live events; evict (1013) a client that falls behind,
     drop one that stops reading (no send completes within WS_SEND_TIMEOUT_S), and close (4409)
-    one resuming from an id this log never had."""
+    one resuming from an id this log never had, or from another log (``epoch``)."""
     sub = await bus.subscribe()
-    if since is not None and since > sub.start_id:
+    mismatch = log_mismatch(since, epoch, sub.start_id, bus.log.epoch) if since is not None else None
+    if mismatch:
         bus.unsubscribe(sub)
-        await websocket.close(WS_CLOSE_SINCE_AHEAD, since_ahead_reason(since, sub.start_id))
+        await websocket.close(WS_CLOSE_SINCE_AHEAD, mismatch)
         return
     metrics.ws_clients.inc()
     last_sent = sub.start_id if since is None else since

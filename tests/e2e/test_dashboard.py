@@ -184,7 +184,7 @@ async def test_dashboard_shows_events_from_before_a_reload_once(tmp_path: Path) 
             await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
             await expect(page.locator("#feed li")).to_have_count(2, timeout=10_000)
             assert await page.evaluate(FEED) == ["live", "before-load"]
-            assert await page.evaluate("() => [lastEventId, ws.url.endsWith('?since=2')]") == [2, True]
+            assert await page.evaluate("() => [lastEventId, ws.url.endsWith(`?since=2&epoch=${lastEpoch}`)]") == [2, True]
             # The websocket resumed after them: the next event shows, and nothing twice.
             await bus.publish([status_event("after-reload", 2)])
             await expect(page.locator("#feed li")).to_have_count(3, timeout=10_000)
@@ -213,19 +213,23 @@ async def test_dashboard_restarts_its_feed_after_an_event_log_reset(tmp_path: Pa
                 await expect(page.locator("#feed li")).to_have_count(30, timeout=10_000)
                 assert await page.evaluate("() => lastEventId") == 40
 
-                # The log is reset (a new data dir): its ids restart, below the tab's 40. Written
+                # The log is reset (a new data dir): its ids restart, and it has already grown past
+                # the tab's 40, so only its epoch tells the logs apart (before epochs, the tab
+                # resumed after 40 and silently missed the new log's first 40 events). Written
                 # straight to the log, as before a restart, not sent to the open websocket.
-                reset.append([status_event(f"new{i}", i) for i in range(35)])
+                reset.append([status_event(f"new{i}", i) for i in range(45)])
                 bus.log = reset
                 await page.evaluate("() => ws.close()")
                 # The server closes the resume with 4409. Before: the tab resumed from 0 and
                 # replayed the whole new log (up to 30 days of it); now the newest 30, as on load.
-                await page.wait_for_function("() => lastEventId === 35 && ws.url.endsWith('?since=35')", timeout=10_000)
+                await page.wait_for_function(
+                    f"() => lastEventId === 45 && ws.url.endsWith('?since=45&epoch={reset.epoch}')", timeout=10_000
+                )
                 await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
                 shown = await page.evaluate(FEED)
-                assert [d for d in shown if d.startswith("new")] == [f"new{i}" for i in range(34, 4, -1)]
+                assert [d for d in shown if d.startswith("new")] == [f"new{i}" for i in range(44, 14, -1)]
                 await bus.publish([status_event("after-reset", 99)])
                 await expect(page.locator("#feed li").first).to_contain_text("after-reset", timeout=10_000)
-                assert await page.evaluate("() => lastEventId") == 36
+                assert await page.evaluate("() => lastEventId") == 46
             finally:
                 await browser.close()

@@ -633,3 +633,46 @@ async def test_slow_clients_are_cut_off_at_the_request_timeout(tmp_path: Path) -
                 assert r.status_code == 201, r.text
         timeouts = svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "timeout"})
         assert timeouts == 4
+
+
+async def test_a_resume_from_another_logs_epoch_is_refused_even_when_its_id_exists(tmp_path: Path) -> None:
+    # A log replaced (data_dir wiped, a file restored) restarts its ids; once it has grown past a
+    # client's `since`, the id alone cannot tell, and the client skipped the new log's first
+    # events. The log's epoch, on every event, can.
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        await bus.publish([status_event(i) for i in range(5)])
+        epoch = bus.log.epoch
+        other = "0123456789abcdef"
+        assert len(epoch) == 16 and epoch != other
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            events = (await http.get("/api/events?since=0")).json()
+            assert {e["logepoch"] for e in events} == {epoch}
+            assert [e["id"] for e in (await http.get(f"/api/events?since=2&epoch={epoch}")).json()] == ["3", "4", "5"]
+            r = await http.get(f"/api/events?since=2&epoch={other}")
+            assert r.status_code == 409 and r.json()["epoch"] == epoch and r.json()["last_id"] == 5
+            assert other in r.json()["error"] and "since=0" in r.json()["error"]
+        with pytest.raises(ConnectionClosed) as closed:
+            async with websockets.connect(svc.ws + f"/ws/alerts?since=2&epoch={other}", subprotocols=["cloudevents.json"]) as ws:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409 and other in closed.value.rcvd.reason
+        async with websockets.connect(svc.ws + f"/ws/alerts?since=4&epoch={epoch}", subprotocols=["cloudevents.json"]) as ws:
+            assert [e["id"] for e in await recv_all(ws, 1)] == ["5"]
+    # Kept for the file's life; another file gets another.
+    reopened = EventLog(tmp_path / "data" / "events.sqlite3")
+    fresh = EventLog(tmp_path / "fresh.sqlite3")
+    try:
+        assert reopened.epoch == epoch and fresh.epoch not in (epoch, "")
+    finally:
+        reopened.close()
+        fresh.close()
+
+
+def test_the_alerts_client_resumes_with_the_epoch_of_its_last_event() -> None:
+    from monitor.alerts.client import with_since
+
+    url = "ws://127.0.0.1:8080/ws/alerts?since=3&epoch=old"
+    assert with_since(url, 7, "abc") == "ws://127.0.0.1:8080/ws/alerts?since=7&epoch=abc"
+    assert with_since(url, 7) == "ws://127.0.0.1:8080/ws/alerts?since=7"
+    assert with_since(url, None, "abc") == "ws://127.0.0.1:8080/ws/alerts"

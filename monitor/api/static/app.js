@@ -21,6 +21,7 @@ const EVENT_IDS_MAX = 2 * FEED_MAX;
 // older event that arrives after a newer one still shows. Bounded: the oldest ids go first.
 const seenIds = new Set();
 let lastEventId = null; // the newest id held: the websocket resumes after it
+let lastEpoch = null; // the logepoch of the events held: a replaced log is noticed (4409)
 let latestStreams = [];
 let tokenRefused = false; // the last API call answered 401: the websocket's close says less (1006)
 
@@ -173,7 +174,8 @@ let ws = null, wsRetry = 500;
 function connectAlerts() {
   if (ws) { ws.onclose = null; ws.close(); }
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = `${proto}//${location.host}/ws/alerts` + (lastEventId !== null ? `?since=${lastEventId}` : "");
+  const resume = lastEventId !== null ? `?since=${lastEventId}` + (lastEpoch ? `&epoch=${encodeURIComponent(lastEpoch)}` : "") : "";
+  const url = `${proto}//${location.host}/ws/alerts` + resume;
   ws = new WebSocket(url, wsProtocols());
   // The backoff resets only once the server has sent something: one refused right after the
   // handshake (1013: too many clients) would otherwise be retried twice a second for ever.
@@ -185,6 +187,7 @@ function connectAlerts() {
       // over as on load; since=0 would replay the whole retained log (up to 30 days) into the tab.
       seenIds.clear();
       lastEventId = null;
+      lastEpoch = null;
       refill().then(connectAlerts);
       return;
     }
@@ -200,6 +203,7 @@ function onEvent(ce) {
   seenIds.add(id);
   if (seenIds.size > EVENT_IDS_MAX) seenIds.delete(seenIds.values().next().value);
   if (lastEventId === null || id > lastEventId) lastEventId = id;
+  if (ce.logepoch) lastEpoch = ce.logepoch;
   $("last-id").textContent = "last event #" + lastEventId;
   const d = ce.data || {};
   const stream = ce.source.split("/streams/")[1] || "?";
