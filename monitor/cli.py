@@ -80,7 +80,7 @@ def scan(
     target: str = typer.Argument(..., help="A video file or an rtsp:// URL."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (per-track timelines) here."),
     config: Optional[Path] = ConfigOpt,
-    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of stream time (default: whole file; 30 s for URLs)."),
+    duration: Optional[float] = typer.Option(None, min=0.1, help="Stop after this many seconds of stream time (default: whole file; 30 s for URLs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Analyse a file or stream offline; print a per-track summary, a video-level score and verdict.
@@ -111,6 +111,8 @@ def _scan(target: str, json_out: Path | None, config: Path | None, duration: flo
         _fail(ConfigError(f"no such file: {target}"))
     if is_url and duration is None:
         duration = 30.0
+    if json_out is not None:
+        _check_writable(json_out)
     total = duration if duration is not None else _duration_of(target)
     console = Console(stderr=True)
     progress = Progress(
@@ -151,6 +153,19 @@ def _scan(target: str, json_out: Path | None, config: Path | None, duration: flo
             _fail(ConfigError(f"cannot write {json_out}: {exc.strerror or exc}"))
     if result.verdict == "alert":
         raise typer.Exit(1)  # scripts and CI jobs can act on a detection without parsing output
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, with exit status 2, if the result cannot be written to ``path``: not after
+    minutes (or hours) of scanning, which the failure would throw away."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise PermissionError(13, "permission denied")
+    except OSError as exc:
+        _fail(ConfigError(f"cannot write {path}: {exc.strerror or exc}"))
 
 
 def _duration_of(path: str) -> float | None:
@@ -226,11 +241,18 @@ def evaluate(
     except ConfigError as exc:
         _fail(exc)
     _setup_logging("WARNING")
+    if json_out is not None:
+        _check_writable(json_out)
     try:
-        report = run_evaluate(manifest, root or manifest.parent, settings, json_out, degrade, workers=workers or default_workers())
+        report = run_evaluate(manifest, root or manifest.parent, settings, None, degrade, workers=workers or default_workers())
     except (MonitorError, OSError) as exc:  # InputError: a bad manifest row or --degrade spec
         _fail(exc)
     typer.echo(format_report(report))
+    if json_out is not None:  # after the report: a failure here must not throw the run away
+        try:
+            json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            _fail(ConfigError(f"cannot write {json_out}: {exc.strerror or exc}"))
 
 
 @config_app.command("schema")

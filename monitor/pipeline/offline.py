@@ -219,7 +219,9 @@ def summarise(
     reasons: list[str] = []
     n_alerts = sum(alerts_by_track.values())
     p = settings.policy
-    if score is None:
+    if n_alerts:  # an alert raised is the verdict, even on a track too short for a score
+        verdict = "alert"
+    elif score is None:
         verdict = "inconclusive"
         if frames == 0:
             reasons.append("no_frames")
@@ -227,8 +229,6 @@ def summarise(
             reasons.append("no_face")
         else:
             reasons.append(dominant_reason([r for t in tracks for pt in t.timeline for r in pt.reasons]))
-    elif n_alerts:
-        verdict = "alert"
     elif score >= p.suspicious_enter:
         verdict = "suspicious"
     else:

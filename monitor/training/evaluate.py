@@ -377,7 +377,9 @@ def evaluate(
 def summarise(manifest: str, degrade: str | None, threshold: float, results: Sequence[ClipResult]) -> EvalReport:
     fakes = [c for c in results if c.is_fake]
     ttd = [c.time_to_detect_s for c in fakes if c.time_to_detect_s is not None]
-    genuine = [c for c in results if not c.is_fake and c.score is not None]
+    # Judged genuine footage: clips with a score, and any on which an alert was raised (a false
+    # alarm counts even on a track too short for a video score).
+    genuine = [c for c in results if not c.is_fake and (c.score is not None or c.alerts_opened)]
     hours = sum(c.duration_s for c in genuine) / 3600.0
     alarms = sum(c.alerts_opened for c in genuine)
     return EvalReport(

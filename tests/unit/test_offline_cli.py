@@ -1,0 +1,100 @@
+"""`monitor scan` and `monitor evaluate` at their edges: the output file, an alert on a short
+track, option values that make no sense."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from monitor.cli import app
+from monitor.sources.demo_media import write_clip
+from monitor.training.evaluate import ClipResult, summarise
+
+UNWRITABLE = Path("/proc/no-such-dir/out.json")  # mkdir fails there even for root
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the work started although its result could not be written")
+
+
+def test_scan_refuses_an_unwritable_json_path_before_scanning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.pipeline.offline
+
+    clip = write_clip(tmp_path / "a.mp4", 1.0, fps=10, width=160, height=120)
+    monkeypatch.setattr(monitor.pipeline.offline, "scan", _never)
+    r = CliRunner().invoke(app, ["scan", str(clip), "-q", "--json", str(UNWRITABLE)])
+    assert r.exit_code == 2 and "cannot write" in r.output, r.output
+
+
+def test_evaluate_refuses_an_unwritable_json_path_before_scanning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.training.evaluate
+
+    write_clip(tmp_path / "a.mp4", 1.0, fps=10, width=160, height=120)
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlabel\na.mp4\treal\n")
+    monkeypatch.setattr(monitor.training.evaluate, "evaluate", _never)
+    r = CliRunner().invoke(app, ["evaluate", str(manifest), "--json", str(UNWRITABLE)])
+    assert r.exit_code == 2 and "cannot write" in r.output, r.output
+
+
+def test_evaluate_prints_its_report_even_when_the_json_cannot_be_written_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import monitor.training.evaluate
+
+    write_clip(tmp_path / "a.mp4", 1.0, fps=10, width=160, height=120)
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlabel\na.mp4\treal\n")
+    out = tmp_path / "out.json"
+    real = monitor.training.evaluate.evaluate
+
+    def then_lose_the_folder(*args: object, **kwargs: object) -> object:
+        report = real(*args, **kwargs)  # type: ignore[arg-type]
+        out.parent.chmod(0o500)
+        out.mkdir()  # root ignores modes: a directory in the way cannot be written as a file
+        return report
+
+    monkeypatch.setattr(monitor.training.evaluate, "evaluate", then_lose_the_folder)
+    r = CliRunner().invoke(app, ["evaluate", str(manifest), "--workers", "1", "--json", str(out)])
+    out.parent.chmod(0o700)
+    assert r.exit_code == 2 and "cannot write" in r.output, r.output
+    assert "a.mp4" in r.output or "clips" in r.output  # the report came first
+
+
+def test_scan_rejects_a_duration_that_is_not_positive(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "a.mp4", 1.0, fps=10, width=160, height=120)
+    for bad in ("-1", "0"):
+        r = CliRunner().invoke(app, ["scan", str(clip), "-q", "--duration", bad])
+        assert r.exit_code == 2, (bad, r.output)
+
+
+def test_an_alert_on_a_track_too_short_for_a_score_is_still_the_verdict(tmp_path: Path) -> None:
+    # Before: 0.7 s of face gave no video score, so the verdict was "inconclusive" and the exit
+    # status 0, although the scan raised an alert (its JSON said alerts_opened: 1).
+    clip = write_clip(tmp_path / "short.mp4", 0.7, fps=10, width=320, height=240)
+    config = tmp_path / "low.yaml"
+    config.write_text(yaml.safe_dump({"policy": {"suspicious_enter": 0.0, "alert_enter": 0.0, "min_alert_s": 0.0}}))
+    out = tmp_path / "short.json"
+    r = CliRunner().invoke(app, ["scan", str(clip), "-q", "-c", str(config), "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["alerts_opened"] >= 1 and result["score"] is None, result
+    assert result["verdict"] == "alert" and r.exit_code == 1, r.output
+
+
+def _clip(path: str, label: str, score: float | None, alerts: int, duration: float) -> ClipResult:
+    return ClipResult(path, label, path.split("/")[0], "", score, "alert" if alerts else "clear", None, alerts, duration, 0.0, ())
+
+
+def test_a_false_alarm_on_a_clip_without_a_score_still_counts() -> None:
+    report = summarise("m.tsv", None, 0.7, [
+        _clip("g/a.mp4", "real", 0.1, 0, 3600.0),
+        _clip("g/b.mp4", "real", None, 1, 1800.0),  # alerted on a track too short for a score
+        _clip("g/c.mp4", "real", None, 0, 900.0),  # not judged: no face
+        _clip("f/x.mp4", "fake", 0.9, 1, 60.0),
+    ])
+    assert report.genuine_hours == pytest.approx(1.5)
+    assert report.false_alarms_per_hour == pytest.approx(1 / 1.5)
