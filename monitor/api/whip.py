@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 DECODABLE = {"video/vp8", "video/h264"}  # what aiortc decodes
+# DTLS fingerprint algorithms aiortc can verify (aiortc.rtcdtlstransport.X509_DIGEST_ALGORITHMS).
+FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
 RETRY_AFTER_S = 5
 _MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # With webrtc.resolve_mdns, the most one PATCH waits for its mDNS candidates to resolve (aioice
@@ -60,6 +62,12 @@ class Refused(Exception):
         self.headers = headers or {}
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(eq=False)
 class WhipSession:
     """One WHIP publisher: its peer connection and the streams its video tracks became."""
@@ -74,6 +82,8 @@ class WhipSession:
     closed: bool = False
     mdns_dropped: int = 0  # mDNS candidates dropped so far (offer and trickle)
     remote_candidates: int = 0  # candidates given so far (offer and trickle), against MAX_REMOTE_CANDIDATES
+    adding: int = 0  # trickle PATCHes whose candidates are being added now
+    adds_done: asyncio.Event = field(default_factory=_set_event)  # set while ``adding`` is 0
 
     @property
     def stream_ids(self) -> list[str]:
@@ -307,9 +317,17 @@ class WhipSessions:
         for source in session.sources:
             with contextlib.suppress(StreamNotFound):  # already removed (it may be why we end)
                 await self.manager.remove(source.stream_id)
+        # Cleanup must never replace the error that ended the session (a 422 became a 500 when
+        # aiortc's close failed on a transceiver it had half built from an odd offer).
         for hole in session.blackholes:
-            await hole.aclose()
-        await session.pc.close()
+            try:
+                await hole.aclose()
+            except Exception:
+                logger.warning("WHIP session %s: closing an audio sink failed", session.id, exc_info=True)
+        try:
+            await session.pc.close()
+        except Exception:
+            logger.warning("WHIP session %s: closing its peer connection failed", session.id, exc_info=True)
 
     def find(self, stream_id: str, session_id: str) -> WhipSession:
         session = self.sessions.get(session_id)
@@ -387,9 +405,21 @@ class WhipSessions:
             )
         session.remote_candidates += len(added)
         self._note_mdns_dropped(session, mdns_dropped, "trickle fragment")
-        await _add_candidates(added, MDNS_TRICKLE_DEADLINE_S)
+        # No await between the candidates_ended check above and this count: a concurrent PATCH
+        # ending the candidates waits for these adds (aiortc drops candidates after the end).
+        session.adding += 1
+        session.adds_done.clear()
+        try:
+            await _add_candidates(added, MDNS_TRICKLE_DEADLINE_S)
+        finally:
+            session.adding -= 1
+            if not session.adding:
+                session.adds_done.set()
         if mdns_dropped:
             return  # its end-of-candidates too: the peer may still be found as peer-reflexive
+        if any(section.end for section in sections):
+            while session.adding:  # candidates other PATCHes are still adding land first
+                await session.adds_done.wait()
         for section in sections:
             if section.end:
                 ended = [transports[section.mid]] if section.mid is not None else list(transports.values())
@@ -461,6 +491,22 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
         seen_mids.add(mid)
         if media.dtls is None or not media.dtls.fingerprints:  # aiortc drops dtls without a=setup
             raise Refused(400, f"malformed SDP offer: m-line {index} has no a=fingerprint (or no a=setup)", "malformed_sdp")
+        if not any(f.algorithm.lower() in FINGERPRINT_ALGORITHMS for f in media.dtls.fingerprints):
+            # Answered, such a session could never pass DTLS: it died later, with no reason given.
+            raise Refused(
+                400,
+                f"malformed SDP offer: m-line {index} has no a=fingerprint with "
+                f"{', '.join(sorted(FINGERPRINT_ALGORITHMS))}",
+                "malformed_sdp",
+            )
+    for group in parsed.group:
+        if group.semantic.upper() == "BUNDLE":
+            unknown = [str(mid) for mid in group.items if str(mid) not in seen_mids]
+            if unknown:
+                raise Refused(
+                    400, f"malformed SDP offer: a=group:BUNDLE names a=mid {', '.join(unknown)}, which no m-line has",
+                    "malformed_sdp",
+                )
     videos: list[str] = []
     codecs_seen: set[str] = set()
     for index, media in enumerate(parsed.media):

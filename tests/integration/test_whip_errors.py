@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -52,7 +53,12 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
         ("no VP8/H264", {**AUTH, **SDP}, only_vp9(offer), 422, "VP8 or H264"),
         ("audio only", {**AUTH, **SDP}, offer.replace("m=video", "m=audio").replace("VP8/90000", "opus/48000/2"), 422, ""),
         ("not UTF-8", {**AUTH, **SDP}, b"v=0\r\n\xff\xfe", 400, "UTF-8"),
+        # aiortc took this one, failed to answer, then failed to close: a 500 hid the 422.
+        ("BUNDLE names a missing mid", {**AUTH, **SDP}, offer.replace("a=group:BUNDLE 0", "a=group:BUNDLE 5 0"), 400, "a=group:BUNDLE"),
+        # Answered, a session that could never pass DTLS died later with no reason given.
+        ("unverifiable fingerprint", {**AUTH, **SDP}, re.sub(r"a=fingerprint:sha-\d+", "a=fingerprint:md5", offer), 400, "a=fingerprint"),
     ]
+    assert "a=group:BUNDLE 0\r\n" in offer and "a=fingerprint:sha-256" in offer
     async with running_service(settings) as svc:
         async with httpx.AsyncClient(base_url=svc.base) as client:
             for what, headers, body, status, reason in cases:
@@ -99,7 +105,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
             for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
-                              ("too_large", 1), ("malformed_sdp", 3), ("unanswerable_sdp", 2), ("capacity", 1),
+                              ("too_large", 1), ("malformed_sdp", 5), ("unanswerable_sdp", 2), ("capacity", 1),
                               ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
                 assert got == n, (reason, got)
@@ -261,3 +267,25 @@ async def test_more_tracks_than_the_manager_has_room_for_get_503_before_any_is_a
         sessions = svc.runtime.app.state.whip_sessions
         assert sessions.sessions == {} and sessions._reserved == 0
         assert svc.runtime.manager.list() == []
+
+
+async def test_a_failing_close_never_replaces_the_reason_a_session_ended(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # aiortc's close can fail on a transceiver it half built from an odd offer; raised from the
+    # cleanup, that error turned the refusal (a 422) into a 500.
+    from monitor.api.whip import WhipSession, WhipSessions
+    from monitor.metrics import Metrics
+
+    class BrokenClose:
+        async def close(self) -> None:
+            raise AttributeError("'NoneType' object has no attribute 'stop'")
+
+    class BrokenSink:
+        async def aclose(self) -> None:
+            raise RuntimeError("already closed")
+
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    sessions = WhipSessions(settings, manager=None, metrics=Metrics())  # type: ignore[arg-type]
+    session = WhipSession("s1", "cam", BrokenClose(), "etag")  # type: ignore[arg-type]
+    session.blackholes.append(BrokenSink())  # type: ignore[arg-type]
+    await sessions._teardown(session)
+    assert session.closed and "closing its peer connection failed" in caplog.text

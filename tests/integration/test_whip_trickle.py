@@ -223,3 +223,30 @@ async def test_a_session_gives_at_most_64_candidates(tmp_path: Path) -> None:
         await pc.close()
     reg = svc.runtime.metrics.registry
     assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "too_many_candidates"}) == 3
+
+
+async def test_an_end_of_candidates_waits_for_candidates_still_being_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A browser PATCHes each candidate, then the end, without waiting for the answers. The end
+    # overtook a candidate still being added: aiortc dropped it, and its PATCH said 204.
+    real_add = whip._add_candidates
+
+    async def slow_add(added: list, deadline_s: float) -> None:  # type: ignore[type-arg]
+        if added:
+            await asyncio.sleep(0.3)  # an mDNS resolution, say
+        await real_add(added, deadline_s)
+
+    monkeypatch.setattr(whip, "_add_candidates", slow_add)
+    async with running_service(make_settings(tmp_path)) as svc:
+        pc, offer = await trickling_offer()
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            loc, session, ice = await published(svc, client, offer)
+            first = asyncio.create_task(client.patch(loc, content="a=mid:0\r\n" + candidate(1, "192.0.2.30"), headers=PATCH))
+            await asyncio.sleep(0.1)  # the candidate passed its checks and is being added
+            end = await client.patch(loc, content="a=end-of-candidates\r\n", headers=PATCH)
+            assert (await first).status_code == 204 and end.status_code == 204
+            assert "192.0.2.30" in {c.ip for c in ice.getRemoteCandidates()}
+            assert ice.iceGatherer._remote_candidates_end
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()
