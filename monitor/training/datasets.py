@@ -80,7 +80,7 @@ def _unquote(cell: str) -> str:
 
 def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     """``(line number, row)`` for each row of a TSV manifest whose header holds at least
-    ``path`` and ``label``.
+    ``path`` and ``label``; there must be a row, and no path twice.
 
     UTF-8 text as spreadsheets export it is accepted: a byte-order mark, CRLF line ends, header
     names in any case or padded with spaces, blank lines, and cells quoted whole. Cells are
@@ -106,10 +106,18 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     missing = {"path", "label"} - set(header)
     if missing:
         raise InputError(f"{manifest}: needs `path` and `label` columns, has {sorted(h for h in header if h)}")
+    if not rows:
+        raise InputError(f"{manifest}: no clip rows")
+    first_line: dict[str, int] = {}
     for line, r in rows:
         if not r.get("path"):
             raise InputError(f"{manifest}:{line}: empty path")
         r["path"] = _relative_path(r["path"], f"{manifest}:{line}")
+        # Compared once normalised (``./a.mp4`` is ``a.mp4``): a repeat would be scanned, and
+        # trained on, twice.
+        if r["path"] in first_line:
+            raise InputError(f"{manifest}:{line}: path {r['path']!r} repeats line {first_line[r['path']]}")
+        first_line[r["path"]] = line
     return rows
 
 
@@ -200,11 +208,19 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
     return out
 
 
-def read_celebdf(root: Path, test_list: Path | None = None) -> list[ClipRecord]:
-    """Celeb-DF v2 from its official ``List_of_testing_videos.txt`` (``<1|0> <rel path>``,
-    1 = real); the identity (``idN``) is the split group."""
-    test_list = test_list or root / "List_of_testing_videos.txt"
-    out = []
+CELEBDF_FOLDERS = ("Celeb-real", "Celeb-synthesis", "YouTube-real")  # Celeb-synthesis holds the fakes
+
+
+def _celebdf_record(root: Path, rel: str, label: Label) -> ClipRecord:
+    name = Path(rel).stem
+    group = "celebdf:" + name.split("_")[0]
+    method = "Celeb-synthesis" if label == "fake" else rel.split("/")[0]
+    return ClipRecord(root / rel, label, group, method, rel=rel)
+
+
+def _celebdf_test_list(test_list: Path) -> list[tuple[str, Label]]:
+    """``(relative path, label)`` of each line of ``List_of_testing_videos.txt``."""
+    out: list[tuple[str, Label]] = []
     for number, line in enumerate(test_list.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -212,12 +228,46 @@ def read_celebdf(root: Path, test_list: Path | None = None) -> list[ClipRecord]:
         if len(fields) != 2 or fields[0] not in ("0", "1"):
             raise InputError(f"{test_list}:{number}: expected '<1|0> <relative path>', got {line.strip()!r}")
         flag, rel = fields
-        rel = rel.strip()
-        name = Path(rel).stem
-        group = "celebdf:" + name.split("_")[0]
-        label: Label = "real" if flag.strip() == "1" else "fake"
-        method = "Celeb-synthesis" if label == "fake" else rel.split("/")[0]
-        out.append(ClipRecord(root / rel, label, group, method, rel=rel))
+        out.append((_relative_path(rel.strip(), f"{test_list}:{number}"), "real" if flag == "1" else "fake"))
+    return out
+
+
+def read_celebdf(root: Path, split: Literal["train", "test"], test_list: Path | None = None) -> list[ClipRecord]:
+    """Celeb-DF v2 by its official split. ``test``: the videos ``List_of_testing_videos.txt``
+    names (``<1|0> <rel path>``, 1 = real). ``train``: every other video under Celeb-real/,
+    YouTube-real/ (real) and Celeb-synthesis/ (fake), so that training never sees a test video.
+    The identity (``idN``) is the split group."""
+    test_list = test_list or root / "List_of_testing_videos.txt"
+    listed = _celebdf_test_list(test_list)
+    if split == "test":
+        return [_celebdf_record(root, rel, label) for rel, label in listed]
+    if split != "train":
+        raise InputError(f"Celeb-DF split {split!r}: use train or test")
+    held = {rel for rel, _ in listed}
+    out: list[ClipRecord] = []
+    seen_held = 0
+    for folder in CELEBDF_FOLDERS:
+        for p in sorted((root / folder).rglob("*")):
+            if p.suffix.lower() not in VIDEO_SUFFIXES or not p.is_file():
+                continue
+            rel = p.relative_to(root).as_posix()
+            if rel in held:
+                seen_held += 1
+                continue
+            out.append(_celebdf_record(root, rel, "fake" if folder == "Celeb-synthesis" else "real"))
+    if held and not seen_held and out:
+        # A list that matches no file here would keep nothing out: training on the test split.
+        raise InputError(
+            f"{test_list}: none of its {len(held)} videos is under {root}; it does not match this copy of "
+            "Celeb-DF, so its test videos cannot be kept out of training"
+        )
+    if not out:
+        raise InputError(
+            f"{root}: no Celeb-DF training video: expected videos not on {test_list.name} under "
+            f"{', '.join(f + '/' for f in CELEBDF_FOLDERS)}"
+        )
+    if seen_held < len(held):
+        logger.warning("%s: %d of its %d test videos are not under %s", test_list, len(held) - seen_held, len(held), root)
     return out
 
 
@@ -266,7 +316,8 @@ def read_real(root: Path) -> list[ClipRecord]:
 def read_source(spec: str) -> list[ClipRecord]:
     """One training source from a spec ``kind:path[:option]``:
     ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split[:compression]]`` (train, val or test; raw, c23
-    or c40; default train at c23), ``celebdf:ROOT``, ``dfdc:METADATA.json``,
+    or c40; default train at c23), ``celebdf:ROOT[:split]`` (train: every video not on the
+    official test list, the default; or test: the list), ``dfdc:METADATA.json``,
     ``real:DIR`` (every video under DIR, all genuine: self-blending alone). A missing or
     unreadable file is an InputError that names the source."""
     try:
@@ -289,7 +340,10 @@ def _read_source(spec: str) -> list[ClipRecord]:
             raise InputError(f"source {spec!r}: use ffpp:ROOT[:train|val|test[:raw|c23|c40]]")
         return read_ffpp(Path(parts[0]), split, compression)  # type: ignore[arg-type]
     if kind == "celebdf" and parts:
-        return read_celebdf(Path(parts[0]))
+        celeb_split = parts[1] if len(parts) > 1 and parts[1] else "train"
+        if celeb_split not in ("train", "test") or len(parts) > 2:
+            raise InputError(f"source {spec!r}: use celebdf:ROOT[:train|test]")
+        return read_celebdf(Path(parts[0]), celeb_split)  # type: ignore[arg-type]
     if kind == "dfdc" and parts:
         return read_dfdc(Path(parts[0]))
     if kind == "real" and parts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from monitor.errors import InputError
+from monitor.sources.av_source import decode_frames
 from monitor.types import display_orientation, orient
 
 logger = logging.getLogger(__name__)
@@ -43,30 +45,56 @@ def _noise_sigma(text: str) -> float | None:
     return sigma if 0 < sigma <= 128 else None
 
 
+_USAGE = "use e.g. 300k, 360p, noise (sigma 8) or noise5, joined with +, or all"
+
+
 def parse_degradation(spec: str) -> Degradation:
-    """``300k``, ``360p``, ``noise`` (sigma 8) or ``noise5``, joined with ``+``; ``all`` is all three."""
+    """``300k``, ``360p``, ``noise`` (sigma 8) or ``noise5``, joined with ``+``; ``all`` is all
+    three. Case does not matter; each kind may be given once."""
+    given = spec
+    spec = spec.strip().lower()
+    if not spec:
+        raise InputError(f"empty degradation: {_USAGE}")
     if spec == "all":
         spec = "300k+360p+noise"
     bitrate: int | None = None
     short_side: int | None = None
     noise = 0.0
-    for part in spec.lower().split("+"):
+    seen: dict[str, str] = {}
+    for part in (p.strip() for p in spec.split("+")):
         if part.endswith("k") and part[:-1].isdigit() and int(part[:-1]) > 0:
+            kind = "bitrate"
             bitrate = int(part[:-1]) * 1000
         elif part.endswith("p") and part[:-1].isdigit() and int(part[:-1]) >= 16:
+            kind = "size"
             short_side = int(part[:-1])
         elif part.startswith("noise") and _noise_sigma(part[5:]) is not None:
+            kind = "noise"
             noise = float(part[5:] or 8.0)
+        elif part == "all":
+            raise InputError(f"degradation {given!r}: all cannot be combined with others; write them out, e.g. 300k+360p+noise5")
+        elif not part:
+            raise InputError(f"degradation {given!r} has an empty part: {_USAGE}")
         else:
-            raise InputError(f"unknown degradation {part!r}: use e.g. 300k, 360p, noise (sigma 8) or noise5, or all")
+            raise InputError(f"unknown degradation {part!r}: {_USAGE}")
+        if kind in seen:
+            raise InputError(f"degradation {given!r} gives the {kind} twice ({seen[kind]} and {part}): give each kind once")
+        seen[kind] = part
     if bitrate is None and (short_side or noise):
         bitrate = 2_000_000  # the copy has to be encoded somehow; high enough not to matter
     return Degradation(bitrate, short_side, noise)
 
 
-def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
-    """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times)."""
+def degrade_clip(
+    src: Path, dst: Path, d: Degradation, seed: int = 0, on_decode_error: Callable[[BaseException], None] | None = None
+) -> Path:
+    """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times).
+
+    Corrupt packets are skipped as the scan's sampler skips them (``decode_frames``), each
+    passed to ``on_decode_error``, so that a degraded run judges the same clips as a clean one;
+    too many in a row is a SourceError, as in the scan."""
     rng = np.random.default_rng(seed)
+    errors: list[BaseException] = []
     with av.open(str(src)) as inp:
         stream = inp.streams.video[0]
         # Odd container rates (e.g. 519168/19667) are rejected by the encoder; frame times
@@ -75,7 +103,7 @@ def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
         with av.open(str(dst), "w") as out:
             enc = None
             last_pts = -1
-            for frame in inp.decode(stream):
+            for frame in decode_frames(inp, on_decode_error or errors.append):
                 img = frame.to_ndarray(format="rgb24")
                 o = display_orientation(frame)
                 if o:  # the copy carries no display matrix, so it is written as displayed
@@ -110,4 +138,6 @@ def degrade_clip(src: Path, dst: Path, d: Degradation, seed: int = 0) -> Path:
             if enc is not None:
                 for packet in enc.encode():
                     out.mux(packet)
+    if errors:
+        logger.warning("%s: skipped %d corrupt packets (%s)", src, len(errors), errors[-1])
     return dst

@@ -207,10 +207,11 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
     from monitor.pipeline.offline import scan
     from monitor.training.degrade import degrade_clip
 
+    skipped: list[BaseException] = []  # corrupt packets of the original, skipped by the copy
     try:
         path = job.path
         if degradation is not None and job.degraded_to is not None:
-            path = degrade_clip(path, job.degraded_to, degradation, seed=job.index)
+            path = degrade_clip(path, job.degraded_to, degradation, seed=job.index, on_decode_error=skipped.append)
         res = scan(str(path), settings, make())
     except Exception as exc:  # one unreadable clip is a reported failure, not a crash
         logger.warning("could not scan %s: %s", job.rel, exc)
@@ -218,7 +219,9 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
     ttd = None
     if res.first_alert_t is not None and res.first_face_t is not None:
         ttd = round(max(0.0, res.first_alert_t - res.first_face_t), 3)
-    return ClipResult(job.rel, job.label, job.group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, res.reasons)
+    # The clean copy decodes cleanly: the original's corrupt packets are reported as a clean run would.
+    reasons = res.reasons + ((f"decode_errors:{len(skipped)}",) if skipped else ())
+    return ClipResult(job.rel, job.label, job.group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, reasons)
 
 
 # Per worker process: what _worker_init was given, so each job carries only its row.
@@ -346,7 +349,7 @@ def evaluate(
     from monitor.training.degrade import parse_degradation
 
     rows = read_manifest(manifest)
-    deg = parse_degradation(degrade) if degrade else None
+    deg = parse_degradation(degrade) if degrade is not None else None  # "" is an error, not "none"
     threshold = settings.policy.alert_enter
     with tempfile.TemporaryDirectory(prefix="monitor-eval-") as tmp:
         jobs = [

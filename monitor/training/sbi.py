@@ -539,6 +539,16 @@ def load_fold_models(path: Path, width: int, fold_of_group: dict[str, int]):  # 
     return nets, meta
 
 
+def _check_numbers(args: object) -> None:
+    """Refuse counts out of range before any work: ``--frame-step 0`` failed only after face
+    extraction, ``--steps 0`` or ``--pairs 0`` with a traceback."""
+    at_least = {"frame_step": 1, "steps": 1, "pairs": 1, "workers": 0, "eval_every": 0, "time_limit": 0}
+    for name, low in at_least.items():
+        value = getattr(args, name, None)
+        if value is not None and not value >= low:  # also refuses NaN
+            raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value:g}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
@@ -573,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")
     f.add_argument("--call-codecs", action="store_true", help="also re-encode training crops with H.264/VP8 as calls do (as monitor train --call-codecs)")
     args = ap.parse_args(argv)
+    _check_numbers(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "pack":
         from monitor.training.evaluate import default_workers

@@ -98,3 +98,19 @@ def test_a_false_alarm_on_a_clip_without_a_score_still_counts() -> None:
     ])
     assert report.genuine_hours == pytest.approx(1.5)
     assert report.false_alarms_per_hour == pytest.approx(1 / 1.5)
+
+
+def test_a_degraded_evaluation_judges_a_clip_with_corrupt_packets_and_says_so(tmp_path: Path) -> None:
+    from tests.support.media import corrupt_clip
+
+    corrupt_clip(tmp_path / "c.mp4", 3.0, fps=10)
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlabel\nc.mp4\treal\n")
+    out = tmp_path / "out.json"
+    r = CliRunner().invoke(app, ["evaluate", str(manifest), "--workers", "1", "--degrade", "300k", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    [clip] = json.loads(out.read_text())["clips"]
+    assert clip["verdict"] != "error", clip  # before: the copy failed at the first corrupt packet
+    assert any(reason.startswith("decode_errors:") for reason in clip["reasons"]), clip
+    empty = CliRunner().invoke(app, ["evaluate", str(manifest), "--degrade", ""])
+    assert empty.exit_code == 2 and "empty degradation" in empty.output, empty.output

@@ -86,7 +86,7 @@ def test_celebdf_test_list(tmp_path: Path) -> None:
     (tmp_path / "List_of_testing_videos.txt").write_text(
         "1 YouTube-real/00170.mp4\n1 Celeb-real/id0_0001.mp4\n0 Celeb-synthesis/id0_id16_0000.mp4\n\n"
     )
-    recs = read_celebdf(tmp_path)
+    recs = read_celebdf(tmp_path, "test")
     assert [r.label for r in recs] == ["real", "real", "fake"]
     assert recs[2].method == "Celeb-synthesis" and recs[2].group == "celebdf:id0"
     assert recs[0].path == tmp_path / "YouTube-real/00170.mp4"
@@ -170,7 +170,7 @@ def test_dataset_files_in_the_wrong_shape_are_input_errors_naming_the_file(tmp_p
 
     (tmp_path / "List_of_testing_videos.txt").write_text("1 YouTube-real/00170.mp4\nCeleb-synthesis/id0_id1_0000.mp4\n")
     with pytest.raises(InputError, match=r"List_of_testing_videos.txt:2: expected '<1\|0> <relative path>'"):
-        read_celebdf(tmp_path)
+        read_celebdf(tmp_path, "test")
     (tmp_path / "metadata.json").write_text(json.dumps(["a.mp4", "b.mp4"]))
     with pytest.raises(InputError, match=r"metadata.json: expected DFDC's"):
         read_dfdc(tmp_path / "metadata.json")

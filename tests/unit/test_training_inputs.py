@@ -1,0 +1,195 @@
+"""Unit tests for the offline tools' input checks: manifests with repeated paths or no rows,
+Celeb-DF's official split as a training source, `--degrade` specs and clips with corrupt
+packets, and `monitor sbi`'s numeric options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+from typer.testing import CliRunner
+
+from monitor.errors import InputError
+from monitor.training.datasets import manifest_rows, read_celebdf, read_source, read_tsv
+from monitor.training.degrade import Degradation, degrade_clip, parse_degradation
+from tests.support.media import corrupt_clip
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+# --- manifests ------------------------------------------------------------------------------
+
+
+def test_a_path_repeated_after_normalisation_names_both_lines(tmp_path: Path) -> None:
+    from monitor.training.evaluate import read_manifest
+
+    (tmp_path / "dup.tsv").write_text("path\tlabel\ng/a.mp4\treal\nf/b.mp4\tfake\n\n./g//a.mp4\treal\n")
+    for read in (manifest_rows, read_manifest, read_tsv):
+        with pytest.raises(InputError, match=r"dup.tsv:5: path 'g/a.mp4' repeats line 2"):
+            read(tmp_path / "dup.tsv")
+    with pytest.raises(InputError, match="repeats line 2"):
+        read_source(f"tsv:{tmp_path / 'dup.tsv'}")
+
+
+def test_a_manifest_with_a_header_and_no_rows_is_an_error(tmp_path: Path) -> None:
+    from monitor.training.evaluate import read_manifest
+
+    (tmp_path / "hdr.tsv").write_text("path\tlabel\n\n\n")
+    for read in (manifest_rows, read_manifest, read_tsv):
+        with pytest.raises(InputError, match=r"hdr.tsv: no clip rows$"):
+            read(tmp_path / "hdr.tsv")
+    with pytest.raises(InputError, match="no clip rows"):
+        read_source(f"tsv:{tmp_path / 'hdr.tsv'}")
+
+
+# --- Celeb-DF -------------------------------------------------------------------------------
+
+TEST_LIST = "1 YouTube-real/00170.mp4\n1 Celeb-real/id0_0001.mp4\n0 Celeb-synthesis/id0_id16_0001.mp4\n"
+
+
+def celebdf(root: Path) -> Path:
+    """A Celeb-DF v2 layout: three test videos (on the list) and four training videos."""
+    for rel in (
+        "YouTube-real/00170.mp4", "YouTube-real/00171.mp4",
+        "Celeb-real/id0_0000.mp4", "Celeb-real/id0_0001.mp4", "Celeb-real/id1_0000.mp4",
+        "Celeb-synthesis/id0_id16_0000.mp4", "Celeb-synthesis/id0_id16_0001.mp4",
+    ):
+        touch(root / rel)
+    touch(root / "Celeb-real" / "notes.txt")
+    (root / "List_of_testing_videos.txt").write_text(TEST_LIST)
+    return root
+
+
+def test_celebdf_training_split_is_every_video_not_on_the_test_list(tmp_path: Path) -> None:
+    root = celebdf(tmp_path)
+    expected = {
+        "Celeb-real/id0_0000.mp4": ("real", "celebdf:id0", "Celeb-real"),
+        "Celeb-real/id1_0000.mp4": ("real", "celebdf:id1", "Celeb-real"),
+        "Celeb-synthesis/id0_id16_0000.mp4": ("fake", "celebdf:id0", "Celeb-synthesis"),
+        "YouTube-real/00171.mp4": ("real", "celebdf:00171", "YouTube-real"),
+    }
+    for read in (lambda: read_source(f"celebdf:{root}"), lambda: read_source(f"celebdf:{root}:train"), lambda: read_celebdf(root, "train")):
+        recs = read()
+        assert {r.rel: (r.label, r.group, r.method) for r in recs} == expected
+        assert all(r.path == root / r.rel for r in recs)
+    test = read_source(f"celebdf:{root}:test")
+    assert [(r.rel, r.label) for r in test] == [
+        ("YouTube-real/00170.mp4", "real"), ("Celeb-real/id0_0001.mp4", "real"), ("Celeb-synthesis/id0_id16_0001.mp4", "fake"),
+    ]
+    assert not {r.rel for r in test} & set(expected)
+    with pytest.raises(InputError, match=r"use celebdf:ROOT\[:train\|test\]"):
+        read_source(f"celebdf:{root}:val")
+
+
+def test_celebdf_training_split_refuses_a_list_or_layout_it_cannot_use(tmp_path: Path) -> None:
+    root = celebdf(tmp_path / "a")
+    # A list naming none of the videos here would keep nothing out of training.
+    (root / "List_of_testing_videos.txt").write_text("1 Celeb-real/id9_0000.mp4\n")
+    with pytest.raises(InputError, match=r"none of its 1 videos is under"):
+        read_source(f"celebdf:{root}")
+    empty = tmp_path / "b"
+    empty.mkdir()
+    (empty / "List_of_testing_videos.txt").write_text(TEST_LIST)
+    with pytest.raises(InputError, match="no Celeb-DF training video"):
+        read_source(f"celebdf:{empty}")
+    with pytest.raises(InputError, match="List_of_testing_videos.txt"):
+        read_source(f"celebdf:{tmp_path / 'c'}")
+
+
+# --- --degrade ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("ALL", Degradation(300_000, 360, 8.0)),
+        (" All ", Degradation(300_000, 360, 8.0)),
+        ("300K+Noise5", Degradation(300_000, None, 5.0)),
+        ("360p", Degradation(2_000_000, 360, 0.0)),
+    ],
+)
+def test_degradation_specs_in_any_case(spec: str, expected: Degradation) -> None:
+    assert parse_degradation(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("300k+600k", r"'300k\+600k' gives the bitrate twice \(300k and 600k\)"),
+        ("360p+720P", "gives the size twice"),
+        ("noise+noise5", "gives the noise twice"),
+        ("", "empty degradation"),
+        ("  ", "empty degradation"),
+        ("300k+", "has an empty part"),
+        ("all+noise5", r"all cannot be combined with others; write them out, e.g. 300k\+360p\+noise5"),
+        ("blur", "unknown degradation 'blur'"),
+    ],
+)
+def test_degradation_specs_that_are_errors(spec: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_degradation(spec)
+
+
+def _frames(path: Path) -> int:
+    """Frames a tolerant decoder gets from ``path``, as the scan's sampler reads it."""
+    from monitor.sources.av_source import decode_frames
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in decode_frames(c, lambda exc: None))
+
+
+def test_a_clip_with_corrupt_packets_is_degraded_past_them(tmp_path: Path) -> None:
+    clip = corrupt_clip(tmp_path / "corrupt.mp4", 3.0, fps=10)
+    with av.open(str(clip)) as c, pytest.raises(av.error.InvalidDataError):
+        for _ in c.decode(video=0):  # the plain decoder gives up at the first corrupt packet
+            pass
+    out = degrade_clip(clip, tmp_path / "out.mp4", parse_degradation("300k"))
+    assert _frames(out) == _frames(clip) > 0  # the frames the scan would judge, all of them
+    errors: list[BaseException] = []
+    degrade_clip(clip, tmp_path / "again.mp4", parse_degradation("300k"), on_decode_error=errors.append)
+    assert errors  # each skipped packet is reported
+
+
+# --- monitor sbi ----------------------------------------------------------------------------
+
+PACK = ["pack", "--source", "tsv:m.tsv", "--out", "p.npz"]
+FIT = ["fit", "--pack", "p.npz", "--out", "fit"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*PACK, "--frame-step", "0"], "--frame-step must be at least 1, got 0"),
+        ([*PACK, "--workers", "-1"], "--workers must be at least 0, got -1"),
+        ([*FIT, "--steps", "0"], "--steps must be at least 1, got 0"),
+        ([*FIT, "--pairs", "0"], "--pairs must be at least 1, got 0"),
+        ([*FIT, "--workers", "-2"], "--workers must be at least 0, got -2"),
+        ([*FIT, "--eval-every", "-1"], "--eval-every must be at least 0, got -1"),
+        ([*FIT, "--time-limit", "-5"], "--time-limit must be at least 0, got -5"),
+        ([*FIT, "--time-limit", "nan"], "--time-limit must be at least 0, got nan"),
+    ],
+)
+def test_sbi_numbers_out_of_range_are_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str) -> None:
+    from monitor.training import sbi
+
+    def work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started work")
+
+    monkeypatch.setattr(sbi, "build_pack", work)
+    monkeypatch.setattr(sbi, "fit", work)
+    with pytest.raises(InputError, match=f"^{message}$"):
+        sbi.main(argv)
+
+
+def test_sbi_bad_number_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from monitor.cli import app
+
+    r = CliRunner().invoke(app, ["sbi", "fit", "--pack", str(tmp_path / "p.npz"), "--out", str(tmp_path / "o"), "--steps", "0"])
+    assert r.exit_code == 2, r.output
+    assert "--steps must be at least 1, got 0" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
