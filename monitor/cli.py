@@ -159,10 +159,14 @@ def _check_writable(path: Path) -> None:
     """Fail now, with exit status 2, if the result cannot be written to ``path``: not after
     minutes (or hours) of scanning, which the failure would throw away."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             raise IsADirectoryError(21, "is a directory")
-        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        if path.exists():  # /dev/stdout, or a file made beforehand in a folder we cannot write
+            writable = os.access(path, os.W_OK)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writable = os.access(path.parent, os.W_OK)
+        if not writable:
             raise PermissionError(13, "permission denied")
     except OSError as exc:
         _fail(ConfigError(f"cannot write {path}: {exc.strerror or exc}"))

@@ -123,17 +123,45 @@ class EventLog:
         # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # Next to the file, outside it: the epoch and the last id this log reached. A backup
+        # of the file does not carry it, so a restored (older) copy is told apart.
+        self._mark = path.with_name(path.name + ".mark")
         self.epoch = self._load_epoch()
 
     def _load_epoch(self) -> str:
         """This log's epoch: random, made when the log is created and kept for its life. Ids
-        start again at 1 in a new log (data_dir wiped, a file restored); a client that sends
-        the epoch of its last event back with ``since`` is told when its ids belong to another
-        log, even when the new log has already grown past them."""
+        start again at 1 in a new log (data_dir wiped), or go back to an older id in a file
+        restored from a backup: either way it gets a new epoch, and a client that sends the
+        epoch of its last event back with ``since`` is told its ids belong to another log, even
+        when this one has already grown past them."""
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex[:16],))
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-        return str(row[0])
+            epoch = str(self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+            last = self._last_id()
+            try:
+                marked_epoch, marked_last = self._mark.read_text().split()
+                behind = marked_epoch == epoch and int(marked_last) > last
+            except (OSError, ValueError):  # no mark yet (a new log, or one from before marks)
+                behind = False
+            if behind:
+                epoch = uuid.uuid4().hex[:16]
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+                logger.warning(
+                    "event log %s ends at id %d but reached %s before: restored from a backup? Its ids %d-%s "
+                    "now name other events, so it gets a new epoch (%s): clients resuming start again",
+                    self.path, last, marked_last, last + 1, marked_last, epoch,
+                )
+            self._write_mark(epoch, last)
+        return epoch
+
+    def _write_mark(self, epoch: str, last_id: int) -> None:
+        """Best effort, no fsync: a mark lost in a crash only weakens the backup check."""
+        try:
+            tmp = self._mark.with_name(self._mark.name + ".tmp")
+            tmp.write_text(f"{epoch} {last_id}\n")
+            tmp.replace(self._mark)
+        except OSError:
+            logger.debug("cannot write %s", self._mark, exc_info=True)
 
     def append(self, events: Sequence[Event]) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
@@ -155,6 +183,8 @@ class EventLog:
                     assert cur.lastrowid is not None
                     stored.append(StoredEvent(cur.lastrowid, event))
                 self._db.execute("COMMIT")
+                if stored:
+                    self._write_mark(self.epoch, stored[-1].id)
             except BaseException:
                 # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR): a
                 # second ROLLBACK would raise "no transaction is active" and hide the real error.
@@ -191,10 +221,13 @@ class EventLog:
         """The largest id ever assigned (0 for a new log). Pruning never lowers it, so a
         client's ``since`` above it can only come from another (reset) log."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT MAX(COALESCE((SELECT MAX(id) FROM events), 0),"
-                " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
-            ).fetchone()
+            return self._last_id()
+
+    def _last_id(self) -> int:
+        row = self._db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM events), 0),"
+            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+        ).fetchone()
         return int(row[0])
 
     def unclosed_alerts(self) -> list[tuple[str, dict[str, Any]]]:

@@ -448,6 +448,8 @@ def log_mismatch(since: int, epoch: str | None, last_id: int, log_epoch: str) ->
     log's last id, or it came with another log's epoch (the log was replaced and has grown
     past it since: without the epoch, that client skipped the new log's first events). A 409
     error, or a websocket close reason, which must stay under 123 bytes."""
+    if since <= 0:
+        return None  # from the start: any log will do
     if epoch is not None and epoch != log_epoch:
         return f"event log reset: epoch {epoch[:16]} is not this log's ({log_epoch}); resume with since=0"[:123]
     if since > last_id:

@@ -144,6 +144,9 @@ class StreamAnalyzer:
         self._timer: Callable[[], float] = time.perf_counter
 
     def analyse(self, frame: Frame) -> Analysis:
+        with self._lock:
+            # A stall declared during an earlier call (one that then raised) is not this one's.
+            self._declared_stalled = False
         timer = self._timer
         t0 = timer()
         rgb = frame.rgb()

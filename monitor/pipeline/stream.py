@@ -281,6 +281,7 @@ class StreamPipeline:
         with an error naming them, so neither can stop the stream or hold a removal."""
         delay = 0.2
         failures = 0
+        waiting = False  # in the backoff sleep between two tries
         try:
             while True:
                 try:
@@ -301,10 +302,14 @@ class StreamPipeline:
                         level, "stream %s: event log write failed (%d times); retrying in %.1fs", self.id, failures,
                         delay, exc_info=True,
                     )
+                    waiting = True
                     await asyncio.sleep(delay)
+                    waiting = False
                     delay = min(delay * 2, self.PUBLISH_BACKOFF_MAX_S)
         except asyncio.CancelledError:
-            if failures:  # cancelled while waiting out a failing log (a removal past its wait)
+            # Cancelled between tries (a removal past its stop wait): not written. Cancelled
+            # during a try, the bus finishes that write first, so it may well be stored.
+            if waiting:
                 self._log_dropped(events, "the stream was stopped before the log took them")
             raise
 

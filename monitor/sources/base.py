@@ -45,9 +45,13 @@ def redact_text(text: str, url: str | None = None) -> str:
             userinfo = m[0][len(m[1]) : -1]
             for form in sorted({userinfo, unquote(userinfo), quote(unquote(userinfo), safe=":")}, key=len, reverse=True):
                 if form:
-                    # Whole words only, and not a host name: a user name "cam" must not turn
-                    # "camera offline" into "***era offline", nor "@cam.local" into "@***.local".
-                    text = re.sub(rf"(?<![\w.@/-]){re.escape(form)}(?![\w-])", REDACTED, text)
+                    if ":" in form:  # user:password: hidden wherever it appears
+                        text = text.replace(form, REDACTED)
+                    else:
+                        # A bare user name, as a word and not in a host name: "cam" must not
+                        # turn "camera offline" into "***era offline", nor "@cam.local" into
+                        # "@***.local".
+                        text = re.sub(rf"(?<![\w.@/-]){re.escape(form)}(?![\w-])", REDACTED, text)
     return _URL_IN_TEXT.sub(lambda m: _redact_one_url(m[0]), text)
 
 

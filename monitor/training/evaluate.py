@@ -397,7 +397,7 @@ def summarise(manifest: str, degrade: str | None, threshold: float, results: Seq
         fakes_detected=len(ttd),
         false_alarms_per_hour=alarms / hours if hours > 0 else None,
         genuine_hours=hours,
-        unjudged=tuple((c.path, c.reasons) for c in results if c.score is None),
+        unjudged=tuple((c.path, c.reasons) for c in results if c.score is None and not c.alerts_opened),
     )
 
 

@@ -659,6 +659,9 @@ async def test_a_resume_from_another_logs_epoch_is_refused_even_when_its_id_exis
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409 and other in closed.value.rcvd.reason
         async with websockets.connect(svc.ws + f"/ws/alerts?since=4&epoch={epoch}", subprotocols=["cloudevents.json"]) as ws:
             assert [e["id"] for e in await recv_all(ws, 1)] == ["5"]
+        # From the start, as the close reason says, any log will do: a stale epoch is ignored.
+        async with websockets.connect(svc.ws + f"/ws/alerts?since=0&epoch={other}", subprotocols=["cloudevents.json"]) as ws:
+            assert len(await recv_all(ws, 5)) == 5
     # Kept for the file's life; another file gets another.
     reopened = EventLog(tmp_path / "data" / "events.sqlite3")
     fresh = EventLog(tmp_path / "fresh.sqlite3")
@@ -667,6 +670,35 @@ async def test_a_resume_from_another_logs_epoch_is_refused_even_when_its_id_exis
     finally:
         reopened.close()
         fresh.close()
+
+
+def test_a_log_restored_from_a_backup_gets_a_new_epoch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The backup carries the epoch: once the restored log grew past a client's id again, that
+    # client resumed there and skipped the ids the backup had lost.
+    import shutil
+
+    path = tmp_path / "events.sqlite3"
+    log = EventLog(path)
+    log.append([status_event(i) for i in range(10)])
+    epoch = log.epoch
+    log.close()
+    shutil.copy(path, tmp_path / "backup.sqlite3")
+    log = EventLog(path)
+    log.append([status_event(i) for i in range(40)])
+    assert log.epoch == epoch and log.last_id() == 50
+    log.close()
+    shutil.copy(tmp_path / "backup.sqlite3", path)
+    restored = EventLog(path)
+    try:
+        assert restored.last_id() == 10 and restored.epoch != epoch
+        assert "restored from a backup" in caplog.text
+    finally:
+        restored.close()
+    again = EventLog(path)  # and it keeps that new epoch
+    try:
+        assert again.epoch == restored.epoch
+    finally:
+        again.close()
 
 
 def test_the_alerts_client_resumes_with_the_epoch_of_its_last_event() -> None:

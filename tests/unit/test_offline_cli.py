@@ -98,6 +98,7 @@ def test_a_false_alarm_on_a_clip_without_a_score_still_counts() -> None:
     ])
     assert report.genuine_hours == pytest.approx(1.5)
     assert report.false_alarms_per_hour == pytest.approx(1 / 1.5)
+    assert [path for path, _ in report.unjudged] == ["g/c.mp4"]  # the alerted one was judged
 
 
 def test_a_degraded_evaluation_judges_a_clip_with_corrupt_packets_and_says_so(tmp_path: Path) -> None:

@@ -103,6 +103,8 @@ def test_redact_text_hides_every_form_of_the_credentials() -> None:
         assert secret not in out
     assert "rtsp://***@cam.local:554/live?token=***" in out and "rtsp://***@host/x" in out
     assert redact_text("read failed: Connection timed out") == "read failed: Connection timed out"
+    # user:password is hidden wherever it appears, a scheme or not.
+    assert redact_text("tried //cam:s3cret@10.0.0.1", "rtsp://cam:s3cret@10.0.0.1/live") == "tried //***@10.0.0.1"
     # A user name alone is hidden as a word, not inside other words.
     named = "rtsp://cam@cam.local/live"
     assert redact_text(f"camera offline: user cam refused at {named}", named) == (

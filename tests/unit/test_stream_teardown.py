@@ -335,6 +335,49 @@ async def test_a_log_that_never_recovers_does_not_hold_a_removal_and_says_what_w
     assert dropped and "io.deepfake-monitor.stream.status.v1" in " ".join(dropped), dropped
 
 
+class SlowAfterAFailureBus(FullDiskBus):
+    """Once armed: one write fails, the next takes a second and succeeds."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.armed = False
+        self.writing = asyncio.Event()
+
+    async def publish(self, events: list[Event]) -> list[Any]:
+        if self.armed:
+            self.calls += 1
+            if self.calls == 1:
+                raise sqlite3.OperationalError("database is locked")
+            self.writing.set()
+            await asyncio.sleep(1.0)
+        self.stored.extend(events)
+        return []
+
+
+async def test_a_publish_cancelled_during_a_write_is_not_reported_as_dropped(
+    parts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The bus finishes a write that was under way when its caller is cancelled: saying those
+    # events were dropped sent operators looking for events that were in the log.
+    _, log, _, metrics = parts
+    bus = SlowAfterAFailureBus()
+    m = StreamManager(parts[0], bus, metrics, SystemClock(), Constant, lambda stream_id: NoFaces())  # type: ignore[arg-type]
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    event = Event(EventType.STREAM_STATUS, "cam", Severity.INFO, 0.0, StreamStatusData(StreamState.RUNNING, "probe", 0))
+    deadline = time.monotonic() + 10
+    while not any(isinstance(e.data, StreamStatusData) and e.data.state == StreamState.RUNNING for e in bus.stored):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)  # the stream's own "running" is written before the bus is armed
+    bus.armed = True
+    publishing = asyncio.create_task(pipeline._publish([event]))
+    await asyncio.wait_for(bus.writing.wait(), 10)
+    publishing.cancel()
+    await asyncio.gather(publishing, return_exceptions=True)
+    bus.armed = False
+    await m.remove("cam")
+    assert "dropped" not in caplog.text
+
+
 class GoesQuiet(ThreadedSource):
     """Frames at 20 fps for ``for_s``, then none (a camera reconnecting for a long time)."""
 
