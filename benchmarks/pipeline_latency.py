@@ -68,7 +68,7 @@ async def live_latency(clip: Path, seconds: float, data_dir: Path) -> dict[str, 
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
         await asyncio.sleep(seconds)
         cpu1, wall1 = cpu_seconds(), time.perf_counter()
-        lat = [x * 1000 for x in pipeline.recent_latencies]
+        lat = [latency * 1000 for _, latency in pipeline.recent_latencies]
         status = pipeline.status()
         analysed = pipeline.frames_analysed - start_frames
         if not lat:
