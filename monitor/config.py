@@ -182,7 +182,7 @@ def infer_source(url: str) -> str:
         return "demo"
     if scheme == "file":
         return "file"
-    raise ConfigError(f"cannot infer a source for {url!r}: use rtsp://, a file path or demo://, or set `source`")
+    raise ConfigError(f"cannot infer a source for {redact_url(url)!r}: use rtsp://, a file path or demo://, or set `source`")
 
 
 class Settings(BaseSettings):
@@ -193,7 +193,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("monitor-data"), description="Where the event log and state live; relative to the working directory.")
-    instance: str = Field("monitor", description="Name of this instance, used as the CloudEvents `source`.")
+    instance: str = Field(
+        "monitor", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description=f"Name of this instance, used in the CloudEvents `source` (/<instance>/streams/<id>): {STREAM_ID_RULE}.",
+    )
     log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     demo: bool = Field(True, description="Watch the built-in demo stream when no streams are configured.")
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -243,7 +246,9 @@ class Settings(BaseSettings):
 # would change what `settings.server.token` is for every caller.
 _SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re.IGNORECASE)
 REDACTED = "***"
-_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]+@")  # rtsp://user:pass@host
+# rtsp://user:pass@host, up to the authority's *last* "@" as FFmpeg splits it: a password
+# with a raw "@" in it is hidden whole.
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _URL_QUERY_VALUE = re.compile(r"([?&])([^=&#]+)=([^&#]*)")  # ?access_token=..., &token=...
 
 
@@ -281,7 +286,7 @@ def redact(data: Any, path: tuple[Any, ...] = ()) -> Any:
 def _shown(path: tuple[Any, ...], value: Any) -> str:
     """The offending value as an error message may quote it: a credential only by its size."""
     if not is_secret(path):
-        return repr(value)
+        return repr(redact_url(value) if isinstance(value, str) else value)  # a URL's credentials
     return f"{len(value)} characters" if isinstance(value, str) else f"a {type(value).__name__}"
 
 

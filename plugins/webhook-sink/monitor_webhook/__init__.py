@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
+import logging
+import re
 import time
 from collections.abc import Callable
 from typing import ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from monitor.errors import RejectedEvent
 
@@ -25,6 +28,13 @@ SIGNATURE_HEADER = "X-Monitor-Signature"
 TIMESTAMP_HEADER = "X-Monitor-Timestamp"
 # Refusals of the payload itself; any other status could apply to every event.
 REJECTED_STATUSES = frozenset({400, 413, 415, 422})
+# Headers the sink sets itself: a user's copy would be sent as well (names compare without case).
+RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding",
+                              SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 field name
+_VALUE = re.compile(r"[\x20-\x7e]*")  # visible ASCII and spaces: no CR, LF or other controls
+
+logger = logging.getLogger(__name__)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -37,6 +47,8 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: flo
     try:
         age = abs((now if now is not None else time.time()) - float(timestamp))
     except ValueError:
+        return False
+    if not signature.isascii():  # compare_digest raises on non-ASCII text: a 500 for the receiver
         return False
     return age <= tolerance_s and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
@@ -58,6 +70,21 @@ class WebhookSink:
         )
         headers: dict[str, str] = Field(default_factory=dict, description="Extra headers, e.g. an Authorization for the receiver.")
 
+        @field_validator("headers")
+        @classmethod
+        def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+            # Checked now, not at the first delivery: h11 refused a value with a newline (a
+            # token read from a file) on every retry for ever, quoting it in the log.
+            for name, value in headers.items():
+                if not _TOKEN.fullmatch(name):
+                    raise ValueError(f"header name {name!r} is not a valid HTTP field name")
+                if name.lower() in RESERVED_HEADERS:
+                    raise ValueError(f"header {name!r} is set by the sink itself")
+                if not _VALUE.fullmatch(value):
+                    # Never the value: it is often a credential.
+                    raise ValueError(f"header {name!r}: its value must be printable ASCII, without line breaks")
+            return headers
+
     def __init__(self, config: Config, clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self._clock = clock
@@ -66,6 +93,12 @@ class WebhookSink:
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=self.config.timeout_s, transport=self._transport, follow_redirects=False)
+        url = self.config.url
+        if url.scheme == "http" and not _is_loopback(url.host or ""):
+            logger.warning(
+                "webhook %s is plain http to another host: events%s travel unencrypted; use https",
+                url.host, " and the headers (an Authorization?)" if self.config.headers else "",
+            )
 
     async def send(self, event_id: int, cloudevent_json: str) -> None:
         assert self._client is not None, "start() first"
@@ -83,7 +116,9 @@ class WebhookSink:
         except TimeoutError as exc:
             raise DeliveryError(f"event {event_id}: no complete response within {self.config.timeout_s:g}s") from exc
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"event {event_id}: {exc!r}") from exc
+            # The class only for a protocol error: h11's message quotes the header it refused.
+            shown = type(exc).__name__ if isinstance(exc, httpx.ProtocolError) else repr(exc)
+            raise DeliveryError(f"event {event_id}: {shown}") from exc
         if response.is_success:
             return
         if response.status_code in REJECTED_STATUSES:
@@ -98,6 +133,15 @@ class WebhookSink:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _excerpt(response: httpx.Response, limit: int = 200) -> str:

@@ -1,0 +1,75 @@
+"""The webhook sink's options and its receiver-side helper refuse what would fail later or
+leak: header values with line breaks, headers the sink sets itself, non-ASCII signatures; and
+credentials in URLs never reach an error message."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from monitor_webhook import WebhookSink, verify
+
+from monitor.config import load_settings, redact_url
+from monitor.errors import ConfigError
+from monitor.plugins import plugin_config
+
+SECRET_TOKEN = "Bearer S3CRET-TOKEN-0123"
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"Authorization": SECRET_TOKEN + "\n"}, "printable ASCII"),  # a token read from a file
+        ({"Authorization": "Bearer tøken-0123456789"}, "printable ASCII"),
+        ({"X-Evil": "a\r\nX-Injected: 1"}, "printable ASCII"),
+        ({"Bad Name": "x"}, "not a valid HTTP field name"),
+        ({"content-type": "text/plain"}, "set by the sink itself"),
+        ({"x-monitor-signature": "sha256=forged"}, "set by the sink itself"),
+    ],
+)
+def test_webhook_headers_are_checked_at_start_up(headers: dict[str, str], message: str) -> None:
+    # Before: accepted, then every delivery failed in h11 (retried for ever, the token quoted in
+    # the log each time), or a second Content-Type / signature header went out.
+    with pytest.raises(ConfigError, match=message) as err:
+        plugin_config(WebhookSink, {"url": "https://hooks.example/in", "headers": headers})
+    assert "S3CRET" not in str(err.value)
+
+
+def test_good_webhook_headers_pass() -> None:
+    config = plugin_config(WebhookSink, {"url": "https://hooks.example/in", "headers": {"Authorization": SECRET_TOKEN, "X-Team": "soc"}})
+    assert config.headers["X-Team"] == "soc"  # type: ignore[attr-defined]
+
+
+def test_a_non_ascii_signature_is_refused_not_a_crash() -> None:
+    # hmac.compare_digest raised TypeError on it: any client turned the receiver's 401 into a 500.
+    assert verify("s" * 16, "1700000000", b"{}", "sha256=ü", now=1700000000.0) is False
+
+
+async def test_plain_http_to_another_host_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    for url, warned in (("http://hooks.example/in", True), ("http://127.0.0.1:9/in", False), ("https://hooks.example/in", False)):
+        caplog.clear()
+        sink = WebhookSink(plugin_config(WebhookSink, {"url": url}))  # type: ignore[arg-type]
+        await sink.start()
+        await sink.aclose()
+        assert ("unencrypted" in caplog.text) is warned, url
+
+
+def test_credentials_in_urls_never_reach_an_error_or_the_config_output() -> None:
+    # A password with a raw "@": redaction stopped at the first one and showed the rest.
+    assert redact_url("rtsp://admin:p@ssw0rd@cam.local/s") == "rtsp://***@cam.local/s"
+    with pytest.raises(ConfigError) as err:  # an invalid port: the URL was quoted whole
+        plugin_config(WebhookSink, {"url": "http://user:hunter2secret@hook.example:99999/x?token=SUPERSECRET"})
+    assert "hunter2secret" not in str(err.value) and "SUPERSECRET" not in str(err.value)
+    from monitor.config import infer_source
+
+    with pytest.raises(ConfigError) as err:
+        infer_source("rtps://admin:SECRETPW@cam/x")  # a mistyped scheme
+    assert "SECRETPW" not in str(err.value) and "rtps://***@cam/x" in str(err.value)
+
+
+@pytest.mark.parametrize("instance", ["my monitor?x#y", "", "a/../b", "-lead"])
+def test_the_instance_name_must_make_a_valid_cloudevents_source(instance: str) -> None:
+    with pytest.raises(ConfigError, match="instance"):
+        load_settings(None, instance=instance)
+    assert load_settings(None, instance="monitor-eu.1").instance == "monitor-eu.1"
