@@ -39,7 +39,7 @@ async def test_candidates_go_to_their_own_mid(tmp_path: Path) -> None:
         lines = pc.localDescription.sdp.splitlines()
         offer = "\r\n".join(x for x in lines if not x.startswith(("a=candidate:", "a=end-of-candidates"))) + "\r\n"
         ufrag = next(x for x in lines if x.startswith("a=ice-ufrag:"))
-        async with httpx.AsyncClient(base_url=svc.base) as client:
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             created = await client.post("/whip/mic", content=offer, headers={**AUTH, "Content-Type": "application/sdp"})
             assert created.status_code == 201, created.text
             loc = created.headers["location"]
@@ -139,7 +139,7 @@ async def test_mdns_candidates_are_dropped_not_resolved(tmp_path: Path, fake_mdn
     async with running_service(make_settings(tmp_path)) as svc:
         # mDNS candidates in the offer, which also ends its candidates.
         pc, offer = await trickling_offer("".join(mdns_candidate(i) for i in range(3)), end=True)
-        async with httpx.AsyncClient(base_url=svc.base) as client:
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             loc, session, ice = await published(svc, client, offer)
             assert session.mdns_dropped == 3
             # Its end-of-candidates went with them: the peer may still be found as peer-reflexive.
@@ -163,7 +163,7 @@ async def test_with_resolve_mdns_trickled_names_resolve_concurrently_within_a_de
 ) -> None:
     async with running_service(make_settings(tmp_path, webrtc={"resolve_mdns": True})) as svc:
         pc, offer = await trickling_offer()
-        async with httpx.AsyncClient(base_url=svc.base) as client:
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             loc, session, ice = await published(svc, client, offer)
 
             # 20 names taking 0.5 s each: together, not 10 s one after another.
@@ -187,7 +187,7 @@ async def test_with_resolve_mdns_trickled_names_resolve_concurrently_within_a_de
 async def test_candidates_after_end_of_candidates_are_refused_not_ignored(tmp_path: Path) -> None:
     async with running_service(make_settings(tmp_path)) as svc:
         pc, offer = await trickling_offer(end=True)
-        async with httpx.AsyncClient(base_url=svc.base) as client:
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             loc, session, ice = await published(svc, client, offer)
             r = await client.patch(loc, content="a=mid:0\r\n" + candidate(1, "192.0.2.20"), headers=PATCH)
             assert r.status_code == 422 and "a=end-of-candidates" in r.json()["error"], r.text
@@ -204,7 +204,7 @@ async def test_a_session_gives_at_most_64_candidates(tmp_path: Path) -> None:
     # Before: a PATCH could add hundreds of addresses for the ICE agent to send STUN checks to.
     async with running_service(make_settings(tmp_path)) as svc:
         pc, offer = await trickling_offer()
-        async with httpx.AsyncClient(base_url=svc.base) as client:
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             loc, _, _ = await published(svc, client, offer)
             given = offer.count("a=candidate:")
             room = 64 - given
@@ -231,19 +231,21 @@ async def test_an_end_of_candidates_waits_for_candidates_still_being_added(
     # A browser PATCHes each candidate, then the end, without waiting for the answers. The end
     # overtook a candidate still being added: aiortc dropped it, and its PATCH said 204.
     real_add = whip._add_candidates
+    adding = asyncio.Event()
 
     async def slow_add(added: list, deadline_s: float) -> None:  # type: ignore[type-arg]
         if added:
+            adding.set()
             await asyncio.sleep(0.3)  # an mDNS resolution, say
         await real_add(added, deadline_s)
 
     monkeypatch.setattr(whip, "_add_candidates", slow_add)
     async with running_service(make_settings(tmp_path)) as svc:
         pc, offer = await trickling_offer()
-        async with httpx.AsyncClient(base_url=svc.base) as client:
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             loc, session, ice = await published(svc, client, offer)
             first = asyncio.create_task(client.patch(loc, content="a=mid:0\r\n" + candidate(1, "192.0.2.30"), headers=PATCH))
-            await asyncio.sleep(0.1)  # the candidate passed its checks and is being added
+            await asyncio.wait_for(adding.wait(), 30)  # the candidate passed its checks and is being added
             end = await client.patch(loc, content="a=end-of-candidates\r\n", headers=PATCH)
             assert (await first).status_code == 204 and end.status_code == 204
             assert "192.0.2.30" in {c.ip for c in ice.getRemoteCandidates()}
