@@ -42,23 +42,23 @@ async def test_an_alert_open_at_a_crash_is_closed_by_the_next_start_once(tmp_pat
     receiver.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     receiver_task = asyncio.create_task(receiver.serve())
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(120):
             while not receiver.started:
                 await asyncio.sleep(0.02)
         port = receiver.servers[0].sockets[0].getsockname()[1]
         config = {"demo": False, "data_dir": str(tmp_path / "data"),
                   "sinks": [{"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook"}}]}
         svc = ServiceProcess(tmp_path, config)
-        await asyncio.to_thread(svc.start)  # the sink's cursor is set at the log's end
+        await asyncio.to_thread(svc.start, 0, 180)  # the sink's cursor is set at the log's end
         assert await asyncio.to_thread(svc.stop, signal.SIGKILL) != 0
         # What the SIGKILL of a service with an alert open leaves behind: the open, committed.
         log = EventLog(tmp_path / "data" / "events.sqlite3")
         log.append([opened("crashed")])
         log.close()
 
-        await asyncio.to_thread(svc.start)
+        await asyncio.to_thread(svc.start, 0, 180)
         try:
-            async with asyncio.timeout(30):  # delivered by the sink, not only logged
+            async with asyncio.timeout(120):  # delivered by the sink, not only logged
                 while not any(e["type"] == CLOSED for e in received):
                     await asyncio.sleep(0.1)
             events = (await asyncio.to_thread(svc.get, "/api/events?since=0")).json()
@@ -69,7 +69,7 @@ async def test_an_alert_open_at_a_crash_is_closed_by_the_next_start_once(tmp_pat
         assert closes[0]["data"]["reasons"] == ["score_above_threshold", "service_restarted"]
         assert closes[0]["data"]["end_t"] == 41.2
 
-        await asyncio.to_thread(svc.start)  # and again: already closed, nothing added
+        await asyncio.to_thread(svc.start, 0, 180)  # and again: already closed, nothing added
         try:
             again = (await asyncio.to_thread(svc.get, "/api/events?since=0")).json()
         finally:

@@ -7,6 +7,8 @@ import contextlib
 import errno
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -149,10 +151,11 @@ async def test_monitor_alerts_into_head_ends_cleanly(tmp_path: Path) -> None:
         proc = await asyncio.create_subprocess_exec(
             "bash", "-c", 'set -o pipefail; "$0" alerts --url "$1" --since 0 2>"$2" | head -n 1',
             MONITOR, f"{base}/ws/alerts", str(stderr), stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # so a timeout can kill monitor and head too, not only bash
         )
         try:
             assert proc.stdout is not None
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(180):
                 first = await proc.stdout.readline()  # head printed it and exits
                 i = 2
                 while proc.returncode is None:  # the next write after head is gone fails
@@ -162,7 +165,8 @@ async def test_monitor_alerts_into_head_ends_cleanly(tmp_path: Path) -> None:
                         await asyncio.wait_for(proc.wait(), 0.5)
         finally:
             if proc.returncode is None:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
     assert json.loads(first)["id"] == "1"
     assert proc.returncode == 0, stderr.read_text()  # with pipefail: monitor's own exit status

@@ -349,10 +349,12 @@ def test_a_call_declared_stalled_does_not_move_its_tracks_back_in_time(metrics: 
     # on top, or the track went back to suspicious at t=3.0, earlier than the event before it.
     class Gated(CountingDetector):
         gate: threading.Event | None = None
+        entered = threading.Event()
 
         def features(self, obs: FaceObservation) -> Any:
             if self.gate is not None:
-                self.gate.wait(10)
+                self.entered.set()
+                self.gate.wait(30)
             return super().features(obs)
 
     clock = FakeClock()
@@ -366,10 +368,10 @@ def test_a_call_declared_stalled_does_not_move_its_tracks_back_in_time(metrics: 
     out: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: out.setdefault("late", a.analyse(frame(30, 3.0, clock.monotonic()))))
     worker.start()
-    time.sleep(0.2)
+    assert det.entered.wait(30)  # the call is under way (and stuck) before it is declared stalled
     stalled = a.idle(5.0, "analysis_stalled")
     det.gate.set()
-    worker.join(10)
+    worker.join(30)
     assert [e.type for e in stalled] == [EventType.ALERT_CLOSED, EventType.TRACK_STATE]
     assert out["late"].events == ()  # nothing applied from the late call
     assert a.snapshot()[0].state == TrackState.INCONCLUSIVE

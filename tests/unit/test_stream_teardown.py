@@ -268,7 +268,7 @@ async def test_events_wait_for_a_failing_event_log_instead_of_being_dropped(part
     # alert.opened could be lost while its alert.closed was stored later, or the reverse.
     from monitor.config import load_settings
 
-    monkeypatch.setattr(StreamPipeline, "PUBLISH_BACKOFF_MAX_S", 0.05, raising=False)
+    monkeypatch.setattr(StreamPipeline, "PUBLISH_BACKOFF_MAX_S", 0.05)
     _, log, _, metrics = parts
     settings = load_settings(None, data_dir=log.path.parent, demo=False, policy={"min_alert_s": 0.3})
     bus = FullDiskBus(failures=15)
@@ -301,13 +301,16 @@ class PoisonBus(FullDiskBus):
         raise self.error
 
 
-async def test_events_that_can_never_be_written_do_not_stop_the_stream(parts: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_events_that_can_never_be_written_do_not_stop_the_stream(
+    parts: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Waiting out every error would stop the analysis for good on one unserialisable signal.
+    monkeypatch.setattr(StreamPipeline, "PUBLISH_BACKOFF_MAX_S", 0.2)
     _, log, _, metrics = parts
     bus = PoisonBus(TypeError("Object of type float32 is not JSON serializable"))
     m = StreamManager(parts[0], bus, metrics, SystemClock(), Fake, lambda stream_id: OneFace())  # type: ignore[arg-type]
     pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while "dropped" not in caplog.text or pipeline.frames_analysed < 10:
         assert time.monotonic() < deadline, f"analysis stopped: {pipeline.frames_analysed} frames analysed"
         await asyncio.sleep(0.05)
@@ -326,11 +329,13 @@ async def test_a_log_that_never_recovers_does_not_hold_a_removal_and_says_what_w
     bus = FullDiskBus(failures=10**9)
     m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: OneFace())  # type: ignore[arg-type]
     await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    deadline = time.monotonic() + 30
     while bus.calls < 3:
+        assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    started = time.monotonic()
     await m.remove("cam")
-    assert time.monotonic() - started < 4.0 + 2.0  # the stop wait, not for ever
+    # The task ended on its own within the stop wait: never cancelled for overrunning it.
+    assert "did not stop within" not in caplog.text
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert dropped and "io.deepfake-monitor.stream.status.v1" in " ".join(dropped), dropped
 
