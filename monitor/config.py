@@ -248,14 +248,14 @@ _SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re
 REDACTED = "***"
 # rtsp://user:pass@host, up to the authority's *last* "@" as FFmpeg splits it: a password
 # with a raw "@" in it is hidden whole.
-_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _URL_QUERY_VALUE = re.compile(r"([?&])([^=&#]+)=([^&#]*)")  # ?access_token=..., &token=...
 
 
 def redact_url(url: str) -> str:
     """``url`` with its credentials hidden: the user:password before the host, and the value of
     every query parameter named like a credential (``access_token``, ``token``, ``api_key``...)."""
-    url = _URL_USERINFO.sub(rf"\1{REDACTED}@", url)
+    url = URL_USERINFO.sub(rf"\1{REDACTED}@", url)
     if "?" not in url:
         return url
     return _URL_QUERY_VALUE.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if _SECRET_KEY.search(m[2]) else m[0], url)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 from monitor.clock import Clock, RateMeter, SystemClock
-from monitor.config import REDACTED, redact_url
+from monitor.config import REDACTED, URL_USERINFO, redact_url
 from monitor.errors import SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.types import Frame, SourceStatus, StreamState
@@ -23,15 +23,8 @@ logger = logging.getLogger(__name__)
 
 # A URL quoted inside an error message (FFmpeg repeats the one it failed to open, in quotes).
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-# Its user:password: everything up to the authority's *last* "@", as FFmpeg splits it, so a
-# password with a raw "@" in it is hidden whole (redact_url stops at the first one).
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # Numbers in an error ("no video for 2.3 s", "51 corrupt packets"): not part of its cause.
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def _redact_one_url(url: str) -> str:
-    return redact_url(_USERINFO.sub(rf"\1{REDACTED}@", url))
 
 
 def redact_text(text: str, url: str | None = None) -> str:
@@ -39,8 +32,8 @@ def redact_text(text: str, url: str | None = None) -> str:
     hidden; with ``url`` (the source's own), also every copy of that URL and of its
     user:password, raw or percent-decoded or -encoded, wherever the library put them."""
     if url:
-        text = text.replace(url, _redact_one_url(url))
-        m = _USERINFO.match(url)
+        text = text.replace(url, redact_url(url))
+        m = URL_USERINFO.match(url)
         if m:
             userinfo = m[0][len(m[1]) : -1]
             for form in sorted({userinfo, unquote(userinfo), quote(unquote(userinfo), safe=":")}, key=len, reverse=True):
@@ -52,7 +45,7 @@ def redact_text(text: str, url: str | None = None) -> str:
                         # turn "camera offline" into "***era offline", nor "@cam.local" into
                         # "@***.local".
                         text = re.sub(rf"(?<![\w.@/-]){re.escape(form)}(?![\w-])", REDACTED, text)
-    return _URL_IN_TEXT.sub(lambda m: _redact_one_url(m[0]), text)
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m[0]), text)
 
 
 def error_kind(err: BaseException) -> str:
