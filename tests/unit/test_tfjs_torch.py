@@ -1,0 +1,169 @@
+"""The TF.js graph loader against a plain numpy reference of TensorFlow's NHWC semantics.
+
+The graph is generated here (no npm package needed): convolutions with SAME and VALID padding,
+stride 2, a depthwise convolution, fused bias and activations, a PReLU written out the way
+converted Keras models write it (per-channel constant), reductions and a squeeze over NHWC axes, and weights
+stored as float32, float16 and uint8-affine, as TF.js quantises them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.training.tfjs_torch import TFJSNet, load_weights
+
+
+def _b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def _conv_attrs(stride: int, padding: str, fused: list[str] | None = None) -> dict:
+    attrs = {
+        "strides": {"list": {"i": ["1", str(stride), str(stride), "1"]}},
+        "padding": {"s": _b64(padding)},
+        "data_format": {"s": _b64("NHWC")},
+        "dilations": {"list": {"i": ["1", "1", "1", "1"]}},
+    }
+    if fused:
+        attrs["fused_ops"] = {"list": {"s": [_b64(f) for f in fused]}}
+    return attrs
+
+
+def _write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A small graph and its weights; returns the weights as the graph sees them (dequantised)."""
+    w = {
+        "k1": rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32),
+        "b1": rng.normal(0, 0.5, 4).astype(np.float32),
+        "dk": rng.normal(0, 0.5, (3, 3, 4, 1)).astype(np.float32),
+        "db": rng.normal(0, 0.2, 4).astype(np.float32),
+        "alpha": rng.uniform(0.05, 0.3, 4).astype(np.float32),
+        "k2": rng.normal(0, 0.5, (1, 1, 4, 2)).astype(np.float32),
+        "scale": np.array(0.5, np.float32),
+        "axes": np.array([1, 2], np.int32),
+    }
+    blobs, specs, seen = [], [], {}
+    for name, arr in w.items():
+        spec = {"name": name, "shape": list(arr.shape), "dtype": "int32" if arr.dtype == np.int32 else "float32"}
+        if name == "k1":  # float16, as TF.js stores most weights of the models on npm
+            q = arr.astype(np.float16)
+            seen[name] = q.astype(np.float32)
+            spec["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
+            blobs.append(q.tobytes())
+        elif name == "b1":  # uint8 affine
+            lo, hi = float(arr.min()), float(arr.max())
+            scale = (hi - lo) / 255
+            q = np.round((arr - lo) / scale).astype(np.uint8)
+            seen[name] = q.astype(np.float32) * np.float32(scale) + np.float32(lo)
+            spec["quantization"] = {"dtype": "uint8", "min": lo, "scale": scale, "original_dtype": "float32"}
+            blobs.append(q.tobytes())
+        else:
+            seen[name] = arr
+            blobs.append(arr.tobytes())
+        specs.append(spec)
+
+    def node(name: str, op: str, inputs: list[str], attr: dict | None = None) -> dict:
+        return {"name": name, "op": op, "input": inputs, "attr": attr or {}}
+
+    nodes = [node(n, "Const", []) for n in w] + [
+        node("x", "Placeholder", [], {"dtype": {"type": "DT_FLOAT"}}),
+        node("c1", "_FusedConv2D", ["x", "k1", "b1"], _conv_attrs(2, "SAME", ["BiasAdd", "Relu6"])),
+        node("d1", "FusedDepthwiseConv2dNative", ["c1", "dk", "db"], _conv_attrs(1, "SAME", ["BiasAdd", "Relu"])),
+        node("neg", "Sub", ["d1", "abs"]),  # listed before its input: the loader must order the graph itself
+        node("abs", "Abs", ["d1"]),
+        node("relu", "Relu", ["d1"]),
+        node("prelu_neg", "Mul", ["neg", "alpha"]),
+        node("prelu", "AddV2", ["relu", "prelu_neg"]),
+        node("c2", "Conv2D", ["prelu", "k2"], _conv_attrs(1, "VALID")),
+        node("pooled", "Sum", ["c2", "axes"], {"keep_dims": {"b": False}}),
+        node("out", "Mul", ["pooled", "scale"]),
+        node("kept", "Sum", ["c2", "axes"], {"keep_dims": {"b": True}}),
+        node("squeezed", "Squeeze", ["kept"], {"squeeze_dims": {"list": {"i": ["1", "2"]}}}),
+        node("odd", "Erf", ["out"]),
+    ]
+    (folder / "model.json").write_text(json.dumps({
+        "format": "graph-model",
+        "modelTopology": {"node": nodes},
+        "weightsManifest": [{"paths": ["group1-shard1of1.bin"], "weights": specs}],
+    }))
+    (folder / "group1-shard1of1.bin").write_bytes(b"".join(blobs))
+    return seen
+
+
+def _same(n: int, k: int, s: int) -> tuple[int, int]:
+    total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def _conv_nhwc(x: np.ndarray, k: np.ndarray, stride: int, padding: str, depthwise: bool = False) -> np.ndarray:
+    kh, kw = k.shape[:2]
+    if padding == "SAME":
+        x = np.pad(x, ((0, 0), _same(x.shape[1], kh, stride), _same(x.shape[2], kw, stride), (0, 0)))
+    oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3] if depthwise else k.shape[3]), np.float64)
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
+            if depthwise:
+                out[:, i, j, :] = np.einsum("nhwc,hwc->nc", patch, k[..., 0])
+            else:
+                out[:, i, j, :] = np.einsum("nhwc,hwco->no", patch, k)
+    return out
+
+
+def _reference(x: np.ndarray, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    c1 = np.clip(_conv_nhwc(x, w["k1"], 2, "SAME") + w["b1"], 0, 6)
+    d1 = np.maximum(_conv_nhwc(c1, w["dk"], 1, "SAME", depthwise=True) + w["db"], 0)
+    prelu = np.maximum(d1, 0) + (d1 - np.abs(d1)) * w["alpha"]
+    c2 = _conv_nhwc(prelu, w["k2"], 1, "VALID")
+    kept = c2.sum(axis=(1, 2), keepdims=True)
+    return {"c1": c1, "d1": d1, "prelu": prelu, "c2": c2, "out": c2.sum(axis=(1, 2)) * 0.5, "kept": kept, "squeezed": kept[:, 0, 0, :]}
+
+
+def test_matches_tensorflow_semantics_on_a_generated_graph(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    weights = _write_model(tmp_path, rng)
+    net = TFJSNet(tmp_path / "model.json").eval()
+    x = rng.normal(0, 1, (2, 10, 10, 3)).astype(np.float32)  # SAME pads 0 before, 1 after at stride 2
+    ref = _reference(x.astype(np.float64), weights)
+    with torch.no_grad():
+        got = net(torch.from_numpy(x).permute(0, 3, 1, 2), list(ref))
+    assert got["c1"].shape == (2, 4, 5, 5) and got["out"].shape == (2, 2)
+    for name, want in ref.items():
+        have = got[name].numpy()
+        if have.ndim == 4:
+            have = have.transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()), err_msg=name)
+
+
+def test_feed_skips_earlier_nodes_and_gradients_reach_the_weights(tmp_path: Path) -> None:
+    _write_model(tmp_path, np.random.default_rng(1))
+    net = TFJSNet(tmp_path / "model.json")
+    full = net(torch.rand(1, 3, 9, 9), ["c1", "out"])
+    fed = net(full["c1"].detach(), ["out"], feed="c1")
+    assert torch.allclose(full["out"], fed["out"])
+    fed["out"].sum().backward()
+    kernel = net.const("k2")
+    assert kernel.shape == (2, 4, 1, 1) and kernel.grad is not None and kernel.grad.abs().sum() > 0
+    assert net.const("k1").grad is None  # before the fed node: not part of that graph
+
+
+def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
+    _write_model(tmp_path, np.random.default_rng(2))
+    net = TFJSNet(tmp_path / "model.json")
+    with pytest.raises(NotImplementedError, match="Erf"):
+        net(torch.rand(1, 3, 9, 9), ["odd"])
+    with pytest.raises(KeyError, match="nope"):
+        net(torch.rand(1, 3, 9, 9), ["nope"])
+    with pytest.raises(KeyError, match="nope"):
+        net(torch.rand(1, 3, 9, 9), ["out"], feed="nope")
+    shard = tmp_path / "group1-shard1of1.bin"
+    shard.write_bytes(shard.read_bytes() + b"\0\0\0\0")
+    with pytest.raises(ValueError, match="manifest describes"):
+        load_weights(tmp_path / "model.json")
