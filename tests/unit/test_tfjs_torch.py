@@ -8,8 +8,6 @@ stored as float32, float16 and uint8-affine, as TF.js quantises them.
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from pathlib import Path
 
@@ -17,83 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.training.tfjs_torch import TFJSNet, load_weights
-
-
-def _b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
-
-
-def _conv_attrs(stride: int, padding: str, fused: list[str] | None = None) -> dict:
-    attrs = {
-        "strides": {"list": {"i": ["1", str(stride), str(stride), "1"]}},
-        "padding": {"s": _b64(padding)},
-        "data_format": {"s": _b64("NHWC")},
-        "dilations": {"list": {"i": ["1", "1", "1", "1"]}},
-    }
-    if fused:
-        attrs["fused_ops"] = {"list": {"s": [_b64(f) for f in fused]}}
-    return attrs
-
-
-def _write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A small graph and its weights; returns the weights as the graph sees them (dequantised)."""
-    w = {
-        "k1": rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32),
-        "b1": rng.normal(0, 0.5, 4).astype(np.float32),
-        "dk": rng.normal(0, 0.5, (3, 3, 4, 1)).astype(np.float32),
-        "db": rng.normal(0, 0.2, 4).astype(np.float32),
-        "alpha": rng.uniform(0.05, 0.3, 4).astype(np.float32),
-        "k2": rng.normal(0, 0.5, (1, 1, 4, 2)).astype(np.float32),
-        "scale": np.array(0.5, np.float32),
-        "axes": np.array([1, 2], np.int32),
-    }
-    blobs, specs, seen = [], [], {}
-    for name, arr in w.items():
-        spec = {"name": name, "shape": list(arr.shape), "dtype": "int32" if arr.dtype == np.int32 else "float32"}
-        if name == "k1":  # float16, as TF.js stores most weights of the models on npm
-            q = arr.astype(np.float16)
-            seen[name] = q.astype(np.float32)
-            spec["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
-            blobs.append(q.tobytes())
-        elif name == "b1":  # uint8 affine
-            lo, hi = float(arr.min()), float(arr.max())
-            scale = (hi - lo) / 255
-            q = np.round((arr - lo) / scale).astype(np.uint8)
-            seen[name] = q.astype(np.float32) * np.float32(scale) + np.float32(lo)
-            spec["quantization"] = {"dtype": "uint8", "min": lo, "scale": scale, "original_dtype": "float32"}
-            blobs.append(q.tobytes())
-        else:
-            seen[name] = arr
-            blobs.append(arr.tobytes())
-        specs.append(spec)
-
-    def node(name: str, op: str, inputs: list[str], attr: dict | None = None) -> dict:
-        return {"name": name, "op": op, "input": inputs, "attr": attr or {}}
-
-    nodes = [node(n, "Const", []) for n in w] + [
-        node("x", "Placeholder", [], {"dtype": {"type": "DT_FLOAT"}}),
-        node("c1", "_FusedConv2D", ["x", "k1", "b1"], _conv_attrs(2, "SAME", ["BiasAdd", "Relu6"])),
-        node("d1", "FusedDepthwiseConv2dNative", ["c1", "dk", "db"], _conv_attrs(1, "SAME", ["BiasAdd", "Relu"])),
-        node("neg", "Sub", ["d1", "abs"]),  # listed before its input: the loader must order the graph itself
-        node("abs", "Abs", ["d1"]),
-        node("relu", "Relu", ["d1"]),
-        node("prelu_neg", "Mul", ["neg", "alpha"]),
-        node("prelu", "AddV2", ["relu", "prelu_neg"]),
-        node("c2", "Conv2D", ["prelu", "k2"], _conv_attrs(1, "VALID")),
-        node("pooled", "Sum", ["c2", "axes"], {"keep_dims": {"b": False}}),
-        node("out", "Mul", ["pooled", "scale"]),
-        node("kept", "Sum", ["c2", "axes"], {"keep_dims": {"b": True}}),
-        node("squeezed", "Squeeze", ["kept"], {"squeeze_dims": {"list": {"i": ["1", "2"]}}}),
-        node("odd", "Erf", ["out"]),
-    ]
-    (folder / "model.json").write_text(json.dumps({
-        "format": "graph-model",
-        "modelTopology": {"node": nodes},
-        "weightsManifest": [{"paths": ["group1-shard1of1.bin"], "weights": specs}],
-    }))
-    (folder / "group1-shard1of1.bin").write_bytes(b"".join(blobs))
-    return seen
+from monitor.training.tfjs_torch import MOVENET_STAGES, TFJSAppearanceNet, TFJSNet, load_weights
+from tests.support.tfjs_graph import write_model
 
 
 def _same(n: int, k: int, s: int) -> tuple[int, int]:
@@ -128,7 +51,7 @@ def _reference(x: np.ndarray, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def test_matches_tensorflow_semantics_on_a_generated_graph(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    weights = _write_model(tmp_path, rng)
+    weights = write_model(tmp_path, rng)
     net = TFJSNet(tmp_path / "model.json").eval()
     x = rng.normal(0, 1, (2, 10, 10, 3)).astype(np.float32)  # SAME pads 0 before, 1 after at stride 2
     ref = _reference(x.astype(np.float64), weights)
@@ -143,7 +66,7 @@ def test_matches_tensorflow_semantics_on_a_generated_graph(tmp_path: Path) -> No
 
 
 def test_feed_skips_earlier_nodes_and_gradients_reach_the_weights(tmp_path: Path) -> None:
-    _write_model(tmp_path, np.random.default_rng(1))
+    write_model(tmp_path, np.random.default_rng(1))
     net = TFJSNet(tmp_path / "model.json")
     full = net(torch.rand(1, 3, 9, 9), ["c1", "out"])
     fed = net(full["c1"].detach(), ["out"], feed="c1")
@@ -155,7 +78,7 @@ def test_feed_skips_earlier_nodes_and_gradients_reach_the_weights(tmp_path: Path
 
 
 def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
-    _write_model(tmp_path, np.random.default_rng(2))
+    write_model(tmp_path, np.random.default_rng(2))
     net = TFJSNet(tmp_path / "model.json")
     with pytest.raises(NotImplementedError, match="Erf"):
         net(torch.rand(1, 3, 9, 9), ["odd"])
@@ -167,3 +90,21 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes() + b"\0\0\0\0")
     with pytest.raises(ValueError, match="manifest describes"):
         load_weights(tmp_path / "model.json")
+
+
+def test_appearance_net_reads_two_stages_and_fine_tunes_the_trunk(tmp_path: Path) -> None:
+    write_model(tmp_path, np.random.default_rng(3))
+    torch.manual_seed(0)
+    model = TFJSAppearanceNet(tmp_path / "model.json")
+    x = torch.rand(3, 3, 112, 112) * 255
+    logit, boundary = model(x)
+    assert logit.shape == (3,) and boundary.shape == (3, 28, 28)
+    # The head reads mean- and max-pooled stages: 6 channels at 28x28, 8 at 14x14.
+    assert model.head.in_features == 2 * (6 + 8)
+    (logit.sum() + boundary.mean()).backward()
+    first = model.trunk.const("k1")
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs 28x28"):
+        TFJSAppearanceNet(tmp_path / "model.json", stages=("c1", MOVENET_STAGES[1]))
+    with pytest.raises(ValueError, match="one RGB frame"):
+        TFJSAppearanceNet(tmp_path / "model.json", in_ch=6)

@@ -248,3 +248,22 @@ def test_fit_fine_tunes_the_face_landmark_trunk_as_one_model(tmp_path: Path) -> 
         sbi.load_fold_models(tmp_path / "out0.1/models.pt", 0, {"g0": 0, "g1": 1})
     with pytest.raises(ValueError, match="one frame at a time"):
         sbi.fit(tmp_path / "p.npz", tmp_path / "bad", steps=1, pairs=2, workers=0, fake_share=0.5, frames=2)
+
+
+def test_fit_fine_tunes_a_tfjs_trunk_and_needs_its_model_file(tmp_path: Path) -> None:
+    import torch
+
+    from tests.support.tfjs_graph import write_model
+
+    write_pack(tmp_path / "p.npz")
+    (tmp_path / "trunk").mkdir()
+    write_model(tmp_path / "trunk", np.random.default_rng(0))
+    model = tmp_path / "trunk/model.json"
+    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, pairs=2, workers=0, eval_every=0, arch="movenet", single=True, trunk_model=model)
+    assert summary["steps"] == 2 and summary["faces_seen"] == 8
+    blob = torch.load(tmp_path / "out/models.pt", weights_only=True)
+    assert blob["meta"]["arch"] == "movenet" and blob["meta"]["trunk_model"] == str(model)
+    assert any(k.startswith("trunk.") for k in blob["state"]["w0-fold-1"])
+    for missing in (None, tmp_path / "nope.json"):
+        with pytest.raises(ValueError, match="needs --trunk-model"):
+            sbi.fit(tmp_path / "p.npz", tmp_path / "bad", steps=1, pairs=2, workers=0, arch="movenet", trunk_model=missing)
