@@ -50,8 +50,10 @@ def load_weights(model_json: Path) -> tuple[dict, dict[str, np.ndarray]]:
             dtype = np.dtype(_QUANTISED[q["dtype"]] if q else {"float32": np.float32, "int32": np.int32}[w["dtype"]])
             raw = np.frombuffer(buf, dtype, count, offset)
             offset += count * dtype.itemsize
-            if q and q["dtype"] != "float16":
-                arr = raw.astype(np.float32) * np.float32(q["scale"]) + np.float32(q["min"])
+            if q and q["dtype"] != "float16":  # affine, computed in double as tfjs-core does
+                arr = (raw.astype(np.float64) * q["scale"] + q["min"]).astype(np.float32)
+                if w["dtype"] == "int32":  # tfjs rounds quantised integers back
+                    arr = np.round(arr).astype(np.int32)
             else:
                 arr = raw.astype(np.float32) if q else raw.copy()
             weights[w["name"]] = arr.reshape(shape)
@@ -72,15 +74,28 @@ def _ints(node: dict, key: str) -> list[int]:
     return [int(i) for i in _attr(node, key).get("list", {}).get("i", [])]
 
 
-def _nchw_const(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def _nchw_const(t: torch.Tensor, other: torch.Tensor, name: str) -> torch.Tensor:
     """A constant operand laid out to broadcast against an NCHW ``other`` as it did in NHWC."""
-    if other.dim() != 4:
+    if other.dim() != 4 or t.numel() == 1:
         return t
-    if t.dim() == 1 and t.numel() > 1:
+    if t.dim() == 1:
         return t.view(1, -1, 1, 1)
     if t.dim() == 4:
         return t.permute(0, 3, 1, 2)
-    return t
+    # A 2-D or 3-D constant broadcasts over NHWC's trailing (W, C) or (H, W, C) axes; in NCHW it
+    # would line up with others, and silently so whenever the sizes happen to match.
+    raise NotImplementedError(f"a {t.dim()}-D constant against a 4-D tensor ({name})")
+
+
+def _nchw_axes(x: torch.Tensor, axes: list[int], keep: bool, name: str) -> list[int]:
+    """NHWC axes of ``x`` to reduce or squeeze, as NCHW axes. Removing H or W alone would leave
+    (N, C, W) where TensorFlow has (N, W, C): refused rather than silently transposed."""
+    axes = sorted({int(a) % x.dim() for a in axes})
+    if x.dim() != 4:
+        return axes
+    if not keep and (1 in axes) != (2 in axes) and 3 not in axes:
+        raise NotImplementedError(f"removing only one of H and W ({name})")
+    return sorted(_NHWC_TO_NCHW[a] for a in axes)
 
 
 class TFJSNet(nn.Module):
@@ -170,9 +185,9 @@ class TFJSNet(nn.Module):
         if op in ("Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum"):
             x, y = a
             if consts[0]:
-                x = _nchw_const(x, y)
+                x = _nchw_const(x, y, node["name"])
             if consts[1]:
-                y = _nchw_const(y, x)
+                y = _nchw_const(y, x, node["name"])
             if op in ("Add", "AddV2"):
                 return x + y
             if op == "Sub":
@@ -190,18 +205,19 @@ class TFJSNet(nn.Module):
             return unary[op](a[0])
         if op == "Squeeze":
             x = a[0]
-            dims = [int(d) % x.dim() for d in _ints(node, "squeeze_dims")]
-            if not dims:  # TensorFlow's default: every dimension of size 1
-                return x.squeeze()
-            dims = [_NHWC_TO_NCHW[d] for d in dims] if x.dim() == 4 else dims
-            for d in sorted(dims, reverse=True):
+            dims = _ints(node, "squeeze_dims")
+            if not dims:  # TensorFlow's default: every dimension of size 1 (NHWC order)
+                dims = [d for d, n in enumerate(x.permute(0, 2, 3, 1).shape if x.dim() == 4 else x.shape) if n == 1]
+            dims = _nchw_axes(x, dims, False, node["name"])
+            if any(x.shape[d] != 1 for d in dims):
+                raise ValueError(f"cannot squeeze a dimension that is not 1 ({node['name']}: {tuple(x.shape)})")
+            for d in reversed(dims):
                 x = x.squeeze(d)
             return x
         if op == "Sum":
             x, axes = a
-            dims = [int(d) % x.dim() for d in axes.reshape(-1).tolist()]
-            dims = [_NHWC_TO_NCHW[d] for d in dims] if x.dim() == 4 else dims
-            return x.sum(dim=dims, keepdim=bool(_attr(node, "keep_dims").get("b", False)))
+            keep = bool(_attr(node, "keep_dims").get("b", False))
+            return x.sum(dim=_nchw_axes(x, axes.reshape(-1).tolist(), keep, node["name"]), keepdim=keep)
         raise NotImplementedError(f"TF.js operator {op} ({node['name']})")
 
     def _conv(self, node: dict, a: list[torch.Tensor]) -> torch.Tensor:

@@ -37,13 +37,16 @@ def write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]
     w = {
         "k1": rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32),
         "b1": rng.normal(0, 0.5, 4).astype(np.float32),
-        "dk": rng.normal(0, 0.5, (3, 3, 4, 1)).astype(np.float32),
-        "db": rng.normal(0, 0.2, 4).astype(np.float32),
-        "alpha": rng.uniform(0.05, 0.3, 4).astype(np.float32),
-        "k2": rng.normal(0, 0.5, (1, 1, 4, 2)).astype(np.float32),
+        "dk": rng.normal(0, 0.5, (3, 3, 4, 2)).astype(np.float32),  # channel multiplier 2: 8 channels out
+        "db": rng.normal(0, 0.2, 8).astype(np.float32),
+        "alpha": rng.uniform(0.05, 0.3, 8).astype(np.float32),
+        "gain": rng.uniform(0.5, 1.5, (1, 1, 1, 8)).astype(np.float32),  # a 4-D NHWC constant
+        "k2": rng.normal(0, 0.5, (1, 1, 8, 2)).astype(np.float32),
         "scale": np.array(0.5, np.float32),
         "axes": np.array([1, 2], np.int32),
-        "k3": rng.normal(0, 0.3, (3, 3, 4, 6)).astype(np.float32),
+        "axis_h": np.array([1], np.int32),
+        "wc": rng.normal(0, 1, (6, 4)).astype(np.float32),  # a 2-D constant: broadcasts over NHWC's (W, C)
+        "k3": rng.normal(0, 0.3, (3, 3, 8, 6)).astype(np.float32),
         "b3": rng.normal(0, 0.1, 6).astype(np.float32),
         "k4": rng.normal(0, 0.3, (3, 3, 6, 8)).astype(np.float32),
     }
@@ -59,7 +62,7 @@ def write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]
             lo, hi = float(arr.min()), float(arr.max())
             scale = (hi - lo) / 255
             q = np.round((arr - lo) / scale).astype(np.uint8)
-            seen[name] = q.astype(np.float32) * np.float32(scale) + np.float32(lo)
+            seen[name] = (q.astype(np.float64) * scale + lo).astype(np.float32)
             spec["quantization"] = {"dtype": "uint8", "min": lo, "scale": scale, "original_dtype": "float32"}
             blobs.append(q.tobytes())
         else:
@@ -74,19 +77,23 @@ def write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]
         node("x", "Placeholder", [], {"dtype": {"type": "DT_FLOAT"}}),
         node(MOVENET_FEED, "Identity", ["x"]),
         node("c1", "_FusedConv2D", [MOVENET_FEED, "k1", "b1"], _conv_attrs(2, "SAME", ["BiasAdd", "Relu6"])),
-        node("d1", "FusedDepthwiseConv2dNative", ["c1", "dk", "db"], _conv_attrs(1, "SAME", ["BiasAdd", "Relu"])),
+        node("d1", "FusedDepthwiseConv2dNative", ["c1", "dk", "db"], _conv_attrs(1, "SAME", ["BiasAdd"])),
         node("neg", "Sub", ["d1", "abs"]),  # listed before its input: the loader must order the graph itself
         node("abs", "Abs", ["d1"]),
         node("relu", "Relu", ["d1"]),
         node("prelu_neg", "Mul", ["neg", "alpha"]),
         node("prelu", "AddV2", ["relu", "prelu_neg"]),
-        node("c2", "Conv2D", ["prelu", "k2"], _conv_attrs(1, "VALID")),
+        node("gained", "Mul", ["gain", "prelu"]),
+        node("c2", "Conv2D", ["gained", "k2"], _conv_attrs(1, "VALID")),
         node("pooled", "Sum", ["c2", "axes"], {"keep_dims": {"b": False}}),
         node("out", "Mul", ["pooled", "scale"]),
         node("kept", "Sum", ["c2", "axes"], {"keep_dims": {"b": True}}),
         node("squeezed", "Squeeze", ["kept"], {"squeeze_dims": {"list": {"i": ["1", "2"]}}}),
         node("odd", "Erf", ["out"]),
-        node(MOVENET_STAGES[0], "_FusedConv2D", ["prelu", "k3", "b3"], _conv_attrs(2, "SAME", ["BiasAdd", "Relu"])),
+        node("sum_h", "Sum", ["c2", "axis_h"], {"keep_dims": {"b": False}}),
+        node("squeeze_c", "Squeeze", ["c2"], {"squeeze_dims": {"list": {"i": ["3"]}}}),
+        node("times_wc", "Mul", ["c1", "wc"]),
+        node(MOVENET_STAGES[0], "_FusedConv2D", ["gained", "k3", "b3"], _conv_attrs(2, "SAME", ["BiasAdd", "Relu"])),
         node(MOVENET_STAGES[1], "Conv2D", [MOVENET_STAGES[0], "k4"], _conv_attrs(2, "SAME")),
     ]
     (folder / "model.json").write_text(json.dumps({

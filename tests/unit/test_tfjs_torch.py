@@ -29,12 +29,12 @@ def _conv_nhwc(x: np.ndarray, k: np.ndarray, stride: int, padding: str, depthwis
     if padding == "SAME":
         x = np.pad(x, ((0, 0), _same(x.shape[1], kh, stride), _same(x.shape[2], kw, stride), (0, 0)))
     oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
-    out = np.zeros((x.shape[0], oh, ow, x.shape[3] if depthwise else k.shape[3]), np.float64)
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3] * k.shape[3] if depthwise else k.shape[3]), np.float64)
     for i in range(oh):
         for j in range(ow):
             patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
-            if depthwise:
-                out[:, i, j, :] = np.einsum("nhwc,hwc->nc", patch, k[..., 0])
+            if depthwise:  # output channel c * M + m
+                out[:, i, j, :] = np.einsum("nhwc,hwcm->ncm", patch, k).reshape(x.shape[0], -1)
             else:
                 out[:, i, j, :] = np.einsum("nhwc,hwco->no", patch, k)
     return out
@@ -42,9 +42,9 @@ def _conv_nhwc(x: np.ndarray, k: np.ndarray, stride: int, padding: str, depthwis
 
 def _reference(x: np.ndarray, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     c1 = np.clip(_conv_nhwc(x, w["k1"], 2, "SAME") + w["b1"], 0, 6)
-    d1 = np.maximum(_conv_nhwc(c1, w["dk"], 1, "SAME", depthwise=True) + w["db"], 0)
+    d1 = _conv_nhwc(c1, w["dk"], 1, "SAME", depthwise=True) + w["db"]
     prelu = np.maximum(d1, 0) + (d1 - np.abs(d1)) * w["alpha"]
-    c2 = _conv_nhwc(prelu, w["k2"], 1, "VALID")
+    c2 = _conv_nhwc(prelu * w["gain"], w["k2"], 1, "VALID")
     kept = c2.sum(axis=(1, 2), keepdims=True)
     return {"c1": c1, "d1": d1, "prelu": prelu, "c2": c2, "out": c2.sum(axis=(1, 2)) * 0.5, "kept": kept, "squeezed": kept[:, 0, 0, :]}
 
@@ -53,11 +53,15 @@ def test_matches_tensorflow_semantics_on_a_generated_graph(tmp_path: Path) -> No
     rng = np.random.default_rng(0)
     weights = write_model(tmp_path, rng)
     net = TFJSNet(tmp_path / "model.json").eval()
-    x = rng.normal(0, 1, (2, 10, 10, 3)).astype(np.float32)  # SAME pads 0 before, 1 after at stride 2
+    _, loaded = load_weights(tmp_path / "model.json")
+    for name in ("k1", "b1"):  # float16, and uint8 decoded in double as tfjs-core does: bit for bit
+        np.testing.assert_array_equal(loaded[name], weights[name], err_msg=name)
+    x = rng.normal(0, 1, (2, 10, 11, 3)).astype(np.float32)  # SAME at stride 2 pads H (0, 1) and W (1, 1)
     ref = _reference(x.astype(np.float64), weights)
     with torch.no_grad():
         got = net(torch.from_numpy(x).permute(0, 3, 1, 2), list(ref))
-    assert got["c1"].shape == (2, 4, 5, 5) and got["out"].shape == (2, 2)
+    assert got["c1"].shape == (2, 4, 5, 6) and got["d1"].shape == (2, 8, 5, 6) and got["out"].shape == (2, 2)
+    assert (ref["d1"] < 0).any()  # the PReLU's negative side is exercised
     for name, want in ref.items():
         have = got[name].numpy()
         if have.ndim == 4:
@@ -73,7 +77,7 @@ def test_feed_skips_earlier_nodes_and_gradients_reach_the_weights(tmp_path: Path
     assert torch.allclose(full["out"], fed["out"])
     fed["out"].sum().backward()
     kernel = net.const("k2")
-    assert kernel.shape == (2, 4, 1, 1) and kernel.grad is not None and kernel.grad.abs().sum() > 0
+    assert kernel.shape == (2, 8, 1, 1) and kernel.grad is not None and kernel.grad.abs().sum() > 0
     assert net.const("k1").grad is None  # before the fed node: not part of that graph
 
 
@@ -82,6 +86,13 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
     net = TFJSNet(tmp_path / "model.json")
     with pytest.raises(NotImplementedError, match="Erf"):
         net(torch.rand(1, 3, 9, 9), ["odd"])
+    # What NCHW cannot express the NHWC way is refused, never silently transposed.
+    with pytest.raises(NotImplementedError, match="one of H and W"):
+        net(torch.rand(1, 3, 10, 11), ["sum_h"])
+    with pytest.raises(ValueError, match="not 1"):
+        net(torch.rand(1, 3, 10, 11), ["squeeze_c"])
+    with pytest.raises(NotImplementedError, match="2-D constant"):
+        net(torch.rand(1, 3, 10, 11), ["times_wc"])
     with pytest.raises(KeyError, match="nope"):
         net(torch.rand(1, 3, 9, 9), ["nope"])
     with pytest.raises(KeyError, match="nope"):
