@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor.training.tflite_torch import _same_pad  # TensorFlow's SAME padding, shared
+from monitor.training.tflite_torch import _same_pad, two_stage_heads  # SAME padding and the appearance heads, shared
 
 _CONV_OPS = ("Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative")
 _NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
@@ -285,6 +285,4 @@ class TFJSAppearanceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.trunk(x / 127.5 - 1.0, self.stages, self.feed)
-        mid, deep = out[self.stages[0]], out[self.stages[1]]
-        pooled = torch.cat([mid.mean(dim=(2, 3)), deep.mean(dim=(2, 3)), mid.amax(dim=(2, 3)), deep.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled).squeeze(1), self.boundary(mid).squeeze(1)
+        return two_stage_heads(self.head, self.boundary, out[self.stages[0]], out[self.stages[1]])

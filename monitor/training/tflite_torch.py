@@ -203,5 +203,11 @@ class FaceMeshAppearanceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mid, deep = self.trunk(x / 255.0, self.TRUNK_OUT)
-        pooled = torch.cat([mid.mean(dim=(2, 3)), deep.mean(dim=(2, 3)), mid.amax(dim=(2, 3)), deep.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled).squeeze(1), self.boundary(mid).squeeze(1)
+        return two_stage_heads(self.head, self.boundary, mid, deep)
+
+
+def two_stage_heads(head: nn.Module, boundary: nn.Module, mid: torch.Tensor, deep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The appearance outputs of a pretrained trunk: a fake logit from the mean- and max-pooled
+    shallow (``mid``, 28x28) and deep stages, and the blend-boundary map from the shallow one."""
+    pooled = torch.cat([mid.mean(dim=(2, 3)), deep.mean(dim=(2, 3)), mid.amax(dim=(2, 3)), deep.amax(dim=(2, 3))], dim=1)
+    return head(pooled).squeeze(1), boundary(mid).squeeze(1)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +17,7 @@ from starlette.routing import Route
 
 from monitor.alerts.eventlog import EventLog
 from monitor.types import AlertData, Event, EventType, Severity, Signal
+from tests.support.asgi import serving_app
 from tests.support.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -37,15 +37,7 @@ async def test_an_alert_open_at_a_crash_is_closed_by_the_next_start_once(tmp_pat
         received.append(json.loads(await request.body()))
         return Response(status_code=204)
 
-    receiver = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
-                                             host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    receiver.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    receiver_task = asyncio.create_task(receiver.serve())
-    try:
-        async with asyncio.timeout(120):
-            while not receiver.started:
-                await asyncio.sleep(0.02)
-        port = receiver.servers[0].sockets[0].getsockname()[1]
+    async with serving_app(Starlette(routes=[Route("/hook", hook, methods=["POST"])]), start_timeout=120) as port:
         config = {"demo": False, "data_dir": str(tmp_path / "data"),
                   "sinks": [{"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook"}}]}
         svc = ServiceProcess(tmp_path, config)
@@ -76,6 +68,3 @@ async def test_an_alert_open_at_a_crash_is_closed_by_the_next_start_once(tmp_pat
             await asyncio.to_thread(svc.stop)
         assert [e["id"] for e in again] == [e["id"] for e in events]
         assert {e["id"] for e in received if e["type"] == CLOSED} == {closes[0]["id"]}
-    finally:
-        receiver.should_exit = True
-        await receiver_task

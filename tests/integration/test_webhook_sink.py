@@ -7,12 +7,10 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from monitor_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, DeliveryError, WebhookSink, verify
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +20,7 @@ from starlette.routing import Route
 from monitor.alerts.eventlog import EventLog
 from monitor.config import load_settings
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+from tests.support.asgi import serving_app
 from tests.support.service import running_service
 
 pytestmark = pytest.mark.integration
@@ -58,20 +57,9 @@ class Receiver:
         return Response(status_code=204)
 
 
-@contextlib.asynccontextmanager
-async def serving(receiver: Receiver) -> AsyncIterator[int]:
-    """Run the receiver with uvicorn on a free loopback port; yields the port."""
-    server = uvicorn.Server(uvicorn.Config(receiver.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.02)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+def serving(receiver: Receiver) -> contextlib.AbstractAsyncContextManager[int]:
+    """Run the receiver on a free loopback port; yields the port."""
+    return serving_app(receiver.app)
 
 
 def status_event(i: int) -> Event:
@@ -80,15 +68,9 @@ def status_event(i: int) -> Event:
 
 async def test_webhook_delivers_every_event_in_order_with_retries(tmp_path: Path) -> None:
     receiver = Receiver(fail_first=2)
-    server = uvicorn.Server(uvicorn.Config(receiver.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    sink = {"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}}
-    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, sinks=[sink])
-    try:
+    async with serving(receiver) as port:
+        sink = {"name": "webhook", "options": {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}}
+        settings = load_settings(None, data_dir=tmp_path / "data", demo=False, sinks=[sink])
         async with running_service(settings) as svc:
             await svc.runtime.bus.publish([status_event(i) for i in range(5)])
             async with asyncio.timeout(20):
@@ -104,9 +86,6 @@ async def test_webhook_delivers_every_event_in_order_with_retries(tmp_path: Path
                 while len(receiver.accepted) < 8:
                     await asyncio.sleep(0.05)
             failures = svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_sink_failures_total", {"sink": "webhook"})
-    finally:
-        server.should_exit = True
-        await task
     assert [int(e["id"]) for e in receiver.accepted] == list(range(1, 9))
     assert receiver.bad_signatures == 0
     assert receiver.calls == 8 + 2

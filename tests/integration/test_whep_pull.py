@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aioice.ice
 import pytest
-import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from monitor.pipeline.manager import build_source
 from monitor.sources.webrtc import WhepSource, set_local_description
 from monitor.types import StreamState
 from tests.integration.test_whip_publish import FaceTrack
+from tests.support.asgi import serving_app
 from tests.support.service import running_service
 
 pytestmark = pytest.mark.integration
@@ -100,19 +100,11 @@ class WhepServer:
             Route("/lb/whep", self.redirect, methods=["POST"]),
             Route("/whep/cam/{sid}", self.delete, methods=["DELETE"]),
         ])
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        try:
-            yield server.servers[0].sockets[0].getsockname()[1]
-        finally:
-            await self.drop_all()
-            server.should_exit = True
-            await task
+        async with serving_app(app, port) as bound:
+            try:
+                yield bound
+            finally:
+                await self.drop_all()
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> None:
