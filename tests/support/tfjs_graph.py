@@ -49,6 +49,11 @@ def write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]
         "k3": rng.normal(0, 0.3, (3, 3, 8, 6)).astype(np.float32),
         "b3": rng.normal(0, 0.1, 6).astype(np.float32),
         "k4": rng.normal(0, 0.3, (3, 3, 6, 8)).astype(np.float32),
+        # A classifier head on d1 (5x6x8 for a 10x11 input): 2x2 max-pool, flatten, two dense layers.
+        "flat_shape": np.array([-1, 72], np.int32),
+        "wf1": rng.normal(0, 0.3, (72, 5)).astype(np.float32),
+        "bf1": rng.normal(0, 0.3, 5).astype(np.float32),
+        "wf2": rng.normal(0, 0.5, (3, 5)).astype(np.float32),  # read transposed
     }
     blobs, specs, seen = [], [], {}
     for name, arr in w.items():
@@ -93,6 +98,11 @@ def write_model(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]
         node("sum_h", "Sum", ["c2", "axis_h"], {"keep_dims": {"b": False}}),
         node("squeeze_c", "Squeeze", ["c2"], {"squeeze_dims": {"list": {"i": ["3"]}}}),
         node("times_wc", "Mul", ["c1", "wc"]),
+        node("pool", "MaxPool", ["d1"], {**_conv_attrs(2, "SAME"), "ksize": {"list": {"i": ["1", "2", "2", "1"]}}}),
+        node("flat", "Reshape", ["pool", "flat_shape"]),
+        node("fc1", "_FusedMatMul", ["flat", "wf1", "bf1"], {"fused_ops": {"list": {"s": [_b64("BiasAdd"), _b64("Relu")]}}}),
+        node("fc2", "MatMul", ["fc1", "wf2"], {"transpose_b": {"b": True}}),
+        node("prob", "Softmax", ["fc2"]),
         node(MOVENET_STAGES[0], "_FusedConv2D", ["gained", "k3", "b3"], _conv_attrs(2, "SAME", ["BiasAdd", "Relu"])),
         node(MOVENET_STAGES[1], "Conv2D", [MOVENET_STAGES[0], "k4"], _conv_attrs(2, "SAME")),
     ]

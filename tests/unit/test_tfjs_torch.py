@@ -2,7 +2,8 @@
 
 The graph is generated here (no npm package needed): convolutions with SAME and VALID padding,
 stride 2, a depthwise convolution, fused bias and activations, a PReLU written out the way
-converted Keras models write it (per-channel constant), reductions and a squeeze over NHWC axes, and weights
+converted Keras models write it (per-channel constant), reductions and a squeeze over NHWC axes,
+a classifier head (SAME max-pool, flatten in NHWC order, dense layers, softmax), and weights
 stored as float32, float16 and uint8-affine, as TF.js quantises them.
 """
 
@@ -40,13 +41,28 @@ def _conv_nhwc(x: np.ndarray, k: np.ndarray, stride: int, padding: str, depthwis
     return out
 
 
+def _max_pool_same(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """TensorFlow's SAME max-pool: padded cells never win."""
+    x = np.pad(x, ((0, 0), _same(x.shape[1], k, stride), _same(x.shape[2], k, stride), (0, 0)), constant_values=-np.inf)
+    oh, ow = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    return np.stack([np.stack([x[:, i * stride : i * stride + k, j * stride : j * stride + k].max(axis=(1, 2)) for j in range(ow)], 1) for i in range(oh)], 1)
+
+
 def _reference(x: np.ndarray, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     c1 = np.clip(_conv_nhwc(x, w["k1"], 2, "SAME") + w["b1"], 0, 6)
     d1 = _conv_nhwc(c1, w["dk"], 1, "SAME", depthwise=True) + w["db"]
     prelu = np.maximum(d1, 0) + (d1 - np.abs(d1)) * w["alpha"]
     c2 = _conv_nhwc(prelu * w["gain"], w["k2"], 1, "VALID")
     kept = c2.sum(axis=(1, 2), keepdims=True)
-    return {"c1": c1, "d1": d1, "prelu": prelu, "c2": c2, "out": c2.sum(axis=(1, 2)) * 0.5, "kept": kept, "squeezed": kept[:, 0, 0, :]}
+    pool = _max_pool_same(d1, 2, 2)
+    flat = pool.reshape(len(pool), -1)  # NHWC element order
+    fc1 = np.maximum(flat @ w["wf1"] + w["bf1"], 0)
+    fc2 = fc1 @ w["wf2"].T
+    prob = np.exp(fc2 - fc2.max(1, keepdims=True))
+    return {
+        "c1": c1, "d1": d1, "prelu": prelu, "c2": c2, "out": c2.sum(axis=(1, 2)) * 0.5, "kept": kept, "squeezed": kept[:, 0, 0, :],
+        "pool": pool, "flat": flat, "fc1": fc1, "fc2": fc2, "prob": prob / prob.sum(1, keepdims=True),
+    }
 
 
 def test_matches_tensorflow_semantics_on_a_generated_graph(tmp_path: Path) -> None:
@@ -62,6 +78,11 @@ def test_matches_tensorflow_semantics_on_a_generated_graph(tmp_path: Path) -> No
         got = net(torch.from_numpy(x).permute(0, 3, 1, 2), list(ref))
     assert got["c1"].shape == (2, 4, 5, 6) and got["d1"].shape == (2, 8, 5, 6) and got["out"].shape == (2, 2)
     assert (ref["d1"] < 0).any()  # the PReLU's negative side is exercised
+    # SAME pooling pads d1's 5 rows at the bottom; some window there is all negative, so padding
+    # with zeros instead of -inf would show, and the dense layer's ReLU is active on both sides.
+    assert (ref["d1"][:, 4, :, :].reshape(2, 3, 2, 8).max(axis=2) < 0).any()
+    assert got["pool"].shape == (2, 8, 3, 3) and got["prob"].shape == (2, 3)
+    assert (ref["fc1"] == 0).any() and (ref["fc1"] > 0).any()
     for name, want in ref.items():
         have = got[name].numpy()
         if have.ndim == 4:
