@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 
 from monitor.errors import MonitorError
 
@@ -67,6 +67,17 @@ async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> tuple[
     return (int(events[-1]["id"]), events[-1].get("logepoch")) if events else (0, None)
 
 
+def transient_status(status: int) -> bool:
+    """An HTTP status worth retrying: the server (or the reverse proxy in front of it, while
+    the service restarts) is unavailable or busy for now. Anything else (401, 403, 404 ...)
+    will not change by itself."""
+    return status >= 500 or status in (408, 425, 429)
+
+
+def _resume_hint(last: int | None) -> str:
+    return f"; resume with --since {last}" if last is not None else ""
+
+
 def _emit(out: TextIO, text: str, last: int | None) -> bool:
     """Write one event line; False once the reader of ``out`` has gone (EPIPE). Any other
     write error (disk full, I/O error) is fatal, not a disconnect: a reconnect cannot fix it,
@@ -78,8 +89,7 @@ def _emit(out: TextIO, text: str, last: int | None) -> bool:
         _discard_output(out)
         return False
     except OSError as exc:
-        resume = f"; resume with --since {last}" if last is not None else ""
-        raise MonitorError(f"cannot write the alert output: {exc}{resume}") from exc
+        raise MonitorError(f"cannot write the alert output: {exc}{_resume_hint(last)}") from exc
     return True
 
 
@@ -105,7 +115,10 @@ async def tail(
     If the server's log was reset (it closes with 4409: ``since`` is past its last id), warn
     and start again from the beginning of the new log: every event in it is new to us.
     Returns when ``out``'s reader has gone (EPIPE); raises MonitorError when ``out`` cannot be
-    written otherwise."""
+    written otherwise, or when the server refuses for good (401, 404 ...). A refusal that
+    passes (5xx, 408, 429: a proxy while the service restarts) and a connection closed before
+    the handshake are retried with backoff, like a disconnect. Every error names the id to
+    resume from."""
     url, url_token = take_token(url)
     token = token or url_token
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -139,16 +152,22 @@ async def tail(
                 last, epoch = 0, None
                 continue
             if not follow:
-                raise MonitorError(f"alert websocket closed: {exc}") from exc
+                raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last)}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)
-        except InvalidStatus as exc:
-            raise MonitorError(f"alert websocket refused: HTTP {exc.response.status_code}") from exc
-        except httpx.HTTPStatusError as exc:
-            raise MonitorError(f"alert API refused: HTTP {exc.response.status_code}") from exc
-        except (OSError, httpx.TransportError) as exc:
+        except (InvalidStatus, httpx.HTTPStatusError) as exc:
+            what = "alert websocket" if isinstance(exc, InvalidStatus) else "alert API"
+            status = exc.response.status_code
+            if not follow or not transient_status(status):
+                raise MonitorError(f"{what} refused: HTTP {status}{_resume_hint(last)}") from exc
+            logger.warning("%s: HTTP %s; reconnecting in %.1fs", what, status, delay)
+        except (OSError, httpx.TransportError, InvalidMessage) as exc:
+            # InvalidMessage: the connection closed before a handshake response, as a port
+            # that accepts while the service behind it is still starting does.
             if not follow:
-                raise MonitorError(f"alert websocket closed: {exc}") from exc
+                raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last)}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)
+        except InvalidHandshake as exc:  # a bad upgrade response, subprotocol or header: not transient
+            raise MonitorError(f"alert websocket handshake failed: {exc}{_resume_hint(last)}") from exc
         if not follow:
             return
         await asyncio.sleep(delay)

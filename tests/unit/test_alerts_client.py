@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
@@ -171,3 +172,77 @@ async def test_monitor_alerts_into_head_ends_cleanly(tmp_path: Path) -> None:
     assert json.loads(first)["id"] == "1"
     assert proc.returncode == 0, stderr.read_text()  # with pipefail: monitor's own exit status
     assert "Traceback" not in stderr.read_text() and "BrokenPipe" not in stderr.read_text()
+
+
+@contextlib.asynccontextmanager
+async def restarting_front(backend: str, refusals: list[bytes | None]) -> AsyncIterator[str]:
+    """A TCP front for ``backend`` (``ws://host:port``), as a reverse proxy is while the service
+    behind it restarts: its first connections each get the next of ``refusals`` (a raw HTTP
+    response, or None to close without a word), later ones are relayed byte for byte."""
+    host, port = urlsplit(backend).hostname, urlsplit(backend).port
+    pending = list(refusals)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if pending:
+            refusal = pending.pop(0)
+            await reader.read(65536)  # the request
+            if refusal is not None:
+                writer.write(refusal)
+                await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("since", [1, None])
+async def test_tail_waits_out_a_restart_behind_a_proxy(tmp_path: Path, since: int | None) -> None:
+    # Before: a 502 from the proxy (on the websocket handshake, or on the "from now" probe when
+    # no --since was given) ended `monitor alerts` with "refused: HTTP 502" and no id to resume
+    # from, and a connection closed before the handshake ended it with a traceback
+    # (InvalidMessage). Rerunning it without --since skipped whatever happened meanwhile.
+    async with behind_prefix(tmp_path, "", server={}) as (rt, base):
+        await rt.bus.publish([status_event(1), status_event(2)])
+        async with restarting_front(base, [BAD_GATEWAY, None]) as front:
+            out = io.StringIO()
+            task = asyncio.create_task(tail(f"{front}/ws/alerts", since=since, out=out))
+            try:
+                async with asyncio.timeout(20):
+                    while len(rt.bus._subs) == 0:  # noqa: SLF001 - subscribed through the front
+                        assert not task.done(), task.result()
+                        await asyncio.sleep(0.02)
+                    await rt.bus.publish([status_event(3)])
+                    while out.getvalue().count("\n") < (2 if since == 1 else 1):
+                        await asyncio.sleep(0.02)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    want = ["2", "3"] if since == 1 else ["3"]
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == want
+
+
+async def test_tail_gives_up_on_a_lasting_refusal_and_names_the_id_to_resume_from(tmp_path: Path) -> None:
+    async with behind_prefix(tmp_path, "") as (rt, base):  # a token is required, and we have none
+        with pytest.raises(MonitorError, match=r"websocket refused: HTTP 403; resume with --since 7$"):
+            async with asyncio.timeout(20):
+                await tail(f"{base}/ws/alerts", since=7, out=io.StringIO())
+        with pytest.raises(MonitorError, match=r"alert API refused: HTTP 401$"):  # no id known yet
+            async with asyncio.timeout(20):
+                await tail(f"{base}/ws/alerts", out=io.StringIO())
