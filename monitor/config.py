@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("monitor-data"), description="Where the event log and state live; relative to the working directory.")
     instance: str = Field(
         "monitor", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-        description=f"Name of this instance, used in the CloudEvents `source` (/<instance>/streams/<id>): {STREAM_ID_RULE}.",
+        description=f"Name of this instance, used in the CloudEvents `source` (/<instance>/logs/<logepoch>/streams/<id>): {STREAM_ID_RULE}.",
     )
     log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     demo: bool = Field(True, description="Watch the built-in demo stream when no streams are configured.")

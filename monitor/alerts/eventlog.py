@@ -94,10 +94,14 @@ def to_cloudevent_json(
     epoch: str | None = None,
 ) -> str:
     """One stored event as structured-mode CloudEvents 1.0 JSON; ``id`` is the log id and the
-    extension attribute ``logepoch`` names the log it belongs to (see EventLog.epoch)."""
+    extension attribute ``logepoch`` names the log it belongs to (see EventLog.epoch).
+
+    ``source`` carries the epoch too: ids start again in a new log (data_dir wiped, a backup
+    restored), and CloudEvents makes ``source`` + ``id`` unique per event, so a receiver that
+    de-duplicates by them (as the spec allows) would otherwise drop a new log's events."""
     attributes: dict[str, Any] = {
         "id": str(event_id),
-        "source": f"/{instance}/streams/{stream_id}",
+        "source": f"/{instance}/logs/{epoch}/streams/{stream_id}" if epoch else f"/{instance}/streams/{stream_id}",
         "type": type_,
         "time": datetime.fromtimestamp(time, tz=timezone.utc),
         "datacontenttype": "application/json",

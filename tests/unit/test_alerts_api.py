@@ -41,7 +41,8 @@ def test_event_log_ids_increase_and_survive_reopen(tmp_path: Path) -> None:
     rows = log.read_since(2)
     assert [r[0] for r in rows] == [3, 4, 5]
     ce = json.loads(rows[0][1])
-    assert ce["specversion"] == "1.0" and ce["id"] == "3" and ce["source"] == "/inst/streams/cam2"
+    assert ce["specversion"] == "1.0" and ce["id"] == "3" and ce["source"] == f"/inst/logs/{log.epoch}/streams/cam2"
+    assert ce["logepoch"] == log.epoch
     assert ce["type"] == "io.deepfake-monitor.stream.status.v1" and ce["data"]["detail"] == "n2"
     # Pruned ids are never reused.
     assert log.prune(1_700_000_000.0 + 10) == 5
@@ -692,6 +693,11 @@ def test_a_log_restored_from_a_backup_gets_a_new_epoch(tmp_path: Path, caplog: p
     try:
         assert restored.last_id() == 10 and restored.epoch != epoch
         assert "restored from a backup" in caplog.text
+        # Id 11 comes again, for another event: CloudEvents' (source, id) must not repeat, or a
+        # receiver de-duplicating by them (webhook sinks) would drop it as already seen.
+        restored.append([status_event(99)])
+        new = json.loads(restored.read_since(10)[0][1])
+        assert new["id"] == "11" and new["source"] == f"/monitor/logs/{restored.epoch}/streams/cam0"
     finally:
         restored.close()
     again = EventLog(path)  # and it keeps that new epoch
