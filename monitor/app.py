@@ -19,6 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from monitor.alerts.bus import EventBus, SinkRunner
 from monitor.alerts.eventlog import EventLog
+from monitor.alerts.policy import SEVERITY
 from monitor.api.http import create_app
 from monitor.clock import Clock, SystemClock
 from monitor.components import detector_factory, faces_factory
@@ -26,7 +27,7 @@ from monitor.config import DEMO_URL, Settings, StreamConfig, redact_url
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
-from monitor.types import AlertData, Event, EventType, Severity, Signal
+from monitor.types import AlertData, Event, EventType, Severity, Signal, TrackState, TrackStateData
 
 logger = logging.getLogger(__name__)
 # At shutdown, how long each alert sink may take to deliver what is owed before it is stopped
@@ -104,25 +105,53 @@ SERVICE_RESTARTED = "service_restarted"
 
 
 async def close_interrupted_alerts(bus: EventBus, now: float) -> int:
-    """Close every alert a previous run left open: it died (SIGKILL, OOM, a stop past its grace
-    period) before its teardown closed them, and no later run would. Each gets the
-    ``alert.closed`` the stream would have written, through the normal publish path (sinks,
-    clients), with ``service_restarted`` among its reasons. Once written, the alert is closed
-    in the log, so the next start finds nothing: idempotent. A failure to write is logged and
-    left for the next start rather than stopping this one."""
+    """Close every alert a previous run left open, and end its face tracks: it died (SIGKILL,
+    OOM, a stop past its grace period) before its teardown did, and no later run would. Each
+    alert gets the ``alert.closed`` the stream would have written, then each track the last
+    ``track.state`` (``inconclusive``, ``track_ended``) a clean stop announces, so a subscriber
+    keeping per-track state does not show the dead run's faces as suspicious for ever. Both go
+    through the normal publish path (sinks, clients), with ``service_restarted`` among their
+    reasons. Once written, the log holds them, so the next start finds nothing: idempotent. A
+    failure to write is logged and left for the next start rather than stopping this one.
+    Returns how many alerts it closed."""
     try:
         unclosed = await bus.on_log(bus.log.unclosed_alerts)
-        events = [_restart_close(stream_id, data, now) for stream_id, data in unclosed]
-        if events:
-            await bus.publish(events)
+        unended = await bus.on_log(bus.log.unended_tracks)
+        closes = [_restart_close(stream_id, data, now) for stream_id, data in unclosed]
+        ends = [_restart_end(stream_id, data, now) for stream_id, data in unended]
+        if closes or ends:
+            await bus.publish(closes + ends)  # as a clean stop orders them: alert.closed first
+        if closes:
             logger.warning(
                 "closed %d alert(s) left open by the previous run (reason %s): %s",
-                len(events), SERVICE_RESTARTED, ", ".join(str(data["alert_id"]) for _, data in unclosed),
+                len(closes), SERVICE_RESTARTED, ", ".join(str(data["alert_id"]) for _, data in unclosed),
             )
+        if ends:
+            logger.warning("ended %d face track(s) the previous run left unended (reason %s)", len(ends), SERVICE_RESTARTED)
     except Exception:
         logger.exception("could not close the alerts left open by the previous run; the next start tries again")
         return 0
-    return len(events)
+    return len(closes)
+
+
+def _restart_end(stream_id: str, data: dict[str, Any], now: float) -> Event:
+    try:
+        previous: TrackState | None = TrackState(data.get("state"))
+    except ValueError:
+        previous = None
+    last_t = float(data.get("t") or 0.0)  # the last stream time known for this track
+    ended = TrackStateData(
+        track_id=int(data.get("track_id") or 0),
+        state=TrackState.INCONCLUSIVE,
+        previous=previous,
+        score=data.get("score"),
+        raw_score=data.get("raw_score"),
+        reasons=("track_ended", SERVICE_RESTARTED),
+        signals=(),
+        since_t=last_t,
+        t=last_t,
+    )
+    return Event(EventType.TRACK_STATE, stream_id, SEVERITY[TrackState.INCONCLUSIVE], now, ended)
 
 
 def _restart_close(stream_id: str, data: dict[str, Any], now: float) -> Event:

@@ -250,6 +250,23 @@ class EventLog:
             ).fetchall()
         return [(r[0], _load_data(r[1])) for r in rows]
 
+    def unended_tracks(self) -> list[tuple[str, dict[str, Any]]]:
+        """The last ``track.state`` of every face track whose end was never announced (no
+        ``track_ended`` reason), oldest first, as (stream_id, data). Track ids start again at 1
+        in every run of a stream, so the newest event for a (stream, track id) is what counts:
+        a run that ended cleanly announced every end, and only a process that died leaves a
+        newest event without one."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT stream_id, data FROM events WHERE id IN ("
+                "  SELECT MAX(id) FROM events WHERE type = ?"
+                "  GROUP BY stream_id, json_extract(data, '$.track_id'))"
+                " ORDER BY id",
+                (EventType.TRACK_STATE.value,),
+            ).fetchall()
+        found = [(r[0], _load_data(r[1])) for r in rows]
+        return [(stream, data) for stream, data in found if "track_ended" not in (data.get("reasons") or ())]
+
     def prune(self, older_than: float, keep_after: int | None = None) -> int:
         """Delete events older than ``older_than`` (UNIX time), but none with an id above
         ``keep_after`` (a sink's cursor: not yet delivered); ids are never reused."""

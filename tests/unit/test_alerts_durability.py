@@ -27,7 +27,17 @@ from monitor.alerts.eventlog import EventLog
 from monitor.app import GRACEFUL_SHUTDOWN_S, SERVICE_RESTARTED, Runtime, runtime, uvicorn_config
 from monitor.config import Settings, load_settings
 from monitor.metrics import Metrics
-from monitor.types import AlertData, Event, EventType, Severity, Signal, StreamState, StreamStatusData
+from monitor.types import (
+    AlertData,
+    Event,
+    EventType,
+    Severity,
+    Signal,
+    StreamState,
+    StreamStatusData,
+    TrackState,
+    TrackStateData,
+)
 
 OPENED, CLOSED = EventType.ALERT_OPENED.value, EventType.ALERT_CLOSED.value
 
@@ -93,6 +103,43 @@ async def test_alerts_left_open_by_a_crash_are_closed_at_start_once(tmp_path: Pa
     async with runtime(settings) as rt:  # a second restart finds every alert closed
         again = rt.metrics.registry.get_sample_value("deepfake_monitor_events_total", {"type": CLOSED})
     assert again == 0 and len(logged(settings)) == len(rows)
+
+
+def track_state(stream: str, track_id: int, state: TrackState, t: float, reasons: tuple[str, ...] = ("score",)) -> Event:
+    data = TrackStateData(track_id, state, None, 0.6, 0.7, reasons, (), t - 1.0, t)
+    return Event(EventType.TRACK_STATE, stream, Severity.INFO, time.time(), data)
+
+
+async def test_tracks_left_unended_by_a_crash_are_ended_at_start_once(tmp_path: Path) -> None:
+    # Before: the restart closed the alerts only, and a subscriber keeping per-track state
+    # showed the dead run's faces as suspicious (or in alert) for ever.
+    settings = make_settings(tmp_path)
+    log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+    log.append([
+        # An earlier run that stopped cleanly: its track 2 on "cam" ended.
+        track_state("cam", 2, TrackState.SUSPICIOUS, 5.0), track_state("cam", 2, TrackState.INCONCLUSIVE, 9.0, ("track_ended",)),
+        # The run that died: ids start at 1 again, and track 2 on "cam" is another face.
+        track_state("cam", 1, TrackState.CLEAR, 3.0), track_state("cam", 1, TrackState.SUSPICIOUS, 4.5),
+        track_state("cam", 2, TrackState.CLEAR, 6.0),
+        track_state("door", 1, TrackState.ALERT, 8.0), alert(EventType.ALERT_OPENED, "x", stream="door"),
+        track_state("door", 3, TrackState.CLEAR, 2.0), track_state("door", 3, TrackState.INCONCLUSIVE, 7.0, ("track_ended",)),
+    ])
+    log.close()
+
+    async with runtime(settings):
+        pass
+    added = logged(settings)[9:]
+    assert [t for t, _ in added] == [CLOSED, *[EventType.TRACK_STATE.value] * 3]  # alert.closed first, as a clean stop
+    ends = {(d["stream_id"], d["track_id"]): d for _, d in added[1:]}
+    assert set(ends) == {("cam", 1), ("cam", 2), ("door", 1)}
+    for d in ends.values():
+        assert d["state"] == "inconclusive" and d["reasons"] == ["track_ended", SERVICE_RESTARTED]
+    assert ends[("cam", 1)]["previous"] == "suspicious" and ends[("cam", 1)]["t"] == 4.5
+    assert ends[("door", 1)]["previous"] == "alert" and ends[("cam", 2)]["previous"] == "clear"
+
+    async with runtime(settings):  # a second restart finds every track ended
+        pass
+    assert len(logged(settings)) == 13
 
 
 # --- clients that stop reading -----------------------------------------------------------------
