@@ -248,7 +248,9 @@ _SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re
 REDACTED = "***"
 # rtsp://user:pass@host, up to the authority's *last* "@" as FFmpeg splits it: a password
 # with a raw "@" in it is hidden whole.
-URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# The user:password before the host, also in URLs mistyped with one slash or none (the error
+# that reports such a URL must not echo its password).
+URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
 _URL_QUERY_VALUE = re.compile(r"([?&])([^=&#]+)=([^&#]*)")  # ?access_token=..., &token=...
 
 

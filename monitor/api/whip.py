@@ -170,12 +170,12 @@ class WhipSessions:
                 ValueError, InvalidAccessError, InvalidStateError, AssertionError, IndexError, KeyError, AttributeError
             ) as exc:
                 # AttributeError: aiortc dereferences parts of the offer it assumes are present.
-                raise Refused(400, f"malformed SDP offer: {exc or type(exc).__name__}", "malformed_sdp") from exc
+                raise Refused(400, f"malformed SDP offer: {str(exc) or type(exc).__name__}", "malformed_sdp") from exc
             try:
                 await set_local_description(pc, await pc.createAnswer(), self._hosts)
             except (ValueError, AttributeError) as exc:
                 # An offer aiortc accepted but cannot build a matching answer for.
-                raise Refused(422, f"cannot answer the offer: {exc or type(exc).__name__}", "unanswerable_sdp") from exc
+                raise Refused(422, f"cannot answer the offer: {str(exc) or type(exc).__name__}", "unanswerable_sdp") from exc
             by_mid = {t.receiver.track: t.mid for t in pc.getTransceivers()}
             video_tracks = [t for t in tracks if t.kind == "video"]
             for track in tracks:
@@ -462,7 +462,7 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
     try:
         parsed = SessionDescription.parse(offer)
     except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
-        raise Refused(400, f"malformed SDP offer: {exc or type(exc).__name__}", "malformed_sdp") from exc
+        raise Refused(400, f"malformed SDP offer: {str(exc) or type(exc).__name__}", "malformed_sdp") from exc
     # aiortc assumes unique mids and a DTLS fingerprint per m-line (RFC 8843, RFC 8842):
     # without them it fails deep inside negotiation (AttributeError, a 500) or answers and
     # then cannot check DTLS. Refuse such offers here, with a reason.

@@ -13,7 +13,7 @@ import av.error
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.clock import Clock
-from monitor.config import Settings, StreamConfig
+from monitor.config import Settings, StreamConfig, redact_url
 from monitor.errors import ConfigError, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -298,7 +298,7 @@ class RtspSource(ThreadedSource):
     @classmethod
     def validate_url(cls, url: str) -> None:
         if not url.lower().startswith(("rtsp://", "rtsps://")) or len(url) < 10:
-            raise ConfigError(f"not an rtsp:// URL: {url!r}")
+            raise ConfigError(f"not an rtsp:// URL: {redact_url(url)!r}")
 
     def _open(self) -> None:
         c = self.config

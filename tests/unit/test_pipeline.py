@@ -248,6 +248,20 @@ def test_redact_url() -> None:
     assert redact_url("https://sfu/whep?access_token=zzz&room=a") == "https://sfu/whep?access_token=***&room=a"
     assert redact_url("https://u:p@sfu/whep?room=a&token=t#x") == "https://***@sfu/whep?room=a&token=***#x"
     assert redact_url("https://sfu/whep?tokenizer=bpe") == "https://sfu/whep?tokenizer=***"  # by name: errs on the safe side
+    # Mistyped URLs, which the error refusing them quotes: the password stays hidden.
+    assert redact_url("rtsp:/admin:hunter2@cam.internal/s") == "rtsp:/***@cam.internal/s"
+    assert redact_url("rtsp:admin:hunter2@cam/s") == "rtsp:***@cam/s"
+    assert redact_url("recording@2.mp4") == "recording@2.mp4"
+
+
+def test_a_refused_rtsp_url_is_quoted_without_its_password() -> None:
+    from monitor.errors import ConfigError
+    from monitor.sources.av_source import RtspSource
+
+    for url in ("rtsp:/admin:hunter2@cam.internal/stream1", "rtps://admin:hunter2@cam.internal/s"):
+        with pytest.raises(ConfigError, match="not an rtsp:// URL") as err:
+            RtspSource.validate_url(url)
+        assert "hunter2" not in str(err.value)
 
 
 @pytest.mark.parametrize(
