@@ -4,6 +4,7 @@ reconnect with jittered exponential backoff. Subclasses implement ``_open`` and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -116,7 +117,10 @@ class Backoff:
 
     def next_delay(self) -> float:
         nominal = min(self.maximum, self.initial * (2**self._attempt))
-        self._attempt += 1
+        if nominal < self.maximum:
+            # Not past the cap: 0.25 * 2**1024 overflows a float, which a camera down for an
+            # hour (1024 tries at the 5 s cap) reached, and the source thread died of it.
+            self._attempt += 1
         return nominal * (0.5 + self._rng.random() * 0.5)
 
     def reset(self) -> None:
@@ -325,6 +329,16 @@ class ThreadedSource:
                     break
                 self.status.reconnects += 1
                 self.metrics.reconnects.labels(self.stream_id).inc()
+        except Exception as exc:
+            # A bug in the retry bookkeeping itself: end the stream as failed, with the error,
+            # never as a clean end (which closes its alerts quietly while its status still
+            # says "reconnecting" and nothing retries any more).
+            message = self._redact(f"{type(exc).__name__}: {exc}")
+            end = SourceError(message, retryable=False)
+            logger.error("source %s: its reconnect loop failed: %s", self.stream_id, self._redact("".join(traceback.format_exception(exc))))
+            self.status.last_error = message
+            with contextlib.suppress(Exception):  # best effort: the stream ends with the error regardless
+                self._set_state(StreamState.FAILED, message)
         finally:
             if self._stop.is_set() and self.status.state not in (StreamState.FAILED, StreamState.ENDED):
                 self._set_state(StreamState.STOPPED)

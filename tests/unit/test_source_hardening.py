@@ -246,6 +246,38 @@ async def test_a_connection_healthy_for_a_while_resets_the_backoff() -> None:
     assert source.delays[4] <= 0.25  # after a healthy connection: from the shortest again
 
 
+async def test_a_camera_down_for_hours_keeps_being_retried() -> None:
+    # Before: the 1024th try computed 0.25 * 2**1024, which overflows a float. The source thread
+    # died of it and the stream ended as if cleanly, its status still "reconnecting", and
+    # nothing retried when the camera came back (about an hour of a refused camera at 5 s).
+    tries = 1100
+    source = Scripted(["connection refused"] * tries + ["read failed"], [0] * tries + [2], FakeClock())
+    await source.start()
+    try:
+        frame = await asyncio.wait_for(source.recv(), DEADLINE_S)  # the camera is back: frames again
+        assert frame.stream_id == "cam" and source.status.reconnects >= tries
+        assert max(source.delays) <= 5.0 and min(source.delays[-50:]) >= 2.5
+    finally:
+        await source.aclose()
+
+
+async def test_a_failure_of_the_retry_loop_itself_ends_the_stream_as_failed() -> None:
+    source = Scripted(["connection refused"] * 3, [0] * 3, FakeClock())
+
+    def broken() -> float:
+        raise RuntimeError("bookkeeping bug")
+
+    source._backoff.next_delay = broken  # type: ignore[method-assign]  # noqa: SLF001
+    await source.start()
+    try:
+        with pytest.raises(SourceError, match="RuntimeError: bookkeeping bug") as err:
+            await asyncio.wait_for(source.recv(), DEADLINE_S)
+        assert not isinstance(err.value, SourceEnded)  # not a clean end: the pipeline reports it
+        assert source.status.state == StreamState.FAILED
+    finally:
+        await source.aclose()
+
+
 async def test_a_dead_camera_writes_one_reconnecting_event_per_cause() -> None:
     # Before, each retry's "retrying in X s" made a new stream.status event: one every <= 5 s
     # per dead camera in the durable log.
