@@ -9,6 +9,7 @@ import logging
 import random
 import re
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -251,7 +252,12 @@ class ThreadedSource:
     async def aclose(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, self.JOIN_S)
+            # Polled, not joined in the default executor: its few workers (cores + 4) would
+            # wait on stuck threads a handful at a time, stretching a shutdown of many dead
+            # cameras to ceil(n / workers) * JOIN_S, and starving model loads meanwhile.
+            deadline = time.monotonic() + self.JOIN_S
+            while self._thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             if self._thread.is_alive():
                 logger.warning("source thread for %s did not stop within %g s; leaving it behind", self.stream_id, self.JOIN_S)
                 # Whatever it does when it wakes (a frame, a state change) belongs to a stream

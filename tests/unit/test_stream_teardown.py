@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -174,6 +175,31 @@ async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(pa
     assert not source._thread.is_alive()
     assert metrics.registry.get_sample_value("deepfake_monitor_frames_received_total", {"stream": "cam"}) is None
     assert log.last_id() == events_then  # no late "stopped" event for a stream that is gone
+
+
+async def test_stuck_source_threads_are_waited_for_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: each close joined its thread in the default executor, whose few workers (6 on
+    # this machine) waited on stuck threads a batch at a time: shutting down 13 dead cameras
+    # took 30 s, not 10. Here that executor has one worker and it is busy: a close that needs it
+    # cannot finish at all.
+    monkeypatch.setattr(ThreadedSource, "JOIN_S", 0.3)
+    loop = asyncio.get_running_loop()
+    busy, release = concurrent.futures.ThreadPoolExecutor(1), threading.Event()
+    loop.set_default_executor(busy)
+    blocker = loop.run_in_executor(None, release.wait)
+    sources = [Ticking(f"cam{i}", Metrics(), block_s=3.0) for i in range(4)]
+    try:
+        for source in sources:
+            await source.start()
+        for source in sources:
+            while not source.blocking.is_set():
+                await asyncio.sleep(0.02)
+        async with asyncio.timeout(2.5):  # JOIN_S each, at once; never the threads' 3 s
+            await asyncio.gather(*(source.aclose() for source in sources))
+        assert all(source._detached for source in sources)  # noqa: SLF001 - left behind, detached
+    finally:
+        release.set()
+        await blocker
 
 
 async def test_shutdown_waits_for_a_stream_still_starting_and_refuses_new_ones(parts: Any) -> None:
