@@ -105,16 +105,30 @@ class Timeline:
 
     MAX_JUMP_S = 60.0  # longer real gaps in a recording are rare; a wrap is 26.5 hours
 
-    def __init__(self, start_s: float | None = None) -> None:
+    def __init__(self, start_s: float | None = None, step: float = 1.0 / 30) -> None:
         self.start_s = start_s
         self.t = 0.0  # the last frame's stream time
-        self.step = 1.0 / 30  # the last regular frame interval seen
+        self.step = step  # the last regular frame interval seen (at first: the stream's nominal one)
         self._raw: float | None = None
 
     @classmethod
-    def of(cls, container: Any) -> Timeline:
+    def of(cls, container: Any, live: bool = False) -> Timeline:
+        """The timeline of ``container``'s video: from its start time (a file) or its first frame
+        (``live``), stepping by its frame rate where frames carry no timestamp (a raw .h264
+        dump at 10 fps played three times too fast at an assumed 30)."""
+        step = 1.0 / 30
+        video = container.streams.video[0] if container.streams.video else None
+        if video is not None:
+            # FFmpeg's guess from the stream's timing; average_rate of a raw stream is its
+            # default 25, and the codec's own framerate comes last.
+            for rate in (video.guessed_rate, video.codec_context.framerate):
+                if rate and 1 <= float(rate) <= 240:
+                    step = 1.0 / float(rate)
+                    break
+        if live:
+            return cls(None, step)
         start = getattr(container, "start_time", None)  # microseconds (AV_TIME_BASE)
-        return cls(start / 1_000_000 if start is not None else 0.0)
+        return cls(start / 1_000_000 if start is not None else 0.0, step)
 
     def __call__(self, raw: float | None) -> float:
         if self._raw is None:
@@ -348,7 +362,7 @@ def sample_video(
         interval = 1.0 / fps
         next_t = 0.0
         live = url.lower().startswith(("rtsp://", "rtsps://"))
-        timeline = Timeline() if live else Timeline.of(container)
+        timeline = Timeline.of(container, live=live)
         seq = 0
         for vf in decode_frames(container, on_decode_error or errors.append, max_video_gap_s=5.0 if live else None):
             t = timeline(None if vf.time is None else float(vf.time))

@@ -72,6 +72,18 @@ def timestamped_ts(path: Path, seconds: float, start_s: float, *, fps: int = 10,
     return path
 
 
+def raw_h264(path: Path, seconds: float, fps: int, *, width: int = 160, height: int = 120) -> Path:
+    """A raw H.264 elementary stream (``.h264``): its frames carry no timestamps, only the
+    stream's frame rate says how fast it plays."""
+    with av.open(str(path), mode="w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(round(seconds * fps)):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(render_frame(i / fps, width, height), format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
 def empty_file(path: Path) -> Path:
     """A zero-byte file (e.g. ``empty.mp4``)."""
     path.write_bytes(b"")

@@ -14,7 +14,7 @@ from monitor.errors import SourceError
 from monitor.metrics import Metrics
 from monitor.sources.av_source import FileSource, Timeline, decode_frames, sample_video
 from monitor.types import StreamState
-from tests.support.media import audio_only_ts, garbage_video_ts, late_video_ts, timestamped_ts
+from tests.support.media import audio_only_ts, garbage_video_ts, late_video_ts, raw_h264, timestamped_ts
 
 
 def test_timeline_counts_from_the_start_and_bridges_discontinuities() -> None:
@@ -46,6 +46,16 @@ def test_offline_scan_of_an_offset_file_starts_at_zero(tmp_path: Path) -> None:
     assert len(frames) == 11  # 0.0 .. 1.0 s; before, the limit met t = 1000 s and nothing was read
     assert frames[0].pts_s == pytest.approx(0.0)
     assert frames[-1].pts_s == pytest.approx(1.0)
+
+
+def test_frames_without_timestamps_step_by_the_streams_frame_rate(tmp_path: Path) -> None:
+    # Before: a raw 10 fps .h264 dump stepped by an assumed 1/30 s, so it played three times too
+    # fast and a 4 s scan reported 1.4 s.
+    clip = raw_h264(tmp_path / "cam.h264", 4.0, 10)
+    with av.open(str(clip)) as container:
+        assert all(f.time is None for f in container.decode(video=0))  # what this test is about
+    times = [f.pts_s for f in sample_video(str(clip), 10.0)]
+    assert len(times) == 40 and times[-1] == pytest.approx(3.9, abs=0.01)
 
 
 def test_offline_scan_reads_past_a_backwards_discontinuity(tmp_path: Path) -> None:
