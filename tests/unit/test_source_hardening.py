@@ -314,7 +314,7 @@ def test_a_file_whose_timestamps_stand_still_is_sampled_by_frame_steps(tmp_path:
     # read the file at full speed, and tracks never expired (their time never moved).
     clip = frozen_timestamps_mkv(tmp_path / "frozen.mkv", frames=30)
     times = [f.pts_s for f in sample_video(str(clip), 10.0)]
-    assert len(times) == 10, times  # one second of frames at the usual 1/30 s step
+    assert len(times) == 30, times  # three seconds: each frame one step of the stream's 10 fps on
     assert times == sorted(times) and len(set(times)) == len(times)
 
 
@@ -331,4 +331,4 @@ async def test_a_file_whose_timestamps_stand_still_plays_at_a_frame_step(tmp_pat
     finally:
         await source.aclose()
     assert times == sorted(times) and len(set(times)) == len(times)
-    assert times[-1] == pytest.approx(9 / 30)  # before, every frame at 0: no pacing at all
+    assert times[-1] == pytest.approx(9 / 10)  # the stream's 10 fps; before, every frame at 0: no pacing at all
