@@ -309,6 +309,10 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             raise HTTPException(422, validation_errors(errors)) from None
         if stream.source_name == "file":
             check_api_file(stream.url, settings.server.api_file_roots)
+            # Under a root (so the answer tells nothing about other files): refused now, where a
+            # configured stream would start and fail.
+            if not Path(stream.url.removeprefix("file://")).is_file():
+                raise HTTPException(400, f"file not found: {stream.url.removeprefix('file://')}")
         pipeline = await manager.add(stream)
         return status_json(pipeline.status())
 

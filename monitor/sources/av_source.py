@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import av
@@ -222,9 +221,12 @@ class FileSource(ThreadedSource):
 
     @classmethod
     def validate_url(cls, url: str) -> None:
+        """Only the form: whether the file is there is the source's first open to find out, as
+        a camera's reachability is. A file missing when the service starts (a share not mounted
+        yet) fails its own stream, with "no such file", and the other streams run on."""
         path = url[len("file://") :] if url.startswith("file://") else url
-        if not Path(path).is_file():
-            raise ConfigError(f"file not found: {path}")
+        if not path or "\0" in path:
+            raise ConfigError(f"not a file path: {path!r}")
 
     def _open(self) -> None:
         self._container = open_video(self.path)

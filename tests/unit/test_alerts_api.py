@@ -549,9 +549,30 @@ async def test_api_file_streams_only_under_the_configured_roots(tmp_path: Path) 
             for i, url in enumerate(refused):
                 r = await http.post("/api/streams", json={"id": f"no{i}", "url": url})
                 assert r.status_code == 403 and "server.api_file_roots" in r.text, (url, r.text)
+            r = await http.post("/api/streams", json={"id": "gone", "url": f"{media}/missing.mp4"})
+            assert r.status_code == 400 and "file not found" in r.text, r.text  # under a root: said at once
             r = await http.post("/api/streams", json={"id": "ok", "url": f"file://{clip}", "realtime": False})
             assert r.status_code == 201, r.text
             assert [s["id"] for s in (await http.get("/api/streams")).json()] == ["ok"]
+
+
+async def test_a_configured_file_missing_at_start_fails_its_stream_only(tmp_path: Path) -> None:
+    # Before: the service started the other streams, stopped them and exited ("file not found"),
+    # leaving every camera unwatched because a share was not mounted yet.
+    from monitor.sources.demo_media import write_clip
+
+    clip = write_clip(tmp_path / "rec.mp4", 2.0, fps=10, width=160, height=120)
+    streams = [{"id": "gone", "url": str(tmp_path / "not-mounted" / "rec.mp4")},
+               {"id": "here", "url": str(clip), "loop": True}]
+    async with running_service(make_settings(tmp_path, streams=streams)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            async with asyncio.timeout(30):
+                while True:
+                    states = {s["id"]: s for s in (await http.get("/api/streams")).json()}
+                    if states["gone"]["state"] == "failed" and states["here"]["state"] == "running":
+                        break
+                    await asyncio.sleep(0.05)
+    assert "no such file" in states["gone"]["last_error"]
 
 
 async def test_alert_websocket_clients_are_capped(tmp_path: Path) -> None:
