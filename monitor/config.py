@@ -65,6 +65,16 @@ class ServerConfig(Strict):
         except ValueError:
             return False
 
+    @field_validator("token")
+    @classmethod
+    def _token_fits_a_header(cls, token: str | None) -> str | None:
+        # Sent as "Authorization: Bearer <token>": a space or a character outside printable
+        # ASCII (headers are read as latin-1, compared as UTF-8) could only ever match in the
+        # URL's ?access_token=, which proxies log. Never echoed: it is a secret.
+        if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise ValueError("must be printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
+        return token
+
     @model_validator(mode="after")
     def _token_when_exposed(self) -> ServerConfig:
         if not self.is_loopback and not self.token:
@@ -106,8 +116,8 @@ class IceServer(Strict):
 
 
 class WebRTCConfig(Strict):
-    ice_servers: tuple[IceServer, ...] = Field((), description="STUN/TURN servers. Empty by default: the monitor never contacts a public STUN server unless one is configured here.")
-    host_addresses: tuple[str, ...] = Field((), description="Local addresses offered as ICE host candidates in addition to the ones aioice finds; include 127.0.0.1 for loopback-only peers.")
+    ice_servers: tuple[IceServer, ...] = Field((), description="STUN/TURN servers: at most one `stun:` and one TURN server (`turn:` over udp or tcp, `turns:` over tcp, with `username` and `credential`), which is all aiortc uses; checked at load. Empty by default: the monitor never contacts a public STUN server unless one is configured here.")
+    host_addresses: tuple[str, ...] = Field((), description="Local IP addresses offered as ICE host candidates in addition to the ones aioice finds; include 127.0.0.1 for loopback-only peers.")
     include_loopback: bool = Field(True, description="Offer 127.0.0.1 as a host candidate when the server binds to loopback (aioice never offers it by itself).")
     max_sessions: int = Field(16, ge=1, le=256, description="Most concurrent WHIP sessions; more get 503.")
     max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted.")
@@ -115,6 +125,43 @@ class WebRTCConfig(Strict):
     no_video_s: float = Field(5.0, gt=0, description="A connected WHIP session ends, as a DELETE would end it, when one of its video tracks has delivered no frame for this long (counted from `connected` until the first frame). Catches a publisher that vanished (ICE consent alone notices only after about 30 s) or stopped sending video while the connection stays up.")
     max_video_tracks: int = Field(4, ge=1, le=64, description="Most video tracks one WHIP session may publish (each becomes a stream with its own analysis pipeline); an offer with more is refused with 422 before anything is built.")
     resolve_mdns: bool = Field(False, description="Resolve `<name>.local` ICE candidates (browsers hide local addresses behind them) by multicast DNS. Off by default: resolving binds UDP port 5353 and sends multicast queries to the local network, and the monitor contacts no host unless configured to; such candidates (in WHIP offers, trickle PATCHes and WHEP answers) are dropped instead.")
+
+    @model_validator(mode="after")
+    def _ice_as_aiortc_reads_it(self) -> WebRTCConfig:
+        # aiortc reads these only when a session builds its ICE transport: a typo used to pass
+        # here and then fail every WHIP offer as the publisher's "malformed SDP", and servers
+        # it does not use were dropped without a word. Checked with aiortc's own parser.
+        if self.ice_servers:
+            from aiortc.rtcicetransport import parse_stun_turn_uri  # only then: aiortc loads slowly
+
+        used: dict[str, list[str]] = {"STUN": [], "TURN": []}
+        for i, server in enumerate(self.ice_servers):
+            for url in server.urls:
+                where = f"ice_servers[{i}]: {url!r}"
+                try:
+                    parsed = parse_stun_turn_uri(url)
+                except ValueError as exc:
+                    raise ValueError(f"{where} is not a stun: or turn: URL ({exc})") from None
+                scheme, transport = parsed["scheme"], parsed.get("transport")
+                if scheme == "stuns":
+                    raise ValueError(f"{where}: aiortc does not use stuns: servers (use stun: or turns:)")
+                if scheme == "stun":
+                    used["STUN"].append(url)
+                    continue
+                if (scheme, transport) not in (("turn", "udp"), ("turn", "tcp"), ("turns", "tcp")):
+                    raise ValueError(f"{where}: aiortc supports TURN over udp or tcp, and turns: over tcp only")
+                if not server.username or not server.credential:
+                    raise ValueError(f"{where}: a TURN server needs `username` and `credential`")
+                used["TURN"].append(url)
+        for kind, urls in used.items():
+            if len(urls) > 1:
+                raise ValueError(f"aiortc uses one {kind} server and would ignore {urls[1:]}: list only one")
+        for address in self.host_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"host_addresses: {address!r} is not an IP address") from None
+        return self
 
 
 class DetectorConfig(Strict):

@@ -369,6 +369,7 @@ class WhipSessions:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
                 except (AssertionError, ValueError, IndexError) as exc:
                     raise Refused(400, f"malformed candidate line: {line[:80]}", "malformed_sdp") from exc
+                check_candidate_port(candidate)
                 if not resolve_mdns and is_mdns_host(candidate.ip):
                     mdns_dropped += 1
                     continue
@@ -450,6 +451,13 @@ async def _add_candidates(added: list[tuple[RTCIceTransport, RTCIceCandidate]], 
             raise result
 
 
+def check_candidate_port(candidate: RTCIceCandidate) -> None:
+    """aioice takes any integer as a candidate's port; checking a pair with one outside 0-65535
+    raised OverflowError in asyncio's datagram transport and closed the local socket."""
+    if not 0 <= candidate.port <= 65535:
+        raise Refused(400, f"malformed SDP: ICE candidate port {candidate.port} is not 0-65535", "malformed_sdp")
+
+
 def count_candidates(sdp: str) -> int:
     return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
 
@@ -482,6 +490,9 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
             422, f"the offer has {candidates} ICE candidates; a session may give at most {MAX_REMOTE_CANDIDATES}",
             "too_many_candidates",
         )
+    for media in parsed.media:
+        for candidate in media.ice_candidates:
+            check_candidate_port(candidate)
     seen_mids: set[str] = set()
     for index, media in enumerate(parsed.media):
         mid = media.rtp.muxId or ""

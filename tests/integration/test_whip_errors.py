@@ -89,6 +89,10 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert "a=end-of-candidates" in pc1.localDescription.sdp  # what the session was offered
             assert (await client.patch(loc, content=frag, headers=AUTH)).status_code == 415
             assert (await client.patch(loc, content=frag, headers={**patch_type, "If-Match": '"nope"'})).status_code == 412
+            # aioice took any port; checking this pair raised OverflowError and closed a socket.
+            bad_port = "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.1.2.3 -5 typ host\r\n"
+            refused = await client.patch(loc, content=bad_port, headers=patch_type)
+            assert refused.status_code == 400 and "port -5 is not 0-65535" in refused.json()["error"], refused.text
             ok = await client.patch(loc, content=end, headers={**patch_type, "If-Match": first.headers["etag"]})
             assert ok.status_code == 204, ok.text
             late = await client.patch(loc, content=frag, headers=patch_type)
@@ -105,7 +109,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
             for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
-                              ("too_large", 1), ("malformed_sdp", 5), ("unanswerable_sdp", 2), ("capacity", 1),
+                              ("too_large", 1), ("malformed_sdp", 6), ("unanswerable_sdp", 2), ("capacity", 1),
                               ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
                 assert got == n, (reason, got)
@@ -116,6 +120,11 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
 def without_fingerprint(offer: str) -> str:
     """ICE credentials and rtcp-mux, but no DTLS fingerprint: aiortc fails on it with AttributeError."""
     return "".join(line for line in offer.splitlines(keepends=True) if not line.startswith("a=fingerprint:"))
+
+
+def port_out_of_range(offer: str) -> str:
+    """The offer with its first ICE candidate's port set to 99999."""
+    return re.sub(r"(a=candidate:\S+ \d+ \S+ \d+ \S+ )\d+", r"\g<1>99999", offer, count=1)
 
 
 def video_twice(offer: str) -> str:
@@ -132,6 +141,7 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
     cases = [
         (without_fingerprint(offer), "no a=fingerprint"),
         (video_twice(offer), "more than one m-line with a=mid:0"),
+        (port_out_of_range(offer), "port 99999 is not 0-65535"),
     ]
     async with running_service(settings) as svc:
         async with httpx.AsyncClient(base_url=svc.base) as client:
@@ -141,7 +151,7 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
                 assert reason in r.json()["error"], r.text
         reg = svc.runtime.metrics.registry
         failed = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "malformed_sdp"})
-        assert failed == 2
+        assert failed == 3
         sessions = svc.runtime.app.state.whip_sessions
         assert sessions.sessions == {} and sessions._reserved == 0
         assert svc.runtime.manager.list() == []

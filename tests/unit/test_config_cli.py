@@ -241,6 +241,44 @@ def test_webrtc_track_and_mdns_settings(monkeypatch: pytest.MonkeyPatch) -> None
     assert webrtc.resolve_mdns is True and webrtc.max_video_tracks == 2
 
 
+TURN = {"username": "u", "credential": "c"}
+
+
+@pytest.mark.parametrize(
+    ("servers", "message"),
+    [
+        # Before, each of these loaded, and aiortc found out per session: every WHIP offer then
+        # failed as the publisher's "malformed SDP", or a server was dropped without a word.
+        ([{"urls": ["stun.internal.example:3478"]}], "is not a stun: or turn: URL"),
+        ([{"urls": ["stun:a.internal:3478", "stun:b.internal:3478"]}], r"one STUN server and would ignore \['stun:b"),
+        ([{"urls": ["turn:t.internal:3478"]}], "needs `username` and `credential`"),
+        ([{"urls": ["turn:t.internal:3478?transport=tls"], **TURN}], "TURN over udp or tcp"),
+        ([{"urls": ["stuns:s.internal:5349"]}], "does not use stuns:"),
+        ([{"urls": ["turn:a.internal"], **TURN}, {"urls": ["turns:b.internal:5349"], **TURN}], "one TURN server"),
+    ],
+)
+def test_ice_servers_are_checked_as_aiortc_reads_them(servers: list[dict], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, webrtc={"ice_servers": servers})
+
+
+def test_good_ice_servers_and_host_addresses_load() -> None:
+    webrtc = load_settings(None, webrtc={
+        "ice_servers": [{"urls": ["stun:stun.internal:3478"]}, {"urls": ["turns:turn.internal:5349?transport=tcp"], **TURN}],
+        "host_addresses": ["192.0.2.7", "2001:db8::7"],
+    }).webrtc
+    assert len(webrtc.ice_servers) == 2 and webrtc.host_addresses == ("192.0.2.7", "2001:db8::7")
+    with pytest.raises(ConfigError, match="'cam.local' is not an IP address"):  # looked up by DNS per session
+        load_settings(None, webrtc={"host_addresses": ["cam.local"]})
+
+
+@pytest.mark.parametrize("token", ["0123456789abcdéf0123", "0123456789abcdef012 ", "0123456789 abcdef0123"])
+def test_a_token_that_cannot_travel_in_a_header_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError, match="printable ASCII without spaces") as err:
+        load_settings(None, server={"token": token})
+    assert token.strip() not in str(err.value)
+
+
 def test_config_show_checks_plugin_names_and_options_like_serve(tmp_path: Path) -> None:
     # The schema cannot check them (each plugin validates its own options), so `config show`
     # printed this file as valid and `serve` refused it.
