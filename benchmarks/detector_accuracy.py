@@ -30,21 +30,43 @@ sys.path.insert(0, str(ROOT))
 from monitor.config import load_settings  # noqa: E402
 from monitor.detect.bundle import MODELS_DIR  # noqa: E402
 from monitor.detect.temporal import TemporalDetector  # noqa: E402
-from monitor.training.datasets import identity_group  # noqa: E402
-from monitor.training.evaluate import ClipResult, default_workers, evaluate, format_ci, format_report, metrics, summarise  # noqa: E402
+from monitor.training.datasets import identity_group, read_tsv  # noqa: E402
+from monitor.training.evaluate import (  # noqa: E402
+    ClipResult,
+    default_workers,
+    evaluate,
+    format_ci,
+    format_report,
+    metrics,
+    summarise,
+)
 
 
-def split_report(clips: list[ClipResult], held: set[str], threshold: float) -> list[str]:
+def training_groups(manifest: str, root: Path | None) -> dict[str, str]:
+    """Each clip's split group as `monitor train` assigns it: the manifest's `group` column
+    where it has one, else ``identity_group`` of the path (empty if the manifest is gone)."""
+    path = Path(manifest)
+    if not path.is_file():
+        return {}
+    return {c.rel: c.group for c in read_tsv(path, root)}
+
+
+def split_report(clips: list[ClipResult], held: set[str], threshold: float, groups: dict[str, str]) -> list[str]:
+    def group(c: ClipResult) -> str:
+        return groups.get(c.path) or identity_group(c.path)
+
     parts = {
-        "held-out (never trained on)": [c for c in clips if identity_group(c.path) in held],
-        "training groups (in-sample)": [c for c in clips if identity_group(c.path) not in held],
+        "held-out (never trained on)": [c for c in clips if group(c) in held],
+        "training groups (in-sample)": [c for c in clips if group(c) not in held],
     }
     lines = ["| split / set | genuine | fake | AUC | 95% CI | EER | acc@thr | alerts on genuine |", "|---|---|---|---|---|---|---|---|"]
     for name, members in parts.items():
         sets = [("all", members)]
-        live = [c for c in members if "deepfacelive" in c.path]
+        # The paired folders only: DeepFaceLive's own sample clips are genuine footage, not the
+        # originals of these swaps (they made the held-out row 7 swaps against 12 clips).
+        live = [c for c in members if c.path.split("/")[0].endswith(("_swap_cropped", "_orig_cropped"))]
         if live:
-            sets.append(("live swaps (DeepFaceLive swaps + their originals)", live))
+            sets.append(("live swaps (DeepFaceLive swaps + their own originals)", live))
         by_group: dict[str, list[ClipResult]] = {}
         for c in members:
             by_group.setdefault(c.group, []).append(c)
@@ -90,13 +112,16 @@ def main() -> None:
         settings = load_settings(None, demo=False)
         factory = functools.partial(TemporalDetector, TemporalDetector.Config(model_dir=args.model_dir))  # picklable, for the workers
         report = evaluate(args.manifest, args.root, settings, out.with_suffix(".json"), degrade, detector_factory=factory, workers=args.workers)
-    held_report = summarise(report.manifest, report.degrade, report.threshold, [c for c in report.clips if identity_group(c.path) in held])
+    groups = training_groups(report.manifest, args.root)
+    held_report = summarise(
+        report.manifest, report.degrade, report.threshold, [c for c in report.clips if (groups.get(c.path) or identity_group(c.path)) in held]
+    )
     text = [
         f"# Detector accuracy: {model_dir.name}" + (f", degraded {degrade}" if degrade else ""),
         "",
         f"Held-out groups: {', '.join(sorted(held))}",
         "",
-        *split_report(list(report.clips), held, report.threshold),
+        *split_report(list(report.clips), held, report.threshold, groups),
         "",
         "## Held-out clips only",
         "```",
