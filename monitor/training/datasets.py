@@ -284,7 +284,9 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
         if kind not in ("REAL", "FAKE"):
             raise InputError(f"{metadata}: {name}: label {info.get('label')!r} is not REAL or FAKE")
         label: Label = "fake" if kind == "FAKE" else "real"
-        original = info.get("original")
+        # Names are files of the part folder, as DFDC ships them: never a path out of it.
+        name = _relative_path(str(name), f"{metadata}: {name}")
+        original = _relative_path(str(info["original"]), f"{metadata}: {name}: original") if info.get("original") else None
         group = "dfdc:" + (original or name)
         out.append(
             ClipRecord(root / name, label, group, "DFDC", pair=root / original if original else None, rel=name)

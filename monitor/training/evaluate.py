@@ -397,7 +397,12 @@ def summarise(manifest: str, degrade: str | None, threshold: float, results: Seq
         fakes_detected=len(ttd),
         false_alarms_per_hour=alarms / hours if hours > 0 else None,
         genuine_hours=hours,
-        unjudged=tuple((c.path, c.reasons) for c in results if c.score is None and not c.alerts_opened),
+        # Every clip without a video score is listed, so the counts add up: one that opened an
+        # alert on fewer scored points than a video score needs is said to have done so.
+        unjudged=tuple(
+            (c.path, (*c.reasons, "alert_without_video_score") if c.alerts_opened else c.reasons)
+            for c in results if c.score is None
+        ),
     )
 
 

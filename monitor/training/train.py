@@ -107,6 +107,11 @@ class Sampler:
     def __init__(self, clips: Sequence[Clip], cfg: TrainConfig, rng: np.random.Generator) -> None:
         self.reals = [c for c in clips if not c.record.is_fake]
         self.fakes = [c for c in clips if c.record.is_fake] if cfg.real_fakes else []
+        # A fake's original is used only if it is among ``clips`` too: a manifest's `group`
+        # column can put the two in different folds, and the original's frames would then leak
+        # into the model whose out-of-fold scores calibrate the fusion (``sbi.build_pack``
+        # guards the same way).
+        self._members = {str(c.record.path) for c in clips}
         self.cfg = cfg
         self.rng = rng
         if not self.reals:
@@ -149,7 +154,7 @@ class Sampler:
                 c = self.fakes[rng.integers(len(self.fakes))]
                 k = int(rng.integers(len(c.idx)))
                 i = c.idx[k]
-                if c.pair is not None and k < len(c.pair.idx):
+                if c.pair is not None and str(c.pair.record.path) in self._members and k < len(c.pair.idx):
                     # Frame-aligned original: the pair differs only by the manipulation.
                     orig = c.pair.faces.crops[c.pair.idx[k]]
                 else:

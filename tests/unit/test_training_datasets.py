@@ -205,6 +205,19 @@ def test_dfdc_labels_other_than_real_or_fake_are_errors(tmp_path: Path) -> None:
         read_dfdc(tmp_path / "metadata.json")
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"/abs/y.mp4": {"label": "REAL"}}, "is absolute"),
+        ({"x.mp4": {"label": "FAKE", "original": "../../../etc/x.mp4"}}, r"original: path .* leaves the root"),
+    ],
+)
+def test_dfdc_names_stay_in_the_part_folder(tmp_path: Path, entry: dict, message: str) -> None:
+    (tmp_path / "metadata.json").write_text(json.dumps(entry))
+    with pytest.raises(ValueError, match=message):
+        read_dfdc(tmp_path / "metadata.json")
+
+
 def test_ffpp_compression_option_and_an_empty_layout(tmp_path: Path) -> None:
     (tmp_path / "splits").mkdir()
     (tmp_path / "splits" / "train.json").write_text(json.dumps([["001", "002"]]))

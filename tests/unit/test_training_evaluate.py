@@ -53,19 +53,21 @@ def test_summary_counts_attacks_as_not_genuine_and_reports_rates() -> None:
         clip("b/1.mp4", "fake", 0.9, alerts=2, ttd=1.5, method="swap"),
         clip("c/1.mp4", "attack", 0.8, alerts=1, ttd=2.5, method="replay"),
         clip("d/1.mp4", "real", None),
+        clip("e/1.mp4", "fake", None, alerts=1),  # alerted on too few scored points for a video score
     ]
     r = summarise("m.tsv", None, 0.7, clips)
     assert r.overall.n_genuine == 2 and r.overall.n_fake == 2
     assert r.overall.auc == 1.0 and r.overall.accuracy == 1.0
     assert r.time_to_detect_median_s == pytest.approx(2.0)
     assert r.false_alarms_per_hour == pytest.approx(1 / (72 / 3600))  # one alert in 72 s of genuine footage
-    assert r.unjudged == (("d/1.mp4", ("no_face",)),)
+    # Before, e/1.mp4 was in neither the metrics nor this list: the counts did not add up.
+    assert r.unjudged == (("d/1.mp4", ("no_face",)), ("e/1.mp4", ("no_face", "alert_without_video_score")))
     names = {m.name: m for m in r.groups}
     assert names["folder:b"].note == "fakes vs all genuine" and names["folder:b"].auc == 1.0
     assert names["method:replay"].n_fake == 1
     assert r.overall.auc_ci95 is None  # two clips per class: too few for an interval
     text = format_report(r)
-    assert "could not judge 1 clips" in text and "d/1.mp4: no_face" in text
+    assert "could not judge 2 clips" in text and "d/1.mp4: no_face" in text
 
 
 def test_auc_interval_brackets_the_auc_and_narrows_with_more_clips() -> None:

@@ -1,18 +1,23 @@
 """Unit tests for the offline tools' input checks: manifests with repeated paths or no rows,
 Celeb-DF's official split as a training source, `--degrade` specs and clips with corrupt
-packets, and `monitor sbi`'s numeric options."""
+packets, `monitor sbi`'s numeric options, DFDC paths, and which original a training fake is
+paired with."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from monitor.errors import InputError
-from monitor.training.datasets import manifest_rows, read_celebdf, read_source, read_tsv
+from monitor.training.datasets import ClipRecord, manifest_rows, read_celebdf, read_source, read_tsv
 from monitor.training.degrade import Degradation, degrade_clip, parse_degradation
+from monitor.training.extract import STORE_SIZE, FaceClip
+from monitor.training.train import Clip, Sampler, TrainConfig
 from tests.support.media import corrupt_clip
 
 
@@ -193,3 +198,33 @@ def test_sbi_bad_number_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.exit_code == 2, r.output
     assert "--steps must be at least 1, got 0" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+# --- training batches -------------------------------------------------------------------------
+
+
+def _clip(name: str, label: str, group: str, value: int, frames: int = 4) -> Clip:
+    crops = np.full((frames, STORE_SIZE, STORE_SIZE, 3), value, np.uint8)
+    faces = FaceClip(np.arange(frames, dtype=np.float32), np.zeros(frames, np.int32), np.zeros((frames, 478, 3), np.float32),
+                     crops, np.zeros((frames, 478, 3), np.float32), float(frames))
+    return Clip(ClipRecord(Path(name), label, group), faces, np.arange(frames))  # type: ignore[arg-type]  # a str label
+
+
+@pytest.mark.parametrize("same_fold", [True, False])
+def test_a_fakes_original_from_another_fold_is_not_used(tmp_path: Path, same_fold: bool) -> None:
+    # Before: the Sampler took a fake's frame-aligned original wherever it was. A manifest's
+    # `group` column can put the two in different folds, and that fold's faces then leaked into
+    # the model whose out-of-fold scores calibrate the fusion.
+    original = _clip("orig.mp4", "real", "a", 250)  # bright: recognisable after augmentation
+    other_real = _clip("other.mp4", "real", "b", 5)
+    fake = dataclasses.replace(_clip("fake.mp4", "fake", "b", 120), pair=original)
+    members = [fake, other_real] + ([original] if same_fold else [])
+    cfg = TrainConfig(sources=("tsv:m.tsv",), self_blend=False, pairs_per_batch=1, out_dir=tmp_path)
+    means = []
+    for seed in range(6):
+        x, y, _, _ = Sampler(members, cfg, np.random.default_rng(seed)).batch()
+        means.append(float(x[np.flatnonzero(y == 0)[-1]].mean()))  # the fake's partner: the last genuine input
+    if same_fold:
+        assert all(m > 180 for m in means), means  # the frame-aligned original
+    else:
+        assert all(m < 60 for m in means), means  # a genuine face of this fold instead
