@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from monitor.api.http import create_app
 from monitor.clock import Clock, SystemClock
 from monitor.components import detector_factory, faces_factory
 from monitor.config import DEMO_URL, Settings, StreamConfig, redact_url
+from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
@@ -58,7 +60,10 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
-        log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+        try:
+            log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+        except (OSError, sqlite3.Error) as exc:  # a data_dir that is a file, not writable, full
+            raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
         stack.callback(log.close)
         prune_event_log(log, settings, clock.time())
         bus = EventBus(log, metrics, settings.alerts.queue_size)

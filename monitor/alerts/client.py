@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from typing import TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -13,6 +14,7 @@ import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 
+from monitor.config import redact_url
 from monitor.errors import MonitorError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,21 @@ async def current_last_id(ws_url: str, headers: dict[str, str] | None) -> tuple[
     response.raise_for_status()
     events = response.json()
     return (int(events[-1]["id"]), events[-1].get("logepoch")) if events else (0, None)
+
+
+def check_target(url: str, token: str | None) -> None:
+    """Refuse what no retry can fix with a clear error, before connecting: a URL that is not
+    ws(s)://host[:port]/... (a port past 65535 raised OverflowError deep in the socket code)
+    and a token that cannot be sent in a header (not printable ASCII)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise MonitorError(f"--url {redact_url(url)!r} is not a ws:// or wss:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError as exc:
+        raise MonitorError(f"--url {redact_url(url)!r}: {exc}") from None
+    if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise MonitorError("the token must be printable ASCII without spaces, as the service's server.token is")
 
 
 def transient_status(status: int) -> bool:
@@ -121,6 +138,7 @@ async def tail(
     resume from."""
     url, url_token = take_token(url)
     token = token or url_token
+    check_target(url, token)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     last = since
     epoch: str | None = None  # the logepoch of event ``last``

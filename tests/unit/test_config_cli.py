@@ -336,3 +336,29 @@ def test_a_broken_plugin_is_a_config_error_and_does_not_hide_the_schema(monkeypa
     assert r.exit_code == 0, r.output
     sources = json.loads(r.stdout)["x-plugin-options"]["sources"]
     assert "ModuleNotFoundError" in sources["broken"]["x-error"] and "properties" in sources["rtsp"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Each of these ended in a traceback with exit code 1 (for `scan`, "an alert was raised").
+        (["config", "show", "-c", "{latin1}"], "not UTF-8 text"),
+        (["scan", "-c", "{latin1}", "/nonexistent.mp4"], "not UTF-8 text"),
+        (["serve", "--data-dir", "{a_file}"], "cannot open the event log in data_dir"),
+        (["alerts", "--url", "ws://127.0.0.1:99999/ws/alerts"], "Port out of range"),
+        (["alerts", "--url", "http://127.0.0.1:8080/ws/alerts"], "not a ws:// or wss:// URL"),
+        (["alerts", "--token", "héllo-wörld-0123456789"], "printable ASCII"),
+    ],
+)
+def test_bad_input_to_the_cli_is_a_one_line_error_with_exit_code_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.setenv("MONITOR_DEMO", "false")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("# caf\xe9\nlog_level: INFO\n".encode("latin-1"))
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    args = [a.format(latin1=latin1, a_file=a_file) for a in args]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    assert message in r.output and "Traceback" not in r.output
