@@ -4,14 +4,16 @@ feed survives a reload and an event-log reset; the token stays out of URLs and l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Request, async_playwright, expect
+from playwright.async_api import Request, Response, async_playwright, expect
 
 from monitor.alerts.eventlog import EventLog
 from monitor.config import load_settings
@@ -233,3 +235,69 @@ async def test_dashboard_restarts_its_feed_after_an_event_log_reset(tmp_path: Pa
                 assert await page.evaluate("() => lastEventId") == 46
             finally:
                 await browser.close()
+
+
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
+async def test_dashboard_works_under_a_reverse_proxy_prefix(tmp_path: Path) -> None:
+    # Before: the page loaded its script and style relatively but called /api, /ws/alerts and
+    # /whip at the host's root, so under a proxy's /monitor/ every call missed. And an instance
+    # named "streams" made the feed take "logs/<epoch>" for the stream id.
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, instance="streams", server={"token": TOKEN})
+    async with running_service(settings, prefix="/monitor") as svc, async_playwright() as pw:
+        browser = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            deletes: list[tuple[str, int]] = []
+
+            async def on_response(response: Response) -> None:
+                if response.request.method == "DELETE":
+                    deletes.append((response.url, response.status))
+
+            page.on("response", on_response)
+            await page.goto(f"{svc.base}/monitor/?token={TOKEN}")
+            await expect(page.locator("#api-state")).to_have_text("API live", timeout=10_000)
+            await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
+            assert (await page.evaluate("() => ws.url")).startswith(f"ws://{svc.base[7:]}/monitor/ws/alerts")
+            await svc.runtime.bus.publish([Event(EventType.STREAM_STATUS, "lobby", Severity.INFO, 1.7e9,
+                                                 StreamStatusData(StreamState.RUNNING, "behind-proxy", 0))])
+            await expect(page.locator("#feed li .what").first).to_have_text(re.compile(r"\blobby$"), timeout=10_000)
+
+            await page.click("#cam-start")  # WHIP under the prefix, and its session's DELETE too
+            card = page.locator('article[data-stream="my-camera"]')
+            await expect(card).to_have_attribute("data-state", "running", timeout=15_000)
+            await page.click("#cam-stop")
+            await expect(card).to_have_count(0, timeout=10_000)
+            async with asyncio.timeout(10):
+                while not deletes:
+                    await asyncio.sleep(0.05)
+            url, status = deletes[0]
+            assert url.startswith(f"{svc.base}/monitor/whip/my-camera/") and status == 200, deletes
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
+async def test_a_token_typed_in_resumes_the_feed_without_a_gap(tmp_path: Path) -> None:
+    # Before: a token typed in refilled the newest 30 events and resumed after them, so whatever
+    # happened while the websocket was refused, beyond those 30, never showed.
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    async with running_service(settings) as svc, async_playwright() as pw:
+        browser = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            bus = svc.runtime.bus
+            await bus.publish([status_event("first", 0)])
+            await page.goto(f"{svc.base}/?token={TOKEN}")
+            await expect(page.locator("#feed li")).to_have_count(1, timeout=10_000)
+            await page.evaluate("() => { ws.onclose = null; ws.close(); }")  # as a refused token leaves it
+            await bus.publish([status_event(f"missed{i}", i + 1) for i in range(40)])
+            await page.fill("#token", TOKEN)
+            await page.dispatch_event("#token", "change")
+            await expect(page.locator("#feed li")).to_have_count(41, timeout=10_000)
+            assert await page.evaluate("() => lastEventId") == 41
+        finally:
+            await browser.close()

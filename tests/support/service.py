@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 import yaml
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from monitor.app import Runtime, runtime, uvicorn_config
 from monitor.config import Settings
@@ -36,10 +38,12 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[Running]:
-    """The whole service in this event loop, on a free loopback port."""
+async def running_service(settings: Settings, prefix: str = "") -> AsyncIterator[Running]:
+    """The whole service in this event loop, on a free loopback port; with ``prefix`` (e.g.
+    "/monitor"), under that path, as a reverse proxy serving it there would."""
     async with runtime(settings) as rt:
-        config = uvicorn_config(rt.app, settings, rt.metrics)
+        app = Starlette(routes=[Mount(prefix, app=rt.app)]) if prefix else rt.app
+        config = uvicorn_config(app, settings, rt.metrics)
         config.port = 0
         config.log_level = "warning"
         server = uvicorn.Server(config)

@@ -14,6 +14,10 @@ const REASON_TEXT = {
 };
 
 const $ = (id) => document.getElementById(id);
+// Every request is relative to the page, so the dashboard also works behind a reverse proxy
+// that serves the monitor under a path prefix (https://host/monitor/ -> /monitor/api/...).
+const BASE = new URL(".", location.href);
+const here = (path) => new URL(path, BASE).href;
 const timelines = new Map(); // "stream/track" -> [{t, score, state}]
 const explanations = new Map(); // "stream/track" -> {reasons, signals} of its last state change
 const EVENT_IDS_MAX = 2 * FEED_MAX;
@@ -35,7 +39,12 @@ if (params.has("token")) {
   params.delete("token");
   history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
 }
-tokenInput.addEventListener("change", () => { sessionStorage.setItem("token", tokenInput.value); refill().then(connectAlerts); });
+tokenInput.addEventListener("change", () => {
+  sessionStorage.setItem("token", tokenInput.value);
+  // Events held: resume after the newest, so what happened while the token was refused shows
+  // too (a refill would jump to the newest 30 and skip the rest). None held: start as on load.
+  if (lastEventId === null) refill().then(connectAlerts); else connectAlerts();
+});
 const token = () => tokenInput.value.trim();
 // Never in a URL: servers and proxies log URLs. HTTP requests carry the token in a header; the
 // websocket, which cannot set one, offers it as the subprotocol bearer.<base64url(token)> (as
@@ -59,7 +68,7 @@ const reasonText = (codes) => (codes || []).map((c) => REASON_TEXT[c] || c.repla
 // --- streams ----------------------------------------------------------------------------
 async function poll() {
   try {
-    const r = await fetch("/api/streams", { cache: "no-store", headers: authHeaders() });
+    const r = await fetch(here("api/streams"), { cache: "no-store", headers: authHeaders() });
     tokenRefused = r.status === 401;
     if (tokenRefused) { setPill("api-state", "API: token needed", "bad"); return; }
     if (!r.ok) throw new Error(r.status);
@@ -173,10 +182,10 @@ function setPill(id, text, cls) { const p = $(id); p.textContent = text; p.class
 let ws = null, wsRetry = 500;
 function connectAlerts() {
   if (ws) { ws.onclose = null; ws.close(); }
-  const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const resume = lastEventId !== null ? `?since=${lastEventId}` + (lastEpoch ? `&epoch=${encodeURIComponent(lastEpoch)}` : "") : "";
-  const url = `${proto}//${location.host}/ws/alerts` + resume;
-  ws = new WebSocket(url, wsProtocols());
+  const url = new URL("ws/alerts" + resume, BASE);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(url.href, wsProtocols());
   // The backoff resets only once the server has sent something: one refused right after the
   // handshake (1013: too many clients) would otherwise be retried twice a second for ever.
   ws.onopen = () => { setPill("ws-state", "alerts live", "ok"); };
@@ -206,7 +215,9 @@ function onEvent(ce) {
   if (ce.logepoch) lastEpoch = ce.logepoch;
   $("last-id").textContent = "last event #" + lastEventId;
   const d = ce.data || {};
-  const stream = ce.source.split("/streams/")[1] || "?";
+  // Every event's data names its stream; the source (/<instance>/logs/<epoch>/streams/<id>)
+  // does too, after its last "/streams/" (an instance may itself be called "streams").
+  const stream = d.stream_id || ce.source.slice(ce.source.lastIndexOf("/streams/") + 9) || "?";
   if (d.track_id != null && (ce.type.includes(".track.state") || ce.type.includes(".alert.opened"))) {
     // A track that ended takes its explanation with it: the id may name another face later.
     if ((d.reasons || []).includes("track_ended")) explanations.delete(stream + "/" + d.track_id);
@@ -241,13 +252,15 @@ async function startCamera() {
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringDone(pc, 3000); // non-trickle: the offer carries every candidate
     const headers = { "Content-Type": "application/sdp", ...authHeaders() };
-    const r = await fetch(`/whip/${encodeURIComponent(id)}`, { method: "POST", headers, body: pc.localDescription.sdp });
+    const r = await fetch(here(`whip/${encodeURIComponent(id)}`), { method: "POST", headers, body: pc.localDescription.sdp });
     if (r.status !== 201) {
       let reason = r.statusText;
       try { reason = (await r.json()).error; } catch (e) { /* not JSON */ }
       throw new Error(`WHIP ${r.status}: ${reason}`);
     }
-    resource = new URL(r.headers.get("Location"), location.href).href;
+    // The service names the session by its own path (/whip/...), which knows no proxy prefix.
+    const loc = r.headers.get("Location");
+    resource = loc.startsWith("/") && !loc.startsWith("//") ? here(loc.slice(1)) : new URL(loc, location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     cam = { pc, media, resource, id };
     $("cam-video").srcObject = media;
@@ -316,7 +329,7 @@ setInterval(poll, POLL_MS);
 // the newest events from the log, then the websocket resumes after the newest id held.
 async function refill() {
   try {
-    const r = await fetch("/api/events?last=30", { cache: "no-store", headers: authHeaders() });
+    const r = await fetch(here("api/events?last=30"), { cache: "no-store", headers: authHeaders() });
     if (!r.ok) return; // refused or failing: the websocket still connects, from now
     for (const ce of await r.json()) onEvent(ce);
     // An empty log: resume from its start, so nothing published meanwhile is missed.
