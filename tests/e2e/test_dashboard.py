@@ -11,9 +11,10 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.async_api import Request, Response, async_playwright, expect
+from playwright.async_api import Page, Request, Response, async_playwright, expect
 
 from monitor.alerts.eventlog import EventLog
 from monitor.config import load_settings
@@ -37,6 +38,19 @@ FLAGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(tmp_path: Path, **options: Any) -> AsyncIterator[Page]:
+    """Debian's headless chromium with a fresh profile (user-data-dir), and its first page."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS, **options
+        )
+        try:
+            yield browser.pages[0] if browser.pages else await browser.new_page()
+        finally:
+            await browser.close()
 
 
 @contextlib.asynccontextmanager
@@ -66,16 +80,8 @@ async def test_dashboard_publishes_the_camera_and_shows_live_state(tmp_path: Pat
     ARTIFACTS.mkdir(exist_ok=True)
     # The built-in demo stream runs too, so the page shows a face track with its timeline.
     settings = load_settings(None, data_dir=tmp_path / "data", demo=True, server={"token": TOKEN})
-    async with running_service(settings) as svc, async_playwright() as pw, server_log() as logged:
-        browser = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh user-data-dir
-            executable_path=CHROMIUM,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1440, "height": 900},
-        )
-        try:
-            page = browser.pages[0] if browser.pages else await browser.new_page()
+    async with running_service(settings) as svc, server_log() as logged:
+        async with chromium_page(tmp_path, viewport={"width": 1440, "height": 900}) as page:
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             opened = f"{svc.base}/?token={TOKEN}"
@@ -153,8 +159,6 @@ async def test_dashboard_publishes_the_camera_and_shows_live_state(tmp_path: Pat
             assert await page.evaluate("() => cam") is None
             assert errors == []
             assert len(ws_urls) >= 2 and await token_leaks() == []
-        finally:
-            await browser.close()
 
 
 def status_event(detail: str, i: int) -> Event:
@@ -168,12 +172,8 @@ FEED = """() => [...document.querySelectorAll('#feed li')].map((li) => li.queryS
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
 async def test_dashboard_shows_events_from_before_a_reload_once(tmp_path: Path) -> None:
     settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
-    async with running_service(settings) as svc, async_playwright() as pw:
-        browser = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
-        )
-        try:
-            page = browser.pages[0] if browser.pages else await browser.new_page()
+    async with running_service(settings) as svc:
+        async with chromium_page(tmp_path) as page:
             bus = svc.runtime.bus
             await bus.publish([status_event("before-load", 0)])  # shown from /api/events
             await page.goto(f"{svc.base}/?token={TOKEN}")
@@ -192,22 +192,16 @@ async def test_dashboard_shows_events_from_before_a_reload_once(tmp_path: Path) 
             await expect(page.locator("#feed li")).to_have_count(3, timeout=10_000)
             await page.wait_for_timeout(500)
             assert await page.evaluate(FEED) == ["after-reload", "live", "before-load"]
-        finally:
-            await browser.close()
 
 
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
 async def test_dashboard_restarts_its_feed_after_an_event_log_reset(tmp_path: Path) -> None:
     settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
     with contextlib.ExitStack() as stack:
-        async with running_service(settings) as svc, async_playwright() as pw:
-            browser = await pw.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
-            )
+        async with running_service(settings) as svc:
             reset = EventLog(tmp_path / "reset" / "events.sqlite3", svc.runtime.settings.instance)
             stack.callback(reset.close)  # after the service stops using it
-            try:
-                page = browser.pages[0] if browser.pages else await browser.new_page()
+            async with chromium_page(tmp_path) as page:
                 bus = svc.runtime.bus
                 await bus.publish([status_event(f"old{i}", i) for i in range(40)])
                 await page.goto(f"{svc.base}/")
@@ -233,8 +227,6 @@ async def test_dashboard_restarts_its_feed_after_an_event_log_reset(tmp_path: Pa
                 await bus.publish([status_event("after-reset", 99)])
                 await expect(page.locator("#feed li").first).to_contain_text("after-reset", timeout=10_000)
                 assert await page.evaluate("() => lastEventId") == 46
-            finally:
-                await browser.close()
 
 
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
@@ -243,12 +235,8 @@ async def test_dashboard_works_under_a_reverse_proxy_prefix(tmp_path: Path) -> N
     # /whip at the host's root, so under a proxy's /monitor/ every call missed. And an instance
     # named "streams" made the feed take "logs/<epoch>" for the stream id.
     settings = load_settings(None, data_dir=tmp_path / "data", demo=False, instance="streams", server={"token": TOKEN})
-    async with running_service(settings, prefix="/monitor") as svc, async_playwright() as pw:
-        browser = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
-        )
-        try:
-            page = browser.pages[0] if browser.pages else await browser.new_page()
+    async with running_service(settings, prefix="/monitor") as svc:
+        async with chromium_page(tmp_path) as page:
             deletes: list[tuple[str, int]] = []
 
             async def on_response(response: Response) -> None:
@@ -274,8 +262,6 @@ async def test_dashboard_works_under_a_reverse_proxy_prefix(tmp_path: Path) -> N
                     await asyncio.sleep(0.05)
             url, status = deletes[0]
             assert url.startswith(f"{svc.base}/monitor/whip/my-camera/") and status == 200, deletes
-        finally:
-            await browser.close()
 
 
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
@@ -283,12 +269,8 @@ async def test_a_token_typed_in_resumes_the_feed_without_a_gap(tmp_path: Path) -
     # Before: a token typed in refilled the newest 30 events and resumed after them, so whatever
     # happened while the websocket was refused, beyond those 30, never showed.
     settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
-    async with running_service(settings) as svc, async_playwright() as pw:
-        browser = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
-        )
-        try:
-            page = browser.pages[0] if browser.pages else await browser.new_page()
+    async with running_service(settings) as svc:
+        async with chromium_page(tmp_path) as page:
             bus = svc.runtime.bus
             await bus.publish([status_event("first", 0)])
             await page.goto(f"{svc.base}/?token={TOKEN}")
@@ -299,5 +281,3 @@ async def test_a_token_typed_in_resumes_the_feed_without_a_gap(tmp_path: Path) -
             await page.dispatch_event("#token", "change")
             await expect(page.locator("#feed li")).to_have_count(41, timeout=10_000)
             assert await page.evaluate("() => lastEventId") == 41
-        finally:
-            await browser.close()
