@@ -176,7 +176,7 @@ class PolicyConfig(Strict):
     min_alert_s: float = Field(1.0, ge=0, description="The score must stay above `alert_enter` this long before an alert opens.")
     min_state_s: float = Field(1.0, ge=0, description="Minimum time in a state before any downgrade.")
     ema_halflife_s: float = Field(1.0, gt=0, description="Half-life of the exponential smoothing of detector scores.")
-    inconclusive_after_s: float = Field(2.0, ge=0, description="A track without a usable score for this long becomes `inconclusive`.")
+    inconclusive_after_s: float = Field(2.0, gt=0, description="A track without a usable score for this long becomes `inconclusive`.")
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicyConfig:
@@ -280,6 +280,22 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
+    def _slow_analysis(self) -> Settings:
+        # Allowed (it carries more streams per core), but the detector then misses its promise:
+        # a verdict at least every 0.5 s, and the first score within 2 s of a face appearing
+        # (temporal-v1 needs 5 observations: 4 / fps seconds).
+        rates = {"analysis.fps": self.analysis.fps} | {
+            f"streams[{s.id}].analysis_fps": s.analysis_fps for s in self.streams if s.analysis_fps is not None
+        }
+        slow = [f"{k}={v:g}" for k, v in rates.items() if v < 2]
+        if slow:
+            logging.getLogger(__name__).warning(
+                "%s: below 2 frames a second, verdicts come less often than every 0.5 s and a new "
+                "face's first score takes more than 2 s", ", ".join(slow)
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unique_ids(self) -> Settings:
         for what, ids in (("stream", [s.id for s in self.streams]), ("sink", [s.key for s in self.sinks])):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -294,9 +310,8 @@ class Settings(BaseSettings):
 _SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re.IGNORECASE)
 REDACTED = "***"
 # rtsp://user:pass@host, up to the authority's *last* "@" as FFmpeg splits it: a password
-# with a raw "@" in it is hidden whole.
-# The user:password before the host, also in URLs mistyped with one slash or none (the error
-# that reports such a URL must not echo its password).
+# with a raw "@" in it is hidden whole. Also in URLs mistyped with one slash or none (the
+# error that reports such a URL must not echo its password).
 URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
 _URL_QUERY_VALUE = re.compile(r"([?&])([^=&#]+)=([^&#]*)")  # ?access_token=..., &token=...
 

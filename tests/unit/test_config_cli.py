@@ -362,3 +362,13 @@ def test_bad_input_to_the_cli_is_a_one_line_error_with_exit_code_2(
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
     assert message in r.output and "Traceback" not in r.output
+
+
+def test_inconclusive_after_0_is_refused_and_slow_analysis_warns(caplog: pytest.LogCaptureFixture) -> None:
+    # 0 was accepted and stopped all judging: "no usable score for less than 0 s" never held,
+    # so every track stayed inconclusive for ever.
+    with pytest.raises(ConfigError, match=r"policy\.inconclusive_after_s"):
+        load_settings(None, policy={"inconclusive_after_s": 0})
+    load_settings(None, analysis={"fps": 10}, streams=[{"id": "cam", "url": "rtsp://10.0.0.5/s", "analysis_fps": 1.5}])
+    assert "streams[cam].analysis_fps=1.5: below 2 frames a second" in caplog.text
+    assert "analysis.fps=" not in caplog.text

@@ -188,6 +188,38 @@ def test_a_failed_frame_does_not_lose_the_tracks_that_ended_on_it(metrics: Metri
     assert all((gauge("deepfake_monitor_tracks", {"state": s.value}) or 0) == 0 for s in TrackState)
 
 
+def test_a_frame_the_detector_cannot_read_is_no_fresh_evidence(metrics: Metrics) -> None:
+    # Before: features() None (a degenerate mesh; for the baseline a face 10-15% out of frame)
+    # still rescored the window, repeating the last probability as new for seconds. It counted
+    # towards min_alert_s and the track never turned inconclusive.
+    class Unreadable(CountingDetector):
+        def features(self, obs: FaceObservation) -> Any:
+            return None if obs.t >= 1.0 else super().features(obs)
+
+    clock = FakeClock()
+    a = analyzer(Unreadable(0.95), FakeFaces(), metrics, clock)
+    verdicts = []
+    for i in range(40):
+        verdicts.extend(a.analyse(frame(i, i / 10, clock.monotonic())).verdicts)
+        clock.advance(0.1)
+    assert any(v.score.probability == 0.95 for v in verdicts if v.t < 1.0)  # readable until then
+    later = [v for v in verdicts if v.t >= 1.0]
+    assert all(v.score.probability is None and "unusable_frame" in v.reasons for v in later)
+    assert all(t.state == TrackState.INCONCLUSIVE for t in a.snapshot())  # no readable score for 2 s and more
+
+
+def test_a_track_window_keeps_no_crops() -> None:
+    # Nothing reads a crop after features(); kept, a window held seconds of images per face.
+    from monitor.plugins import TrackWindow
+
+    window = TrackWindow("s", 1, 2.0)
+    crop = np.zeros((112, 112, 3), np.uint8)
+    obs = FaceObservation("s", 1, 0, 0.0, 0.0, np.zeros((478, 3), np.float32), (0, 0, 1, 1), crop, GOOD)
+    window.push(obs, "features")
+    assert window.observations[0].crop is None and window.observations[0].t == 0.0
+    assert obs.crop is crop  # the caller's observation is untouched
+
+
 def test_over_budget_skips_detector_work_instead_of_queueing(metrics: Metrics) -> None:
     clock = FakeClock()
     det = CountingDetector()

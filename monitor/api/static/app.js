@@ -10,7 +10,7 @@ const REASON_TEXT = {
   no_face: "no face", occluded: "face occluded", low_resolution: "face too small", low_fps: "frame rate too low",
   multiple_faces: "several faces", low_quality: "poor image", blurred: "blurred", out_of_frame: "face leaves the frame",
   window_too_short: "collecting evidence", warming_up: "collecting evidence", track_ended: "face left", stale: "frames late",
-  no_frames: "no video",
+  no_frames: "no video", unusable_frame: "face unreadable",
 };
 
 const $ = (id) => document.getElementById(id);
