@@ -41,6 +41,17 @@ def is_stream_id(value: str) -> bool:
     return STREAM_ID_RE.fullmatch(value) is not None
 
 
+def bearer_token(token: str | None) -> str | None:
+    """``token`` if it can travel as "Authorization: Bearer <token>"; ValueError otherwise
+    (never echoing it: it is a secret). A space, a newline (a YAML block, a file read with its
+    line end) or a character outside printable ASCII fails in the header (clients refuse it;
+    servers read headers as latin-1 and compare UTF-8), and could at best match in a URL's
+    ?access_token=, which proxies log."""
+    if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise ValueError("must be printable ASCII without spaces or line breaks (e.g. `openssl rand -hex 32`)")
+    return token
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -68,12 +79,7 @@ class ServerConfig(Strict):
     @field_validator("token")
     @classmethod
     def _token_fits_a_header(cls, token: str | None) -> str | None:
-        # Sent as "Authorization: Bearer <token>": a space or a character outside printable
-        # ASCII (headers are read as latin-1, compared as UTF-8) could only ever match in the
-        # URL's ?access_token=, which proxies log. Never echoed: it is a secret.
-        if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
-            raise ValueError("must be printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
-        return token
+        return bearer_token(token)
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> ServerConfig:

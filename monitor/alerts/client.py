@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 from typing import TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -14,7 +13,7 @@ import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 
-from monitor.config import redact_url
+from monitor.config import bearer_token, redact_url
 from monitor.errors import MonitorError
 
 logger = logging.getLogger(__name__)
@@ -80,8 +79,10 @@ def check_target(url: str, token: str | None) -> None:
         parts.port  # noqa: B018 - parsing it is the check
     except ValueError as exc:
         raise MonitorError(f"--url {redact_url(url)!r}: {exc}") from None
-    if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
-        raise MonitorError("the token must be printable ASCII without spaces, as the service's server.token is")
+    try:
+        bearer_token(token)
+    except ValueError as exc:
+        raise MonitorError(f"the token {exc}, as the service's server.token is") from None
 
 
 def transient_status(status: int) -> bool:

@@ -125,6 +125,12 @@ class WhipSessions:
     async def _create(self, stream_id: str, offer: str) -> tuple[WhipSession, str]:
         mids = check_offer(offer, self.settings.webrtc.max_video_tracks)
         names = dict(zip(mids, stream_names(stream_id, mids)))
+        by_name: dict[str, list[str]] = {}
+        for mid, name in names.items():
+            by_name.setdefault(name, []).append(mid)
+        for name, same in by_name.items():
+            if len(same) > 1:  # a=mid v+1 and v_1 both become <id>.v_1: refused before building either
+                raise Refused(400, f"video mids {', '.join(map(repr, same))} would both be stream {name!r}", "malformed_sdp")
         for name in names.values():
             if not is_stream_id(name):
                 raise Refused(400, f"stream id {name!r} must be {STREAM_ID_RULE}", "bad_stream_id")

@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.clock import Clock
-from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig, redact_url
+from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig, bearer_token, redact_url
 from monitor.errors import ConfigError, SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -292,6 +292,13 @@ class WhepSource(ThreadedSource):
             "session on; they are sent the token. A redirect to any other origin is refused.",
         )
 
+        @field_validator("token")
+        @classmethod
+        def _token_fits_a_header(cls, token: str | None) -> str | None:
+            # A newline (a YAML block, a file read with its line end) failed every request, for
+            # ever, and httpx's error quoted the whole header into the stream's status.
+            return bearer_token(token)
+
         @field_validator("redirect_origins")
         @classmethod
         def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
@@ -363,15 +370,6 @@ class WhepSource(ThreadedSource):
     def _trusted(self, url: str) -> bool:
         """The configured endpoint's origin, or one listed in ``redirect_origins``."""
         return any(same_origin(url, origin) for origin in (self.url, *self.config.redirect_origins))
-
-    def _session_headers(self, resource: str) -> dict[str, str]:
-        """Headers for requests to a URL a ``Location`` header gave (a redirect, the session):
-        the token goes only to trusted origins, never to another host."""
-        if self._trusted(resource):
-            return self._headers()
-        if self.config.token:
-            logger.warning("WHEP session %s is not on a configured origin: deleting it without the token", resource)
-        return {}
 
     def _open(self) -> None:
         self._aloop = asyncio.new_event_loop()
@@ -507,8 +505,17 @@ class WhepSource(ThreadedSource):
         resource, self._resource = self._resource, None
         if pc is not None:
             await pc.close()
-        if resource is not None:
-            with contextlib.suppress(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=2.0) as client:
-                    await client.delete(resource, headers=self._session_headers(resource))
+        if resource is None:
+            return
+        if not self._trusted(resource):
+            # The service contacts no host nobody configured, not even to say goodbye: the
+            # media server ends the session itself when the connection goes.
+            logger.warning(
+                "WHEP session %s is not on a configured origin: not deleting it there "
+                "(list its origin in the stream's redirect_origins to have it deleted)", redact_url(resource)
+            )
+            return
+        with contextlib.suppress(httpx.HTTPError):
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                await client.delete(resource, headers=self._headers())
 

@@ -218,6 +218,12 @@ async def test_too_many_video_tracks_are_refused_before_anything_is_built(
             r = await client.post("/whip/room", content=three, headers={**AUTH, **SDP})
             assert r.status_code == 422, r.text
             assert "3 video tracks" in r.json()["error"] and "webrtc.max_video_tracks" in r.json()["error"]
+            # Two mids that make one stream name: before, the first pipeline was built and the
+            # publisher got 409 "stream 'room.v_1' already exists" for a stream that never did.
+            clash = (await video_offer(2)).replace("a=mid:0", "a=mid:v+1").replace("a=mid:1", "a=mid:v_1")
+            clash = clash.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE v+1 v_1")
+            r = await client.post("/whip/room", content=clash, headers={**AUTH, **SDP})
+            assert r.status_code == 400 and "would both be stream 'room.v_1'" in r.json()["error"], r.text
             assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "too_many_tracks"}) == 1
             # Within the limit it is answered.
             pc, ok = await publish(svc.base, "room", [FaceTrack((160, 120)), FaceTrack((160, 120))])

@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from monitor.config import WebRTCConfig
+from monitor.errors import ConfigError
 from monitor.metrics import Metrics
+from monitor.plugins import plugin_config
 from monitor.sources.webrtc import WhepSource, drop_mdns_candidates, same_origin, session_url
 
 ENDPOINT = "https://media.example/whep/cam"
@@ -48,28 +50,34 @@ def whep(metrics: Metrics, token: str | None = TOKEN) -> WhepSource:
     return WhepSource("cam", ENDPOINT, metrics=metrics, config=WhepSource.Config(token=token))
 
 
-def test_token_only_for_the_endpoint_origin(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("bad", ["SFU-SECRET-abc123\n", "SFU-SECRET\x00abc", "SFU SECRET", "SFU-SÉCRET-abc"])
+def test_a_token_that_cannot_travel_in_a_header_is_refused_without_echoing_it(bad: str) -> None:
+    # Before: accepted; every request then failed, for ever, and httpx's "Illegal header value
+    # b'Bearer SFU-SECRET-abc123\n'" reached the stream's status, the event log and the logs.
+    with pytest.raises(ConfigError, match="printable ASCII") as err:
+        plugin_config(WhepSource, {"token": bad})  # as a stream's options are read
+    assert "SECRET" not in str(err.value) and "SÉCRET" not in str(err.value)
+
+
+def test_only_configured_origins_are_trusted(metrics: Metrics) -> None:
     src = whep(metrics)
-    assert src._session_headers("https://media.example/whep/cam/s1") == {"Authorization": f"Bearer {TOKEN}"}
-    with caplog.at_level(logging.WARNING, logger="monitor.sources.webrtc"):
-        assert src._session_headers("https://evil.example/whep/cam/s1") == {}
-    assert "not on a configured origin" in caplog.text
-    caplog.clear()
-    assert whep(metrics, token=None)._session_headers("https://evil.example/s1") == {}
-    assert not caplog.records  # nothing withheld, nothing to warn about
+    assert src._trusted("https://media.example/whep/cam/s1")
+    assert not src._trusted("https://evil.example/whep/cam/s1")
     config = WhepSource.Config(token=TOKEN, redirect_origins=("https://media-2.example",))
     listed = WhepSource("cam", ENDPOINT, metrics=metrics, config=config)
-    assert listed._session_headers("https://media-2.example/s1") == {"Authorization": f"Bearer {TOKEN}"}
-    assert listed._session_headers("http://media-2.example/s1") == {}  # another scheme is another origin
+    assert listed._trusted("https://media-2.example/s1")
+    assert not listed._trusted("http://media-2.example/s1")  # another scheme is another origin
 
 
 @pytest.mark.parametrize(
-    "resource, authorized",
+    "resource, deleted",
     [("https://media.example/whep/cam/s1", True), ("https://evil.example/whep/cam/s1", False)],
 )
-async def test_teardown_deletes_the_session_without_leaking_the_token(
-    metrics: Metrics, monkeypatch: pytest.MonkeyPatch, resource: str, authorized: bool
+async def test_teardown_deletes_the_session_only_on_a_configured_origin(
+    metrics: Metrics, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, resource: str, deleted: bool
 ) -> None:
+    # Before: a session Location on another origin was still sent a DELETE (without the token):
+    # a media server could make the service contact any host it named.
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -82,9 +90,12 @@ async def test_teardown_deletes_the_session_without_leaking_the_token(
     )
     src = whep(metrics)
     src._resource = resource
-    await src._teardown()
-    assert [(r.method, str(r.url)) for r in seen] == [("DELETE", resource)]
-    assert ("authorization" in seen[0].headers) is authorized
+    with caplog.at_level(logging.WARNING, logger="monitor.sources.webrtc"):
+        await src._teardown()
+    if deleted:
+        assert [(r.method, str(r.url), r.headers["authorization"]) for r in seen] == [("DELETE", resource, f"Bearer {TOKEN}")]
+    else:
+        assert seen == [] and "not on a configured origin" in caplog.text
 
 
 MDNS_SDP = (
