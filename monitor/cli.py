@@ -77,7 +77,7 @@ def serve(
 
 @app.command()
 def scan(
-    target: str = typer.Argument(..., help="A video file or an rtsp:// URL."),
+    target: str = typer.Argument(..., help="A video file, or an rtsp://, rtsps:// or http(s):// URL."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (per-track timelines) here."),
     config: Optional[Path] = ConfigOpt,
     duration: Optional[float] = typer.Option(None, min=0.1, help="Stop after this many seconds of stream time (default: whole file; 30 s for URLs)."),

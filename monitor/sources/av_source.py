@@ -356,17 +356,28 @@ def sample_video(
     """Decode a file (as fast as possible) or a live URL and yield frames sampled at ``fps``
     by timestamp, for offline scans. ``received_at`` is the monotonic time after decoding."""
     errors: list[BaseException] = []
-    if url.lower().startswith(("rtsp://", "rtsps://")):
+    live = url.lower().startswith(("rtsp://", "rtsps://"))
+    if live:
         container = open_video(url, dict(RTSP_OPTIONS), timeout=(5.0, 5.0), decoder_options=STREAM_DECODER_OPTIONS)
+    elif "://" in url and not url.startswith("file://"):
+        # http(s), HLS...: a server that accepts and never answers held a scan for ever.
+        container = open_video(url, timeout=(5.0, 5.0))
     else:
         container = open_video(url[len("file://") :] if url.startswith("file://") else url)
+    corrupt = 0
+
+    def on_error(exc: BaseException) -> None:
+        nonlocal corrupt
+        corrupt += 1
+        (on_decode_error or errors.append)(exc)
+
     try:
         interval = 1.0 / fps
         next_t = 0.0
-        live = url.lower().startswith(("rtsp://", "rtsps://"))
         timeline = Timeline.of(container, live=live)
-        seq = 0
-        for vf in decode_frames(container, on_decode_error or errors.append, max_video_gap_s=5.0 if live else None):
+        seq = decoded = 0
+        for vf in decode_frames(container, on_error, max_video_gap_s=5.0 if live else None):
+            decoded += 1
             t = timeline(None if vf.time is None else float(vf.time))
             if max_duration_s is not None and t > max_duration_s:
                 return
@@ -377,5 +388,10 @@ def sample_video(
                 next_t += interval
             seq += 1
             yield Frame.from_decoded("scan", seq, t, time.monotonic(), vf)
+        if not decoded:
+            # As a file stream of the service fails on it: not "no frames, no alert" (a short
+            # file of corrupt packets passed as genuine, a longer one failed at 50 in a row).
+            detail = f" ({corrupt} corrupt packets)" if corrupt else ""
+            raise SourceError(f"no decodable video frame in {redact_text(url, url)}{detail}", retryable=False)
     finally:
         container.close()

@@ -166,3 +166,38 @@ def test_decode_errors_in_a_row_carry_over_from_the_previous_pass(tmp_path: Path
         with pytest.raises(SourceError, match="50 corrupt packets in a row"):
             list(decode_frames(container, errors.append, consecutive_errors=40))
     assert len(errors) == 10
+
+
+def test_a_scan_of_a_short_file_of_corrupt_packets_fails_like_a_long_one(tmp_path: Path) -> None:
+    # Before: 20 corrupt packets (under the 50 in a row that fail a read) gave no frame and no
+    # error, which `monitor scan` reported as "inconclusive (no_frames)" with exit 0, "no alert";
+    # 80 of them failed with exit 2.
+    clip = garbage_video_ts(tmp_path / "garbage.ts", packets=20)
+    errors: list[BaseException] = []
+    with pytest.raises(SourceError, match=r"no decodable video frame in .*garbage.ts \(20 corrupt packets\)"):
+        list(sample_video(str(clip), 10.0, on_decode_error=errors.append))
+    assert len(errors) == 20  # still reported to the caller, one by one
+
+
+def test_a_scan_of_a_url_that_never_answers_times_out(tmp_path: Path) -> None:
+    # Before: only rtsp:// had a timeout; an http server that accepts and never answers held
+    # `monitor scan` for ever.
+    import socket
+    import threading
+
+    outcome: list[BaseException] = []
+
+    def scan(url: str) -> None:
+        try:
+            list(sample_video(url, 10.0))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        worker = threading.Thread(target=scan, args=(f"http://127.0.0.1:{server.getsockname()[1]}/clip.mp4",), daemon=True)
+        worker.start()
+        worker.join(60)  # the open gives up after 5 s; a hang must fail this test, not stall the suite
+        assert not worker.is_alive(), "the scan of a URL that never answers did not give up"
+    assert len(outcome) == 1 and isinstance(outcome[0], SourceError) and "cannot open" in str(outcome[0])
