@@ -5,11 +5,12 @@ Compares the shipped architecture (`nets.AppearanceNet`, width 24) with the fine
 MediaPipe's pretrained face network (`tflite_torch.FaceMeshAppearanceNet`), both exported from
 torch with their initial weights (the cost does not depend on the weights). Both are timed in the
 same process, interleaved; compare the ratio, because these machines are shared and noisy.
-Writes benchmarks/results/appearance_cost.json.
+Writes benchmarks/results/appearance_cost.json (or --out).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -41,6 +42,10 @@ def session(net: torch.nn.Module) -> ort.InferenceSession:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=400, help="timed calls per net")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/appearance_cost.json")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     nets = {"cnn_w24": AppearanceNet(24), "facemesh_trunk": FaceMeshAppearanceNet()}
@@ -55,7 +60,7 @@ def main() -> None:
     for _ in range(50):  # warm-up
         for s in sessions.values():
             s.run(None, {"x": x})
-    for _ in range(400):
+    for _ in range(args.runs):
         for name, s in sessions.items():
             t = time.perf_counter()
             s.run(None, {"x": x})
@@ -68,8 +73,8 @@ def main() -> None:
         "params": {k: sum(p.numel() for p in n.parameters()) for k, n in nets.items()},
     }
     report["ratio_facemesh_to_cnn_median"] = report["ms"]["facemesh_trunk"]["median"] / report["ms"]["cnn_w24"]["median"]
-    out = ROOT / "benchmarks/results/appearance_cost.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

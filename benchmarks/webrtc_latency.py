@@ -1,4 +1,4 @@
-"""WHIP ingest latency on this machine, written to benchmarks/results/webrtc_latency.json (+ .md).
+"""WHIP ingest latency on this machine, written to benchmarks/results/webrtc_latency.json (+ .md; or --out).
 
 For 1 and 4 concurrent 640x480@30 publishers (aiortc, VP8, in a separate process) sending
 generated face video over WHIP on loopback to the service running in this process:
@@ -244,12 +244,14 @@ def main() -> None:
     parser.add_argument("--role", choices=["bench", "publish"], default="bench")
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "webrtc_latency.json", help="where the JSON goes (the .md beside it)")
     args = parser.parse_args()
     if args.role == "publish":
         asyncio.run(publish(args.base, args.n, args.seconds))
         return
     report = asyncio.run(main_async(args.seconds, args.warmup, [int(c) for c in args.counts.split(",")]))
-    out = ROOT / "benchmarks" / "results" / "webrtc_latency.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, out.with_suffix(".md"))
     print(f"wrote {out}")

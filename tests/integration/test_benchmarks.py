@@ -34,3 +34,26 @@ def test_detector_latency_benchmark_runs(tmp_path: Path) -> None:
     out = tmp_path / "detector_latency"
     run("detector_latency.py", "--seconds", "1", "--repeats", "1", "--out", str(out))
     assert any(out.parent.glob(out.name + "*")), list(tmp_path.iterdir())
+
+
+def test_appearance_cost_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "appearance_cost.json"
+    run("appearance_cost.py", "--runs", "5", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["ms"]["cnn_w24"]["median"] > 0 and result["ratio_facemesh_to_cnn_median"] > 0
+    assert max(result["max_abs_onnx_minus_torch"].values()) < 1e-3  # the ONNX export computes what torch does
+
+
+def test_webrtc_latency_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "webrtc_latency.json"
+    run("webrtc_latency.py", "--seconds", "2", "--warmup", "1", "--counts", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    (one,) = result["runs"]
+    assert one["publishers"] == 1 and one["frame_to_verdict_ms"]["n"] > 0 and out.with_suffix(".md").is_file()
+
+
+def test_detector_accuracy_tables_rebuild_from_a_saved_evaluation(tmp_path: Path) -> None:
+    # The card's split tables come from this mode: it must reproduce the committed ones.
+    out = tmp_path / "detector_accuracy"
+    run("detector_accuracy.py", "--from-json", str(ROOT / "benchmarks/results/detector_accuracy.json"), "--out", str(out))
+    assert out.with_suffix(".md").read_text() == (ROOT / "benchmarks/results/detector_accuracy.md").read_text()
