@@ -70,7 +70,9 @@ class TrackWindow:
     def push(self, obs: FaceObservation, features: Any) -> None:
         if self.first_t is None:
             self.first_t = obs.t
-        self.observations.append(obs if obs.crop is None else dataclasses.replace(obs, crop=None))
+        if getattr(obs, "crop", None) is not None and dataclasses.is_dataclass(obs):
+            obs = dataclasses.replace(obs, crop=None)
+        self.observations.append(obs)
         self.features.append(features)
         while self.observations and obs.t - self.observations[0].t > self.horizon_s:
             self.observations.popleft()

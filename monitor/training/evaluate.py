@@ -72,6 +72,7 @@ class EvalReport:
     false_alarms_per_hour: float | None
     genuine_hours: float
     unjudged: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+    alerted_without_score: tuple[str, ...] = field(default=())  # alerted on too few scored points for a video score
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -397,12 +398,10 @@ def summarise(manifest: str, degrade: str | None, threshold: float, results: Seq
         fakes_detected=len(ttd),
         false_alarms_per_hour=alarms / hours if hours > 0 else None,
         genuine_hours=hours,
-        # Every clip without a video score is listed, so the counts add up: one that opened an
-        # alert on fewer scored points than a video score needs is said to have done so.
-        unjudged=tuple(
-            (c.path, (*c.reasons, "alert_without_video_score") if c.alerts_opened else c.reasons)
-            for c in results if c.score is None
-        ),
+        unjudged=tuple((c.path, c.reasons) for c in results if c.score is None and not c.alerts_opened),
+        # Judged by its alert (which counts above), but with no video score for the AUC: listed,
+        # so that the counts add up (it used to vanish from both).
+        alerted_without_score=tuple(c.path for c in results if c.score is None and c.alerts_opened),
     )
 
 
@@ -440,4 +439,7 @@ def format_report(report: EvalReport) -> str:
     if report.unjudged:
         lines.append(f"could not judge {len(report.unjudged)} clips:")
         lines += [f"  {p}: {', '.join(r) or 'unknown'}" for p, r in report.unjudged]
+    if report.alerted_without_score:
+        lines.append(f"{len(report.alerted_without_score)} clips alerted before a video score (their alerts count above; not in the AUC):")
+        lines += [f"  {p}" for p in report.alerted_without_score]
     return "\n".join(lines)

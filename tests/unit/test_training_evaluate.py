@@ -60,14 +60,16 @@ def test_summary_counts_attacks_as_not_genuine_and_reports_rates() -> None:
     assert r.overall.auc == 1.0 and r.overall.accuracy == 1.0
     assert r.time_to_detect_median_s == pytest.approx(2.0)
     assert r.false_alarms_per_hour == pytest.approx(1 / (72 / 3600))  # one alert in 72 s of genuine footage
-    # Before, e/1.mp4 was in neither the metrics nor this list: the counts did not add up.
-    assert r.unjudged == (("d/1.mp4", ("no_face",)), ("e/1.mp4", ("no_face", "alert_without_video_score")))
+    assert r.unjudged == (("d/1.mp4", ("no_face",)),)
+    # Before, e/1.mp4 was in neither the metrics nor a list: the counts did not add up.
+    assert r.alerted_without_score == ("e/1.mp4",)
     names = {m.name: m for m in r.groups}
     assert names["folder:b"].note == "fakes vs all genuine" and names["folder:b"].auc == 1.0
     assert names["method:replay"].n_fake == 1
     assert r.overall.auc_ci95 is None  # two clips per class: too few for an interval
     text = format_report(r)
-    assert "could not judge 2 clips" in text and "d/1.mp4: no_face" in text
+    assert "could not judge 1 clips" in text and "d/1.mp4: no_face" in text
+    assert "1 clips alerted before a video score" in text and "  e/1.mp4" in text
 
 
 def test_auc_interval_brackets_the_auc_and_narrows_with_more_clips() -> None:
