@@ -143,7 +143,7 @@ class WebRTCConfig(Strict):
         used: dict[str, list[str]] = {"STUN": [], "TURN": []}
         for i, server in enumerate(self.ice_servers):
             for url in server.urls:
-                where = f"ice_servers[{i}]: {url!r}"
+                where = f"ice_servers[{i}]: {redact_url(url)!r}"  # turn:user:password@host is seen too
                 try:
                     parsed = parse_stun_turn_uri(url)
                 except ValueError as exc:
@@ -161,7 +161,7 @@ class WebRTCConfig(Strict):
                 used["TURN"].append(url)
         for kind, urls in used.items():
             if len(urls) > 1:
-                raise ValueError(f"aiortc uses one {kind} server and would ignore {urls[1:]}: list only one")
+                raise ValueError(f"aiortc uses one {kind} server and would ignore {[redact_url(u) for u in urls[1:]]}: list only one")
         for address in self.host_addresses:
             try:
                 ipaddress.ip_address(address)

@@ -256,16 +256,25 @@ class EventLog:
         in every run of a stream, so the newest event for a (stream, track id) is what counts:
         a run that ended cleanly announced every end, and only a process that died leaves a
         newest event without one."""
+        kind = EventType.TRACK_STATE.value
         with self._lock:
+            # SQLite's JSON functions reject the Infinity older logs can hold (see _load_data):
+            # those rows are read in Python instead of failing the whole query.
             rows = self._db.execute(
-                "SELECT stream_id, data FROM events WHERE id IN ("
-                "  SELECT MAX(id) FROM events WHERE type = ?"
+                "SELECT id, stream_id, data FROM events WHERE id IN ("
+                "  SELECT MAX(id) FROM events WHERE type = ? AND json_valid(data)"
                 "  GROUP BY stream_id, json_extract(data, '$.track_id'))"
-                " ORDER BY id",
-                (EventType.TRACK_STATE.value,),
+                " UNION ALL SELECT id, stream_id, data FROM events WHERE type = ? AND NOT json_valid(data)",
+                (kind, kind),
             ).fetchall()
-        found = [(r[0], _load_data(r[1])) for r in rows]
-        return [(stream, data) for stream, data in found if "track_ended" not in (data.get("reasons") or ())]
+        newest: dict[tuple[str, Any], tuple[int, dict[str, Any]]] = {}
+        for row_id, stream, raw in sorted(rows):
+            data = _load_data(raw)
+            newest[(stream, data.get("track_id"))] = (row_id, data)
+        return [
+            (stream, data) for (stream, _), (_, data) in sorted(newest.items(), key=lambda kv: kv[1][0])
+            if "track_ended" not in (data.get("reasons") or ())
+        ]
 
     def prune(self, older_than: float, keep_after: int | None = None) -> int:
         """Delete events older than ``older_than`` (UNIX time), but none with an id above

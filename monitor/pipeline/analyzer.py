@@ -213,16 +213,18 @@ class StreamAnalyzer:
         reasons = quality_reasons(obs.quality, self.analysis)
         if reasons:
             score = Score(None, (), reasons)
-        elif skip_detect and len(track.window):
-            # Over budget: reuse the window as it is instead of adding this frame's features.
-            score = self.detector.score(track.window)
         else:
-            features = self.detector.features(obs)
-            track.window.push(obs, features)
+            if skip_detect and len(track.window):
+                # Over budget: reuse the window as it is instead of adding this frame's features.
+                features = track.window.features[-1]
+            else:
+                features = self.detector.features(obs)
+                track.window.push(obs, features)
             # None: the detector can read nothing in this frame (no crop, a degenerate mesh, a
-            # face the detector's own gate rejects). Scoring the window again would repeat the
-            # last probability as fresh evidence: held for seconds, it counted towards
-            # min_alert_s and kept the track from ever turning inconclusive.
+            # face the detector's own gate rejects), or, when this frame is skipped, in the last
+            # one. Scoring the window again would repeat the last probability as fresh evidence:
+            # held for seconds, it counted towards min_alert_s and kept the track from ever
+            # turning inconclusive.
             score = self.detector.score(track.window) if features is not None else Score(None, (), ("unusable_frame",))
         all_reasons = tuple(dict.fromkeys(reasons + score.reasons + (("multiple_faces",) if multiple else ())))
         return Verdict(self.stream_id, obs.track_id, obs.t, obs.received_at, score, obs.quality, all_reasons)

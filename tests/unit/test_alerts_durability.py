@@ -142,6 +142,29 @@ async def test_tracks_left_unended_by_a_crash_are_ended_at_start_once(tmp_path: 
     assert len(logged(settings)) == 13
 
 
+async def test_an_old_row_sqlite_cannot_parse_does_not_keep_alerts_open(tmp_path: Path) -> None:
+    # Logs written before +-inf was mapped to null hold `Infinity`, which SQLite's JSON functions
+    # reject. Before: the track query raised on it, and with it the whole start-up step, so the
+    # open alert below stayed open for good.
+    settings = make_settings(tmp_path)
+    log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+    log.append([track_state("cam", 4, TrackState.SUSPICIOUS, 3.0), alert(EventType.ALERT_OPENED, "kept-open")])
+    log._db.execute(  # noqa: SLF001 - a row as an older version wrote it
+        "INSERT INTO events(type, stream_id, severity, time, subject, data) VALUES (?, ?, ?, ?, ?, ?)",
+        (EventType.TRACK_STATE.value, "cam", "info", time.time(), "streams/cam/tracks/5",
+         '{"track_id": 5, "state": "alert", "previous": "suspicious", "score": Infinity, "raw_score": 1.0, '
+         '"reasons": ["score_above_threshold"], "signals": [], "since_t": 1.0, "t": 2.0}'),
+    )
+    log.close()
+
+    async with runtime(settings):
+        pass
+    added = logged(settings)[3:]
+    assert [d.get("alert_id") for t, d in added if t == CLOSED] == ["kept-open"]
+    ends = {d["track_id"]: d for t, d in added if t == EventType.TRACK_STATE.value}
+    assert set(ends) == {4, 5} and ends[5]["previous"] == "alert" and ends[5]["score"] is None
+
+
 # --- clients that stop reading -----------------------------------------------------------------
 
 

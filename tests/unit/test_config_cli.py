@@ -262,6 +262,14 @@ def test_ice_servers_are_checked_as_aiortc_reads_them(servers: list[dict], messa
         load_settings(None, webrtc={"ice_servers": servers})
 
 
+def test_ice_server_errors_hide_a_password_in_the_url() -> None:
+    for servers in ([{"urls": ["turn:alice:S3cretPw@turn.example:3478"]}],
+                    [{"urls": ["stun:a.internal:3478", "stun:bob:S3cretPw@b.internal:3478"]}]):
+        with pytest.raises(ConfigError) as err:
+            load_settings(None, webrtc={"ice_servers": servers})
+        assert "S3cretPw" not in str(err.value) and "***@" in str(err.value)
+
+
 def test_good_ice_servers_and_host_addresses_load() -> None:
     webrtc = load_settings(None, webrtc={
         "ice_servers": [{"urls": ["stun:stun.internal:3478"]}, {"urls": ["turns:turn.internal:5349?transport=tcp"], **TURN}],

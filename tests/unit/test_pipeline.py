@@ -208,6 +208,28 @@ def test_a_frame_the_detector_cannot_read_is_no_fresh_evidence(metrics: Metrics)
     assert all(t.state == TrackState.INCONCLUSIVE for t in a.snapshot())  # no readable score for 2 s and more
 
 
+def test_an_unreadable_face_gives_no_score_on_skipped_frames_either(metrics: Metrics) -> None:
+    # Over budget, every other frame skips the detector and rescored the window: after an
+    # unreadable frame that repeated the last probability, and under load the track stayed in
+    # alert on frames nobody could read.
+    class Unreadable(CountingDetector):
+        def features(self, obs: FaceObservation) -> Any:
+            return None if obs.t >= 1.0 else super().features(obs)
+
+    clock = FakeClock()
+    a = analyzer(Unreadable(0.95), FakeFaces(), metrics, clock)
+    verdicts = []
+    for i in range(40):
+        if i == 10:
+            ticks = iter(np.arange(0, 1000, 0.25))  # from t = 1.0 on, every analysis runs over budget
+            a._timer = lambda: float(next(ticks))
+        verdicts.extend(a.analyse(frame(i, i / 10, clock.monotonic())).verdicts)
+        clock.advance(0.1)
+    assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 10
+    assert all(v.score.probability is None for v in verdicts if v.t >= 1.0)
+    assert all(t.state == TrackState.INCONCLUSIVE for t in a.snapshot())
+
+
 def test_a_track_window_keeps_no_crops() -> None:
     # Nothing reads a crop after features(); kept, a window held seconds of images per face.
     from monitor.plugins import TrackWindow

@@ -258,9 +258,11 @@ async function startCamera() {
       try { reason = (await r.json()).error; } catch (e) { /* not JSON */ }
       throw new Error(`WHIP ${r.status}: ${reason}`);
     }
-    // The service names the session by its own path (/whip/...), which knows no proxy prefix.
+    // The service names the session by its own path (/whip/...), which knows no proxy prefix:
+    // put the page's prefix in front, unless a proxy already rewrote the Location to carry it.
     const loc = r.headers.get("Location");
-    resource = loc.startsWith("/") && !loc.startsWith("//") ? here(loc.slice(1)) : new URL(loc, location.href).href;
+    const own = loc.startsWith("/") && !loc.startsWith("//") && !loc.startsWith(BASE.pathname);
+    resource = own ? here(loc.slice(1)) : new URL(loc, location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     cam = { pc, media, resource, id };
     $("cam-video").srcObject = media;
