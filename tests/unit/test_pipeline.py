@@ -188,46 +188,34 @@ def test_a_failed_frame_does_not_lose_the_tracks_that_ended_on_it(metrics: Metri
     assert all((gauge("deepfake_monitor_tracks", {"state": s.value}) or 0) == 0 for s in TrackState)
 
 
-def test_a_frame_the_detector_cannot_read_is_no_fresh_evidence(metrics: Metrics) -> None:
+class UnreadableFromOneSecond(CountingDetector):
+    """Reads faces until t = 1.0 s, then none (features None: a degenerate mesh, say)."""
+
+    def features(self, obs: FaceObservation) -> Any:
+        return None if obs.t >= 1.0 else super().features(obs)
+
+
+@pytest.mark.parametrize("over_budget", [False, True])
+def test_a_frame_the_detector_cannot_read_is_no_fresh_evidence(metrics: Metrics, over_budget: bool) -> None:
     # Before: features() None (a degenerate mesh; for the baseline a face 10-15% out of frame)
     # still rescored the window, repeating the last probability as new for seconds. It counted
-    # towards min_alert_s and the track never turned inconclusive.
-    class Unreadable(CountingDetector):
-        def features(self, obs: FaceObservation) -> Any:
-            return None if obs.t >= 1.0 else super().features(obs)
-
+    # towards min_alert_s and the track never turned inconclusive. Over budget, the frames that
+    # skip the detector rescored the window too, so under load that went on.
     clock = FakeClock()
-    a = analyzer(Unreadable(0.95), FakeFaces(), metrics, clock)
+    a = analyzer(UnreadableFromOneSecond(0.95), FakeFaces(), metrics, clock)
     verdicts = []
     for i in range(40):
-        verdicts.extend(a.analyse(frame(i, i / 10, clock.monotonic())).verdicts)
-        clock.advance(0.1)
-    assert any(v.score.probability == 0.95 for v in verdicts if v.t < 1.0)  # readable until then
-    later = [v for v in verdicts if v.t >= 1.0]
-    assert all(v.score.probability is None and "unusable_frame" in v.reasons for v in later)
-    assert all(t.state == TrackState.INCONCLUSIVE for t in a.snapshot())  # no readable score for 2 s and more
-
-
-def test_an_unreadable_face_gives_no_score_on_skipped_frames_either(metrics: Metrics) -> None:
-    # Over budget, every other frame skips the detector and rescored the window: after an
-    # unreadable frame that repeated the last probability, and under load the track stayed in
-    # alert on frames nobody could read.
-    class Unreadable(CountingDetector):
-        def features(self, obs: FaceObservation) -> Any:
-            return None if obs.t >= 1.0 else super().features(obs)
-
-    clock = FakeClock()
-    a = analyzer(Unreadable(0.95), FakeFaces(), metrics, clock)
-    verdicts = []
-    for i in range(40):
-        if i == 10:
+        if over_budget and i == 10:
             ticks = iter(np.arange(0, 1000, 0.25))  # from t = 1.0 on, every analysis runs over budget
             a._timer = lambda: float(next(ticks))
         verdicts.extend(a.analyse(frame(i, i / 10, clock.monotonic())).verdicts)
         clock.advance(0.1)
-    assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 10
-    assert all(v.score.probability is None for v in verdicts if v.t >= 1.0)
-    assert all(t.state == TrackState.INCONCLUSIVE for t in a.snapshot())
+    if over_budget:
+        assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 10
+    assert any(v.score.probability == 0.95 for v in verdicts if v.t < 1.0)  # readable until then
+    later = [v for v in verdicts if v.t >= 1.0]
+    assert all(v.score.probability is None and "unusable_frame" in v.reasons for v in later)
+    assert all(t.state == TrackState.INCONCLUSIVE for t in a.snapshot())  # no readable score for 2 s and more
 
 
 def test_a_track_window_keeps_no_crops() -> None:
