@@ -51,13 +51,14 @@ def training_groups(manifest: str, root: Path | None) -> dict[str, str]:
     return {c.rel: c.group for c in read_tsv(path, root)}
 
 
-def split_report(clips: list[ClipResult], held: set[str], threshold: float, groups: dict[str, str]) -> list[str]:
-    def group(c: ClipResult) -> str:
-        return groups.get(c.path) or identity_group(c.path)
+def clip_group(c: ClipResult, groups: dict[str, str]) -> str:
+    return groups.get(c.path) or identity_group(c.path)
 
+
+def split_report(clips: list[ClipResult], held: set[str], threshold: float, groups: dict[str, str]) -> list[str]:
     parts = {
-        "held-out (never trained on)": [c for c in clips if group(c) in held],
-        "training groups (in-sample)": [c for c in clips if group(c) not in held],
+        "held-out (never trained on)": [c for c in clips if clip_group(c, groups) in held],
+        "training groups (in-sample)": [c for c in clips if clip_group(c, groups) not in held],
     }
     lines = ["| split / set | genuine | fake | AUC | 95% CI | EER | acc@thr | alerts on genuine |", "|---|---|---|---|---|---|---|---|"]
     for name, members in parts.items():
@@ -114,7 +115,7 @@ def main() -> None:
         report = evaluate(args.manifest, args.root, settings, out.with_suffix(".json"), degrade, detector_factory=factory, workers=args.workers)
     groups = training_groups(report.manifest, args.root)
     held_report = summarise(
-        report.manifest, report.degrade, report.threshold, [c for c in report.clips if (groups.get(c.path) or identity_group(c.path)) in held]
+        report.manifest, report.degrade, report.threshold, [c for c in report.clips if clip_group(c, groups) in held]
     )
     text = [
         f"# Detector accuracy: {model_dir.name}" + (f", degraded {degrade}" if degrade else ""),

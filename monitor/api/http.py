@@ -311,8 +311,9 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
             check_api_file(stream.url, settings.server.api_file_roots)
             # Under a root (so the answer tells nothing about other files): refused now, where a
             # configured stream would start and fail.
-            if not Path(stream.url.removeprefix("file://")).is_file():
-                raise HTTPException(400, f"file not found: {stream.url.removeprefix('file://')}")
+            path = stream.url.removeprefix("file://")
+            if not Path(path).is_file():
+                raise HTTPException(400, f"file not found: {path}")
         pipeline = await manager.add(stream)
         return status_json(pipeline.status())
 
