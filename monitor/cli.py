@@ -228,11 +228,12 @@ def sbi(ctx: typer.Context) -> None:
 @app.command()
 def evaluate(
     manifest: Path = typer.Argument(..., help="TSV with a header and at least `path` and `label` (real | fake | attack).", exists=True, dir_okay=False),
-    root: Optional[Path] = typer.Option(None, help="Directory the manifest's paths are relative to (default: the manifest's directory)."),
+    root: Optional[Path] = typer.Option(None, help="Directory the manifest's paths are relative to (default: the manifest's directory).", exists=True, file_okay=False),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every clip's score, verdict, time to detect and alerts here."),
     degrade: Optional[str] = typer.Option(None, help="Evaluate degraded copies: 300k, 360p, noise or all."),
     workers: Optional[int] = typer.Option(None, min=1, help="Clips scanned at once, one process each (default: the CPUs available, at most 8); results do not depend on it."),
     config: Optional[Path] = ConfigOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (none either when stderr is not a terminal)."),
 ) -> None:
     """Run the streaming pipeline over every clip of a manifest; report AUC, EER, accuracy,
     time to detect and false alarms per hour, overall and per group."""
@@ -248,7 +249,10 @@ def evaluate(
     if json_out is not None:
         _check_writable(json_out)
     try:
-        report = run_evaluate(manifest, root or manifest.parent, settings, None, degrade, workers=workers or default_workers())
+        report = run_evaluate(
+            manifest, root or manifest.parent, settings, None, degrade,
+            workers=workers or default_workers(), progress=not quiet and sys.stderr.isatty(),
+        )
     except (MonitorError, OSError) as exc:  # InputError: a bad manifest row or --degrade spec
         _fail(exc)
     typer.echo(format_report(report))

@@ -83,7 +83,8 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
     ``path`` and ``label``; there must be a row, and no path twice.
 
     UTF-8 text as spreadsheets export it is accepted: a byte-order mark, CRLF line ends, header
-    names in any case or padded with spaces, blank lines, and cells quoted whole. Cells are
+    names in any case or padded with spaces, blank lines, comment lines (after the header, a
+    first cell starting with ``#``), and cells quoted whole. Cells are
     stripped. Other quotes are text, as in any TSV: a stray ``"`` cannot swallow the lines after it."""
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as f:
@@ -92,8 +93,8 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
             rows: list[tuple[int, dict[str, str]]] = []
             for r in reader:
                 cells = [_unquote(v.strip()) for v in r]
-                if not any(cells):
-                    continue
+                if not any(cells) or (header and cells[0].startswith("#")):
+                    continue  # blank, or a comment line (after the header)
                 if not header:
                     header = [h.lower() for h in cells]
                     continue
@@ -213,15 +214,19 @@ CELEBDF_FOLDERS = ("Celeb-real", "Celeb-synthesis", "YouTube-real")  # Celeb-syn
 
 def _celebdf_record(root: Path, rel: str, label: Label) -> ClipRecord:
     name = Path(rel).stem
-    group = "celebdf:" + name.split("_")[0]
+    parts = name.split("_")
+    group = "celebdf:" + parts[0]
     method = "Celeb-synthesis" if label == "fake" else rel.split("/")[0]
-    return ClipRecord(root / rel, label, group, method, rel=rel)
+    # Celeb-synthesis/id<target>_id<source>_<k>.mp4 puts the source's face into the target's
+    # video Celeb-real/id<target>_<k>.mp4: its frame-aligned original, for real/fake pairing.
+    pair = root / "Celeb-real" / f"{parts[0]}_{parts[2]}.mp4" if label == "fake" and len(parts) == 3 else None
+    return ClipRecord(root / rel, label, group, method, pair=pair, rel=rel)
 
 
 def _celebdf_test_list(test_list: Path) -> list[tuple[str, Label]]:
     """``(relative path, label)`` of each line of ``List_of_testing_videos.txt``."""
     out: list[tuple[str, Label]] = []
-    for number, line in enumerate(test_list.read_text().splitlines(), start=1):
+    for number, line in enumerate(test_list.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split(maxsplit=1)

@@ -7,7 +7,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,7 +160,9 @@ def metrics(name: str, clips: Sequence[ClipResult], threshold: float, note: str 
 
 def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metrics]:
     """Per first path component and per ``method``. A group with only fakes is scored against
-    every genuine clip of the manifest (the usual per-manipulation AUC); the note says so."""
+    every genuine clip of the manifest (the usual per-manipulation AUC); the note says so. Its
+    accuracy is over its own clips, the share of them caught (None if none was judged): over
+    the pooled set it would mostly measure the other groups' genuine clips."""
     genuine = [c for c in results if not c.is_fake]
     out: list[Metrics] = []
     for kind, key in (("folder", lambda c: c.group), ("method", lambda c: c.method)):
@@ -168,7 +170,8 @@ def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metri
         for name in names:
             members = [c for c in results if key(c) == name]
             if all(c.is_fake for c in members):
-                out.append(metrics(f"{kind}:{name}", members + genuine, threshold, "fakes vs all genuine"))
+                pooled = metrics(f"{kind}:{name}", members + genuine, threshold, "fakes vs all genuine")
+                out.append(replace(pooled, accuracy=metrics(pooled.name, members, threshold).accuracy))
             else:
                 out.append(metrics(f"{kind}:{name}", members, threshold))
     return out
@@ -427,7 +430,7 @@ def format_report(report: EvalReport) -> str:
             f"{name[:52]:52} {m.n_genuine:>4} {m.n_fake:>4} {_f(m.auc):>6} {format_ci(m.auc_ci95):>13} {_f(m.eer):>6} {_f(m.accuracy):>6} "
             f"{_f(m.mean_score_genuine):>6} {_f(m.mean_score_fake):>6}"
         )
-    lines.append("* fakes of this group scored against all genuine clips")
+    lines.append("* fakes of this group scored against all genuine clips; acc: the share of the group's own clips caught")
     lines.append(f"95% CI: stratified bootstrap of the AUC; '-' below {AUC_CI_MIN_PER_CLASS} clips in a class")
     n_fake = sum(c.is_fake for c in report.clips)
     lines += [

@@ -350,11 +350,12 @@ def eval_report(
     count as unseen (``live_swaps_all_auc`` is then None: it would mix in trained-on swaps)."""
     clips = pack.meta["eval_clips"]
     eval_clip, sbi_y = pack.eval_clip[::frames], pack.sbi_y[::frames]
-    score = np.array([frame_logits[eval_clip == k].mean() for k in range(len(clips))])
-    fake = np.array([c["label"] != "real" for c in clips])
-    held = np.array([c["heldout"] for c in clips])
-    dfl = np.array([c["rel"].startswith("deepfacelive_") and "_cropped/" in c["rel"] for c in clips])
-    sad = np.array([c["group"] == "sadtalker_fake" for c in clips])
+    score = np.array([frame_logits[eval_clip == k].mean() for k in range(len(clips))], np.float64)
+    # bool even when there is no evaluation clip (a real-only pack): an empty float mask breaks ``~``
+    fake = np.array([c["label"] != "real" for c in clips], bool)
+    held = np.array([c["heldout"] for c in clips], bool)
+    dfl = np.array([c["rel"].startswith("deepfacelive_") and "_cropped/" in c["rel"] for c in clips], bool)
+    sad = np.array([c["group"] == "sadtalker_fake" for c in clips], bool)
     genuine_held = held & ~fake
     unseen = held if fakes_seen else np.ones_like(held)
 
@@ -470,6 +471,7 @@ def fit(
         return out.cpu().numpy()
 
     def evaluate(step: int) -> None:
+        save(step)  # the weights first: an evaluation that fails must not lose the training
         row: dict[str, object] = {"step": step, "elapsed_s": round(time.monotonic() - started, 1)}
         for w in widths:
             ev = [logits(nets[(w, f)], eval_x) for f in fold_ids]

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class TrainConfig(BaseModel):
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
     appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
-    call_codecs: bool = Field(False, description="Degrade training crops with calls' video codecs too (H.264 and VP8 at quantisers calibrated on 360p calls at 0.3-1.5 Mbit/s), not only JPEG. The shipped temporal-v1 is trained with it: benchmarks/results/codec_channel.md.")
+    call_codecs: bool = Field(True, description="Degrade training crops with calls' video codecs too (H.264 and VP8 at quantisers calibrated on 360p calls at 0.3-1.5 Mbit/s), not only JPEG. The shipped temporal-v1 is trained with it: benchmarks/results/codec_channel.md.")
     animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads). Measured not to help on data/dev: benchmarks/results/animated_stills.md.")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
 
@@ -286,7 +287,9 @@ def train_appearance(  # type: ignore[no-untyped-def]
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # drawn at tqdm's own pace
+        if not progress and ((step + 1) % 100 == 0 or step + 1 == steps):
+            logger.info("%s: step %d/%d, loss %.3f", desc, step + 1, steps, loss.item())
         _checkpoint(ckpt, stage, step + 1, steps, net, opt, sched, rng)
     net.eval()
     return net
@@ -356,7 +359,9 @@ def train_geometry(  # type: ignore[no-untyped-def]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # drawn at tqdm's own pace
+        if not progress and ((step + 1) % 100 == 0 or step + 1 == steps):
+            logger.info("%s: step %d/%d, loss %.3f", desc, step + 1, steps, loss.item())
         _checkpoint(ckpt, stage, step + 1, steps, net, opt, None, rng)
     net.eval()
     return net
@@ -741,7 +746,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none); a rerun of an interrupted command resumes from them")
     ap.add_argument("--fresh", action="store_true", help="ignore checkpoints left by an interrupted run")
     ap.add_argument("--animated-stills", action="store_true", help="also fit the fusion on animated stills of the genuine clips (a talking-head proxy)")
-    ap.add_argument("--call-codecs", action="store_true", help="degrade training crops with H.264 and VP8 as calls do, not only JPEG")
+    ap.add_argument("--call-codecs", action=argparse.BooleanOptionalAction, default=True, help="degrade training crops with H.264 and VP8 as calls do, not only JPEG (default; --no-call-codecs rebuilds bundles from before 2026-11-26)")
+    ap.add_argument("--quiet", "-q", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal)")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     ap.add_argument("--max-clip-s", type=float, default=60.0, help="read at most this many seconds of each clip (default 60)")
     ap.add_argument("--workers", type=int, default=None, help="processes extracting faces not yet cached (default: usable CPUs, at most 8); the weights do not depend on it")
@@ -755,7 +761,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
-    print(run_training(cfg, fresh=args.fresh, workers=args.workers or default_workers()))
+    progress = not args.quiet and sys.stderr.isatty()  # a log file gets the log lines, not a bar redrawn in place
+    print(run_training(cfg, progress=progress, fresh=args.fresh, workers=args.workers or default_workers()))
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:

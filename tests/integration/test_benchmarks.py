@@ -57,3 +57,18 @@ def test_detector_accuracy_tables_rebuild_from_a_saved_evaluation(tmp_path: Path
     out = tmp_path / "detector_accuracy"
     run("detector_accuracy.py", "--from-json", str(ROOT / "benchmarks/results/detector_accuracy.json"), "--out", str(out))
     assert out.with_suffix(".md").read_text() == (ROOT / "benchmarks/results/detector_accuracy.md").read_text()
+
+
+def test_analysis_rate_benchmark_runs(tmp_path: Path) -> None:
+    from monitor.sources.demo_media import write_clip
+
+    for name in ("real/a.mp4", "fake/b.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_clip(tmp_path / name, 2.0, fps=30, width=320, height=240)
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlabel\tduration_s\nreal/a.mp4\treal\t2.0\nfake/b.mp4\tfake\t2.0\n")
+    out = tmp_path / "analysis_rate"
+    run("analysis_rate.py", str(manifest), "--root", str(tmp_path), "--genuine", "1", "--fake", "1", "--workers", "1", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(result["clips"]) == ["fake/b.mp4", "real/a.mp4"] and len(result["runs"]) == 5
+    assert result["runs"]["10 fps (reference)"]["identical_to_reference"] and out.with_suffix(".md").is_file()

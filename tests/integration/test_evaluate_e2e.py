@@ -160,7 +160,7 @@ def test_animated_stills_add_fusion_windows_and_leave_the_rest_unchanged(dataset
 
     base = TrainConfig(
         sources=(f"tsv:{dataset / 'm.tsv'}",), out_dir=tmp_path / "off", cache_dir=tmp_path / "cache",
-        appearance_steps=2, geometry_steps=2, pairs_per_batch=2, folds=0, threads=1,
+        appearance_steps=2, geometry_steps=2, pairs_per_batch=2, folds=0, threads=1, call_codecs=False,
     )
     run_training(base, progress=False)
     stills = base.model_copy(update={"out_dir": tmp_path / "on", "animated_stills": True})
@@ -182,15 +182,16 @@ def test_animated_stills_add_fusion_windows_and_leave_the_rest_unchanged(dataset
 
 
 def test_call_codecs_flag_changes_only_the_appearance_training(dataset: Path, tmp_path: Path) -> None:
-    """`monitor train --call-codecs` re-encodes training crops with H.264/VP8: the CNN weights
-    change and the manifest says so; without the flag the manifest does not mention it."""
+    """`monitor train` re-encodes training crops with H.264/VP8 by default: the CNN weights
+    change and the manifest says so; with `--no-call-codecs` (the recipe before 2026-11-26) the
+    manifest does not mention it, so that recipe still rebuilds its bundles bit for bit."""
     import torch
 
     from monitor.training.train import main
 
     common = ["--source", f"tsv:{dataset / 'm.tsv'}", "--cache-dir", str(tmp_path / "cache"), "--appearance-steps", "3", "--geometry-steps", "2", "--checkpoint-every", "0"]
-    main([*common, "--out", str(tmp_path / "off")])
-    main([*common, "--out", str(tmp_path / "on"), "--call-codecs"])
+    main([*common, "--out", str(tmp_path / "off"), "--no-call-codecs"])
+    main([*common, "--out", str(tmp_path / "on")])
     off = json.loads((tmp_path / "off/manifest.json").read_text())["train_config"]
     on = json.loads((tmp_path / "on/manifest.json").read_text())["train_config"]
     assert "call_codecs" not in off and on.pop("call_codecs") is True and on == off

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from monitor.detect.bundle import FILES, MODELS_DIR, Fusion, load_bundle, sha256_file
 from monitor.detect.features import GEOMETRY_DIM, GEOMETRY_POINTS
 from monitor.detect.nets import AppearanceNet, GeometryNet
-from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, TemporalDetector
+from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, TemporalDetector, thin_rows
 from monitor.errors import ConfigError
 from monitor.plugins import TrackWindow
 from monitor.training.train import export
@@ -110,6 +111,19 @@ def test_score_rises_with_the_appearance_logit(bundle_dir: Path) -> None:
     low = det.score(window_of(cues(20, logit=-3.0), track=1)).probability
     high = det.score(window_of(cues(20, logit=3.0), track=2)).probability
     assert low is not None and high is not None and high > low
+
+
+def test_a_faster_analysis_rate_is_scored_as_the_calibrated_rate(bundle_dir: Path) -> None:
+    """At 30 fps a window is thinned to the 10 fps rows it holds: same features, same score."""
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    fast = cues(90, dt=1 / 30)  # 3 s at 30 fps, logits changing frame to frame
+    slow = [r for i, r in enumerate(fast) if i % 3 == 2]  # the newest row of each 0.1 s slot
+    assert thin_rows(fast, 10.0) == slow
+    assert det.score(window_of(fast, track=1)).probability == det.score(window_of(slow, track=2)).probability
+    # At the calibrated rate nothing is dropped, however uneven: 10 fps from a 15 fps source.
+    jittered = [dataclasses.replace(r, t=(3 * i // 2) / 15) for i, r in enumerate(cues(30))]
+    assert thin_rows(jittered, 10.0) == jittered
+    assert thin_rows(fast, 60.0) == fast  # slower than the rate named: untouched
 
 
 def test_non_finite_window_features_never_become_a_probability(bundle_dir: Path) -> None:

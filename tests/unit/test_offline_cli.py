@@ -41,6 +41,18 @@ def test_evaluate_refuses_an_unwritable_json_path_before_scanning(tmp_path: Path
     assert r.exit_code == 2 and "cannot write" in r.output, r.output
 
 
+def test_evaluate_refuses_a_root_that_is_not_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A typo in --root used to give a report of unjudged clips ("no such file") and exit 0.
+    import monitor.training.evaluate
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlabel\na.mp4\treal\n")
+    monkeypatch.setattr(monitor.training.evaluate, "evaluate", _never)
+    for root in (tmp_path / "nowhere", manifest):
+        r = CliRunner().invoke(app, ["evaluate", str(manifest), "--root", str(root)])
+        assert r.exit_code == 2 and "--root" in r.output, r.output
+
+
 def test_evaluate_prints_its_report_even_when_the_json_cannot_be_written_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,8 @@ def test_tsv_reads_labels_groups_methods_and_pairs(tmp_path: Path) -> None:
         "pair/real.mp4\treal\t\tx\n"
         "replay/fake.mp4\tattack\treplay\tx\n"
         "replay/real.mov\treal\t\tx\n"
+        "#replay/old.mov\treal\t\tx\n"  # a comment line, not a clip
+        "# reviewed 2026-11-27\n"
     )
     recs = read_tsv(tmp_path / "m.tsv", tmp_path / "root")
     by = {r.rel: r for r in recs}
@@ -37,6 +39,7 @@ def test_tsv_reads_labels_groups_methods_and_pairs(tmp_path: Path) -> None:
     assert by["replay/fake.mp4"].label == "attack" and by["replay/fake.mp4"].is_fake
     assert by["replay/fake.mp4"].pair == tmp_path / "root" / "replay/real.mov"
     assert by["pair/real.mp4"].pair is None
+    assert len(recs) == 6
 
 
 def test_tsv_rejects_unknown_labels_and_missing_columns(tmp_path: Path) -> None:
@@ -83,13 +86,16 @@ def test_ffpp_official_split_layout(tmp_path: Path) -> None:
 
 
 def test_celebdf_test_list(tmp_path: Path) -> None:
-    (tmp_path / "List_of_testing_videos.txt").write_text(
-        "1 YouTube-real/00170.mp4\n1 Celeb-real/id0_0001.mp4\n0 Celeb-synthesis/id0_id16_0000.mp4\n\n"
+    # As a Windows editor may save it: a byte-order mark and CRLF line ends.
+    (tmp_path / "List_of_testing_videos.txt").write_bytes(
+        b"\xef\xbb\xbf1 YouTube-real/00170.mp4\r\n1 Celeb-real/id0_0001.mp4\r\n0 Celeb-synthesis/id0_id16_0000.mp4\r\n\r\n"
     )
     recs = read_celebdf(tmp_path, "test")
     assert [r.label for r in recs] == ["real", "real", "fake"]
     assert recs[2].method == "Celeb-synthesis" and recs[2].group == "celebdf:id0"
     assert recs[0].path == tmp_path / "YouTube-real/00170.mp4"
+    # The fake is id16's face in id0's video 0000: that video is its frame-aligned original.
+    assert recs[2].pair == tmp_path / "Celeb-real/id0_0000.mp4" and recs[1].pair is None
 
 
 def test_dfdc_metadata(tmp_path: Path) -> None:

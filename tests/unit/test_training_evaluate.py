@@ -67,6 +67,11 @@ def test_summary_counts_attacks_as_not_genuine_and_reports_rates() -> None:
     assert names["folder:b"].note == "fakes vs all genuine" and names["folder:b"].auc == 1.0
     assert names["method:replay"].n_fake == 1
     assert r.overall.auc_ci95 is None  # two clips per class: too few for an interval
+    # A fake-only group's accuracy is its own clips caught, not the pooled set's: e/1.mp4 was
+    # never judged (None, not the 1.0 of the genuine clips it was pooled with).
+    assert names["folder:b"].accuracy == 1.0 and names["folder:e"].accuracy is None
+    missed = summarise("m.tsv", None, 0.7, [*clips[:2], clip("f/1.mp4", "fake", 0.3), clip("f/2.mp4", "fake", 0.8)])
+    assert {m.name: m for m in missed.groups}["folder:f"].accuracy == 0.5  # pooled with 2 genuine: 0.75
     text = format_report(r)
     assert "could not judge 1 clips" in text and "d/1.mp4: no_face" in text
     assert "1 clips alerted before a video score" in text and "  e/1.mp4" in text

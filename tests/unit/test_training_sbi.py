@@ -159,6 +159,29 @@ def test_eval_report_ranks_each_held_out_swap_against_its_own_original() -> None
     assert seen["all_unseen_fakes_vs_heldout_genuine_auc"] == 0.5 and report["all_unseen_fakes_vs_heldout_genuine_auc"] == 6.5 / 12
 
 
+def test_eval_report_of_a_real_only_pack_has_nothing_to_rank() -> None:
+    from types import SimpleNamespace
+
+    # `monitor sbi pack --source real:DIR` without a holdout: no evaluation clip at all.
+    pack = SimpleNamespace(meta={"eval_clips": []}, eval_clip=np.zeros(0, np.int32), sbi_y=np.array([0, 1]))
+    report = sbi.eval_report(pack, np.zeros(0, np.float32), np.array([0.0, 1.0]))  # type: ignore[arg-type]
+    assert report["heldout_clip_auc"] is None and report["live_swaps_heldout_pairs_ranked"] == "0/0"
+    assert report["sbi_heldout_frame_auc"] == 1.0
+
+
+def test_fit_keeps_its_weights_when_the_evaluation_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_pack(tmp_path / "p.npz")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("evaluation bug")
+
+    monkeypatch.setattr(sbi, "eval_report", broken)
+    with pytest.raises(RuntimeError, match="evaluation bug"):
+        sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, widths=(8,), pairs=2, workers=0, eval_every=0)
+    nets, meta = sbi.load_fold_models(tmp_path / "out/models.pt", 8, {"g0": 0, "g1": 1})
+    assert len(nets) == 2 and meta["steps"] == 2
+
+
 def test_two_frame_samples_follow_the_face(pack: sbi.Pack) -> None:
     """The second frame of a sample is the next frame of the clip (the face moved), and both
     frames got the same crop jitter, so genuine motion is the only difference."""
