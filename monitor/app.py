@@ -29,6 +29,7 @@ from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
+from monitor.sources.base import redact_text
 from monitor.types import AlertData, Event, EventType, Severity, Signal, TrackState, TrackStateData
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,21 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         stack.push_async_callback(close_sinks, runners, SINK_DRAIN_S)
         for sink_config in settings.sinks:
             cls = load_plugin(SINK_GROUP, sink_config.name)
-            sink = cls(plugin_config(cls, sink_config.options))
+            options = plugin_config(cls, sink_config.options)
+            what = f"sink {sink_config.name!r} ({sink_config.key})"
+            try:
+                sink = cls(options)
+            except Exception as exc:  # a plugin's own failure: named, not a traceback
+                raise ConfigError(f"{what} cannot be created: {type(exc).__name__}: {redact_text(str(exc))}") from exc
             runner = SinkRunner(bus, sink, sink_config.key, metrics)
-            await runner.start()
+            try:
+                await runner.start()
+            except Exception as exc:
+                try:
+                    await sink.aclose()
+                except Exception:
+                    logger.exception("closing %s after it failed to start", what)
+                raise ConfigError(f"{what} failed to start: {type(exc).__name__}: {redact_text(str(exc))}") from exc
             runners.append(runner)
 
         # Before any stream can open a new alert, and after the sinks started, so they deliver

@@ -41,23 +41,27 @@ def check_plugins(settings: Settings) -> None:
     from monitor.clock import SystemClock
     from monitor.metrics import Metrics
     from monitor.pipeline.manager import build_source
+    from monitor.sources.base import redact_text
 
     problems: list[str] = []
+    def problem(exc: Exception) -> str:  # a plugin's own failure is named with its type
+        return str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {redact_text(str(exc))}"
+
     try:
         detector_factory(settings)
-    except ConfigError as exc:
-        problems.append(f"detector: {exc}")
+    except Exception as exc:
+        problems.append(f"detector: {problem(exc)}")
     for i, sink in enumerate(settings.sinks):
         try:
             plugin_config(load_plugin(SINK_GROUP, sink.name), sink.options)
-        except ConfigError as exc:
-            problems.append(f"sinks[{i}] ({sink.name}): {exc}")
+        except Exception as exc:
+            problems.append(f"sinks[{i}] ({sink.name}): {problem(exc)}")
     metrics, clock = Metrics(), SystemClock()
     for stream in settings.streams:
         try:
             build_source(stream, settings, metrics, clock)
-        except ConfigError as exc:
-            problems.append(f"streams[{stream.id}]: {exc}")
+        except Exception as exc:
+            problems.append(f"streams[{stream.id}]: {problem(exc)}")
     if problems:
         raise ConfigError("; ".join(problems))
 

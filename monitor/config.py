@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,6 +81,26 @@ class ServerConfig(Strict):
     @classmethod
     def _token_fits_a_header(cls, token: str | None) -> str | None:
         return bearer_token(token)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        """Each entry as a browser's ``Origin`` header spells it (compared exactly): lower case,
+        no default port, no trailing slash. A path, ``*`` or another scheme could never match
+        and the dashboard would be refused with nothing pointing here."""
+        out = []
+        for origin in origins:
+            try:
+                url = urlsplit(origin.strip())
+                port = url.port
+            except ValueError as exc:
+                raise ValueError(f"{origin!r} is not an origin: {exc}") from None
+            if url.scheme.lower() not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.fragment or url.username:
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] (http or https), nothing after it; '*' is not supported")
+            default = {"http": 80, "https": 443}[url.scheme.lower()]
+            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+            out.append(f"{url.scheme.lower()}://{host.lower()}" + (f":{port}" if port not in (None, default) else ""))
+        return tuple(dict.fromkeys(out))
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> ServerConfig:
@@ -306,7 +327,8 @@ class Settings(BaseSettings):
         for what, ids in (("stream", [s.id for s in self.streams]), ("sink", [s.key for s in self.sinks])):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
-                raise ValueError(f"duplicate {what} ids: {dupes} (give each sink its own `id`)")
+                hint = "give each sink its own `id`" if what == "sink" else "each stream needs its own `id`"
+                raise ValueError(f"duplicate {what} ids: {dupes} ({hint})")
         return self
 
 
@@ -314,7 +336,19 @@ class Settings(BaseSettings):
 # checked by each plugin's own model (the webhook's `secret`, `headers`), and SecretStr
 # would change what `settings.server.token` is for every caller.
 _SECRET_KEY = re.compile(r"token|secret|credential|password|passwd|api_?key", re.IGNORECASE)
+# Whole words of a name that mark a credential too: Azure Functions' `?code=`, Google's `?key=`,
+# SAS `sig`, AWS `X-Amz-Signature`, cameras' `pwd`, option keys such as `signing_key` or
+# `passphrase`. As words, so that `codec` or `keyframe_interval` stay readable.
+_SECRET_WORDS = frozenset(
+    {"key", "sig", "signature", "code", "pwd", "pass", "passphrase", "auth", "authorization", "private", "jwt", "bearer", "cookie"}
+)
+_NAME_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 REDACTED = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key or query parameter called ``name`` holds a credential."""
+    return bool(_SECRET_KEY.search(name)) or any(w.lower() in _SECRET_WORDS for w in _NAME_WORDS.findall(name))
 # rtsp://user:pass@host, up to the authority's *last* "@" as FFmpeg splits it: a password
 # with a raw "@" in it is hidden whole. Also in URLs mistyped with one slash or none (the
 # error that reports such a URL must not echo its password).
@@ -328,14 +362,14 @@ def redact_url(url: str) -> str:
     url = URL_USERINFO.sub(rf"\1{REDACTED}@", url)
     if "?" not in url:
         return url
-    return _URL_QUERY_VALUE.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if _SECRET_KEY.search(m[2]) else m[0], url)
+    return _URL_QUERY_VALUE.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if is_secret_name(unquote(m[2])) else m[0], url)
 
 
 def is_secret(path: tuple[Any, ...]) -> bool:
     """Whether the value at ``path`` (keys from the root) is a credential: a secret-named key,
     or any HTTP header value (an Authorization header is one)."""
     for i, part in enumerate(path):
-        if isinstance(part, str) and (_SECRET_KEY.search(part) or (part.lower() == "headers" and i + 1 < len(path))):
+        if isinstance(part, str) and (is_secret_name(part) or (part.lower() == "headers" and i + 1 < len(path))):
             return True
     return False
 
@@ -384,6 +418,15 @@ CLIENT_ENV_VARS = frozenset({"MONITOR_TOKEN", "MONITOR_PROGRESS"})
 # Docker's legacy links (MONITOR_NAME, MONITOR_ENV_*). They are not settings, and failing on
 # them would crash-loop the pod.
 _PLATFORM_ENV_VAR = re.compile(r"MONITOR_(SERVICE_\w+|PORT|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?|NAME|ENV_\w+)")
+# What Kubernetes puts in MONITOR_PORT (tcp://10.0.0.7:8080): any other value, such as 9090,
+# is someone setting the port with the wrong name.
+_PLATFORM_PORT_VALUE = re.compile(r"(tcp|udp|sctp)://\S+", re.IGNORECASE)
+
+
+def _is_platform_var(upper: str, value: str) -> bool:
+    if not _PLATFORM_ENV_VAR.fullmatch(upper):
+        return False
+    return upper != "MONITOR_PORT" or bool(_PLATFORM_PORT_VALUE.fullmatch(value.strip()))
 
 
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -391,15 +434,44 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
     first part is no field (``MONITOR_SERVR__PORT``), so a typo would leave its setting at the
     default: a token never set, a port never changed."""
     environ = os.environ if environ is None else environ
-    fields = set(Settings.model_fields)
+    fields = Settings.model_fields
     bad = []
-    for name in environ:
+    for name, value in environ.items():
         upper = name.upper()
-        if not upper.startswith("MONITOR_") or upper in CLIENT_ENV_VARS or _PLATFORM_ENV_VAR.fullmatch(upper):
+        if not upper.startswith("MONITOR_") or upper in CLIENT_ENV_VARS or _is_platform_var(upper, value):
             continue
-        if upper[len("MONITOR_"):].split("__", 1)[0].lower() not in fields:
+        first, nested, _ = upper[len("MONITOR_"):].partition("__")
+        field = fields.get(first.lower())
+        # MONITOR_DATA_DIR__PATH: a nested key under a plain value is dropped just as silently.
+        if field is None or (nested and not _has_model(field.annotation)):
             bad.append(name)
     return sorted(bad)
+
+
+def _has_model(annotation: Any) -> bool:
+    """Whether a field's type (or a type in its union or list) is a model with keys of its own."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_has_model(arg) for arg in getattr(annotation, "__args__", ()))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping. YAML would keep the
+    last: a second `server:` or `streams:` block would drop the first, token and all."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -414,7 +486,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         )
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (safe: SafeLoader's subclass)
         except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it ended in a traceback
             raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except (OSError, yaml.YAMLError) as exc:

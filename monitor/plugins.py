@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from monitor.config import describe_errors
 from monitor.errors import ConfigError
@@ -146,13 +146,20 @@ def load_plugin(group: str, name: str) -> Any:
         raise ConfigError(f"plugin {name!r} in {group} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
+class NoOptions(BaseModel):
+    """The configuration of a plugin without a ``Config`` model (pydantic cannot build a bare
+    ``BaseModel``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
     """Validate ``options`` against the plugin's own strict ``Config`` model."""
     config_model: type[BaseModel] | None = getattr(cls, "Config", None)
     if config_model is None:
         if options:
             raise ConfigError(f"plugin {cls.__name__} takes no options, got {sorted(options)}")
-        return BaseModel()
+        return NoOptions()
     try:
         return config_model.model_validate(options)
     except ValidationError as exc:

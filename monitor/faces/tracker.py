@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -261,26 +262,41 @@ class FaceTracker:
         self.stream_id = stream_id
         self._config = config
         self._assigner = TrackAssigner(config.track_lost_s)
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False,
-            max_num_faces=config.max_faces,
-            refine_landmarks=True,
-            min_detection_confidence=0.5,
-            min_tracking_confidence=0.5,
-        )
+        self._face_mesh = mp.solutions.face_mesh.FaceMesh
+        self._mesh = self._new_mesh()
         self._closed = False
         # Tracks the assigner ended and no process() call has returned yet: the assigner drops
         # them as it reports them, so a call that fails after it ran (warp_face, quality) would
         # lose them, and the analyzer would keep the track, and its open alert, until the end.
         self._pending_ended: dict[int, None] = {}
 
+    def _new_mesh(self) -> Any:
+        return self._face_mesh(
+            static_image_mode=False,
+            max_num_faces=self._config.max_faces,
+            refine_landmarks=True,
+            min_detection_confidence=0.5,
+            min_tracking_confidence=0.5,
+        )
+
     def process(self, frame: Frame, rgb: np.ndarray) -> FaceFrame:
         """Faces in ``rgb`` (H, W, 3 uint8, the frame's one RGB conversion) with stable ids."""
         height, width = rgb.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"frame {frame.seq} is empty ({width}x{height})")  # MediaPipe's graph would fail for good
         if not rgb.flags.c_contiguous:
             # PyAV returns padded rows for some widths; MediaPipe needs contiguous memory.
             rgb = np.ascontiguousarray(rgb)
-        result = self._mesh.process(rgb)
+        try:
+            result = self._mesh.process(rgb)
+        except RuntimeError:
+            # After one error MediaPipe's graph refuses every later frame ("Graph has errors")
+            # and even its close() raises: start a new graph, so only this frame is lost. The
+            # new graph detects afresh; track ids carry on (the assigner is ours).
+            old, self._mesh = self._mesh, self._new_mesh()
+            with contextlib.suppress(Exception):
+                old.close()
+            raise
         landmark_sets = [
             landmarks_to_array(lm, width, height) for lm in (result.multi_face_landmarks or ())
         ]

@@ -140,6 +140,7 @@ class StreamAnalyzer:
         # so the loop never waits for a stuck call.
         self._lock = threading.Lock()
         self._abandoned = False  # abandon() closed every track: nothing may reopen one
+        self._warned_invalid_score = False  # a plugin returned a probability outside 0..1 (logged once)
         self._declared_stalled = False  # idle(analysis_stalled) ran while the current call ran
         self._timer: Callable[[], float] = time.perf_counter
 
@@ -226,6 +227,15 @@ class StreamAnalyzer:
             # held for seconds, it counted towards min_alert_s and kept the track from ever
             # turning inconclusive.
             score = self.detector.score(track.window) if features is not None else Score(None, (), ("unusable_frame",))
+            p = score.probability
+            if p is not None and not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):  # NaN fails both
+                # A plugin's bug: one NaN would make the track's smoothed score NaN for good,
+                # and a NaN compares below every threshold, so the face could never alert.
+                if not self._warned_invalid_score:
+                    self._warned_invalid_score = True
+                    logger.error("stream %s: detector %s returned probability %r; treated as no score (invalid_score)",
+                                 self.stream_id, getattr(self.detector, "name", type(self.detector).__name__), p)
+                score = Score(None, (), ("invalid_score",))
         all_reasons = tuple(dict.fromkeys(reasons + score.reasons + (("multiple_faces",) if multiple else ())))
         return Verdict(self.stream_id, obs.track_id, obs.t, obs.received_at, score, obs.quality, all_reasons)
 
@@ -314,7 +324,10 @@ class StreamAnalyzer:
     def end(self, t: float) -> list[Event]:
         """The stream is over: close every track (and its open alert) and the face stage."""
         events = self.abandon(t) or []
-        self.faces.close()
+        try:
+            self.faces.close()
+        except Exception:  # the events above already closed the tracks in memory: never lose them
+            logger.exception("stream %s: closing the face stage failed", self.stream_id)
         if not self._detached:
             self.metrics.faces_tracked.labels(self.stream_id).set(0)  # not the last frame's count
         return events

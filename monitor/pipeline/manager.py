@@ -16,6 +16,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
 from monitor.pipeline.stream import StreamPipeline
 from monitor.plugins import SOURCE_GROUP, Detector, Source, load_plugin
+from monitor.sources.base import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,12 @@ def build_source(stream: StreamConfig, settings: Settings, metrics: Metrics, clo
     """Instantiate the source plugin the stream names (or its URL implies); ConfigError if invalid.
     Every source plugin provides ``from_stream(stream, *, settings, metrics, clock)``."""
     cls = load_plugin(SOURCE_GROUP, stream.source_name)
-    source: Source = cls.from_stream(stream, settings=settings, metrics=metrics, clock=clock)
+    try:
+        source: Source = cls.from_stream(stream, settings=settings, metrics=metrics, clock=clock)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a plugin's own failure: named, not a traceback
+        raise ConfigError(f"source {stream.source_name!r} cannot be built: {type(exc).__name__}: {redact_text(str(exc))}") from exc
     return source
 
 

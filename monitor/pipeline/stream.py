@@ -365,14 +365,23 @@ class StreamPipeline:
         # Writes to a failing log give up in time for the task's own end (closing alerts) to
         # try too, and to be logged if dropped, before the stop wait runs out and cancels it.
         self._closing_deadline = self.clock.monotonic() + self.STOP_WAIT_S - 2.0
-        await self.source.aclose()
+        wait_s = self.STOP_WAIT_S
+        try:
+            await self.source.aclose()
+        except Exception:
+            # A source plugin's bug must not leave a removed stream running: its frames would
+            # keep coming, its alerts stay open and its series stay. Its task, which ends only
+            # when the source does, is cancelled at once; its teardown still runs.
+            logger.exception("stream %s: closing its source failed; stopping the stream anyway", self.id)
+            wait_s = 0.0
         stuck = False
         if self._task is not None:
             try:
                 # shield: a timeout must not cancel the task's own teardown (closing alerts).
-                await asyncio.wait_for(asyncio.shield(self._task), self.STOP_WAIT_S)
+                await asyncio.wait_for(asyncio.shield(self._task), wait_s)
             except asyncio.TimeoutError:
-                logger.warning("stream %s did not stop within %g s; cancelling", self.id, self.STOP_WAIT_S)
+                if wait_s:
+                    logger.warning("stream %s did not stop within %g s; cancelling", self.id, wait_s)
                 self._task.cancel()
                 # Its teardown (analyzer.end) queues behind the analysis call that is running:
                 # a call stuck in a native library must not hold the removal, or shutdown, for

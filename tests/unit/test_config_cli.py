@@ -125,7 +125,14 @@ def test_a_bad_log_level_is_a_config_error_naming_the_key(
     assert load_settings(None).log_level == "DEBUG"
 
 
-@pytest.mark.parametrize("name", ["MONITOR_SERVR__PORT", "MONITOR_TOKENS", "monitor_severs__host"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MONITOR_SERVR__PORT", "MONITOR_TOKENS", "monitor_severs__host",
+        # Silently ignored before: the platform name with a user's value, a key under a plain value.
+        "MONITOR_PORT", "MONITOR_DATA_DIR__PATH", "MONITOR_DEMO__X",
+    ],
+)
 def test_a_misspelt_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "7000")
     with pytest.raises(ConfigError, match=name):
@@ -380,3 +387,57 @@ def test_inconclusive_after_0_is_refused_and_slow_analysis_warns(caplog: pytest.
     load_settings(None, analysis={"fps": 10}, streams=[{"id": "cam", "url": "rtsp://10.0.0.5/s", "analysis_fps": 1.5}])
     assert "streams[cam].analysis_fps=1.5: below 2 frames a second" in caplog.text
     assert "analysis.fps=" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://fn.azurewebsites.net/api/hook?code=SECRETVALUE",  # Azure Functions
+        "https://chat.googleapis.com/v1/spaces/x/messages?key=SECRETVALUE&token=SECRETVALUE",  # Google Chat
+        "https://acct.blob.core.windows.net/c/b?sv=2024&sig=SECRETVALUE",  # Azure SAS
+        "https://bucket.s3.amazonaws.com/x?X-Amz-Credential=SECRETVALUE&X-Amz-Signature=SECRETVALUE",
+        "rtsp://cam.local/videoMain?usr=admin&pwd=SECRETVALUE",  # camera CGI
+        "https://sfu.internal/whep/alice?auth=SECRETVALUE&codec=h264",
+        "https://h.example/x?api%5Fkey=SECRETVALUE",
+    ],
+)
+def test_credential_named_query_parameters_are_hidden(url: str) -> None:
+    from monitor.config import redact_url
+
+    shown = redact_url(url)
+    assert "SECRETVALUE" not in shown and "***" in shown
+    assert "codec=h264" in shown or "codec" not in url  # a word that only starts like one stays
+
+
+def test_credential_named_plugin_options_are_hidden() -> None:
+    from monitor.config import redact
+
+    options = {"signing_key": "S1", "private_key": "S2", "passphrase": "S3", "auth": "S4", "accessKey": "S5", "session_idle_s": 30, "keyframe_interval": 2}
+    shown = redact({"options": options})["options"]
+    assert all(shown[k] == "***" for k in ("signing_key", "private_key", "passphrase", "auth", "accessKey"))
+    assert shown["session_idle_s"] == 30 and shown["keyframe_interval"] == 2
+
+
+def test_a_key_given_twice_in_the_file_is_an_error(tmp_path: Path) -> None:
+    # YAML keeps the last one: the first `server:` block, token and all, vanished.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  host: 0.0.0.0\n  token: abcdefghijklmnopqrstuvwxyz0123456789\nstreams: []\nserver:\n  port: 9000\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'server' \(first at line 1\)"):
+        load_settings(cfg)
+    cfg.write_text("analysis: &a\n  fps: 5\npolicy:\n  <<: {alert_enter: 0.8}\n  alert_enter: 0.9\n")  # anchors and merge keys still load
+    assert load_settings(cfg).analysis.fps == 5 and load_settings(cfg).policy.alert_enter == 0.9
+
+
+def test_cors_origins_are_kept_as_browsers_send_them() -> None:
+    from monitor.config import ServerConfig
+
+    got = ServerConfig(cors_origins=("https://Dash.Example/", "http://x.org:80", "https://y.org:8443")).cors_origins
+    assert got == ("https://dash.example", "http://x.org", "https://y.org:8443")
+    for bad in ("*", "https://dash.example/app", "ftp://dash.example", "dash.example"):
+        with pytest.raises(ValueError, match="is not an origin"):
+            ServerConfig(cors_origins=(bad,))
+
+
+def test_duplicate_stream_ids_are_named_as_streams() -> None:
+    with pytest.raises(ConfigError, match=r"duplicate stream ids: \['cam'\] \(each stream needs its own `id`\)"):
+        load_settings(None, streams=[{"id": "cam", "url": "rtsp://h/a"}, {"id": "cam", "url": "rtsp://h/b"}])

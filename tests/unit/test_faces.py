@@ -154,6 +154,21 @@ def test_a_track_that_ends_on_a_failed_call_is_reported_by_the_next_one(
     assert run(canvas([(sprite, 200, 100)])).ended_tracks == ()  # reported once
 
 
+def test_a_mediapipe_graph_error_costs_one_frame_not_the_stream(run: Runner, sprite: np.ndarray) -> None:
+    # After one error MediaPipe's graph refuses every later frame ("Graph has errors"): the
+    # stream's analysis failed for good while its source still said "running".
+    first = run(canvas([(sprite, 200, 100)])).faces[0].track_id
+    with pytest.raises(ValueError, match="empty"):
+        run(np.zeros((480, 0, 3), np.uint8))  # refused before it reaches the graph
+    assert run(canvas([(sprite, 200, 100)])).faces[0].track_id == first
+    with pytest.raises(RuntimeError):
+        run.tracker._mesh.process(np.zeros((10, 0, 3), np.uint8))  # any graph error, at the seam
+    with pytest.raises(RuntimeError, match="Graph has errors"):
+        run(canvas([(sprite, 200, 100)]))  # this frame is lost; the graph is rebuilt
+    after = run(canvas([(sprite, 200, 100)]))
+    assert [f.track_id for f in after.faces] == [first]  # the track carries on
+
+
 def test_two_faces_side_by_side_get_distinct_stable_ids(sprite: np.ndarray) -> None:
     runner = Runner(AnalysisConfig(max_faces=4))
     try:
