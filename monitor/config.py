@@ -57,6 +57,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name, an address, or an IPv6 address in brackets) is this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; any other address requires `token`.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port for the API, websockets, metrics and dashboard (0 picks a free port).")
@@ -70,12 +80,7 @@ class ServerConfig(Strict):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
     @field_validator("token")
     @classmethod

@@ -32,12 +32,13 @@ if ! "$PY" -c 'import ensurepip' >/dev/null 2>&1; then apt_install "python${ver}
 
 if [ "$want_test" = 1 ]; then
   # A real RTSP server (gst-rtsp-server through Debian's python3-gi), a real Prometheus
-  # (and promtool), and a real browser for the dashboard test.
+  # (and promtool), a real browser for the dashboard test, and a real Redis for the Redis sink.
   apt_install gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base \
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly python3-gi \
-    python3-gst-1.0 prometheus chromium chromium-driver
-  # The prometheus package may start a system service on :9090; tests run their own.
-  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    python3-gst-1.0 prometheus chromium chromium-driver redis-server
+  # The prometheus and redis-server packages may start system services (:9090, :6379); tests
+  # run their own on free loopback ports.
+  $SUDO systemctl disable --now prometheus redis-server >/dev/null 2>&1 || true
 fi
 
 # A venv without pip (ensurepip was missing when it was made) is rebuilt.
@@ -58,7 +59,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
     .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 --index-url "$torch_index"
   fi
   extras=""; [ "$want_test" = 1 ] && extras="[test]"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" -e plugins/webhook-sink
+  .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" -e plugins/webhook-sink -e plugins/redis-sink
   # mediapipe 0.10.21 bundles the face models (later releases download them at run time);
   # --no-deps keeps out jax/jaxlib and the GUI OpenCV build, which we never import.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mediapipe==0.10.21

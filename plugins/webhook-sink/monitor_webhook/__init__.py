@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 import time
@@ -22,6 +21,7 @@ from typing import ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from monitor.config import is_loopback_host
 from monitor.errors import RejectedEvent
 
 SIGNATURE_HEADER = "X-Monitor-Signature"
@@ -94,7 +94,7 @@ class WebhookSink:
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=self.config.timeout_s, transport=self._transport, follow_redirects=False)
         url = self.config.url
-        if url.scheme == "http" and not _is_loopback(url.host or ""):
+        if url.scheme == "http" and not is_loopback_host(url.host or ""):
             logger.warning(
                 "webhook %s is plain http to another host: events%s travel unencrypted; use https",
                 url.host, " and the headers (an Authorization?)" if self.config.headers else "",
@@ -133,15 +133,6 @@ class WebhookSink:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _excerpt(response: httpx.Response, limit: int = 200) -> str:

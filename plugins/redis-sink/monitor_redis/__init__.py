@@ -1,0 +1,135 @@
+"""Redis Streams alert sink: append each CloudEvent to a stream, once, in id order.
+
+Security teams already run Redis; a stream is a durable, replayable log that any number of
+consumers (a SIEM forwarder, a dashboard, other monitor instances' operators) read with
+``XREAD`` or consumer groups (``XREADGROUP``), each at its own pace.
+
+Exactly once per event: a Lua script appends the entry and records the event's id for its
+``source`` (the monitor's event log) in one atomic step, and appends nothing for an id it has
+already recorded. So a delivery retried after a timeout whose first attempt did land, or a
+monitor restarted before it saved its cursor, adds no duplicate. Every failure (Redis down, a
+timeout, authentication, a key of the wrong type) raises ``DeliveryError`` and the monitor
+retries from its cursor until delivered: none of them is about one event in particular.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.exceptions import RedisError
+
+from monitor.config import is_loopback_host
+from monitor.sources.base import redact_text
+
+logger = logging.getLogger(__name__)
+
+# KEYS: the stream, the hash of the last event id appended per source.
+# ARGV: source, event id, maxlen (0: no cap), then the entry's field/value pairs.
+APPEND_ONCE = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then
+  return false
+end
+local cmd = {'XADD', KEYS[1]}
+if tonumber(ARGV[3]) > 0 then
+  table.insert(cmd, 'MAXLEN')
+  table.insert(cmd, '~')
+  table.insert(cmd, ARGV[3])
+end
+table.insert(cmd, '*')
+for i = 4, #ARGV do
+  table.insert(cmd, ARGV[i])
+end
+local id = redis.call(unpack(cmd))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return id
+"""
+
+# CloudEvent attributes copied into the entry's own fields, so consumers can filter without
+# parsing JSON; ``event`` holds the whole CloudEvent.
+ENTRY_FIELDS = ("id", "source", "type", "subject", "time")
+
+
+class DeliveryError(Exception):
+    """The event is not in the stream yet; the monitor retries it."""
+
+
+class RedisStreamSink:
+    name: ClassVar[str] = "redis"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        url: str = Field(
+            description="redis://[user:password@]host[:port][/db], rediss:// for TLS, or unix:///path/redis.sock?db=N."
+        )
+        stream: str = Field("deepfake-monitor:events", min_length=1, max_length=512, description="The stream key events are appended to.")
+        maxlen: int = Field(
+            100_000, ge=0,
+            description="Keep about this many newest entries (XADD MAXLEN ~; 0 keeps every entry). The monitor's own log keeps its history anyway.",
+        )
+        timeout_s: float = Field(5.0, gt=0, le=60, description="Total time allowed for one delivery, connecting included, in seconds.")
+
+        @field_validator("url")
+        @classmethod
+        def _url(cls, url: str) -> str:
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError as exc:
+                raise ValueError(f"not a Redis URL: {exc}") from None
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("not a Redis URL: use redis://host:port, rediss://host:port (TLS) or unix:///path/redis.sock")
+            if parts.scheme != "unix" and not parts.hostname:
+                raise ValueError("not a Redis URL: it names no host")
+            return url
+
+        @property
+        def delivered_key(self) -> str:
+            """The hash of the last event id appended per source, beside the stream (one hash
+            slot under Redis Cluster when the stream's name carries a hash tag, e.g. ``{dm}:events``)."""
+            return f"{self.stream}:delivered"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._client: aioredis.Redis | None = None
+        self._append: Any = None
+
+    async def start(self) -> None:
+        # No round trip here: a Redis that is down at start-up must not keep the service (and
+        # its other sinks and streams) from starting. Deliveries retry until it is up.
+        c = self.config
+        self._client = aioredis.Redis.from_url(c.url, socket_timeout=c.timeout_s, socket_connect_timeout=c.timeout_s)
+        self._append = self._client.register_script(APPEND_ONCE)
+        parts = urlsplit(c.url)
+        if parts.scheme == "redis" and not is_loopback_host(parts.hostname or ""):
+            logger.warning("redis sink: plain redis:// to %s: events (and the password, if any) travel unencrypted; use rediss://", parts.hostname)
+
+    async def send(self, event_id: int, cloudevent_json: str) -> None:
+        assert self._append is not None, "start() first"
+        event = json.loads(cloudevent_json)
+        fields: list[str] = []
+        for name in ENTRY_FIELDS:
+            if event.get(name) is not None:
+                fields += [name, str(event[name])]
+        fields += ["event", cloudevent_json]
+        c = self.config
+        try:
+            async with asyncio.timeout(c.timeout_s):
+                await self._append(keys=[c.stream, c.delivered_key], args=[str(event["source"]), event_id, c.maxlen, *fields])
+        except TimeoutError as exc:
+            raise DeliveryError(f"event {event_id}: Redis did not answer within {c.timeout_s:g}s") from exc
+        except (RedisError, OSError) as exc:
+            # WRONGTYPE (the key holds something else), NOAUTH, a refused connection: every
+            # event would fail alike, so it is retried, never skipped.
+            raise DeliveryError(f"event {event_id}: {type(exc).__name__}: {redact_text(str(exc), c.url)}") from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+

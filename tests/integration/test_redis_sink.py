@@ -1,0 +1,160 @@
+"""The first-party Redis Streams sink against a real redis-server on loopback: every event in
+order, once, through Redis being down at start-up and deliveries retried; a key of the wrong
+type is retried, not skipped; the stream is capped as configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from monitor_redis import DeliveryError, RedisStreamSink
+
+from monitor.config import load_settings
+from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
+from tests.support.procs import LOOPBACK, ManagedProcess, free_port, port_open, wait_until
+from tests.support.service import running_service
+
+pytestmark = pytest.mark.integration
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """Debian's redis-server on a loopback port, no persistence (DESIGN.md's recipe)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc = ManagedProcess(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"], name="redis"
+        )
+
+    def start(self) -> None:
+        self.proc.start()
+        wait_until(lambda: port_open(self.port), 20, "redis-server", alive=lambda: self.proc.running, detail=self.proc.log)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.port, decode_responses=True)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    s = RedisServer()
+    s.start()
+    yield s
+    s.stop()
+
+
+@contextlib.asynccontextmanager
+async def started(config: RedisStreamSink.Config) -> AsyncIterator[RedisStreamSink]:
+    sink = RedisStreamSink(config)
+    await sink.start()
+    try:
+        yield sink
+    finally:
+        await sink.aclose()
+
+
+def status_event(i: int) -> Event:
+    return Event(EventType.STREAM_STATUS, "cam", Severity.INFO, 1_700_000_000.0 + i, StreamStatusData(StreamState.RUNNING, str(i), 0))
+
+
+def test_redis_server_is_installed() -> None:
+    # scripts/setup.sh --test installs it; without it the tests below would not run at all.
+    assert Path(REDIS_SERVER).is_file(), "redis-server is missing: run scripts/setup.sh --test"
+
+
+async def test_every_event_reaches_the_stream_once_in_order_though_redis_starts_late(tmp_path: Path) -> None:
+    redis_server = RedisServer()  # not running yet: the service must start anyway
+    sink = {"name": "redis", "options": {"url": redis_server.url, "stream": "dm:events", "timeout_s": 1}}
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, sinks=[sink])
+    try:
+        async with running_service(settings) as svc:
+            await svc.runtime.bus.publish([status_event(i) for i in range(5)])
+            await asyncio.sleep(1.0)  # deliveries fail meanwhile, and are retried
+            await asyncio.to_thread(redis_server.start)
+            client = redis_server.client()
+            async with asyncio.timeout(30):
+                while client.xlen("dm:events") < 5:
+                    await asyncio.sleep(0.05)
+            await svc.runtime.bus.publish([status_event(i) for i in range(5, 8)])
+            async with asyncio.timeout(30):
+                while client.xlen("dm:events") < 8:
+                    await asyncio.sleep(0.05)
+        entries = client.xrange("dm:events")
+        details = [json.loads(fields["event"])["data"]["detail"] for _, fields in entries]
+        # The shutdown's own events may follow; the first eight are ours, in order, once each.
+        assert details[:8] == [str(i) for i in range(8)]
+        ids = [int(fields["id"]) for _, fields in entries]
+        assert ids == sorted(set(ids))
+        first = entries[0][1]
+        assert first["type"] == EventType.STREAM_STATUS.value and first["subject"] == "streams/cam"
+        assert first["source"] == json.loads(first["event"])["source"]
+    finally:
+        redis_server.stop()
+
+
+async def test_a_retried_delivery_adds_no_duplicate(server: RedisServer) -> None:
+    config = RedisStreamSink.Config(url=server.url, stream="dm:once")
+    event = {"specversion": "1.0", "id": "7", "source": "/monitor/logs/abc", "type": "t", "data": {}}
+    async with started(config) as sink:
+        for event_id in (7, 7, 3):  # the same event again (a timeout that landed), an older one
+            await sink.send(event_id, json.dumps({**event, "id": str(event_id)}))
+        await sink.send(7, json.dumps({**event, "source": "/monitor/logs/new-epoch"}))  # another log: its own ids
+    entries = server.client().xrange("dm:once")
+    assert [(f["source"], f["id"]) for _, f in entries] == [("/monitor/logs/abc", "7"), ("/monitor/logs/new-epoch", "7")]
+
+
+async def test_a_key_of_the_wrong_type_is_a_delivery_error_not_a_skip(server: RedisServer) -> None:
+    server.client().set("dm:taken", "a string, not a stream")
+    config = RedisStreamSink.Config(url=server.url, stream="dm:taken")
+    async with started(config) as sink:
+        with pytest.raises(DeliveryError, match="WRONGTYPE"):
+            await sink.send(1, json.dumps({"id": "1", "source": "/m", "type": "t"}))
+
+
+async def test_the_stream_is_capped_about_maxlen(server: RedisServer) -> None:
+    config = RedisStreamSink.Config(url=server.url, stream="dm:capped", maxlen=100)
+    async with started(config) as sink:
+        for i in range(1, 351):
+            await sink.send(i, json.dumps({"id": str(i), "source": "/m", "type": "t"}))
+    client = server.client()
+    # MAXLEN ~ trims whole radix-tree nodes (100 entries each by default): about, never below.
+    assert 100 <= client.xlen("dm:capped") < 350
+    assert client.xrevrange("dm:capped", count=1)[0][1]["id"] == "350"
+
+
+async def test_redis_down_is_a_delivery_error_within_the_timeout() -> None:
+    config = RedisStreamSink.Config(url=f"redis://{LOOPBACK}:{free_port()}/0", timeout_s=1)
+    async with started(config) as sink:
+        with pytest.raises(DeliveryError):
+            await sink.send(1, json.dumps({"id": "1", "source": "/m", "type": "t"}))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://", "redis://h:99999", "127.0.0.1:6379"])
+def test_a_url_that_is_not_redis_is_refused_at_start_up(url: str) -> None:
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        RedisStreamSink.Config(url=url)
+
+
+def test_the_password_in_the_url_is_hidden_in_config_show(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from monitor.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sinks:\n  - name: redis\n    options: {url: 'rediss://alerts:S3CRETpw@redis.internal:6380/2'}\n")
+    r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "S3CRETpw" not in r.output and "redis.internal" in r.output
