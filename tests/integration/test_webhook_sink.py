@@ -174,7 +174,9 @@ async def test_delivery_has_a_total_deadline_against_a_trickling_receiver() -> N
             task.cancel()
         server.close()
         await server.wait_closed()
-    assert 0.4 <= elapsed < 3.0  # the receiver would take 3 s; a loaded machine adds some
+    # The DeliveryError is the deadline firing (without one, the send succeeds after 3 s); it
+    # did not fire before its time.
+    assert elapsed >= 0.4
 
 
 def test_signature_rejects_tampering_and_stale_timestamps() -> None:

@@ -89,12 +89,19 @@ def mdns_candidate(n: int) -> str:
 
 class FakeMdns:
     """Stands in for aioice's mDNS protocol: records each use, answers after ``delay``
-    (None: never). The real one binds 0.0.0.0:5353 and queries 224.0.0.251."""
+    (None: never).
+
+    A fake in an integration test, on purpose: the real protocol binds 0.0.0.0:5353 and
+    multicasts its queries to 224.0.0.251, which leaves loopback (and needs a responder on the
+    network to answer). Everything else in these tests is real: the service, its HTTP server,
+    aiortc and aioice's ICE agent; only name resolution, underneath aioice, is scripted."""
 
     def __init__(self, delay: float | None = 0.5) -> None:
         self.delay = delay
         self.created = 0
         self.resolved: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0  # resolutions under way at once, at the most
 
     async def get_or_create(self, subscriber: object) -> FakeMdns:
         self.created += 1
@@ -102,9 +109,14 @@ class FakeMdns:
 
     async def resolve(self, hostname: str, timeout: float | None = 1.0) -> str | None:
         self.resolved.append(hostname)
-        if self.delay is None:
-            await asyncio.Event().wait()
-        await asyncio.sleep(self.delay)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         return "192.0.2.50"
 
 
@@ -161,6 +173,8 @@ async def test_mdns_candidates_are_dropped_not_resolved(tmp_path: Path, fake_mdn
 async def test_with_resolve_mdns_trickled_names_resolve_concurrently_within_a_deadline(
     tmp_path: Path, fake_mdns: FakeMdns, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A real service and ICE agent; the mDNS answers are FakeMdns's, since real mDNS queries
+    would leave loopback (multicast from 0.0.0.0:5353)."""
     async with running_service(make_settings(tmp_path, webrtc={"resolve_mdns": True})) as svc:
         pc, offer = await trickling_offer()
         async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
@@ -168,16 +182,16 @@ async def test_with_resolve_mdns_trickled_names_resolve_concurrently_within_a_de
 
             # 20 names taking 0.5 s each: together, not 10 s one after another.
             frag = "a=mid:0\r\n" + "".join(mdns_candidate(i) for i in range(20))
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(30):  # a hang guard only: the overlap is checked below
                 assert (await client.patch(loc, content=frag, headers=PATCH)).status_code == 204
-            assert len(fake_mdns.resolved) == 20
+            assert len(fake_mdns.resolved) == 20 and fake_mdns.most_in_flight == 20
             assert sum(c.ip.endswith(".local") for c in ice.getRemoteCandidates()) == 20
 
             # Names that never resolve: the PATCH ends at the deadline, without them.
             fake_mdns.delay = None
             monkeypatch.setattr(whip, "MDNS_TRICKLE_DEADLINE_S", 0.3)
             frag = "a=mid:0\r\n" + "".join(mdns_candidate(i) for i in range(20, 25))
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(20):  # without the deadline, it never ends
                 assert (await client.patch(loc, content=frag, headers=PATCH)).status_code == 204
             assert sum(c.ip.endswith(".local") for c in ice.getRemoteCandidates()) == 20
             assert (await client.delete(loc, headers=AUTH)).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import av
@@ -10,12 +11,23 @@ import pytest
 
 from monitor.sources.demo_media import load_face_image, render_frame, write_clip
 
+# SHA-256 of the RGB pixels of monitor/assets/astronaut.png (skimage.data.astronaut()'s portrait),
+# row-major; PNG is lossless, so every decoder gives these exact bytes.
+ASTRONAUT_RGB_SHA256 = "a8c429c18afa7b0fd5673e598d73a21225d94c864a71bbb3885126fdecb41071"
+
 
 def test_face_image_is_the_astronaut_portrait() -> None:
     image = load_face_image()
     assert image.shape == (512, 512, 3)
     assert image.dtype == np.uint8
     assert not image.flags.writeable  # shared and cached
+    # The right way up and in RGB order: the orange suit fills the lower half (red well above
+    # blue there), the pale wall behind her the upper half. Upside down or BGR fails these.
+    top, bottom = image[:256].reshape(-1, 3).mean(0), image[256:].reshape(-1, 3).mean(0)
+    assert bottom[0] > 1.8 * bottom[2], bottom
+    assert top.mean() > bottom.mean() + 30, (top, bottom)
+    assert image[400, 250].tolist() == [143, 37, 17]  # a pixel of the suit
+    assert hashlib.sha256(image.tobytes()).hexdigest() == ASTRONAUT_RGB_SHA256  # and every other pixel
 
 
 @pytest.mark.parametrize(("width", "height", "faces"), [(640, 480, 1), (1280, 720, 1), (1280, 720, 2), (320, 240, 2)])

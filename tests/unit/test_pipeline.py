@@ -431,6 +431,85 @@ def test_a_call_declared_stalled_does_not_move_its_tracks_back_in_time(metrics: 
     assert [e.type for e in stalled] == [EventType.ALERT_CLOSED, EventType.TRACK_STATE]
     assert out["late"].events == ()  # nothing applied from the late call
     assert a.snapshot()[0].state == TrackState.INCONCLUSIVE
-    # The next frame is judged afresh, later in stream time.
-    after = a.analyse(frame(31, 5.1, clock.monotonic())).events
-    assert all(getattr(e.data, "t", 5.1) >= 5.0 for e in after)
+    # The frames after it are judged afresh, later in stream time: the track leaves inconclusive
+    # (a stall must not make every later verdict "late" and freeze the track for good).
+    after = []
+    for i in range(31, 61):
+        clock.advance(0.1)
+        after.extend(a.analyse(frame(i, 5.1 + (i - 31) / 10, clock.monotonic())).events)
+    states = [(e.data.state, e.data.t) for e in after if e.type == EventType.TRACK_STATE]
+    assert [state for state, _ in states] == [TrackState.SUSPICIOUS, TrackState.ALERT]
+    assert all(t >= 5.0 for _, t in states)
+    opened = [e.data.start_t for e in after if e.type == EventType.ALERT_OPENED]
+    assert len(opened) == 1 and opened[0] >= 5.0
+    assert a.snapshot()[0].state == TrackState.ALERT
+
+
+class AgedFrames:
+    """A source that hands out frames already ``ages[i]`` seconds old (on ``clock``) when the
+    stream takes them, one frame interval apart, then ends."""
+
+    kind = "scripted"
+
+    def __init__(self, clock: FakeClock, ages: list[float]) -> None:
+        from monitor.types import SourceStatus
+
+        self.clock = clock
+        self.ages = list(ages)
+        self.status = SourceStatus()
+        self.seq = 0
+
+    def on_state(self, listener: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    def set_drop_reason(self, reason: str) -> None:
+        pass
+
+    async def recv(self) -> Frame:
+        if not self.ages:
+            raise SourceEnded("end of script")
+        self.clock.advance(0.1)  # the next frame is due: the stream never waits on the fake clock
+        self.seq += 1
+        return frame(self.seq, self.seq / 10, self.clock.monotonic() - self.ages.pop(0))
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RecordingFaces(FakeFaces):
+    """No faces; records which frames reached the face stage, i.e. were analysed."""
+
+    def __init__(self) -> None:
+        super().__init__(faces=0)
+        self.seen: list[int] = []
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        self.seen.append(frame.seq)
+        return super().process(frame, rgb)
+
+
+async def test_frames_older_than_max_frame_age_are_skipped_and_counted_as_stale(metrics: Metrics) -> None:
+    # analysis.max_frame_age_s (0.5 s here): a frame that waited longer than that before its
+    # analysis could start (a backlog, a stalled loop) is skipped, not analysed late.
+    from monitor.config import StreamConfig
+    from monitor.pipeline.stream import StreamPipeline
+
+    clock = FakeClock()
+    faces = RecordingFaces()
+    a = analyzer(CountingDetector(0.2), faces, metrics, clock)
+    source = AgedFrames(clock, [0.0, 2.0, 0.6, 0.1, 5.0, 0.4])
+    p = StreamPipeline(StreamConfig(id="s", url="x://y"), source, a, None, metrics, clock, 10.0, 0.5)  # type: ignore[arg-type]
+    await p.start()
+    try:
+        assert p._task is not None
+        await asyncio.wait_for(asyncio.shield(p._task), 20)  # the script ends, so does the stream
+        assert faces.seen == [1, 4, 6]  # the fresh ones only
+        assert p.frames_stale == 3 and p.status().frames_stale == 3
+        dropped = metrics.registry.get_sample_value
+        assert dropped("deepfake_monitor_frames_dropped_total", {"stream": "s", "reason": "stale"}) == 3
+        assert p.frames_analysed == 3
+    finally:
+        await p.aclose()

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -203,8 +204,18 @@ async def test_sinks_drain_together_at_shutdown(tmp_path: Path) -> None:
     bus = EventBus(log, metrics)
     sinks = [FlakySink(transient={1: math.inf}) for _ in range(4)]  # receivers down
     runners = [SinkRunner(bus, s, f"hook{i}", metrics, retry_delay_s=0.05, max_retry_delay_s=0.1) for i, s in enumerate(sinks)]
-    for r in runners:
+    order: list[str] = []
+    for i, r in enumerate(runners):
         await r.start()
+
+        async def recorded(drain_s: float = 0.0, i: int = i, close: Callable[[float], Any] = r.aclose) -> None:
+            order.append(f"drain {i}")
+            try:
+                await close(drain_s)
+            finally:
+                order.append(f"closed {i}")
+
+        r.aclose = recorded  # type: ignore[method-assign]
     try:
         await bus.publish([status_event(NOW)])
         loop = asyncio.get_running_loop()
@@ -214,7 +225,10 @@ async def test_sinks_drain_together_at_shutdown(tmp_path: Path) -> None:
     finally:
         await bus.aclose()
         log.close()
-    assert 2.0 <= elapsed < 6.0  # one shared deadline; one after another took 8 s
+    # One shared deadline: every drain starts before any ends (one after another took 8 s).
+    assert sorted(order[:4]) == [f"drain {i}" for i in range(4)], order
+    assert len(order) == 8
+    assert elapsed >= 2.0  # each receiver, down, was given its whole drain time
 
 
 async def test_event_rejected_for_good_is_skipped_after_three_attempts(

@@ -26,6 +26,7 @@ from monitor.sources.av_source import FileSource, sample_video
 from monitor.sources.base import ThreadedSource, redact_text
 from monitor.sources.demo_media import write_clip
 from monitor.types import Frame, StreamState
+from tests.support.fake_time import FakeTimeFile
 from tests.support.media import frozen_timestamps_mkv
 from tests.unit.test_stream_teardown import Constant, NoFaces
 
@@ -319,16 +320,27 @@ def test_a_file_whose_timestamps_stand_still_is_sampled_by_frame_steps(tmp_path:
 
 
 async def test_a_file_whose_timestamps_stand_still_plays_at_a_frame_step(tmp_path: Path) -> None:
+    # Every frame at t = 0: before, a realtime file source decoded it as fast as it could, with
+    # no pacing at all. On a fake clock the source must wait one frame step (10 fps) per frame,
+    # so the last frame leaves 0.9 s of stream time, and of its clock, after the first.
     clip = frozen_timestamps_mkv(tmp_path / "frozen.mkv", frames=10)
-    source = FileSource("f", str(clip), metrics=Metrics(), realtime=True)
+    clock = FakeClock()
+    started = clock.monotonic()
+    source = FakeTimeFile("f", str(clip), metrics=Metrics(), clock=clock, realtime=True)
     await source.start()
-    times: list[float] = []
+    frames: list[Frame] = []
     try:
         while True:  # a slow reader may miss frames, never the last one
-            times.append((await asyncio.wait_for(source.recv(), DEADLINE_S)).pts_s)
+            frames.append(await asyncio.wait_for(source.recv(), DEADLINE_S))
     except SourceEnded:
         pass
     finally:
         await source.aclose()
+    times = [f.pts_s for f in frames]
     assert times == sorted(times) and len(set(times)) == len(times)
-    assert times[-1] == pytest.approx(9 / 10)  # the stream's 10 fps; before, every frame at 0: no pacing at all
+    assert times[-1] == pytest.approx(9 / 10)  # the stream's 10 fps
+    # Paced: nine waits of one frame step each, and every frame delivered at its stream time.
+    assert source.slept == pytest.approx([0.1] * 9), source.slept
+    steps = [i / 10 for i in range(10)]
+    assert [f.pts_s for f in source.delivered] == pytest.approx(steps)
+    assert [f.received_at - started for f in source.delivered] == pytest.approx(steps)

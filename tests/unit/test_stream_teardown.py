@@ -66,14 +66,18 @@ class Ticking(ThreadedSource):
 
 
 class NoFaces:
-    def __init__(self, stall_s: float = 0.0) -> None:
-        self.stall_s = stall_s
+    """No face in any frame. With ``stall``, its first call blocks until ``release`` is set
+    (a call stuck in a native library that ignores every stop request)."""
+
+    def __init__(self, stall: bool = False) -> None:
+        self.stall = stall
         self.stalled = threading.Event()
+        self.release = threading.Event()
 
     def process(self, frame: Frame, rgb: Any) -> FaceFrame:
-        if self.stall_s and not self.stalled.is_set():
+        if self.stall and not self.stalled.is_set():
             self.stalled.set()
-            time.sleep(self.stall_s)
+            self.release.wait(60)
         return FaceFrame(frame.stream_id, frame.seq, frame.pts_s, frame.received_at, ())
 
     def close(self) -> None:
@@ -115,15 +119,24 @@ def manager(parts: tuple[Settings, EventLog, EventBus, Metrics], faces: NoFaces,
 async def test_a_stuck_analysis_does_not_hold_the_removal_for_ever(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(StreamPipeline, "STOP_WAIT_S", 0.5)
     monkeypatch.setattr(StreamPipeline, "STUCK_WAIT_S", 0.5)
-    faces = NoFaces(stall_s=4.0)
+    faces = NoFaces(stall=True)
     m = manager(parts, faces)
-    await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", parts[3]))
-    assert await asyncio.to_thread(faces.stalled.wait, 5)
-    started = time.monotonic()
-    await m.remove("cam")
-    assert time.monotonic() - started < 3.0  # not the 4 s stall, let alone for ever
-    assert m.list() == []
-    await asyncio.sleep(4.0)  # the stuck call returns meanwhile: it must not count for "cam" again
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", parts[3]))
+    try:
+        assert await asyncio.to_thread(faces.stalled.wait, 20)
+        started = time.monotonic()
+        await m.remove("cam")
+        # About STOP_WAIT_S + STUCK_WAIT_S (1 s); the call stays stuck until released (60 s).
+        assert time.monotonic() - started < 20, "the removal waited for the stuck call"
+        assert not faces.release.is_set()  # removed while the call was still stuck
+        assert m.list() == []
+    finally:
+        faces.release.set()
+    # The stuck call returns, then the worker runs the queued end and exits: what it finished
+    # must not count for "cam" again.
+    worker = pipeline._executor._thread
+    await asyncio.to_thread(worker.join, 20)
+    assert not worker.is_alive()
     assert parts[3].registry.get_sample_value("deepfake_monitor_frames_analysed_total", {"stream": "cam"}) is None
 
 
