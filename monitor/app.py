@@ -20,6 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from monitor.alerts.bus import EventBus, SinkRunner
 from monitor.alerts.eventlog import EventLog
+from monitor.alerts.evidence import EvidenceStore
 from monitor.alerts.policy import SEVERITY
 from monitor.api.http import create_app
 from monitor.clock import Clock, SystemClock
@@ -67,6 +68,9 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
         stack.callback(log.close)
         prune_event_log(log, settings, clock.time())
+        evidence = EvidenceStore(settings.data_dir / "evidence")
+        # Old evidence goes with old events, also when saving it has been turned off since.
+        await asyncio.to_thread(evidence.prune, clock.time() - settings.alerts.retention_days * 86400)
         bus = EventBus(log, metrics, settings.alerts.queue_size)
         stack.push_async_callback(bus.aclose)
 
@@ -100,14 +104,17 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         # the closes too (a sink new to this log starts from its end).
         await close_interrupted_alerts(bus, clock.time())
 
-        manager = StreamManager(settings, bus, metrics, clock, make_detector, faces_factory(settings))
+        manager = StreamManager(
+            settings, bus, metrics, clock, make_detector, faces_factory(settings),
+            evidence=evidence if settings.alerts.evidence else None,
+        )
         stack.push_async_callback(manager.aclose)
 
         streams = settings.streams or ((DEMO_STREAM,) if settings.demo else ())
         for stream in streams:
             await manager.add(stream)
 
-        app = create_app(settings, manager, bus, metrics)
+        app = create_app(settings, manager, bus, metrics, evidence)
         yield Runtime(settings, metrics, log, bus, manager, app)
 
 
@@ -193,6 +200,7 @@ def _restart_close(stream_id: str, data: dict[str, Any], now: float) -> Event:
         # known for certain (end_t is stream time, which a restart does not continue).
         end_t=start_t,
         start_time=float(data.get("start_time") or now),
+        evidence=str(data["evidence"]) if data.get("evidence") else None,
     )
     return Event(EventType.ALERT_CLOSED, stream_id, Severity.INFO, now, closed)
 

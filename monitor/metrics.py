@@ -46,6 +46,12 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.evidence_saved = Counter(
+            "deepfake_monitor_evidence_total",
+            "Alert evidence bundles (frame, face crops, scores) written to data_dir/evidence, by result (saved, failed).",
+            ["result"],
+            registry=r,
+        )
         self.reconnects = Counter(
             "deepfake_monitor_source_reconnects_total", "Times a source reconnected after an error.", ["stream"], registry=r
         )
@@ -173,6 +179,8 @@ class Metrics:
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         self.work_skipped.labels("detect")
+        for result in ("saved", "failed"):
+            self.evidence_saved.labels(result)
         for reason in ("unauthorized", "too_large", "timeout", "forbidden_origin", "too_many_clients"):
             self.http_rejections.labels(reason)
 

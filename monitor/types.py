@@ -225,6 +225,7 @@ class AlertData:
     start_t: float  # stream time the alert condition began
     end_t: float | None  # stream time it ended (its last readable score when evidence ran out); None while open
     start_time: float  # wall-clock UNIX time it began
+    evidence: str | None = None  # API path of what the monitor saw (alert.opened, when saved)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor import __version__
 from monitor.alerts.bus import EventBus
+from monitor.alerts.evidence import FILE_NAME as EVIDENCE_FILE
+from monitor.alerts.evidence import MANIFEST as EVIDENCE_MANIFEST
+from monitor.alerts.evidence import EvidenceStore
 from monitor.api.auth import token_ok
 from monitor.api.whip import whip_router
 from monitor.config import Settings, StreamConfig
@@ -225,7 +228,9 @@ def status_json(status: StreamStatus) -> dict[str, Any]:
     return conv(status)  # type: ignore[no-any-return]
 
 
-def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metrics: Metrics) -> FastAPI:
+def create_app(
+    settings: Settings, manager: StreamManager, bus: EventBus, metrics: Metrics, evidence: EvidenceStore | None = None
+) -> FastAPI:
     expected = settings.server.token
 
     def require_token(request: Request, access_token: str | None = Query(None, description="Token, if not sent as a bearer header.")) -> None:
@@ -343,6 +348,35 @@ def create_app(settings: Settings, manager: StreamManager, bus: EventBus, metric
                 return JSONResponse({"error": reason, "last_id": last_id, "epoch": bus.log.epoch}, status_code=409)
         rows = await (bus.read_last(last) if last is not None else bus.read_since(since, limit))
         return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
+
+    @app.get("/api/alerts/{alert_id}/evidence", dependencies=[Depends(require_token)], tags=["alerts"])
+    async def alert_evidence(alert_id: str) -> Response:
+        """What the monitor saw when alert `alert_id` opened (`evidence` in its alert.opened
+        event): stream, track, stream time, the alert's scores, signals and reasons, the frame's
+        size and the face's box in it, and the files (`frame.jpg`, `face-<k>.jpg`, oldest crop
+        first) served at `evidence/{file}`. 404 when none was saved (`alerts.evidence` off, a
+        failed write, or pruned with the events)."""
+        folder = evidence.folder(alert_id) if evidence is not None else None
+        if folder is None:
+            raise HTTPException(404, "no evidence saved for this alert")
+        try:
+            text = await asyncio.to_thread((folder / EVIDENCE_MANIFEST).read_text)
+        except OSError:  # pruned meanwhile
+            raise HTTPException(404, "no evidence saved for this alert") from None
+        return Response(text, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/alerts/{alert_id}/evidence/{name}", dependencies=[Depends(require_token)], tags=["alerts"], response_class=Response)
+    async def alert_evidence_file(alert_id: str, name: str) -> Response:
+        """One image of an alert's evidence (JPEG): `frame.jpg` or `face-<k>.jpg`."""
+        folder = evidence.folder(alert_id) if evidence is not None else None
+        if folder is None or not EVIDENCE_FILE.fullmatch(name):
+            raise HTTPException(404, "no such evidence file")
+        try:
+            data = await asyncio.to_thread((folder / name).read_bytes)
+        except OSError:
+            raise HTTPException(404, "no such evidence file") from None
+        # Faces: never kept by a browser's or a proxy's cache.
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     ws_clients = [0]  # connected alert websocket clients
 

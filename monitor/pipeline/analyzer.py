@@ -8,19 +8,26 @@ queued.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from monitor.alerts.evidence import EvidenceStore, evidence_url
 from monitor.alerts.policy import TrackPolicy
 from monitor.clock import Clock, SystemClock
 from monitor.config import AnalysisConfig, PolicyConfig
 from monitor.metrics import Metrics
 from monitor.plugins import Detector, TrackWindow
 from monitor.types import (
+    AlertData,
     Event,
+    EventType,
     FaceFrame,
     FaceObservation,
     FaceQuality,
@@ -97,11 +104,17 @@ def quality_reasons(q: FaceQuality, c: AnalysisConfig) -> tuple[str, ...]:
     return tuple(reasons)
 
 
+# Aligned face crops kept per track for an alert's evidence: the last few, this far apart.
+EVIDENCE_CROPS = 4
+EVIDENCE_CROP_STEP_S = 0.25
+
+
 class _Track:
     def __init__(self, stream_id: str, track_id: int, horizon_s: float, policy: PolicyConfig, frame_interval_s: float) -> None:
         self.window = TrackWindow(stream_id, track_id, horizon_s)
         self.policy = TrackPolicy(stream_id, track_id, policy, frame_interval_s)
         self.counted: TrackState | None = None  # the state this track adds to the state gauge
+        self.crops: deque[tuple[float, np.ndarray]] = deque(maxlen=EVIDENCE_CROPS)  # only with evidence on
 
 
 class StreamAnalyzer:
@@ -115,8 +128,10 @@ class StreamAnalyzer:
         metrics: Metrics,
         clock: Clock | None = None,
         fps: float | None = None,
+        evidence: EvidenceStore | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self.evidence = evidence  # None: no evidence saved (offline scans, `alerts.evidence: false`)
         self.analysis = analysis
         self.policy_config = policy
         self.detector = detector
@@ -172,6 +187,10 @@ class StreamAnalyzer:
         # Windows and the detector are this thread's alone: no lock while scoring.
         scored = [(track, self._verdict(track, obs, multiple, skip_detect)) for track, obs in zip(tracks, face_frame.faces)]
         verdicts = [verdict for _, verdict in scored]
+        if self.evidence is not None:
+            for track, obs in zip(tracks, face_frame.faces):
+                if obs.crop is not None and (not track.crops or obs.t - track.crops[-1][0] >= EVIDENCE_CROP_STEP_S):
+                    track.crops.append((obs.t, obs.crop))
         if skip_detect:
             self.metrics.work_skipped.labels("detect").inc()
         t3 = timer()
@@ -193,6 +212,9 @@ class StreamAnalyzer:
                         events.extend(ended.policy.end(frame.pts_s, wall))
                         self._forget_state(ended)
                 self._ended.clear()
+        if self.evidence is not None and events:
+            # Part of the policy stage, against the budget: an alert's JPEGs and write are rare but not free.
+            events = self._with_evidence(events, frame, rgb, face_frame, dict(zip([o.track_id for o in face_frame.faces], tracks)))
         t4 = timer()
 
         times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
@@ -201,6 +223,29 @@ class StreamAnalyzer:
         if not self._detached:
             self._observe(times, latency, scored, len(face_frame.faces))
         return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, latency)
+
+    def _with_evidence(
+        self, events: list[Event], frame: Frame, rgb: np.ndarray, face_frame: FaceFrame, tracks: dict[int, _Track]
+    ) -> list[Event]:
+        """``events`` with each alert that opened on this frame saved as evidence, and its
+        ``evidence`` path set when that worked (it is raised either way)."""
+        assert self.evidence is not None
+        out = []
+        for event in events:
+            data = event.data
+            if event.type == EventType.ALERT_OPENED and isinstance(data, AlertData):
+                obs = next((o for o in face_frame.faces if o.track_id == data.track_id), None)
+                track = tracks.get(data.track_id)
+                crops = list(track.crops) if track is not None else []
+                if obs is not None and obs.crop is not None and (not crops or crops[-1][0] != obs.t):
+                    crops = [*crops, (obs.t, obs.crop)][-EVIDENCE_CROPS:]  # always the alert's own frame
+                saved = self.evidence.save(self.stream_id, data, frame.pts_s, rgb, obs.bbox if obs else None, crops)
+                if not self._detached:
+                    self.metrics.evidence_saved.labels("saved" if saved else "failed").inc()
+                if saved:
+                    event = dataclasses.replace(event, data=dataclasses.replace(data, evidence=evidence_url(data.alert_id)))
+            out.append(event)
+        return out
 
     def _track(self, track_id: int) -> _Track:
         track = self.tracks.get(track_id)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from monitor.alerts.bus import EventBus
+from monitor.alerts.evidence import EvidenceStore
 from monitor.clock import Clock
 from monitor.config import Settings, StreamConfig
 from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
@@ -48,8 +49,10 @@ class StreamManager:
         make_detector: Callable[[], Detector],
         make_faces: Callable[[str], FaceStage],
         max_streams: int = MAX_STREAMS,
+        evidence: EvidenceStore | None = None,
     ) -> None:
         self.settings = settings
+        self.evidence = evidence
         self.bus = bus
         self.metrics = metrics
         self.clock = clock
@@ -86,7 +89,7 @@ class StreamManager:
                     detector = await self._off_loop(self.make_detector)
                     faces = await self._off_loop(functools.partial(self.make_faces, stream.id), _close_faces)
                     analyzer = StreamAnalyzer(
-                        stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps
+                        stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps, evidence=self.evidence
                     )
                     pipeline = StreamPipeline(
                         stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s

@@ -232,10 +232,39 @@ function onEvent(ce) {
   const when = new Date(ce.time).toLocaleTimeString([], { hour12: false });
   const li = el("li", { class: "sev-" + (d.severity || "info"), "data-id": ce.id, "data-type": ce.type },
     el("time", { text: when }), el("span", { class: "what" }, el("span", { class: "chip " + cls, text: tag }), " " + what),
-    why ? el("span", { class: "why", text: why }) : null);
+    why ? el("span", { class: "why", text: why }) : null,
+    ce.type.includes(".alert.opened") && d.evidence && d.alert_id ? evidenceButton(d.alert_id) : null);
   const feed = $("feed");
   feed.prepend(li);
   while (feed.children.length > FEED_MAX) feed.lastChild.remove();
+}
+
+// What the monitor saw when an alert opened: fetched on demand (images carry the token in a
+// header, so they are loaded as blobs, never by URL), shown under the alert.
+function evidenceButton(alertId) {
+  const box = el("span", { class: "evidence" });
+  const button = el("button", { type: "button", class: "evidence-show", text: "show what it saw" });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const base = `api/alerts/${encodeURIComponent(alertId)}/evidence`;
+    try {
+      const r = await fetch(here(base), { cache: "no-store", headers: authHeaders() });
+      if (!r.ok) throw new Error(r.status === 404 ? "no evidence kept (pruned or not saved)" : "HTTP " + r.status);
+      const manifest = await r.json();
+      const names = [manifest.frame.file, ...manifest.faces.map((f) => f.file)];
+      for (const name of names) {
+        const img = await fetch(here(`${base}/${encodeURIComponent(name)}`), { cache: "no-store", headers: authHeaders() });
+        if (!img.ok) throw new Error("HTTP " + img.status);
+        const url = URL.createObjectURL(await img.blob());
+        box.append(el("img", { src: url, alt: name === manifest.frame.file ? "frame the alert was raised on, face boxed" : "face crop", class: name === manifest.frame.file ? "frame" : "face" }));
+      }
+      button.remove();
+    } catch (e) {
+      button.textContent = "evidence: " + e.message;
+    }
+  });
+  box.append(button);
+  return box;
 }
 
 // --- monitor my camera: getUserMedia -> WHIP ---------------------------------------------

@@ -1,0 +1,146 @@
+"""Evidence of each alert, kept on this machine: what the monitor saw when it raised it.
+
+When an alert opens, the analysis thread saves the frame it was raised on (scaled down, the
+face boxed), the face's last aligned crops a fraction of a second apart, and the scores and
+reasons behind it, to ``data_dir/evidence/<alert_id>/``. An operator (the dashboard, `GET
+/api/alerts/{alert_id}/evidence`) can then judge the alert with their own eyes: the detector's
+probability alone does not say what it looked at. Nothing leaves the machine; evidence is
+pruned with the event log (``alerts.retention_days``) and can be turned off
+(``alerts.evidence: false``).
+
+A bundle is written to a temporary folder and renamed into place, so a reader never sees half
+of one. Failing to write (a full disk) is logged and counted; it never stops analysis, and the
+alert is raised all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from monitor.types import AlertData
+
+logger = logging.getLogger(__name__)
+
+ALERT_ID = re.compile(r"[0-9a-f]{32}")  # the policy's uuid4().hex
+FILE_NAME = re.compile(r"(frame|face-[0-9])\.jpg")
+MANIFEST = "evidence.json"
+FRAME_MAX_SIDE = 640  # enough to see who and where; a 1080p frame would be 10x the bytes
+JPEG_QUALITY = 85
+BOX_COLOUR = (255, 64, 64)  # RGB
+
+
+def evidence_url(alert_id: str) -> str:
+    """The API path of an alert's evidence (relative to the service's root)."""
+    return f"/api/alerts/{alert_id}/evidence"
+
+
+class EvidenceStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, alert_id: str) -> Path | None:
+        """The saved bundle of ``alert_id``, or None (also for anything that is not an alert id)."""
+        if not ALERT_ID.fullmatch(alert_id):
+            return None
+        path = self.root / alert_id
+        return path if (path / MANIFEST).is_file() else None
+
+    def save(
+        self,
+        stream_id: str,
+        alert: AlertData,
+        t: float,
+        frame_rgb: np.ndarray,
+        bbox: tuple[float, float, float, float] | None,
+        crops: Sequence[tuple[float, np.ndarray]],
+    ) -> bool:
+        """Write the bundle of an alert that opened on the frame at stream time ``t``; False
+        (logged) when it cannot be written."""
+        if not ALERT_ID.fullmatch(alert.alert_id):
+            raise ValueError(f"not an alert id: {alert.alert_id!r}")
+        final = self.root / alert.alert_id
+        tmp = self.root / f".{alert.alert_id}.tmp"
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            height, width = frame_rgb.shape[:2]
+            scale = min(1.0, FRAME_MAX_SIDE / max(height, width, 1))
+            shown = frame_rgb if scale == 1.0 else cv2.resize(
+                frame_rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+            )
+            shown = np.ascontiguousarray(shown)
+            if bbox is not None:
+                x0, y0, x1, y1 = (int(round(v * scale)) for v in bbox)
+                shown = shown.copy()
+                cv2.rectangle(shown, (x0, y0), (x1, y1), BOX_COLOUR, max(1, round(2 * max(shown.shape[:2]) / 640)))
+            files = {"frame": "frame.jpg"}
+            _write_jpeg(tmp / "frame.jpg", shown)
+            faces = []
+            for k, (crop_t, crop) in enumerate(crops[-10:]):
+                name = f"face-{k}.jpg"
+                _write_jpeg(tmp / name, crop)
+                faces.append({"file": name, "t": round(crop_t, 3)})
+            manifest = {
+                "alert_id": alert.alert_id,
+                "stream_id": stream_id,
+                "track_id": alert.track_id,
+                "t": round(t, 3),
+                "saved_at": time.time(),
+                "alert": _jsonable(asdict(alert)),
+                "frame": {"file": files["frame"], "width": width, "height": height, "scale": round(scale, 4),
+                          "bbox": None if bbox is None else [round(float(v), 1) for v in bbox]},
+                "faces": faces,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if final.exists():  # the same alert saved twice: keep the first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return True
+            tmp.rename(final)
+            return True
+        except (OSError, cv2.error, ValueError) as exc:
+            logger.warning("stream %s: could not save the evidence of alert %s: %s", stream_id, alert.alert_id, exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+
+    def prune(self, older_than: float) -> int:
+        """Remove bundles saved before the wall-clock time ``older_than`` and half-written ones
+        left by a crash; returns how many bundles were removed."""
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for path in self.root.iterdir():
+            try:
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif ALERT_ID.fullmatch(path.name) and (path / MANIFEST).stat().st_mtime < older_than:
+                    shutil.rmtree(path)
+                    removed += 1
+            except OSError as exc:
+                logger.warning("could not prune evidence %s: %s", path, exc)
+        return removed
+
+
+def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for {path.name}")
+    path.write_bytes(data.tobytes())
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value"):  # enums
+        return value.value  # type: ignore[attr-defined]
+    return value

@@ -1,0 +1,141 @@
+"""Alert evidence: what the monitor saw when an alert opened, saved on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from monitor.alerts.evidence import EvidenceStore, evidence_url
+from monitor.clock import FakeClock
+from monitor.config import AnalysisConfig, PolicyConfig
+from monitor.metrics import Metrics
+from monitor.pipeline.analyzer import EVIDENCE_CROPS, StreamAnalyzer
+from monitor.types import AlertData, EventType, FaceFrame, FaceObservation, FaceQuality, Frame, Score, Signal
+
+GOOD = FaceQuality(face_px=120, blur=100, out_of_frame=0, occlusion=0.1, confidence=0.9)
+ALERT_ID = "0123456789abcdef0123456789abcdef"
+
+
+def alert(alert_id: str = ALERT_ID) -> AlertData:
+    return AlertData(alert_id, 3, 0.91, ("score_above_threshold", "appearance"), (Signal("appearance", 0.9, 0.7),), 1.5, None, 1_700_000_000.0)
+
+
+def decode(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, path
+    return image
+
+
+def test_a_bundle_holds_the_boxed_frame_the_crops_and_the_reasons(tmp_path: Path) -> None:
+    store = EvidenceStore(tmp_path / "evidence")
+    frame = np.full((720, 1280, 3), 40, np.uint8)
+    crops = [(1.0 + 0.25 * k, np.full((112, 112, 3), 60 * k, np.uint8)) for k in range(3)]
+    assert store.save("lobby", alert(), 2.0, frame, (600.0, 200.0, 760.0, 400.0), crops)
+    folder = store.folder(ALERT_ID)
+    assert folder is not None
+    manifest = json.loads((folder / "evidence.json").read_text())
+    assert manifest["stream_id"] == "lobby" and manifest["track_id"] == 3 and manifest["t"] == 2.0
+    assert manifest["alert"]["reasons"] == ["score_above_threshold", "appearance"]
+    assert manifest["frame"]["width"] == 1280 and manifest["frame"]["bbox"] == [600.0, 200.0, 760.0, 400.0]
+    assert [f["t"] for f in manifest["faces"]] == [1.0, 1.25, 1.5]
+    shown = decode(folder / "frame.jpg")
+    assert shown.shape[:2] == (360, 640)  # scaled to 640 px on its longer side
+    # The face is boxed where it is, at the same scale: the box's edge is drawn, its inside is not.
+    assert shown[100, 300:380].max() > 150 and shown[150, 340].max() < 80
+    assert decode(folder / "face-2.jpg").shape == (112, 112, 3)
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "0123456789ABCDEF0123456789ABCDEF", "", "x" * 32])
+def test_only_alert_ids_name_a_bundle(tmp_path: Path, bad: str) -> None:
+    store = EvidenceStore(tmp_path)
+    assert store.folder(bad) is None
+    with pytest.raises(ValueError):
+        store.save("s", alert(bad), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+
+
+def test_a_full_disk_loses_the_evidence_not_the_analysis(tmp_path: Path) -> None:
+    (tmp_path / "evidence").write_text("a file where the folder should be")
+    store = EvidenceStore(tmp_path / "evidence")
+    assert not store.save("s", alert(), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    assert store.folder(ALERT_ID) is None
+
+
+def test_pruning_removes_old_bundles_and_half_written_ones(tmp_path: Path) -> None:
+    store = EvidenceStore(tmp_path)
+    old, new = "a" * 32, "b" * 32
+    for alert_id in (old, new):
+        assert store.save("s", alert(alert_id), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    month_ago = time.time() - 31 * 86400
+    os.utime(tmp_path / old / "evidence.json", (month_ago, month_ago))
+    (tmp_path / f".{'c' * 32}.tmp").mkdir()  # a crash while writing
+    assert store.prune(time.time() - 30 * 86400) == 1
+    assert store.folder(old) is None and store.folder(new) is not None
+    assert not (tmp_path / f".{'c' * 32}.tmp").exists()
+
+
+class OneFaceWithCrop:
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        crop = np.full((112, 112, 3), frame.seq % 256, np.uint8)
+        obs = FaceObservation("s", 1, frame.seq, frame.pts_s, frame.received_at, np.zeros((478, 3), np.float32),
+                              (100.0, 80.0, 220.0, 230.0), crop, GOOD)
+        return FaceFrame("s", frame.seq, frame.pts_s, frame.received_at, (obs,))
+
+    def close(self) -> None:
+        pass
+
+
+class Manipulated:
+    name = "manipulated"
+    window_s = 2.0
+
+    def features(self, obs: FaceObservation) -> Any:
+        return obs.t
+
+    def score(self, window: Any) -> Score:
+        return Score(0.97, (Signal("appearance", 0.97, 1.0),))
+
+
+def run_until_alert(store: EvidenceStore | None, metrics: Metrics) -> AlertData:
+    clock = FakeClock()
+    a = StreamAnalyzer("s", AnalysisConfig(fps=10), PolicyConfig(min_alert_s=1.5), Manipulated(), OneFaceWithCrop(), metrics, clock, evidence=store)
+    for i in range(40):
+        rgb = np.full((480, 640, 3), 90, np.uint8)
+        for event in a.analyse(Frame("s", i, i / 10, clock.monotonic(), 640, 480, rgb)).events:
+            if event.type == EventType.ALERT_OPENED:
+                assert isinstance(event.data, AlertData)
+                return event.data
+        clock.advance(0.1)
+    raise AssertionError("no alert opened")
+
+
+def test_an_alert_that_opens_saves_its_evidence_and_says_where(tmp_path: Path, metrics: Metrics) -> None:
+    store = EvidenceStore(tmp_path / "evidence")
+    opened = run_until_alert(store, metrics)
+    assert opened.evidence == evidence_url(opened.alert_id) == f"/api/alerts/{opened.alert_id}/evidence"
+    folder = store.folder(opened.alert_id)
+    assert folder is not None
+    manifest = json.loads((folder / "evidence.json").read_text())
+    times = [f["t"] for f in manifest["faces"]]
+    assert len(times) == EVIDENCE_CROPS and all(b - a > 0 for a, b in zip(times, times[1:]))
+    assert all(b - a >= 0.25 - 1e-9 for a, b in zip(times[:-1], times[1:-1]))
+    assert times[-1] == manifest["t"]  # the frame the alert opened on is the newest crop
+    assert manifest["frame"]["bbox"] == [100.0, 80.0, 220.0, 230.0]
+    assert metrics.registry.get_sample_value("deepfake_monitor_evidence_total", {"result": "saved"}) == 1
+
+
+def test_an_alert_is_raised_even_when_its_evidence_cannot_be_saved(tmp_path: Path, metrics: Metrics) -> None:
+    (tmp_path / "evidence").write_text("not a folder")
+    opened = run_until_alert(EvidenceStore(tmp_path / "evidence"), metrics)
+    assert opened.evidence is None
+    assert metrics.registry.get_sample_value("deepfake_monitor_evidence_total", {"result": "failed"}) == 1
+
+
+def test_without_a_store_nothing_is_kept(metrics: Metrics) -> None:
+    assert run_until_alert(None, metrics).evidence is None
