@@ -239,7 +239,7 @@ class StreamConfig(Strict):
     source: str | None = Field(None, description="Source plugin; inferred from the URL scheme when omitted.")
     analysis_fps: float | None = Field(None, gt=0, le=60, description="Overrides analysis.fps for this stream.")
     loop: bool = Field(False, description="Files only: start again at the end (for demos).")
-    realtime: bool = Field(True, description="Files only: pace frames at their timestamps, as a live stream would.")
+    realtime: bool = Field(True, description="Files only: pace frames at their timestamps, as a live stream would. false: read as fast as analysis goes, sampled by the file's own timestamps at analysis.fps (as `monitor scan` does).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options for the source plugin.")
 
     @field_validator("id")
@@ -325,6 +325,19 @@ class Settings(BaseSettings):
             logging.getLogger(__name__).warning(
                 "%s: below 2 frames a second, verdicts come less often than every 0.5 s and a new "
                 "face's first score takes more than 2 s", ", ".join(slow)
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lost_faces_go_inconclusive(self) -> Settings:
+        # A face that left gets no verdict until its track ends (track_lost_s): were that later
+        # than inconclusive_after_s, its track would show its last state, and keep an alert
+        # open, for that long after the face was gone.
+        lost, after = self.analysis.track_lost_s, self.policy.inconclusive_after_s
+        if lost > after:
+            raise ValueError(
+                f"analysis.track_lost_s ({lost:g}) must not exceed policy.inconclusive_after_s ({after:g}): "
+                "a face that left would keep its track's last state, an open alert included, until its track ends"
             )
         return self
 

@@ -378,16 +378,19 @@ class StreamAnalyzer:
         return events
 
     def snapshot(self) -> list[TrackSnapshot]:
-        return [
-            TrackSnapshot(
-                tid,
-                tr.policy.state,
-                tr.policy.smoothed,
-                tr.policy.raw,
-                tr.policy.reasons,
-                tr.policy.since_t,
-                tr.window.first_t,
-            )
-            # A copy: the API thread reads while the analysis thread may add or end tracks.
-            for tid, tr in sorted(list(self.tracks.items()))
-        ]
+        # Under the lock the analysis thread updates policies under: read between its writes,
+        # a track showed states that never existed ("alert" with no score). The lock is never
+        # held across a native call, so a status request does not wait on a stuck analysis.
+        with self._lock:
+            return [
+                TrackSnapshot(
+                    tid,
+                    tr.policy.state,
+                    tr.policy.smoothed,
+                    tr.policy.raw,
+                    tr.policy.reasons,
+                    tr.policy.since_t,
+                    tr.window.first_t,
+                )
+                for tid, tr in sorted(self.tracks.items())
+            ]

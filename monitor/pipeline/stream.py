@@ -159,10 +159,16 @@ class StreamPipeline:
         last_ok_at = self.clock.monotonic()
         last_idle_at = last_ok_at
         idle_after = self.analyzer.policy_config.inconclusive_after_s
+        # A file read as fast as analysis goes (`realtime: false`): sampled by its own timestamps
+        # on the grid `monitor scan` uses, never by the wall clock, which would pick frames
+        # seconds of video apart and never judge a face.
+        by_stream_time = bool(getattr(self.source, "lossless", False))
+        next_t = 0.0
+        ending = False  # the source ended while a fresher frame was awaited
         try:
-            while True:
+            while not ending:
                 wait = next_due - self.clock.monotonic()
-                if wait > 0:
+                if wait > 0 and not by_stream_time:
                     self.source.set_drop_reason("not_sampled")
                     await asyncio.sleep(wait)
                 try:
@@ -178,7 +184,14 @@ class StreamPipeline:
                 except MonitorError as exc:
                     logger.warning("stream %s stopped: %s", self.id, exc)
                     break
-                fresh_within = 0.5 / self.source.status.fps_in if self.source.status.fps_in > self.fps else 0.0
+                arrived = self.clock.monotonic()  # before any wait for a fresher frame
+                if by_stream_time:
+                    if frame.pts_s + 1e-6 < next_t:
+                        self.metrics.frames_dropped.labels(self.id, "not_sampled").inc()
+                        continue
+                    while next_t <= frame.pts_s + 1e-6:
+                        next_t += interval
+                fresh_within = 0.5 / self.source.status.fps_in if self.source.status.fps_in > self.fps and not by_stream_time else 0.0
                 if fresh_within and self.clock.monotonic() - frame.received_at > fresh_within:
                     # The waiting frame is most of a frame interval old and a new one is due
                     # soon: analysing the next one instead cuts frame->verdict latency.
@@ -189,16 +202,19 @@ class StreamPipeline:
                     except asyncio.TimeoutError:
                         pass  # none came: analyse the one we have
                     except SourceEnded:
-                        break
+                        ending = True  # the frame in hand is the last: analysed, then the end
                     except MonitorError as exc:
                         logger.warning("stream %s stopped: %s", self.id, exc)
-                        break
+                        ending = True
                 self.source.set_drop_reason("superseded")
                 now = self.clock.monotonic()
-                next_due = max(next_due + interval, now)
+                # One interval after this frame was due or came, whichever was later: after a
+                # delay (start-up, a reconnect, a slow analysis) the next frame is not taken at
+                # once, one input frame later, but an interval on.
+                next_due = max(next_due + interval, arrived + 0.5 * interval)
                 age = now - frame.received_at
                 self.metrics.frame_age_seconds.labels(self.source.kind).observe(age)
-                if age > self.max_frame_age_s:
+                if age > self.max_frame_age_s and not by_stream_time:  # a file's frames wait their turn
                     self.frames_stale += 1
                     self.metrics.frames_dropped.labels(self.id, "stale").inc()
                     continue
@@ -274,7 +290,7 @@ class StreamPipeline:
         """Write events to the log, retrying until it takes them: a log briefly unavailable (a
         backup holding the SQLite lock) or unwritable (a full disk) must not lose an alert, nor
         store a close without its open. Meanwhile the stream's analysis waits (its frames are
-        dropped as stale, and counted); ``event_log_errors_total`` and its alert rule say why.
+        dropped as superseded, and counted); ``event_log_errors_total`` and its alert rule say why.
         Only such errors of the log (sqlite3.OperationalError, OSError) are waited out: any other
         error (events that cannot be serialised, say) gets a few tries, as does everything once
         the stream is closing, within what is left of its stop wait. Then the events are dropped

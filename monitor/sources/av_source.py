@@ -207,6 +207,7 @@ class FileSource(ThreadedSource):
         self.path = path[len("file://") :] if path.startswith("file://") else path
         self.loop = loop
         self.realtime = realtime
+        self.lossless = not realtime  # read as fast as analysis goes: every frame, sampled by its time
         self.reconnect = False
         self._container: Any = None
         self._offset = 0.0  # stream-time offset accumulated over loops

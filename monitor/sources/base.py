@@ -76,11 +76,14 @@ class LatestSlot:
         self._closed: BaseException | None = None
         self._ready = asyncio.Event()
         self._on_superseded = on_superseded
+        self._empty = threading.Event()  # no unread frame: a lossless source may put the next
+        self._empty.set()
 
     def put_threadsafe(self, frame: Frame) -> None:
         with self._lock:
             replaced = self._frame is not None
             self._frame = frame
+            self._empty.clear()
         if replaced:
             self._on_superseded(self.drop_reason)
         self._loop.call_soon_threadsafe(self._ready.set)
@@ -93,6 +96,14 @@ class LatestSlot:
         except RuntimeError:  # loop already closed during shutdown
             pass
 
+    def wait_empty(self, stop: threading.Event) -> bool:
+        """Block (a source's thread) until the unread frame is taken; False when ``stop`` is set
+        or the slot closed first. How a lossless source hands over every frame."""
+        while not self._empty.wait(0.05):
+            if stop.is_set() or self._closed is not None:
+                return False
+        return not stop.is_set()
+
     async def get(self) -> Frame:
         while True:
             with self._lock:
@@ -100,6 +111,7 @@ class LatestSlot:
                 closed = self._closed
                 if frame is None:
                     self._ready.clear()
+                self._empty.set()
             if frame is not None:
                 return frame
             if closed is not None:
@@ -135,6 +147,10 @@ class ThreadedSource:
 
     kind: ClassVar[str] = "threaded"
     reconnect: ClassVar[bool] = True
+    # Every frame is handed over, each once the previous one was taken (backpressure), instead of
+    # the newest replacing an unread one: a file read as fast as analysis goes, not a live feed.
+    # The pipeline then samples it by stream time (analysis.fps over the file's timestamps).
+    lossless: bool = False
     JOIN_S: ClassVar[float] = 10.0  # how long aclose waits for a blocked decoder thread
     # A connection counts as healthy, and the reconnect backoff starts again from its shortest
     # delay, only after this long with frames: reset on the first frame, a camera that sends one
@@ -233,6 +249,8 @@ class ThreadedSource:
         st.width, st.height = frame.width, frame.height
         self.metrics.frames_received.labels(self.stream_id).inc()
         assert self._slot is not None
+        if self.lossless and not self._slot.wait_empty(self._stop):
+            return
         self._slot.put_threadsafe(frame)
 
     async def start(self) -> None:

@@ -441,3 +441,11 @@ def test_cors_origins_are_kept_as_browsers_send_them() -> None:
 def test_duplicate_stream_ids_are_named_as_streams() -> None:
     with pytest.raises(ConfigError, match=r"duplicate stream ids: \['cam'\] \(each stream needs its own `id`\)"):
         load_settings(None, streams=[{"id": "cam", "url": "rtsp://h/a"}, {"id": "cam", "url": "rtsp://h/b"}])
+
+
+def test_a_track_must_end_before_it_would_go_inconclusive() -> None:
+    # A face that left gets no verdict until its track ends: with track_lost_s 5 and
+    # inconclusive_after_s 2 its alert stayed open 5 s after the face was gone.
+    with pytest.raises(ConfigError, match=r"analysis.track_lost_s \(5\) must not exceed policy.inconclusive_after_s \(2\)"):
+        load_settings(None, analysis={"track_lost_s": 5})
+    assert load_settings(None, analysis={"track_lost_s": 5}, policy={"inconclusive_after_s": 6}).analysis.track_lost_s == 5

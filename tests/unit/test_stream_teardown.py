@@ -627,3 +627,69 @@ async def test_an_analysis_call_that_hangs_closes_the_alert(parts: Any) -> None:
     finally:
         faces.release.set()
         await m.aclose()
+
+
+class RecordsTimes(OneFace):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        self.times.append(frame.pts_s)
+        return super().process(frame, rgb)
+
+
+async def test_a_file_read_as_fast_as_analysis_goes_is_sampled_by_its_own_time(parts: Any) -> None:
+    # `realtime: false` (a recording sent to be scanned): before, the pipeline took one frame per
+    # 0.1 s of wall clock from a decoder racing ahead, frames seconds of video apart, and no
+    # face was ever judged (each frame a new track, "window_too_short").
+    from monitor.sources.av_source import FileSource
+    from monitor.sources.demo_media import write_clip
+
+    settings, log, bus, metrics = parts
+    clip = write_clip(log.path.parent / "rec.mp4", 3.0, fps=30, width=160, height=120)
+    faces = RecordsTimes()
+    m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: faces)
+    source = FileSource("rec", str(clip), metrics=metrics, realtime=False)
+    pipeline = await m.add(StreamConfig(id="rec", url=str(clip), realtime=False), source=source)
+    async with asyncio.timeout(60):
+        while pipeline.status().state != StreamState.ENDED:
+            await asyncio.sleep(0.05)
+    # The grid `monitor scan` uses: every 0.1 s of video, all 3 s of it, whatever the wall clock did.
+    assert faces.times == pytest.approx([round(0.1 * k, 4) for k in range(30)], abs=0.02)
+    value = metrics.registry.get_sample_value
+    assert value("deepfake_monitor_frames_dropped_total", {"stream": "rec", "reason": "not_sampled"}) == 60
+    for reason in ("superseded", "stale"):
+        assert value("deepfake_monitor_frames_dropped_total", {"stream": "rec", "reason": reason}) in (None, 0)
+    payloads = [payload for _, payload in log.read_since(0, 1000)]
+    assert sum(EventType.ALERT_OPENED.value in p for p in payloads) == 1  # one face, one track, judged
+    await m.aclose()
+
+
+class ThreeFramesThenEnds(ThreadedSource):
+    kind: ClassVar[str] = "three"
+    reconnect: ClassVar[bool] = False
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> Iterator[Frame]:
+        for n in range(3):
+            yield Frame(self.stream_id, self.next_seq(), n / 30, time.monotonic(), 4, 4, np.zeros((4, 4, 3), np.uint8))
+            time.sleep(1 / 30)
+
+
+async def test_every_frame_of_a_stream_that_ends_is_analysed_or_counted(parts: Any) -> None:
+    # The source ended while the loop waited for a fresher frame: the frame in hand was neither
+    # analysed nor counted, against "every frame not analysed is counted by reason".
+    _, _, _, metrics = parts
+    m = manager(parts, NoFaces())
+    pipeline = await m.add(StreamConfig(id="three", url="x://y"), source=ThreeFramesThenEnds("three", metrics=metrics))
+    async with asyncio.timeout(20):
+        while pipeline.status().state != StreamState.ENDED:
+            await asyncio.sleep(0.02)
+        while pipeline._task is not None and not pipeline._task.done():
+            await asyncio.sleep(0.02)
+    status = pipeline.status()
+    assert status.frames_received == 3
+    assert status.frames_analysed + status.frames_dropped == 3, status
+    await m.aclose()
