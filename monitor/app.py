@@ -260,11 +260,34 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class RedactClientUrls(logging.Filter):
+    """Hides the credentials in URLs that HTTP client libraries log: httpx logs every request's
+    full URL at INFO (``HTTP Request: POST http://user:password@sfu/whep?token=...``), and a
+    WHEP source or the webhook sink would write theirs to the log on every request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_text(str(a)) if "://" in str(a) else a for a in record.args)
+        elif isinstance(record.msg, str) and "://" in record.msg:
+            record.msg = redact_text(record.msg)
+        return True
+
+
+# HTTP client loggers: their INFO line per request is noise for an operator, and both carry URLs.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
 def install_log_redaction() -> None:
     for name in ("uvicorn.error", "uvicorn.access"):
         target = logging.getLogger(name)
         if not any(isinstance(f, RedactSecrets) for f in target.filters):
             target.addFilter(RedactSecrets())
+    for name in HTTP_CLIENT_LOGGERS:
+        target = logging.getLogger(name)
+        if target.level == logging.NOTSET:  # left as configured if someone set it on purpose
+            target.setLevel(logging.WARNING)
+        if not any(isinstance(f, RedactClientUrls) for f in target.filters):
+            target.addFilter(RedactClientUrls())
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, metrics: Metrics | None = None) -> uvicorn.Config:

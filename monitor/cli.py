@@ -24,7 +24,10 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (MONITOR
 
 
 def _setup_logging(level: str) -> None:
+    from monitor.app import install_log_redaction
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_redaction()  # before any client logs a URL with its credentials
 
 
 def _fail(exc: Exception) -> None:

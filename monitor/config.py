@@ -99,9 +99,9 @@ class ServerConfig(Strict):
                 url = urlsplit(origin.strip())
                 port = url.port
             except ValueError as exc:
-                raise ValueError(f"{origin!r} is not an origin: {exc}") from None
+                raise ValueError(f"{redact_url(origin)!r} is not an origin: {exc}") from None
             if url.scheme.lower() not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.fragment or url.username:
-                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] (http or https), nothing after it; '*' is not supported")
+                raise ValueError(f"{redact_url(origin)!r} is not an origin: give scheme://host[:port] (http or https), nothing after it; '*' is not supported")
             default = {"http": 80, "https": 443}[url.scheme.lower()]
             host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
             out.append(f"{url.scheme.lower()}://{host.lower()}" + (f":{port}" if port not in (None, default) else ""))

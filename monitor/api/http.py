@@ -254,6 +254,7 @@ def create_app(
     if settings.server.is_loopback:
         # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=loopback_hosts(settings.server.host))
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(KeepServerSend)  # added last: outermost
     allowed_origins = set(settings.server.cors_origins)
     app.state.settings = settings
@@ -447,6 +448,49 @@ class _Stalled(Exception):
 
 # Scope key under which KeepServerSend leaves the server's own ``send`` of a websocket.
 _SERVER_SEND = "deepfake_monitor.server_send"
+
+
+# The dashboard loads only its own files; images come as blobs (evidence), media from the
+# camera (getUserMedia), data over fetch and the alert websocket to this origin. No other site
+# may frame it (a no-token loopback dashboard in a hostile frame is a clickjacking target).
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """On every HTTP response: no MIME sniffing, no framing, no referrer beyond this origin,
+    and the dashboard's content security policy; API answers are never cached (they describe
+    streams, faces and alerts)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope.get("path", "").startswith(("/api/", "/whip/"))
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                extra = [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"same-origin"),
+                    (b"content-security-policy", DASHBOARD_CSP.encode()),
+                ]
+                if api:
+                    extra.append((b"cache-control", b"no-store"))
+                headers += [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class KeepServerSend:

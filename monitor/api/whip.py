@@ -26,8 +26,10 @@ from monitor.sources.webrtc import (
     AudioBlackhole,
     WhipTrackSource,
     drop_mdns_candidates,
+    drop_unroutable_candidates,
     extra_host_addresses,
     is_mdns_host,
+    is_unroutable_address,
     rtc_configuration,
     set_local_description,
     watch_states,
@@ -160,6 +162,9 @@ class WhipSessions:
         mdns_dropped = 0
         if not self.settings.webrtc.resolve_mdns:
             offer, mdns_dropped = drop_mdns_candidates(offer)
+        offer, unroutable = drop_unroutable_candidates(offer)
+        if unroutable:
+            logger.info("WHIP offer on %s: dropped %d ICE candidates at multicast, broadcast, unspecified or link-local addresses", stream_id, unroutable)
         pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
         session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
         session.remote_candidates = count_candidates(offer)
@@ -378,6 +383,9 @@ class WhipSessions:
                 check_candidate_port(candidate)
                 if not resolve_mdns and is_mdns_host(candidate.ip):
                     mdns_dropped += 1
+                    continue
+                if is_unroutable_address(candidate.ip):
+                    logger.info("WHIP session %s: dropped a trickled ICE candidate at %s (unroutable)", session.id, candidate.ip)
                     continue
                 sections[-1].candidates.append(candidate)
         if ufrag is not None and current_ufrag is not None and ufrag != current_ufrag:

@@ -154,6 +154,25 @@ class Timeline:
         return t
 
 
+# What FFmpeg would follow to other files: HLS playlists (#EXTM3U), concat lists (ffconcat),
+# DASH manifests (<MPD). A file stream plays the one file it names: `server.api_file_roots`
+# confines the API to files under its folders, and a playlist there could name any file.
+_PLAYLIST_HEADS = (b"#EXTM3U", b"ffconcat", b"<MPD")
+
+
+def refuse_playlist(path: str) -> None:
+    """SourceError (not retryable) when ``path`` is a playlist or manifest: checked before FFmpeg
+    opens it, as its demuxers read the files a playlist lists while probing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return  # open_video reports it (missing, a folder, unreadable)
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(_PLAYLIST_HEADS) or (text.startswith(b"<?xml") and b"<MPD" in head):
+        raise SourceError(f"{path} is a playlist or manifest, not a video file: file streams play one file", retryable=False)
+
+
 def open_video(
     url: str,
     options: dict[str, str] | None = None,
@@ -230,6 +249,7 @@ class FileSource(ThreadedSource):
             raise ConfigError(f"not a file path: {path!r}")
 
     def _open(self) -> None:
+        refuse_playlist(self.path)
         self._container = open_video(self.path)
 
     def _close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import ClassVar
@@ -129,6 +130,29 @@ def drop_mdns_candidates(sdp: str) -> tuple[str, int]:
         if not is_mdns_candidate_line(line.strip()) and line.strip() != "a=end-of-candidates"
     ]
     return "".join(kept), dropped
+
+
+def is_unroutable_address(address: str) -> bool:
+    """Whether a remote candidate's address is one no peer can be reached at, or one the
+    service must never send to: multicast (224/4, ff00::/8: SSDP, every host on the link),
+    unspecified (0.0.0.0, ::), broadcast, and IPv4 link-local 169.254/16 (cloud metadata
+    services). aiortc would send STUN checks to each, for whoever wrote the offer."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False  # a name (mDNS is handled apart) or garbage aiortc will not resolve
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255") or (
+        isinstance(ip, ipaddress.IPv4Address) and ip.is_link_local
+    )
+
+
+def drop_unroutable_candidates(sdp: str) -> tuple[str, int]:
+    """``sdp`` without its ``a=candidate`` lines at unroutable addresses, and how many."""
+    lines = sdp.splitlines(keepends=True)
+    kept = [line for line in lines if not is_unroutable_address(_candidate_address(line.strip()) or "")]
+    return "".join(kept), len(lines) - len(kept)
 
 
 def is_mdns_candidate_line(line: str) -> bool:
@@ -307,9 +331,9 @@ class WhepSource(ThreadedSource):
                 try:
                     url = httpx.URL(origin)
                 except httpx.InvalidURL as exc:
-                    raise ValueError(f"{origin!r} is not a URL: {exc}") from None
+                    raise ValueError(f"{redact_url(origin)!r} is not a URL: {exc}") from None
                 if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/") or url.query:
-                    raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port], nothing after it")
+                    raise ValueError(f"{redact_url(origin)!r} is not an origin: give scheme://host[:port], nothing after it")
                 out.append(origin)
             return tuple(out)
 
@@ -421,7 +445,10 @@ class WhepSource(ThreadedSource):
         if response.status_code != 201:
             # 4xx other than 404/429 will not fix itself, but a media server that has not
             # started the stream yet answers 404: keep retrying everything, with backoff.
-            raise SourceError(f"WHEP endpoint answered {response.status_code}: {response.text[:200]}", retryable=True)
+            # The status only: the body of whatever answered (an internal service the URL points
+            # at, by mistake or not) would reach events, sinks and logs.
+            logger.debug("WHEP endpoint %s answered %d: %r", redact_url(str(endpoint)), response.status_code, response.text[:200])
+            raise SourceError(f"WHEP endpoint answered {response.status_code} {response.reason_phrase}".rstrip(), retryable=True)
         location = response.headers.get("location")
         # The session belongs to the endpoint that answered, not the one we were sent to.
         self._resource = session_url(endpoint, location) if location else None

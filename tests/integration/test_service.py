@@ -151,6 +151,25 @@ async def test_corrupt_file_counts_decode_errors_and_ends(tmp_path: Path) -> Non
         assert (await http.get("/healthz")).status_code == 200
 
 
+async def test_a_playlist_under_a_file_root_cannot_reach_files_outside_it(tmp_path: Path) -> None:
+    # FFmpeg follows an HLS playlist to the files it lists: one under api_file_roots decoded a
+    # clip from anywhere (and told whether a file exists).
+    from tests.support.media import timestamped_ts
+
+    root, outside = tmp_path / "uploads", tmp_path / "private"
+    root.mkdir()
+    outside.mkdir()
+    secret = timestamped_ts(outside / "clip.ts", 2.0, 0.0)
+    playlist = root / "innocent.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{secret}\n#EXT-X-ENDLIST\n")
+    settings = settings_for(tmp_path, server={"api_file_roots": [str(root)]})
+    async with running_service(settings) as svc, httpx.AsyncClient(base_url=svc.base, timeout=10) as http:
+        assert (await http.post("/api/streams", json={"id": "p", "url": str(playlist)})).status_code == 201
+        await wait_for(lambda: _state_of(http, "p", "failed"), 15, "the playlist to be refused")
+        st = await stream_status(http, "p")
+        assert st["frames_received"] == 0 and "playlist" in (st["last_error"] or ""), st
+
+
 async def _state_of(http: httpx.AsyncClient, stream: str, state: str) -> bool:
     return (await stream_status(http, stream))["state"] == state
 

@@ -271,3 +271,19 @@ async def test_whep_answer_mdns_candidates_are_not_resolved(metrics: Metrics, mo
         finally:
             await source.aclose()
     assert source.status.reconnects == 0 and lookups == []
+
+
+async def test_what_a_failing_endpoint_answers_is_not_echoed(tmp_path: Path) -> None:
+    # A WHEP URL (added through the API, say) pointed at an internal service: the first 200
+    # characters of its answer reached last_error, the event log, websocket clients and sinks.
+    app = Starlette(routes=[Route("/internal", lambda request: Response("aws_secret_access_key=INTERNALSECRET", status_code=500), methods=["POST"])])
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    async with serving_app(app) as port, running_service(settings) as svc:
+        rt = svc.runtime
+        stream = StreamConfig(id="probe", url=f"http://127.0.0.1:{port}/internal", source="whep")
+        pipeline = await rt.manager.add(stream, source=build_source(stream, settings, rt.metrics, rt.manager.clock))
+        await until(lambda: pipeline.status().last_error is not None, 10, "the endpoint's refusal")
+        assert "500" in (pipeline.status().last_error or "")
+        await rt.manager.remove("probe")
+        events = [payload for _, payload in rt.log.read_since(0, 1000)]
+    assert all("INTERNALSECRET" not in text for text in [*events, pipeline.status().last_error or ""])

@@ -266,3 +266,21 @@ async def test_an_end_of_candidates_waits_for_candidates_still_being_added(
             assert ice.iceGatherer._remote_candidates_end
             assert (await client.delete(loc, headers=AUTH)).status_code == 200
         await pc.close()
+
+
+UNROUTABLE = ("224.0.0.1", "239.255.255.250", "0.0.0.0", "169.254.169.254", "ff02::1")
+
+
+async def test_candidates_at_addresses_no_peer_has_are_never_contacted(tmp_path: Path) -> None:
+    # Before: an offer made the service send STUN checks to multicast groups (SSDP), 0.0.0.0
+    # and the cloud metadata address, for whoever wrote it.
+    async with running_service(make_settings(tmp_path)) as svc:
+        pc, offer = await trickling_offer("".join(candidate(i, h) for i, h in enumerate(UNROUTABLE)) + candidate(9, "192.0.2.7"))
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
+            loc, session, ice = await published(svc, client, offer)
+            frag = "a=mid:0\r\n" + "".join(candidate(20 + i, h) for i, h in enumerate(UNROUTABLE)) + candidate(30, "192.0.2.8")
+            assert (await client.patch(loc, content=frag, headers=PATCH)).status_code == 204
+            hosts = {c.ip for c in ice.getRemoteCandidates()}
+            assert {"192.0.2.7", "192.0.2.8"} <= hosts and not hosts & set(UNROUTABLE), hosts
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()

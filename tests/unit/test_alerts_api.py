@@ -735,3 +735,18 @@ def test_the_alerts_client_resumes_with_the_epoch_of_its_last_event() -> None:
     assert with_since(url, 7, "abc") == "ws://127.0.0.1:8080/ws/alerts?since=7&epoch=abc"
     assert with_since(url, 7) == "ws://127.0.0.1:8080/ws/alerts?since=7"
     assert with_since(url, None, "abc") == "ws://127.0.0.1:8080/ws/alerts"
+
+
+async def test_responses_carry_security_headers_and_api_answers_are_not_cached(tmp_path: Path) -> None:
+    # Before: any site could frame the dashboard (a no-token loopback one is fully usable there),
+    # nothing stopped MIME sniffing, and stream and event listings could sit in caches.
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            for path in ("/", "/app.js", "/api/streams", "/api/events", "/healthz", "/nowhere"):
+                r = await http.get(path)
+                assert r.headers["x-content-type-options"] == "nosniff", path
+                assert r.headers["x-frame-options"] == "DENY", path
+                assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+            for path in ("/api/streams", "/api/events"):
+                assert (await http.get(path)).headers["cache-control"] == "no-store", path
+            assert "script-src 'self'" in (await http.get("/")).headers["content-security-policy"]

@@ -449,3 +449,13 @@ def test_a_track_must_end_before_it_would_go_inconclusive() -> None:
     with pytest.raises(ConfigError, match=r"analysis.track_lost_s \(5\) must not exceed policy.inconclusive_after_s \(2\)"):
         load_settings(None, analysis={"track_lost_s": 5})
     assert load_settings(None, analysis={"track_lost_s": 5}, policy={"inconclusive_after_s": 6}).analysis.track_lost_s == 5
+
+
+def test_a_bad_origin_is_named_without_its_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, server={"cors_origins": ["https://u:Pw123secret@dash.example/app"]})
+    assert "Pw123secret" not in str(caught.value) and "dash.example" in str(caught.value)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("streams:\n  - {id: w, url: 'http://sfu/whep/a', source: whep, options: {redirect_origins: ['https://u:Pw123secret@sfu/x']}}\n")
+    r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
+    assert r.exit_code == 2 and "redirect_origins" in r.output and "Pw123secret" not in r.output, r.output

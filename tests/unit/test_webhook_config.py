@@ -73,3 +73,27 @@ def test_the_instance_name_must_make_a_valid_cloudevents_source(instance: str) -
     with pytest.raises(ConfigError, match="instance"):
         load_settings(None, instance=instance)
     assert load_settings(None, instance="monitor-eu.1").instance == "monitor-eu.1"
+
+
+async def test_http_client_request_lines_never_carry_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    # httpx logs each request's full URL at INFO: a WHEP URL's password and token, or a webhook's
+    # ?code=, went to the service's log on every request.
+    import logging
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from monitor.app import install_log_redaction
+    from tests.support.asgi import serving_app
+
+    install_log_redaction()
+    assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING  # not logged at all by default
+    app = Starlette(routes=[Route("/whep", lambda request: Response("ok"), methods=["POST"])])
+    async with serving_app(app) as port:
+        with caplog.at_level(logging.INFO, logger="httpx"):  # an operator who turned it up
+            async with httpx.AsyncClient() as client:
+                await client.post(f"http://whepuser:WhepPw888@127.0.0.1:{port}/whep?token=WhepQueryTok666&code=AzureCode777")
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert lines and all("WhepPw888" not in line and "WhepQueryTok666" not in line and "AzureCode777" not in line for line in lines), lines
