@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_prometheus_rules_are_valid() -> None:
     r = subprocess.run(["promtool", "check", "rules", str(ROOT / "deploy/prometheus/rules.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "8 rules found" in r.stdout
+    assert "9 rules found" in r.stdout
 
 
 def test_prometheus_rules_name_only_exported_metrics() -> None:
