@@ -68,7 +68,11 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
         stack.callback(log.close)
         prune_event_log(log, settings, clock.time())
-        evidence = EvidenceStore(settings.data_dir / "evidence")
+        evidence = EvidenceStore(
+            settings.data_dir / "evidence", lambda ok: metrics.evidence_saved.labels("saved" if ok else "failed").inc()
+        )
+        # After the streams stop (registered before them): what their last alerts queued is written.
+        stack.push_async_callback(asyncio.to_thread, evidence.close)
         # Old evidence goes with old events, also when saving it has been turned off since.
         await asyncio.to_thread(evidence.prune, clock.time() - settings.alerts.retention_days * 86400)
         bus = EventBus(log, metrics, settings.alerts.queue_size)

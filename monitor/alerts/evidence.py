@@ -9,20 +9,27 @@ pruned with the event log (``alerts.retention_days``) and can be turned off
 (``alerts.evidence: false``).
 
 A bundle is written to a temporary folder and renamed into place, so a reader never sees half
-of one. Failing to write (a full disk) is logged and counted; it never stops analysis, and the
-alert is raised all the same.
+of one, by a writer thread of its own: a slow or stuck disk must not hold the analysis thread,
+whose alert.opened would otherwise be published after the close a stall declares meanwhile.
+The analysis thread only queues the bundle (the frame already scaled down); the event names the
+bundle's path once it is queued, and the API answers 404 until it is written, or for good if the
+write failed (a full disk: logged and counted). Analysis never waits, and the alert is raised
+all the same.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import shutil
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,18 +51,18 @@ def evidence_url(alert_id: str) -> str:
     return f"/api/alerts/{alert_id}/evidence"
 
 
+QUEUE_MAX = 32  # bundles waiting for the writer; beyond, new ones are dropped (and counted)
+
+
 class EvidenceStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_result: Callable[[bool], None] | None = None) -> None:
         self.root = root
+        self._on_result = on_result  # called with True (written) or False (failed, dropped)
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(QUEUE_MAX)
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
 
-    def folder(self, alert_id: str) -> Path | None:
-        """The saved bundle of ``alert_id``, or None (also for anything that is not an alert id)."""
-        if not ALERT_ID.fullmatch(alert_id):
-            return None
-        path = self.root / alert_id
-        return path if (path / MANIFEST).is_file() else None
-
-    def save(
+    def submit(
         self,
         stream_id: str,
         alert: AlertData,
@@ -64,20 +71,76 @@ class EvidenceStore:
         bbox: tuple[float, float, float, float] | None,
         crops: Sequence[tuple[float, np.ndarray]],
     ) -> bool:
-        """Write the bundle of an alert that opened on the frame at stream time ``t``; False
-        (logged) when it cannot be written."""
+        """Queue the bundle of an alert for the writer thread; False (logged, counted) when the
+        writer is this far behind. Called on the analysis thread: only the frame's downscale
+        happens here (the queued copy is small; the caller's frame is not kept)."""
         if not ALERT_ID.fullmatch(alert.alert_id):
             raise ValueError(f"not an alert id: {alert.alert_id!r}")
+        shown, scale = _scaled(frame_rgb)
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="evidence-writer", daemon=True)
+                self._writer.start()
+        try:
+            self._queue.put_nowait((stream_id, alert, t, shown, scale, frame_rgb.shape[:2], bbox, tuple(crops)))
+        except queue.Full:
+            logger.warning("stream %s: evidence of alert %s dropped: %d bundles are waiting to be written", stream_id, alert.alert_id, QUEUE_MAX)
+            self._report(False)
+            return False
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued bundle is written (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (for up to ``timeout``), then stop the writer."""
+        if self._writer is not None and self._writer.is_alive():
+            self.flush(timeout)
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._writer.join(timeout)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                stream_id, alert, t, shown, scale, (height, width), bbox, crops = item
+                self._report(self._write(stream_id, alert, t, shown, scale, width, height, bbox, crops))
+            except Exception:  # never let one bundle stop the writer
+                logger.exception("evidence writer failed")
+                self._report(False)
+            finally:
+                self._queue.task_done()
+
+    def _report(self, ok: bool) -> None:
+        if self._on_result is not None:
+            self._on_result(ok)
+
+    def folder(self, alert_id: str) -> Path | None:
+        """The saved bundle of ``alert_id``, or None (also for anything that is not an alert id)."""
+        if not ALERT_ID.fullmatch(alert_id):
+            return None
+        path = self.root / alert_id
+        return path if (path / MANIFEST).is_file() else None
+
+    def _write(
+        self, stream_id: str, alert: AlertData, t: float, shown: np.ndarray, scale: float, width: int, height: int,
+        bbox: tuple[float, float, float, float] | None, crops: Sequence[tuple[float, np.ndarray]],
+    ) -> bool:
         final = self.root / alert.alert_id
         tmp = self.root / f".{alert.alert_id}.tmp"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
-            height, width = frame_rgb.shape[:2]
-            scale = min(1.0, FRAME_MAX_SIDE / max(height, width, 1))
-            shown = frame_rgb if scale == 1.0 else cv2.resize(
-                frame_rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
-            )
-            shown = np.ascontiguousarray(shown)
             if bbox is not None:
                 x0, y0, x1, y1 = (int(round(v * scale)) for v in bbox)
                 shown = shown.copy()
@@ -127,6 +190,16 @@ class EvidenceStore:
             except OSError as exc:
                 logger.warning("could not prune evidence %s: %s", path, exc)
         return removed
+
+
+def _scaled(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The frame at most ``FRAME_MAX_SIDE`` on its longer side (a copy), and the scale."""
+    height, width = frame_rgb.shape[:2]
+    scale = min(1.0, FRAME_MAX_SIDE / max(height, width, 1))
+    if scale == 1.0:
+        return np.array(frame_rgb, copy=True), scale
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.ascontiguousarray(cv2.resize(frame_rgb, size, interpolation=cv2.INTER_AREA)), scale
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray) -> None:

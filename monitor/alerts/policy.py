@@ -40,6 +40,7 @@ class _OpenAlert:
     peak: float
     reasons: tuple[str, ...]
     signals: tuple[Signal, ...]
+    evidence: str | None = None  # the API path of its evidence, once queued
 
 
 class TrackPolicy:
@@ -195,6 +196,11 @@ class TrackPolicy:
             events.append(self._alert_event(EventType.ALERT_OPENED, None, wall_time))
         return events
 
+    def set_evidence(self, alert_id: str, path: str) -> None:
+        """Name the evidence of the open alert ``alert_id``: its close will carry it too."""
+        if self._alert is not None and self._alert.alert_id == alert_id:
+            self._alert.evidence = path
+
     def _alert_reasons(self) -> tuple[str, ...]:
         reasons = ["score_above_threshold"]
         reasons.extend(s.name for s in sorted(self.signals, key=lambda s: -s.weight * s.value)[:3])
@@ -223,6 +229,7 @@ class TrackPolicy:
             start_t=round(a.start_t, 3),
             end_t=None if end_t is None else round(end_t, 3),
             start_time=a.start_time,
+            evidence=a.evidence,
         )
         severity = Severity.CRITICAL if kind == EventType.ALERT_OPENED else Severity.INFO
         return Event(kind, self.stream_id, severity, wall_time, data)

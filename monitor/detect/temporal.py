@@ -86,6 +86,9 @@ def appearance_features(rows: Sequence[FrameCues], spec: WindowSpec) -> tuple[fl
     return float(logits.mean()), float(logits.std()), flicker
 
 
+MAX_STEP_S = 0.5  # a longer step between usable rows is a gap (face unreadable), not a rate
+
+
 def thin_rows(rows: Sequence[FrameCues], fps: float) -> Sequence[FrameCues]:
     """``rows`` at about ``fps`` when they come markedly faster, else as they are.
 
@@ -100,7 +103,11 @@ def thin_rows(rows: Sequence[FrameCues], fps: float) -> Sequence[FrameCues]:
     if len(rows) < 3:
         return rows
     t = np.fromiter((r.t for r in rows), np.float64, len(rows))
-    if (t[-1] - t[0]) / (len(t) - 1) >= 0.75 / fps:  # the mean: spacing alternates when rates do not divide
+    # The mean spacing (it alternates when rates do not divide), over the steps between
+    # consecutive usable rows only: a face unreadable for seconds must not pass for a slow rate.
+    steps = np.diff(t)
+    steps = steps[steps <= MAX_STEP_S]
+    if not len(steps) or float(steps.mean()) >= 0.75 / fps:
         return rows
     slot = np.floor(t * fps)
     keep = np.append(slot[1:] != slot[:-1], True)

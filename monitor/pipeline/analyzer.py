@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import threading
 import time
 from collections import deque
@@ -239,11 +240,13 @@ class StreamAnalyzer:
                 crops = list(track.crops) if track is not None else []
                 if obs is not None and obs.crop is not None and (not crops or crops[-1][0] != obs.t):
                     crops = [*crops, (obs.t, obs.crop)][-EVIDENCE_CROPS:]  # always the alert's own frame
-                saved = self.evidence.save(self.stream_id, data, frame.pts_s, rgb, obs.bbox if obs else None, crops)
-                if not self._detached:
-                    self.metrics.evidence_saved.labels("saved" if saved else "failed").inc()
-                if saved:
-                    event = dataclasses.replace(event, data=dataclasses.replace(data, evidence=evidence_url(data.alert_id)))
+                # Queued for the store's writer thread: a slow disk must not hold this one.
+                if self.evidence.submit(self.stream_id, data, frame.pts_s, rgb, obs.bbox if obs else None, crops):
+                    url = evidence_url(data.alert_id)
+                    event = dataclasses.replace(event, data=dataclasses.replace(data, evidence=url))
+                    if track is not None:
+                        with self._lock:
+                            track.policy.set_evidence(data.alert_id, url)  # its close names it too
             out.append(event)
         return out
 
@@ -273,7 +276,10 @@ class StreamAnalyzer:
             # turning inconclusive.
             score = self.detector.score(track.window) if features is not None else Score(None, (), ("unusable_frame",))
             p = score.probability
-            if p is not None and not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):  # NaN fails both
+            if isinstance(p, numbers.Real) and not isinstance(p, bool) and 0.0 <= float(p) <= 1.0:  # NaN fails
+                if type(p) is not float:  # numpy's float32, say: the event log stores plain floats
+                    score = dataclasses.replace(score, probability=float(p))
+            elif p is not None:
                 # A plugin's bug: one NaN would make the track's smoothed score NaN for good,
                 # and a NaN compares below every threshold, so the face could never alert.
                 if not self._warned_invalid_score:

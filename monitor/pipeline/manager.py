@@ -91,6 +91,10 @@ class StreamManager:
                     analyzer = StreamAnalyzer(
                         stream.id, a, self.settings.policy, detector, faces, self.metrics, self.clock, fps=fps, evidence=self.evidence
                     )
+                    if getattr(source, "lossless", False):
+                        # A file read as fast as analysis goes waits for analysis: no frame is
+                        # late, so none skips its detector work, as in `monitor scan`.
+                        analyzer.budget_s = float("inf")
                     pipeline = StreamPipeline(
                         stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s
                     )

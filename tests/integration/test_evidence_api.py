@@ -51,7 +51,9 @@ async def test_an_alert_comes_with_its_evidence_for_token_holders_only(tmp_path:
                 assert not (tmp_path / "data" / "evidence" / data["alert_id"]).exists()
                 return
             assert data["evidence"] == url
-            r = await client.get(url)
+            deadline = time.monotonic() + 20
+            while (r := await client.get(url)).status_code == 404 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)  # named once queued; written by the store's own thread
             assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
             manifest = r.json()
             assert manifest["stream_id"] == "cam" and manifest["track_id"] == data["track_id"]

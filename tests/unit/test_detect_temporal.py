@@ -124,6 +124,9 @@ def test_a_faster_analysis_rate_is_scored_as_the_calibrated_rate(bundle_dir: Pat
     jittered = [dataclasses.replace(r, t=(3 * i // 2) / 15) for i, r in enumerate(cues(30))]
     assert thin_rows(jittered, 10.0) == jittered
     assert thin_rows(fast, 60.0) == fast  # slower than the rate named: untouched
+    # A face unreadable for most of the window (the gap between the two bursts) is no slow rate.
+    gappy = fast[:30] + [dataclasses.replace(r, t=r.t + 5.0) for r in fast[60:]]
+    assert len(thin_rows(gappy, 10.0)) == 20
 
 
 def test_non_finite_window_features_never_become_a_probability(bundle_dir: Path) -> None:

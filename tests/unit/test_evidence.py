@@ -27,6 +27,13 @@ def alert(alert_id: str = ALERT_ID) -> AlertData:
     return AlertData(alert_id, 3, 0.91, ("score_above_threshold", "appearance"), (Signal("appearance", 0.9, 0.7),), 1.5, None, 1_700_000_000.0)
 
 
+def save(store: EvidenceStore, stream_id: str, data: AlertData, *args: Any) -> bool:
+    """Queue a bundle, wait for the writer: whether it was written."""
+    store.submit(stream_id, data, *args)
+    assert store.flush()
+    return store.folder(data.alert_id) is not None
+
+
 def decode(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image is not None, path
@@ -37,7 +44,7 @@ def test_a_bundle_holds_the_boxed_frame_the_crops_and_the_reasons(tmp_path: Path
     store = EvidenceStore(tmp_path / "evidence")
     frame = np.full((720, 1280, 3), 40, np.uint8)
     crops = [(1.0 + 0.25 * k, np.full((112, 112, 3), 60 * k, np.uint8)) for k in range(3)]
-    assert store.save("lobby", alert(), 2.0, frame, (600.0, 200.0, 760.0, 400.0), crops)
+    assert save(store, "lobby", alert(), 2.0, frame, (600.0, 200.0, 760.0, 400.0), crops)
     folder = store.folder(ALERT_ID)
     assert folder is not None
     manifest = json.loads((folder / "evidence.json").read_text())
@@ -57,13 +64,13 @@ def test_only_alert_ids_name_a_bundle(tmp_path: Path, bad: str) -> None:
     store = EvidenceStore(tmp_path)
     assert store.folder(bad) is None
     with pytest.raises(ValueError):
-        store.save("s", alert(bad), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+        store.submit("s", alert(bad), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
 
 
 def test_a_full_disk_loses_the_evidence_not_the_analysis(tmp_path: Path) -> None:
     (tmp_path / "evidence").write_text("a file where the folder should be")
     store = EvidenceStore(tmp_path / "evidence")
-    assert not store.save("s", alert(), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    assert not save(store, "s", alert(), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
     assert store.folder(ALERT_ID) is None
 
 
@@ -71,7 +78,7 @@ def test_pruning_removes_old_bundles_and_half_written_ones(tmp_path: Path) -> No
     store = EvidenceStore(tmp_path)
     old, new = "a" * 32, "b" * 32
     for alert_id in (old, new):
-        assert store.save("s", alert(alert_id), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+        assert save(store, "s", alert(alert_id), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
     month_ago = time.time() - 31 * 86400
     os.utime(tmp_path / old / "evidence.json", (month_ago, month_ago))
     (tmp_path / f".{'c' * 32}.tmp").mkdir()  # a crash while writing
@@ -102,23 +109,41 @@ class Manipulated:
         return Score(0.97, (Signal("appearance", 0.97, 1.0),))
 
 
-def run_until_alert(store: EvidenceStore | None, metrics: Metrics) -> AlertData:
+def store_counting(root: Path, metrics: Metrics) -> EvidenceStore:
+    return EvidenceStore(root, lambda ok: metrics.evidence_saved.labels("saved" if ok else "failed").inc())
+
+
+def run_until_alert(store: EvidenceStore | None, metrics: Metrics, after: int = 0) -> tuple[StreamAnalyzer, list]:
+    """Frames until a face's alert opens, then ``after`` more; the analyzer and every event."""
     clock = FakeClock()
     a = StreamAnalyzer("s", AnalysisConfig(fps=10), PolicyConfig(min_alert_s=1.5), Manipulated(), OneFaceWithCrop(), metrics, clock, evidence=store)
-    for i in range(40):
+    events: list = []
+    left = None
+    for i in range(60):
         rgb = np.full((480, 640, 3), 90, np.uint8)
-        for event in a.analyse(Frame("s", i, i / 10, clock.monotonic(), 640, 480, rgb)).events:
-            if event.type == EventType.ALERT_OPENED:
-                assert isinstance(event.data, AlertData)
-                return event.data
+        events += a.analyse(Frame("s", i, i / 10, clock.monotonic(), 640, 480, rgb)).events
         clock.advance(0.1)
+        if left is None and any(e.type == EventType.ALERT_OPENED for e in events):
+            left = after
+        if left is not None:
+            if left == 0:
+                return a, events
+            left -= 1
     raise AssertionError("no alert opened")
 
 
+def opened_of(events: list) -> AlertData:
+    data = next(e.data for e in events if e.type == EventType.ALERT_OPENED)
+    assert isinstance(data, AlertData)
+    return data
+
+
 def test_an_alert_that_opens_saves_its_evidence_and_says_where(tmp_path: Path, metrics: Metrics) -> None:
-    store = EvidenceStore(tmp_path / "evidence")
-    opened = run_until_alert(store, metrics)
+    store = store_counting(tmp_path / "evidence", metrics)
+    analyzer, events = run_until_alert(store, metrics)
+    opened = opened_of(events)
     assert opened.evidence == evidence_url(opened.alert_id) == f"/api/alerts/{opened.alert_id}/evidence"
+    assert store.flush()
     folder = store.folder(opened.alert_id)
     assert folder is not None
     manifest = json.loads((folder / "evidence.json").read_text())
@@ -128,14 +153,43 @@ def test_an_alert_that_opens_saves_its_evidence_and_says_where(tmp_path: Path, m
     assert times[-1] == manifest["t"]  # the frame the alert opened on is the newest crop
     assert manifest["frame"]["bbox"] == [100.0, 80.0, 220.0, 230.0]
     assert metrics.registry.get_sample_value("deepfake_monitor_evidence_total", {"result": "saved"}) == 1
+    # Its close names the evidence too.
+    closed = [e.data for e in analyzer.end(10.0) if e.type == EventType.ALERT_CLOSED]
+    assert [c.evidence for c in closed] == [opened.evidence]
+    store.close()
+
+
+def test_a_slow_disk_never_holds_the_analysis(tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the bundle was written on the analysis thread. A write slower than
+    # inconclusive_after_s let the stall watchdog close the alert before its alert.opened was out.
+    import threading
+
+    store = store_counting(tmp_path / "evidence", metrics)
+    release = threading.Event()
+    real_write = store._write
+
+    def stuck_disk(*args: Any) -> bool:
+        release.wait(10)
+        return real_write(*args)
+
+    monkeypatch.setattr(store, "_write", stuck_disk)
+    _, events = run_until_alert(store, metrics, after=5)  # five more frames, the disk still stuck
+    opened = opened_of(events)
+    assert opened.evidence is not None and store.folder(opened.alert_id) is None  # queued, not written
+    release.set()
+    assert store.flush() and store.folder(opened.alert_id) is not None
+    store.close()
 
 
 def test_an_alert_is_raised_even_when_its_evidence_cannot_be_saved(tmp_path: Path, metrics: Metrics) -> None:
     (tmp_path / "evidence").write_text("not a folder")
-    opened = run_until_alert(EvidenceStore(tmp_path / "evidence"), metrics)
-    assert opened.evidence is None
+    store = store_counting(tmp_path / "evidence", metrics)
+    _, events = run_until_alert(store, metrics)
+    assert opened_of(events).alert_id
+    assert store.flush()
     assert metrics.registry.get_sample_value("deepfake_monitor_evidence_total", {"result": "failed"}) == 1
+    store.close()
 
 
 def test_without_a_store_nothing_is_kept(metrics: Metrics) -> None:
-    assert run_until_alert(None, metrics).evidence is None
+    assert opened_of(run_until_alert(None, metrics)[1]).evidence is None

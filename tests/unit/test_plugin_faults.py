@@ -156,3 +156,22 @@ def test_a_source_plugin_that_raises_while_built_is_a_named_config_error(tmp_pat
     settings = load_settings(None, data_dir=tmp_path, demo=False)
     with pytest.raises(ConfigError, match=r"source 'rtsp' cannot be built: KeyError"):
         build_source(StreamConfig(id="cam", url="rtsp://10.0.0.5/live"), settings, Metrics(), Clock())
+
+
+class NumpyProbability(Fake):
+    """A plugin returning numpy's float32, in range."""
+
+    name: ClassVar[str] = "numpy-probability"
+
+    def score(self, window: TrackWindow) -> Score:
+        import numpy as np
+
+        return Score(np.float32(0.95))  # type: ignore[arg-type]
+
+
+async def test_a_probability_as_a_numpy_float_is_a_probability(parts: Any) -> None:
+    settings, log, bus, metrics = parts
+    m = StreamManager(settings, bus, metrics, SystemClock(), NumpyProbability, lambda stream_id: OneFace())
+    await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    await wait_for(lambda: any(EventType.ALERT_OPENED.value in p for p in event_types(log)), "a valid float32 was refused")
+    await asyncio.wait_for(m.aclose(), DEADLINE_S)

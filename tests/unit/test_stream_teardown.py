@@ -693,3 +693,28 @@ async def test_every_frame_of_a_stream_that_ends_is_analysed_or_counted(parts: A
     assert status.frames_received == 3
     assert status.frames_analysed + status.frames_dropped == 3, status
     await m.aclose()
+
+
+class SlowFaces(RecordsTimes):
+    def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+        time.sleep(0.12)  # over the 0.1 s budget of 10 fps
+        return super().process(frame, rgb)
+
+
+async def test_a_file_read_as_fast_as_analysis_goes_never_skips_detector_work(parts: Any) -> None:
+    # Over budget, the live pipeline skips the detector on the next frame: right for a live feed,
+    # but a file that waits for analysis is never late, and `monitor scan` never skips.
+    from monitor.sources.av_source import FileSource
+    from monitor.sources.demo_media import write_clip
+
+    settings, log, bus, metrics = parts
+    clip = write_clip(log.path.parent / "rec.mp4", 1.0, fps=30, width=160, height=120)
+    faces = SlowFaces()
+    m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: faces)
+    pipeline = await m.add(StreamConfig(id="rec", url=str(clip), realtime=False), source=FileSource("rec", str(clip), metrics=metrics, realtime=False))
+    async with asyncio.timeout(60):
+        while pipeline.status().state != StreamState.ENDED:
+            await asyncio.sleep(0.05)
+    assert len(faces.times) == 10
+    assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) == 0
+    await m.aclose()

@@ -246,10 +246,11 @@ function evidenceButton(alertId) {
   const button = el("button", { type: "button", class: "evidence-show", text: "show what it saw" });
   button.addEventListener("click", async () => {
     button.disabled = true;
+    box.querySelectorAll("img").forEach((img) => img.remove()); // a retry starts afresh
     const base = `api/alerts/${encodeURIComponent(alertId)}/evidence`;
     try {
       const r = await fetch(here(base), { cache: "no-store", headers: authHeaders() });
-      if (!r.ok) throw new Error(r.status === 404 ? "no evidence kept (pruned or not saved)" : "HTTP " + r.status);
+      if (!r.ok) throw new Error(r.status === 404 ? "not there (not written yet, pruned or not saved)" : "HTTP " + r.status);
       const manifest = await r.json();
       const names = [manifest.frame.file, ...manifest.faces.map((f) => f.file)];
       for (const name of names) {
@@ -260,7 +261,8 @@ function evidenceButton(alertId) {
       }
       button.remove();
     } catch (e) {
-      button.textContent = "evidence: " + e.message;
+      button.textContent = "evidence: " + e.message + " (retry)";
+      button.disabled = false; // it may still be being written
     }
   });
   box.append(button);

@@ -91,8 +91,7 @@ class RedisStreamSink:
 
         @property
         def delivered_key(self) -> str:
-            """The hash of the last event id appended per source, beside the stream (one hash
-            slot under Redis Cluster when the stream's name carries a hash tag, e.g. ``{dm}:events``)."""
+            """The hash of the last event id appended per source, beside the stream."""
             return f"{self.stream}:delivered"
 
     def __init__(self, config: Config) -> None:
