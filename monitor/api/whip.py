@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
@@ -39,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
+ENDPOINT_METHODS = "POST, OPTIONS"  # /whip/{stream}
+SESSION_METHODS = "PATCH, DELETE, OPTIONS"  # /whip/{stream}/{session}
+
+
+def etag_matches(if_match: str, etag: str) -> bool:
+    """RFC 9110 If-Match: ``*`` or a list of entity tags, compared strongly (a weak ``W/``
+    tag never matches)."""
+    tags = [t.strip() for t in if_match.split(",")]
+    return "*" in tags or etag in tags
 DECODABLE = {"video/vp8", "video/h264"}  # what aiortc decodes
 # DTLS fingerprint algorithms aiortc can verify (aiortc.rtcdtlstransport.X509_DIGEST_ALGORITHMS).
 FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
@@ -325,9 +333,13 @@ class WhipSessions:
     async def _teardown(self, session: WhipSession) -> None:
         session.closed = True
         self._disarm_timer(session)
-        for source in session.sources:
-            with contextlib.suppress(StreamNotFound):  # already removed (it may be why we end)
-                await self.manager.remove(source.stream_id)
+        # Together, not one after another: aiortc goes on decoding every track into a queue
+        # nobody reads until the connection closes below, so each pipeline's stop time (its
+        # last analysis, closing its alerts) would add up, and so would the frames.
+        results = await asyncio.gather(*(self.manager.remove(source.stream_id) for source in session.sources), return_exceptions=True)
+        for source, result in zip(session.sources, results):
+            if isinstance(result, BaseException) and not isinstance(result, StreamNotFound):  # not found: already removed
+                logger.warning("WHIP session %s: removing stream %s failed: %r", session.id, source.stream_id, result)
         # Cleanup must never replace the error that ended the session (a 422 became a 500 when
         # aiortc's close failed on a transceiver it had half built from an odd offer).
         for hole in session.blackholes:
@@ -533,20 +545,29 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
                     "malformed_sdp",
                 )
     videos: list[str] = []
+    not_sending: list[str] = []
     codecs_seen: set[str] = set()
+    sending_codecs: set[str] = set()
     for index, media in enumerate(parsed.media):
         if media.kind != "video":
             continue
         names = {c.mimeType.lower() for c in media.rtp.codecs}
         codecs_seen |= names
         if media.direction not in (None, "sendonly", "sendrecv"):
+            not_sending.append(media.direction)
             continue
+        sending_codecs |= names
         if names & DECODABLE:
             videos.append(media.rtp.muxId or str(index))
     if not videos:
         if not codecs_seen:
             raise Refused(422, "the offer has no video to publish", "unanswerable_sdp")
-        offered = ", ".join(sorted(codecs_seen))
+        if not sending_codecs:  # every video section is recvonly or inactive
+            raise Refused(
+                422, f"the offer's video does not send (a=sendonly or sendrecv needed; got a={', a='.join(sorted(set(not_sending)))})",
+                "unanswerable_sdp",
+            )
+        offered = ", ".join(sorted(sending_codecs))
         raise Refused(422, f"no decodable video codec offered (need VP8 or H264; got {offered})", "unanswerable_sdp")
     if len(videos) > max_video_tracks:
         # Each track would become a stream with its own pipeline: refused before any is built.
@@ -642,15 +663,28 @@ def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) ->
     @router.options("/whip/{stream_id}")
     @router.options("/whip/{stream_id}/{session_id}")
     async def preflight(request: Request) -> Response:
-        """CORS preflight, and what the endpoint accepts."""
+        """CORS preflight, and what the endpoint (POST an offer) or a session (PATCH
+        candidates, DELETE) accepts."""
+        on_session = "session_id" in request.path_params
         headers = {
             **cors(request),
-            "Accept-Post": SDP,
+            **({"Accept-Patch": TRICKLE} if on_session else {"Accept-Post": SDP}),
+            "Allow": SESSION_METHODS if on_session else ENDPOINT_METHODS,
             "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
             "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
             "Access-Control-Max-Age": "600",
         }
         return Response(status_code=204, headers=headers)
+
+    # Any other method: 405 naming the ones that work (a GET on a session URL fell through to
+    # the dashboard's files, a 404 that reads as "session gone"; others listed GET and HEAD).
+    @router.api_route("/whip/{stream_id}", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def endpoint_other(request: Request) -> Response:
+        return Response(status_code=405, headers={**cors(request), "Allow": ENDPOINT_METHODS})
+
+    @router.api_route("/whip/{stream_id}/{session_id}", methods=["GET", "HEAD", "PUT", "POST"], include_in_schema=False)
+    async def session_other(request: Request) -> Response:
+        return Response(status_code=405, headers={**cors(request), "Allow": SESSION_METHODS})
 
     @router.post("/whip/{stream_id}", status_code=201, response_class=Response)
     async def publish(stream_id: str, request: Request) -> Response:
@@ -685,7 +719,7 @@ def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) ->
             if _media_type(request) != TRICKLE:
                 raise Refused(415, f"Content-Type must be {TRICKLE}", "unsupported_media_type")
             match = request.headers.get("if-match")
-            if match is not None and match != "*" and match != session.etag:
+            if match is not None and not etag_matches(match, session.etag):
                 raise Refused(412, "ETag does not match the session", "precondition_failed")
             fragment = await read_body(request)
             await sessions.trickle(session, fragment)

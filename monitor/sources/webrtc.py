@@ -450,6 +450,9 @@ class WhepSource(ThreadedSource):
             logger.debug("WHEP endpoint %s answered %d: %r", redact_url(str(endpoint)), response.status_code, response.text[:200])
             raise SourceError(f"WHEP endpoint answered {response.status_code} {response.reason_phrase}".rstrip(), retryable=True)
         location = response.headers.get("location")
+        if not location:
+            # RFC 9725 requires one: without it the session cannot be deleted when we stop.
+            logger.warning("WHEP %s: the endpoint answered 201 without a Location; its session will not be deleted on stop", self.stream_id)
         # The session belongs to the endpoint that answered, not the one we were sent to.
         self._resource = session_url(endpoint, location) if location else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=self._answer_sdp(response.text), type="answer"))
@@ -459,7 +462,11 @@ class WhepSource(ThreadedSource):
             raise SourceError(f"WHEP connection {self._failed}", retryable=True)
 
     def _answer_sdp(self, answer: str) -> str:
-        """The answer as aiortc gets it: without mDNS candidates unless ``webrtc.resolve_mdns``."""
+        """The answer as aiortc gets it: without candidates at unroutable addresses (multicast,
+        link-local: cloud metadata), and without mDNS ones unless ``webrtc.resolve_mdns``."""
+        answer, unroutable = drop_unroutable_candidates(answer)
+        if unroutable:
+            logger.info("WHEP %s: dropped %d ICE candidates of the answer at multicast, broadcast, unspecified or link-local addresses", self.stream_id, unroutable)
         if self.webrtc.resolve_mdns:
             return answer
         answer, dropped = drop_mdns_candidates(answer)

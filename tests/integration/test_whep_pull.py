@@ -287,3 +287,28 @@ async def test_what_a_failing_endpoint_answers_is_not_echoed(tmp_path: Path) -> 
         await rt.manager.remove("probe")
         events = [payload for _, payload in rt.log.read_since(0, 1000)]
     assert all("INTERNALSECRET" not in text for text in [*events, pipeline.status().last_error or ""])
+
+
+async def test_whep_answer_candidates_at_unroutable_addresses_are_never_contacted(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    # WHIP offers were filtered but WHEP answers were not: the service sent connectivity checks
+    # to 169.254.169.254 (cloud metadata) and multicast groups for whatever the SFU answered.
+    added: list[str] = []
+    real_add = aioice.ice.Connection.add_remote_candidate
+
+    async def recording(self: aioice.ice.Connection, candidate: aioice.Candidate | None) -> None:
+        if candidate is not None:
+            added.append(candidate.host)
+        await real_add(self, candidate)
+
+    monkeypatch.setattr(aioice.ice.Connection, "add_remote_candidate", recording)
+    server = WhepServer()
+    bad = ("169.254.169.254", "224.0.0.1", "0.0.0.0")
+    server.extra_candidates = [f"a=candidate:{20 + i} 1 udp 2122260223 {host} {42000 + i} typ host" for i, host in enumerate(bad)]
+    async with server.serving() as port:
+        source = WhepSource("meta", f"http://127.0.0.1:{port}/whep/cam", metrics=metrics, config=WhepSource.Config(token=TOKEN, open_timeout_s=5.0))
+        await source.start()
+        try:
+            await asyncio.wait_for(source.recv(), 15)
+        finally:
+            await source.aclose()
+    assert added and not set(added) & set(bad), added

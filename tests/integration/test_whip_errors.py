@@ -51,6 +51,8 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
         ("not SDP", {**AUTH, **SDP}, "hello", 400, "malformed SDP"),
         ("broken SDP", {**AUTH, **SDP}, "v=0\r\nm=video x\r\n", 400, "malformed SDP"),
         ("no VP8/H264", {**AUTH, **SDP}, only_vp9(offer), 422, "VP8 or H264"),
+        # Said "no decodable video codec ... got video/vp8" though VP8 was offered.
+        ("video not sent", {**AUTH, **SDP}, offer.replace("a=sendonly", "a=recvonly"), 422, "does not send"),
         ("audio only", {**AUTH, **SDP}, offer.replace("m=video", "m=audio").replace("VP8/90000", "opus/48000/2"), 422, ""),
         ("not UTF-8", {**AUTH, **SDP}, b"v=0\r\n\xff\xfe", 400, "UTF-8"),
         # aiortc took this one, failed to answer, then failed to close: a 500 hid the 422.
@@ -93,8 +95,18 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             bad_port = "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.1.2.3 -5 typ host\r\n"
             refused = await client.patch(loc, content=bad_port, headers=patch_type)
             assert refused.status_code == 400 and "port -5 is not 0-65535" in refused.json()["error"], refused.text
-            ok = await client.patch(loc, content=end, headers={**patch_type, "If-Match": first.headers["etag"]})
+            # If-Match is a list (RFC 9110): the session's tag anywhere in it matches.
+            listed = f'"other", {first.headers["etag"]}'
+            ok = await client.patch(loc, content=end, headers={**patch_type, "If-Match": listed})
             assert ok.status_code == 204, ok.text
+            # A session URL: what it accepts, and 405 naming it for anything else (a GET fell
+            # through to the dashboard's files, a 404 that reads as "session gone").
+            pre = await client.options(loc)
+            assert pre.headers["accept-patch"] == "application/trickle-ice-sdpfrag" and "accept-post" not in pre.headers
+            for method in ("GET", "HEAD", "PUT", "POST"):
+                other = await client.request(method, loc, headers=AUTH)
+                assert other.status_code == 405 and other.headers["allow"] == "PATCH, DELETE, OPTIONS", (method, other.status_code)
+            assert (await client.get("/whip/cam1", headers=AUTH)).headers["allow"] == "POST, OPTIONS"
             late = await client.patch(loc, content=frag, headers=patch_type)
             assert late.status_code == 422 and "end-of-candidates" in late.json()["error"], late.text
             restart = "a=ice-ufrag:zzzz\r\na=ice-pwd:" + "p" * 24 + "\r\n" + frag
@@ -109,7 +121,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
             for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
-                              ("too_large", 1), ("malformed_sdp", 6), ("unanswerable_sdp", 2), ("capacity", 1),
+                              ("too_large", 1), ("malformed_sdp", 6), ("unanswerable_sdp", 3), ("capacity", 1),
                               ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
                 assert got == n, (reason, got)

@@ -175,3 +175,27 @@ async def test_removing_the_stream_through_the_api_ends_the_session(tmp_path: Pa
             assert again.status_code == 201, again.text
             await pc2.close()
         await pc.close()
+
+
+async def test_a_session_removes_its_streams_together_when_it_ends(tmp_path: Path) -> None:
+    # One after another, each pipeline's stop time added up (seconds with a slow detector) while
+    # aiortc kept decoding every track into a queue nobody read until the connection closed.
+    async with running_service(make_settings(tmp_path)) as svc:
+        rt = svc.runtime
+        pc, response = await publish(svc.base, "panel", [FaceTrack((160, 120)) for _ in range(3)])
+        assert response.status_code == 201, response.text
+        names = response.headers["x-monitor-streams"].split(",")
+        log: list[str] = []
+        remove = rt.manager.remove
+
+        async def recorded(stream_id: str) -> None:
+            log.append("start " + stream_id)
+            await asyncio.sleep(0.2)  # a stop that takes a moment, as every real one does
+            await remove(stream_id)
+            log.append("end " + stream_id)
+
+        rt.manager.remove = recorded  # type: ignore[method-assign]
+        async with httpx.AsyncClient(base_url=svc.base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            assert (await client.delete(response.headers["location"])).status_code == 200
+        assert sorted(log[:3]) == sorted("start " + n for n in names), log  # all begun before any ended
+        await pc.close()
