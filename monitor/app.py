@@ -67,14 +67,19 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         except (OSError, sqlite3.Error) as exc:  # a data_dir that is a file, not writable, full
             raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
         stack.callback(log.close)
-        prune_event_log(log, settings, clock.time())
         evidence = EvidenceStore(
             settings.data_dir / "evidence", lambda ok: metrics.evidence_saved.labels("saved" if ok else "failed").inc()
         )
         # After the streams stop (registered before them): what their last alerts queued is written.
         stack.push_async_callback(asyncio.to_thread, evidence.close)
-        # Old evidence goes with old events, also when saving it has been turned off since.
+        # Old evidence goes with old events, also when saving it has been turned off since; first,
+        # as it frees the room the log's own pruning needs on a full disk.
         await asyncio.to_thread(evidence.prune, clock.time() - settings.alerts.retention_days * 86400)
+        try:
+            prune_event_log(log, settings, clock.time())
+        except sqlite3.Error as exc:
+            # A nearly full disk: watching goes first. Appends need far less room than a prune.
+            logger.warning("could not prune the event log (%s); running with it as it is, pruning at the next start", exc)
         bus = EventBus(log, metrics, settings.alerts.queue_size)
         stack.push_async_callback(bus.aclose)
 

@@ -192,6 +192,7 @@ def _duration_of(path: str) -> float | None:
 def alerts(
     url: str = typer.Option("ws://127.0.0.1:8080/ws/alerts", help="The monitor's alert websocket."),
     since: Optional[int] = typer.Option(None, help="Replay every event after this id first."),
+    epoch: Optional[str] = typer.Option(None, help="With --since: the logepoch of that event, so a log reset since is noticed (and replayed from its start)."),
     token: Optional[str] = typer.Option(None, envvar="MONITOR_TOKEN", help="Bearer token (or MONITOR_TOKEN)."),
     follow: bool = typer.Option(True, help="Reconnect (resuming from the last id) when the connection drops."),
 ) -> None:
@@ -199,7 +200,7 @@ def alerts(
     from monitor.alerts.client import tail
 
     try:
-        asyncio.run(tail(url, since=since, token=token, follow=follow, out=sys.stdout))
+        asyncio.run(tail(url, since=since, token=token, follow=follow, out=sys.stdout, epoch=epoch))
     except KeyboardInterrupt:
         pass
     except MonitorError as exc:

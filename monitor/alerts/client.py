@@ -85,6 +85,11 @@ def check_target(url: str, token: str | None) -> None:
         raise MonitorError(f"the token {exc}, as the service's server.token is") from None
 
 
+# The largest event the client takes. websockets' default (1 MiB) closed the connection on a
+# larger one, and every reconnect met the same event again: no later alert was ever printed.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+
+
 def transient_status(status: int) -> bool:
     """An HTTP status worth retrying: the server (or the reverse proxy in front of it, while
     the service restarts) is unavailable or busy for now. Anything else (401, 403, 404 ...)
@@ -92,11 +97,15 @@ def transient_status(status: int) -> bool:
     return status >= 500 or status in (408, 425, 429)
 
 
-def _resume_hint(last: int | None) -> str:
-    return f"; resume with --since {last}" if last is not None else ""
+def _resume_hint(last: int | None, epoch: str | None = None) -> str:
+    """How to resume: ``--since`` the last id written, with ``--epoch`` of its log, so that a log
+    reset meanwhile is noticed (without it a new log's first ids would be taken as seen)."""
+    if last is None:
+        return ""
+    return f"; resume with --since {last}" + (f" --epoch {epoch}" if epoch else "")
 
 
-def _emit(out: TextIO, text: str, last: int | None) -> bool:
+def _emit(out: TextIO, text: str, last: int | None, epoch: str | None = None) -> bool:
     """Write one event line; False once the reader of ``out`` has gone (EPIPE). Any other
     write error (disk full, I/O error) is fatal, not a disconnect: a reconnect cannot fix it,
     and printing on would leave a hole in the output."""
@@ -107,7 +116,7 @@ def _emit(out: TextIO, text: str, last: int | None) -> bool:
         _discard_output(out)
         return False
     except OSError as exc:
-        raise MonitorError(f"cannot write the alert output: {exc}{_resume_hint(last)}") from exc
+        raise MonitorError(f"cannot write the alert output: {exc}{_resume_hint(last, epoch)}") from exc
     return True
 
 
@@ -127,7 +136,8 @@ def _discard_output(out: TextIO) -> None:
 
 
 async def tail(
-    url: str, *, since: int | None = None, token: str | None = None, follow: bool = True, out: TextIO
+    url: str, *, since: int | None = None, token: str | None = None, follow: bool = True, out: TextIO,
+    epoch: str | None = None,
 ) -> None:
     """Print each CloudEvent as one JSON line; on disconnect, resume after the last id written.
     If the server's log was reset (it closes with 4409: ``since`` is past its last id), warn
@@ -142,7 +152,7 @@ async def tail(
     check_target(url, token)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     last = since
-    epoch: str | None = None  # the logepoch of event ``last``
+    epoch = epoch if since is not None else None  # the logepoch of event ``last``
     delay = 0.5
     while True:
         try:
@@ -151,7 +161,8 @@ async def tail(
                 # still resumes from the log instead of silently skipping what happened.
                 last, epoch = await current_last_id(url, headers)
             async with websockets.connect(
-                with_since(url, last, epoch), subprotocols=["cloudevents.json"], additional_headers=headers  # type: ignore[list-item]
+                with_since(url, last, epoch), subprotocols=["cloudevents.json"], additional_headers=headers,  # type: ignore[list-item]
+                max_size=MAX_EVENT_BYTES,
             ) as ws:
                 async for message in ws:
                     # The backoff resets once the server has sent something, not on the
@@ -159,7 +170,7 @@ async def tail(
                     delay = 0.5
                     text = message if isinstance(message, str) else message.decode()
                     event = json.loads(text)
-                    if not _emit(out, text, last):
+                    if not _emit(out, text, last, epoch):
                         return  # whoever reads our output is gone (`monitor alerts | head -1`)
                     # Only now: a resume after a disconnect must not skip an event not written.
                     last, epoch = int(event["id"]), event.get("logepoch") or epoch
@@ -171,22 +182,22 @@ async def tail(
                 last, epoch = 0, None
                 continue
             if not follow:
-                raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last)}") from exc
+                raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last, epoch)}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)
         except (InvalidStatus, httpx.HTTPStatusError) as exc:
             what = "alert websocket" if isinstance(exc, InvalidStatus) else "alert API"
             status = exc.response.status_code
             if not follow or not transient_status(status):
-                raise MonitorError(f"{what} refused: HTTP {status}{_resume_hint(last)}") from exc
+                raise MonitorError(f"{what} refused: HTTP {status}{_resume_hint(last, epoch)}") from exc
             logger.warning("%s: HTTP %s; reconnecting in %.1fs", what, status, delay)
         except (OSError, httpx.TransportError, InvalidMessage) as exc:
             # InvalidMessage: the connection closed before a handshake response, as a port
             # that accepts while the service behind it is still starting does.
             if not follow:
-                raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last)}") from exc
+                raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last, epoch)}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)
         except InvalidHandshake as exc:  # a bad upgrade response, subprotocol or header: not transient
-            raise MonitorError(f"alert websocket handshake failed: {exc}{_resume_hint(last)}") from exc
+            raise MonitorError(f"alert websocket handshake failed: {exc}{_resume_hint(last, epoch)}") from exc
         if not follow:
             return
         await asyncio.sleep(delay)

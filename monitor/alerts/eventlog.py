@@ -113,6 +113,9 @@ def to_cloudevent_json(
     return _FORMAT.write(CloudEvent(attributes=attributes, data=data)).decode()
 
 
+PRUNE_BATCH = 2000  # events deleted per transaction at start-up
+
+
 class EventLog:
     """SQLite-backed, append-only log. Thread-safe; call it from an executor, not the loop."""
 
@@ -142,20 +145,30 @@ class EventLog:
             self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex[:16],))
             epoch = str(self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
             last = self._last_id()
+            # Set in the log once it has had a mark: a copy of the file (a backup) carries it.
+            had_mark = self._db.execute("SELECT 1 FROM meta WHERE key = 'marked'").fetchone() is not None
             try:
                 marked_epoch, marked_last = self._mark.read_text().split()
                 behind = marked_epoch == epoch and int(marked_last) > last
-            except (OSError, ValueError):  # no mark yet (a new log, or one from before marks)
+                why = f"ends at id {last} but reached {marked_last} before"
+            except FileNotFoundError:
+                # A log that had a mark, found without it: a backup restored into an empty
+                # data_dir. It may have been copied at any id, and clients may hold later ones
+                # of this epoch. (A log from before marks, or a new one, has never had one.)
+                behind = had_mark and last > 0
+                why = f"has lost its mark ({self._mark.name}) at id {last}"
+            except (OSError, ValueError):  # an unreadable mark: it only weakens the check
                 behind = False
             if behind:
                 epoch = uuid.uuid4().hex[:16]
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
                 logger.warning(
-                    "event log %s ends at id %d but reached %s before: restored from a backup? Its ids %d-%s "
-                    "now name other events, so it gets a new epoch (%s): clients resuming start again",
-                    self.path, last, marked_last, last + 1, marked_last, epoch,
+                    "event log %s %s: restored from a backup? Ids after %d may name other events for "
+                    "clients, so it gets a new epoch (%s): clients resuming start again",
+                    self.path, why, last, epoch,
                 )
             self._write_mark(epoch, last)
+            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('marked', '1')")
         return epoch
 
     def _write_mark(self, epoch: str, last_id: int) -> None:
@@ -279,12 +292,19 @@ class EventLog:
     def prune(self, older_than: float, keep_after: int | None = None) -> int:
         """Delete events older than ``older_than`` (UNIX time), but none with an id above
         ``keep_after`` (a sink's cursor: not yet delivered); ids are never reused."""
-        with self._lock:
-            if keep_after is None:
-                cur = self._db.execute("DELETE FROM events WHERE time < ?", (older_than,))
-            else:
-                cur = self._db.execute("DELETE FROM events WHERE time < ? AND id <= ?", (older_than, keep_after))
-        return cur.rowcount
+        limit = keep_after if keep_after is not None else (1 << 62)
+        removed = 0
+        while True:
+            # In batches: one transaction deleting a long history needs room in the WAL that a
+            # nearly full disk may not have, and holds the write lock meanwhile.
+            with self._lock:
+                cur = self._db.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? AND id <= ? ORDER BY id LIMIT ?)",
+                    (older_than, limit, PRUNE_BATCH),
+                )
+            removed += cur.rowcount
+            if cur.rowcount < PRUNE_BATCH:
+                return removed
 
     def count_older(self, after_id: int, older_than: float) -> int:
         """How many events with id > ``after_id`` are older than ``older_than`` (a sink's
@@ -294,6 +314,12 @@ class EventLog:
                 "SELECT COUNT(*) FROM events WHERE id > ? AND time < ?", (after_id, older_than)
             ).fetchone()
         return int(row[0])
+
+    def oldest_id(self) -> int | None:
+        """The smallest id the log still holds (None when it holds none)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(id) FROM events").fetchone()
+        return None if row[0] is None else int(row[0])
 
     def get_cursor(self, name: str) -> int | None:
         with self._lock:

@@ -728,6 +728,40 @@ def test_a_log_restored_from_a_backup_gets_a_new_epoch(tmp_path: Path, caplog: p
         again.close()
 
 
+def test_a_backup_restored_into_an_empty_data_dir_gets_a_new_epoch(tmp_path: Path) -> None:
+    # As operations.md says to back it up: the file, not its mark. Restored into a new data_dir
+    # (a new machine), it kept its epoch, and a client resuming at an id past the copy, with that
+    # epoch, silently skipped the new events that reused those ids (and so did the Redis sink).
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    log = EventLog(old / "events.sqlite3")
+    log.append([status_event(i) for i in range(5)])
+    log.close()  # checkpointed: the file alone holds the 5 events
+    shutil.copy(old / "events.sqlite3", tmp_path / "backup.sqlite3")
+    log = EventLog(old / "events.sqlite3")
+    log.append([status_event(i) for i in range(5)])  # a client got up to id 10 of this epoch
+    epoch = log.epoch
+    log.close()
+    new.mkdir()
+    shutil.copy(tmp_path / "backup.sqlite3", new / "events.sqlite3")
+    restored = EventLog(new / "events.sqlite3")
+    try:
+        assert restored.last_id() == 5 and restored.epoch != epoch
+    finally:
+        restored.close()
+    # A log from before marks (or a new one) has never had one: its epoch stays.
+    fresh = EventLog(tmp_path / "fresh" / "events.sqlite3")
+    fresh_epoch = fresh.epoch
+    fresh.close()
+    (tmp_path / "fresh" / "events.sqlite3.mark").unlink()
+    reopened = EventLog(tmp_path / "fresh" / "events.sqlite3")
+    try:
+        assert reopened.epoch == fresh_epoch  # empty: nothing a client could have seen
+    finally:
+        reopened.close()
+
+
 def test_the_alerts_client_resumes_with_the_epoch_of_its_last_event() -> None:
     from monitor.alerts.client import with_since
 

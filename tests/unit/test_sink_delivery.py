@@ -364,3 +364,48 @@ def test_pruning_without_sinks_or_before_a_sink_started(tmp_path: Path) -> None:
     assert prune_event_log(log, settings_with_hook(tmp_path), NOW) == 1
     assert [r[0] for r in log.read_since(0)] == [2]
     log.close()
+
+
+def test_pruning_goes_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.alerts.eventlog as eventlog
+
+    monkeypatch.setattr(eventlog, "PRUNE_BATCH", 3)  # one transaction per 3 events
+    log = EventLog(tmp_path / "e.sqlite3")
+    log.append([status_event(NOW - 40 * DAY + i) for i in range(10)])
+    log.append([status_event(NOW)])
+    log.set_cursor("hook", 8)
+    assert prune_event_log(log, settings_with_hook(tmp_path), NOW) == 8  # 1-8, not the 9-10 the sink owes
+    assert [r[0] for r in log.read_since(0)] == [9, 10, 11]
+    log.close()
+
+
+async def test_the_service_starts_when_the_log_cannot_be_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A nearly full disk: the one pruning transaction failed and `monitor serve` exited with a
+    # traceback, watching nothing, though appends still had room.
+    import sqlite3
+
+    import monitor.app
+    from monitor.app import runtime
+
+    def full(*args: Any) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(monitor.app, "prune_event_log", full)
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    async with runtime(settings) as rt:
+        await rt.bus.publish([status_event(NOW)])
+        assert rt.log.last_id() == 1
+
+
+async def test_a_sink_added_back_is_told_what_was_pruned_while_it_was_gone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = EventLog(tmp_path / "e.sqlite3")
+    log.append([status_event(NOW - 40 * DAY + i) for i in range(5)])
+    log.append([status_event(NOW) for _ in range(3)])
+    log.set_cursor("hook", 1)  # it had delivered event 1, then was removed from `sinks`
+    log.prune(NOW - 30 * DAY)  # a start-up without it: nothing held back for it
+    bus = EventBus(log, Metrics())
+    runner = SinkRunner(bus, RecordingSink(), "hook", Metrics())
+    with caplog.at_level(logging.WARNING, logger="monitor.alerts.bus"):
+        assert await runner._first_cursor() == 1
+    assert "events 2-5 were pruned while it was not configured" in caplog.text
+    log.close()
