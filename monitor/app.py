@@ -78,7 +78,8 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         try:
             prune_event_log(log, settings, clock.time())
         except sqlite3.Error as exc:
-            # A nearly full disk: watching goes first. Appends need far less room than a prune.
+            # A nearly full disk: watching goes first. Small appends may still fit; if they do not,
+            # streams pause and retry (event_log_errors_total) rather than the service not starting.
             logger.warning("could not prune the event log (%s); running with it as it is, pruning at the next start", exc)
         bus = EventBus(log, metrics, settings.alerts.queue_size)
         stack.push_async_callback(bus.aclose)

@@ -177,7 +177,9 @@ class SinkRunner:
             await self.bus.on_log(log.set_cursor, self.name, cursor)
             return cursor
         oldest = await self.bus.on_log(log.oldest_id)
-        if oldest is not None and oldest > cursor + 1:
+        if oldest is None:  # everything pruned: the next event is the first it can get
+            oldest = await self.bus.on_log(log.last_id) + 1
+        if oldest > cursor + 1:
             # Retention holds back only for configured sinks: one removed from `sinks` for a
             # while and added back finds part of what it owes pruned. Said, not silently skipped.
             logger.warning(

@@ -145,12 +145,16 @@ class EventLog:
             self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex[:16],))
             epoch = str(self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
             last = self._last_id()
-            # Set in the log once it has had a mark: a copy of the file (a backup) carries it.
+            # Set in the log once a start has found its mark: the mark survived a run, so it is
+            # no mark that failed to be written or was lost in a crash. A copy of the file (a
+            # backup) carries the flag.
             had_mark = self._db.execute("SELECT 1 FROM meta WHERE key = 'marked'").fetchone() is not None
+            found_mark = False
             try:
                 marked_epoch, marked_last = self._mark.read_text().split()
                 behind = marked_epoch == epoch and int(marked_last) > last
                 why = f"ends at id {last} but reached {marked_last} before"
+                found_mark = True
             except FileNotFoundError:
                 # A log that had a mark, found without it: a backup restored into an empty
                 # data_dir. It may have been copied at any id, and clients may hold later ones
@@ -168,11 +172,13 @@ class EventLog:
                     self.path, why, last, epoch,
                 )
             self._write_mark(epoch, last)
-            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('marked', '1')")
+            if found_mark:
+                self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('marked', '1')")
         return epoch
 
     def _write_mark(self, epoch: str, last_id: int) -> None:
-        """Best effort, no fsync: a mark lost in a crash only weakens the backup check."""
+        """Best effort, no fsync: a mark lost in a crash weakens the backup check, and once a
+        start has found it, a later start without it gives the log a new epoch."""
         try:
             tmp = self._mark.with_name(self._mark.name + ".tmp")
             tmp.write_text(f"{epoch} {last_id}\n")

@@ -61,6 +61,7 @@ class EvidenceStore:
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(QUEUE_MAX)
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def submit(
         self,
@@ -76,6 +77,10 @@ class EvidenceStore:
         happens here (the queued copy is small; the caller's frame is not kept)."""
         if not ALERT_ID.fullmatch(alert.alert_id):
             raise ValueError(f"not an alert id: {alert.alert_id!r}")
+        if self._closed:  # shutting down: a late alert's bundle would wait behind the stop for ever
+            logger.warning("stream %s: evidence of alert %s not saved: the store is closed", stream_id, alert.alert_id)
+            self._report(False)
+            return False
         shown, scale = _scaled(frame_rgb)
         with self._lock:
             if self._writer is None or not self._writer.is_alive():
@@ -99,14 +104,18 @@ class EvidenceStore:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (for up to ``timeout``), then stop the writer."""
-        if self._writer is not None and self._writer.is_alive():
-            self.flush(timeout)
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                return
-            self._writer.join(timeout)
+        """Write what is queued (for up to ``timeout`` in all), then stop the writer. Later
+        submits are refused (and counted as failed)."""
+        self._closed = True
+        if self._writer is None or not self._writer.is_alive():
+            return
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        try:
+            self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            return
+        self._writer.join(max(0.0, deadline - time.monotonic()))
 
     def _write_loop(self) -> None:
         while True:

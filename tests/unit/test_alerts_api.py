@@ -737,8 +737,9 @@ def test_a_backup_restored_into_an_empty_data_dir_gets_a_new_epoch(tmp_path: Pat
     old, new = tmp_path / "old", tmp_path / "new"
     log = EventLog(old / "events.sqlite3")
     log.append([status_event(i) for i in range(5)])
-    log.close()  # checkpointed: the file alone holds the 5 events
-    shutil.copy(old / "events.sqlite3", tmp_path / "backup.sqlite3")
+    log.close()
+    EventLog(old / "events.sqlite3").close()  # a later start found its mark: the log knows it has one
+    shutil.copy(old / "events.sqlite3", tmp_path / "backup.sqlite3")  # checkpointed: the file holds all
     log = EventLog(old / "events.sqlite3")
     log.append([status_event(i) for i in range(5)])  # a client got up to id 10 of this epoch
     epoch = log.epoch
@@ -750,6 +751,18 @@ def test_a_backup_restored_into_an_empty_data_dir_gets_a_new_epoch(tmp_path: Pat
         assert restored.last_id() == 5 and restored.epoch != epoch
     finally:
         restored.close()
+    # A mark that was never written (a full disk at the first start after an upgrade, or a crash
+    # before it reached the disk) is no restore: the epoch stays, or every client replays all.
+    first = EventLog(tmp_path / "upgraded" / "events.sqlite3")
+    first.append([status_event(1)])
+    first_epoch = first.epoch
+    first.close()
+    (tmp_path / "upgraded" / "events.sqlite3.mark").unlink()
+    second = EventLog(tmp_path / "upgraded" / "events.sqlite3")
+    try:
+        assert second.epoch == first_epoch
+    finally:
+        second.close()
     # A log from before marks (or a new one) has never had one: its epoch stays.
     fresh = EventLog(tmp_path / "fresh" / "events.sqlite3")
     fresh_epoch = fresh.epoch

@@ -193,3 +193,13 @@ def test_an_alert_is_raised_even_when_its_evidence_cannot_be_saved(tmp_path: Pat
 
 def test_without_a_store_nothing_is_kept(metrics: Metrics) -> None:
     assert opened_of(run_until_alert(None, metrics)[1]).evidence is None
+
+
+def test_a_closed_store_refuses_late_bundles_and_counts_them(tmp_path: Path, metrics: Metrics) -> None:
+    # A late alert during shutdown: its bundle waited behind the writer's stop for ever, its
+    # URL named in the events but never written, and not counted as failed.
+    store = store_counting(tmp_path / "evidence", metrics)
+    assert save(store, "s", alert("a" * 32), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    store.close()
+    assert not store.submit("s", alert("b" * 32), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    assert metrics.registry.get_sample_value("deepfake_monitor_evidence_total", {"result": "failed"}) == 1

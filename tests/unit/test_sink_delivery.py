@@ -408,4 +408,9 @@ async def test_a_sink_added_back_is_told_what_was_pruned_while_it_was_gone(tmp_p
     with caplog.at_level(logging.WARNING, logger="monitor.alerts.bus"):
         assert await runner._first_cursor() == 1
     assert "events 2-5 were pruned while it was not configured" in caplog.text
+    log.prune(NOW + DAY)  # everything: the log is empty, the next event will be 9
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monitor.alerts.bus"):
+        assert await runner._first_cursor() == 1
+    assert "events 2-8 were pruned while it was not configured" in caplog.text
     log.close()
