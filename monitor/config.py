@@ -118,13 +118,13 @@ class ServerConfig(Strict):
 
 
 class AnalysisConfig(Strict):
-    fps: float = Field(10.0, gt=0, le=60, description="Frames analysed per second per stream; newer frames replace older ones that were not analysed yet.")
+    fps: float = Field(10.0, gt=0, le=60, description="Frames analysed per second per stream; newer frames replace older ones that were not analysed yet (a file with realtime: false is sampled at this rate by its own timestamps, losing none).")
     max_faces: int = Field(4, ge=1, le=16, description="Most faces tracked per frame.")
     crop_size: int = Field(112, ge=32, le=512, description="Side of the aligned face crop handed to the detector, in pixels.")
     min_face_px: float = Field(48.0, ge=8, description="Faces narrower than this are `low_resolution`.")
     min_blur: float = Field(15.0, ge=0, description="Crops whose Laplacian variance (measured at 112 px whatever crop_size is) is below this are `blurred`.")
-    max_frame_age_s: float = Field(0.5, gt=0, description="A frame older than this when analysis could start is skipped (`stale`).")
-    budget_s: float | None = Field(None, gt=0, description="Per-frame analysis budget; default 1/fps. Over budget, the detector skips work on the next frame rather than queue it.")
+    max_frame_age_s: float = Field(0.5, gt=0, description="A frame older than this when analysis could start is skipped (`stale`); never for a file with realtime: false.")
+    budget_s: float | None = Field(None, gt=0, description="Per-frame analysis budget; default 1/fps. Over budget, the detector skips work on the next frame rather than queue it (a file with realtime: false has none).")
     track_lost_s: float = Field(1.0, gt=0, description="A face unseen this long ends its track; a face that returns sooner keeps its id.")
 
     @model_validator(mode="before")
