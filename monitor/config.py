@@ -57,6 +57,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def normalise_origin(origin: str) -> str:
+    """``scheme://host[:port]`` as a browser's ``Origin`` header spells it: lower case, no
+    default port, no trailing slash; ValueError (naming the origin without its password) for
+    anything else: another scheme, a path, a query, ``*``, credentials."""
+    try:
+        url = urlsplit(origin.strip())
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"{redact_url(origin)!r} is not an origin: {exc}") from None
+    scheme = url.scheme.lower()
+    if scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.fragment or url.username:
+        raise ValueError(f"{redact_url(origin)!r} is not an origin: give scheme://host[:port] (http or https), nothing after it; '*' is not supported")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    return f"{scheme}://{host.lower()}" + (f":{port}" if port not in (None, {"http": 80, "https": 443}[scheme]) else "")
+
+
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` (a name, an address, or an IPv6 address in brackets) is this machine."""
     if host == "localhost":
@@ -90,22 +106,9 @@ class ServerConfig(Strict):
     @field_validator("cors_origins")
     @classmethod
     def _origins_as_browsers_send_them(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
-        """Each entry as a browser's ``Origin`` header spells it (compared exactly): lower case,
-        no default port, no trailing slash. A path, ``*`` or another scheme could never match
-        and the dashboard would be refused with nothing pointing here."""
-        out = []
-        for origin in origins:
-            try:
-                url = urlsplit(origin.strip())
-                port = url.port
-            except ValueError as exc:
-                raise ValueError(f"{redact_url(origin)!r} is not an origin: {exc}") from None
-            if url.scheme.lower() not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.fragment or url.username:
-                raise ValueError(f"{redact_url(origin)!r} is not an origin: give scheme://host[:port] (http or https), nothing after it; '*' is not supported")
-            default = {"http": 80, "https": 443}[url.scheme.lower()]
-            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-            out.append(f"{url.scheme.lower()}://{host.lower()}" + (f":{port}" if port not in (None, default) else ""))
-        return tuple(dict.fromkeys(out))
+        # Compared exactly with a browser's Origin header: a path, `*` or another scheme could
+        # never match, and the dashboard would be refused with nothing pointing here.
+        return tuple(dict.fromkeys(normalise_origin(o) for o in origins))
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> ServerConfig:

@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.clock import Clock
-from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig, bearer_token, redact_url
+from monitor.config import IceServer, Settings, StreamConfig, WebRTCConfig, bearer_token, normalise_origin, redact_url
 from monitor.errors import ConfigError, SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -326,16 +326,7 @@ class WhepSource(ThreadedSource):
         @field_validator("redirect_origins")
         @classmethod
         def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
-            out = []
-            for origin in origins:
-                try:
-                    url = httpx.URL(origin)
-                except httpx.InvalidURL as exc:
-                    raise ValueError(f"{redact_url(origin)!r} is not a URL: {exc}") from None
-                if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/") or url.query:
-                    raise ValueError(f"{redact_url(origin)!r} is not an origin: give scheme://host[:port], nothing after it")
-                out.append(origin)
-            return tuple(out)
+            return tuple(normalise_origin(o) for o in origins)
 
     def __init__(
         self,
