@@ -211,7 +211,7 @@ class StreamPipeline:
                 # One interval after this frame was due or came, whichever was later: after a
                 # delay (start-up, a reconnect, a slow analysis) the next frame is not taken at
                 # once, one input frame later, but an interval on.
-                next_due = max(next_due + interval, arrived + 0.5 * interval)
+                next_due = max(next_due + interval, arrived + 0.75 * interval)
                 age = now - frame.received_at
                 self.metrics.frame_age_seconds.labels(self.source.kind).observe(age)
                 if age > self.max_frame_age_s and not by_stream_time:  # a file's frames wait their turn
