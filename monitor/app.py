@@ -30,7 +30,7 @@ from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
-from monitor.sources.base import redact_text
+from monitor.sources.base import failure_text, redact_text
 from monitor.types import AlertData, Event, EventType, Severity, Signal, TrackState, TrackStateData
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             try:
                 sink = cls(options)
             except Exception as exc:  # a plugin's own failure: named, not a traceback
-                raise ConfigError(f"{what} cannot be created: {type(exc).__name__}: {redact_text(str(exc))}") from exc
+                raise ConfigError(f"{what} cannot be created: {failure_text(exc)}") from exc
             runner = SinkRunner(bus, sink, sink_config.key, metrics)
             try:
                 await runner.start()
@@ -107,7 +107,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
                     await sink.aclose()
                 except Exception:
                     logger.exception("closing %s after it failed to start", what)
-                raise ConfigError(f"{what} failed to start: {type(exc).__name__}: {redact_text(str(exc))}") from exc
+                raise ConfigError(f"{what} failed to start: {failure_text(exc)}") from exc
             runners.append(runner)
 
         # Before any stream can open a new alert, and after the sinks started, so they deliver

@@ -41,11 +41,11 @@ def check_plugins(settings: Settings) -> None:
     from monitor.clock import SystemClock
     from monitor.metrics import Metrics
     from monitor.pipeline.manager import build_source
-    from monitor.sources.base import redact_text
+    from monitor.sources.base import failure_text
 
     problems: list[str] = []
     def problem(exc: Exception) -> str:  # a plugin's own failure is named with its type
-        return str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {redact_text(str(exc))}"
+        return str(exc) if isinstance(exc, ConfigError) else failure_text(exc)
 
     try:
         detector_factory(settings)

@@ -47,15 +47,16 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` (dataclasses, enums, containers) as plain JSON types; NaN and infinities as null."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):  # NaN and +-Infinity are not JSON
         return None
     return value
@@ -69,7 +70,7 @@ def _load_data(text: str) -> Any:
 
 def event_payload(event: Event) -> dict[str, Any]:
     """The CloudEvents ``data`` of an event: its typed payload plus the stream and severity."""
-    data = _jsonable(event.data)
+    data = jsonable(event.data)
     data["stream_id"] = event.stream_id
     data["severity"] = event.severity.value
     return data

@@ -1,11 +1,11 @@
 """Evidence of each alert, kept on this machine: what the monitor saw when it raised it.
 
-When an alert opens, the analysis thread saves the frame it was raised on (scaled down, the
-face boxed), the face's last aligned crops a fraction of a second apart, and the scores and
-reasons behind it, to ``data_dir/evidence/<alert_id>/``. An operator (the dashboard, `GET
+When an alert opens, the monitor saves the frame it was raised on (scaled down, the face
+boxed), the face's last aligned crops a fraction of a second apart, and the scores and reasons
+behind it, to ``data_dir/evidence/<alert_id>/``. An operator (the dashboard, `GET
 /api/alerts/{alert_id}/evidence`) can then judge the alert with their own eyes: the detector's
 probability alone does not say what it looked at. Nothing leaves the machine; evidence is
-pruned with the event log (``alerts.retention_days``) and can be turned off
+pruned by age at start-up (``alerts.retention_days``) and can be turned off
 (``alerts.evidence: false``).
 
 A bundle is written to a temporary folder and renamed into place, so a reader never sees half
@@ -27,13 +27,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from monitor.alerts.eventlog import jsonable
 from monitor.types import AlertData
 
 logger = logging.getLogger(__name__)
@@ -150,14 +150,12 @@ class EvidenceStore:
         tmp = self.root / f".{alert.alert_id}.tmp"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
-            if bbox is not None:
+            if bbox is not None:  # drawn on the writer's own scaled copy
                 x0, y0, x1, y1 = (int(round(v * scale)) for v in bbox)
-                shown = shown.copy()
                 cv2.rectangle(shown, (x0, y0), (x1, y1), BOX_COLOUR, max(1, round(2 * max(shown.shape[:2]) / 640)))
-            files = {"frame": "frame.jpg"}
             _write_jpeg(tmp / "frame.jpg", shown)
             faces = []
-            for k, (crop_t, crop) in enumerate(crops[-10:]):
+            for k, (crop_t, crop) in enumerate(crops[-10:]):  # face-0 .. face-9: what FILE_NAME serves
                 name = f"face-{k}.jpg"
                 _write_jpeg(tmp / name, crop)
                 faces.append({"file": name, "t": round(crop_t, 3)})
@@ -167,8 +165,8 @@ class EvidenceStore:
                 "track_id": alert.track_id,
                 "t": round(t, 3),
                 "saved_at": time.time(),
-                "alert": _jsonable(asdict(alert)),
-                "frame": {"file": files["frame"], "width": width, "height": height, "scale": round(scale, 4),
+                "alert": jsonable(alert),
+                "frame": {"file": "frame.jpg", "width": width, "height": height, "scale": round(scale, 4),
                           "bbox": None if bbox is None else [round(float(v), 1) for v in bbox]},
                 "faces": faces,
             }
@@ -217,12 +215,3 @@ def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
         raise ValueError(f"JPEG encoding failed for {path.name}")
     path.write_bytes(data.tobytes())
 
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "value"):  # enums
-        return value.value  # type: ignore[attr-defined]
-    return value

@@ -364,7 +364,7 @@ def create_app(
             text = await asyncio.to_thread((folder / EVIDENCE_MANIFEST).read_text)
         except OSError:  # pruned meanwhile
             raise HTTPException(404, "no evidence saved for this alert") from None
-        return Response(text, media_type="application/json", headers={"Cache-Control": "no-store"})
+        return Response(text, media_type="application/json")  # no-store, as every /api/ answer
 
     @app.get("/api/alerts/{alert_id}/evidence/{name}", dependencies=[Depends(require_token)], tags=["alerts"], response_class=Response)
     async def alert_evidence_file(alert_id: str, name: str) -> Response:
@@ -376,8 +376,7 @@ def create_app(
             data = await asyncio.to_thread((folder / name).read_bytes)
         except OSError:
             raise HTTPException(404, "no such evidence file") from None
-        # Faces: never kept by a browser's or a proxy's cache.
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        return Response(data, media_type="image/jpeg")  # faces: no-store, as every /api/ answer
 
     ws_clients = [0]  # connected alert websocket clients
 

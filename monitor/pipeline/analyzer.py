@@ -215,7 +215,7 @@ class StreamAnalyzer:
                 self._ended.clear()
         if self.evidence is not None and events:
             # Part of the policy stage, against the budget: an alert's JPEGs and write are rare but not free.
-            events = self._with_evidence(events, frame, rgb, face_frame, dict(zip([o.track_id for o in face_frame.faces], tracks)))
+            events = self._with_evidence(events, frame, rgb, {o.track_id: (tr, o) for tr, o in zip(tracks, face_frame.faces)})
         t4 = timer()
 
         times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
@@ -226,17 +226,17 @@ class StreamAnalyzer:
         return Analysis(frame.seq, frame.pts_s, face_frame, tuple(verdicts), tuple(events), times, latency)
 
     def _with_evidence(
-        self, events: list[Event], frame: Frame, rgb: np.ndarray, face_frame: FaceFrame, tracks: dict[int, _Track]
+        self, events: list[Event], frame: Frame, rgb: np.ndarray, seen: dict[int, tuple[_Track, FaceObservation]]
     ) -> list[Event]:
-        """``events`` with each alert that opened on this frame saved as evidence, and its
-        ``evidence`` path set when that worked (it is raised either way)."""
+        """``events`` with each alert that opened on this frame queued as evidence, and its
+        ``evidence`` path set when it was queued (the alert is raised either way). ``seen``:
+        this frame's tracks and faces by track id."""
         assert self.evidence is not None
         out = []
         for event in events:
             data = event.data
             if event.type == EventType.ALERT_OPENED and isinstance(data, AlertData):
-                obs = next((o for o in face_frame.faces if o.track_id == data.track_id), None)
-                track = tracks.get(data.track_id)
+                track, obs = seen.get(data.track_id, (None, None))
                 crops = list(track.crops) if track is not None else []
                 if obs is not None and obs.crop is not None and (not crops or crops[-1][0] != obs.t):
                     crops = [*crops, (obs.t, obs.crop)][-EVIDENCE_CROPS:]  # always the alert's own frame

@@ -29,6 +29,12 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
+def failure_text(exc: BaseException) -> str:
+    """A plugin's unexpected error for a message a user reads: its class and its text, with
+    the credentials of any URL in it hidden."""
+    return f"{type(exc).__name__}: {redact_text(str(exc))}"
+
+
 def redact_text(text: str, url: str | None = None) -> str:
     """``text`` (an error message, a state detail) with the credentials of every URL in it
     hidden; with ``url`` (the source's own), also every copy of that URL and of its

@@ -638,22 +638,29 @@ class RecordsTimes(OneFace):
         return super().process(frame, rgb)
 
 
-async def test_a_file_read_as_fast_as_analysis_goes_is_sampled_by_its_own_time(parts: Any) -> None:
-    # `realtime: false` (a recording sent to be scanned): before, the pipeline took one frame per
-    # 0.1 s of wall clock from a decoder racing ahead, frames seconds of video apart, and no
-    # face was ever judged (each frame a new track, "window_too_short").
+async def scan_recording(parts: Any, faces: RecordsTimes, seconds: float) -> StreamManager:
+    """A generated 30 fps recording of ``seconds`` watched with `realtime: false`, to its end."""
     from monitor.sources.av_source import FileSource
     from monitor.sources.demo_media import write_clip
 
     settings, log, bus, metrics = parts
-    clip = write_clip(log.path.parent / "rec.mp4", 3.0, fps=30, width=160, height=120)
-    faces = RecordsTimes()
+    clip = write_clip(log.path.parent / "rec.mp4", seconds, fps=30, width=160, height=120)
     m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: faces)
     source = FileSource("rec", str(clip), metrics=metrics, realtime=False)
     pipeline = await m.add(StreamConfig(id="rec", url=str(clip), realtime=False), source=source)
     async with asyncio.timeout(60):
         while pipeline.status().state != StreamState.ENDED:
             await asyncio.sleep(0.05)
+    return m
+
+
+async def test_a_file_read_as_fast_as_analysis_goes_is_sampled_by_its_own_time(parts: Any) -> None:
+    # `realtime: false` (a recording sent to be scanned): before, the pipeline took one frame per
+    # 0.1 s of wall clock from a decoder racing ahead, frames seconds of video apart, and no
+    # face was ever judged (each frame a new track, "window_too_short").
+    _, log, _, metrics = parts
+    faces = RecordsTimes()
+    m = await scan_recording(parts, faces, 3.0)
     # The grid `monitor scan` uses: every 0.1 s of video, all 3 s of it, whatever the wall clock did.
     assert faces.times == pytest.approx([round(0.1 * k, 4) for k in range(30)], abs=0.02)
     value = metrics.registry.get_sample_value
@@ -704,17 +711,9 @@ class SlowFaces(RecordsTimes):
 async def test_a_file_read_as_fast_as_analysis_goes_never_skips_detector_work(parts: Any) -> None:
     # Over budget, the live pipeline skips the detector on the next frame: right for a live feed,
     # but a file that waits for analysis is never late, and `monitor scan` never skips.
-    from monitor.sources.av_source import FileSource
-    from monitor.sources.demo_media import write_clip
-
-    settings, log, bus, metrics = parts
-    clip = write_clip(log.path.parent / "rec.mp4", 1.0, fps=30, width=160, height=120)
+    metrics = parts[3]
     faces = SlowFaces()
-    m = StreamManager(settings, bus, metrics, SystemClock(), Fake, lambda stream_id: faces)
-    pipeline = await m.add(StreamConfig(id="rec", url=str(clip), realtime=False), source=FileSource("rec", str(clip), metrics=metrics, realtime=False))
-    async with asyncio.timeout(60):
-        while pipeline.status().state != StreamState.ENDED:
-            await asyncio.sleep(0.05)
+    m = await scan_recording(parts, faces, 1.0)
     assert len(faces.times) == 10
     assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) == 0
     await m.aclose()
