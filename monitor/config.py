@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,8 +53,25 @@ def bearer_token(token: str | None) -> str | None:
     return token
 
 
+def _is_number_type(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, optionally in a union with None)."""
+    if annotation in (int, float):
+        return True
+    args = getattr(annotation, "__args__", ())
+    return bool(args) and all(a in (int, float, type(None)) for a in args) and any(a in (int, float) for a in args)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads `fps: true` as 1 and `max_faces: false` as 0; YAML's yes/no/on/off are
+        # booleans too, so a slip there would silently become a number.
+        if isinstance(value, bool) and info.field_name is not None and _is_number_type(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+        return value
 
 
 def normalise_origin(origin: str) -> str:

@@ -459,3 +459,20 @@ def test_a_bad_origin_is_named_without_its_password(tmp_path: Path) -> None:
     cfg.write_text("streams:\n  - {id: w, url: 'http://sfu/whep/a', source: whep, options: {redirect_origins: ['https://u:Pw123secret@sfu/x']}}\n")
     r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
     assert r.exit_code == 2 and "redirect_origins" in r.output and "Pw123secret" not in r.output, r.output
+
+
+def test_a_boolean_is_not_taken_for_a_number(tmp_path: Path) -> None:
+    # pydantic reads true as 1 and false as 0, and YAML's yes/no/on/off are booleans: `fps: on`
+    # ran the service at 1 fps and `max_faces: no` was refused only for being below 1.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analysis:\n  fps: on\n  max_faces: no\npolicy:\n  alert_enter: true\nstreams:\n  - id: cam\n    url: demo://\n    analysis_fps: yes\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    text = str(err.value)
+    for key in ("analysis.fps", "analysis.max_faces", "policy.alert_enter", "streams[0].analysis_fps"):
+        assert key in text
+    assert text.count("must be a number, not the boolean") == 4
+    # Booleans stay booleans, numbers stay numbers, and a number given as text still loads.
+    cfg.write_text("analysis:\n  fps: 12\n  max_faces: 2\nstreams:\n  - id: cam\n    url: demo://\n    realtime: no\n    analysis_fps: '5'\n")
+    s = load_settings(cfg)
+    assert (s.analysis.fps, s.analysis.max_faces, s.streams[0].realtime, s.streams[0].analysis_fps) == (12, 2, False, 5)
