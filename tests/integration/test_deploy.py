@@ -1,5 +1,5 @@
-"""Shipped operations files are valid: Prometheus alert rules pass promtool and name only
-metrics the service exports."""
+"""Shipped operations files are valid: Prometheus alert rules pass promtool, and the rules and
+the Grafana dashboard name only metrics the service exports."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from monitor.metrics import Metrics
+from tests.support import dashboards
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,9 +24,9 @@ def test_prometheus_rules_are_valid() -> None:
     assert "9 rules found" in r.stdout
 
 
-def test_prometheus_rules_name_only_exported_metrics() -> None:
-    rules = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
-    used = {m for group in rules["groups"] for rule in group["rules"] for m in re.findall(r"deepfake_monitor_\w+", rule["expr"])}
+def exported_names() -> set[str]:
+    """Every series name the service's registry can export (a counter's _total, a histogram's
+    _bucket/_sum/_count)."""
     metrics = Metrics()
     metrics.sink_failures.labels("webhook")  # labelled series appear once used
     metrics.sink_rejected.labels("webhook")
@@ -35,4 +36,41 @@ def test_prometheus_rules_name_only_exported_metrics() -> None:
         names |= {name, f"{name}_total"} if kind == "counter" else {name}
         if kind == "histogram":
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+def test_prometheus_rules_name_only_exported_metrics() -> None:
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
+    used = {m for group in rules["groups"] for rule in group["rules"] for m in re.findall(r"deepfake_monitor_\w+", rule["expr"])}
+    names = exported_names()
     assert used and used <= names, sorted(used - names)
+
+
+def test_grafana_dashboard_names_only_exported_metrics_and_filters_by_instance() -> None:
+    queries = dashboards.queries(dashboards.load())
+    names = exported_names()
+    assert len(queries) > 30
+    for where, expr in queries:
+        used = set(re.findall(r"deepfake_monitor_\w+", expr))
+        assert used and used <= names, f"{where}: {sorted(used - names)}"
+        # Every selector keeps to the chosen instances, so one dashboard serves several monitors.
+        selectors = re.findall(r"deepfake_monitor_\w+(\{[^}]*\})?", expr)
+        if not where.startswith("variable 'instance'"):
+            assert all('instance=~"$instance"' in sel for sel in selectors), f"{where}: {expr}"
+
+
+def test_grafana_dashboard_layout_is_sound() -> None:
+    dash = dashboards.load()
+    panels = dash["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "instance", "stream"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import websockets
 
 from monitor.config import Settings, load_settings
 from monitor.sources.demo_media import write_clip
+from tests.support import dashboards
 from tests.support.media import corrupt_clip, text_file
 from tests.support.prometheus import Prometheus, promtool_check_metrics
 from tests.support.rtsp_server import GarbageRtspServer, RtspServer
@@ -276,6 +278,44 @@ async def test_real_prometheus_scrapes_the_service(tmp_path: Path) -> None:
             assert result and float(result[0]["value"][1]) > 0
             result = await asyncio.to_thread(prom.query, "deepfake_monitor_build_info")
             assert result and result[0]["metric"]["version"]
+            await _dashboard_queries_run(prom, target)
+
+
+async def _dashboard_queries_run(prom: Prometheus, target: str) -> None:
+    """Every query of the shipped Grafana dashboard, as Grafana sends it for this instance, is
+    valid PromQL on a real Prometheus, and the panels that a watched demo stream must fill
+    have data."""
+    # rate() needs two samples in its window: wait for a few scrapes.
+    await wait_for(lambda: _scrapes_at_least(prom, 4), 20, "4 scrapes")
+    instance = re.escape(target).replace("\\", "\\\\")  # a regex inside a PromQL string, as Grafana escapes it
+    got: dict[str, list[dict]] = {}
+    for where, expr in dashboards.queries(dashboards.load()):
+        if where.startswith("variable"):
+            expr = dashboards.label_values_to_promql(expr)
+        try:
+            got[where] = await asyncio.to_thread(prom.query, dashboards.substitute(expr, instance=instance))
+        except Exception as exc:  # a PromQL error is an HTTP 400
+            raise AssertionError(f"{where}: {expr}: {exc}") from exc
+
+    def value(where: str, **labels: str) -> float:
+        rows = [r for r in got[where] if all(r["metric"].get(k) == v for k, v in labels.items())]
+        assert rows, f"{where}: no series with {labels} in {got[where]}"
+        return float(rows[0]["value"][1])
+
+    assert value("panel 'Frames analysed per second' target A", stream="demo") > 0
+    assert value("panel 'Frames received per second' target A", stream="demo") > 0
+    assert value("panel 'Stream up' target A", stream="demo") == 1
+    assert value("panel 'Streams up' target A") == 1 and value("panel 'Streams down' target A") == 0
+    assert value("panel 'Streams watched, by source kind' target A", source="demo") == 1
+    assert 0 < value("panel 'Frame to verdict' target B") < 5  # p95, seconds
+    assert value("panel 'Analysis stage time p95' target A", stage="faces") > 0
+    assert value("panel 'Tracks in alert now' target A") == 0 and value("panel 'Alerts opened' target A") == 0
+    assert got["variable 'stream'"] and got["variable 'instance'"][0]["metric"]["instance"] == target
+
+
+async def _scrapes_at_least(prom: Prometheus, n: int) -> bool:
+    rows = await asyncio.to_thread(prom.query, "count_over_time(deepfake_monitor_build_info[5m])")
+    return bool(rows) and float(rows[0]["value"][1]) >= n
 
 
 def test_scan_cli_prints_score_and_verdict_and_json_timeline(tmp_path: Path) -> None:
