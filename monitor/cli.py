@@ -231,16 +231,17 @@ def sbi(ctx: typer.Context) -> None:
 
 @app.command()
 def evaluate(
-    manifest: Path = typer.Argument(..., help="TSV with a header and at least `path` and `label` (real | fake | attack).", exists=True, dir_okay=False),
+    manifest: Optional[Path] = typer.Argument(None, help="TSV with a header and at least `path` and `label` (real | fake | attack).", exists=True, dir_okay=False),
     root: Optional[Path] = typer.Option(None, help="Directory the manifest's paths are relative to (default: the manifest's directory).", exists=True, file_okay=False),
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Instead of a manifest, a dataset as `monitor train` reads it (repeatable): ffpp:ROOT:test, celebdf:ROOT:test, dfdc:PATH, real:DIR or tsv:MANIFEST[:ROOT]. Each source is a group."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every clip's score, verdict, time to detect and alerts here."),
     degrade: Optional[str] = typer.Option(None, help="Evaluate degraded copies: 300k, 360p, noise or all."),
     workers: Optional[int] = typer.Option(None, min=1, help="Clips scanned at once, one process each (default: the CPUs available, at most 8); results do not depend on it."),
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (none either when stderr is not a terminal)."),
 ) -> None:
-    """Run the streaming pipeline over every clip of a manifest; report AUC, EER, accuracy,
-    time to detect and false alarms per hour, overall and per group."""
+    """Run the streaming pipeline over every clip of a manifest (or of dataset sources); report
+    AUC, EER, accuracy, time to detect and false alarms per hour, overall and per group."""
     from monitor.config import load_settings
     from monitor.training.evaluate import default_workers, format_report
     from monitor.training.evaluate import evaluate as run_evaluate
@@ -254,8 +255,8 @@ def evaluate(
         _check_writable(json_out)
     try:
         report = run_evaluate(
-            manifest, root or manifest.parent, settings, None, degrade,
-            workers=workers or default_workers(), progress=not quiet and sys.stderr.isatty(),
+            manifest, root, settings, None, degrade,
+            workers=workers or default_workers(), progress=not quiet and sys.stderr.isatty(), sources=source or (),
         )
     except (MonitorError, OSError) as exc:  # InputError: a bad manifest row or --degrade spec
         _fail(exc)

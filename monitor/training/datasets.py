@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -162,15 +164,22 @@ def read_tsv(manifest: Path, root: Path | None = None) -> list[ClipRecord]:
     return out
 
 
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
+# DeepFakeDetection is not among them: its videos (``01_02__exit_phone_room__YVGY8LOK.mp4``, originals
+# in ``original_sequences/actors/``) are not named by the split pairs, and it has no official split.
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
+FFPP_UNREAD = ("manipulated_sequences/DeepFakeDetection", "original_sequences/actors")
 
 
 def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compression: str = "c23") -> list[ClipRecord]:
     """FaceForensics++ folder layout with the official splits (``splits/{train,val,test}.json``,
     lists of [target, source] id pairs): originals from ``original_sequences/youtube/<c>/videos``,
-    fakes ``<target>_<source>.mp4`` from ``manipulated_sequences/<method>/<c>/videos``."""
+    fakes ``<target>_<source>.mp4`` from ``manipulated_sequences/<method>/<c>/videos`` for the
+    methods of ``FFPP_METHODS``. DeepFakeDetection and its ``original_sequences/actors`` are not
+    read (no official split puts them on one side); when present, a warning says how many videos
+    that leaves out, so that a full download does not lose them silently."""
     split_file = root / "splits" / f"{split}.json"
-    pairs = json.loads(split_file.read_text())
+    # A byte-order mark (a split file saved by Windows Notepad) is accepted, as in the TSV and Celeb-DF readers.
+    pairs = json.loads(split_file.read_text(encoding="utf-8-sig"))
     if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, str) for i in p) for p in pairs):
         raise InputError(f"{split_file}: expected a list of [target, source] id pairs, as FF++'s official splits are")
     ids = sorted({i for p in pairs for i in p})
@@ -196,7 +205,7 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
                     out.append(
                         ClipRecord(path, "fake", group_of[a], method, pair=real_dir / f"{tgt}.mp4", rel=str(path.relative_to(root)))
                     )
-                elif method != "DeepFakeDetection":  # DFD's videos are not named by split pairs
+                else:
                     missing += 1
     if not out:
         raise InputError(
@@ -206,6 +215,11 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
         )
     if missing:
         logger.warning("%s: %d videos of the %s split are not there at %s (read %d)", root, missing, split, compression, len(out))
+    unread = [folder for folder in FFPP_UNREAD if (root / folder).is_dir()]
+    if unread:
+        skipped = sum(len(_video_files(root / folder / compression / "videos")) for folder in unread)
+        folders = " and ".join(unread)
+        logger.warning("%s: %s not read (no official split): %d videos at %s left out", root, folders, skipped, compression)
     return out
 
 
@@ -252,9 +266,7 @@ def read_celebdf(root: Path, split: Literal["train", "test"], test_list: Path | 
     out: list[ClipRecord] = []
     seen_held = 0
     for folder in CELEBDF_FOLDERS:
-        for p in sorted((root / folder).rglob("*")):
-            if p.suffix.lower() not in VIDEO_SUFFIXES or not p.is_file():
-                continue
+        for p in _video_files(root / folder):
             rel = p.relative_to(root).as_posix()
             if rel in held:
                 seen_held += 1
@@ -276,10 +288,45 @@ def read_celebdf(root: Path, split: Literal["train", "test"], test_list: Path | 
     return out
 
 
-def read_dfdc(metadata: Path) -> list[ClipRecord]:
-    """A DFDC part folder's ``metadata.json`` ({file: {label: REAL|FAKE, original}}); a fake
-    is grouped with its original so both fall on one side of a split."""
-    data = json.loads(metadata.read_text())
+DFDC_EXPECTED = "a DFDC metadata.json ({file: {label, original}}), a folder of them, or the test set's labels.csv (filename,label)"
+
+
+def read_dfdc(source: Path) -> list[ClipRecord]:
+    """DFDC from a part folder's ``metadata.json`` ({file: {label: REAL|FAKE, original}}), the
+    part folder itself, a folder of part folders (the 50 ``dfdc_train_part_N``: read in name
+    order, so one source is the whole training set), or the test set's ``labels.csv``. A fake is
+    grouped with its original so both fall on one side of a split. Videos listed but not on disk
+    (a partly extracted zip) are left out with one warning, not failed one by one in training."""
+    if source.is_dir():
+        if (source / "metadata.json").is_file():
+            listed = _dfdc_metadata(source / "metadata.json")
+        else:
+            parts = sorted(p for p in source.iterdir() if not p.name.startswith(".") and (p / "metadata.json").is_file())
+            if not parts:
+                raise InputError(f"dfdc:{source}: no metadata.json in it or its sub-folders; expected {DFDC_EXPECTED}")
+            listed = [r for part in parts for r in _dfdc_metadata(part / "metadata.json", f"{part.name}/")]
+    elif source.is_file():
+        listed = _dfdc_labels(source) if source.suffix.lower() == ".csv" else _dfdc_metadata(source)
+    else:
+        raise InputError(f"dfdc:{source}: no such file or folder; expected {DFDC_EXPECTED}")
+    out = [r for r in listed if r.path.is_file()]
+    if not out:
+        what = f"none of its {len(listed)} listed videos is there" if listed else "lists no video"
+        raise InputError(f"dfdc:{source}: {what}")
+    if len(out) < len(listed):
+        missing = len(listed) - len(out)
+        logger.warning("dfdc:%s: %d of its %d listed videos are not there (read %d)", source, missing, len(listed), len(out))
+    return out
+
+
+def _dfdc_metadata(metadata: Path, part: str = "") -> list[ClipRecord]:
+    """The clips one ``metadata.json`` lists. ``part`` (``dfdc_train_part_0/``, when several parts
+    are read) prefixes each group and ``rel``, so names stay unique across parts; DFDC keeps a
+    fake's original in the fake's part, so the pair still shares a group."""
+    try:
+        data = json.loads(metadata.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{metadata}: not JSON ({exc}); expected {DFDC_EXPECTED}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise InputError(f"{metadata}: expected DFDC's {{file: {{label, original}}}} object")
     root = metadata.parent
@@ -292,26 +339,85 @@ def read_dfdc(metadata: Path) -> list[ClipRecord]:
         # Names are files of the part folder, as DFDC ships them: never a path out of it.
         name = _relative_path(str(name), f"{metadata}: {name}")
         original = _relative_path(str(info["original"]), f"{metadata}: {name}: original") if info.get("original") else None
-        group = "dfdc:" + (original or name)
-        out.append(
-            ClipRecord(root / name, label, group, "DFDC", pair=root / original if original else None, rel=name)
-        )
+        group = f"dfdc:{part}{original or name}"
+        pair = root / original if original else None
+        out.append(ClipRecord(root / name, label, group, "DFDC", pair=pair, rel=f"{part}{name}"))
+    return out
+
+
+def _dfdc_labels(labels: Path) -> list[ClipRecord]:
+    """The DFDC test set's ``labels.csv`` (``filename,label``, 1 = fake, 0 = real), videos in its
+    folder. It names no originals, so each video is a group of its own."""
+    out: list[ClipRecord] = []
+    first_line: dict[str, int] = {}
+    try:
+        with labels.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "filename" not in header or "label" not in header:
+                raise InputError(f"{labels}: header {header} has no filename and label; expected {DFDC_EXPECTED}")
+            name_at, label_at = header.index("filename"), header.index("label")
+            for row in reader:
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                where = f"{labels}:{reader.line_num}"
+                cells += [""] * (len(header) - len(cells))
+                flag = cells[label_at]
+                if flag not in ("0", "1"):
+                    raise InputError(f"{where}: label {flag!r} is not 1 (fake) or 0 (real)")
+                if not cells[name_at]:
+                    raise InputError(f"{where}: empty filename")
+                name = _relative_path(cells[name_at], where)
+                if name in first_line:
+                    raise InputError(f"{where}: {name!r} repeats line {first_line[name]}")
+                first_line[name] = reader.line_num
+                label: Label = "fake" if flag == "1" else "real"
+                out.append(ClipRecord(labels.parent / name, label, f"dfdc:{name}", "DFDC", rel=name))
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise InputError(f"{labels}: {reason}; expected {DFDC_EXPECTED}") from exc
     return out
 
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".ts", ".m4v", ".mpg"}
 
 
+def _video_files(top: Path) -> list[Path]:
+    """Every video file under ``top``, sorted. Folder links are followed (``Path.rglob`` skips
+    them, and a folder of links to each person's footage is a natural way to gather it), each
+    folder once (by device and inode), so a link loop ends. Names starting with ``.`` are skipped:
+    macOS ``._x.mp4`` resource forks and ``.Trash-1000`` folders hold no clips."""
+    visited: set[tuple[int, int]] = set()
+    out: list[Path] = []
+    for folder, subfolders, files in os.walk(top, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            subfolders[:] = []  # a loop, or a second link to a folder already read
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        # Sorted, so which of two links to one folder is read does not depend on the file system.
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in files:
+            path = Path(folder, name)
+            if not name.startswith(".") and path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+                out.append(path)
+    return sorted(out)
+
+
 def read_real(root: Path) -> list[ClipRecord]:
     """Every video under ``root``, all genuine (self-blending makes the fakes). Each top-level
     folder is one group (one person or source: keep a person's clips in one folder), and each
-    video directly under ``root`` its own group, so that cross-fitting can split them."""
+    video directly under ``root`` its own group, so that cross-fitting can split them. Folder
+    links are followed; hidden names (``.``) are skipped."""
     if not root.is_dir():
         raise InputError(f"real:{root}: no such folder")
     out = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() not in VIDEO_SUFFIXES or not p.is_file():
-            continue
+    for p in _video_files(root):
         rel = p.relative_to(root)
         group = f"real:{rel.parts[0]}" if len(rel.parts) > 1 else f"real:{rel.as_posix()}"
         out.append(ClipRecord(p, "real", group, "genuine", rel=rel.as_posix()))
@@ -320,13 +426,42 @@ def read_real(root: Path) -> list[ClipRecord]:
     return out
 
 
+def refuse_duplicate_clips(records: Iterable[ClipRecord]) -> None:
+    """Refuse the same file (by resolved path) twice in the concatenation of several sources, e.g.
+    ``real:`` over a dataset's real folder next to that dataset's reader, or a repeated
+    ``--source``: it would get two groups, land in two cross-fitting folds (a leak) and be
+    sampled twice as often."""
+    first: dict[Path, ClipRecord] = {}
+    for r in records:
+        key = r.path.resolve()
+        if key in first:
+            a = first[key]
+            raise InputError(
+                f"{key}: the same video is in two sources, as {a.rel or a.path} (group {a.group}) and "
+                f"{r.rel or r.path} (group {r.group}); give each video once"
+            )
+        first[key] = r
+
+
+SOURCE_FORMS = {
+    "tsv": "tsv:MANIFEST[:ROOT]",
+    "ffpp": "ffpp:ROOT[:train|val|test[:raw|c23|c40]]",
+    "celebdf": "celebdf:ROOT[:train|test]",
+    "dfdc": "dfdc:PATH (a metadata.json, a part folder, a folder of part folders, or labels.csv)",
+    "real": "real:DIR",
+}
+
+
 def read_source(spec: str) -> list[ClipRecord]:
     """One training source from a spec ``kind:path[:option]``:
     ``tsv:MANIFEST[:ROOT]``, ``ffpp:ROOT[:split[:compression]]`` (train, val or test; raw, c23
     or c40; default train at c23), ``celebdf:ROOT[:split]`` (train: every video not on the
-    official test list, the default; or test: the list), ``dfdc:METADATA.json``,
-    ``real:DIR`` (every video under DIR, all genuine: self-blending alone). A missing or
-    unreadable file is an InputError that names the source."""
+    official test list, the default; or test: the list), ``dfdc:PATH`` (a metadata.json, a part
+    folder, a folder of part folders, or the test set's labels.csv), ``real:DIR`` (every video
+    under DIR, all genuine: self-blending alone). Extra fields are refused, and ``~`` in a path is
+    the home folder (the shell does not expand it after ``kind:``). A missing or unreadable file
+    is an InputError that names the source. Sources are not checked against each other: see
+    ``refuse_duplicate_clips``."""
     try:
         return _read_source(spec)
     except InputError:
@@ -338,21 +473,27 @@ def read_source(spec: str) -> list[ClipRecord]:
 def _read_source(spec: str) -> list[ClipRecord]:
     kind, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
-    if kind == "tsv" and parts:
-        return read_tsv(Path(parts[0]), Path(parts[1]) if len(parts) > 1 else None)
-    if kind == "ffpp" and parts:
+    if kind not in SOURCE_FORMS or not parts:
+        raise InputError(f"unknown training source {spec!r}: use tsv:, ffpp:, celebdf:, dfdc: or real:")
+    # A POSIX path has no ':', so a field past the form's last (each ':' of the form opens one) is
+    # a typo, not part of a path: refused rather than ignored.
+    most = SOURCE_FORMS[kind].count(":")
+    if len(parts) > most or not parts[0]:
+        raise InputError(f"source {spec!r}: use {SOURCE_FORMS[kind]}")
+    path = Path(parts[0]).expanduser()
+    if kind == "tsv":
+        return read_tsv(path, Path(parts[1]).expanduser() if len(parts) > 1 else None)
+    if kind == "ffpp":
         split = parts[1] if len(parts) > 1 and parts[1] else "train"
         compression = parts[2] if len(parts) > 2 else "c23"
         if split not in ("train", "val", "test") or compression not in ("raw", "c23", "c40"):
-            raise InputError(f"source {spec!r}: use ffpp:ROOT[:train|val|test[:raw|c23|c40]]")
-        return read_ffpp(Path(parts[0]), split, compression)  # type: ignore[arg-type]
-    if kind == "celebdf" and parts:
+            raise InputError(f"source {spec!r}: use {SOURCE_FORMS[kind]}")
+        return read_ffpp(path, split, compression)  # type: ignore[arg-type]
+    if kind == "celebdf":
         celeb_split = parts[1] if len(parts) > 1 and parts[1] else "train"
-        if celeb_split not in ("train", "test") or len(parts) > 2:
-            raise InputError(f"source {spec!r}: use celebdf:ROOT[:train|test]")
-        return read_celebdf(Path(parts[0]), celeb_split)  # type: ignore[arg-type]
-    if kind == "dfdc" and parts:
-        return read_dfdc(Path(parts[0]))
-    if kind == "real" and parts:
-        return read_real(Path(parts[0]))
-    raise InputError(f"unknown training source {spec!r}: use tsv:, ffpp:, celebdf:, dfdc: or real:")
+        if celeb_split not in ("train", "test"):
+            raise InputError(f"source {spec!r}: use {SOURCE_FORMS[kind]}")
+        return read_celebdf(path, celeb_split)  # type: ignore[arg-type]
+    if kind == "dfdc":
+        return read_dfdc(path)
+    return read_real(path)

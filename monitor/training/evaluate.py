@@ -197,13 +197,45 @@ class _Job:
     label: str
     method: str
     degraded_to: Path | None  # where the degraded copy goes, when degrading
-
-    @property
-    def group(self) -> str:
-        return self.rel.split("/")[0] if "/" in self.rel else ""
+    group: str = ""  # the "folder" group: a manifest path's first component, or the source's name
 
     def failed(self, reason: str) -> ClipResult:
         return ClipResult(self.rel, self.label, self.group, self.method, None, "error", None, 0, 0.0, None, (reason,))
+
+
+def manifest_folder(rel: str) -> str:
+    """A manifest path's group: its first path component ("" for a file at the top)."""
+    return rel.split("/")[0] if "/" in rel else ""
+
+
+def source_name(spec: str) -> str:
+    """A dataset source's group in reports: its kind and, where it names one, its split
+    (``ffpp:test``, ``celebdf:test``, ``dfdc``, ``real``), without the path."""
+    kind, _, rest = spec.partition(":")
+    parts = rest.split(":")
+    split = parts[1] if kind in ("ffpp", "celebdf") and len(parts) > 1 and parts[1] else {"ffpp": "train", "celebdf": "train"}.get(kind)
+    return f"{kind}:{split}" if split else kind
+
+
+def source_rows(specs: Sequence[str]) -> list[tuple[str, Path, str, str, str]]:
+    """(rel, path, label, method, group) of every clip of ``specs`` (``ffpp:``, ``celebdf:``,
+    ``dfdc:``, ``real:``, ``tsv:``; see ``datasets.read_source``), as `monitor train` reads them;
+    the same file twice is an error."""
+    from monitor.training.datasets import read_source, refuse_duplicate_clips
+
+    rows: list[tuple[str, Path, str, str, str]] = []
+    records = []
+    for spec in specs:
+        got = read_source(spec)
+        if not got:
+            raise InputError(f"source {spec!r}: no clips")
+        records += got
+        name = source_name(spec)
+        for r in got:
+            rel = r.rel or str(r.path)
+            rows.append((rel, r.path, r.label, r.method, manifest_folder(rel) if name == "tsv" else name))
+    refuse_duplicate_clips(records)
+    return rows
 
 
 def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degradation: Degradation | None) -> ClipResult:
@@ -332,8 +364,8 @@ def default_workers() -> int:
 
 
 def evaluate(
-    manifest: Path,
-    root: Path,
+    manifest: Path | None,
+    root: Path | None,
     settings: Settings,
     json_out: Path | None = None,
     degrade: str | None = None,
@@ -341,24 +373,38 @@ def evaluate(
     detector_factory: Callable[[], Detector] | None = None,
     progress: bool = True,
     workers: int = 1,
+    sources: Sequence[str] = (),
 ) -> EvalReport:
-    """Scan every clip of ``manifest`` (paths relative to ``root``) with the service's
-    streaming pipeline; ``degrade`` (e.g. ``300k``, ``360p``, ``noise``, ``all``) re-encodes each
-    clip first. ``workers`` > 1 scans clips in that many processes; every clip gets a fresh
-    detector and face tracker either way, so the results are the same. A custom
-    ``detector_factory`` that workers cannot rebuild (a lambda, say) is run in-process."""
+    """Scan every clip of ``manifest`` (paths relative to ``root``, default its folder), or of
+    the dataset ``sources`` instead (``ffpp:ROOT:test``, ``celebdf:ROOT:test``, ...; each source
+    is then a group, beside each ``method``), with the service's streaming pipeline;
+    ``degrade`` (e.g. ``300k``, ``360p``, ``noise``, ``all``) re-encodes each clip first.
+    ``workers`` > 1 scans clips in that many processes; every clip gets a fresh detector and
+    face tracker either way, so the results are the same. A custom ``detector_factory`` that
+    workers cannot rebuild (a lambda, say) is run in-process."""
     from tqdm import tqdm
 
     from monitor.components import detector_factory as default_factory
     from monitor.training.degrade import parse_degradation
 
-    rows = read_manifest(manifest)
+    if (manifest is None) == (not sources):
+        raise InputError("give a manifest or --source, not both" if sources else "give a manifest or at least one --source")
+    if manifest is not None:
+        base = root if root is not None else manifest.parent
+        rows = [
+            (row["path"], base / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), manifest_folder(row["path"]))
+            for row in read_manifest(manifest)
+        ]
+    else:
+        if root is not None:
+            raise InputError("--root is for a manifest: a source names its own folder")
+        rows = source_rows(sources)
     deg = parse_degradation(degrade) if degrade is not None else None  # "" is an error, not "none"
     threshold = settings.policy.alert_enter
     with tempfile.TemporaryDirectory(prefix="monitor-eval-") as tmp:
         jobs = [
-            _Job(i, row["path"], root / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), Path(tmp) / f"{i}.mp4" if deg else None)
-            for i, row in enumerate(rows)
+            _Job(i, rel, path, label, method, Path(tmp) / f"{i}.mp4" if deg else None, group)
+            for i, (rel, path, label, method, group) in enumerate(rows)
         ]
         # One detector is built here in any case, so that a bad configuration or a missing
         # bundle fails at once, not once per clip in every worker.
@@ -374,7 +420,7 @@ def evaluate(
         for job in tqdm(left, desc="evaluate", unit="clip", disable=not progress or not left):
             done[job.index] = _scan_job(job, settings, make, deg)
         results = [done[job.index] for job in jobs]
-    report = summarise(str(manifest), degrade, threshold, results)
+    report = summarise(str(manifest) if manifest is not None else " ".join(sources), degrade, threshold, results)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -70,11 +70,12 @@ def build_pack(
 ) -> dict[str, object]:
     """Extract (or load cached) faces and write the training pack; returns its summary."""
     from monitor.config import AnalysisConfig
-    from monitor.training.datasets import read_source
+    from monitor.training.datasets import read_source, refuse_duplicate_clips
     from monitor.training.train import TrainConfig, apply_holdout, load_clips, split_folds
 
     cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
     records = [r for s in sources for r in read_source(s)]
+    refuse_duplicate_clips(records)
     apply_holdout(records, holdout)  # only to refuse a name that matches no group
     held = set(holdout)
     clips = load_clips(records, cfg, AnalysisConfig(), workers=workers)
@@ -554,7 +555,7 @@ def load_fold_models(path: Path, width: int, fold_of_group: dict[str, int]):  # 
 def _check_numbers(args: object) -> None:
     """Refuse counts out of range before any work: ``--frame-step 0`` failed only after face
     extraction, ``--steps 0`` or ``--pairs 0`` with a traceback."""
-    at_least = {"frame_step": 1, "steps": 1, "pairs": 1, "workers": 0, "eval_every": 0, "time_limit": 0}
+    at_least = {"frame_step": 1, "steps": 1, "pairs": 1, "workers": 0, "eval_every": 0, "time_limit": 0, "max_clip_s": 0.5}
     for name, low in at_least.items():
         value = getattr(args, name, None)
         if value is not None and not value >= low:  # also refuses NaN
@@ -575,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--frame-step", type=int, default=1)
+    p.add_argument("--max-clip-s", type=float, default=60.0, help="seconds read from each clip, as monitor train's option (a full FF++ split needs it: docs/detector.md)")
     p.add_argument("--workers", type=int, default=0, help="processes extracting faces not yet cached (default: usable CPUs, at most 8)")
     f = sub.add_parser("fit", help="train the fold models on a pack")
     f.add_argument("--pack", type=Path, required=True)
@@ -605,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.holdout_preset not in HOLDOUT_PRESETS:
             ap.error(f"--holdout-preset must be one of {', '.join(sorted(HOLDOUT_PRESETS))}")
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
-        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, workers=args.workers or default_workers()), indent=2))
+        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, max_clip_s=args.max_clip_s, workers=args.workers or default_workers()), indent=2))
     else:
         print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs, args.trunk_model), indent=2))
 

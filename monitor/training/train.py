@@ -22,7 +22,7 @@ from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
 from monitor.errors import InputError
 from monitor.training import synthesis as syn
-from monitor.training.datasets import ClipRecord, read_source
+from monitor.training.datasets import ClipRecord, read_source, refuse_duplicate_clips
 from monitor.training.extract import FaceClip, load_or_extract, prefetch
 from monitor.training.synthesis import boundary_target, to_input
 
@@ -588,6 +588,7 @@ def run_training(
     torch.set_num_threads(config.threads)
     analysis = analysis or AnalysisConfig()
     records = [r for s in config.sources for r in read_source(s)]
+    refuse_duplicate_clips(records)  # one clip in two sources could land in both folds
     records = apply_holdout(records, config.holdout_groups)
     if not any(not r.is_fake for r in records):
         raise InputError("training needs genuine clips (self-blending makes fakes from them); the sources hold none")

@@ -9,6 +9,7 @@ import pytest
 
 from monitor.config import Settings
 from monitor.detect.temporal import TemporalDetector
+from monitor.errors import InputError
 from monitor.sources.demo_media import write_clip
 from monitor.training.evaluate import evaluate, format_report
 from monitor.training.train import TrainConfig, run_training
@@ -69,6 +70,29 @@ def test_evaluate_reports_every_clip(dataset: Path, bundle: Path, settings: Sett
     assert {m.name for m in report.groups} >= {"folder:genuine", "folder:swapped", "method:synthetic swap"}
     text = format_report(report)
     assert "overall" in text and "false alarms" in text and "could not judge 1 clips" in text
+
+
+def test_evaluate_reads_dataset_sources_as_training_does(dataset: Path, bundle: Path, settings: Settings, tmp_path: Path) -> None:
+    # The standard datasets' readers (ffpp:, celebdf:, dfdc:, real:) were for training only: an
+    # official test split could be trained on but not evaluated without writing a manifest.
+    (tmp_path / "fakes.tsv").write_text("path\tlabel\tmethod\nswapped/c.mp4\tfake\tsynthetic swap\n")
+    config = TemporalDetector.Config(model_dir=bundle)
+    sources = [f"real:{dataset / 'genuine'}", f"tsv:{tmp_path / 'fakes.tsv'}:{dataset}"]
+    report = evaluate(None, None, settings, tmp_path / "out.json", None, sources=sources, detector_factory=lambda: TemporalDetector(config), progress=False)
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [(c["path"], c["label"]) for c in data["clips"]] == [("a.mp4", "real"), ("b.mp4", "real"), ("swapped/c.mp4", "fake")]
+    assert report.overall.n_genuine == 2 and report.overall.n_fake == 1 and report.overall.auc is not None
+    # Each source is a group (a manifest's rows keep their first path component), beside each method.
+    assert {m.name for m in report.groups} == {"folder:real", "folder:swapped", "method:genuine", "method:synthetic swap"}
+    assert data["manifest"] == " ".join(sources)
+    with pytest.raises(InputError, match="a.mp4"):  # the same clip twice would count twice
+        evaluate(None, None, settings, None, None, sources=[*sources, f"tsv:{dataset / 'm.tsv'}"], progress=False)
+    with pytest.raises(InputError, match="not both"):
+        evaluate(dataset / "m.tsv", None, settings, None, None, sources=sources, progress=False)
+    with pytest.raises(InputError, match="at least one"):
+        evaluate(None, None, settings, None, None, progress=False)
+    with pytest.raises(InputError, match="--root is for a manifest"):
+        evaluate(None, dataset, settings, None, None, sources=sources, progress=False)
 
 
 def test_gpu_style_appearance_training_feeds_monitor_train(dataset: Path, tmp_path: Path) -> None:

@@ -85,6 +85,12 @@ def test_unknown_and_bad_keys_are_named(tmp_path: Path, served: list[Settings], 
         (["train", "--source", "tsv:{tmp}/missing.tsv", "--out", "{tmp}/b"], "missing.tsv: No such file or directory"),
         (["train", "--source", "tsv:{ok}", "--out", "{tmp}/b", "--width", "4"], "width"),
         (["sbi", "pack", "--source", "tsv:{bad}", "--out", "{tmp}/p.npz"], "bad.tsv:2: label 'maybe'"),
+        (["sbi", "pack", "--source", "tsv:{ok}", "--out", "{tmp}/p.npz", "--max-clip-s", "0"], "--max-clip-s must be at least 0.5"),
+        (["evaluate"], "give a manifest or at least one --source"),
+        (["evaluate", "{ok}", "--source", "tsv:{ok}"], "give a manifest or --source, not both"),
+        (["evaluate", "--source", "real:{tmp}/none"], "real:{tmp}/none"),
+        (["train", "--source", "tsv:{ok}", "--source", "tsv:{ok}", "--out", "{tmp}/b"], "the same video is in two sources"),
+        (["sbi", "pack", "--source", "tsv:{ok}", "--source", "tsv:{ok}", "--out", "{tmp}/p.npz"], "the same video is in two sources"),
     ],
 )
 def test_training_commands_reject_bad_input_with_a_one_line_error(tmp_path: Path, args: list[str], message: str) -> None:
@@ -93,8 +99,20 @@ def test_training_commands_reject_bad_input_with_a_one_line_error(tmp_path: Path
     argv = [a.format(bad=tmp_path / "bad.tsv", ok=tmp_path / "ok.tsv", tmp=tmp_path) for a in args]
     r = CliRunner().invoke(app, argv)
     assert r.exit_code == 2, r.output
-    assert r.stderr.startswith("error: ") and message in r.stderr
+    assert r.stderr.startswith("error: ") and message.format(tmp=tmp_path) in r.stderr
     assert "Traceback" not in r.output + r.stderr
+
+
+def test_sbi_pack_reads_as_much_of_each_clip_as_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --max-clip-s existed only on `monitor train`: a pack of FF++ read 60 s of every clip.
+    from monitor.training import sbi
+
+    got: dict[str, object] = {}
+    monkeypatch.setattr(sbi, "build_pack", lambda *args, **kwargs: got.update(kwargs) or {})
+    (tmp_path / "ok.tsv").write_text("path\tlabel\na.mp4\treal\n")
+    r = CliRunner().invoke(app, ["sbi", "pack", "--source", f"tsv:{tmp_path / 'ok.tsv'}", "--out", str(tmp_path / "p.npz"), "--max-clip-s", "5"])
+    assert r.exit_code == 0, r.output
+    assert got["max_clip_s"] == 5.0
 
 
 def test_a_bug_in_training_is_not_dressed_up_as_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from monitor.training.datasets import identity_group, read_celebdf, read_dfdc, read_ffpp, read_source, read_tsv
+from monitor.errors import InputError
+from monitor.training.datasets import (
+    FFPP_METHODS,
+    ClipRecord,
+    identity_group,
+    read_celebdf,
+    read_dfdc,
+    read_ffpp,
+    read_source,
+    read_tsv,
+    refuse_duplicate_clips,
+)
 
 
 def touch(path: Path) -> Path:
@@ -104,6 +116,8 @@ def test_dfdc_metadata(tmp_path: Path) -> None:
         "bbb.mp4": {"label": "REAL", "split": "train"},
     }
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    touch(tmp_path / "aaa.mp4")
+    touch(tmp_path / "bbb.mp4")
     recs = {r.rel: r for r in read_dfdc(tmp_path / "metadata.json")}
     assert recs["aaa.mp4"].label == "fake" and recs["bbb.mp4"].label == "real"
     assert recs["aaa.mp4"].group == recs["bbb.mp4"].group == "dfdc:bbb.mp4"
@@ -260,3 +274,189 @@ def test_holdout_names_must_be_groups_of_the_sources(tmp_path: Path) -> None:
     assert [r.group for r in apply_holdout(recs, ["real:bob"])] == ["real:alice"]
     with pytest.raises(ValueError, match=r"--holdout real:bbo: no such group .*real:alice, real:bob"):
         apply_holdout(recs, ["real:bbo"])
+
+
+def test_folder_links_are_followed_once_in_real_and_celebdf(tmp_path: Path) -> None:
+    touch(tmp_path / "elsewhere/bob/b1.mp4")
+    touch(tmp_path / "reals/alice/a1.mp4")
+    (tmp_path / "reals/bob").symlink_to(tmp_path / "elsewhere/bob")
+    (tmp_path / "reals/bob2").symlink_to(tmp_path / "elsewhere/bob")  # a second link to a folder already read
+    (tmp_path / "reals/alice/loop").symlink_to(tmp_path / "reals")  # a link loop ends
+    recs = read_source(f"real:{tmp_path / 'reals'}")
+    assert [(r.rel, r.group) for r in recs] == [("alice/a1.mp4", "real:alice"), ("bob/b1.mp4", "real:bob")]
+    # Every person folder a link: the folder read_real is documented to want, built with ln -s.
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links/bob").symlink_to(tmp_path / "elsewhere/bob")
+    assert [r.rel for r in read_source(f"real:{tmp_path / 'links'}")] == ["bob/b1.mp4"]
+    (tmp_path / "cdf/List_of_testing_videos.txt").parent.mkdir()
+    (tmp_path / "cdf/List_of_testing_videos.txt").write_text("1 Celeb-real/id0_0000.mp4\n")
+    touch(tmp_path / "cdf/Celeb-real/id0_0000.mp4")
+    touch(tmp_path / "more/id1_id0_0002.mp4")
+    (tmp_path / "cdf/Celeb-synthesis").mkdir()
+    (tmp_path / "cdf/Celeb-synthesis/batch2").symlink_to(tmp_path / "more")
+    assert [r.rel for r in read_celebdf(tmp_path / "cdf", "train")] == ["Celeb-synthesis/batch2/id1_id0_0002.mp4"]
+
+
+def test_hidden_files_and_folders_are_not_clips(tmp_path: Path) -> None:
+    touch(tmp_path / "reals/alice/a1.mp4")
+    touch(tmp_path / "reals/alice/._a1.mp4")  # macOS AppleDouble on exFAT: not a video
+    touch(tmp_path / "reals/.Trash-1000/files/x.mp4")
+    touch(tmp_path / "reals/._stray.mp4")
+    assert [r.rel for r in read_source(f"real:{tmp_path / 'reals'}")] == ["alice/a1.mp4"]
+    (tmp_path / "cdf").mkdir()
+    (tmp_path / "cdf/List_of_testing_videos.txt").write_text("1 Celeb-real/id0_0001.mp4\n")
+    touch(tmp_path / "cdf/Celeb-real/id0_0001.mp4")
+    touch(tmp_path / "cdf/Celeb-real/id0_0000.mp4")
+    touch(tmp_path / "cdf/Celeb-real/._id0_0000.mp4")
+    touch(tmp_path / "cdf/Celeb-synthesis/.cache/id0_id1_0000.mp4")
+    assert [r.rel for r in read_celebdf(tmp_path / "cdf", "train")] == ["Celeb-real/id0_0000.mp4"]
+
+
+def test_split_json_and_dfdc_metadata_with_a_byte_order_mark(tmp_path: Path) -> None:
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits/train.json").write_bytes(b'\xef\xbb\xbf[["000","003"]]\r\n')  # as Windows Notepad saves it
+    touch(tmp_path / "original_sequences/youtube/c23/videos/000.mp4")
+    assert [r.rel for r in read_source(f"ffpp:{tmp_path}")] == ["original_sequences/youtube/c23/videos/000.mp4"]
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part/metadata.json").write_bytes(b'\xef\xbb\xbf{"a.mp4": {"label": "REAL"}}')
+    touch(tmp_path / "part/a.mp4")
+    assert [r.rel for r in read_source(f"dfdc:{tmp_path / 'part/metadata.json'}")] == ["a.mp4"]
+
+
+def test_ffpp_deepfakedetection_is_not_read_and_a_warning_counts_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits/test.json").write_text(json.dumps([["001", "002"]]))
+    for vid in ("001", "002"):
+        touch(tmp_path / "original_sequences/youtube/c23/videos" / f"{vid}.mp4")
+    touch(tmp_path / "manipulated_sequences/Deepfakes/c23/videos/001_002.mp4")
+    touch(tmp_path / "manipulated_sequences/Deepfakes/c23/videos/002_001.mp4")
+    touch(tmp_path / "original_sequences/actors/c23/videos/01__exit_phone_room.mp4")
+    touch(tmp_path / "manipulated_sequences/DeepFakeDetection/c23/videos/01_02__exit_phone_room__YVGY8LOK.mp4")
+    touch(tmp_path / "manipulated_sequences/DeepFakeDetection/c23/videos/02_01__exit_phone_room__ABCDEFGH.mp4")
+    assert "DeepFakeDetection" not in FFPP_METHODS
+    with caplog.at_level(logging.WARNING, logger="monitor.training.datasets"):
+        recs = read_ffpp(tmp_path, "test")
+    assert len(recs) == 4 and not any("DeepFakeDetection" in r.rel or "actors" in r.rel for r in recs)
+    warnings = [r.getMessage() for r in caplog.records]
+    # One warning, not a "missing videos" count: DFD's names never match the split pairs.
+    assert len(warnings) == 1, warnings
+    assert "DeepFakeDetection" in warnings[0] and "original_sequences/actors" in warnings[0]
+    assert "no official split" in warnings[0] and "3 videos at c23" in warnings[0]
+
+
+def dfdc_part(folder: Path, meta: dict, on_disk: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    for name in on_disk:
+        touch(folder / name)
+    return folder
+
+
+def test_dfdc_reads_a_part_folder_a_folder_of_parts_and_the_test_labels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair = {"f.mp4": {"label": "FAKE", "original": "r.mp4"}, "r.mp4": {"label": "REAL", "original": None}}
+    dfdc_part(tmp_path / "dfdc/dfdc_train_part_0", {**pair, "gone.mp4": {"label": "REAL"}}, ["f.mp4", "r.mp4"])
+    # The same names in another part: their groups must not merge with part 0's.
+    dfdc_part(tmp_path / "dfdc/dfdc_train_part_1", pair, ["f.mp4", "r.mp4"])
+    with caplog.at_level(logging.WARNING, logger="monitor.training.datasets"):
+        part = read_source(f"dfdc:{tmp_path / 'dfdc/dfdc_train_part_0'}")
+    assert [(r.rel, r.group) for r in part] == [("f.mp4", "dfdc:r.mp4"), ("r.mp4", "dfdc:r.mp4")]
+    # A listed video that is not on disk is left out, with one warning that counts it.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dfdc:{tmp_path / 'dfdc/dfdc_train_part_0'}: 1 of its 3 listed videos are not there (read 2)"
+    ]
+    both = read_source(f"dfdc:{tmp_path / 'dfdc'}")
+    assert [(r.rel, r.label, r.group) for r in both] == [
+        ("dfdc_train_part_0/f.mp4", "fake", "dfdc:dfdc_train_part_0/r.mp4"),
+        ("dfdc_train_part_0/r.mp4", "real", "dfdc:dfdc_train_part_0/r.mp4"),
+        ("dfdc_train_part_1/f.mp4", "fake", "dfdc:dfdc_train_part_1/r.mp4"),
+        ("dfdc_train_part_1/r.mp4", "real", "dfdc:dfdc_train_part_1/r.mp4"),
+    ]
+    assert both[2].path == tmp_path / "dfdc/dfdc_train_part_1/f.mp4"
+    assert both[2].pair == tmp_path / "dfdc/dfdc_train_part_1/r.mp4"
+    (tmp_path / "test").mkdir()
+    csv_text = b"\xef\xbb\xbffilename,label\r\naalscayrfi.mp4,1\r\naaqaifqrwn.mp4,0\r\nabsent.mp4,1\r\n"
+    (tmp_path / "test/labels.csv").write_bytes(csv_text)  # BOM and CRLF; absent.mp4 not on disk
+    touch(tmp_path / "test/aalscayrfi.mp4")
+    touch(tmp_path / "test/aaqaifqrwn.mp4")
+    test = read_source(f"dfdc:{tmp_path / 'test/labels.csv'}")
+    assert [(r.rel, r.label, r.group, r.pair) for r in test] == [
+        ("aalscayrfi.mp4", "fake", "dfdc:aalscayrfi.mp4", None),
+        ("aaqaifqrwn.mp4", "real", "dfdc:aaqaifqrwn.mp4", None),
+    ]
+    assert test[0].path == tmp_path / "test/aalscayrfi.mp4"
+
+
+def test_dfdc_files_it_cannot_read_say_what_is_expected(tmp_path: Path) -> None:
+    expected = (
+        r"expected a DFDC metadata.json \({file: {label, original}}\), a folder of them, "
+        r"or the test set's labels.csv \(filename,label\)"
+    )
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not json\n")
+    (tmp_path / "other.csv").write_text("video,fake\na.mp4,1\n")
+    for path in (tmp_path / "empty", tmp_path / "notes.txt", tmp_path / "other.csv"):
+        with pytest.raises(InputError, match=rf"{path.name}.*{expected}"):
+            read_source(f"dfdc:{path}")
+    (tmp_path / "labels.csv").write_text("filename,label\na.mp4,FAKE\n")
+    with pytest.raises(InputError, match=r"labels.csv:2: label 'FAKE' is not 1 \(fake\) or 0 \(real\)"):
+        read_source(f"dfdc:{tmp_path / 'labels.csv'}")
+    dfdc_part(tmp_path / "p", {"a.mp4": {"label": "REAL"}}, [])
+    with pytest.raises(InputError, match=r"none of its 1 listed videos is there"):
+        read_source(f"dfdc:{tmp_path / 'p'}")
+
+
+@pytest.mark.parametrize(
+    ("spec", "form"),
+    [
+        ("ffpp:{d}:test:c23:oops", r"ffpp:ROOT\[:train\|val\|test\[:raw\|c23\|c40\]\]"),
+        ("real:{d}:typo", "real:DIR"),
+        ("dfdc:{d}/metadata.json:x", "dfdc:PATH"),
+        ("celebdf:{d}:train:x", r"celebdf:ROOT\[:train\|test\]"),
+        ("tsv:{d}/m.tsv:{d}:x", r"tsv:MANIFEST\[:ROOT\]"),
+    ],
+)
+def test_source_specs_refuse_extra_fields(tmp_path: Path, spec: str, form: str) -> None:
+    with pytest.raises(InputError, match=rf"source '.*': use {form}"):
+        read_source(spec.format(d=tmp_path))
+
+
+def test_source_spec_paths_expand_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    touch(tmp_path / "reals/alice/a.mp4")
+    assert [r.path for r in read_source("real:~/reals")] == [tmp_path / "reals/alice/a.mp4"]
+    (tmp_path / "m.tsv").write_text("path\tlabel\na.mp4\treal\n")
+    assert [r.path for r in read_source("tsv:~/m.tsv:~/reals")] == [tmp_path / "reals/a.mp4"]
+    dfdc_part(tmp_path / "part", {"a.mp4": {"label": "REAL"}}, ["a.mp4"])
+    assert [r.path for r in read_source("dfdc:~/part")] == [tmp_path / "part/a.mp4"]
+    (tmp_path / "ff/splits").mkdir(parents=True)
+    (tmp_path / "ff/splits/val.json").write_text(json.dumps([["001", "002"]]))
+    touch(tmp_path / "ff/original_sequences/youtube/c40/videos/001.mp4")
+    assert [r.path.name for r in read_source("ffpp:~/ff:val:c40")] == ["001.mp4"]
+
+
+def test_the_same_file_in_two_sources_is_refused(tmp_path: Path) -> None:
+    touch(tmp_path / "ff/splits/test.json").write_text(json.dumps([["000", "003"]]))
+    touch(tmp_path / "ff/original_sequences/youtube/c23/videos/000.mp4")
+    ffpp = read_source(f"ffpp:{tmp_path / 'ff'}:test")
+    real = read_source(f"real:{tmp_path / 'ff/original_sequences/youtube/c23/videos'}")
+    refuse_duplicate_clips(ffpp)  # one source alone is fine
+    both = r"000.mp4: the same video is in two sources, .*\(group ffpp:000\) and 000.mp4 \(group real:000.mp4\)"
+    with pytest.raises(InputError, match=both):
+        refuse_duplicate_clips(ffpp + real)
+    # By resolved path: a link, or a path spelled another way, is the same file.
+    (tmp_path / "alias").symlink_to(tmp_path / "ff")
+    alias = ClipRecord(tmp_path / "alias/original_sequences/youtube/./c23/videos/000.mp4", "real", "x", rel="x.mp4")
+    with pytest.raises(InputError, match="group x"):
+        refuse_duplicate_clips([*ffpp, alias])
+    # Distinct files, even hard links of one another (as many test fixtures are), pass.
+    (tmp_path / "hard.mp4").hardlink_to(tmp_path / "ff/original_sequences/youtube/c23/videos/000.mp4")
+    refuse_duplicate_clips([*ffpp, ClipRecord(tmp_path / "hard.mp4", "real", "h")])
+    # read_source leaves the check to whoever concatenates sources: one folder may link a file twice.
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked/again.mp4").symlink_to(tmp_path / "hard.mp4")
+    (tmp_path / "linked/hard.mp4").symlink_to(tmp_path / "hard.mp4")
+    assert len(read_source(f"real:{tmp_path / 'linked'}")) == 2
