@@ -183,8 +183,7 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
     if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, str) for i in p) for p in pairs):
         raise InputError(f"{split_file}: expected a list of [target, source] id pairs, as FF++'s official splits are")
     ids = sorted({i for p in pairs for i in p})
-    # Both videos of a pair (and every fake made from them) share one group.
-    group_of = {i: f"ffpp:{min(a, b)}" for a, b in pairs for i in (a, b)}
+    group_of = _ffpp_groups(root, pairs)
     real_dir = root / "original_sequences" / "youtube" / compression / "videos"
     out: list[ClipRecord] = []
     missing = 0
@@ -286,6 +285,44 @@ def read_celebdf(root: Path, split: Literal["train", "test"], test_list: Path | 
     if seen_held < len(held):
         logger.warning("%s: %d of its %d test videos are not under %s", test_list, len(held) - seen_held, len(held), root)
     return out
+
+
+def _ffpp_groups(root: Path, pairs: list[list[str]]) -> dict[str, str]:
+    """Split group of each FF++ id: both videos of a pair (and every fake made from them) share
+    one, named by the smallest id. FF++ cut some YouTube videos into several sequences (331 and
+    332 show the same person), so with FF++'s ``conversion_dict.json`` (id -> "youtube_id index",
+    from the FaceForensics repository's ``dataset/``, copied to ``ROOT/splits/`` or ``ROOT``) the
+    sequences of one YouTube video share a group too."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the smallest id names the group
+
+    for a, b in pairs:
+        union(a, b)
+    conversion = next((f for f in (root / "splits" / "conversion_dict.json", root / "conversion_dict.json") if f.is_file()), None)
+    if conversion is None:
+        logger.info("%s: no conversion_dict.json: sequences cut from one YouTube video may fall in different groups", root)
+    else:
+        data = json.loads(conversion.read_text(encoding="utf-8-sig"))
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in data.items()):
+            raise InputError(f"{conversion}: expected FF++'s {{id: \"youtube_id index\"}} object")
+        first_of: dict[str, str] = {}
+        for vid, source in sorted(data.items()):
+            if vid not in parent:  # another split's id
+                continue
+            video = source.split()[0]
+            union(first_of.setdefault(video, vid), vid)
+    return {i: f"ffpp:{find(i)}" for i in list(parent)}
 
 
 DFDC_EXPECTED = "a DFDC metadata.json ({file: {label, original}}), a folder of them, or the test set's labels.csv (filename,label)"

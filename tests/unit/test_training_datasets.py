@@ -97,6 +97,26 @@ def test_ffpp_official_split_layout(tmp_path: Path) -> None:
     assert all("003" not in r.path.name for r in recs)  # train ids stay out of the test split
 
 
+def test_ffpp_sequences_of_one_youtube_video_share_a_group(tmp_path: Path) -> None:
+    # FF++ cut YouTube video R03Sko97IDE into sequences 331 and 332 (the same person); its
+    # official train split pairs them with different ids, so by pairs alone they were two groups.
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.json").write_text(json.dumps([["331", "260"], ["332", "051"], ["700", "701"]]))
+    for vid in ("331", "260", "332", "051", "700", "701"):
+        touch(tmp_path / "original_sequences/youtube/c23/videos" / f"{vid}.mp4")
+    touch(tmp_path / "manipulated_sequences/Deepfakes/c23/videos/331_260.mp4")
+    groups = lambda: {r.path.name: r.group for r in read_ffpp(tmp_path, "train")}  # noqa: E731
+    assert groups()["331.mp4"] != groups()["332.mp4"]  # without the dictionary: by pairs only
+    conversion = {"331": "R03Sko97IDE 0", "332": "R03Sko97IDE 1", "260": "a 0", "051": "b 0", "700": "c 0", "701": "d 0", "999": "R03Sko97IDE 2"}
+    (tmp_path / "splits" / "conversion_dict.json").write_text("\ufeff" + json.dumps(conversion))
+    got = groups()
+    assert {got[n] for n in ("331.mp4", "260.mp4", "332.mp4", "051.mp4", "331_260.mp4")} == {"ffpp:051"}
+    assert got["700.mp4"] == got["701.mp4"] == "ffpp:700"
+    (tmp_path / "splits" / "conversion_dict.json").write_text(json.dumps(["331"]))
+    with pytest.raises(InputError, match="conversion_dict.json: expected FF"):
+        read_ffpp(tmp_path, "train")
+
+
 def test_celebdf_test_list(tmp_path: Path) -> None:
     # As a Windows editor may save it: a byte-order mark and CRLF line ends.
     (tmp_path / "List_of_testing_videos.txt").write_bytes(
