@@ -8,6 +8,7 @@ import enum
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import uuid
@@ -146,9 +147,9 @@ class EventLog:
             self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex[:16],))
             epoch = str(self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
             last = self._last_id()
-            # Set in the log once a start has found its mark: the mark survived a run, so it is
-            # no mark that failed to be written or was lost in a crash. A copy of the file (a
-            # backup) carries the flag.
+            # Set in the log once its mark is on disk (written and synced, or found by a start),
+            # so a mark that failed to be written is not taken for a lost one. A copy of the file
+            # (a backup) carries the flag, even one taken during the first run.
             had_mark = self._db.execute("SELECT 1 FROM meta WHERE key = 'marked'").fetchone() is not None
             found_mark = False
             try:
@@ -172,20 +173,34 @@ class EventLog:
                     "clients, so it gets a new epoch (%s): clients resuming start again",
                     self.path, why, last, epoch,
                 )
-            self._write_mark(epoch, last)
-            if found_mark:
+            # The first mark is synced before the log says it has one: a restart after a crash
+            # must not find the flag without the mark and take the log for a restored backup.
+            if self._write_mark(epoch, last, durable=not had_mark) or found_mark:
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('marked', '1')")
         return epoch
 
-    def _write_mark(self, epoch: str, last_id: int) -> None:
-        """Best effort, no fsync: a mark lost in a crash weakens the backup check, and once a
-        start has found it, a later start without it gives the log a new epoch."""
+    def _write_mark(self, epoch: str, last_id: int, durable: bool = False) -> bool:
+        """Best effort: whether the mark was written. Later marks are not synced (one lost in a
+        crash leaves an older mark, which only weakens the check); ``durable`` syncs the file
+        and its folder."""
         try:
             tmp = self._mark.with_name(self._mark.name + ".tmp")
-            tmp.write_text(f"{epoch} {last_id}\n")
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write(f"{epoch} {last_id}\n")
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             tmp.replace(self._mark)
+            if durable:
+                folder = os.open(self._mark.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+            return True
         except OSError:
             logger.debug("cannot write %s", self._mark, exc_info=True)
+            return False
 
     def append(self, events: Sequence[Event]) -> list[StoredEvent]:
         stored: list[StoredEvent] = []

@@ -734,15 +734,15 @@ def test_a_backup_restored_into_an_empty_data_dir_gets_a_new_epoch(tmp_path: Pat
     # epoch, silently skipped the new events that reused those ids (and so did the Redis sink).
     import shutil
 
+    # The log's first run, never restarted: until 2026-11-27 the log knew it had a mark only
+    # once a later start had found it, so a backup taken during the first run kept its epoch.
     old, new = tmp_path / "old", tmp_path / "new"
     log = EventLog(old / "events.sqlite3")
     log.append([status_event(i) for i in range(5)])
-    log.close()
-    EventLog(old / "events.sqlite3").close()  # a later start found its mark: the log knows it has one
-    shutil.copy(old / "events.sqlite3", tmp_path / "backup.sqlite3")  # checkpointed: the file holds all
-    log = EventLog(old / "events.sqlite3")
-    log.append([status_event(i) for i in range(5)])  # a client got up to id 10 of this epoch
     epoch = log.epoch
+    log._db.execute("PRAGMA wal_checkpoint(FULL)")  # as sqlite3's .backup copies it: everything so far
+    shutil.copy(old / "events.sqlite3", tmp_path / "backup.sqlite3")
+    log.append([status_event(i) for i in range(5)])  # a client got up to id 10 of this epoch
     log.close()
     new.mkdir()
     shutil.copy(tmp_path / "backup.sqlite3", new / "events.sqlite3")
@@ -751,13 +751,17 @@ def test_a_backup_restored_into_an_empty_data_dir_gets_a_new_epoch(tmp_path: Pat
         assert restored.last_id() == 5 and restored.epoch != epoch
     finally:
         restored.close()
-    # A mark that was never written (a full disk at the first start after an upgrade, or a crash
-    # before it reached the disk) is no restore: the epoch stays, or every client replays all.
+    # A mark that could not be written (a full disk at the first start after an upgrade) is no
+    # restore: the epoch stays, or every client replays all. (The first mark is synced before the
+    # log says it has one, so a crash cannot lose it.)
+    (tmp_path / "upgraded").mkdir()
+    (tmp_path / "upgraded" / "events.sqlite3.mark.tmp").mkdir()  # where the mark is written first: refused
     first = EventLog(tmp_path / "upgraded" / "events.sqlite3")
     first.append([status_event(1)])
     first_epoch = first.epoch
     first.close()
-    (tmp_path / "upgraded" / "events.sqlite3.mark").unlink()
+    assert not (tmp_path / "upgraded" / "events.sqlite3.mark").exists()
+    (tmp_path / "upgraded" / "events.sqlite3.mark.tmp").rmdir()
     second = EventLog(tmp_path / "upgraded" / "events.sqlite3")
     try:
         assert second.epoch == first_epoch
