@@ -120,7 +120,7 @@ def _scan(target: str, json_out: Path | None, config: Path | None, duration: flo
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]scanning"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.1f}s"),
-        TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal and not os.environ.get("MONITOR_PROGRESS"),
+        TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal and not _env_flag("MONITOR_PROGRESS"),
     )
     try:
         with progress:
@@ -290,6 +290,18 @@ def config_show(config: Optional[Path] = ConfigOpt) -> None:
     except ConfigError as exc:
         _fail(exc)
     typer.echo(json.dumps(redact(settings.model_dump(mode="json")), indent=2))
+
+
+def _env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1, true, yes or on (any case) is yes; 0, false, no, off
+    or empty is no, as a user who writes MONITOR_PROGRESS=0 means."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    _fail(ConfigError(f"{name}={value!r}: use 1 (yes) or 0 (no)"))
+    return False  # not reached: _fail exits
 
 
 def main() -> None:

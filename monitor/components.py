@@ -36,8 +36,9 @@ def faces_factory(settings: Settings) -> Callable[[str], FaceStage]:
 
 def check_plugins(settings: Settings) -> None:
     """Resolve every plugin the settings name (detector, sinks, stream sources) and validate its
-    options as ``serve`` does at start-up, without starting anything; one ConfigError names
-    every problem. The JSON schema cannot: plugin options are each plugin's own."""
+    options as ``serve`` does at start-up, without starting anything (the detector is built
+    once, so its weights are loaded and verified); one ConfigError names every problem. The JSON
+    schema cannot: plugin options are each plugin's own."""
     from monitor.clock import SystemClock
     from monitor.metrics import Metrics
     from monitor.pipeline.manager import build_source
@@ -48,7 +49,7 @@ def check_plugins(settings: Settings) -> None:
         return str(exc) if isinstance(exc, ConfigError) else failure_text(exc)
 
     try:
-        detector_factory(settings)
+        detector_factory(settings)()  # built once, as serve does at start-up: the weights are checked too
     except Exception as exc:
         problems.append(f"detector: {problem(exc)}")
     for i, sink in enumerate(settings.sinks):

@@ -335,6 +335,28 @@ def test_config_show_checks_plugin_names_and_options_like_serve(tmp_path: Path) 
         assert value not in r.output
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"model_dir": "/nonexistent"}, "/nonexistent/manifest.json is missing"),
+    ({"manifest_sha256": "00"}, "does not match the pinned 00"),
+])
+def test_config_show_checks_the_detectors_weights_like_serve(tmp_path: Path, options: dict, message: str) -> None:
+    # Only the options' form was checked: `config show` passed a file that `serve` refused to start with.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"detector": {"name": "temporal-v1", "options": options}}))
+    r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
+    assert r.exit_code == 2 and "detector: " in r.stderr and message in r.stderr, r.output
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", False), ("0", False), ("false", False), (" No ", False), ("off", False),
+                                                 ("1", True), ("TRUE", True), ("yes", True), ("on", True)])
+def test_yes_no_environment_variables_read_as_users_mean_them(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+    # MONITOR_PROGRESS=0 turned the progress bar on: any non-empty value did.
+    from monitor.cli import _env_flag
+
+    monkeypatch.setenv("MONITOR_PROGRESS", value)
+    assert _env_flag("MONITOR_PROGRESS") is expected
+
+
 def test_config_schema_lists_every_plugins_options() -> None:
     r = CliRunner().invoke(app, ["config", "schema"])
     assert r.exit_code == 0, r.output
