@@ -48,7 +48,7 @@ from monitor.types import FaceObservation, FaceQuality, Frame, readonly  # noqa:
 
 logger = logging.getLogger(__name__)
 
-DATA = Path("/work/shared/data/dev")
+DATA = ROOT.parent / "shared" / "data" / "dev"  # --data; the team's layout puts it beside the checkout
 CACHE = Path("/tmp/cache/baseline_landmarks/v2")
 RESULT = ROOT / "benchmarks" / "results" / "baseline_accuracy.json"
 FPS = 10.0
@@ -376,10 +376,18 @@ def cmd_evaluate(clips: list[Clip]) -> None:
 
 
 def main() -> None:
+    global DATA, RESULT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="evaluate", choices=("extract", "fit", "evaluate"))
     parser.add_argument("--only", default="", help="only clips whose path contains this")
+    parser.add_argument("--data", type=Path, default=DATA, help="the data/dev folder (MANIFEST.tsv and the clips)")
+    parser.add_argument("--out", type=Path, default=None, help=f"where evaluate writes its JSON (default {RESULT.relative_to(ROOT)}, refused with --only)")
     args = parser.parse_args()
+    DATA = args.data
+    if args.out is not None:
+        RESULT = args.out
+    elif args.only and args.command == "evaluate":  # a subset must not replace the committed full results
+        parser.error("--only with evaluate needs --out: the default would overwrite the full results")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if os.environ.get("OMP_NUM_THREADS") != "1":
         logger.warning("set OMP_NUM_THREADS=1: this machine is shared")

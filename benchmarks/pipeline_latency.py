@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -124,6 +123,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_latency.json")
     args = ap.parse_args()
 
+    load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_clip(Path(tmp) / "face720.mp4", args.clip_seconds, fps=30, width=1280, height=720)
         settings = load_settings(None, data_dir=Path(tmp) / "scan", demo=False)
@@ -142,9 +142,14 @@ def main() -> None:
 
         live = asyncio.run(live_latency(clip, args.seconds, Path(tmp) / "live"))
 
+    import run_info
+
     out = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {**run_info.machine(), "load_avg_1m_before": load_before},
+        **run_info.commit(),
+        **run_info.detector(settings.detector.name),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "stage_ms_mean is CPU accounting (total stage time / analysed frames), so a mean; latencies are percentiles",
         "clip": {"width": 1280, "height": 720, "fps": 30, "seconds": args.clip_seconds, "analysis_fps": settings.analysis.fps},
         "live_720p30": live,
         "offline": {

@@ -3,9 +3,10 @@
 Run (faces cached by `monitor train`, otherwise extracted first, ~13 min):
     .venv/bin/python benchmarks/reblend_reference.py --data ../shared/data/dev --cache-dir /tmp/cache/train
 
-The shipped bundle's video score ranks each of the 15 live swaps above its own original (the
-CNN's mean logit over this script's 24 frames does so for 11), but its level moves with the
-scene far more than with the swap. If the scene shifts the logit of a face and of
+temporal-v1's video score ranked 15 of the 15 live swaps above their own originals with the
+previous weights (manifest 186c3acf..., whose CNN's mean logit over this script's 24 frames did
+so for 11), and ranks 13 of 15 with the current ones (detector_accuracy.json); its level moves
+with the scene far more than with the swap. If the scene shifts the logit of a face and of
 self-blends made from that same face alike, then "actual face minus its own self-blends" keeps
 the blend signal and drops the scene. Per clip, 24 frames spread over the main track; per frame,
 4 self-blends with fixed recipes (seeds 1000-1003) of the stored crop, scored like the face.

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -200,13 +199,20 @@ async def measure(n: int, seconds: float, warmup: float, data_dir: Path) -> dict
 async def main_async(seconds: float, warmup: float, counts: list[int]) -> dict[str, Any]:
     import tempfile
 
+    import run_info
+
+    from monitor.config import load_settings
+
+    load_before = round(os.getloadavg()[0], 2)
     results = []
     for n in counts:
         with tempfile.TemporaryDirectory() as tmp:
             results.append(await measure(n, seconds, warmup, Path(tmp)))
         print(json.dumps(results[-1]), flush=True)
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {**run_info.machine(), "load_avg_1m_before": load_before},
+        **run_info.commit(),
+        **run_info.detector(load_settings(None, demo=False).detector.name),  # the service's default, as measure() runs it
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stream": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "codec": "VP8 (aiortc default)", "analysis_fps": 10.0},
         "jitter_buffer_hold_ms": round(1000 / FPS, 1),
@@ -219,8 +225,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = [
         "# WHIP ingest latency",
         "",
-        f"{report['when']}, {report['machine']['cpus']} CPUs (shared), {report['stream']['width']}x"
-        f"{report['stream']['height']}@{report['stream']['fps']} VP8 over loopback, analysis at 10 fps.",
+        f"{report['when']}, {report['machine']['cpus']} CPUs (shared, load average {report['machine']['load_avg_1m_before']} before,"
+        f" {report['machine']['load_avg_1m']} after), {report['stream']['width']}x"
+        f"{report['stream']['height']}@{report['stream']['fps']} VP8 over loopback, analysis at 10 fps, detector"
+        f" `{report['detector']}`" + (f" (manifest `{str(report.get('manifest_sha256'))[:8]}...`)" if "manifest_sha256" in report else "")
+        + f", commit `{str(report['commit'])[:8]}`" + (" with uncommitted changes." if report["dirty"] else "."),
         "",
         "| publishers | frame age p50/p99 ms | frame->verdict p50/p99 ms | capture->verdict p50/p99 ms | service CPU per stream | publisher CPU | fps in/analysed per stream |",
         "|---|---|---|---|---|---|---|",
