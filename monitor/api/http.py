@@ -239,6 +239,13 @@ def create_app(
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     public = [] if settings.server.public_metrics else [Depends(require_token)]
+    # The thresholds a stream's track states follow: a client (the dashboard) explains a score
+    # against the configured ones, not against the defaults.
+    policy = {"suspicious_enter": settings.policy.suspicious_enter, "alert_enter": settings.policy.alert_enter}
+
+    def stream_json(status: StreamStatus) -> dict[str, Any]:
+        return {**status_json(status), "policy": dict(policy)}
+
     app = FastAPI(
         title="deepfake-monitor",
         version=__version__,
@@ -298,8 +305,9 @@ def create_app(
 
     @app.get("/api/streams", dependencies=[Depends(require_token)], tags=["streams"])
     async def list_streams() -> list[dict[str, Any]]:
-        """Every watched stream with its state, rates, drops, latency and face tracks."""
-        return [status_json(p.status()) for p in manager.list()]
+        """Every watched stream with its state, rates, drops, latency and face tracks, and the
+        `policy` thresholds its tracks' states follow (`suspicious_enter`, `alert_enter`)."""
+        return [stream_json(p.status()) for p in manager.list()]
 
     @app.post("/api/streams", status_code=201, dependencies=[Depends(require_token)], tags=["streams"])
     async def add_stream(request: Request) -> dict[str, Any]:
@@ -321,11 +329,12 @@ def create_app(
             if not Path(path).is_file():
                 raise HTTPException(400, f"file not found: {path}")
         pipeline = await manager.add(stream)
-        return status_json(pipeline.status())
+        return stream_json(pipeline.status())
 
     @app.get("/api/streams/{stream_id}", dependencies=[Depends(require_token)], tags=["streams"])
     async def get_stream(stream_id: str) -> dict[str, Any]:
-        return status_json(manager.get(stream_id).status())
+        """One stream, as in the list."""
+        return stream_json(manager.get(stream_id).status())
 
     @app.delete("/api/streams/{stream_id}", status_code=204, dependencies=[Depends(require_token)], tags=["streams"])
     async def delete_stream(stream_id: str) -> Response:
@@ -452,9 +461,11 @@ _SERVER_SEND = "deepfake_monitor.server_send"
 # The dashboard loads only its own files; images come as blobs (evidence), media from the
 # camera (getUserMedia), data over fetch and the alert websocket to this origin. No other site
 # may frame it (a no-token loopback dashboard in a hostile frame is a clickjacking target).
+# connect-src 'self' covers the same-origin websocket too (CSP Level 3: ws: for an http: page,
+# wss: for https:); the bare schemes `ws: wss:` allowed a websocket to any host.
 DASHBOARD_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 

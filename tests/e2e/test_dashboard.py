@@ -1,6 +1,8 @@
 """Debian's headless chromium opens the dashboard, publishes its fake camera over WHIP, and sees
 the stream appear with live state; a screenshot is saved under tests/e2e/artifacts/. The alert
-feed survives a reload and an event-log reset; the token stays out of URLs and logs."""
+feed survives a reload and an event-log reset; the token stays out of URLs and logs. A hung,
+stopped or refusing service is shown as such, not as live; scores are explained against the
+configured policy; open alerts stay in the feed after a reload; the CSP allows only this origin."""
 
 from __future__ import annotations
 
@@ -10,17 +12,19 @@ import logging
 import os
 import re
 import shutil
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, Request, Response, async_playwright, expect
+from playwright.async_api import Page, Request, Response, Route, async_playwright, expect
 
 from monitor.alerts.eventlog import EventLog
 from monitor.config import load_settings
-from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
-from tests.support.service import running_service
+from monitor.types import AlertData, Event, EventType, Severity, StreamState, StreamStatusData
+from tests.support.service import ServiceProcess, running_service
 
 pytestmark = pytest.mark.e2e
 
@@ -318,3 +322,283 @@ async def test_an_alert_shows_what_the_monitor_saw(tmp_path: Path) -> None:
             assert await frame.evaluate("img => img.decode().then(() => img.naturalWidth)") == 640
             assert await page.locator("#feed li .evidence").first.locator("img.face").count() >= 1
             assert (await frame.get_attribute("src") or "").startswith("blob:")  # never a URL with the token
+
+
+DEAD_RTSP = "rtsp://127.0.0.1:9/none"  # refused at once: a stream that exists (reconnecting), at no cost
+STALE = re.compile(r"\bstale\b")
+CARD_IDS = "() => [...document.querySelectorAll('#streams article')].map((a) => a.dataset.stream)"
+
+
+async def test_a_hung_or_stopped_service_is_shown_stale(tmp_path: Path) -> None:
+    # Before: with the service SIGSTOPped both pills stayed green for ever, a poll was started
+    # every second and none ended, and the cards and counts stayed as if current. Stopped, only
+    # the pill changed: the cards still read "running", the header still counted their verdicts.
+    config = {
+        "demo": False, "data_dir": str(tmp_path / "data"), "server": {"token": TOKEN},
+        "streams": [{"id": "cam-10", "url": DEAD_RTSP}, {"id": "cam-2", "url": DEAD_RTSP}],
+    }
+    svc = ServiceProcess(tmp_path, config)
+    await asyncio.to_thread(svc.start)
+    try:
+        async with chromium_page(tmp_path) as page:
+            polls: set[Request] = set()
+            most = [0]
+
+            def started(request: Request) -> None:
+                if request.url.endswith("/api/streams"):
+                    polls.add(request)
+                    most[0] = max(most[0], len(polls))
+
+            page.on("request", started)
+            page.on("requestfinished", lambda request: polls.discard(request))
+            page.on("requestfailed", lambda request: polls.discard(request))
+            api, alerts, streams = page.locator("#api-state"), page.locator("#ws-state"), page.locator("#streams")
+            await page.goto(f"{svc.base}/?token={TOKEN}")
+            await expect(api).to_have_text("API live", timeout=10_000)
+            await expect(alerts).to_have_text("alerts live", timeout=10_000)
+            await expect(page.locator("#streams article")).to_have_count(2, timeout=10_000)
+            assert await page.evaluate(CARD_IDS) == ["cam-2", "cam-10"]  # numbers in ids sort as numbers
+            await expect(page.locator("#summary")).to_contain_text("no verdict")
+
+            assert svc.proc is not None
+            svc.proc.send_signal(signal.SIGSTOP)
+            try:
+                not_answering = re.compile(r"^API not answering · last answer \d+ s ago$")
+                await expect(api).to_have_text(not_answering, timeout=8_000)
+                await expect(api).to_have_class("pill bad")
+                # The websocket stays open (the kernel keeps the connection), but nothing would
+                # come through it: it is no more "live" than the API.
+                await expect(alerts).to_have_text("alerts stale")
+                await expect(streams).to_have_class(STALE)
+                note = re.compile(r"^Stale since \d\d:\d\d:\d\d \(API not answering\)")
+                await expect(page.locator("#stale-note")).to_have_text(note)
+                await expect(page.locator("#summary")).to_have_text("no current counts")
+                await page.wait_for_timeout(5_000)  # another poll aborted, and another begun
+            finally:
+                svc.proc.send_signal(signal.SIGCONT)
+            assert most[0] == 1  # never two polls at once
+            await expect(api).to_have_text("API live", timeout=10_000)
+            await expect(alerts).to_have_text("alerts live", timeout=10_000)
+            await expect(streams).not_to_have_class(STALE)
+            await expect(page.locator("#stale-note")).to_be_hidden()
+            await expect(page.locator("#summary")).to_contain_text("no verdict")
+
+            await asyncio.to_thread(svc.stop)
+            await expect(api).to_have_text(re.compile(r"^API unreachable"), timeout=10_000)
+            await expect(alerts).to_have_text("alerts reconnecting…", timeout=10_000)
+            await expect(streams).to_have_class(STALE)
+            await expect(page.locator("#summary")).to_have_text("no current counts")
+            await expect(page.locator("#streams article")).to_have_count(2)  # the last answer, greyed
+    finally:
+        if svc.proc is not None:
+            svc.proc.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(svc.stop)
+
+
+def face_track(state: str, score: float | None) -> dict[str, Any]:
+    return {
+        "track_id": 1, "state": state, "score": score, "raw_score": score,
+        "reasons": [], "since_t": 0.0, "first_t": 0.0,
+    }
+
+
+async def add_a_face(page: Page, track: dict[str, Any]) -> None:
+    """Every /api/streams answer as the service gave it (its policy included), with ``track``
+    added to each stream: a face in a given state, without video and a detector to make it."""
+
+    async def handle(route: Route) -> None:
+        response = await route.fetch()
+        streams = await response.json()
+        for stream in streams:
+            stream["tracks"] = [track]
+        await route.fulfill(response=response, json=streams)
+
+    await page.route("**/api/streams", handle)
+
+
+ROWS = """(levels) => {
+    // How many pixels of the right half (clear of the "no score yet" text) of the timeline's
+    // bitmap row at each level are painted.
+    const c = document.querySelector('article[data-stream="lobby"] canvas');
+    const h = c.clientHeight, dpr = c.width / c.clientWidth;
+    return levels.map((level) => {
+        const y = Math.floor(Math.min(Math.max(h - level * h, 0.5), h - 0.5) * dpr);
+        const row = c.getContext("2d").getImageData(c.width / 2, y, c.width / 2, 1).data;
+        let painted = 0;
+        for (let i = 3; i < row.length; i += 4) if (row[i] > 0) painted++;
+        return painted;
+    });
+}"""
+
+
+async def test_scores_are_explained_against_the_configured_policy(tmp_path: Path) -> None:
+    # Before: a card explained a score as "(50% suspicious, 70% alert)" and its timeline drew
+    # guide lines at 50% and 70% whatever the policy said; the API did not expose the policy.
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
+        policy={"suspicious_enter": 0.3, "alert_enter": 0.85}, streams=[{"id": "lobby", "url": DEAD_RTSP}],
+    )
+    async with running_service(settings) as svc:
+        async with chromium_page(tmp_path, device_scale_factor=2) as page:
+            await add_a_face(page, face_track("clear", None))
+            await page.goto(f"{svc.base}/?token={TOKEN}")
+            why = page.locator('article[data-stream="lobby"] .track .reasons')
+            await expect(why).to_have_text("why: score – (30% suspicious, 85% alert)", timeout=10_000)
+            canvas = page.locator('article[data-stream="lobby"] canvas')
+            await expect(canvas).to_have_attribute("role", "img")
+            await expect(canvas).to_have_attribute("aria-label", "score timeline: no score yet")
+            # Its bitmap is its size on screen in device pixels, not a fixed 600x46 stretched.
+            size = await canvas.evaluate("(c) => [c.width, c.height, c.clientWidth, c.clientHeight]")
+            assert size[:2] == [2 * size[2], 2 * size[3]], size
+            thirty, eighty_five, fifty, seventy = await page.evaluate(ROWS, [0.3, 0.85, 0.5, 0.7])
+            assert thirty > 0 and eighty_five > 0 and fifty == 0 and seventy == 0
+
+
+async def test_an_open_alert_stays_in_the_feed_after_a_reload(tmp_path: Path) -> None:
+    # Before: a load showed the newest 30 events of any kind. Behind them, an alert still open
+    # (its face in state alert on the card) dropped out of the feed with its evidence button.
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
+        streams=[{"id": "lobby", "url": DEAD_RTSP}],
+    )
+    async with running_service(settings) as svc:
+        bus = svc.runtime.bus
+
+        def opened(alert_id: str, track: int) -> Event:
+            now = time.time()
+            evidence = f"/api/alerts/{alert_id}/evidence"
+            data = AlertData(alert_id, track, 0.91, ("score_above_threshold",), (), 0.0, None, now, evidence)
+            return Event(EventType.ALERT_OPENED, "lobby", Severity.CRITICAL, now, data)
+
+        await bus.publish([opened("a-open", 1)])
+        # More than one page (1000) of /api/events after it: the page looks further back.
+        await bus.publish([status_event(f"other{i}", i) for i in range(1100)])
+        async with chromium_page(tmp_path) as page:
+            await add_a_face(page, face_track("alert", 0.91))
+            await page.goto(f"{svc.base}/?token={TOKEN}")
+            await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
+            alert = page.locator('#feed li[data-type$=".alert.opened.v1"]')
+            await expect(alert).to_have_count(1, timeout=10_000)
+            await expect(alert.locator(".evidence-show")).to_be_visible()
+            # The newest 30 and the open alert, oldest at the bottom; not the 1,100 in between.
+            await expect(page.locator("#feed li")).to_have_count(31)
+            assert await page.locator("#feed li").last.get_attribute("data-type") == EventType.ALERT_OPENED.value
+            assert await page.locator("#announcer p").count() == 0  # shown, not announced: it is not new
+
+            # A new alert, live over the websocket, is told to screen readers (a polite log).
+            await bus.publish([opened("a-new", 2)])
+            announced = ["Alert: lobby face #2 91%, score above threshold"]
+            await expect(page.locator("#announcer p")).to_have_text(announced, timeout=10_000)
+            await expect(page.locator("#announcer")).to_have_attribute("aria-live", "polite")
+
+
+async def test_a_refused_token_stops_polling_until_another_is_typed(tmp_path: Path) -> None:
+    # Before: a wrong token read "token needed", the page polled (a 401) every second and the
+    # websocket retried every 5 s for ever, the streams pane said "No streams yet." with streams
+    # there, and a wrong token typed after a good one left the last verdicts up as current.
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
+        streams=[{"id": "lobby", "url": DEAD_RTSP}],
+    )
+    async with running_service(settings) as svc:
+        async with chromium_page(tmp_path) as page:
+            polls: list[str] = []
+            sockets: list[str] = []
+            page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/api/streams") else None)
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            api, alerts, streams = page.locator("#api-state"), page.locator("#ws-state"), page.locator("#streams")
+
+            async def type_token(value: str) -> None:
+                await page.fill("#token", value)
+                await page.dispatch_event("#token", "change")
+
+            async def nothing_more_asked(seconds: float) -> None:
+                asked = (len(polls), len(sockets))
+                await page.wait_for_timeout(seconds * 1000)
+                assert (len(polls), len(sockets)) == asked
+
+            await page.goto(f"{svc.base}/?token=wrong-{TOKEN}")
+            await expect(api).to_have_text("API: token rejected", timeout=10_000)
+            await expect(alerts).to_have_text("alerts: token rejected")
+            await expect(streams).to_have_text("Token rejected: enter the service's token above to see its streams.")
+            await nothing_more_asked(3)
+            assert len(polls) == 1 and sockets == []
+
+            await type_token(TOKEN)
+            await expect(api).to_have_text("API live", timeout=10_000)
+            await expect(alerts).to_have_text("alerts live", timeout=10_000)
+            await expect(page.locator('article[data-stream="lobby"]')).to_be_visible()
+            await expect(page.locator("#summary")).to_contain_text("no verdict")
+
+            await type_token("wrong-again")
+            await expect(api).to_have_text("API: token rejected", timeout=10_000)
+            await expect(alerts).to_have_text("alerts: token rejected")
+            await expect(streams).to_have_class(STALE)
+            await expect(page.locator("#stale-note")).to_contain_text("(token rejected)")
+            await expect(page.locator("#summary")).to_have_text("no current counts")
+            await nothing_more_asked(3)
+
+            await type_token("")
+            await expect(api).to_have_text("API: token needed", timeout=10_000)
+            await type_token(TOKEN)
+            await expect(api).to_have_text("API live", timeout=10_000)
+            await expect(streams).not_to_have_class(STALE)
+
+
+async def test_the_page_has_a_strict_csp_a_quiet_console_and_steady_text(tmp_path: Path) -> None:
+    # Before: connect-src allowed a websocket to any host (ws: wss:); the camera id's pattern and
+    # the missing favicon logged console errors on each load; #summary (aria-live) and the cards
+    # were rebuilt every second (read out again, selection lost); a phone scrolled sideways; feed
+    # times had no date, zone or datetime.
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, streams=[{"id": "lobby", "url": DEAD_RTSP}])
+    async with running_service(settings) as svc:
+        await svc.runtime.bus.publish([status_event("long-ago", 0)])  # 2023-11-14 22:13:20 UTC
+        phone = {"width": 375, "height": 800}
+        async with chromium_page(tmp_path, viewport=phone, timezone_id="America/New_York") as page:
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.add_init_script(
+                "document.addEventListener('securitypolicyviolation', (e) => "
+                "(window.violations = window.violations || []).push(e.violatedDirective + ' ' + e.blockedURI))"
+            )
+            response = await page.goto(f"{svc.base}/")
+            assert response is not None
+            csp = await response.header_value("content-security-policy") or ""
+            assert "connect-src 'self';" in csp and "ws:" not in csp and "wss:" not in csp, csp
+            # The page's own websocket (same origin) still connects under connect-src 'self'.
+            await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
+            await expect(page.locator('article[data-stream="lobby"]')).to_be_visible(timeout=10_000)
+            await svc.runtime.bus.publish([status_event("today", int(time.time() - 1.7e9))])
+            old = page.locator("#feed li", has_text="long-ago").locator("time")
+            new = page.locator("#feed li", has_text="today").locator("time")
+            await expect(new).to_have_count(1, timeout=10_000)
+            await expect(old).to_have_attribute("datetime", "2023-11-14T22:13:20.000Z")
+            await expect(old).to_have_text("Nov 14, 2023 17:13:20")
+            zone = re.compile(r"Nov 14, 2023.*17:13:20 EST \(America/New_York\); 2023-11-14T22:13:20\.000Z")
+            await expect(old).to_have_attribute("title", zone)
+            await expect(new).to_have_text(re.compile(r"^\d\d:\d\d:\d\d$"))  # today: no date
+
+            await page.evaluate(
+                """() => {
+                    window.summaryChanges = 0;
+                    const watch = { childList: true, subtree: true, characterData: true };
+                    new MutationObserver((m) => { window.summaryChanges += m.length; })
+                        .observe(document.getElementById("summary"), watch);
+                    const range = document.createRange();
+                    range.selectNodeContents(document.querySelector('article[data-stream="lobby"] .stream-id'));
+                    getSelection().removeAllRanges();
+                    getSelection().addRange(range);
+                }"""
+            )
+            await page.wait_for_timeout(3_000)  # three polls
+            assert await page.evaluate("() => [window.summaryChanges, getSelection().toString()]") == [0, "lobby"]
+            assert await page.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
+            assert await page.evaluate("() => window.violations || []") == []
+            assert errors == []
+
+            # connect-src 'self' refuses a websocket to another origin (ws: let every host through).
+            other = svc.base.replace("127.0.0.1", "localhost").replace("http:", "ws:") + "/ws/alerts"
+            await page.evaluate("(url) => { try { new WebSocket(url); } catch (e) { /* refused */ } }", other)
+            refused = "() => (window.violations || []).some((v) => v.startsWith('connect-src'))"
+            await page.wait_for_function(refused, timeout=5_000)

@@ -801,3 +801,22 @@ async def test_responses_carry_security_headers_and_api_answers_are_not_cached(t
             for path in ("/api/streams", "/api/events"):
                 assert (await http.get(path)).headers["cache-control"] == "no-store", path
             assert "script-src 'self'" in (await http.get("/")).headers["content-security-policy"]
+            # Same-origin fetches and the page's own websocket only: `ws: wss:` allowed any host.
+            csp = (await http.get("/")).headers["content-security-policy"]
+            directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+            assert directives["connect-src"] == "'self'"
+
+
+async def test_streams_carry_the_policy_thresholds_their_states_follow(tmp_path: Path) -> None:
+    # Before: the API exposed no thresholds, and the dashboard explained every score against
+    # 50% and 70% whatever the configuration said.
+    settings = make_settings(tmp_path, policy={"suspicious_enter": 0.3, "alert_enter": 0.85})
+    expected = {"suspicious_enter": 0.3, "alert_enter": 0.85}
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.post("/api/streams", json={"id": "cam1", "url": "rtsp://127.0.0.1:9/none"})
+            assert r.status_code == 201 and r.json()["policy"] == expected, r.text
+            assert [s["policy"] for s in (await http.get("/api/streams")).json()] == [expected]
+            assert (await http.get("/api/streams/cam1")).json()["policy"] == expected
+            spec = (await http.get("/openapi.json")).json()
+            assert "`policy`" in spec["paths"]["/api/streams"]["get"]["description"]
