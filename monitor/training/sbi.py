@@ -365,6 +365,10 @@ def eval_report(
 
     index = {c["rel"]: k for k, c in enumerate(clips)}
     pairs = [(k, index[c["pair"]]) for k, c in enumerate(clips) if held[k] and dfl[k] and fake[k] and c["pair"] in index]
+    # The same, for any dataset (FF++, Celeb-DF and DFDC name each fake's original and method).
+    all_pairs = [(k, index[c["pair"]]) for k, c in enumerate(clips) if held[k] and fake[k] and c.get("pair") in index]
+    methods = sorted({c.get("method") or "" for k, c in enumerate(clips) if held[k] and fake[k]} - {""})
+    method = np.array([c.get("method") or "" for c in clips])
 
     return {
         "sbi_heldout_frame_auc": auc(sbi_y, sbi_logits),
@@ -375,6 +379,10 @@ def eval_report(
         "all_unseen_fakes_vs_heldout_genuine_auc": sub((fake & unseen) | genuine_held),
         "heldout_genuine_score_std": float(score[genuine_held].std()) if genuine_held.any() else None,
         "live_swaps_heldout_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in pairs)}/{len(pairs)}",
+        # Each held-out manipulation method against every held-out genuine clip, and every held-out
+        # fake against its own original where the dataset names it.
+        "heldout_method_auc": {m: sub((held & fake & (method == m)) | genuine_held) for m in methods},
+        "heldout_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in all_pairs)}/{len(all_pairs)}",
     }
 
 

@@ -159,6 +159,24 @@ def test_eval_report_ranks_each_held_out_swap_against_its_own_original() -> None
     assert seen["all_unseen_fakes_vs_heldout_genuine_auc"] == 0.5 and report["all_unseen_fakes_vs_heldout_genuine_auc"] == 6.5 / 12
 
 
+def test_eval_report_scores_each_method_and_pair_of_any_dataset() -> None:
+    # A pack of FF++ held out: the report keyed on data/dev's folder names gave no per-method
+    # AUC and ranked 0/0 pairs, though FF++ names each fake's method and original.
+    from types import SimpleNamespace
+
+    clips = [{"rel": f"original_sequences/youtube/c23/videos/{v}.mp4", "label": "real", "group": f"ffpp:{v}", "method": "original",
+              "heldout": True, "pair": None} for v in ("000", "001")]
+    clips += [{"rel": f"manipulated_sequences/{m}/c23/videos/{v}_x.mp4", "label": "fake", "group": f"ffpp:{v}", "method": m,
+               "heldout": True, "pair": f"original_sequences/youtube/c23/videos/{v}.mp4"}
+              for m in ("Deepfakes", "FaceSwap") for v in ("000", "001")]
+    pack = SimpleNamespace(meta={"eval_clips": clips}, eval_clip=np.repeat(np.arange(6), 2), sbi_y=np.array([0, 1]))
+    # genuine 000: 1, 001: 3; Deepfakes 2, 4 (each above its original); FaceSwap 0, 2 (each below).
+    logits = np.repeat([1.0, 3.0, 2.0, 4.0, 0.0, 2.0], 2)
+    report = sbi.eval_report(pack, logits, np.array([0.0, 1.0]))  # type: ignore[arg-type]
+    assert report["heldout_method_auc"] == {"Deepfakes": 0.75, "FaceSwap": 0.25}
+    assert report["heldout_pairs_ranked"] == "2/4" and report["live_swaps_heldout_pairs_ranked"] == "0/0"
+
+
 def test_eval_report_of_a_real_only_pack_has_nothing_to_rank() -> None:
     from types import SimpleNamespace
 
