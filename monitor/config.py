@@ -140,6 +140,10 @@ class ServerConfig(Strict):
 class AnalysisConfig(Strict):
     fps: float = Field(10.0, gt=0, le=60, description="Frames analysed per second per stream; newer frames replace older ones that were not analysed yet (a file with realtime: false is sampled at this rate by its own timestamps, losing none).")
     max_faces: int = Field(4, ge=1, le=16, description="Most faces tracked per frame.")
+    max_frame_pixels: int = Field(
+        4096 * 4096, ge=64 * 64,
+        description="A file or RTSP stream whose frames have more pixels fails with a clear error instead of taking gigabytes of memory (an 8000x8000 video took about 3 GB). The default, 16.8 million, admits 4K (8.3 million).",
+    )
     crop_size: int = Field(112, ge=32, le=512, description="Side of the aligned face crop handed to the detector, in pixels.")
     min_face_px: float = Field(48.0, ge=8, description="Faces narrower than this are `low_resolution`.")
     min_blur: float = Field(15.0, ge=0, description="Crops whose Laplacian variance (measured at 112 px whatever crop_size is) is below this are `blurred`.")
@@ -262,6 +266,12 @@ class StreamConfig(Strict):
     realtime: bool = Field(True, description="Files only: pace frames at their timestamps, as a live stream would. false: read as fast as analysis goes, sampled by the file's own timestamps at analysis.fps (as `monitor scan` does).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options for the source plugin.")
 
+    @field_validator("url")
+    @classmethod
+    def _url_authority(cls, value: str) -> str:
+        check_authority(value)
+        return value
+
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
@@ -272,6 +282,25 @@ class StreamConfig(Strict):
     @property
     def source_name(self) -> str:
         return self.source or infer_source(self.url)
+
+
+def check_authority(url: str) -> None:
+    """Refuse a URL whose host part is no ``host[:port]`` because a raw "/", "?" or "#" in its
+    password ended it (``rtsp://admin:pa/ss@cam``: the host would read ``admin:pa``), naming
+    neither the password nor the URL. Such a URL could never connect, and it would have been
+    stored and shown as given."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority or authority.startswith("["):
+        return
+    _, colon, port = authority.rpartition(":")
+    if colon and port and not port.isdigit():
+        raise ValueError(
+            f"the {scheme}:// URL's host part is not host[:port]: a raw '/', '?' or '#' in a user name or "
+            "password ends it. Percent-encode them (%2F, %3F, %23)"
+        )
 
 
 def infer_source(url: str) -> str:
@@ -388,10 +417,11 @@ REDACTED = "***"
 def is_secret_name(name: str) -> bool:
     """Whether a key or query parameter called ``name`` holds a credential."""
     return bool(_SECRET_KEY.search(name)) or any(w.lower() in _SECRET_WORDS for w in _NAME_WORDS.findall(name))
-# rtsp://user:pass@host, up to the authority's *last* "@" as FFmpeg splits it: a password
-# with a raw "@" in it is hidden whole. Also in URLs mistyped with one slash or none (the
-# error that reports such a URL must not echo its password).
-URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
+# rtsp://user:pass@host, up to the *last* "@" of the URL: a password with a raw "@" is hidden
+# whole, and so is one with a raw "/", "?" or "#" (which end the authority, so such a URL
+# cannot work, but its error message must not echo the password). An "@" in a path hides the
+# host too: over-hiding is the safe side. Also in URLs mistyped with one slash or none.
+URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)\S*@")
 _URL_QUERY_VALUE = re.compile(r"([?&])([^=&#]+)=([^&#]*)")  # ?access_token=..., &token=...
 
 

@@ -17,7 +17,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
 from monitor.pipeline.stream import StreamPipeline
 from monitor.plugins import SOURCE_GROUP, Detector, Source, load_plugin
-from monitor.sources.base import failure_text
+from monitor.sources.base import ThreadedSource, failure_text
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def build_source(stream: StreamConfig, settings: Settings, metrics: Metrics, clo
         raise
     except Exception as exc:  # a plugin's own failure: named, not a traceback
         raise ConfigError(f"source {stream.source_name!r} cannot be built: {failure_text(exc)}") from exc
+    if isinstance(source, ThreadedSource):
+        source.max_frame_pixels = settings.analysis.max_frame_pixels
     return source
 
 

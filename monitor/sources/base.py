@@ -166,6 +166,9 @@ class ThreadedSource:
     # The URL the source reads, if it has one: its credentials never reach an error or a state
     # detail (the event log, websocket clients, webhooks, logs and /api/streams all show those).
     url: str | None = None
+    # Frames with more pixels fail the stream (analysis.max_frame_pixels, set by the manager): one
+    # 8000x8000 file took the service from 0.5 to 3.3 GB of memory while showing "running".
+    max_frame_pixels: int | None = None
 
     def __init__(self, stream_id: str, *, metrics: Metrics, clock: Clock | None = None) -> None:
         self.stream_id = stream_id
@@ -207,7 +210,12 @@ class ThreadedSource:
         default ``detail``) tells what must change for the same state to be announced again:
         a dead camera's retries differ only in "retrying in X s", and each one was a new event
         in the durable log, one every 5 s per dead stream."""
-        if self._detached or (state == self.status.state and not detail):
+        if self._detached:
+            return
+        self._announce(state, detail, cause)
+
+    def _announce(self, state: StreamState, detail: str, cause: str | None = None) -> None:
+        if state == self.status.state and not detail:
             return
         detail = self._redact(detail)
         key = (state, self._redact(cause) if cause is not None else detail)
@@ -287,7 +295,10 @@ class ThreadedSource:
                 # Whatever it does when it wakes (a frame, a state change) belongs to a stream
                 # that is gone, perhaps replaced by a new one with the same id: it must not
                 # publish events or bring back the removed stream's metrics.
-                self._detached = True
+                self._detached = True  # first: from here on, the thread announces nothing
+                # The stream is gone all the same: say so, or its last event ("running",
+                # "reconnecting") would show it watched for ever on dashboards and sinks.
+                self._announce(StreamState.STOPPED, f"removed; its source thread did not stop within {self.JOIN_S:g} s and was left behind")
                 self._state_listeners.clear()
                 assert self._slot is not None
                 self._slot.close_threadsafe(SourceEnded(f"stream {self.stream_id} closed"))
@@ -306,6 +317,12 @@ class ThreadedSource:
                     first_frame_at: float | None = None
                     healthy = False
                     for frame in self._read():
+                        if self.max_frame_pixels and frame.width * frame.height > self.max_frame_pixels:
+                            raise SourceError(
+                                f"frames of {frame.width}x{frame.height} exceed analysis.max_frame_pixels "
+                                f"({self.max_frame_pixels:,} pixels): scale the video down, or raise the limit",
+                                retryable=False,
+                            )
                         if first_frame_at is None:
                             # Running (and stream_up 1) from the first frame, not from the open:
                             # a camera that accepts the connection but sends nothing would

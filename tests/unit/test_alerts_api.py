@@ -7,6 +7,7 @@ import base64
 import json
 import socket
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from websockets.typing import Subprotocol
 
 from monitor.alerts.eventlog import EventLog
 from monitor.config import Settings, load_settings
+from monitor.errors import ConfigError
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
 from tests.support.service import running_service
 
@@ -470,6 +472,29 @@ async def test_validation_errors_do_not_echo_the_values_sent(tmp_path: Path) -> 
             r = await http.get(f"/api/events?limit={secret}")
             assert r.status_code == 422 and secret not in r.text
             assert r.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+@pytest.mark.parametrize("raw", ["Hash#Secret1", "Slash/Secret2", "Query?Secret3"])
+async def test_a_password_with_a_raw_url_delimiter_is_refused_and_never_shown(tmp_path: Path, raw: str) -> None:
+    # A raw '#', '/' or '?' ends the URL's host part: the redaction, which looked only there,
+    # left the password in the POST answer, the stream status, its events and the logs, and the
+    # stream retried for ever a URL that could never connect.
+    from monitor.config import redact_url
+    from monitor.sources.base import redact_text
+
+    url = f"rtsp://admin:{raw}@127.0.0.1:9/stream"
+    assert raw not in redact_url(url) and raw not in redact_text(f"cannot open '{url}': Invalid argument", url)
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.post("/api/streams", json={"id": "cam", "url": url})
+            assert r.status_code == 422 and raw not in r.text and "Percent-encode" in r.text, r.text
+            assert (await http.get("/api/streams")).json() == []
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, streams=[{"id": "cam", "url": url}])
+    assert raw not in str(err.value)
+    # Encoded, it is a valid URL; an '@' in a path or an empty port stays valid too.
+    for ok in (f"rtsp://admin:{quote(raw, safe='')}@127.0.0.1:9/stream", "rtsp://cam.local/a@b", "rtsp://cam.local:/s"):
+        assert load_settings(None, streams=[{"id": "cam", "url": ok}]).streams[0].url == ok
 
 
 async def test_no_swagger_or_redoc_pages_only_the_openapi_document(tmp_path: Path) -> None:

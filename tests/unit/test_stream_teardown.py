@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import sqlite3
 import threading
 import time
@@ -183,6 +184,9 @@ async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(pa
     assert await asyncio.to_thread(source.blocking.wait, 5)
     await m.remove("cam")
     events_then = log.last_id()
+    # Left behind, the stream still ends with "stopped": its last event said "running" before.
+    statuses = [json.loads(e[1])["data"] for e in log.read_since(0) if ".stream.status." in json.loads(e[1])["type"]]
+    assert statuses[-1]["state"] == "stopped" and "left behind" in statuses[-1]["detail"], statuses
     assert source._thread is not None
     await asyncio.to_thread(source._thread.join, 10)  # it wakes, delivers a frame and stops
     assert not source._thread.is_alive()
