@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import av
 import av.error
+from av.stream import Disposition
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.clock import Clock
@@ -44,27 +45,61 @@ RTSP_OPTIONS = {
 STREAM_DECODER_OPTIONS = {"flags2": "+chunks"}
 
 
+def video_tracks(container: Any) -> list[Any]:
+    """``container``'s video streams that are video: not cover art (an MP3's or M4A's picture,
+    listed by FFmpeg as a one-frame video stream with the ``attached_pic`` disposition), those
+    FFmpeg can decode first."""
+    tracks = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    return sorted(tracks, key=lambda s: s.codec_context is None)
+
+
+def _timed_out(exc: BaseException, elapsed: float, limit_s: float | None) -> bool:
+    """Whether ``exc`` ended a wait of ``elapsed`` s because a timeout of ``limit_s`` fired:
+    PyAV's interrupt reads as ExitError ("Immediate exit requested"), FFmpeg's socket timeout
+    as TimeoutError, or, during the RTSP handshake, as InvalidDataError. Only the elapsed time
+    tells those apart from a server that sends garbage or closes at once."""
+    timeout_errors = (av.error.ExitError, av.error.InvalidDataError, TimeoutError)
+    return bool(limit_s) and isinstance(exc, timeout_errors) and elapsed >= 0.95 * limit_s
+
+
+def _timeout_error(message: str, limit_s: float, name: str | None) -> SourceError:
+    err = SourceError(f"{message} {limit_s:g} s" + (f" ({name})" if name else ""), retryable=True)
+    err.kind = "TimeoutError"  # as FFmpeg's own socket timeout is counted: one label for all
+    return err
+
+
 def decode_frames(
     container: Any,
     on_decode_error: Callable[[BaseException], None],
-    max_consecutive_errors: int = 50,
+    max_consecutive_errors: int | None = 50,
     max_video_gap_s: float | None = None,
     consecutive_errors: int = 0,
+    read_timeout_s: float | None = None,
+    read_timeout_name: str | None = None,
 ) -> Iterator[Any]:
     """Decode the first video stream, skipping corrupt packets (each reported) instead of
-    giving up on the whole stream. Raises SourceError after too many errors in a row;
-    ``consecutive_errors`` is how many came in a row before this call (a looped file's
-    previous pass), so that seeking back to the start does not reset the count.
+    giving up on the whole stream. Raises SourceError after ``max_consecutive_errors`` in a row
+    (live streams; None: never, for files, which are finite: the good video after a corrupt
+    stretch is still played); ``consecutive_errors`` is how many came in a row before this call
+    (a looped file's previous pass), so that seeking back to the start does not reset the count.
 
     With ``max_video_gap_s`` (live streams), every stream's packets are read and a video
     stream silent that long while others still flow raises SourceError too. The socket's read
     timeout cannot see that: a camera whose video encoder hangs while its audio goes on kept
-    the source "running" with no frame, for ever."""
-    stream = container.streams.video[0]
+    the source "running" with no frame, for ever.
+
+    A read that fails after ``read_timeout_s`` (the container's read timeout) is reported as
+    "no data from the server for N s (``read_timeout_name``)", not as FFmpeg's "Immediate exit
+    requested", which reads like a shutdown."""
+    tracks = video_tracks(container)
+    if not tracks:
+        raise SourceError("no video stream" + (" (only cover art)" if container.streams.video else ""), retryable=False)
+    stream = tracks[0]
     consecutive = consecutive_errors
     packets = container.demux() if max_video_gap_s is not None else container.demux(stream)
     last_video = time.monotonic()
     while True:
+        waited = time.monotonic()
         try:
             packet = next(packets)
         except StopIteration:
@@ -72,6 +107,9 @@ def decode_frames(
         except av.error.EOFError:
             return
         except (av.error.FFmpegError, OSError) as exc:
+            if _timed_out(exc, time.monotonic() - waited, read_timeout_s):
+                assert read_timeout_s is not None
+                raise _timeout_error("no data from the server for", read_timeout_s, read_timeout_name) from exc
             raise SourceError(f"read failed: {exc}", retryable=True) from exc
         if packet.stream.index != stream.index:
             silent = time.monotonic() - last_video
@@ -84,7 +122,7 @@ def decode_frames(
         except (av.error.InvalidDataError, av.error.FFmpegError) as exc:
             consecutive += 1
             on_decode_error(exc)
-            if consecutive >= max_consecutive_errors:
+            if max_consecutive_errors is not None and consecutive >= max_consecutive_errors:
                 raise SourceError(f"{consecutive} corrupt packets in a row: {exc}", retryable=True) from exc
             continue
         if frames:
@@ -116,11 +154,13 @@ class Timeline:
         (``live``), stepping by its frame rate where frames carry no timestamp (a raw .h264
         dump at 10 fps played three times too fast at an assumed 30)."""
         step = 1.0 / 30
-        video = container.streams.video[0] if container.streams.video else None
+        tracks = video_tracks(container)
+        video = tracks[0] if tracks else None
         if video is not None:
             # FFmpeg's guess from the stream's timing; average_rate of a raw stream is its
             # default 25, and the codec's own framerate comes last.
-            for rate in (video.guessed_rate, video.codec_context.framerate):
+            codec = video.codec_context
+            for rate in (video.guessed_rate, codec.framerate if codec is not None else None):
                 if rate and 1 <= float(rate) <= 240:
                     step = 1.0 / float(rate)
                     break
@@ -178,10 +218,16 @@ def open_video(
     options: dict[str, str] | None = None,
     timeout: tuple[float, float] | None = None,
     decoder_options: dict[str, str] | None = None,
+    timeout_names: tuple[str, str] | None = None,
 ) -> Any:
+    """Open ``url`` and check that it has a video stream FFmpeg can decode; closed again on
+    every failure (an RTSP session left open per retry exhausts a camera's session limit).
+    ``timeout_names`` name the settings behind ``timeout`` and behind the socket timeout in
+    ``options["timeout"]``, for the message of an open that timed out."""
     # Error messages reach the event log, clients and logs: never with the URL's credentials,
     # neither in the URL we name nor in FFmpeg's message, which repeats it.
     shown = redact_text(url, url)
+    started = time.monotonic()
     try:
         container = av.open(url, "r", options=options or {}, timeout=timeout)
     except FileNotFoundError:
@@ -190,17 +236,37 @@ def open_video(
         raise missing from None
     except (av.error.FFmpegError, OSError) as exc:
         # "from None": the chained exception would print the URL in a traceback. Its class is
-        # kept as the error's kind, for the source_errors metric.
+        # kept as the error's kind, for the source_errors metric. A timeout reads as one: a
+        # server that never answers (or sends no valid reply) failed with "Invalid data found".
+        elapsed = time.monotonic() - started
+        socket_s = int((options or {}).get("timeout", 0)) / 1_000_000 or None
+        open_name, read_name = timeout_names or (None, None)
+        if timeout is not None and _timed_out(exc, elapsed, timeout[0]):
+            raise _timeout_error(f"cannot open {shown}: no valid answer from the server within", timeout[0], open_name) from None
+        if _timed_out(exc, elapsed, socket_s):
+            assert socket_s is not None
+            raise _timeout_error(f"cannot open {shown}: no valid answer from the server for", socket_s, read_name) from None
         failed = SourceError(f"cannot open {shown}: {redact_text(str(exc), url)}", retryable=True)
         failed.kind = type(exc).__name__
         raise failed from None
-    if not container.streams.video:
+    try:
+        tracks = video_tracks(container)
+        if not tracks:
+            only_art = " (only cover art)" if container.streams.video else ""
+            raise SourceError(f"{shown} has no video stream{only_art}", retryable=False)
+        video = tracks[0]
+        if video.codec_context is None:
+            # No decoder in this FFmpeg build, or a codec FFmpeg does not know at all. PyAV
+            # names a codec only through its decoder, so the name is not known here either.
+            # Retrying cannot help (it left one RTSP session open per retry).
+            raise SourceError(f"{shown}: unsupported video codec (no decoder in this FFmpeg build)", retryable=False)
+        # FRAME threading doubles latency over RTSP (DESIGN.md); it can only be set before decoding.
+        video.thread_type = "SLICE"
+        if decoder_options:
+            video.codec_context.options = dict(decoder_options)
+    except BaseException:
         container.close()
-        raise SourceError(f"{shown} has no video stream", retryable=False)
-    # FRAME threading doubles latency over RTSP (DESIGN.md); it can only be set before decoding.
-    container.streams.video[0].thread_type = "SLICE"
-    if decoder_options:
-        container.streams.video[0].codec_context.options = dict(decoder_options)
+        raise
     return container
 
 
@@ -270,7 +336,10 @@ class FileSource(ThreadedSource):
         while True:
             timeline = Timeline.of(self._container)
             got_frame = False
-            for vf in decode_frames(self._container, decode_error, consecutive_errors=errors_in_a_row):
+            # No limit on corrupt packets in a row: a file is finite, and the good video after a
+            # corrupt stretch is played; a file with no decodable frame fails below.
+            frames = decode_frames(self._container, decode_error, max_consecutive_errors=None, consecutive_errors=errors_in_a_row)
+            for vf in frames:
                 got_frame, errors_in_a_row = True, 0
                 t = self._offset + timeline(None if vf.time is None else float(vf.time))
                 if self.realtime:
@@ -311,8 +380,12 @@ class RtspSource(ThreadedSource):
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
         transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP transport; UDP had a 284 ms p99 here.")
-        open_timeout_s: float = Field(5.0, gt=0, description="Connection and handshake timeout.")
-        read_timeout_s: float = Field(2.0, gt=0, description="A server silent this long counts as stalled; the source reconnects.")
+        # At most 300 s: FFmpeg takes them in microseconds as an int (2148 s overflowed,
+        # and the stream could never open), and a source blocked that long cannot be stopped.
+        open_timeout_s: float = Field(5.0, gt=0, le=300, description="Connection and handshake timeout (at most 300 s).")
+        read_timeout_s: float = Field(
+            2.0, gt=0, le=300, description="A server silent this long counts as stalled; the source reconnects (at most 300 s)."
+        )
 
     def __init__(
         self, stream_id: str, url: str, *, metrics: Metrics, clock: Clock | None = None, config: Config | None = None
@@ -343,7 +416,11 @@ class RtspSource(ThreadedSource):
         options["rtsp_transport"] = c.transport
         options["timeout"] = str(int(c.read_timeout_s * 1_000_000))
         self._container = open_video(
-            self.url, options, timeout=(c.open_timeout_s, c.read_timeout_s), decoder_options=STREAM_DECODER_OPTIONS
+            self.url,
+            options,
+            timeout=(c.open_timeout_s, c.read_timeout_s),
+            decoder_options=STREAM_DECODER_OPTIONS,
+            timeout_names=("open_timeout_s", "read_timeout_s"),
         )
 
     def _close(self) -> None:
@@ -355,7 +432,13 @@ class RtspSource(ThreadedSource):
             self._container = None
 
     def _read(self) -> Iterator[Frame]:
-        frames = decode_frames(self._container, self.count_decode_error, max_video_gap_s=self.config.read_timeout_s)
+        frames = decode_frames(
+            self._container,
+            self.count_decode_error,
+            max_video_gap_s=self.config.read_timeout_s,
+            read_timeout_s=self.config.read_timeout_s,
+            read_timeout_name="read_timeout_s",
+        )
         for vf in frames:
             now = self.clock.monotonic()
             if self._t0 is None:
@@ -378,11 +461,15 @@ def sample_video(
     by timestamp, for offline scans. ``received_at`` is the monotonic time after decoding."""
     errors: list[BaseException] = []
     live = url.lower().startswith(("rtsp://", "rtsps://"))
+    remote = "://" in url and not url.startswith("file://")
+    read_timeout_s: float | None = None
     if live:
         container = open_video(url, dict(RTSP_OPTIONS), timeout=(5.0, 5.0), decoder_options=STREAM_DECODER_OPTIONS)
-    elif "://" in url and not url.startswith("file://"):
+        read_timeout_s = int(RTSP_OPTIONS["timeout"]) / 1_000_000  # the socket's, which fires first
+    elif remote:
         # http(s), HLS...: a server that accepts and never answers held a scan for ever.
         container = open_video(url, timeout=(5.0, 5.0))
+        read_timeout_s = 5.0
     else:
         container = open_video(url[len("file://") :] if url.startswith("file://") else url)
     corrupt = 0
@@ -397,7 +484,16 @@ def sample_video(
         next_t = 0.0
         timeline = Timeline.of(container, live=live)
         seq = decoded = 0
-        for vf in decode_frames(container, on_error, max_video_gap_s=5.0 if live else None):
+        # A file's corrupt stretch is skipped however long it is (the video after it is
+        # scanned), as a file stream skips it; a URL that sends 50 corrupt packets in a row fails.
+        frames = decode_frames(
+            container,
+            on_error,
+            max_consecutive_errors=50 if remote else None,
+            max_video_gap_s=5.0 if live else None,
+            read_timeout_s=read_timeout_s,
+        )
+        for vf in frames:
             decoded += 1
             t = timeline(None if vf.time is None else float(vf.time))
             if max_duration_s is not None and t > max_duration_s:

@@ -90,9 +90,9 @@ def degrade_clip(
 ) -> Path:
     """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times).
 
-    Corrupt packets are skipped as the scan's sampler skips them (``decode_frames``), each
-    passed to ``on_decode_error``, so that a degraded run judges the same clips as a clean one;
-    too many in a row is a SourceError, as in the scan."""
+    Corrupt packets are skipped as the scan's sampler skips them in a file (``decode_frames``,
+    with no limit in a row), each passed to ``on_decode_error``, so that a degraded run judges
+    the same clips, and the same video after a corrupt stretch, as a clean one."""
     rng = np.random.default_rng(seed)
     errors: list[BaseException] = []
     with av.open(str(src)) as inp:
@@ -103,7 +103,7 @@ def degrade_clip(
         with av.open(str(dst), "w") as out:
             enc = None
             last_pts = -1
-            for frame in decode_frames(inp, on_decode_error or errors.append):
+            for frame in decode_frames(inp, on_decode_error or errors.append, max_consecutive_errors=None):
                 img = frame.to_ndarray(format="rgb24")
                 o = display_orientation(frame)
                 if o:  # the copy carries no display matrix, so it is written as displayed

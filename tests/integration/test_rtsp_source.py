@@ -1,5 +1,5 @@
 """The service's RTSP readers against a real RTSP server: keyframes that arrive one packet per slice,
-and a video stream that stops while audio goes on."""
+a video stream that stops while audio goes on, and a server that freezes."""
 
 from __future__ import annotations
 
@@ -82,3 +82,28 @@ async def test_rtsp_errors_from_a_real_server_never_show_the_credentials(
     shown = [source.status.last_error or "", *details, caplog.text]
     assert "rtsp://***@127.0.0.1" in shown[0], shown[0]  # still names what failed
     assert not [text for text in shown if "s3cret" in text or "admin" in text]
+
+
+async def test_a_frozen_rtsp_server_is_reported_as_a_timeout(metrics: Metrics) -> None:
+    # A camera that hangs with its connection open: FFmpeg's read is interrupted after
+    # read_timeout_s. Before, that read "read failed: [Errno 1414092869] Immediate exit
+    # requested" (kind ExitError), as if the service were shutting down.
+    with RtspServer(width=320, height=240, fps=10) as server:
+        config = RtspSource.Config(open_timeout_s=1.0, read_timeout_s=1.0)
+        source = RtspSource("cam", server.url, metrics=metrics, config=config)
+        await source.start()
+        try:
+            await asyncio.wait_for(source.recv(), 10)
+            server.pause()
+            try:
+                deadline = asyncio.get_running_loop().time() + 10
+                while not source.status.last_error and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
+            finally:
+                server.resume()
+        finally:
+            await source.aclose()
+    assert source.status.last_error == "no data from the server for 1 s (read_timeout_s)"
+    assert metrics.registry.get_sample_value(
+        "deepfake_monitor_source_errors_total", {"stream": "cam", "kind": "TimeoutError"}
+    ) >= 1

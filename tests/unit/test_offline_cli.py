@@ -127,3 +127,15 @@ def test_a_degraded_evaluation_judges_a_clip_with_corrupt_packets_and_says_so(tm
     assert any(reason.startswith("decode_errors:") for reason in clip["reasons"]), clip
     empty = CliRunner().invoke(app, ["evaluate", str(manifest), "--degrade", ""])
     assert empty.exit_code == 2 and "empty degradation" in empty.output, empty.output
+
+
+def test_scan_of_a_video_codec_ffmpeg_cannot_decode_is_a_one_line_error(tmp_path: Path) -> None:
+    # Before: exit 2 with a rich traceback ending in "AttributeError: 'NoneType' object has no
+    # attribute 'framerate'".
+    from tests.unit.test_source_hardening import unknown_codec_mkv
+
+    clip = unknown_codec_mkv(tmp_path / "unknown.mkv")
+    r = CliRunner().invoke(app, ["scan", str(clip), "-q"])
+    assert r.exit_code == 2, r.output
+    assert "unsupported video codec" in r.output and "Traceback" not in r.output, r.output
+    assert [line for line in r.output.splitlines() if line.strip()] == [line for line in r.output.splitlines() if "error:" in line]

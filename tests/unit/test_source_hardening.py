@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,13 @@ from monitor.config import StreamConfig, load_settings
 from monitor.errors import SourceEnded, SourceError
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
-from monitor.sources.av_source import FileSource, sample_video
+from monitor.sources.av_source import FileSource, RtspSource, sample_video
 from monitor.sources.base import ThreadedSource, redact_text
 from monitor.sources.demo_media import write_clip
 from monitor.types import Frame, StreamState
 from tests.support.fake_time import FakeTimeFile
 from tests.support.media import frozen_timestamps_mkv
+from tests.support.rtsp_server import GarbageRtspServer
 from tests.unit.test_stream_teardown import Constant, NoFaces
 
 DEADLINE_S = 20.0  # generous for a busy machine; a missing fix never meets the condition
@@ -344,3 +346,259 @@ async def test_a_file_whose_timestamps_stand_still_plays_at_a_frame_step(tmp_pat
     steps = [i / 10 for i in range(10)]
     assert [f.pts_s for f in source.delivered] == pytest.approx(steps)
     assert [f.received_at - started for f in source.delivered] == pytest.approx(steps)
+
+
+# --- video FFmpeg cannot play, cover art, corrupt stretches, timeouts ------------------------------
+
+
+def unknown_codec_mkv(path: Path) -> Path:
+    """An mkv whose one video track names a codec FFmpeg does not know: PyAV lists the track,
+    with no decoder (``codec_context`` None)."""
+    clip = write_clip(path, 1.0, fps=10, width=160, height=120)
+    data = clip.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    clip.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_XXXXX/ISO/AVC"))
+    return clip
+
+
+def song_with_cover(path: Path, seconds: float = 2.0) -> Path:
+    """An MP3 with an embedded JPEG cover: FFmpeg lists the picture as a video stream with the
+    ``attached_pic`` disposition, one frame long."""
+    import av
+    from av.stream import Disposition
+
+    from monitor.sources.demo_media import render_frame
+
+    with av.open(str(path), "w", format="mp3") as c:
+        audio = c.add_stream("mp3", rate=44100)
+        audio.layout = "mono"
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 160, 120, "yuvj420p"
+        cover.disposition = Disposition.attached_pic
+        image = av.VideoFrame.from_ndarray(render_frame(0, 160, 120), format="rgb24")
+        image.pts = 0
+        for packet in [*cover.encode(image), *cover.encode(None)]:
+            packet.pts = packet.dts = 0
+            c.mux(packet)
+        for i in range(0, int(44100 * seconds), 1152):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 44100, i
+            c.mux(audio.encode(samples))
+        c.mux(audio.encode(None))
+    return path
+
+
+async def run_to_the_end(source: FileSource) -> list[Frame]:
+    frames: list[Frame] = []
+    await source.start()
+    try:
+        while True:
+            frames.append(await asyncio.wait_for(source.recv(), DEADLINE_S))
+    except (SourceEnded, SourceError):
+        pass
+    finally:
+        await source.aclose()
+    return frames
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    # Before: "AttributeError: 'NoneType' object has no attribute 'framerate'" (file streams, with
+    # a traceback logged as "failed unexpectedly"), and a rich traceback from `monitor scan`.
+    (lambda d: unknown_codec_mkv(d / "unknown.mkv"), r"unknown\.mkv: unsupported video codec \(no decoder in this FFmpeg build\)"),
+    # Before: the cover picture played as a one-frame video, then "end of stream", no error.
+    (lambda d: song_with_cover(d / "song.mp3"), r"song\.mp3 has no video stream \(only cover art\)"),
+], ids=["undecodable codec", "cover art only"])
+async def test_a_file_without_video_ffmpeg_can_play_fails_clearly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, make: Callable[[Path], Path], expected: str
+) -> None:
+    from monitor.sources.av_source import open_video
+
+    clip = make(tmp_path)
+    with pytest.raises(SourceError, match=expected) as opened:
+        open_video(str(clip))
+    assert opened.value.retryable is False
+    with pytest.raises(SourceError, match=expected):
+        list(sample_video(str(clip), 10.0))
+    caplog.set_level(logging.DEBUG)
+    source = FileSource("f", str(clip), metrics=Metrics(), realtime=False)
+    assert await run_to_the_end(source) == []
+    assert source.status.state == StreamState.FAILED
+    assert re.search(expected, source.status.last_error or "")
+    assert "AttributeError" not in caplog.text and "unexpectedly" not in caplog.text
+
+
+class ScriptedRtsp(GarbageRtspServer):
+    """An RTSP server that gets as far as PLAY. ``unknown_codec``: the SDP's only track is video
+    in a codec FFmpeg has no depacketizer or decoder for, and RTP flows after PLAY;
+    ``silent_after_play``: a valid H.264 SDP, then not one byte. ``open_connections`` counts
+    the clients still connected."""
+
+    SDP_HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+    SDP = {
+        "unknown_codec": SDP_HEAD + "a=rtpmap:96 FOOCODEC/90000\r\na=control:track0\r\n",
+        "silent_after_play": SDP_HEAD + "a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;"
+        "sprop-parameter-sets=Z0LAHtkDxWhAAAADAEAAAAwDxYuS,aMuMsg==\r\na=control:track0\r\n",
+    }
+
+    def __init__(self, script: str) -> None:
+        super().__init__("silent")
+        self.script = script
+        self.open_connections = 0
+
+    def _serve(self, sock: socket.socket) -> None:
+        import re
+        import struct
+
+        with self._lock:
+            self.open_connections += 1
+        sock.settimeout(0.05)
+        buffer, playing, seq = b"", False, 0
+        try:
+            while not self._stopping.is_set():
+                if playing and self.script == "unknown_codec":
+                    seq += 1
+                    rtp = struct.pack("!BBHII", 0x80, 96 | 0x80, seq & 0xFFFF, seq * 9000, 1234) + bytes(200)
+                    sock.sendall(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
+                try:
+                    chunk = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return  # the client closed the connection
+                buffer += chunk
+                while b"\r\n\r\n" in buffer:
+                    request, _, buffer = buffer.partition(b"\r\n\r\n")
+                    text = request.decode("latin1")
+                    method = text.split(" ", 1)[0]
+                    cseq = (re.search(r"CSeq:\s*(\d+)", text, re.IGNORECASE) or [None, "1"])[1]
+                    head = f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678\r\n"
+                    if method == "DESCRIBE":
+                        sdp = self.SDP[self.script]
+                        head += f"Content-Base: {self.url}/\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+                    elif method == "SETUP":
+                        head += "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+                    else:
+                        playing = playing or method == "PLAY"
+                        head += "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n\r\n"
+                    sock.sendall(head.encode())
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self.open_connections -= 1
+
+
+async def test_an_rtsp_video_codec_ffmpeg_cannot_decode_fails_once_and_closes_its_session() -> None:
+    # Before: "AttributeError: 'NoneType' object has no attribute 'options'", retried for ever,
+    # and every try left its RTSP session (a TCP connection) open: a camera with a session
+    # limit ran out of sessions.
+    from monitor.sources.av_source import RTSP_OPTIONS, STREAM_DECODER_OPTIONS, open_video
+
+    with ScriptedRtsp("unknown_codec") as server:
+        for _ in range(3):
+            with pytest.raises(SourceError, match="unsupported video codec") as opened:
+                open_video(server.url, dict(RTSP_OPTIONS), timeout=(5.0, 2.0), decoder_options=STREAM_DECODER_OPTIONS)
+            assert opened.value.retryable is False
+        await until(lambda: server.open_connections == 0, "the sessions to be closed", timeout_s=5.0)
+        assert server.connections == 3
+
+        metrics = Metrics()
+        source = RtspSource("cam", server.url, metrics=metrics)
+        await source.start()
+        try:
+            with pytest.raises(SourceError, match="unsupported video codec"):
+                await asyncio.wait_for(source.recv(), DEADLINE_S)
+        finally:
+            await source.aclose()
+        assert source.status.state == StreamState.FAILED and source.status.reconnects == 0
+        assert metrics.registry.get_sample_value(
+            "deepfake_monitor_source_errors_total", {"stream": "cam", "kind": "SourceError"}
+        ) == 1
+
+
+async def test_a_file_plays_on_past_a_long_corrupt_stretch(tmp_path: Path) -> None:
+    # 10 s at 30 fps with 30-60 % of its bytes random: more than 50 corrupt packets in a row.
+    # Before, the file stream and the scan failed there ("50 corrupt packets in a row", at
+    # about 2.8 s) and the 4 s of good video after the stretch were never analysed.
+    import av
+
+    from monitor.sources.av_source import decode_frames
+    from tests.support.media import corrupt_clip
+
+    clip = corrupt_clip(tmp_path / "span.mp4", seconds=10.0, fps=30, span=(0.3, 0.6))
+    with av.open(str(clip)) as container, pytest.raises(SourceError, match="corrupt packets in a row"):
+        list(decode_frames(container, lambda exc: None))  # the live streams' limit: the stretch is that long
+
+    errors: list[BaseException] = []
+    scanned = list(sample_video(str(clip), 30.0, on_decode_error=errors.append))
+    assert scanned[-1].pts_s > 9.5 and len(errors) >= 50
+
+    source = FileSource("f", str(clip), metrics=Metrics(), realtime=False)
+    frames = await run_to_the_end(source)
+    assert source.status.state == StreamState.ENDED, source.status.last_error
+    assert frames[-1].pts_s > 9.5 and len(frames) == len(scanned)
+    assert source.status.decode_errors == len(errors)  # each corrupt packet still counted
+
+
+@pytest.mark.parametrize("option", ["open_timeout_s", "read_timeout_s"])
+def test_rtsp_timeouts_are_bounded(option: str) -> None:
+    # Before: 3600 s was accepted (201) and FFmpeg, which takes microseconds as an int, refused
+    # it at every open: "[Errno 34] Numerical result out of range", retried for ever.
+    from monitor.errors import ConfigError
+
+    assert getattr(RtspSource.Config.model_validate({option: 300}), option) == 300
+    for too_long in (301, 2148, 3600):
+        with pytest.raises(ConfigError, match=option):
+            RtspSource.from_stream(
+                StreamConfig(id="cam", url="rtsp://127.0.0.1:8554/live", options={option: too_long}),
+                settings=load_settings(None, demo=False),
+                metrics=Metrics(),
+            )
+
+
+@pytest.mark.parametrize(
+    ("open_s", "read_s", "expected"),
+    [
+        (0.5, 2.0, "no valid answer from the server within 0.5 s (open_timeout_s)"),
+        (2.0, 0.5, "no valid answer from the server for 0.5 s (read_timeout_s)"),  # the socket's timeout fires first
+    ],
+)
+def test_an_rtsp_server_that_never_answers_times_out_as_such(open_s: float, read_s: float, expected: str) -> None:
+    # Before: "cannot open rtsp://…: Invalid data found when processing input", kind InvalidDataError.
+    from monitor.sources.base import error_kind
+
+    with GarbageRtspServer("silent") as server:
+        source = RtspSource("cam", server.url, metrics=Metrics(), config=RtspSource.Config(open_timeout_s=open_s, read_timeout_s=read_s))
+        with pytest.raises(SourceError) as failed:
+            source._open()  # noqa: SLF001
+    assert str(failed.value) == f"cannot open {server.url}: {expected}"
+    assert failed.value.retryable and error_kind(failed.value) == "TimeoutError"
+
+
+def test_an_rtsp_server_that_fails_at_once_keeps_ffmpegs_message() -> None:
+    # Only a failure after the timeout is called one: a server that closes the connection
+    # fails at once, with "Invalid data", however long the timeouts are.
+    from monitor.sources.base import error_kind
+
+    with GarbageRtspServer("close") as server:
+        source = RtspSource("cam", server.url, metrics=Metrics(), config=RtspSource.Config(open_timeout_s=0.5, read_timeout_s=0.5))
+        with pytest.raises(SourceError) as failed:
+            source._open()  # noqa: SLF001
+    assert "Invalid data found" in str(failed.value) and error_kind(failed.value) == "InvalidDataError"
+
+
+def test_an_rtsp_server_that_goes_silent_after_play_times_out_as_such() -> None:
+    # Before: "read failed: [Errno 1414092869] Immediate exit requested", kind ExitError: it
+    # read like a shutdown, not a stalled camera.
+    from monitor.sources.base import error_kind
+
+    with ScriptedRtsp("silent_after_play") as server:
+        source = RtspSource("cam", server.url, metrics=Metrics(), config=RtspSource.Config(open_timeout_s=2.0, read_timeout_s=0.5))
+        source._open()  # noqa: SLF001
+        try:
+            with pytest.raises(SourceError) as failed:
+                list(source._read())  # noqa: SLF001
+        finally:
+            source._close()  # noqa: SLF001
+    assert str(failed.value) == "no data from the server for 0.5 s (read_timeout_s)"
+    assert failed.value.retryable and error_kind(failed.value) == "TimeoutError"
