@@ -104,7 +104,7 @@ class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; any other address requires `token`.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port for the API, websockets, metrics and dashboard (0 picks a free port).")
     token: str | None = Field(None, min_length=16, description="Bearer token required for the API, WHIP ingest and alerts. Required when `host` is not loopback.")
-    public_metrics: bool = Field(True, description="Serve /metrics and /healthz without the token (for Prometheus scrapers on a trusted network).")
+    public_metrics: bool = Field(True, description="Serve /metrics and /healthz without the token (for Prometheus scrapers on a trusted network). The metrics name every stream id and show its face count and alerts.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger requests get 413.")
     request_timeout_s: float = Field(10.0, gt=0, le=300, description="Time a client has to send a request's head (from connecting, or from the first byte of a later request on a kept-alive connection) and, separately, its body. A head still unfinished is dropped with the connection; a body still unfinished gets 408. Stops slow clients from holding connections open for ever.")
     cors_origins: tuple[str, ...] = Field((), description="Browser origins (e.g. https://dash.example) allowed besides same-origin: they may publish over WHIP and read the alert websocket.")
@@ -269,6 +269,12 @@ class StreamConfig(Strict):
     @field_validator("url")
     @classmethod
     def _url_authority(cls, value: str) -> str:
+        # A line break in a URL reached the RTSP request line: a token holder could send any
+        # lines (Redis commands, a whole HTTP request) to any host the service can reach.
+        if re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError("must not contain control characters (line breaks, tabs, NUL)")
+        if "://" in value and not value.startswith("file://") and " " in value:
+            raise ValueError("a network URL must not contain spaces: percent-encode them (%20)")
         check_authority(value)
         return value
 

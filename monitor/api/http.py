@@ -53,6 +53,7 @@ WS_BEARER_PREFIX = "bearer."
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 WS_CLOSE_TOO_SLOW = 1013
 WS_CLOSE_POLICY = 1008
+MAX_EVENT_ID = 2**63 - 1  # SQLite's largest integer
 # ``since`` is past the log's last id: the log was reset (or the id is wrong). Resume from 0.
 WS_CLOSE_SINCE_AHEAD = 4409
 # How long one send (or the 1013 close) to an alert websocket client may wait for room in the
@@ -415,6 +416,11 @@ def create_app(
             return
         # Never the bearer one: echoing it would put the token in the response headers.
         await websocket.accept(subprotocol=WS_SUBPROTOCOL if offered else None)
+        if since is not None and not 0 <= since <= MAX_EVENT_ID:
+            # As /api/events bounds it: below -2^63 the log's query overflowed and the
+            # connection dropped with no close code or reason.
+            await websocket.close(WS_CLOSE_POLICY, f"since must be an event id from 0 to {MAX_EVENT_ID}")
+            return
         if ws_clients[0] >= settings.server.max_ws_clients:
             # Each client holds a queue of up to alerts.queue_size events: bounded in number too.
             metrics.http_rejections.labels("too_many_clients").inc()

@@ -497,6 +497,30 @@ async def test_a_password_with_a_raw_url_delimiter_is_refused_and_never_shown(tm
         assert load_settings(None, streams=[{"id": "cam", "url": ok}]).streams[0].url == ok
 
 
+@pytest.mark.parametrize("since", ["-1", "-100000000000000000000000", str(2**63)])
+async def test_a_since_no_event_id_can_have_is_refused_with_a_reason(tmp_path: Path, since: str) -> None:
+    # Below -2^63 the log's query overflowed and the connection dropped with no code or reason.
+    async with running_service(make_settings(tmp_path)) as svc:
+        await svc.runtime.bus.publish([status_event(1)])
+        with pytest.raises(ConnectionClosed) as closed:
+            async with websockets.connect(svc.ws + f"/ws/alerts?since={since}", subprotocols=["cloudevents.json"]) as ws:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert "since must be an event id" in closed.value.rcvd.reason
+
+
+@pytest.mark.parametrize("url", ["rtsp://127.0.0.1:9/x\r\nSET pwned 1\r\nQUIT", "http://127.0.0.1:9/whep\r\nFoo: bar", "rtsp://127.0.0.1:9/a\x00b"])
+async def test_a_stream_url_with_control_characters_is_refused(tmp_path: Path, url: str) -> None:
+    # Line breaks reached the RTSP request line: any lines to any host the service can reach.
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            body = {"id": "cam", "url": url, **({"source": "whep"} if "whep" in url else {})}
+            r = await http.post("/api/streams", json=body)
+            assert r.status_code == 422 and "control characters" in r.text and "pwned" not in r.text, r.text
+            assert (await http.get("/api/streams")).json() == []
+
+
 async def test_no_swagger_or_redoc_pages_only_the_openapi_document(tmp_path: Path) -> None:
     # Both pages load their code from cdn.jsdelivr.net, and were served without the token.
     settings = make_settings(tmp_path, server={"token": TOKEN, "public_metrics": False})
