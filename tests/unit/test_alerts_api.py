@@ -594,10 +594,11 @@ async def test_api_file_streams_only_under_the_configured_roots(tmp_path: Path) 
                 str(media / "link.mp4"),  # a link out of the root
                 "media/rec.mp4",  # relative: depends on the service's working directory
             ]
-            refused.append(f"{media}/rec\x00.mp4")  # a NUL: no such file, not a 500
             for i, url in enumerate(refused):
                 r = await http.post("/api/streams", json={"id": f"no{i}", "url": url})
                 assert r.status_code == 403 and "server.api_file_roots" in r.text, (url, r.text)
+            r = await http.post("/api/streams", json={"id": "nul", "url": f"{media}/rec\x00.mp4"})  # not a 500
+            assert r.status_code == 422 and "control characters" in r.text, r.text
             r = await http.post("/api/streams", json={"id": "gone", "url": f"{media}/missing.mp4"})
             assert r.status_code == 400 and "file not found" in r.text, r.text  # under a root: said at once
             r = await http.post("/api/streams", json={"id": "ok", "url": f"file://{clip}", "realtime": False})
