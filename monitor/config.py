@@ -176,7 +176,7 @@ class WebRTCConfig(Strict):
     host_addresses: tuple[str, ...] = Field((), description="Local IP addresses offered as ICE host candidates in addition to the ones aioice finds; include 127.0.0.1 for loopback-only peers.")
     include_loopback: bool = Field(True, description="Offer 127.0.0.1 as a host candidate when the server binds to loopback (aioice never offers it by itself).")
     max_sessions: int = Field(16, ge=1, le=256, description="Most concurrent WHIP sessions; more get 503.")
-    max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted.")
+    max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted (WHIP), and largest answer read from a WHEP endpoint.")
     session_idle_s: float = Field(30.0, gt=0, description="A WHIP session not connected this long after it was created is cleaned up; a failed or closed connection ends its session at once.")
     no_video_s: float = Field(5.0, gt=0, description="A connected WHIP session ends, as a DELETE would end it, when one of its video tracks has delivered no frame for this long (counted from `connected` until the first frame). Catches a publisher that vanished (ICE consent alone notices only after about 30 s) or stopped sending video while the connection stays up.")
     max_video_tracks: int = Field(4, ge=1, le=64, description="Most video tracks one WHIP session may publish (each becomes a stream with its own analysis pipeline); an offer with more is refused with 422 before anything is built.")

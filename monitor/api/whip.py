@@ -22,8 +22,10 @@ from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFou
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.sources.webrtc import (
+    MAX_REMOTE_CANDIDATES,
     AudioBlackhole,
     WhipTrackSource,
+    count_candidates,
     drop_mdns_candidates,
     drop_unroutable_candidates,
     extra_host_addresses,
@@ -55,10 +57,8 @@ _MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # With webrtc.resolve_mdns, the most one PATCH waits for its mDNS candidates to resolve (aioice
 # gives each name 1 s; they resolve concurrently). What is not resolved by then is not added.
 MDNS_TRICKLE_DEADLINE_S = 2.0
-# Remote ICE candidates one session may give, in its offer and trickled: a browser gathers a
-# handful per network interface. Each is a pair the ICE agent checks, sending STUN to an address
-# the peer chose: without a cap a 32 KB PATCH adds hundreds.
-MAX_REMOTE_CANDIDATES = 64
+# Remote ICE candidates one session may give, in its offer and trickled (MAX_REMOTE_CANDIDATES,
+# shared with WHEP answers): without a cap a 32 KB PATCH adds hundreds.
 
 
 class Refused(Exception):
@@ -482,10 +482,6 @@ def check_candidate_port(candidate: RTCIceCandidate) -> None:
     raised OverflowError in asyncio's datagram transport and closed the local socket."""
     if not 0 <= candidate.port <= 65535:
         raise Refused(400, f"malformed SDP: ICE candidate port {candidate.port} is not 0-65535", "malformed_sdp")
-
-
-def count_candidates(sdp: str) -> int:
-    return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
 
 
 def check_offer(offer: str, max_video_tracks: int) -> list[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import av
 import av.error
 from av.stream import Disposition
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.clock import Clock
 from monitor.config import Settings, StreamConfig, redact_url
@@ -386,6 +387,21 @@ class RtspSource(ThreadedSource):
         read_timeout_s: float = Field(
             2.0, gt=0, le=300, description="A server silent this long counts as stalled; the source reconnects (at most 300 s)."
         )
+        # FFmpeg accepts any certificate unless told otherwise: an rtsps:// camera's password went
+        # to whoever answered on the path, self-signed certificate and wrong name included.
+        tls_verify: bool = Field(
+            True,
+            description="rtsps:// only: check the server's certificate (against ca_file, or the system's trusted CAs) and its host name. "
+            "false accepts any certificate: whoever intercepts the connection gets the camera's password and video.",
+        )
+        ca_file: str | None = Field(None, description="rtsps:// only: a PEM file of the CA (or self-signed certificate) the camera's certificate must chain to.")
+
+        @field_validator("ca_file")
+        @classmethod
+        def _ca_file_exists(cls, value: str | None) -> str | None:
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"no such file: {value}")
+            return value
 
     def __init__(
         self, stream_id: str, url: str, *, metrics: Metrics, clock: Clock | None = None, config: Config | None = None
@@ -415,13 +431,30 @@ class RtspSource(ThreadedSource):
         options = dict(RTSP_OPTIONS)
         options["rtsp_transport"] = c.transport
         options["timeout"] = str(int(c.read_timeout_s * 1_000_000))
-        self._container = open_video(
-            self.url,
-            options,
-            timeout=(c.open_timeout_s, c.read_timeout_s),
-            decoder_options=STREAM_DECODER_OPTIONS,
-            timeout_names=("open_timeout_s", "read_timeout_s"),
-        )
+        tls = self.url.lower().startswith("rtsps://")
+        if tls:
+            options["tls_verify"] = "1" if c.tls_verify else "0"
+            if c.ca_file:
+                options["ca_file"] = c.ca_file
+        try:
+            self._container = open_video(
+                self.url,
+                options,
+                timeout=(c.open_timeout_s, c.read_timeout_s),
+                decoder_options=STREAM_DECODER_OPTIONS,
+                timeout_names=("open_timeout_s", "read_timeout_s"),
+            )
+        except SourceError as exc:
+            # GnuTLS's refusal reaches us as a bare "Input/output error".
+            if tls and c.tls_verify and "Input/output error" in str(exc):
+                hint = SourceError(
+                    f"{exc} (TLS: is the camera's certificate trusted and issued for this host name? "
+                    "Set options.ca_file to its CA or certificate; tls_verify: false accepts any)",
+                    retryable=exc.retryable,
+                )
+                hint.kind = exc.kind
+                raise hint from None
+            raise
 
     def _close(self) -> None:
         if self._container is not None:

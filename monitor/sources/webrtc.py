@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import ClassVar
 
 import aioice.ice
@@ -155,6 +155,18 @@ def drop_unroutable_candidates(sdp: str) -> tuple[str, int]:
     return "".join(kept), len(lines) - len(kept)
 
 
+# Remote ICE candidates one peer may give (a WHIP publisher, a WHEP endpoint's answer): a peer
+# gathers a handful per network interface. Each is a pair the ICE agent checks, sending STUN to
+# an address the peer chose. monitor/api/whip.py applies the same number to WHIP offers and
+# trickle PATCHes.
+MAX_REMOTE_CANDIDATES = 64
+
+
+def count_candidates(sdp: str) -> int:
+    """How many ``a=candidate:`` lines ``sdp`` has (in any section), as aiortc's parser sees them."""
+    return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
+
+
 def is_mdns_candidate_line(line: str) -> bool:
     """Whether ``line`` is an ``a=candidate:`` line whose address is an mDNS name."""
     address = _candidate_address(line)
@@ -283,6 +295,14 @@ class WhipTrackSource(ThreadedSource):
 # --- WHEP: pull one stream from a media server ------------------------------------------
 
 
+class _TooLarge(Exception):
+    """A WHEP response body longer than the limit (``webrtc.max_sdp_bytes``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+
+
 def session_url(endpoint: str, location: str) -> str:
     """A WHEP session's URL: its ``Location`` header resolved against the endpoint URL."""
     return str(httpx.URL(endpoint).join(location))
@@ -304,12 +324,19 @@ class WhepSource(ThreadedSource):
 
     kind: ClassVar[str] = "whep"
     MAX_REDIRECTS: ClassVar[int] = 3
+    DELETE_TIMEOUT_S: ClassVar[float] = 5.0  # the whole DELETE of the session on stop
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
         token: str | None = Field(None, description="Bearer token for the WHEP endpoint.")
-        open_timeout_s: float = Field(10.0, gt=0, description="Time allowed for the offer/answer exchange and ICE/DTLS to connect.")
-        read_timeout_s: float = Field(3.0, gt=0, description="A stream silent this long counts as stalled; the source reconnects.")
+        # At most 300 s, as RTSP's: a connect that takes longer is not coming, and an endpoint that
+        # trickles its answer in would hold the attempt (and its buffers) that long.
+        open_timeout_s: float = Field(
+            10.0, gt=0, le=300, description="Time allowed for the offer/answer exchange and ICE/DTLS to connect (at most 300 s)."
+        )
+        read_timeout_s: float = Field(
+            3.0, gt=0, le=300, description="A stream silent this long counts as stalled; the source reconnects (at most 300 s)."
+        )
         redirect_origins: tuple[str, ...] = Field(
             (),
             description="Other origins (scheme://host[:port]) the endpoint may redirect the offer to, or place the "
@@ -432,29 +459,82 @@ class WhepSource(ThreadedSource):
         watch_states(pc, "whep", self.metrics, on_connection)
         transceiver = pc.addTransceiver("video", direction="recvonly")
         await set_local_description(pc, await pc.createOffer(), self.hosts)
-        endpoint, response = await self._post_offer(pc.localDescription.sdp)
-        if response.status_code != 201:
-            # 4xx other than 404/429 will not fix itself, but a media server that has not
-            # started the stream yet answers 404: keep retrying everything, with backoff.
-            # The status only: the body of whatever answered (an internal service the URL points
-            # at, by mistake or not) would reach events, sinks and logs.
-            logger.debug("WHEP endpoint %s answered %d: %r", redact_url(str(endpoint)), response.status_code, response.text[:200])
-            raise SourceError(f"WHEP endpoint answered {response.status_code} {response.reason_phrase}".rstrip(), retryable=True)
-        location = response.headers.get("location")
-        if not location:
-            # RFC 9725 requires one: without it the session cannot be deleted when we stop.
-            logger.warning("WHEP %s: the endpoint answered 201 without a Location; its session will not be deleted on stop", self.stream_id)
-        # The session belongs to the endpoint that answered, not the one we were sent to.
-        self._resource = session_url(endpoint, location) if location else None
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=self._answer_sdp(response.text), type="answer"))
+        async with self._post_offer(pc.localDescription.sdp) as (endpoint, response):
+            if response.status_code != 201:
+                # 4xx other than 404/429 will not fix itself, but a media server that has not
+                # started the stream yet answers 404: keep retrying everything, with backoff.
+                # The status only: the body of whatever answered (an internal service the URL
+                # points at, by mistake or not) would reach events, sinks and logs.
+                if logger.isEnabledFor(logging.DEBUG):  # otherwise its body is not read at all
+                    logger.debug(
+                        "WHEP endpoint %s answered %d: %s", redact_url(str(endpoint)), response.status_code,
+                        await self._error_body(response),
+                    )
+                raise SourceError(f"WHEP endpoint answered {response.status_code} {response.reason_phrase}".rstrip(), retryable=True)
+            location = response.headers.get("location")
+            if not location:
+                # RFC 9725 requires one: without it the session cannot be deleted when we stop.
+                logger.warning("WHEP %s: the endpoint answered 201 without a Location; its session will not be deleted on stop", self.stream_id)
+            # The session belongs to the endpoint that answered, not the one we were sent to;
+            # known before the answer is read, so that one refused below is deleted too.
+            self._resource = session_url(endpoint, location) if location else None
+            answer = await self._read_answer(response)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=self._answer_sdp(answer), type="answer"))
         self._track = transceiver.receiver.track
         await connected.wait()
         if self._failed:
             raise SourceError(f"WHEP connection {self._failed}", retryable=True)
 
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The body as sent, read no further than ``webrtc.max_sdp_bytes`` (the WHIP offer
+        limit): ``_TooLarge`` past it. Raw bytes: a Content-Encoding is not decoded (a few KB of
+        gzip inflate to hundreds of MB), so a limit on them is a limit on memory."""
+        limit = self.webrtc.max_sdp_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge(limit)
+        body = bytearray()
+        async for chunk in response.aiter_raw():  # chunks of at most 64 KiB (httpcore's reads)
+            body += chunk
+            if len(body) > limit:
+                raise _TooLarge(limit)
+        return bytes(body)
+
+    async def _read_answer(self, response: httpx.Response) -> str:
+        """A 201's SDP answer; SourceError (retryable, as any answer aiortc cannot use) when it
+        is larger than ``webrtc.max_sdp_bytes`` or compressed."""
+        if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+            # We asked for none (Accept-Encoding: identity). Not the header's value: it is the
+            # endpoint's text, and the message reaches events and sinks.
+            raise SourceError("WHEP answer is compressed (Content-Encoding): only an uncompressed answer is read", retryable=True)
+        try:
+            body = await self._read_capped(response)
+        except _TooLarge as exc:
+            raise SourceError(f"WHEP answer larger than {exc.limit} bytes (webrtc.max_sdp_bytes)", retryable=True) from None
+        return body.decode("utf-8", errors="replace")
+
+    async def _error_body(self, response: httpx.Response) -> str:
+        """The start of an error answer's body, for a debug log: read no further than
+        ``webrtc.max_sdp_bytes`` either."""
+        if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+            return "(compressed body, not read)"
+        try:
+            body = await self._read_capped(response)
+        except _TooLarge as exc:
+            return f"(body larger than {exc.limit} bytes, not read)"
+        return repr(body[:200].decode("utf-8", errors="replace"))
+
     def _answer_sdp(self, answer: str) -> str:
         """The answer as aiortc gets it: without candidates at unroutable addresses (multicast,
-        link-local: cloud metadata), and without mDNS ones unless ``webrtc.resolve_mdns``."""
+        link-local: cloud metadata), and without mDNS ones unless ``webrtc.resolve_mdns``.
+        SourceError when it has more than MAX_REMOTE_CANDIDATES candidates, all counted, as a
+        WHIP offer with that many is refused."""
+        candidates = count_candidates(answer)
+        if candidates > MAX_REMOTE_CANDIDATES:
+            # Retryable, as any other answer aiortc cannot use (the endpoint may be fixed).
+            raise SourceError(
+                f"WHEP answer has {candidates} ICE candidates; at most {MAX_REMOTE_CANDIDATES} are accepted", retryable=True
+            )
         answer, unroutable = drop_unroutable_candidates(answer)
         if unroutable:
             logger.info("WHEP %s: dropped %d ICE candidates of the answer at multicast, broadcast, unspecified or link-local addresses", self.stream_id, unroutable)
@@ -471,18 +551,23 @@ class WhepSource(ThreadedSource):
             )
         return answer
 
-    async def _post_offer(self, offer: str) -> tuple[str, httpx.Response]:
+    @contextlib.asynccontextmanager
+    async def _post_offer(self, offer: str) -> AsyncIterator[tuple[str, httpx.Response]]:
         """POST the offer, following up to MAX_REDIRECTS 307/308 redirects (RFC 9725 load
-        balancing); the final URL and its answer. We follow them ourselves, not httpx, and only
-        to the endpoint's origin or ``redirect_origins``: the service contacts no host it was not
-        configured with, and only those get the token."""
+        balancing); the final URL and its answer, its body not read yet (see ``_read_capped``).
+        We follow redirects ourselves, not httpx, and only to the endpoint's origin or
+        ``redirect_origins``: the service contacts no host it was not configured with, and only
+        those get the token."""
         url = self.url
+        headers = {**self._headers("application/sdp"), "Accept-Encoding": "identity"}
         async with httpx.AsyncClient(timeout=self.config.open_timeout_s) as client:
             for _ in range(self.MAX_REDIRECTS + 1):
-                response = await client.post(url, content=offer, headers=self._headers("application/sdp"))
-                location = response.headers.get("location")
-                if response.status_code not in (307, 308) or not location:
-                    return url, response
+                async with client.stream("POST", url, content=offer, headers=headers) as response:
+                    location = response.headers.get("location")
+                    if response.status_code not in (307, 308) or not location:
+                        yield url, response
+                        return
+                # A redirect's body is never read.
                 url = session_url(url, location)
                 if not self._trusted(url):
                     target = httpx.URL(url)
@@ -540,7 +625,13 @@ class WhepSource(ThreadedSource):
                 "(list its origin in the stream's redirect_origins to have it deleted)", redact_url(resource)
             )
             return
-        with contextlib.suppress(httpx.HTTPError):
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                await client.delete(resource, headers=self._headers())
+        # Only the status matters: the reply's body is never read (an endless one would fill
+        # memory, 2 s per read at a time), and the whole DELETE has DELETE_TIMEOUT_S.
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            async with (
+                asyncio.timeout(self.DELETE_TIMEOUT_S),
+                httpx.AsyncClient(timeout=2.0) as client,
+                client.stream("DELETE", resource, headers=self._headers()),
+            ):
+                pass
 
