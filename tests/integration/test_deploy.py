@@ -74,3 +74,26 @@ def test_grafana_dashboard_layout_is_sound() -> None:
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "instance", "stream"}
+
+
+def test_compose_mounts_files_that_exist_and_grafana_is_provisioned_with_the_dashboard() -> None:
+    # Nothing here runs Docker; a mount of a missing file would make Docker create a directory.
+    deploy = ROOT / "deploy"
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    mounts: dict[str, str] = {}
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("./"):
+                assert (deploy / source).exists(), volume
+                mounts[target] = source
+    grafana = compose["services"]["grafana"]
+    assert all(p.startswith("127.0.0.1:") for s in compose["services"].values() for p in s.get("ports", []))
+    assert grafana["environment"]["GF_ANALYTICS_REPORTING_ENABLED"] == "false"  # no outside host
+    provisioning = deploy / mounts["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards/deepfake-monitor.yaml").read_text())["providers"]
+    folder = provider["options"]["path"]
+    dashboards_mounted = [s for t, s in mounts.items() if t.startswith(folder + "/")]
+    assert dashboards_mounted == ["./grafana/deepfake-monitor.json"]
