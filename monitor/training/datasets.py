@@ -480,6 +480,7 @@ def refuse_duplicate_clips(records: Iterable[ClipRecord]) -> None:
         first[key] = r
 
 
+DEFAULT_SPLIT = {"ffpp": "train", "celebdf": "train"}  # of a spec that names none
 SOURCE_FORMS = {
     "tsv": "tsv:MANIFEST[:ROOT]",
     "ffpp": "ffpp:ROOT[:train|val|test[:raw|c23|c40]]",
@@ -521,13 +522,13 @@ def _read_source(spec: str) -> list[ClipRecord]:
     if kind == "tsv":
         return read_tsv(path, Path(parts[1]).expanduser() if len(parts) > 1 else None)
     if kind == "ffpp":
-        split = parts[1] if len(parts) > 1 and parts[1] else "train"
+        split = parts[1] if len(parts) > 1 and parts[1] else DEFAULT_SPLIT[kind]
         compression = parts[2] if len(parts) > 2 else "c23"
         if split not in ("train", "val", "test") or compression not in ("raw", "c23", "c40"):
             raise InputError(f"source {spec!r}: use {SOURCE_FORMS[kind]}")
         return read_ffpp(path, split, compression)  # type: ignore[arg-type]
     if kind == "celebdf":
-        celeb_split = parts[1] if len(parts) > 1 and parts[1] else "train"
+        celeb_split = parts[1] if len(parts) > 1 and parts[1] else DEFAULT_SPLIT[kind]
         if celeb_split not in ("train", "test"):
             raise InputError(f"source {spec!r}: use {SOURCE_FORMS[kind]}")
         return read_celebdf(path, celeb_split)  # type: ignore[arg-type]

@@ -211,9 +211,11 @@ def manifest_folder(rel: str) -> str:
 def source_name(spec: str) -> str:
     """A dataset source's group in reports: its kind and, where it names one, its split
     (``ffpp:test``, ``celebdf:test``, ``dfdc``, ``real``), without the path."""
+    from monitor.training.datasets import DEFAULT_SPLIT
+
     kind, _, rest = spec.partition(":")
     parts = rest.split(":")
-    split = parts[1] if kind in ("ffpp", "celebdf") and len(parts) > 1 and parts[1] else {"ffpp": "train", "celebdf": "train"}.get(kind)
+    split = parts[1] if kind in DEFAULT_SPLIT and len(parts) > 1 and parts[1] else DEFAULT_SPLIT.get(kind)
     return f"{kind}:{split}" if split else kind
 
 
