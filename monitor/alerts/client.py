@@ -164,16 +164,24 @@ async def tail(
                 with_since(url, last, epoch), subprotocols=["cloudevents.json"], additional_headers=headers,  # type: ignore[list-item]
                 max_size=MAX_EVENT_BYTES,
             ) as ws:
-                async for message in ws:
-                    # The backoff resets once the server has sent something, not on the
-                    # handshake: a connection closed at once (1013, too many clients) backs off.
-                    delay = 0.5
-                    text = message if isinstance(message, str) else message.decode()
-                    event = json.loads(text)
-                    if not _emit(out, text, last, epoch):
-                        return  # whoever reads our output is gone (`monitor alerts | head -1`)
-                    # Only now: a resume after a disconnect must not skip an event not written.
-                    last, epoch = int(event["id"]), event.get("logepoch") or epoch
+                try:
+                    async for message in ws:
+                        # The backoff resets once the server has sent something, not on the
+                        # handshake: a connection closed at once (1013, too many clients) backs off.
+                        delay = 0.5
+                        text = message if isinstance(message, str) else message.decode()
+                        event = json.loads(text)
+                        if not _emit(out, text, last, epoch):
+                            ws.transport.abort()  # as below
+                            return  # whoever reads our output is gone (`monitor alerts | head -1`)
+                        # Only now: a resume after a disconnect must not skip an event not written.
+                        last, epoch = int(event["id"]), event.get("logepoch") or epoch
+                except MonitorError:
+                    # Our output failed: leave at once. A graceful close waits for the server's
+                    # answer, which a server in the middle of a replay gave only after the 10 s
+                    # close timeout.
+                    ws.transport.abort()
+                    raise
         except ConnectionClosed as exc:
             if exc.rcvd is not None and exc.rcvd.code == CLOSE_SINCE_AHEAD:
                 logger.warning(

@@ -144,6 +144,18 @@ async def test_tail_stops_with_an_error_when_its_output_cannot_be_written(tmp_pa
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1"]
 
 
+async def test_a_failed_output_during_a_long_replay_ends_the_tail_at_once(tmp_path: Path) -> None:
+    # The graceful close waited for the server's answer, which a server in the middle of a
+    # replay gave only after websockets' 10 s close timeout: `monitor alerts > /dev/full` hung.
+    async with behind_prefix(tmp_path, "", server={}) as (rt, base):
+        for _ in range(10):
+            await rt.bus.publish([status_event(i) for i in range(1, 501)])
+        out = FailingOut("50", OSError(errno.ENOSPC, "No space left on device"))
+        with pytest.raises(MonitorError, match="resume with --since 49"):
+            async with asyncio.timeout(5):  # a hang bound, not a speed target: it took 10 s
+                await tail(f"{base}/ws/alerts", since=0, out=out)
+
+
 async def tail_until(running: Awaitable[None], out: io.StringIO, lines: int, timeout: float = 20) -> io.StringIO:
     """Run a ``tail`` until ``out`` holds ``lines`` lines (or ``timeout``), then stop it."""
     task = asyncio.ensure_future(running)
