@@ -68,6 +68,10 @@ class StreamManager:
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._closed = False  # aclose() began: no new streams
         self._lock = asyncio.Lock()
+        # Sources of removed streams whose decoder thread was left behind, stuck in a blocking
+        # call (ThreadedSource.aclose): they count against max_streams until they end, or
+        # add/remove cycles against a silent camera piled up threads and sockets without limit.
+        self._left_behind: list[ThreadedSource] = []
 
     async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
         """Start watching ``stream``. A prebuilt ``source`` (e.g. a WebRTC track) may be given."""
@@ -78,8 +82,10 @@ class StreamManager:
                     raise ShuttingDown("the service is shutting down: no new streams")
                 if stream.id in self._streams or stream.id in self._closing:
                     raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
-                if len(self._streams) >= self.max_streams:
-                    raise ConfigError(f"at most {self.max_streams} streams")
+                self._left_behind = [s for s in self._left_behind if s.left_behind()]
+                if len(self._streams) + len(self._left_behind) >= self.max_streams:
+                    stuck = f" ({len(self._left_behind)} of them removed, their decoder threads still stuck)" if self._left_behind else ""
+                    raise ConfigError(f"at most {self.max_streams} streams{stuck}")
                 if source is None:
                     source = build_source(stream, self.settings, self.metrics, self.clock)
                 a = self.settings.analysis
@@ -171,6 +177,8 @@ class StreamManager:
                 raise StreamNotFound(f"no stream {stream_id!r}")
             teardown = self._begin_teardown(stream_id, pipeline.aclose())
         await self._wait_teardown(teardown)
+        if isinstance(pipeline.source, ThreadedSource) and pipeline.source.left_behind():
+            self._left_behind.append(pipeline.source)
         logger.info("stopped stream %s", stream_id)
 
     def get(self, stream_id: str) -> StreamPipeline:

@@ -303,6 +303,10 @@ class ThreadedSource:
                 assert self._slot is not None
                 self._slot.close_threadsafe(SourceEnded(f"stream {self.stream_id} closed"))
 
+    def left_behind(self) -> bool:
+        """Whether ``aclose`` gave up on the decoder thread and it is still running."""
+        return self._detached and self._thread is not None and self._thread.is_alive()
+
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; returns False when asked to stop."""
         return not self._stop.wait(seconds)

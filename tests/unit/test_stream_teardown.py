@@ -19,7 +19,7 @@ from monitor.alerts.bus import EventBus
 from monitor.alerts.eventlog import EventLog
 from monitor.clock import SystemClock
 from monitor.config import Settings, StreamConfig
-from monitor.errors import ShuttingDown
+from monitor.errors import ConfigError, ShuttingDown
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.pipeline.stream import StreamPipeline
@@ -192,6 +192,27 @@ async def test_a_source_thread_that_outlives_its_stream_changes_nothing_after(pa
     assert not source._thread.is_alive()
     assert metrics.registry.get_sample_value("deepfake_monitor_frames_received_total", {"stream": "cam"}) is None
     assert log.last_id() == events_then  # no late "stopped" event for a stream that is gone
+
+
+async def test_streams_whose_decoder_thread_was_left_behind_count_against_the_limit(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Add/remove cycles against a silent camera piled up stuck threads and sockets without
+    # limit: each removal left one behind, and the stream limit counted none of them.
+    monkeypatch.setattr(ThreadedSource, "JOIN_S", 0.3)
+    _, _, _, metrics = parts
+    m = manager(parts, NoFaces())
+    m.max_streams = 2
+    stuck = Ticking("cam", metrics, block_s=2.0)
+    await m.add(StreamConfig(id="cam", url="x://y"), source=stuck)
+    assert await asyncio.to_thread(stuck.blocking.wait, 5)
+    await m.remove("cam")
+    assert stuck.left_behind()
+    await m.add(StreamConfig(id="one", url="x://y"), source=Ticking("one", metrics))
+    with pytest.raises(ConfigError, match=r"at most 2 streams \(1 of them removed, their decoder threads still stuck\)"):
+        await m.add(StreamConfig(id="two", url="x://y"), source=Ticking("two", metrics))
+    assert stuck._thread is not None
+    await asyncio.to_thread(stuck._thread.join, 10)  # it wakes and ends: its place is free again
+    await m.add(StreamConfig(id="two", url="x://y"), source=Ticking("two", metrics))
+    await m.aclose()
 
 
 async def test_stuck_source_threads_are_waited_for_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
