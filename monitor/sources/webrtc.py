@@ -295,6 +295,11 @@ class WhipTrackSource(ThreadedSource):
 # --- WHEP: pull one stream from a media server ------------------------------------------
 
 
+def _compressed(response: httpx.Response) -> bool:
+    """Whether the body comes with a Content-Encoding: we ask for none, and do not decode one."""
+    return response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+
+
 class _TooLarge(Exception):
     """A WHEP response body longer than the limit (``webrtc.max_sdp_bytes``)."""
 
@@ -503,7 +508,7 @@ class WhepSource(ThreadedSource):
     async def _read_answer(self, response: httpx.Response) -> str:
         """A 201's SDP answer; SourceError (retryable, as any answer aiortc cannot use) when it
         is larger than ``webrtc.max_sdp_bytes`` or compressed."""
-        if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        if _compressed(response):
             # We asked for none (Accept-Encoding: identity). Not the header's value: it is the
             # endpoint's text, and the message reaches events and sinks.
             raise SourceError("WHEP answer is compressed (Content-Encoding): only an uncompressed answer is read", retryable=True)
@@ -516,7 +521,7 @@ class WhepSource(ThreadedSource):
     async def _error_body(self, response: httpx.Response) -> str:
         """The start of an error answer's body, for a debug log: read no further than
         ``webrtc.max_sdp_bytes`` either."""
-        if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        if _compressed(response):
             return "(compressed body, not read)"
         try:
             body = await self._read_capped(response)
