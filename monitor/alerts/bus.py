@@ -47,6 +47,9 @@ class EventBus:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog")
         self._lock = asyncio.Lock()
         self._new_events = asyncio.Condition()
+        # (id, logepoch) of the newest event offered to subscribers since start, None before the
+        # first: a live subscriber that has not got it after a while is cut off (see /api/streams).
+        self.last_offered: tuple[int, str] | None = None
 
     async def publish(self, events: Sequence[Event]) -> list[StoredEvent]:
         """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
@@ -87,6 +90,7 @@ class EventBus:
             rendered = (s.id, self.log.render(s))
             for sub in self._subs:
                 sub.offer(rendered)
+            self.last_offered = (s.id, self.log.epoch)
         async with self._new_events:
             self._new_events.notify_all()
         return stored

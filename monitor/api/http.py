@@ -60,6 +60,9 @@ WS_CLOSE_SINCE_AHEAD = 4409
 # socket's buffer. A client that stops reading fills it and every send then waits for ever,
 # holding its slot (server.max_ws_clients) and its subscription: past this it is evicted.
 WS_SEND_TIMEOUT_S = 10.0
+# On /api/streams: the newest event offered to live alert clients, and its log's epoch.
+LAST_EVENT_ID_HEADER = "X-Last-Event-Id"
+LAST_EVENT_EPOCH_HEADER = "X-Last-Event-Epoch"
 
 
 class BodyLimit:
@@ -304,10 +307,21 @@ def create_app(
         """Prometheus text exposition."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/streams", dependencies=[Depends(require_token)], tags=["streams"])
-    async def list_streams() -> list[dict[str, Any]]:
+    @app.get(
+        "/api/streams", dependencies=[Depends(require_token)], tags=["streams"],
+        responses={200: {"headers": {
+            LAST_EVENT_ID_HEADER: {"description": "Id of the newest event sent to live alert clients (absent before the first since start).", "schema": {"type": "integer"}},
+            LAST_EVENT_EPOCH_HEADER: {"description": "The `logepoch` of that event.", "schema": {"type": "string"}},
+        }}},
+    )
+    async def list_streams(response: Response) -> list[dict[str, Any]]:
         """Every watched stream with its state, rates, drops, latency and face tracks, and the
-        `policy` thresholds its tracks' states follow (`suspicious_enter`, `alert_enter`)."""
+        `policy` thresholds its tracks' states follow (`suspicious_enter`, `alert_enter`). The
+        headers name the newest event live alert clients were sent: a websocket client that
+        polls this can tell that its connection died silently (it never got that event)."""
+        if bus.last_offered is not None:
+            response.headers[LAST_EVENT_ID_HEADER] = str(bus.last_offered[0])
+            response.headers[LAST_EVENT_EPOCH_HEADER] = bus.last_offered[1]
         return [stream_json(p.status()) for p in manager.list()]
 
     @app.post("/api/streams", status_code=201, dependencies=[Depends(require_token)], tags=["streams"])

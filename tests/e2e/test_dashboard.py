@@ -248,6 +248,31 @@ async def test_dashboard_restarts_its_feed_after_an_event_log_reset(tmp_path: Pa
                 assert await page.evaluate("() => lastEventId") == 46
 
 
+async def test_a_websocket_that_died_without_a_close_is_reopened_without_a_gap(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    async with running_service(settings) as svc:
+        async with chromium_page(tmp_path) as page:
+            bus = svc.runtime.bus
+            await page.goto(f"{svc.base}/")
+            await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
+            await bus.publish([status_event("first", 0)])
+            await expect(page.locator("#feed li")).to_have_count(1, timeout=10_000)
+            # Up to date and quiet: the socket is left alone past WS_BEHIND_MS (10 s).
+            await page.evaluate("() => { window.firstSocket = ws; }")
+            await page.wait_for_timeout(11_500)
+            assert await page.evaluate("() => ws === window.firstSocket")
+
+            # The connection dies without a close (a proxy or NAT dropped it): the page's socket
+            # stays "open" and nothing more arrives. Before, it read "alerts live" for ever.
+            await page.evaluate("() => { ws.onmessage = null; }")
+            await bus.publish([status_event("missed", 1)])
+            await bus.publish([status_event("missed-too", 2)])
+            await expect(page.locator("#feed li")).to_have_count(3, timeout=20_000)
+            assert await page.evaluate(FEED) == ["missed-too", "missed", "first"]
+            assert await page.evaluate("() => ws !== window.firstSocket && ws.url.endsWith(`?since=1&epoch=${lastEpoch}`)")
+            await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=10_000)
+
+
 async def test_dashboard_works_under_a_reverse_proxy_prefix(tmp_path: Path) -> None:
     # Before: the page loaded its script and style relatively but called /api, /ws/alerts and
     # /whip at the host's root, so under a proxy's /monitor/ every call missed. And an instance

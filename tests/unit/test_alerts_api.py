@@ -79,6 +79,21 @@ async def test_websocket_replays_since_and_streams_live(tmp_path: Path) -> None:
             assert [int(e["id"]) for e in (await http.get("/api/events?since=8")).json()] == [9, 10]
 
 
+async def test_stream_list_names_the_newest_event_sent_to_live_clients(tmp_path: Path) -> None:
+    """The dashboard compares these headers with what its websocket delivered, to notice a
+    connection that died without a close."""
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.get("/api/streams")
+            assert "x-last-event-id" not in r.headers and "x-last-event-epoch" not in r.headers
+            await svc.runtime.bus.publish([status_event(i) for i in range(3)])
+            r = await http.get("/api/streams")
+            assert r.headers["x-last-event-id"] == "3"
+            assert r.headers["x-last-event-epoch"] == svc.runtime.bus.log.epoch
+            spec = (await http.get("/openapi.json")).json()
+            assert set(spec["paths"]["/api/streams"]["get"]["responses"]["200"]["headers"]) == {"X-Last-Event-Id", "X-Last-Event-Epoch"}
+
+
 async def test_slow_client_is_evicted_with_1013_and_loses_nothing(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, alerts={"queue_size": 5})
     async with running_service(settings) as svc:

@@ -8,6 +8,10 @@ const POLL_MS = 1000;
 // event for hours, so a quiet websocket proves nothing either way.
 const POLL_TIMEOUT_MS = 4000;
 const STALE_MS = POLL_TIMEOUT_MS + POLL_MS; // no good poll for this long: stale, whatever else
+// The poll's answer names the newest event the service sent its live alert clients. An open
+// websocket that has delivered nothing for this long while that event is still missing died
+// without a close (a proxy or NAT dropped it): it is reopened and resumes after the newest id.
+const WS_BEHIND_MS = 10000;
 const TIMELINE_S = 60;
 const FEED_MAX = 200;
 const REFILL_LAST = 30; // events shown on load
@@ -105,12 +109,13 @@ function poll() {
     // Back after a failure: an open websocket may have died with the path to the service
     // without a close (a proxy, a network drop). It resumes after the newest id, losing nothing.
     const recovering = apiFailing();
-    let streams;
+    let streams, head;
     try {
       const r = await fetch(here("api/streams"), { cache: "no-store", headers: authHeaders(), signal: ctl.signal });
       if (r.status === 401) { refuseToken(); return; }
       if (!r.ok) throw Object.assign(new Error("HTTP " + r.status), { status: r.status });
       streams = await r.json();
+      head = [Number(r.headers.get("x-last-event-id") || NaN), r.headers.get("x-last-event-epoch")];
     } catch (e) {
       if (ctl.signal.aborted && !timedOut) return; // the token changed: another poll follows
       pollProblem = timedOut ? "API not answering" : e.status ? "API error " + e.status : "API unreachable";
@@ -124,6 +129,7 @@ function poll() {
     record(streams);
     renderStreams(streams);
     if (recovering && wsState === "open" && lastEventId !== null) connectAlerts();
+    else checkAlertsBehind(...head);
   };
   const done = run().finally(() => { inflight = null; renderStatus(); });
   inflight = { ctl, done };
@@ -341,6 +347,22 @@ function setText(id, text) { const n = $(id); if (n.textContent !== text) n.text
 let ws = null, wsRetry = 500, wsTimer = null;
 let wsState = "connecting"; // connecting | open | closed | refused
 let lastEventAt = null; // Date.now() when the websocket last delivered an event
+let behindSince = null; // Date.now() when a poll first named an event the open websocket lacks
+
+// A websocket is "open" until a close arrives, and a dropped connection may never send one: the
+// page would say "alerts live" and show nothing more. The poll says which event the service last
+// sent (head, epoch); if the socket still lacks it and has been silent for WS_BEHIND_MS, reopen.
+function checkAlertsBehind(head, epoch) {
+  const behind = wsState === "open" && lastEventId !== null && Number.isFinite(head) &&
+    (head > lastEventId || (epoch !== null && lastEpoch !== null && epoch !== lastEpoch));
+  if (!behind) { behindSince = null; return; }
+  const now = Date.now();
+  if (behindSince === null) behindSince = now;
+  // A socket still delivering (a long replay) is catching up, not dead.
+  if (now - Math.max(behindSince, lastEventAt || 0) < WS_BEHIND_MS) return;
+  behindSince = null;
+  connectAlerts();
+}
 function connectAlerts() {
   clearTimeout(wsTimer);
   if (ws) { ws.onclose = null; ws.close(); ws = null; }
