@@ -100,6 +100,45 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+
+
+def normalise_host_pattern(pattern: str) -> str:
+    """One entry of ``server.api_stream_hosts``: ``*``, an IP network (an address is a network of
+    one), or a host name, lower-case without a final dot; anything else is refused at load."""
+    text = pattern.strip().lower()
+    if text == "*":
+        return text
+    try:
+        return str(ipaddress.ip_network(text.removeprefix("[").removesuffix("]"), strict=False))
+    except ValueError:
+        pass
+    name = text.removesuffix(".")
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{pattern!r} is not a host name, an IP address or a network (10.0.5.0/24), nor *")
+    return name
+
+
+def host_allowed(host: str | None, patterns: tuple[str, ...]) -> bool:
+    """Whether a URL's host (as ``urlsplit(...).hostname`` gives it) matches one of the normalised
+    ``patterns``. Names are not resolved: ``127.1`` or ``2130706433`` match no listed address."""
+    if "*" in patterns:
+        return True
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 zone is not part of the address
+    except ValueError:
+        return host.lower().removesuffix(".") in patterns
+    for pattern in patterns:
+        try:
+            if address in ipaddress.ip_network(pattern):
+                return True
+        except ValueError:  # a name
+            continue
+    return False
+
+
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; any other address requires `token`.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port for the API, websockets, metrics and dashboard (0 picks a free port).")
@@ -110,6 +149,7 @@ class ServerConfig(Strict):
     cors_origins: tuple[str, ...] = Field((), description="Browser origins (e.g. https://dash.example) allowed besides same-origin: they may publish over WHIP and read the alert websocket.")
     max_ws_clients: int = Field(64, ge=1, le=10_000, description="Alert websocket clients connected at once; more are closed with 1013 (try again later).")
     api_file_roots: tuple[Path, ...] = Field((), description="Folders under which POST /api/streams may open local files (recordings to scan, say). Empty: no file streams through the API; files named in this configuration are not affected.")
+    api_stream_hosts: tuple[str, ...] = Field(("*",), description="Hosts that network streams added through POST /api/streams may connect to (the host of an rtsp://, rtsps:// or WHEP URL, and of a WHEP stream's redirect_origins): host names, matched as the URL writes them (not resolved, case and a final dot aside), IP addresses, or networks such as 10.0.5.0/24. `*` (the default) allows any host. Streams in this configuration are not affected.")
 
     @property
     def is_loopback(self) -> bool:
@@ -126,6 +166,11 @@ class ServerConfig(Strict):
         # Compared exactly with a browser's Origin header: a path, `*` or another scheme could
         # never match, and the dashboard would be refused with nothing pointing here.
         return tuple(dict.fromkeys(normalise_origin(o) for o in origins))
+
+    @field_validator("api_stream_hosts")
+    @classmethod
+    def _stream_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(normalise_host_pattern(h) for h in hosts))
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> ServerConfig:

@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -38,7 +39,7 @@ from monitor.alerts.evidence import MANIFEST as EVIDENCE_MANIFEST
 from monitor.alerts.evidence import EvidenceStore
 from monitor.api.auth import token_ok
 from monitor.api.whip import whip_router
-from monitor.config import Settings, StreamConfig
+from monitor.config import Settings, StreamConfig, host_allowed
 from monitor.errors import ConfigError, MonitorError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
@@ -213,6 +214,28 @@ def check_api_file(url: str, roots: tuple[Path, ...]) -> None:
     )
 
 
+def check_api_hosts(stream: StreamConfig, patterns: tuple[str, ...]) -> None:
+    """A client of the API may have the service connect only to ``server.api_stream_hosts``
+    (any host by default): the stream's URL, and the origins a WHEP stream may be redirected to.
+    403 otherwise, before anything is contacted."""
+    if "*" in patterns:
+        return
+    urls = [stream.url] if "://" in stream.url and stream.source_name not in ("file", "demo") else []
+    redirects = stream.options.get("redirect_origins")
+    if isinstance(redirects, (list, tuple)):
+        urls += [u for u in redirects if isinstance(u, str)]
+    for url in urls:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # a malformed IPv6 literal: the source would refuse it too
+            host = None
+        if not host_allowed(host, patterns):
+            raise HTTPException(
+                403, f"streams added through the API may connect only to server.api_stream_hosts ({', '.join(patterns) or 'none'}); "
+                f"not to {host or 'a URL without a host'}"
+            )
+
+
 def validation_errors(errors: Any) -> list[dict[str, Any]]:
     """Validation errors as a 422 shows them: where and why, never the offending value (it
     may be a credential, e.g. a URL with a password, or not serialisable)."""
@@ -336,6 +359,7 @@ def create_app(
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             raise HTTPException(422, validation_errors(errors)) from None
+        check_api_hosts(stream, settings.server.api_stream_hosts)
         if stream.source_name == "file":
             check_api_file(stream.url, settings.server.api_file_roots)
             # Under a root (so the answer tells nothing about other files): refused now, where a

@@ -254,6 +254,41 @@ async def test_stream_crud_and_errors(tmp_path: Path) -> None:
             assert (await http.get("/openapi.json")).json()["info"]["title"] == "deepfake-monitor"
 
 
+async def test_api_streams_connect_only_to_the_allowed_hosts(tmp_path: Path) -> None:
+    hosts = ["cam1.LAN.", "127.0.0.0/30", "[::1]"]
+    async with running_service(make_settings(tmp_path, server={"api_stream_hosts": hosts})) as svc:
+        assert svc.runtime.settings.server.api_stream_hosts == ("cam1.lan", "127.0.0.0/30", "::1/128")
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            refused = {
+                "rtsp://10.0.0.1/x": "10.0.0.1",
+                "rtsps://cam2.lan/x": "cam2.lan",
+                "rtsp://user:pw@127.0.0.4:554/x": "127.0.0.4",
+                "rtsp://127.1/x": "127.1",  # what getaddrinfo reads as 127.0.0.1: names are not resolved
+                "rtsp://[::2]/x": "::2",
+                "http://169.254.169.254/whep": "169.254.169.254",
+            }
+            for url, host in refused.items():
+                body = {"id": "a", "url": url} | ({"source": "whep"} if url.startswith("http") else {})
+                r = await http.post("/api/streams", json=body)
+                assert r.status_code == 403 and f"not to {host}" in r.text and "pw" not in r.text, (url, r.text)
+            # A WHEP endpoint that is allowed may not redirect to a host that is not.
+            body = {"id": "a", "url": "http://127.0.0.1:9/whep", "source": "whep",
+                    "options": {"redirect_origins": ["http://127.0.0.1:10", "http://evil.example"]}}
+            r = await http.post("/api/streams", json=body)
+            assert r.status_code == 403 and "not to evil.example" in r.text
+            assert (await http.get("/api/streams")).json() == []
+
+            for i, url in enumerate(["rtsp://CAM1.lan./x", "rtsp://127.0.0.3:9/x", "rtsp://[::1]:9/x", "demo://astronaut"]):
+                r = await http.post("/api/streams", json={"id": f"ok{i}", "url": url, "options": {"open_timeout_s": 0.5} if "rtsp" in url else {}})
+                assert r.status_code == 201, (url, r.text)
+
+
+@pytest.mark.parametrize("entry", ["", "cam 1", "10.0.0.0/33", "http://cam1", "*.lan", "a..b"])
+def test_api_stream_hosts_entries_are_checked_at_load(tmp_path: Path, entry: str) -> None:
+    with pytest.raises(ConfigError, match="api_stream_hosts"):
+        make_settings(tmp_path, server={"api_stream_hosts": [entry]})
+
+
 def test_config_rejects_unknown_keys_and_exposed_without_token(tmp_path: Path) -> None:
     from monitor.errors import ConfigError
 
