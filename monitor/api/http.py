@@ -360,6 +360,11 @@ def create_app(
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             raise HTTPException(422, validation_errors(errors)) from None
         check_api_hosts(stream, settings.server.api_stream_hosts)
+        ca_file = stream.options.get("ca_file")
+        if isinstance(ca_file, str):
+            # rtsps:// reads it, and its check answers "no such file": the same rule as a stream's
+            # file, or the API would tell which files exist anywhere.
+            check_api_file(ca_file, settings.server.api_file_roots)
         if stream.source_name == "file":
             check_api_file(stream.url, settings.server.api_file_roots)
             # Under a root (so the answer tells nothing about other files): refused now, where a

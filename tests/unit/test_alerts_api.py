@@ -254,6 +254,23 @@ async def test_stream_crud_and_errors(tmp_path: Path) -> None:
             assert (await http.get("/openapi.json")).json()["info"]["title"] == "deepfake-monitor"
 
 
+async def test_an_api_stream_reads_a_ca_file_only_under_the_file_roots(tmp_path: Path) -> None:
+    root = tmp_path / "certs"
+    root.mkdir()
+    (root / "ca.pem").write_text("not a certificate")
+    async with running_service(make_settings(tmp_path, server={"api_file_roots": [str(root)]})) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            # Before: 400 "no such file" for a missing file and 201 for one that exists, anywhere.
+            for path in ["/etc/passwd", "/nonexistent/ca.pem", str(root / ".." / "elsewhere.pem")]:
+                body = {"id": "a", "url": "rtsps://127.0.0.1:9/x", "options": {"ca_file": path}}
+                r = await http.post("/api/streams", json=body)
+                assert r.status_code == 403 and "server.api_file_roots" in r.text, (path, r.text)
+            body = {"id": "a", "url": "rtsps://127.0.0.1:9/x", "options": {"ca_file": str(root / "missing.pem")}}
+            assert (await http.post("/api/streams", json=body)).status_code == 400
+            body["options"] = {"ca_file": str(root / "ca.pem"), "open_timeout_s": 0.5}
+            assert (await http.post("/api/streams", json=body)).status_code == 201
+
+
 async def test_api_streams_connect_only_to_the_allowed_hosts(tmp_path: Path) -> None:
     hosts = ["cam1.LAN.", "127.0.0.0/30", "[::1]"]
     async with running_service(make_settings(tmp_path, server={"api_stream_hosts": hosts})) as svc:
