@@ -187,7 +187,7 @@ class AnalysisConfig(Strict):
     max_faces: int = Field(4, ge=1, le=16, description="Most faces tracked per frame.")
     max_frame_pixels: int = Field(
         4096 * 4096, ge=64 * 64,
-        description="A file or RTSP stream whose frames have more pixels fails with a clear error instead of taking gigabytes of memory (an 8000x8000 video took about 3 GB). The default, 16.8 million, admits 4K (8.3 million).",
+        description="A stream (file, RTSP, WHIP or WHEP) whose frames have more pixels fails (a WHIP session then ends) with a clear error instead of taking gigabytes of memory (an 8000x8000 video took about 3 GB). The default, 16.8 million, admits 4K (8.3 million).",
     )
     crop_size: int = Field(112, ge=32, le=512, description="Side of the aligned face crop handed to the detector, in pixels.")
     min_face_px: float = Field(48.0, ge=8, description="Faces narrower than this are `low_resolution`.")

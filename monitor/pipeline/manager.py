@@ -89,6 +89,9 @@ class StreamManager:
                 if source is None:
                     source = build_source(stream, self.settings, self.metrics, self.clock)
                 a = self.settings.analysis
+                if isinstance(source, ThreadedSource):
+                    # Handed in (a WHIP track) too: every source keeps to the limit.
+                    source.max_frame_pixels = a.max_frame_pixels
                 fps = stream.analysis_fps or a.fps
                 faces: FaceStage | None = None
                 pipeline: StreamPipeline | None = None

@@ -237,6 +237,15 @@ class ThreadedSource:
             except Exception:  # a listener bug must not kill the decoder thread
                 logger.exception("state listener failed for stream %s", self.stream_id)
 
+    def check_frame_size(self, width: int, height: int) -> None:
+        """SourceError (not retryable) when a decoded frame has more than max_frame_pixels."""
+        if self.max_frame_pixels and width * height > self.max_frame_pixels:
+            raise SourceError(
+                f"frames of {width}x{height} exceed analysis.max_frame_pixels "
+                f"({self.max_frame_pixels:,} pixels): scale the video down, or raise the limit",
+                retryable=False,
+            )
+
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -321,12 +330,7 @@ class ThreadedSource:
                     first_frame_at: float | None = None
                     healthy = False
                     for frame in self._read():
-                        if self.max_frame_pixels and frame.width * frame.height > self.max_frame_pixels:
-                            raise SourceError(
-                                f"frames of {frame.width}x{frame.height} exceed analysis.max_frame_pixels "
-                                f"({self.max_frame_pixels:,} pixels): scale the video down, or raise the limit",
-                                retryable=False,
-                            )
+                        self.check_frame_size(frame.width, frame.height)
                         if first_frame_at is None:
                             # Running (and stream_up 1) from the first frame, not from the open:
                             # a camera that accepts the connection but sends nothing would

@@ -260,6 +260,7 @@ class WhipTrackSource(ThreadedSource):
                 except MediaStreamError:
                     self._set_state(StreamState.ENDED, "peer ended the track")
                     break
+                self.check_frame_size(vf.width, vf.height)  # before the copy out of the decoder
                 now = self.clock.monotonic()
                 self.last_frame_at = now
                 if self._t0 is None:
@@ -272,6 +273,9 @@ class WhipTrackSource(ThreadedSource):
         except asyncio.CancelledError:
             self._set_state(StreamState.STOPPED)
             raise
+        except SourceError as exc:  # the publisher's video breaks a limit: said, not a traceback
+            self._set_state(StreamState.FAILED, str(exc))
+            end = exc
         except Exception as exc:  # a bug here must end the stream, not hang the pipeline
             logger.exception("WHIP reader for %s failed", self.stream_id)
             self._set_state(StreamState.FAILED, str(exc))

@@ -199,3 +199,25 @@ async def test_a_session_removes_its_streams_together_when_it_ends(tmp_path: Pat
             assert (await client.delete(response.headers["location"])).status_code == 200
         assert sorted(log[:3]) == sorted("start " + n for n in names), log  # all begun before any ended
         await pc.close()
+
+
+async def test_video_over_the_pixel_limit_fails_the_stream_and_ends_the_session(tmp_path: Path) -> None:
+    # WHIP sources skipped analysis.max_frame_pixels: a 4800x4000 publisher took the service
+    # from 0.3 to 1.5 GB while its stream showed "running".
+    settings = make_settings(tmp_path, analysis={"max_frame_pixels": 100 * 100})
+    async with running_service(settings) as svc:
+        rt = svc.runtime
+        pc, response = await publish(svc.base, "huge", [FaceTrack((160, 120))])
+        assert response.status_code == 201, response.text
+        async with httpx.AsyncClient(base_url=svc.base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            async def ended() -> bool:
+                r = await client.get("/api/events?since=0")
+                return any(
+                    e["data"].get("state") == "failed" and "max_frame_pixels" in (e["data"].get("detail") or "")
+                    for e in r.json() if e["type"].endswith("stream.status.v1")
+                )
+
+            await until(ended, 20, "the stream to fail on its frame size")
+            await until(lambda: asyncio.sleep(0, not rt.app.state.whip_sessions.sessions), 10, "the session to end")
+            assert (await client.get("/api/streams")).json() == []
+        await pc.close()
