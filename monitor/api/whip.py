@@ -392,7 +392,7 @@ class WhipSessions:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
                 except (AssertionError, ValueError, IndexError) as exc:
                     raise Refused(400, f"malformed candidate line: {line[:80]}", "malformed_sdp") from exc
-                check_candidate_port(candidate)
+                check_candidate(candidate)
                 if not resolve_mdns and is_mdns_host(candidate.ip):
                     mdns_dropped += 1
                     continue
@@ -477,11 +477,15 @@ async def _add_candidates(added: list[tuple[RTCIceTransport, RTCIceCandidate]], 
             raise result
 
 
-def check_candidate_port(candidate: RTCIceCandidate) -> None:
+def check_candidate(candidate: RTCIceCandidate) -> None:
     """aioice takes any integer as a candidate's port; checking a pair with one outside 0-65535
-    raised OverflowError in asyncio's datagram transport and closed the local socket."""
+    raised OverflowError in asyncio's datagram transport and closed the local socket. An IPv6
+    zone id (``fe80::1%eth0``) means nothing on another host, and one with a NUL raised TypeError
+    in ``sendto``, which closed the socket too."""
     if not 0 <= candidate.port <= 65535:
         raise Refused(400, f"malformed SDP: ICE candidate port {candidate.port} is not 0-65535", "malformed_sdp")
+    if "%" in candidate.ip:
+        raise Refused(400, "malformed SDP: an ICE candidate's address has a zone id (%...)", "malformed_sdp")
 
 
 def check_offer(offer: str, max_video_tracks: int) -> list[str]:
@@ -514,7 +518,7 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
         )
     for media in parsed.media:
         for candidate in media.ice_candidates:
-            check_candidate_port(candidate)
+            check_candidate(candidate)
     seen_mids: set[str] = set()
     for index, media in enumerate(parsed.media):
         mid = media.rtp.muxId or ""

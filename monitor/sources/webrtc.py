@@ -8,7 +8,7 @@ import contextvars
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aioice.ice
 import httpx
@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 # 127.0.0.1 and has no option to add addresses. We wrap that one function, once, so that it
 # also returns the addresses in ``_extra_hosts`` -- a ContextVar set only around our own
 # ``setLocalDescription`` calls (the gathering tasks inherit the caller's context). Other
-# aioice users in the process see the unmodified behaviour.
+# aioice users in the process see the unmodified behaviour. We also wrap
+# ``aioice.ice.validate_remote_candidate``, for every connection in the process: it refuses
+# remote addresses the service must never send to (``is_unroutable_address``, zone ids).
 
 _extra_hosts: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("monitor_ice_hosts", default=())
 _hook_installed = False
 
 
-def _install_host_hook() -> None:
+def _install_hooks() -> None:
     global _hook_installed
     if _hook_installed:
         return
@@ -57,13 +59,27 @@ def _install_host_hook() -> None:
         return found
 
     aioice.ice.get_host_addresses = get_host_addresses
+    original_check: Callable[[Any, str], str] = aioice.ice.validate_remote_candidate
+
+    def validate_remote_candidate(candidate: Any, host: str) -> str:
+        # Where every remote address reaches aioice, the address of an mDNS name included once
+        # it is resolved (webrtc.resolve_mdns): the SDP filters see only the name, and any host
+        # on the link may answer for it, with 169.254.169.254 say. ValueError: aioice skips it.
+        if "%" in host or is_unroutable_address(host):
+            raise ValueError(f"{host} is not an address the monitor sends to")
+        return original_check(candidate, host)
+
+    aioice.ice.validate_remote_candidate = validate_remote_candidate
     _hook_installed = True
+
+
+_install_hooks()  # now: a WHIP offer's candidates reach aioice before any local description
 
 
 @contextlib.contextmanager
 def ice_host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
     """Offer ``addresses`` as extra host candidates for peer connections gathered inside."""
-    _install_host_hook()
+    _install_hooks()
     token = _extra_hosts.set(addresses)
     try:
         yield

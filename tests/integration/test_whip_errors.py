@@ -139,6 +139,11 @@ def port_out_of_range(offer: str) -> str:
     return re.sub(r"(a=candidate:\S+ \d+ \S+ \d+ \S+ )\d+", r"\g<1>99999", offer, count=1)
 
 
+def zone_id(offer: str) -> str:
+    """The offer with its first ICE candidate at an IPv6 address with a zone id holding a NUL."""
+    return re.sub(r"(a=candidate:\S+ \d+ \S+ \d+ )\S+", "\\g<1>fd00::99%a\x00b", offer, count=1)
+
+
 def video_twice(offer: str) -> str:
     """The video m-section repeated, so two m-lines share ``a=mid:0``."""
     head, video = offer.split("m=video", 1)
@@ -154,6 +159,8 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
         (without_fingerprint(offer), "no a=fingerprint"),
         (video_twice(offer), "more than one m-line with a=mid:0"),
         (port_out_of_range(offer), "port 99999 is not 0-65535"),
+        # Accepted before; the first check to it raised TypeError and closed the session's socket.
+        (zone_id(offer), "has a zone id"),
     ]
     async with running_service(settings) as svc:
         async with httpx.AsyncClient(base_url=svc.base) as client:
@@ -163,7 +170,7 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
                 assert reason in r.json()["error"], r.text
         reg = svc.runtime.metrics.registry
         failed = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "malformed_sdp"})
-        assert failed == 3
+        assert failed == 4
         sessions = svc.runtime.app.state.whip_sessions
         assert sessions.sessions == {} and sessions._reserved == 0
         assert svc.runtime.manager.list() == []

@@ -32,3 +32,24 @@ async def test_a_failing_close_never_replaces_the_reason_a_session_ended(tmp_pat
     session.blackholes.append(BrokenSink())  # type: ignore[arg-type]
     await sessions._teardown(session)
     assert session.closed and "closing its peer connection failed" in caplog.text
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "224.0.0.251", "0.0.0.0", "::", "::ffff:169.254.169.254", "fd00::99%a\x00b"])
+async def test_aioice_never_pairs_a_remote_address_the_monitor_must_not_send_to(host: str) -> None:
+    # The SDP filters see a candidate's text; an mDNS name (webrtc.resolve_mdns) reaches aioice
+    # as a name and is resolved there, to whatever a host on the link answered. The check sits
+    # where aioice takes the resolved address, so these are refused however they arrive.
+    import aioice
+
+    import monitor.sources.webrtc  # noqa: F401  (installs the check)
+
+    conn = aioice.Connection(ice_controlling=True, components=1)
+    try:
+        def candidate(address: str) -> aioice.Candidate:
+            return aioice.Candidate("1", 1, "udp", 2130706431, address, 9, "host")
+
+        conn._add_remote_candidate(candidate(host), host)
+        conn._add_remote_candidate(candidate("192.0.2.7"), "192.0.2.7")
+        assert [c.host for c in conn.remote_candidates] == ["192.0.2.7"]
+    finally:
+        await conn.close()
