@@ -150,7 +150,11 @@ async def close_interrupted_alerts(bus: EventBus, now: float) -> int:
     failure to write is logged and left for the next start rather than stopping this one.
     Returns how many alerts it closed."""
     try:
-        unclosed = await bus.on_log(bus.log.unclosed_alerts)
+        try:
+            unclosed = await bus.on_log(bus.log.unclosed_alerts)
+        except Exception:  # the tracks' ends still follow
+            logger.exception("could not find the alerts the previous run left open")
+            unclosed = []
         closes = [_restart_close(stream_id, data, now) for stream_id, data in unclosed]
         try:
             unended = await bus.on_log(bus.log.unended_tracks)

@@ -274,16 +274,17 @@ class EventLog:
         first, as (stream_id, data). Only a process that died with alerts open (SIGKILL, OOM,
         a stop past its grace period) leaves these: a clean stop closes them. An alert whose
         opening was pruned is not found (nor, then, shown open anywhere)."""
+        opened, closed = EventType.ALERT_OPENED.value, EventType.ALERT_CLOSED.value
         with self._lock:
+            # Matched in Python: SQLite's JSON functions reject the Infinity older logs can hold
+            # (see _load_data), and one such row failed the whole query, on every start, so no
+            # alert a crash left open was ever closed. Alerts are few: two rows each.
             rows = self._db.execute(
-                "SELECT stream_id, data FROM events WHERE type = ?"
-                " AND json_extract(data, '$.alert_id') NOT IN ("
-                "  SELECT json_extract(data, '$.alert_id') FROM events"
-                "  WHERE type = ? AND json_extract(data, '$.alert_id') IS NOT NULL)"
-                " ORDER BY id",
-                (EventType.ALERT_OPENED.value, EventType.ALERT_CLOSED.value),
+                "SELECT type, stream_id, data FROM events WHERE type IN (?, ?) ORDER BY id", (opened, closed)
             ).fetchall()
-        return [(r[0], _load_data(r[1])) for r in rows]
+        events = [(kind, stream, _load_data(raw)) for kind, stream, raw in rows]
+        ended = {data.get("alert_id") for kind, _, data in events if kind == closed} - {None}
+        return [(stream, data) for kind, stream, data in events if kind == opened and data.get("alert_id") not in ended]
 
     def unended_tracks(self) -> list[tuple[str, dict[str, Any]]]:
         """The last ``track.state`` of every face track whose end was never announced (no

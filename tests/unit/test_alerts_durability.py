@@ -155,11 +155,19 @@ async def test_an_old_row_sqlite_cannot_parse_does_not_keep_alerts_open(tmp_path
          '{"track_id": 5, "state": "alert", "previous": "suspicious", "score": Infinity, "raw_score": 1.0, '
          '"reasons": ["score_above_threshold"], "signals": [], "since_t": 1.0, "t": 2.0}'),
     )
+    # The same version wrote that peak into its alerts too: an old alert, opened and closed.
+    # Before: the alert query failed on it, on every start, and kept "kept-open" open.
+    for kind in (EventType.ALERT_OPENED, EventType.ALERT_CLOSED):
+        log._db.execute(  # noqa: SLF001
+            "INSERT INTO events(type, stream_id, severity, time, subject, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (kind.value, "cam", "critical", time.time(), "streams/cam/alerts/old",
+             '{"alert_id": "old", "track_id": 5, "score": Infinity, "signals": []}'),
+        )
     log.close()
 
     async with runtime(settings):
         pass
-    added = logged(settings)[3:]
+    added = logged(settings)[5:]
     assert [d.get("alert_id") for t, d in added if t == CLOSED] == ["kept-open"]
     ends = {d["track_id"]: d for t, d in added if t == EventType.TRACK_STATE.value}
     assert set(ends) == {4, 5} and ends[5]["previous"] == "alert" and ends[5]["score"] is None
