@@ -8,6 +8,7 @@ import enum
 import json
 import logging
 import math
+import numbers
 import os
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
@@ -58,8 +60,17 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):  # NaN and +-Infinity are not JSON
-        return None
+    if isinstance(value, np.generic):
+        # numpy's float32, int64, bool_ (a plugin's signal, say) are not JSON: one failed the
+        # whole batch, its alert.opened with it.
+        value = value.item()
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None  # NaN and +-Infinity are not JSON
     return value
 
 

@@ -51,6 +51,25 @@ def test_event_log_ids_increase_and_survive_reopen(tmp_path: Path) -> None:
     assert [s.id for s in log.append([status_event(9)])] == [6]
 
 
+def test_numpy_values_in_an_event_are_stored_as_json_numbers(tmp_path: Path) -> None:
+    # A plugin's signal as numpy float32: before, json.dumps raised and the whole batch (an
+    # alert.opened with it) was dropped after its retries.
+    import numpy as np
+
+    from monitor.alerts.eventlog import jsonable
+    from monitor.types import Signal, TrackState, TrackStateData
+
+    log = EventLog(tmp_path / "e.sqlite3", "inst")
+    signals = [Signal("cnn", np.float32(0.25), np.float64(0.5)), Signal("blinks", np.int64(3), np.float32("nan"))]
+    data = TrackStateData(7, TrackState.ALERT, TrackState.SUSPICIOUS, np.float32(0.75), 0.8, (), tuple(signals), np.int32(1), 2.0)
+    [stored] = log.append([Event(EventType.TRACK_STATE, "cam", Severity.WARNING, 1.7e9, data)])
+    back = json.loads(log.read_since(0)[0][1])["data"]
+    assert back["score"] == 0.75 and back["since_t"] == 1
+    assert jsonable({"ok": np.bool_(True)}) == {"ok": True}
+    assert back["signals"] == [{"name": "cnn", "value": 0.25, "weight": 0.5}, {"name": "blinks", "value": 3, "weight": None}]
+    log.close()
+
+
 async def recv_all(ws: websockets.ClientConnection, n: int, timeout: float = 10) -> list[dict]:
     out = []
     async with asyncio.timeout(timeout):
