@@ -191,7 +191,7 @@ def _duration_of(path: str) -> float | None:
 @app.command()
 def alerts(
     url: str = typer.Option("ws://127.0.0.1:8080/ws/alerts", help="The monitor's alert websocket."),
-    since: Optional[int] = typer.Option(None, help="Replay every event after this id first."),
+    since: Optional[int] = typer.Option(None, min=0, help="Replay every event after this id first."),
     epoch: Optional[str] = typer.Option(None, help="With --since: the logepoch of that event, so a log reset since is noticed (and replayed from its start)."),
     token: Optional[str] = typer.Option(None, envvar="MONITOR_TOKEN", help="Bearer token (or MONITOR_TOKEN)."),
     follow: bool = typer.Option(True, help="Reconnect (resuming from the last id) when the connection drops."),

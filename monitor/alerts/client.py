@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 # The server's close code for a ``since`` past its log's last id (the log was reset).
 CLOSE_SINCE_AHEAD = 4409
+# Policy violation: the request itself is wrong (a ``since`` out of range, a subprotocol), so
+# asking again the same way is refused again.
+CLOSE_POLICY = 1008
 
 
 def with_since(url: str, since: int | None, epoch: str | None = None) -> str:
@@ -189,6 +192,9 @@ async def tail(
                 )
                 last, epoch = 0, None
                 continue
+            if exc.rcvd is not None and exc.rcvd.code == CLOSE_POLICY:
+                # Retried for ever before (`--since -1`), a warning each time.
+                raise MonitorError(f"alert websocket refused the request: {exc.rcvd.reason or 'policy violation'}") from exc
             if not follow:
                 raise MonitorError(f"alert websocket closed: {exc}{_resume_hint(last, epoch)}") from exc
             logger.warning("alert websocket: %s; reconnecting in %.1fs", exc, delay)

@@ -288,3 +288,11 @@ async def test_tail_gives_up_on_a_lasting_refusal_and_names_the_id_to_resume_fro
         with pytest.raises(MonitorError, match=r"alert API refused: HTTP 401$"):  # no id known yet
             async with asyncio.timeout(20):
                 await tail(f"{base}/ws/alerts", out=io.StringIO())
+
+
+async def test_tail_stops_on_a_request_the_server_refuses_as_wrong(tmp_path: Path) -> None:
+    # The server accepts, then closes with 1008 and the reason. Before: reconnected for ever.
+    async with behind_prefix(tmp_path, "", server={}) as (rt, base):
+        with pytest.raises(MonitorError, match=r"refused the request: since must be an event id from 0 to"):
+            async with asyncio.timeout(20):
+                await tail(f"{base}/ws/alerts", since=-1, out=io.StringIO())
