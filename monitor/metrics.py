@@ -125,6 +125,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.sink_lag = Gauge(
+            "deepfake_monitor_sink_lag_events",
+            "Events in the event log that an alert sink has not delivered yet (newest id minus its cursor).",
+            ["sink"],
+            registry=r,
+        )
         self.http_rejections = Counter(
             "deepfake_monitor_http_rejected_total",
             "HTTP requests rejected before handling, by reason (unauthorized, too_large, timeout, forbidden_origin, too_many_clients).",

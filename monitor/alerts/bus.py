@@ -140,6 +140,9 @@ class SinkRunner:
     # skipping on would drop every alert, so its rejections are retried like any failure
     # until one event gets through.
     MAX_SKIPPED_IN_A_ROW = 3
+    # A send still unfinished after this long counts as failed and is retried: a sink that hangs
+    # (a receiver that accepts and never answers) stalled delivery with nothing counted or logged.
+    SEND_TIMEOUT_S = 60.0
 
     def __init__(
         self, bus: EventBus, sink: AlertSink, name: str, metrics: Metrics,
@@ -156,6 +159,7 @@ class SinkRunner:
         self._skipped_key = f"{name}#skipped_in_a_row"  # kept beside the cursor, across restarts
         self._skipped_in_a_row = 0
         self._wake = asyncio.Event()  # cuts a retry's backoff short (shutdown drain)
+        self._head_at_start = 0  # the log's last id when the runner started (for the lag)
 
     async def start(self) -> None:
         cursor = self.cursor = await self._first_cursor()  # first: if it fails, there is no started sink to close
@@ -165,8 +169,22 @@ class SinkRunner:
         # Series born at zero, so increase() sees the first failure or rejection.
         self.metrics.sink_failures.labels(self.name)
         self.metrics.sink_rejected.labels(self.name)
+        self._head_at_start = await self.bus.on_log(self.bus.log.last_id)
+        self.metrics.sink_lag.labels(self.name).set_function(self.lag)
         await self.sink.start()
         self._task = asyncio.create_task(self._run(cursor), name=f"sink-{self.name}")
+        self._task.add_done_callback(self._ended)
+
+    def lag(self) -> int:
+        """Events in the log this sink has not had yet (read at each scrape, from memory)."""
+        head = max(self._head_at_start, self.bus.last_offered[0] if self.bus.last_offered else 0)
+        return max(head - self.cursor, 0)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            # _run only ends by being stopped: anything else means no more deliveries until a
+            # restart, which must not go unnoticed.
+            logger.error("sink %s stopped delivering: %r", self.name, task.exception())
 
     async def _first_cursor(self) -> int:
         """The stored cursor; for a sink never started before, the log's end, saved at once.
@@ -204,7 +222,11 @@ class SinkRunner:
                     continue
                 for event_id, payload in batch:
                     try:
-                        await self.sink.send(event_id, payload)
+                        try:
+                            async with asyncio.timeout(self.SEND_TIMEOUT_S):
+                                await self.sink.send(event_id, payload)
+                        except TimeoutError:
+                            raise TimeoutError(f"send of event {event_id} took over {self.SEND_TIMEOUT_S:g} s") from None
                     except RejectedEvent as exc:
                         if event_id != rejected_id:
                             rejected_id, rejections = event_id, 0
@@ -229,19 +251,27 @@ class SinkRunner:
                     cursor = event_id
                     await self.bus.on_log(log.set_cursor, self.name, cursor)
                     self.cursor = cursor
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the runner is being stopped
+                # A plugin let a cancellation of its own escape: a failure like any other.
+                # Re-raised, it ended the runner for good, silently.
+                delay = await self._back_off(cursor, str(exc) or "cancelled inside the sink", delay)
             except Exception as exc:
-                # Delivery failures and log errors alike: wait and retry from the cursor, so
-                # nothing is skipped and the runner never dies.
-                self.metrics.sink_failures.labels(self.name).inc()
-                logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, delay)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake.clear()  # cut one backoff short, not every later one
-                delay = min(delay * 2, self.max_retry_delay_s)
+                delay = await self._back_off(cursor, exc, delay)
+
+    async def _back_off(self, cursor: int, exc: BaseException | str, delay: float) -> float:
+        """After a failure (delivery or log alike): count it, wait, and give the next delay. The
+        runner retries from the cursor, so nothing is skipped and it never dies."""
+        self.metrics.sink_failures.labels(self.name).inc()
+        logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, delay)
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()  # cut one backoff short, not every later one
+        return min(delay * 2, self.max_retry_delay_s)
 
     async def _set_skipped(self, n: int) -> None:
         await self.bus.on_log(self.bus.log.set_cursor, self._skipped_key, n)

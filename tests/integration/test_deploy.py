@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_prometheus_rules_are_valid() -> None:
     r = subprocess.run(["promtool", "check", "rules", str(ROOT / "deploy/prometheus/rules.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "9 rules found" in r.stdout
+    assert "10 rules found" in r.stdout
 
 
 def exported_names() -> set[str]:
@@ -30,6 +30,7 @@ def exported_names() -> set[str]:
     metrics = Metrics()
     metrics.sink_failures.labels("webhook")  # labelled series appear once used
     metrics.sink_rejected.labels("webhook")
+    metrics.sink_lag.labels("webhook")
     exported = set(re.findall(r"^# TYPE (\w+) (\w+)", generate_latest(metrics.registry).decode(), re.M))
     names = set()
     for name, kind in exported:

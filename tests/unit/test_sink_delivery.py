@@ -287,6 +287,46 @@ async def test_transient_failures_retry_until_delivered_and_skip_nothing(tmp_pat
     assert sample(metrics, "rejected") == 0  # created at zero, so increase() sees the first one
 
 
+class StuckSink(FlakySink):
+    """Hangs on chosen events a set number of times, or lets a cancellation of its own escape."""
+
+    def __init__(self, hang: dict[int, int] | None = None, leak_cancel: dict[int, int] | None = None) -> None:
+        super().__init__()
+        self.hang = hang or {}
+        self.leak_cancel = leak_cancel or {}
+
+    async def send(self, event_id: int, payload: str) -> None:
+        self.attempts[event_id] += 1
+        if self.attempts[event_id] <= self.hang.get(event_id, 0):
+            await asyncio.Event().wait()  # a receiver that accepted the request and never answers
+        if self.attempts[event_id] <= self.leak_cancel.get(event_id, 0):
+            raise asyncio.CancelledError()  # a library's own cancel scope, leaking
+        self.got.append(event_id)
+
+
+async def test_a_sink_that_hangs_or_leaks_a_cancellation_is_retried_and_its_lag_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: a hung send stalled delivery with nothing counted or logged, and a leaked
+    # CancelledError ended the runner for good, silently.
+    monkeypatch.setattr(SinkRunner, "SEND_TIMEOUT_S", 0.2)
+    metrics = Metrics()
+    sink = StuckSink(hang={2: 1}, leak_cancel={3: 2})
+    lag = lambda: metrics.registry.get_sample_value("deepfake_monitor_sink_lag_events", {"sink": "hook"})  # noqa: E731
+    async with running_sink(tmp_path / "e.sqlite3", sink, metrics) as bus:
+        assert lag() == 0
+        sink.hang[1] = 1
+        await bus.publish([status_event(NOW + i) for i in range(3)])
+        await until(lambda: sink.attempts[1] == 1)
+        assert lag() == 3  # the first send hangs: nothing delivered yet
+        await until(lambda: sink.got == [1, 2, 3])
+        await until(lambda: lag() == 0)
+    assert dict(sink.attempts) == {1: 2, 2: 2, 3: 3}
+    assert sample(metrics, "failures") == 4
+    assert "send of event 1 took over 0.2 s" in caplog.text and "cancelled inside the sink" in caplog.text
+    assert "stopped delivering" not in caplog.text
+
+
 def webhook(status: int, **headers: str) -> WebhookSink:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, headers=headers, text="no such field")
