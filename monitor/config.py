@@ -20,9 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from monitor.errors import ConfigError
@@ -34,7 +34,9 @@ STREAM_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a lett
 DEMO_URL = "demo://astronaut"
 # The logging level names that both the logging module and uvicorn accept.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_yaml_path: ContextVar[Path | None] = ContextVar("monitor_yaml_path", default=None)
+# The configuration file's contents, parsed once by load_settings (a second read of a pipe,
+# `-c <(sops -d ...)`, found it empty and silently ran on the defaults).
+_yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("monitor_yaml_data", default=None)
 
 
 def is_stream_id(value: str) -> bool:
@@ -399,9 +401,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Command-line overrides beat MONITOR_* variables, which beat the YAML file.
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _yaml_path.get()
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        data = _yaml_data.get()
+        if data is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=data))
         return tuple(sources)
 
     @field_validator("log_level")
@@ -585,7 +587,16 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, str):
+                # `on:`, `yes:`, `1:`, `~:` or `? [a, b]`: every key of ours is a name. Such a key
+                # ended in a traceback (and `monitor scan` then exited 1, "alert").
+                shown = repr(key) if isinstance(key, (int, float)) or key is None else "a " + type(key).__name__
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found the key {shown}: keys must be names (YAML reads on/off/yes/no as booleans: quote them)",
+                    key_node.start_mark,
+                )
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
                     f"found duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark,
@@ -613,7 +624,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
-    token = _yaml_path.set(path)
+        loaded = loaded or {}
+    else:
+        loaded = None
+    token = _yaml_data.set(loaded)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -622,4 +636,4 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     except ValueError as exc:  # e.g. a MONITOR_* variable that is not valid JSON
         raise ConfigError(str(exc)) from exc
     finally:
-        _yaml_path.reset(token)
+        _yaml_data.reset(token)

@@ -468,6 +468,45 @@ def test_a_key_given_twice_in_the_file_is_an_error(tmp_path: Path) -> None:
     assert load_settings(cfg).analysis.fps == 5 and load_settings(cfg).policy.alert_enter == 0.9
 
 
+@pytest.mark.parametrize(("text", "key"), [("on: 1\n", "True"), ("1: x\n", "1"), ("~: x\n", "None"), ("? [a, b]\n: 1\n", "a list"),
+                                         ("server:\n  yes: 1\n", "True")])
+def test_a_key_that_is_not_a_name_is_an_error_with_its_line(tmp_path: Path, text: str, key: str) -> None:
+    # Before: AttributeError or TypeError, a traceback (and `monitor scan` exited 1, "alert").
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"found the key {key}: keys must be names \(YAML reads on/off/yes/no as booleans"):
+        load_settings(cfg)
+    result = CliRunner().invoke(app, ["scan", str(tmp_path / "none.mp4"), "-c", str(cfg)])
+    assert result.exit_code == 2 and "keys must be names" in result.output
+
+
+def test_a_config_from_a_pipe_is_read_once_and_applied(tmp_path: Path) -> None:
+    # `-c <(sops -d monitor.yaml)`: the file was read twice, the second read of the pipe found
+    # it empty, and the service ran on the defaults with no error (and no unknown-key check).
+    import os
+    import threading
+
+    fifo = tmp_path / "config.fifo"
+
+    def serve(text: str) -> threading.Thread:
+        def write() -> None:
+            with open(fifo, "w") as f:
+                f.write(text)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        return thread
+
+    os.mkfifo(fifo)
+    writer = serve("server:\n  port: 1234\n")
+    assert load_settings(fifo).server.port == 1234
+    writer.join(5)
+    writer = serve("server:\n  port: 1234\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus: unknown key"):
+        load_settings(fifo)
+    writer.join(5)
+
+
 def test_cors_origins_are_kept_as_browsers_send_them() -> None:
     from monitor.config import ServerConfig
 
