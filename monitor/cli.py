@@ -241,7 +241,9 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (none either when stderr is not a terminal)."),
 ) -> None:
     """Run the streaming pipeline over every clip of a manifest (or of dataset sources); report
-    AUC, EER, accuracy, time to detect and false alarms per hour, overall and per group."""
+    AUC, EER, accuracy, time to detect and false alarms per hour, overall and per group.
+    Exit status: 0, or 2 on bad input, including any clip that could not be read (missing,
+    not a video): the report and --json are still written, naming each."""
     from monitor.config import load_settings
     from monitor.training.evaluate import default_workers, format_report
     from monitor.training.evaluate import evaluate as run_evaluate
@@ -266,6 +268,11 @@ def evaluate(
             json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         except OSError as exc:
             _fail(ConfigError(f"cannot write {json_out}: {exc.strerror or exc}"))
+    unread = sum(1 for clip in report.clips if clip.verdict == "error")
+    if unread:
+        # A broken mount or a wrong --root reported "-" everywhere and exited 0: a scripted
+        # evaluation could not tell it from a real run. Clips with no face are not errors.
+        _fail(MonitorError(f"{unread} of {len(report.clips)} clips could not be read (listed above under 'could not judge')"))
 
 
 @config_app.command("schema")

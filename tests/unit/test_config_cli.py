@@ -89,6 +89,8 @@ def test_unknown_and_bad_keys_are_named(tmp_path: Path, served: list[Settings], 
         (["evaluate"], "give a manifest or at least one --source"),
         (["evaluate", "{ok}", "--source", "tsv:{ok}"], "give a manifest or --source, not both"),
         (["evaluate", "--source", "real:{tmp}/none"], "real:{tmp}/none"),
+        # Reported and written, then exit 2: before, a wrong --root or a broken mount exited 0.
+        (["evaluate", "{ok}", "--workers", "1", "-q"], "1 of 1 clips could not be read"),
         (["train", "--source", "tsv:{ok}", "--source", "tsv:{ok}", "--out", "{tmp}/b"], "the same video is in two sources"),
         (["sbi", "pack", "--source", "tsv:{ok}", "--source", "tsv:{ok}", "--out", "{tmp}/p.npz"], "the same video is in two sources"),
     ],
