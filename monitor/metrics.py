@@ -14,6 +14,9 @@ from monitor.types import EventType, Severity, TrackState
 
 # Latency buckets from 1 ms to 5 s: a frame->verdict path is ~10-100 ms when healthy.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+# Stage times start far lower: converting a frame takes microseconds and the policy tens of
+# them; with LATENCY_BUCKETS both sat in the first bucket and every p95 read about 0.95 ms.
+STAGE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005) + LATENCY_BUCKETS
 STAGES = ("convert", "faces", "detect", "policy")
 
 
@@ -62,7 +65,7 @@ class Metrics:
             "deepfake_monitor_stage_duration_seconds",
             "Wall time of each analysis stage per analysed frame.",
             ["stage"],
-            buckets=LATENCY_BUCKETS,
+            buckets=STAGE_BUCKETS,
             registry=r,
         )
         self.frame_to_verdict_seconds = Histogram(

@@ -513,3 +513,17 @@ async def test_frames_older_than_max_frame_age_are_skipped_and_counted_as_stale(
         assert p.frames_analysed == 3
     finally:
         await p.aclose()
+
+
+def test_stage_times_of_microseconds_are_resolved() -> None:
+    # Converting a frame takes microseconds and the policy tens of them: with buckets from 1 ms,
+    # both sat in the first one and their p95 always read about 0.95 ms.
+    from monitor.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.stage_seconds.labels("convert").observe(3e-6)
+    metrics.stage_seconds.labels("policy").observe(30e-6)
+    sample = metrics.registry.get_sample_value
+    assert sample("deepfake_monitor_stage_duration_seconds_bucket", {"stage": "convert", "le": "1e-05"}) == 1
+    assert sample("deepfake_monitor_stage_duration_seconds_bucket", {"stage": "policy", "le": "2.5e-05"}) == 0
+    assert sample("deepfake_monitor_stage_duration_seconds_bucket", {"stage": "policy", "le": "5e-05"}) == 1
