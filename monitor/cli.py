@@ -30,6 +30,11 @@ def _setup_logging(level: str) -> None:
     install_log_redaction()  # before any client logs a URL with its credentials
 
 
+# `scan` and `evaluate` open no port: the server's bind (say MONITOR_SERVER__HOST=0.0.0.0 in the
+# container image, without a token) must not refuse them.
+OFFLINE_SERVER = {"host": "127.0.0.1"}
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
     raise typer.Exit(2)
@@ -105,7 +110,7 @@ def _scan(target: str, json_out: Path | None, config: Path | None, duration: flo
     from monitor.pipeline.offline import scan as run_scan
 
     try:
-        settings = load_settings(config, demo=False)
+        settings = load_settings(config, demo=False, server=OFFLINE_SERVER)
     except ConfigError as exc:
         _fail(exc)
     _setup_logging("WARNING")
@@ -249,7 +254,7 @@ def evaluate(
     from monitor.training.evaluate import evaluate as run_evaluate
 
     try:
-        settings = load_settings(config, demo=False)
+        settings = load_settings(config, demo=False, server=OFFLINE_SERVER)
     except ConfigError as exc:
         _fail(exc)
     _setup_logging("WARNING")

@@ -162,6 +162,12 @@ class ServerConfig(Strict):
     def _token_fits_a_header(cls, token: str | None) -> str | None:
         return bearer_token(token)
 
+    @field_validator("host")
+    @classmethod
+    def _host_unbracketed(cls, host: str) -> str:
+        # `[::1]` as a URL writes it: passed on as it is, the bind failed ("Name or service not known").
+        return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
     @field_validator("cors_origins")
     @classmethod
     def _origins_as_browsers_send_them(cls, origins: tuple[str, ...]) -> tuple[str, ...]:

@@ -75,7 +75,10 @@ def check_target(url: str, token: str | None) -> None:
     """Refuse what no retry can fix with a clear error, before connecting: a URL that is not
     ws(s)://host[:port]/... (a port past 65535 raised OverflowError deep in the socket code)
     and a token that cannot be sent in a header (not printable ASCII)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a traceback before
+        raise MonitorError(f"--url {redact_url(url)!r}: {exc}") from None
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise MonitorError(f"--url {redact_url(url)!r} is not a ws:// or wss:// URL with a host")
     try:
@@ -150,6 +153,7 @@ async def tail(
     passes (5xx, 408, 429: a proxy while the service restarts) and a connection closed before
     the handshake are retried with backoff, like a disconnect. Every error names the id to
     resume from."""
+    check_target(url, token)  # first: it turns a URL nothing can parse into a clear error
     url, url_token = take_token(url)
     token = token or url_token
     check_target(url, token)

@@ -405,6 +405,8 @@ def test_a_broken_plugin_is_a_config_error_and_does_not_hide_the_schema(monkeypa
         (["alerts", "--url", "ws://127.0.0.1:99999/ws/alerts"], "Port out of range"),
         (["alerts", "--url", "http://127.0.0.1:8080/ws/alerts"], "not a ws:// or wss:// URL"),
         (["alerts", "--token", "héllo-wörld-0123456789"], "printable ASCII"),
+        (["alerts", "--url", "ws://[::1/ws/alerts"], "Invalid IPv6 URL"),
+        (["alerts", "--url", "ws://[::1/ws/alerts?access_token=x"], "Invalid IPv6 URL"),
     ],
 )
 def test_bad_input_to_the_cli_is_a_one_line_error_with_exit_code_2(
@@ -507,6 +509,23 @@ def test_a_config_from_a_pipe_is_read_once_and_applied(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bogus: unknown key"):
         load_settings(fifo)
     writer.join(5)
+
+
+def test_offline_commands_ignore_the_servers_bind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in the container image: MONITOR_SERVER__HOST=0.0.0.0 and no token. `scan` opens no port;
+    # before, it was refused with "set server.token".
+    monkeypatch.setenv("MONITOR_SERVER__HOST", "0.0.0.0")
+    r = CliRunner().invoke(app, ["scan", str(tmp_path / "none.mp4")])
+    assert r.exit_code == 2 and "none.mp4" in r.output and "server.token" not in r.output, r.output
+    r = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "server.token" in r.output
+
+
+def test_a_bracketed_ipv6_host_is_bound_without_its_brackets(tmp_path: Path) -> None:
+    settings = load_settings(None, server={"host": "[::1]"})
+    assert settings.server.host == "::1" and settings.server.is_loopback
+    with pytest.raises(ConfigError, match="set server.token"):
+        load_settings(None, server={"host": "[::]"})
 
 
 def test_cors_origins_are_kept_as_browsers_send_them() -> None:
