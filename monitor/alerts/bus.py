@@ -51,16 +51,19 @@ class EventBus:
         # first: a live subscriber that has not got it after a while is cut off (see /api/streams).
         self.last_offered: tuple[int, str] | None = None
 
-    async def publish(self, events: Sequence[Event]) -> list[StoredEvent]:
+    async def publish(self, events: Sequence[Event], started: asyncio.Event | None = None) -> list[StoredEvent]:
         """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
         split the two: once the append is under way the executor thread commits it whatever
         happens to us, so the fan-out must follow, or a live client would get the next event
         (a higher id) and skip these for good. A cancelled caller still sees CancelledError,
         but only after the fan-out, and with the lock held until then, so no later publish
-        offers a higher id first."""
+        offers a higher id first. ``started`` is set once the write is under way: a caller
+        cancelled before then (waiting for the lock) knows nothing was written."""
         if not events:
             return []
         async with self._lock:
+            if started is not None:
+                started.set()
             step = asyncio.ensure_future(self._append_and_offer(list(events)))
             try:
                 return await asyncio.shield(step)

@@ -298,10 +298,12 @@ class StreamPipeline:
         delay = 0.2
         failures = 0
         waiting = False  # in the backoff sleep between two tries
+        started = asyncio.Event()  # set by the bus once a try's write is under way
         try:
             while True:
+                started.clear()
                 try:
-                    await self.bus.publish(events)
+                    await self.bus.publish(events, started)
                     if failures:
                         logger.warning("stream %s: event log writable again after %d failed attempts", self.id, failures)
                     return
@@ -323,9 +325,10 @@ class StreamPipeline:
                     waiting = False
                     delay = min(delay * 2, self.PUBLISH_BACKOFF_MAX_S)
         except asyncio.CancelledError:
-            # Cancelled between tries (a removal past its stop wait): not written. Cancelled
-            # during a try, the bus finishes that write first, so it may well be stored.
-            if waiting:
+            # Cancelled between tries (a removal past its stop wait), or during a try still
+            # waiting for the bus (another write held up by a busy log): not written. Cancelled
+            # once a try's write was under way, the bus finishes it first: stored.
+            if waiting or not started.is_set():
                 self._log_dropped(events, "the stream was stopped before the log took them")
             raise
 

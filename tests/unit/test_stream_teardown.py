@@ -287,7 +287,9 @@ class FlakyBus:
         self.calls = 0
         self.stored: list[Event] = []
 
-    async def publish(self, events: list[Event]) -> list[Any]:
+    async def publish(self, events: list[Event], started: asyncio.Event | None = None) -> list[Any]:
+        if started is not None:
+            started.set()  # no lock to wait for
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("database is locked")
@@ -319,7 +321,9 @@ class FullDiskBus:
         self.calls = 0
         self.stored: list[Event] = []
 
-    async def publish(self, events: list[Event]) -> list[Any]:
+    async def publish(self, events: list[Event], started: asyncio.Event | None = None) -> list[Any]:
+        if started is not None:
+            started.set()  # no lock to wait for
         self.calls += 1
         if self.calls <= self.failures:
             raise sqlite3.OperationalError("database or disk is full")
@@ -360,7 +364,9 @@ class PoisonBus(FullDiskBus):
         super().__init__(failures=10**9)
         self.error = error
 
-    async def publish(self, events: list[Event]) -> list[Any]:
+    async def publish(self, events: list[Event], started: asyncio.Event | None = None) -> list[Any]:
+        if started is not None:
+            started.set()  # no lock to wait for
         self.calls += 1
         raise self.error
 
@@ -412,7 +418,9 @@ class SlowAfterAFailureBus(FullDiskBus):
         self.armed = False
         self.writing = asyncio.Event()
 
-    async def publish(self, events: list[Event]) -> list[Any]:
+    async def publish(self, events: list[Event], started: asyncio.Event | None = None) -> list[Any]:
+        if started is not None:
+            started.set()  # no lock to wait for
         if self.armed:
             self.calls += 1
             if self.calls == 1:
@@ -445,6 +453,38 @@ async def test_a_publish_cancelled_during_a_write_is_not_reported_as_dropped(
     bus.armed = False
     await m.remove("cam")
     assert "dropped" not in caplog.text
+
+
+async def test_a_publish_cancelled_while_it_waits_for_the_log_is_reported_as_dropped(
+    parts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another write held the bus, stuck on a busy log (a backup's lock): a stream removed past
+    # its stop wait meanwhile lost its events with no line saying so.
+    settings, log, _, metrics = parts
+    bus = EventBus(log, metrics)
+    m = StreamManager(settings, bus, metrics, SystemClock(), Constant, lambda stream_id: NoFaces())
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    event = Event(EventType.STREAM_STATUS, "cam", Severity.INFO, 0.0, StreamStatusData(StreamState.RUNNING, "probe", 0))
+    release = threading.Event()
+    append = log.append
+
+    def stuck(events: Any) -> Any:
+        release.wait(10)
+        return append(events)
+
+    log.append = stuck  # type: ignore[method-assign]
+    other = asyncio.create_task(bus.publish([event]))
+    await asyncio.sleep(0.1)  # it holds the bus, its write stuck
+    log.append = append  # type: ignore[method-assign]
+    publishing = asyncio.create_task(pipeline._publish([event]))
+    await asyncio.sleep(0.1)
+    publishing.cancel()
+    await asyncio.gather(publishing, return_exceptions=True)
+    release.set()
+    await other
+    await m.remove("cam")
+    await bus.aclose()
+    assert "stream cam: dropped 1 events, the stream was stopped before the log took them" in caplog.text
 
 
 class GoesQuiet(ThreadedSource):
