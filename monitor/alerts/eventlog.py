@@ -147,6 +147,11 @@ class EventLog:
         # of the file does not carry it, so a restored (older) copy is told apart.
         self._mark = path.with_name(path.name + ".mark")
         self.epoch = self._load_epoch()
+        # A second connection for clients' reads (replays, /api/events): WAL lets it read while
+        # the first writes, so a client replaying a long history does not hold up the writes,
+        # and with them every stream's analysis.
+        self._reader_lock = threading.Lock()
+        self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
 
     def _load_epoch(self) -> str:
         """This log's epoch: random, made when the log is created and kept for its life. Ids
@@ -243,10 +248,12 @@ class EventLog:
                 raise
         return stored
 
-    def read_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str]]:
-        """Events with id > after_id, oldest first, as (id, CloudEvents JSON)."""
-        with self._lock:
-            rows = self._db.execute(
+    def read_since(self, after_id: int, limit: int = 500, reader: bool = False) -> list[tuple[int, str]]:
+        """Events with id > after_id, oldest first, as (id, CloudEvents JSON). ``reader``: on
+        the readers' connection, which sees every committed write and waits for none."""
+        lock, db = (self._reader_lock, self._reader) if reader else (self._lock, self._db)
+        with lock:
+            rows = db.execute(
                 "SELECT id, type, stream_id, time, subject, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
@@ -255,11 +262,12 @@ class EventLog:
             for r in rows
         ]
 
-    def read_last(self, n: int) -> list[tuple[int, str]]:
+    def read_last(self, n: int, reader: bool = False) -> list[tuple[int, str]]:
         """The newest ``n`` events, oldest first (for a dashboard's first paint)."""
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
-        return self.read_since(max(int(row[0]) - n, 0), n)
+        lock, db = (self._reader_lock, self._reader) if reader else (self._lock, self._db)
+        with lock:
+            row = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        return self.read_since(max(int(row[0]) - n, 0), n, reader)
 
     def render(self, stored: StoredEvent) -> str:
         e = stored.event
@@ -368,5 +376,7 @@ class EventLog:
             )
 
     def close(self) -> None:
+        with self._reader_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()

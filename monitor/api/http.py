@@ -400,7 +400,7 @@ def create_app(
             reason = log_mismatch(since, epoch, last_id, bus.log.epoch)
             if reason:
                 return JSONResponse({"error": reason, "last_id": last_id, "epoch": bus.log.epoch}, status_code=409)
-        rows = await (bus.read_last(last) if last is not None else bus.read_since(since, limit))
+        rows = await (bus.replay_last(last) if last is not None else bus.replay_since(since, limit))
         return Response("[" + ",".join(payload for _, payload in rows) + "]", media_type="application/json")
 
     @app.get("/api/alerts/{alert_id}/evidence", dependencies=[Depends(require_token)], tags=["alerts"])
@@ -637,7 +637,7 @@ async def serve_subscriber(
         nonlocal last_sent
         # Replay everything up to the moment we subscribed; the queue holds what came after.
         while last_sent < sub.start_id:
-            rows = await bus.read_since(last_sent, 500)
+            rows = await bus.replay_since(last_sent, 500)
             for event_id, payload in rows:
                 if event_id > sub.start_id:
                     break
