@@ -96,6 +96,8 @@ def _ear(lm: np.ndarray, eye: tuple[int, ...]) -> float:
 def landmark_features(obs: FaceObservation) -> LandmarkFeatures | None:
     """Normalised geometry of one observation, or None when the face is too degenerate."""
     lm = obs.landmarks.astype(np.float64)
+    if not np.isfinite(lm).all():
+        return None  # one NaN landmark made the logit NaN, which the clamp turned into p = 1.0
     xy = lm[:, :2]
     contour = xy[CONTOUR]
     centre = contour.mean(axis=0)
@@ -200,6 +202,8 @@ class LandmarkBaselineDetector:
             # The window itself is long enough but turned-away or cut-off faces left too little.
             reason = "too_few_usable_frames" if long_enough else "window_too_short"
             return Score(probability=None, reasons=(reason,))
+        if not np.isfinite(vec).all():
+            return Score(probability=None, reasons=("invalid_features",))
         z = (vec - np.array(FEATURE_MEAN)) / np.array(FEATURE_STD)
         terms = np.array(COEF) * z
         logit = INTERCEPT + float(terms.sum())

@@ -300,6 +300,8 @@ class FaceTracker:
         landmark_sets = [
             landmarks_to_array(lm, width, height) for lm in (result.multi_face_landmarks or ())
         ]
+        # A mesh with a non-finite point is no face: its NaN box would start a phantom track.
+        landmark_sets = [lm for lm in landmark_sets if np.isfinite(lm).all()]
         boxes = [bbox_of(lm) for lm in landmark_sets]
         ids, ended = self._assigner.update(frame.pts_s, boxes, (width, height))
         self._pending_ended.update(dict.fromkeys(ended))

@@ -92,13 +92,15 @@ class TrackSnapshot:
 def quality_reasons(q: FaceQuality, c: AnalysisConfig) -> tuple[str, ...]:
     """Reason codes for a face too poor to judge; empty when it is usable."""
     reasons = []
-    if q.face_px < c.min_face_px:
+    # Written so that NaN fails each test: every comparison with NaN is False, and a face stage
+    # plugin's NaN quality passed them all before.
+    if not q.face_px >= c.min_face_px:
         reasons.append("low_resolution")
-    if q.blur < c.min_blur:
+    if not q.blur >= c.min_blur:
         reasons.append("blurred")
-    if q.out_of_frame > 0.15:
+    if not q.out_of_frame <= 0.15:
         reasons.append("out_of_frame")
-    if q.occlusion > 0.6:
+    if not q.occlusion <= 0.6:
         reasons.append("occluded")
     if reasons:
         reasons.insert(0, "low_quality")

@@ -114,6 +114,28 @@ def test_full_window_gives_a_probability_with_named_signals(base_landmarks: np.n
     assert all(0.0 <= s.value <= 1.0 for s in score.signals)
 
 
+def test_a_non_finite_landmark_is_no_evidence(base_landmarks: np.ndarray) -> None:
+    # One NaN point made the logit NaN, which the clamp turned into p = 1.0: an alert from nothing.
+    detector = LandmarkBaselineDetector()
+    frames = sequence(base_landmarks, 30, jitter=0.005)
+    assert detector.score(scored(detector, frames)).probability < 0.5
+    frames[20] = frames[20].copy()
+    frames[20][13, 1] = np.nan
+    score = detector.score(scored(detector, frames))  # that frame is left out, as a turned-away one
+    assert score.probability is not None and score.probability < 0.5
+
+
+def test_non_finite_face_quality_is_not_usable() -> None:
+    from monitor.pipeline.analyzer import quality_reasons
+
+    config = AnalysisConfig()
+    good = FaceQuality(face_px=90.0, blur=500.0, out_of_frame=0.0, occlusion=0.0, confidence=1.0)
+    assert quality_reasons(good, config) == ()
+    for field in ("face_px", "blur", "out_of_frame", "occlusion"):
+        bad = FaceQuality(**{**good.__dict__, field: float("nan")})
+        assert quality_reasons(bad, config)[0] == "low_quality", field
+
+
 def test_scores_are_deterministic_and_depend_on_the_input(base_landmarks: np.ndarray) -> None:
     detector = LandmarkBaselineDetector()
     probs = [
