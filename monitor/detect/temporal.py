@@ -172,7 +172,15 @@ class TemporalDetector:
 
     def score(self, window: TrackWindow) -> Score:
         rows = thin_rows([f for f in window.features if f is not None], self.config.window_fps)
-        if len(rows) < self.config.min_observations or rows[-1].t - rows[0].t < self.config.min_span_s:
+        # The warm-up counts only the rows since the face was last unreadable for longer than the
+        # appearance pool: a face back after 3.5 s was otherwise judged on its first frame (a
+        # pool of one row, weighing about 6 times as much), which the policy took as its score.
+        fresh = rows
+        for i in range(len(rows) - 1, 0, -1):
+            if rows[i].t - rows[i - 1].t > self.config.appearance_s:
+                fresh = rows[i:]
+                break
+        if len(fresh) < self.config.min_observations or fresh[-1].t - fresh[0].t < self.config.min_span_s:
             return Score(None, reasons=("window_too_short",))
         # Keyed by the window object and its first time: track ids restart with every stream.
         key = (id(window), window.stream_id, window.track_id, window.first_t or 0.0)

@@ -106,6 +106,19 @@ def test_score_needs_a_short_window_then_judges(bundle_dir: Path, backend: str) 
     assert sum(s.weight for s in full.signals) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_face_back_after_a_long_gap_warms_up_again(bundle_dir: Path) -> None:
+    # Usable for 3 s, unreadable for 3.5 s, back: its first frame alone was judged (and the
+    # policy took that as the track's score); a new face would wait for 5 rows over 0.4 s.
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    before, after = cues(30), [dataclasses.replace(r, t=r.t + 6.5) for r in cues(5)]
+    assert det.score(window_of(before + after[:1])).reasons == ("window_too_short",)
+    assert det.score(window_of(before + after[:4], track=2)).reasons == ("window_too_short",)
+    assert det.score(window_of(before + after, track=3)).probability is not None
+    # Short gaps (a blink of bad frames, a slow analysis rate) do not restart it.
+    short_gap = before + [dataclasses.replace(r, t=r.t + 4.5) for r in cues(1)]
+    assert det.score(window_of(short_gap, track=4)).probability is not None
+
+
 def test_score_rises_with_the_appearance_logit(bundle_dir: Path) -> None:
     det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
     low = det.score(window_of(cues(20, logit=-3.0), track=1)).probability
