@@ -58,8 +58,13 @@ def verify(directory: Path, manifest_sha256: str | None) -> tuple[dict[str, Any]
             f"manifest_sha256: {actual}) or train with --out into a folder of its own; to go back "
             f"to the shipped weights, restore the folder (git checkout -- {directory})"
         )
-    manifest = json.loads(raw)
-    files = manifest["files"]
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError("`files` is not a mapping")
+    except (ValueError, KeyError, TypeError) as exc:  # a traceback before, naming no file
+        raise ConfigError(f"detector weights: {path} is not a bundle manifest ({type(exc).__name__}: {exc})") from None
     contents: dict[str, bytes] = {}
     for name in FILES:
         expected = files.get(name)
@@ -89,7 +94,7 @@ class Fusion:
     @classmethod
     def from_json(cls, text: str | bytes) -> Fusion:
         d = json.loads(text)
-        return cls(
+        fusion = cls(
             names=tuple(d["names"]),
             mean=np.array(d["mean"], np.float64),
             std=np.array(d["std"], np.float64),
@@ -97,6 +102,13 @@ class Fusion:
             intercept=float(d["intercept"]),
             branch=tuple(d["branch"]),
         )
+        # Checked here: a wrong length loaded fine and then failed every frame (a broadcast error).
+        n = len(fusion.names)
+        for name in ("mean", "std", "coef", "branch"):
+            got = getattr(fusion, name)
+            if len(got) != n or (name != "branch" and np.ndim(got) != 1):
+                raise ValueError(f"fusion `{name}` has {len(got)} entries for {n} features")
+        return fusion
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -215,4 +227,8 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
         torch.set_num_threads(1)
         app = _TorchAppearance(files["appearance.pt"], width, members)
         geo = _TorchGeometry(files["geometry.pt"], GEOMETRY_DIM, members)
-    return Bundle(directory, app, geo, Fusion.from_json(files["fusion.json"]), meta)
+    try:
+        fusion = Fusion.from_json(files["fusion.json"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"detector weights: {directory / 'fusion.json'} is not a fusion ({type(exc).__name__}: {exc})") from None
+    return Bundle(directory, app, geo, fusion, meta)

@@ -72,6 +72,37 @@ def test_tampered_weights_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
         load_bundle(copy, "onnx", None)
 
 
+@pytest.mark.parametrize(
+    ("manifest", "fusion_len", "message"),
+    [
+        (b"not json", None, "manifest.json is not a bundle manifest"),
+        (b'{"nofiles": 1}', None, "manifest.json is not a bundle manifest"),
+        (b'{"files": [1, 2]}', None, "manifest.json is not a bundle manifest"),
+        (None, 3, "fusion.json is not a fusion"),
+    ],
+)
+def test_a_malformed_bundle_is_a_config_error(bundle_dir: Path, tmp_path: Path, manifest: bytes | None, fusion_len: int | None, message: str) -> None:
+    # Before: JSONDecodeError, KeyError or AttributeError; a short fusion loaded and then failed on every frame.
+    import hashlib
+    import json
+
+    copy = tmp_path / "b"
+    copy.mkdir()
+    for name in (*FILES, "manifest.json"):
+        (copy / name).write_bytes((bundle_dir / name).read_bytes())
+    if fusion_len is not None:
+        fusion = json.loads((copy / "fusion.json").read_text())
+        fusion["coef"] = fusion["coef"][:fusion_len]
+        (copy / "fusion.json").write_text(json.dumps(fusion))
+        meta = json.loads((copy / "manifest.json").read_text())
+        meta["files"]["fusion.json"] = hashlib.sha256((copy / "fusion.json").read_bytes()).hexdigest()
+        manifest = json.dumps(meta).encode()
+    assert manifest is not None
+    (copy / "manifest.json").write_bytes(manifest)
+    with pytest.raises(ConfigError, match=message):
+        load_bundle(copy, "onnx", None)
+
+
 def cues(n: int, dt: float = 0.1, logit: float = 0.0) -> list[FrameCues]:
     rng = np.random.default_rng(1)
     geo = rng.uniform(0.3, 0.7, GEOMETRY_DIM).astype(np.float32)
