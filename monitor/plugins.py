@@ -29,7 +29,9 @@ class Source(Protocol):
     """A stream of decoded frames. ``recv`` raises ``SourceEnded`` at end of stream.
 
     Decoding happens in the source's own thread; ``recv`` returns the newest frame and the
-    source counts every frame it had to drop because the consumer was slower.
+    source counts every frame it had to drop because the consumer was slower. A frame's
+    ``decoded`` is a PyAV frame or an ndarray: (H, W, 3) uint8 RGB (grey and RGBA uint8 are
+    converted; other layouts fail the frame with a ValueError saying so).
     """
 
     stream_id: str

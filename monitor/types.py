@@ -52,12 +52,30 @@ class Frame:
         return cls(stream_id, seq, pts_s, received_at, w, h, decoded, o)
 
     def rgb(self) -> np.ndarray:
+        """The frame as (H, W, 3) uint8 RGB. A source plugin may hand over an ndarray: grey
+        (H, W) or (H, W, 1) and RGBA (H, W, 4) uint8 are converted; anything else is a
+        ValueError saying what is expected (before: IndexError, TypeError deep in MediaPipe)."""
         if isinstance(self.decoded, np.ndarray):
-            return self.decoded
+            return as_rgb24(self.decoded)
         image = self.decoded.to_ndarray(format="rgb24")
         if self.orientation:
             image = orient(image, self.orientation)
         return readonly(image)
+
+
+def as_rgb24(image: np.ndarray) -> np.ndarray:
+    """``image`` as (H, W, 3) uint8 RGB: grey and RGBA uint8 converted, the rest refused."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"a frame must be uint8 RGB (H, W, 3), not {image.dtype}: scale it to 8 bits in the source")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"a frame must be uint8 RGB (H, W, 3), not an array of shape {image.shape}")
+    if image.shape[2] == 1:
+        return readonly(np.repeat(image, 3, axis=2))
+    if image.shape[2] == 4:
+        return readonly(np.ascontiguousarray(image[:, :, :3]))
+    return image
 
 
 # (transpose, flip rows, flip columns), applied in that order: the eight ways a display matrix

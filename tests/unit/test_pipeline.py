@@ -527,3 +527,25 @@ def test_stage_times_of_microseconds_are_resolved() -> None:
     assert sample("deepfake_monitor_stage_duration_seconds_bucket", {"stage": "convert", "le": "1e-05"}) == 1
     assert sample("deepfake_monitor_stage_duration_seconds_bucket", {"stage": "policy", "le": "2.5e-05"}) == 0
     assert sample("deepfake_monitor_stage_duration_seconds_bucket", {"stage": "policy", "le": "5e-05"}) == 1
+
+
+def test_a_source_plugins_array_frames_are_rgb_or_a_clear_error() -> None:
+    # Grey, RGBA, 16-bit or float arrays failed deep in MediaPipe (IndexError, TypeError).
+    import numpy as np
+
+    from monitor.types import Frame
+
+    def frame(image: np.ndarray) -> Frame:
+        return Frame("s", 0, 0.0, 0.0, image.shape[1], image.shape[0], image)
+
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert (frame(grey).rgb() == np.repeat(grey[:, :, None], 3, axis=2)).all()
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 3] = 255
+    assert frame(rgba).rgb().shape == (3, 4, 3) and not frame(rgba).rgb().any()
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    assert frame(rgb).rgb() is rgb
+    for bad, message in [(np.zeros((3, 4, 3), np.uint16), "not uint16"), (np.zeros((3, 4, 2), np.uint8), "shape"),
+                         (np.zeros((3, 4, 3), np.float32), "not float32")]:
+        with pytest.raises(ValueError, match=message):
+            frame(bad).rgb()
