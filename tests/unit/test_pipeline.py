@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -206,8 +207,7 @@ def test_a_frame_the_detector_cannot_read_is_no_fresh_evidence(metrics: Metrics,
     verdicts = []
     for i in range(40):
         if over_budget and i == 10:
-            ticks = iter(np.arange(0, 1000, 0.25))  # from t = 1.0 on, every analysis runs over budget
-            a._timer = lambda: float(next(ticks))
+            a._timer = detector_heavy_timer()  # from t = 1.0 on, every analysis runs over budget
         verdicts.extend(a.analyse(frame(i, i / 10, clock.monotonic())).verdicts)
         clock.advance(0.1)
     if over_budget:
@@ -230,16 +230,36 @@ def test_a_track_window_keeps_no_crops() -> None:
     assert obs.crop is crop  # the caller's observation is untouched
 
 
+def detector_heavy_timer() -> Callable[[], float]:
+    """The analyzer's timer (five reads a frame: before and after each stage) with each frame's
+    detector stage taking 300 ms and the rest 1 ms: over the 100 ms budget because of the detector."""
+    ticks = iter(base + step for base in itertools.count(0.0, 1.0) for step in (0.0, 0.0005, 0.001, 0.301, 0.3015))
+    return lambda: float(next(ticks))
+
+
 def test_over_budget_skips_detector_work_instead_of_queueing(metrics: Metrics) -> None:
     clock = FakeClock()
     det = CountingDetector()
     a = analyzer(det, FakeFaces(), metrics, clock)
-    ticks = iter(np.arange(0, 100, 0.25))  # every timer read advances 250 ms: always over budget
-    a._timer = lambda: float(next(ticks))
+    a._timer = detector_heavy_timer()
     for i in range(10):
         a.analyse(frame(i, i / 10))
     assert det.features_calls < 10
     assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 4
+
+
+def test_no_skip_when_finding_faces_alone_is_over_budget(metrics: Metrics) -> None:
+    # Skipping the detector cannot bring such a frame within the budget: it only halved every
+    # window's row rate (scores shift, a new face's first score came twice as late).
+    clock = FakeClock()
+    det = CountingDetector()
+    a = analyzer(det, FakeFaces(), metrics, clock)
+    ticks = iter(np.arange(0, 1000, 0.25))  # every stage 250 ms: faces alone over the budget
+    a._timer = lambda: float(next(ticks))
+    for i in range(10):
+        a.analyse(frame(i, i / 10))
+    assert det.features_calls == 10
+    assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) == 0
 
 
 def test_always_over_budget_still_feeds_every_window(metrics: Metrics) -> None:
