@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -62,19 +65,22 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
-        try:
-            log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
-        except (OSError, sqlite3.Error) as exc:  # a data_dir that is a file, not writable, full
-            raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
-        stack.callback(log.close)
+        # First: a second service on the same data_dir closed the first one's live alerts as
+        # "service_restarted" and ran every sink twice.
+        stack.enter_context(data_dir_lock(settings.data_dir))
         evidence = EvidenceStore(
             settings.data_dir / "evidence", lambda ok: metrics.evidence_saved.labels("saved" if ok else "failed").inc()
         )
         # After the streams stop (registered before them): what their last alerts queued is written.
         stack.push_async_callback(asyncio.to_thread, evidence.close)
-        # Old evidence goes with old events, also when saving it has been turned off since; first,
-        # as it frees the room the log's own pruning needs on a full disk.
+        # Old evidence goes with old events, also when saving it has been turned off since; before
+        # the log is opened, as on a full disk opening it fails until something is freed.
         await asyncio.to_thread(evidence.prune, clock.time() - settings.alerts.retention_days * 86400)
+        try:
+            log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+        except (OSError, sqlite3.Error) as exc:  # a data_dir that is a file, not writable, full
+            raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
+        stack.callback(log.close)
         try:
             prune_event_log(log, settings, clock.time())
         except sqlite3.Error as exc:
@@ -133,6 +139,35 @@ async def close_sinks(runners: list[SinkRunner], drain_s: float) -> None:
     for runner, result in zip(runners, results):
         if isinstance(result, BaseException):
             logger.warning("closing sink %s failed: %r", runner.name, result)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir`` for this service alone (an advisory lock on ``data_dir/.lock``, released
+    when the process ends, however it ends). ConfigError naming the holder when another has it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a data_dir that is a file, not writable
+        raise ConfigError(f"cannot open the event log in data_dir {data_dir}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            raise ConfigError(
+                f"data_dir {data_dir} is in use by another deepfake-monitor (pid {holder}): two services "
+                "on one event log would close each other's alerts and deliver every event twice. "
+                "Give each service its own data_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # Reason code added to the alert.closed written at start-up for an alert a previous run left open.

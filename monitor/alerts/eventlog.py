@@ -136,6 +136,10 @@ class EventLog:
         self.path = path
         self.instance = instance
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Created for the service's user only: the log names streams, tracks and alerts.
+            # SQLite gives its -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
         # timeout: wait for a lock held by a backup or another reader instead of failing at once.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -201,7 +205,7 @@ class EventLog:
         and its folder."""
         try:
             tmp = self._mark.with_name(self._mark.name + ".tmp")
-            with open(tmp, "w", encoding="ascii") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="ascii") as f:
                 f.write(f"{epoch} {last_id}\n")
                 if durable:
                     f.flush()

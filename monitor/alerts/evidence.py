@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
 import shutil
@@ -149,7 +150,9 @@ class EvidenceStore:
         final = self.root / alert.alert_id
         tmp = self.root / f".{alert.alert_id}.tmp"
         try:
-            tmp.mkdir(parents=True, exist_ok=True)
+            # Faces: readable by the service's user only (0700 folders, 0600 files).
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp.mkdir(exist_ok=True, mode=0o700)
             if bbox is not None:  # drawn on the writer's own scaled copy
                 x0, y0, x1, y1 = (int(round(v * scale)) for v in bbox)
                 cv2.rectangle(shown, (x0, y0), (x1, y1), BOX_COLOUR, max(1, round(2 * max(shown.shape[:2]) / 640)))
@@ -170,7 +173,7 @@ class EvidenceStore:
                           "bbox": None if bbox is None else [round(float(v), 1) for v in bbox]},
                 "faces": faces,
             }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _write_private(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
             if final.exists():  # the same alert saved twice: keep the first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return True
@@ -213,5 +216,12 @@ def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError(f"JPEG encoding failed for {path.name}")
-    path.write_bytes(data.tobytes())
+    _write_private(path, data.tobytes())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file only the service's user can read (mode 0600, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 

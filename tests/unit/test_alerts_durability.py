@@ -26,6 +26,7 @@ from monitor.alerts.bus import EventBus
 from monitor.alerts.eventlog import EventLog
 from monitor.app import GRACEFUL_SHUTDOWN_S, SERVICE_RESTARTED, Runtime, runtime, uvicorn_config
 from monitor.config import Settings, load_settings
+from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.types import (
     AlertData,
@@ -171,6 +172,45 @@ async def test_an_old_row_sqlite_cannot_parse_does_not_keep_alerts_open(tmp_path
     assert [d.get("alert_id") for t, d in added if t == CLOSED] == ["kept-open"]
     ends = {d["track_id"]: d for t, d in added if t == EventType.TRACK_STATE.value}
     assert set(ends) == {4, 5} and ends[5]["previous"] == "alert" and ends[5]["score"] is None
+
+
+async def test_a_second_service_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    # Before: it closed the first one's live alerts as service_restarted and ran every sink twice.
+    settings = make_settings(tmp_path)
+    async with runtime(settings) as first:
+        await first.bus.publish([alert(EventType.ALERT_OPENED, "live")])
+        with pytest.raises(ConfigError, match=rf"data_dir {settings.data_dir} is in use by another deepfake-monitor \(pid {os.getpid()}\)"):
+            async with runtime(settings):
+                pass
+        assert [d.get("alert_id") for t, d in logged(settings) if t == CLOSED] == []
+    async with runtime(settings):  # released with the first
+        pass
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(settings.data_dir / "events.sqlite3") == 0o600 and mode(settings.data_dir / ".lock") == 0o600
+
+
+async def test_old_evidence_is_pruned_before_the_event_log_is_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a full disk opening the log fails until something is freed: pruning the evidence after
+    # it meant a service that could never start again, with the old evidence never removed.
+    import monitor.app
+    from monitor.alerts.evidence import EvidenceStore
+
+    order: list[str] = []
+    prune, open_log = EvidenceStore.prune, monitor.app.EventLog
+
+    def pruned(self: EvidenceStore, older_than: float) -> int:
+        order.append("evidence pruned")
+        return prune(self, older_than)
+
+    def opened(*args: Any, **kwargs: Any) -> EventLog:
+        order.append("log opened")
+        return open_log(*args, **kwargs)
+
+    monkeypatch.setattr(EvidenceStore, "prune", pruned)
+    monkeypatch.setattr(monitor.app, "EventLog", opened)
+    async with runtime(make_settings(tmp_path)):
+        pass
+    assert order == ["evidence pruned", "log opened"]
 
 
 # --- clients that stop reading -----------------------------------------------------------------

@@ -57,6 +57,9 @@ def test_a_bundle_holds_the_boxed_frame_the_crops_and_the_reasons(tmp_path: Path
     # The face is boxed where it is, at the same scale: the box's edge is drawn, its inside is not.
     assert shown[100, 300:380].max() > 150 and shown[150, 340].max() < 80
     assert decode(folder / "face-2.jpg").shape == (112, 112, 3)
+    # Faces: for the service's user only, whatever the umask (they were 0644 in 0755 folders).
+    for path in [tmp_path / "evidence", folder, *folder.iterdir()]:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
 
 
 @pytest.mark.parametrize("bad", ["../../etc", "0123456789ABCDEF0123456789ABCDEF", "", "x" * 32])
