@@ -142,6 +142,14 @@ def load_plugin(group: str, name: str) -> Any:
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none installed"
         raise ConfigError(f"unknown plugin {name!r} in {group} (known: {known})")
+    targets = sorted({ep.value for ep in entry_points(group=group) if ep.name == name})
+    if len(targets) > 1:
+        # Which one loaded depended on the order of the import path, silently: a package
+        # registering a built-in's name (`file`, `rtsp`) replaced it.
+        raise ConfigError(
+            f"plugin {name!r} in {group} is registered by more than one package ({', '.join(targets)}): "
+            "uninstall all but one"
+        )
     try:
         return eps[name].load()
     except Exception as exc:  # a plugin installed but broken (a missing dependency, say)

@@ -150,6 +150,7 @@ class EventLog:
         # Next to the file, outside it: the epoch and the last id this log reached. A backup
         # of the file does not carry it, so a restored (older) copy is told apart.
         self._mark = path.with_name(path.name + ".mark")
+        self._mark_failed = False
         self.epoch = self._load_epoch()
         # A second connection for clients' reads (replays, /api/events): WAL lets it read while
         # the first writes, so a client replaying a long history does not hold up the writes,
@@ -177,6 +178,14 @@ class EventLog:
                 behind = marked_epoch == epoch and int(marked_last) > last
                 why = f"ends at id {last} but reached {marked_last} before"
                 found_mark = True
+                if marked_epoch != epoch:
+                    # The log file was replaced (deleted, emptied, another one copied in): its
+                    # epoch already tells clients, but the operator should hear of it too.
+                    logger.warning(
+                        "event log %s is not the log its mark names (epoch %s, which reached id %s): a new or "
+                        "replaced file, with epoch %s; clients resuming start again",
+                        self.path, marked_epoch, marked_last, epoch,
+                    )
             except FileNotFoundError:
                 # A log that had a mark, found without it: a backup restored into an empty
                 # data_dir. It may have been copied at any id, and clients may hold later ones
@@ -217,9 +226,14 @@ class EventLog:
                     os.fsync(folder)
                 finally:
                     os.close(folder)
+            self._mark_failed = False
             return True
-        except OSError:
-            logger.debug("cannot write %s", self._mark, exc_info=True)
+        except OSError as exc:
+            # Once at WARNING (a data_dir deleted or unwritable under the running service), then at
+            # DEBUG: every append tries again.
+            level = logging.DEBUG if self._mark_failed else logging.WARNING
+            self._mark_failed = True
+            logger.log(level, "cannot write the event log's mark %s (%s): a restore from a backup may go unnoticed", self._mark, exc)
             return False
 
     def append(self, events: Sequence[Event]) -> list[StoredEvent]:

@@ -70,6 +70,29 @@ def test_numpy_values_in_an_event_are_stored_as_json_numbers(tmp_path: Path) -> 
     log.close()
 
 
+def test_a_replaced_log_file_and_a_mark_that_cannot_be_written_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "events.sqlite3"
+    log = EventLog(path)
+    log.append([status_event(i) for i in range(3)])
+    old_epoch = log.epoch
+    log.close()
+    for leftover in tmp_path.glob("events.sqlite3*"):
+        if leftover.suffix != ".mark":
+            leftover.unlink()  # the log deleted, its mark left: before, a new log with not a word
+    log = EventLog(path)
+    assert log.last_id() == 0 and log.epoch != old_epoch
+    assert f"is not the log its mark names (epoch {old_epoch}, which reached id 3)" in caplog.text
+    # The mark cannot be written (its folder gone or read-only): said once, not on every append.
+    caplog.clear()
+    mark = tmp_path / "events.sqlite3.mark"
+    mark.unlink()
+    mark.mkdir()
+    log.append([status_event(4)])
+    log.append([status_event(5)])
+    assert caplog.text.count("cannot write the event log's mark") == 1
+    log.close()
+
+
 async def recv_all(ws: websockets.ClientConnection, n: int, timeout: float = 10) -> list[dict]:
     out = []
     async with asyncio.timeout(timeout):

@@ -528,6 +528,22 @@ def test_a_bracketed_ipv6_host_is_bound_without_its_brackets(tmp_path: Path) -> 
         load_settings(None, server={"host": "[::]"})
 
 
+def test_a_plugin_name_two_packages_register_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Which one loaded depended on the import path's order, silently: one package could replace
+    # a built-in source (`file`) or sink.
+    from importlib.metadata import EntryPoint
+
+    import monitor.plugins as plugins
+
+    group = plugins.SOURCE_GROUP
+    eps = [EntryPoint("file", "monitor.sources.av_source:FileSource", group), EntryPoint("file", "evil.sources:File", group),
+           EntryPoint("rtsp", "monitor.sources.av_source:RtspSource", group), EntryPoint("rtsp", "monitor.sources.av_source:RtspSource", group)]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep for ep in eps if ep.group == group])
+    with pytest.raises(ConfigError, match=r"'file' .* registered by more than one package \(evil.sources:File, monitor"):
+        plugins.load_plugin(group, "file")
+    assert plugins.load_plugin(group, "rtsp").__name__ == "RtspSource"  # the same target twice: one plugin
+
+
 def test_cors_origins_are_kept_as_browsers_send_them() -> None:
     from monitor.config import ServerConfig
 
