@@ -161,6 +161,8 @@ class SinkRunner:
     # A send still unfinished after this long counts as failed and is retried: a sink that hangs
     # (a receiver that accepts and never answers) stalled delivery with nothing counted or logged.
     SEND_TIMEOUT_S = 60.0
+    # At shutdown, how long the delivery task may take to stop once cancelled, and the sink's close.
+    CLOSE_S = 5.0
 
     def __init__(
         self, bus: EventBus, sink: AlertSink, name: str, metrics: Metrics,
@@ -317,10 +319,17 @@ class SinkRunner:
             self._wake.set()  # a runner waiting out a backoff of up to 30 s tries again now
             while self.cursor < target and loop.time() < deadline and not self._task.done():
                 await asyncio.sleep(0.05)
+        # Each bounded: a sink whose send swallows the cancellation, or whose close never returns,
+        # held SIGTERM until SIGKILL, and the log was never closed. Left behind past the limit.
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        await self.sink.aclose()
+            await self._bounded(self._task, "its delivery task did not stop")
+        await self._bounded(asyncio.ensure_future(self.sink.aclose()), "its close did not return")
+
+    async def _bounded(self, task: asyncio.Future[None], what: str) -> None:
+        done, _ = await asyncio.wait({task}, timeout=self.CLOSE_S)
+        if not done:
+            logger.warning("sink %s: %s within %g s; left behind", self.name, what, self.CLOSE_S)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no "never retrieved"
+        elif not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

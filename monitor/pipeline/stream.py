@@ -52,6 +52,9 @@ class StreamPipeline:
     STOP_WAIT_S = 10.0  # for the stream's task to finish (and close its alerts) on removal
     PUBLISH_BACKOFF_MAX_S = 5.0  # longest wait between tries to write events to a failing log
     PUBLISH_TRIES = 6  # tries (about 6 s) to write events that fail for another reason than the log
+    # For the source's close: a built-in one leaves a blocked decoder thread behind after
+    # ThreadedSource.JOIN_S (10 s).
+    SOURCE_CLOSE_S = 15.0
     STUCK_WAIT_S = 5.0  # after cancelling it, before leaving a stuck analysis thread behind
     LATENCY_WINDOW_S = 30.0  # status() reports the latency of verdicts this recent only
 
@@ -385,13 +388,20 @@ class StreamPipeline:
         # try too, and to be logged if dropped, before the stop wait runs out and cancels it.
         self._closing_deadline = self.clock.monotonic() + self.STOP_WAIT_S - 2.0
         wait_s = self.STOP_WAIT_S
-        try:
-            await self.source.aclose()
-        except Exception:
+        # Bounded, and left behind past it: a source plugin's close that never returned held the
+        # removal (and SIGTERM) for ever, and the stream's alerts were never closed.
+        closing = asyncio.ensure_future(self.source.aclose())
+        done, _ = await asyncio.wait({closing}, timeout=self.SOURCE_CLOSE_S)
+        failure = None if not done else (closing.exception() if not closing.cancelled() else None)
+        if not done or failure is not None:
             # A source plugin's bug must not leave a removed stream running: its frames would
             # keep coming, its alerts stay open and its series stay. Its task, which ends only
             # when the source does, is cancelled at once; its teardown still runs.
-            logger.exception("stream %s: closing its source failed; stopping the stream anyway", self.id)
+            if failure is not None:
+                logger.error("stream %s: closing its source failed; stopping the stream anyway", self.id, exc_info=failure)
+            else:
+                logger.warning("stream %s: its source did not close within %g s; stopping the stream anyway", self.id, self.SOURCE_CLOSE_S)
+                closing.add_done_callback(lambda t: t.cancelled() or t.exception())
             wait_s = 0.0
         stuck = False
         if self._task is not None:

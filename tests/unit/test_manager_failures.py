@@ -144,3 +144,26 @@ async def test_a_cancelled_add_with_a_sibling_to_remove_does_not_deadlock(parts:
     assert m.list() == []
     await asyncio.wait_for(m.aclose(), DEADLINE_S)
 
+
+
+class NeverCloses(Ticking):
+    """A source plugin whose close never returns (a call that hangs; cancelling it still ends it)."""
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await asyncio.Event().wait()
+
+
+async def test_a_source_whose_close_never_returns_is_left_behind(
+    parts: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the removal (and SIGTERM's teardown) waited for ever; the stream's alerts stayed open.
+    from monitor.pipeline.stream import StreamPipeline
+
+    monkeypatch.setattr(StreamPipeline, "SOURCE_CLOSE_S", 0.3)
+    metrics = parts[2]
+    m = manager(parts, lambda stream_id: Faces())
+    await m.add(StreamConfig(id="cam", url="x://y"), source=NeverCloses("cam", metrics))
+    await asyncio.wait_for(m.remove("cam"), DEADLINE_S)
+    assert m.list() == []
+    assert "stream cam: its source did not close within 0.3 s; stopping the stream anyway" in caplog.text

@@ -327,6 +327,46 @@ async def test_a_sink_that_hangs_or_leaks_a_cancellation_is_retried_and_its_lag_
     assert "stopped delivering" not in caplog.text
 
 
+class StubbornSink(FlakySink):
+    """Swallows the first cancellation of a send (a library's own cancel scope), and never
+    finishes closing (a call that hangs; cancelling it still ends it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swallowed = False
+
+    async def send(self, event_id: int, payload: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed = True
+            await asyncio.sleep(3600)
+
+    async def aclose(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_shutdown_leaves_a_sink_behind_that_will_not_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: SIGTERM's teardown waited for ever on such a sink, and the log was never closed.
+    monkeypatch.setattr(SinkRunner, "CLOSE_S", 0.2)
+    log = EventLog(tmp_path / "e.sqlite3")
+    metrics = Metrics()
+    bus = EventBus(log, metrics)
+    runner = SinkRunner(bus, StubbornSink(), "hook", metrics)
+    await runner.start()
+    await bus.publish([status_event(NOW)])
+    await asyncio.sleep(0.1)  # the send is under way, and stuck
+    await asyncio.wait_for(close_sinks([runner], 0.1), 5)
+    assert "sink hook: its delivery task did not stop within 0.2 s; left behind" in caplog.text
+    assert "sink hook: its close did not return within 0.2 s; left behind" in caplog.text
+    await bus.aclose()
+    log.close()
+
+
 def webhook(status: int, **headers: str) -> WebhookSink:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, headers=headers, text="no such field")
