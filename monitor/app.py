@@ -444,14 +444,38 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: Settings) -> None:
     """Run the service until SIGINT/SIGTERM, then stop streams, close open alerts and exit."""
-    async with runtime(settings) as rt:
-        server = _Server(uvicorn_config(rt.app, settings, rt.metrics))
-        ready = asyncio.create_task(_announce(server))
-        try:
-            await server.serve()
-        finally:
-            ready.cancel()
-        logger.info("shutting down")
+    # From the start, not only while uvicorn serves: a SIGTERM while starting (loading models,
+    # opening streams) killed the process at once, and then (the default handler back) a second
+    # one in the teardown did too. Here it stops the service at the first point it can.
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    handled: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+            handled.append(sig)
+    try:
+        async with runtime(settings) as rt:
+            if stopping.is_set():
+                logger.info("stopped while starting: shutting down")
+                return
+            server = _Server(uvicorn_config(rt.app, settings, rt.metrics))
+            ready = asyncio.create_task(_announce(server))
+
+            async def stop_when_asked() -> None:  # a signal before uvicorn took them over
+                await stopping.wait()
+                server.should_exit = True
+
+            watch = asyncio.create_task(stop_when_asked())
+            try:
+                await server.serve()
+            finally:
+                ready.cancel()
+                watch.cancel()
+            logger.info("shutting down")
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 async def _announce(server: uvicorn.Server) -> None:

@@ -454,3 +454,35 @@ async def test_alerts_cli_without_since_resumes_after_a_disconnect(tmp_path: Pat
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["3"]
+
+
+def test_sigterm_while_starting_stops_cleanly(tmp_path: Path) -> None:
+    # Before uvicorn took the signals over, SIGTERM killed the process at once (exit -15), in the
+    # middle of opening streams. Sent once the first of three streams is up, the others still
+    # loading their models.
+    import signal
+    import sqlite3
+    import subprocess
+
+    config = {"demo": False, "data_dir": str(tmp_path / "data"),
+              "streams": [{"id": f"s{i}", "url": "demo://astronaut"} for i in range(3)]}
+    svc = ServiceProcess(tmp_path, config)
+    with svc.log.open("a") as log:
+        proc = subprocess.Popen([MONITOR, "serve", "-c", str(svc.config_path), "--port", "0"], cwd=tmp_path,
+                                env=svc.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "watching stream s0" not in svc.log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, svc.log.read_text()[-2000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = svc.log.read_text()
+    assert code == 0, text[-2000:]
+    assert "stopped while starting" in text and "listening on" not in text
+    db = sqlite3.connect(tmp_path / "data" / "events.sqlite3")
+    stopped = {json.loads(d)["state"] for t, d in db.execute("SELECT type, data FROM events") if t.endswith("stream.status.v1")}
+    assert "stopped" in stopped
