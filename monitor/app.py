@@ -89,6 +89,10 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             logger.warning("could not prune the event log (%s); running with it as it is, pruning at the next start", exc)
         bus = EventBus(log, metrics, settings.alerts.queue_size)
         stack.push_async_callback(bus.aclose)
+        # And again every day: a service never restarted kept every event and every alert's
+        # evidence for good, until the disk filled (and then could not start again).
+        pruning = asyncio.create_task(prune_daily(bus, evidence, settings, clock), name="prune-daily")
+        stack.push_async_callback(_cancelled, pruning)
 
         make_detector = detector_factory(settings)  # fails loudly on an unknown detector
 
@@ -252,6 +256,28 @@ def _restart_close(stream_id: str, data: dict[str, Any], now: float) -> Event:
         evidence=str(data["evidence"]) if data.get("evidence") else None,
     )
     return Event(EventType.ALERT_CLOSED, stream_id, Severity.INFO, now, closed)
+
+
+PRUNE_EVERY_S = 86400.0
+
+
+async def prune_daily(bus: EventBus, evidence: EvidenceStore, settings: Settings, clock: Clock) -> None:
+    """Start-up's pruning, once a day while the service runs: evidence, then events, in a thread
+    of its own (each batch of 2,000 takes the log's lock: streams' writes wait one batch at most)."""
+    while True:
+        await asyncio.sleep(PRUNE_EVERY_S)
+        try:
+            now = clock.time()
+            await asyncio.to_thread(evidence.prune, now - settings.alerts.retention_days * 86400)
+            await asyncio.to_thread(prune_event_log, bus.log, settings, now)
+        except Exception:  # a full disk, a locked log: tried again tomorrow, as at start-up
+            logger.warning("could not prune the event log and evidence; trying again in %g h", PRUNE_EVERY_S / 3600, exc_info=True)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:

@@ -296,7 +296,7 @@ class PolicyConfig(Strict):
 
 class AlertsConfig(Strict):
     queue_size: int = Field(1000, ge=1, description="Events buffered per websocket client; a client that falls further behind is closed with 1013 and resumes with ?since=.")
-    retention_days: float = Field(30.0, gt=0, description="Events older than this are removed from the event log at start-up, and so is the evidence of alerts older than this.")
+    retention_days: float = Field(30.0, gt=0, description="Events older than this are removed from the event log at start-up and then once a day, and so is the evidence of alerts older than this.")
     evidence: bool = Field(True, description="Save what each alert was raised on (the frame, scaled to 640 px with the face boxed, the face's last aligned crops, the scores and reasons) to data_dir/evidence/<alert_id>/, served at /api/alerts/<alert_id>/evidence. Nothing leaves the machine; false saves no images of faces.")
 
 

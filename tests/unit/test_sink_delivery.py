@@ -494,3 +494,23 @@ async def test_a_sink_added_back_is_told_what_was_pruned_while_it_was_gone(tmp_p
         assert await runner._first_cursor() == 1
     assert "events 2-8 were pruned while it was not configured" in caplog.text
     log.close()
+
+
+async def test_a_service_that_runs_for_months_still_prunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pruning ran only at start-up: a service never restarted kept every event and every alert's
+    # evidence until the disk filled. It now runs once a day too (here every 0.2 s).
+    import os
+
+    import monitor.app
+    from monitor.app import runtime
+
+    monkeypatch.setattr(monitor.app, "PRUNE_EVERY_S", 0.2)
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False)
+    async with runtime(settings) as rt:
+        await rt.bus.publish([status_event(NOW - 40 * DAY)])  # old by its time: due for pruning
+        folder = settings.data_dir / "evidence" / ("ab" * 16)
+        folder.mkdir(parents=True)
+        (folder / "evidence.json").write_text("{}")
+        os.utime(folder / "evidence.json", (NOW - 40 * DAY, NOW - 40 * DAY))
+        await rt.bus.publish([status_event(NOW + 2000 * DAY)])  # recent: kept
+        await until(lambda: [r[0] for r in rt.log.read_since(0)] == [2] and not folder.exists(), timeout=10)
