@@ -172,7 +172,7 @@ class WhipSessions:
             offer, mdns_dropped = drop_mdns_candidates(offer)
         offer, unroutable = drop_unroutable_candidates(offer)
         if unroutable:
-            logger.info("WHIP offer on %s: dropped %d ICE candidates at multicast, broadcast, unspecified or link-local addresses", stream_id, unroutable)
+            logger.info("WHIP offer on %s: dropped %d ICE candidates at multicast, broadcast, unspecified, link-local or zoned addresses", stream_id, unroutable)
         pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
         session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
         session.remote_candidates = count_candidates(offer)
@@ -479,13 +479,10 @@ async def _add_candidates(added: list[tuple[RTCIceTransport, RTCIceCandidate]], 
 
 def check_candidate(candidate: RTCIceCandidate) -> None:
     """aioice takes any integer as a candidate's port; checking a pair with one outside 0-65535
-    raised OverflowError in asyncio's datagram transport and closed the local socket. An IPv6
-    zone id (``fe80::1%eth0``) means nothing on another host, and one with a NUL raised TypeError
-    in ``sendto``, which closed the socket too."""
+    raised OverflowError in asyncio's datagram transport and closed the local socket. (An address
+    with an IPv6 zone id is dropped with the unroutable ones: ``is_unroutable_address``.)"""
     if not 0 <= candidate.port <= 65535:
         raise Refused(400, f"malformed SDP: ICE candidate port {candidate.port} is not 0-65535", "malformed_sdp")
-    if "%" in candidate.ip:
-        raise Refused(400, "malformed SDP: an ICE candidate's address has a zone id (%...)", "malformed_sdp")
 
 
 def check_offer(offer: str, max_video_tracks: int) -> list[str]:

@@ -152,7 +152,11 @@ def is_unroutable_address(address: str) -> bool:
     """Whether a remote candidate's address is one no peer can be reached at, or one the
     service must never send to: multicast (224/4, ff00::/8: SSDP, every host on the link),
     unspecified (0.0.0.0, ::), broadcast, and IPv4 link-local 169.254/16 (cloud metadata
-    services). aiortc would send STUN checks to each, for whoever wrote the offer."""
+    services). aiortc would send STUN checks to each, for whoever wrote the offer. An IPv6
+    address with a zone id (``fe80::1%eth0``) too: it means nothing on another host, and one
+    holding a NUL made ``sendto`` raise TypeError, which closed the session's socket."""
+    if "%" in address:
+        return True
     try:
         ip = ipaddress.ip_address(address.strip("[]"))
     except ValueError:
