@@ -91,8 +91,9 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         stack.push_async_callback(bus.aclose)
         # And again every day: a service never restarted kept every event and every alert's
         # evidence for good, until the disk filled (and then could not start again).
-        pruning = asyncio.create_task(prune_daily(bus, evidence, settings, clock), name="prune-daily")
-        stack.push_async_callback(_cancelled, pruning)
+        stop_pruning = asyncio.Event()
+        pruning = asyncio.create_task(prune_daily(bus, evidence, settings, clock, stop_pruning), name="prune-daily")
+        stack.push_async_callback(_stopped, pruning, stop_pruning)
 
         make_detector = detector_factory(settings)  # fails loudly on an unknown detector
 
@@ -167,8 +168,13 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
                 "on one event log would close each other's alerts and deliver every event twice. "
                 "Give each service its own data_dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # no locks there (NFS without lockd): run, as before the lock
+            logger.warning("cannot lock data_dir %s (%s): make sure no other service uses it", data_dir, exc)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:  # a full disk: the pid only names the holder; pruning must still run
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -261,23 +267,28 @@ def _restart_close(stream_id: str, data: dict[str, Any], now: float) -> Event:
 PRUNE_EVERY_S = 86400.0
 
 
-async def prune_daily(bus: EventBus, evidence: EvidenceStore, settings: Settings, clock: Clock) -> None:
-    """Start-up's pruning, once a day while the service runs: evidence, then events, in a thread
-    of its own (each batch of 2,000 takes the log's lock: streams' writes wait one batch at most)."""
+async def prune_daily(bus: EventBus, evidence: EvidenceStore, settings: Settings, clock: Clock, stop: asyncio.Event) -> None:
+    """Start-up's pruning, once a day while the service runs, until ``stop``: evidence, then
+    events, in a thread of its own (each batch of 2,000 takes the log's lock: streams' writes
+    wait one batch at most). Half-written bundles are left to the writer, unless an hour old."""
     while True:
-        await asyncio.sleep(PRUNE_EVERY_S)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), PRUNE_EVERY_S)
+        if stop.is_set():
+            return
         try:
             now = clock.time()
-            await asyncio.to_thread(evidence.prune, now - settings.alerts.retention_days * 86400)
+            await asyncio.to_thread(evidence.prune, now - settings.alerts.retention_days * 86400, time.time() - 3600)
             await asyncio.to_thread(prune_event_log, bus.log, settings, now)
         except Exception:  # a full disk, a locked log: tried again tomorrow, as at start-up
             logger.warning("could not prune the event log and evidence; trying again in %g h", PRUNE_EVERY_S / 3600, exc_info=True)
 
 
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def _stopped(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Stop the daily pruning and wait for a pass under way: its thread must not go on against
+    a closed log after the data_dir lock is released."""
+    stop.set()
+    await task
 
 
 def prune_event_log(log: EventLog, settings: Settings, now: float) -> int:
@@ -471,14 +482,22 @@ class _Server(uvicorn.Server):
 async def serve(settings: Settings) -> None:
     """Run the service until SIGINT/SIGTERM, then stop streams, close open alerts and exit."""
     # From the start, not only while uvicorn serves: a SIGTERM while starting (loading models,
-    # opening streams) killed the process at once, and then (the default handler back) a second
-    # one in the teardown did too. Here it stops the service at the first point it can.
+    # opening streams) killed the process at once. Here the first signal stops the service at
+    # the first point it can, and gives the signals back: a second one (a start that hangs in
+    # a plugin, an impatient Ctrl-C) kills it as before.
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     handled: list[int] = []
+
+    def first_signal() -> None:
+        stopping.set()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        handled.clear()
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, first_signal)
             handled.append(sig)
     try:
         async with runtime(settings) as rt:

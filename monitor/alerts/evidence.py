@@ -184,16 +184,18 @@ class EvidenceStore:
             shutil.rmtree(tmp, ignore_errors=True)
             return False
 
-    def prune(self, older_than: float) -> int:
+    def prune(self, older_than: float, partial_before: float | None = None) -> int:
         """Remove bundles saved before the wall-clock time ``older_than`` and half-written ones
-        left by a crash; returns how many bundles were removed."""
+        left by a crash (only those last changed before ``partial_before``, when given: while the
+        service runs, the writer may be filling one); returns how many bundles were removed."""
         if not self.root.is_dir():
             return 0
         removed = 0
         for path in self.root.iterdir():
             try:
                 if path.name.startswith(".") and path.name.endswith(".tmp"):
-                    shutil.rmtree(path, ignore_errors=True)
+                    if partial_before is None or path.stat().st_mtime < partial_before:
+                        shutil.rmtree(path, ignore_errors=True)
                 elif ALERT_ID.fullmatch(path.name) and (path / MANIFEST).stat().st_mtime < older_than:
                     shutil.rmtree(path)
                     removed += 1

@@ -225,8 +225,12 @@ def check_api_hosts(stream: StreamConfig, patterns: tuple[str, ...]) -> None:
     if isinstance(redirects, (list, tuple)):
         urls += [u for u in redirects if isinstance(u, str)]
     for url in urls:
+        # The host from what follows the last "@" of the authority: a password may hold a raw
+        # "[" (legal there), which made urlsplit fail on the whole URL.
+        scheme, _, rest = url.partition("://")
+        hostport = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
         try:
-            host = urlsplit(url).hostname
+            host = urlsplit(f"{scheme}://{hostport}").hostname
         except ValueError:  # a malformed IPv6 literal: the source would refuse it too
             host = None
         if not host_allowed(host, patterns):

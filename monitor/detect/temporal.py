@@ -87,6 +87,9 @@ def appearance_features(rows: Sequence[FrameCues], spec: WindowSpec) -> tuple[fl
 
 
 MAX_STEP_S = 0.5  # a longer step between usable rows is a gap (face unreadable), not a rate
+# A face unreadable this long (or for appearance_s, if longer) warms up again when it is back.
+# Above the step of any rate the service supports (it warns below 2 fps; 0.5 fps is 2 s).
+MIN_GAP_S = 2.0
 
 
 def thin_rows(rows: Sequence[FrameCues], fps: float) -> Sequence[FrameCues]:
@@ -176,8 +179,9 @@ class TemporalDetector:
         # appearance pool: a face back after 3.5 s was otherwise judged on its first frame (a
         # pool of one row, weighing about 6 times as much), which the policy took as its score.
         fresh = rows
+        gap_s = max(self.config.appearance_s, MIN_GAP_S)  # never the normal step of a slow rate
         for i in range(len(rows) - 1, 0, -1):
-            if rows[i].t - rows[i - 1].t > self.config.appearance_s:
+            if rows[i].t - rows[i - 1].t > gap_s:
                 fresh = rows[i:]
                 break
         if len(fresh) < self.config.min_observations or fresh[-1].t - fresh[0].t < self.config.min_span_s:

@@ -337,7 +337,8 @@ async def test_api_streams_connect_only_to_the_allowed_hosts(tmp_path: Path) -> 
             assert r.status_code == 403 and "not to evil.example" in r.text
             assert (await http.get("/api/streams")).json() == []
 
-            for i, url in enumerate(["rtsp://CAM1.lan./x", "rtsp://127.0.0.3:9/x", "rtsp://[::1]:9/x", "demo://astronaut"]):
+            for i, url in enumerate(["rtsp://CAM1.lan./x", "rtsp://127.0.0.3:9/x", "rtsp://[::1]:9/x", "demo://astronaut",
+                                     "rtsp://admin:pa[ss@127.0.0.2:9/x"]):  # a raw "[" in a password is legal
                 r = await http.post("/api/streams", json={"id": f"ok{i}", "url": url, "options": {"open_timeout_s": 0.5} if "rtsp" in url else {}})
                 assert r.status_code == 201, (url, r.text)
 

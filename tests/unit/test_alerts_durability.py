@@ -189,6 +189,31 @@ async def test_a_second_service_on_the_same_data_dir_is_refused(tmp_path: Path) 
     assert mode(settings.data_dir / "events.sqlite3") == 0o600 and mode(settings.data_dir / ".lock") == 0o600
 
 
+def test_the_data_dir_lock_never_stops_a_start_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # NFS without lockd (ENOLCK) and a full disk (the pid cannot be written) raised a raw
+    # OSError: the service could not start, and on a full disk never got to prune.
+    import errno
+    import fcntl
+
+    import monitor.app
+    from monitor.app import data_dir_lock
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with data_dir_lock(tmp_path / "a"):
+        pass
+    assert "cannot lock data_dir" in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr(monitor.app.os, "write", disk_full)
+    with data_dir_lock(tmp_path / "b"):
+        pass
+
+
 async def test_old_evidence_is_pruned_before_the_event_log_is_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # On a full disk opening the log fails until something is freed: pruning the evidence after
     # it meant a service that could never start again, with the old evidence never removed.

@@ -148,6 +148,9 @@ def test_a_face_back_after_a_long_gap_warms_up_again(bundle_dir: Path) -> None:
     # Short gaps (a blink of bad frames, a slow analysis rate) do not restart it.
     short_gap = before + [dataclasses.replace(r, t=r.t + 4.5) for r in cues(1)]
     assert det.score(window_of(short_gap, track=4)).probability is not None
+    # A short appearance pool at a slow rate: each step is no gap (it was `window_too_short` for ever).
+    brief = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, appearance_s=0.5))
+    assert brief.score(window_of(cues(8, dt=1.0), track=5)).probability is not None
 
 
 def test_score_rises_with_the_appearance_logit(bundle_dir: Path) -> None:

@@ -88,6 +88,14 @@ def test_pruning_removes_old_bundles_and_half_written_ones(tmp_path: Path) -> No
     assert store.prune(time.time() - 30 * 86400) == 1
     assert store.folder(old) is None and store.folder(new) is not None
     assert not (tmp_path / f".{'c' * 32}.tmp").exists()
+    # While the service runs (the daily pass), the bundle the writer is filling stays; only one
+    # untouched for an hour is a crash's leftover.
+    writing, stale = tmp_path / f".{'d' * 32}.tmp", tmp_path / f".{'e' * 32}.tmp"
+    writing.mkdir()
+    stale.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    store.prune(time.time() - 30 * 86400, time.time() - 3600)
+    assert writing.exists() and not stale.exists()
 
 
 class OneFaceWithCrop:
