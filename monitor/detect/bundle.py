@@ -50,7 +50,7 @@ def verify(directory: Path, manifest_sha256: str | None) -> tuple[dict[str, Any]
     if not path.is_file():
         raise ConfigError(f"detector weights: {path} is missing (run `monitor train` or restore models/)")
     raw = path.read_bytes()
-    actual = hashlib.sha256(raw).hexdigest()
+    actual = actual_manifest = hashlib.sha256(raw).hexdigest()
     if manifest_sha256 is not None and actual != manifest_sha256:
         raise ConfigError(
             f"detector weights: {path} sha256 {actual} does not match the pinned {manifest_sha256}. "
@@ -73,7 +73,16 @@ def verify(directory: Path, manifest_sha256: str | None) -> tuple[dict[str, Any]
         if expected is None or actual != expected or data is None:
             raise ConfigError(f"detector weights: {directory / name} sha256 {actual} != manifest {expected}")
         contents[name] = data
+    # Which weights run, said once per bundle and manifest: an unpinned bundle retrained in place
+    # gives streams added later other weights than the running ones, and this is how to tell.
+    key = (str(directory.resolve()), actual_manifest)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        logger.info("detector weights %s verified: manifest sha256 %s", directory, actual_manifest)
     return manifest, contents
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

@@ -239,3 +239,17 @@ def test_a_retrained_bundle_under_a_pinned_name_says_how_to_use_it(bundle_dir: P
     # The configuration the hint gives loads the bundle.
     det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, manifest_sha256=actual))
     assert det.fusion.names == FEATURE_NAMES
+
+
+def test_the_weights_that_run_are_named_once(bundle_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing said which manifest a stream loaded: a bundle retrained in place mixed weights
+    # between old and new streams unseen.
+    import logging
+
+    from monitor.detect import bundle as bundle_module
+
+    bundle_module._ANNOUNCED.clear()
+    with caplog.at_level(logging.INFO, logger="monitor.detect.bundle"):
+        for _ in range(3):
+            load_bundle(bundle_dir, "onnx", None)
+    assert caplog.text.count(f"manifest sha256 {sha256_file(bundle_dir / 'manifest.json')}") == 1
