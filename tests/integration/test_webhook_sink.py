@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from monitor.alerts.eventlog import EventLog
 from monitor.config import load_settings
+from monitor.errors import RejectedEvent
 from monitor.types import Event, EventType, Severity, StreamState, StreamStatusData
 from tests.support.asgi import serving_app
 from tests.support.service import running_service
@@ -141,13 +142,14 @@ async def test_delivery_has_a_total_deadline_against_a_trickling_receiver() -> N
     # 3 s. Each read is well inside httpx's 0.5 s timeout, so only a total deadline ends it.
     # Before: the send took the full 3 s and succeeded.
     trickling: list[asyncio.Task[None]] = []
+    status = b""
 
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         trickling.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             while (await reader.readline()) not in (b"\r\n", b""):
                 pass  # request line and headers; the body is not needed
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+            writer.write(status + b"\r\nContent-Length: 30\r\n\r\n")
             for _ in range(30):
                 await writer.drain()
                 await asyncio.sleep(0.1)
@@ -164,10 +166,18 @@ async def test_delivery_has_a_total_deadline_against_a_trickling_receiver() -> N
     await sink.start()
     loop = asyncio.get_running_loop()
     try:
+        # A refusal's reason is read (a little of it): trickled, only the deadline ends it.
+        status = b"HTTP/1.1 422 Unprocessable Content"
         started = loop.time()
         with pytest.raises(DeliveryError, match="within 0.5s"):
             await sink.send(1, '{"id": "1"}')
         elapsed = loop.time() - started
+        # An acceptance is taken from its status: its body, slow or broken, is never waited for
+        # (before, the same event was posted again for ever).
+        status = b"HTTP/1.1 200 OK"
+        started = loop.time()
+        await sink.send(2, '{"id": "2"}')
+        assert loop.time() - started < 0.4
     finally:
         await sink.aclose()
         for task in trickling:
@@ -189,3 +199,51 @@ def test_signature_rejects_tampering_and_stale_timestamps() -> None:
     assert not verify("x" * 24, "1000", body, sig, now=1000)
     assert not verify(SECRET, "1000", body, sig, now=2000)
     assert not verify(SECRET, "soon", body, sig, now=1000)
+
+
+async def test_a_receivers_answer_is_never_read_whole_nor_unpacked() -> None:
+    # Before: the whole body was read, and unpacked: a 1,830-byte double-gzipped reply took the
+    # service to 2 GiB. Now an acceptance's body is not read at all, and a refusal's only up to
+    # 4 KiB, as sent.
+    import gzip
+
+    bomb = gzip.compress(gzip.compress(b"\0" * (64 << 20)))
+    gzipped = b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb
+    answers = [b"HTTP/1.1 200 OK\r\n" + gzipped, b"HTTP/1.1 422 Unprocessable Content\r\n" + gzipped,
+               b"HTTP/1.1 422 Unprocessable Content\r\nContent-Length: %d\r\n\r\n" % (64 << 20)]
+    sent = [0]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            reply = answers.pop(0)
+            writer.write(reply)
+            await writer.drain()
+            if reply.endswith(b"\r\n\r\n"):  # then 64 MiB of reasons, counted as they go out
+                for _ in range(64):
+                    writer.write(b"no " * 349525 + b"n")
+                    await writer.drain()
+                    sent[0] += 1 << 20
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = WebhookSink(WebhookSink.Config(url=f"http://127.0.0.1:{port}/hook", timeout_s=5))
+    await sink.start()
+    try:
+        await sink.send(1, '{"id": "1"}')  # accepted: the bomb is never opened
+        with pytest.raises(RejectedEvent, match=r"HTTP 422 \(a compressed body, not shown\)$"):
+            await sink.send(2, '{"id": "2"}')
+        with pytest.raises(RejectedEvent) as refused:
+            await sink.send(3, '{"id": "3"}')
+        assert "HTTP 422 'no no no" in str(refused.value) and len(str(refused.value)) < 300
+        await asyncio.sleep(0.5)
+    finally:
+        await sink.aclose()
+        server.close()
+        await server.wait_closed()
+    assert sent[0] < 32 << 20  # the connection was closed after the first 4 KiB, not read to its end

@@ -29,8 +29,12 @@ TIMESTAMP_HEADER = "X-Monitor-Timestamp"
 # Refusals of the payload itself; any other status could apply to every event.
 REJECTED_STATUSES = frozenset({400, 413, 415, 422})
 # Headers the sink sets itself: a user's copy would be sent as well (names compare without case).
-RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding",
+RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding", "accept-encoding",
                               SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
+# The most of a refusal's body read, for the log; the rest, and every accepted answer's body,
+# is never read: reading (and unpacking) whole bodies let one reply of 1,830 gzip-bombed bytes
+# take the service to 2 GiB.
+EXCERPT_BYTES = 4096
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 field name
 _VALUE = re.compile(r"[\x20-\x7e]*")  # visible ASCII and spaces: no CR, LF or other controls
 
@@ -103,16 +107,23 @@ class WebhookSink:
     async def send(self, event_id: int, cloudevent_json: str) -> None:
         assert self._client is not None, "start() first"
         body = cloudevent_json.encode()
-        headers = {"Content-Type": "application/cloudevents+json", **self.config.headers}
+        headers = {"Content-Type": "application/cloudevents+json", "Accept-Encoding": "identity", **self.config.headers}
         if self.config.secret:
             ts = str(int(self._clock()))
             headers[TIMESTAMP_HEADER] = ts
             headers[SIGNATURE_HEADER] = sign(self.config.secret, ts, body)
+        request = self._client.build_request("POST", str(self.config.url), content=body, headers=headers)
+        excerpt = ""
         try:
             # httpx's timeout bounds each read, not the whole exchange: a receiver trickling
             # bytes could hold a delivery (and every later alert) open for ever without this.
             async with asyncio.timeout(self.config.timeout_s):
-                response = await self._client.post(str(self.config.url), content=body, headers=headers)
+                response = await self._client.send(request, stream=True)  # the status decides
+                try:
+                    if response.status_code in REJECTED_STATUSES:
+                        excerpt = await _excerpt(response)
+                finally:
+                    await response.aclose()  # an unread body: the connection is not reused
         except TimeoutError as exc:
             raise DeliveryError(f"event {event_id}: no complete response within {self.config.timeout_s:g}s") from exc
         except httpx.HTTPError as exc:
@@ -120,9 +131,9 @@ class WebhookSink:
             shown = type(exc).__name__ if isinstance(exc, httpx.ProtocolError) else repr(exc)
             raise DeliveryError(f"event {event_id}: {shown}") from exc
         if response.is_success:
-            return
+            return  # delivered, whatever its body (or a broken one) says
         if response.status_code in REJECTED_STATUSES:
-            raise RejectedEvent(f"event {event_id}: HTTP {response.status_code} {_excerpt(response)}")
+            raise RejectedEvent(f"event {event_id}: HTTP {response.status_code} {excerpt}")
         if response.is_redirect:
             raise DeliveryError(
                 f"event {event_id}: HTTP {response.status_code} redirect not followed; "
@@ -135,7 +146,18 @@ class WebhookSink:
             await self._client.aclose()
 
 
-def _excerpt(response: httpx.Response, limit: int = 200) -> str:
-    """The start of the receiver's reason, for the log (bodies of refusals are usually short)."""
-    text = " ".join(response.text.split())
+async def _excerpt(response: httpx.Response, limit: int = 200) -> str:
+    """The start of the receiver's reason, for the log: at most EXCERPT_BYTES read, as sent
+    (a compressed one is not unpacked)."""
+    if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return "(a compressed body, not shown)"
+    data = b""
+    try:
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if len(data) >= EXCERPT_BYTES:
+                break
+    except httpx.StreamConsumed:  # a transport that read it already (httpx.MockTransport)
+        data = response.content[:EXCERPT_BYTES]
+    text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", "replace").split())
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
