@@ -105,7 +105,7 @@ async def test_every_event_reaches_the_stream_once_in_order_though_redis_starts_
         redis_server.stop()
 
 
-async def test_a_retried_delivery_adds_no_duplicate(server: RedisServer) -> None:
+async def test_a_retried_delivery_adds_no_duplicate(server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     config = RedisStreamSink.Config(url=server.url, stream="dm:once")
     event = {"specversion": "1.0", "id": "7", "source": "/monitor/logs/abc", "type": "t", "data": {}}
     async with started(config) as sink:
@@ -114,6 +114,8 @@ async def test_a_retried_delivery_adds_no_duplicate(server: RedisServer) -> None
         await sink.send(7, json.dumps({**event, "source": "/monitor/logs/new-epoch"}))  # another log: its own ids
     entries = server.client().xrange("dm:once")
     assert [(f["source"], f["id"]) for _, f in entries] == [("/monitor/logs/abc", "7"), ("/monitor/logs/new-epoch", "7")]
+    # Each one not appended is said: after a data_dir restored with its mark, they are new events.
+    assert caplog.text.count("is already recorded in dm:once:delivered, so it was not appended again") == 2
 
 
 async def test_a_key_of_the_wrong_type_is_a_delivery_error_not_a_skip(server: RedisServer) -> None:

@@ -120,13 +120,22 @@ class RedisStreamSink:
         c = self.config
         try:
             async with asyncio.timeout(c.timeout_s):
-                await self._append(keys=[c.stream, c.delivered_key], args=[str(event["source"]), event_id, c.maxlen, *fields])
+                added = await self._append(keys=[c.stream, c.delivered_key], args=[str(event["source"]), event_id, c.maxlen, *fields])
         except TimeoutError as exc:
             raise DeliveryError(f"event {event_id}: Redis did not answer within {c.timeout_s:g}s") from exc
         except (RedisError, OSError) as exc:
             # WRONGTYPE (the key holds something else), NOAUTH, a refused connection: every
             # event would fail alike, so it is retried, never skipped.
             raise DeliveryError(f"event {event_id}: {type(exc).__name__}: {redact_text(str(exc), c.url)}") from exc
+        if added is None:
+            # Not appended: the stream already has this id of this log. Right after a retry whose
+            # first attempt landed; otherwise the log's ids went back under the same epoch (a
+            # whole data_dir restored from a snapshot, mark and all) and this is a new event lost.
+            logger.warning(
+                "redis sink: event %d of %s is already recorded in %s, so it was not appended again (a retry "
+                "whose first attempt landed, or a data_dir restored with its mark: then a new event is skipped)",
+                event_id, event["source"], c.delivered_key,
+            )
 
     async def aclose(self) -> None:
         if self._client is not None:
