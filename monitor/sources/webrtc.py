@@ -589,7 +589,9 @@ class WhepSource(ThreadedSource):
         those get the token."""
         url = self.url
         headers = {**self._headers("application/sdp"), "Accept-Encoding": "identity"}
-        async with httpx.AsyncClient(timeout=self.config.open_timeout_s) as client:
+        # trust_env=False: no proxy from HTTP(S)_PROXY/ALL_PROXY, which would get the offer and
+        # the token, and no .netrc: only the host configured is contacted.
+        async with httpx.AsyncClient(timeout=self.config.open_timeout_s, trust_env=False) as client:
             for _ in range(self.MAX_REDIRECTS + 1):
                 async with client.stream("POST", url, content=offer, headers=headers) as response:
                     location = response.headers.get("location")
@@ -659,7 +661,7 @@ class WhepSource(ThreadedSource):
         with contextlib.suppress(httpx.HTTPError, TimeoutError):
             async with (
                 asyncio.timeout(self.DELETE_TIMEOUT_S),
-                httpx.AsyncClient(timeout=2.0) as client,
+                httpx.AsyncClient(timeout=2.0, trust_env=False) as client,
                 client.stream("DELETE", resource, headers=self._headers()),
             ):
                 pass

@@ -247,3 +247,48 @@ async def test_a_receivers_answer_is_never_read_whole_nor_unpacked() -> None:
         server.close()
         await server.wait_closed()
     assert sent[0] < 32 << 20  # the connection was closed after the first 4 KiB, not read to its end
+
+
+async def test_an_internal_ca_is_trusted_by_ca_file_and_proxies_from_the_environment_are_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: no way to trust an internal CA but SSL_CERT_FILE for the whole process, and
+    # HTTPS_PROXY/ALL_PROXY took every event and header to a proxy nobody configured here.
+    import ssl
+
+    from tests.unit.test_rtsps_tls import self_signed
+
+    cert, key = self_signed(tmp_path, "localhost")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    got: list[bytes] = []
+
+    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            got.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(receiver, "127.0.0.1", 0, ssl=tls)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}/hook"
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: used, every send fails
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:9")
+    try:
+        public = WebhookSink(WebhookSink.Config(url=url, timeout_s=5))
+        await public.start()
+        with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED|ConnectError"):
+            await public.send(1, '{"id": "1"}')
+        await public.aclose()
+        internal = WebhookSink(WebhookSink.Config(url=url, timeout_s=5, ca_file=cert))
+        await internal.start()
+        await internal.send(2, '{"id": "2"}')
+        await internal.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(got) == 1 and got[0].startswith(b"POST /hook ")
