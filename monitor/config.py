@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -512,6 +512,11 @@ def redact(data: Any, path: tuple[Any, ...] = ()) -> Any:
         return [redact(v, (*path, i)) for i, v in enumerate(data)]
     if data is not None and is_secret(path):
         return REDACTED
+    if isinstance(data, str) and len(path) == 4 and path[0] == "sinks" and path[2:] == ("options", "url"):
+        # A sink's URL: Slack, Discord and Teams webhooks carry their secret in the path.
+        parts = urlsplit(redact_url(data))
+        if parts.path not in ("", "/") or parts.query:
+            return urlunsplit((parts.scheme, parts.netloc, "/" + REDACTED, "", ""))
     return redact_url(data) if isinstance(data, str) else data
 
 
