@@ -120,6 +120,8 @@ class AlertSink(Protocol):
     retries it a few times, then logs it, counts it in ``sink_rejected_total`` and moves on;
     the event stays in the event log. Failures that would apply to every event (auth, a wrong
     URL, redirects, config) must not raise ``RejectedEvent``, or every alert would be skipped.
+    An exception with a ``retry_after_s`` attribute (a number: the receiver's Retry-After) makes
+    the next try wait at least that long, up to ``SinkRunner.RETRY_AFTER_MAX_S``.
     """
 
     name: ClassVar[str]

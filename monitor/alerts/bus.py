@@ -163,6 +163,9 @@ class SinkRunner:
     SEND_TIMEOUT_S = 60.0
     # At shutdown, how long the delivery task may take to stop once cancelled, and the sink's close.
     CLOSE_S = 5.0
+    # The longest wait a receiver's Retry-After (a failure's ``retry_after_s``) can ask for: alerts
+    # wait meanwhile, so an hour is not granted.
+    RETRY_AFTER_MAX_S = 300.0
 
     def __init__(
         self, bus: EventBus, sink: AlertSink, name: str, metrics: Metrics,
@@ -285,9 +288,14 @@ class SinkRunner:
         """After a failure (delivery or log alike): count it, wait, and give the next delay. The
         runner retries from the cursor, so nothing is skipped and it never dies."""
         self.metrics.sink_failures.labels(self.name).inc()
-        logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, delay)
+        asked = getattr(exc, "retry_after_s", None)
+        wait = delay
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked == asked:  # not NaN
+            # Before, a 429 or 503's Retry-After was ignored: retried every 0.5-30 s regardless.
+            wait = min(max(delay, float(asked)), self.RETRY_AFTER_MAX_S)
+        logger.warning("sink %s failed after event %d: %s; retrying in %.1fs", self.name, cursor, exc, wait)
         try:
-            await asyncio.wait_for(self._wake.wait(), delay)
+            await asyncio.wait_for(self._wake.wait(), wait)
         except asyncio.TimeoutError:
             pass
         self._wake.clear()  # cut one backoff short, not every later one

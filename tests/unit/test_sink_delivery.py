@@ -514,3 +514,53 @@ async def test_a_service_that_runs_for_months_still_prunes(tmp_path: Path, monke
         os.utime(folder / "evidence.json", (NOW - 40 * DAY, NOW - 40 * DAY))
         await rt.bus.publish([status_event(NOW + 2000 * DAY)])  # recent: kept
         await until(lambda: [r[0] for r in rt.log.read_since(0)] == [2] and not folder.exists(), timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "expected"),
+    [(429, "120", 120.0), (503, "Tue, 14 Nov 2023 22:14:20 GMT", 60.0), (429, "soon", None), (500, "120", None), (429, None, None)],
+)
+async def test_webhook_passes_on_the_receivers_retry_after(status: int, header: str | None, expected: float | None) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Retry-After": header} if header else {})
+
+    config = WebhookSink.Config(url="https://siem.example/hook", timeout_s=0.5)
+    sink = WebhookSink(config, clock=lambda: 1_700_000_000.0, transport=httpx.MockTransport(answer))  # 22:13:20 GMT
+    await sink.start()
+    try:
+        with pytest.raises(DeliveryError) as failed:
+            await sink.send(7, "{}")
+        assert failed.value.retry_after_s == expected
+    finally:
+        await sink.aclose()
+
+
+class AskingToWait(FlakySink):
+    """Fails the first attempt of every event with a Retry-After of ``wait_s``."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__()
+        self.wait_s = wait_s
+        self.at: list[float] = []
+
+    async def send(self, event_id: int, payload: str) -> None:
+        self.at.append(asyncio.get_running_loop().time())
+        self.attempts[event_id] += 1
+        if self.attempts[event_id] == 1:
+            raise DeliveryError("HTTP 429", retry_after_s=self.wait_s)
+        self.got.append(event_id)
+
+
+async def test_a_retry_after_is_waited_out_up_to_a_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: ignored, the next try came after the runner's own 0.5 s (here 0.01 s).
+    metrics = Metrics()
+    sink = AskingToWait(0.6)
+    async with running_sink(tmp_path / "e.sqlite3", sink, metrics) as bus:
+        await bus.publish([status_event(NOW)])
+        await until(lambda: sink.got == [1])
+        assert sink.at[1] - sink.at[0] >= 0.55
+        monkeypatch.setattr(SinkRunner, "RETRY_AFTER_MAX_S", 0.2)  # an hour is not granted
+        sink.wait_s = 3600.0
+        await bus.publish([status_event(NOW)])
+        await until(lambda: sink.got == [1, 2], timeout=3)
+        assert sink.at[3] - sink.at[2] < 1.0

@@ -10,6 +10,8 @@ errors and timeouts all apply to every event, and skipping on them would skip ev
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import hashlib
 import hmac
 import logging
@@ -59,7 +61,28 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: flo
 
 
 class DeliveryError(Exception):
-    """The receiver did not accept the event; the monitor retries it."""
+    """The receiver did not accept the event; the monitor retries it, not before
+    ``retry_after_s`` when the receiver said when (429, 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), None if unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(when.timestamp() - now, 0.0)
 
 
 class WebhookSink:
@@ -150,7 +173,8 @@ class WebhookSink:
                 f"event {event_id}: HTTP {response.status_code} redirect not followed; "
                 "set the sink's url to the final address"
             )
-        raise DeliveryError(f"event {event_id}: HTTP {response.status_code}")
+        asked = retry_after(response.headers.get("retry-after"), self._clock()) if response.status_code in (429, 503) else None
+        raise DeliveryError(f"event {event_id}: HTTP {response.status_code}", retry_after_s=asked)
 
     async def aclose(self) -> None:
         if self._client is not None:
