@@ -351,7 +351,7 @@ def check_authority(url: str) -> None:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    authority = _authority(rest)
     if "@" in authority or authority.startswith("["):
         return
     _, colon, port = authority.rpartition(":")
@@ -360,6 +360,22 @@ def check_authority(url: str) -> None:
             f"the {scheme}:// URL's host part is not host[:port]: a raw '/', '?' or '#' in a user name or "
             "password ends it. Percent-encode them (%2F, %3F, %23)"
         )
+
+
+def _authority(after_scheme: str) -> str:
+    """The authority of a URL (what follows ``scheme://``): up to its first "/", "?" or "#"."""
+    return re.split(r"[/?#]", after_scheme, maxsplit=1)[0]
+
+
+def url_host(url: str) -> str | None:
+    """The host a URL names (lower case, IPv6 without brackets), None if it names none. Read
+    after the authority's last "@": a password may hold a raw "[" (legal there), which makes
+    urlsplit fail on the whole URL."""
+    scheme, _, rest = url.partition("://")
+    try:
+        return urlsplit(f"{scheme}://{_authority(rest).rpartition('@')[2]}").hostname
+    except ValueError:  # a malformed IPv6 literal
+        return None
 
 
 def infer_source(url: str) -> str:

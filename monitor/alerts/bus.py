@@ -119,9 +119,6 @@ class EventBus:
         """Run a call on the event log in its own thread (SQLite stays off the loop)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def read_last(self, n: int) -> list[tuple[int, str]]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.log.read_last, n)
-
     async def replay_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str]]:
         """As read_since, for clients (websocket replays, /api/events): it never waits for a
         write, nor makes one wait. Committed events only, which is all that was published.
@@ -129,7 +126,7 @@ class EventBus:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self.log.read_since, after_id, limit, True)
 
     async def replay_last(self, n: int) -> list[tuple[int, str]]:
-        """As read_last, for clients."""
+        """The newest ``n`` events (EventLog.read_last), for clients, as replay_since."""
         return await asyncio.get_running_loop().run_in_executor(self._readers, self.log.read_last, n, True)
 
     async def wait_for_new(self, timeout: float) -> None:

@@ -21,7 +21,6 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +38,7 @@ from monitor.alerts.evidence import MANIFEST as EVIDENCE_MANIFEST
 from monitor.alerts.evidence import EvidenceStore
 from monitor.api.auth import token_ok
 from monitor.api.whip import whip_router
-from monitor.config import Settings, StreamConfig, host_allowed
+from monitor.config import Settings, StreamConfig, host_allowed, url_host
 from monitor.errors import ConfigError, MonitorError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
@@ -225,14 +224,7 @@ def check_api_hosts(stream: StreamConfig, patterns: tuple[str, ...]) -> None:
     if isinstance(redirects, (list, tuple)):
         urls += [u for u in redirects if isinstance(u, str)]
     for url in urls:
-        # The host from what follows the last "@" of the authority: a password may hold a raw
-        # "[" (legal there), which made urlsplit fail on the whole URL.
-        scheme, _, rest = url.partition("://")
-        hostport = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
-        try:
-            host = urlsplit(f"{scheme}://{hostport}").hostname
-        except ValueError:  # a malformed IPv6 literal: the source would refuse it too
-            host = None
+        host = url_host(url)
         if not host_allowed(host, patterns):
             raise HTTPException(
                 403, f"streams added through the API may connect only to server.api_stream_hosts ({', '.join(patterns) or 'none'}); "
