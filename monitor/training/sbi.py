@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +38,14 @@ from monitor.training import synthesis as syn
 logger = logging.getLogger(__name__)
 
 PACK_VERSION = 1
+# Validation groups for ``pack --validation-preset dev-v1``: every fake of data/dev's training
+# split (under --holdout-preset dev-v1) with its originals, so that ``fit`` can stop early
+# without looking at the held-out set. Self-blending alone (``fit`` without --fake-share)
+# then trains on the remaining genuine clips.
+VALIDATION_PRESETS: dict[str, tuple[str, ...]] = {
+    "dev-v1": ("deepfacelive:Ava_de_Addario", "deepfacelive:Ewon_Spice", "ghost_faceswap", "ayhm23_pair", "liveness_ashish"),
+    "none": (),
+}
 EVAL_FRAMES = 16  # frames per evaluation clip, evenly spaced over its main track
 # The landmarks the blend masks are built from (face oval and brows); a pack keeps only these.
 MASK_POINTS = np.union1d(syn.FACE_OVAL, syn.BROWS)
@@ -67,8 +76,13 @@ def _decode(data: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
 def build_pack(
     sources: Sequence[str], holdout: Sequence[str], out: Path, cache_dir: Path, seed: int = 0, folds: int = 2,
     quality: int = 90, eval_quality: int = 95, frame_step: int = 1, max_clip_s: float = 60.0, workers: int = 1,
+    validation: Sequence[str] = (),
 ) -> dict[str, object]:
-    """Extract (or load cached) faces and write the training pack; returns its summary."""
+    """Extract (or load cached) faces and write the training pack; returns its summary.
+
+    ``validation`` groups are, like ``holdout``, never trained on, and every clip of theirs is
+    evaluated, marked ``validation`` rather than ``heldout``: ``fit`` selects its checkpoint on
+    them, so that early stopping never looks at the held-out set."""
     from monitor.config import AnalysisConfig
     from monitor.training.datasets import read_source, refuse_duplicate_clips
     from monitor.training.train import TrainConfig, apply_holdout, load_clips, split_folds
@@ -76,10 +90,12 @@ def build_pack(
     cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
     records = [r for s in sources for r in read_source(s)]
     refuse_duplicate_clips(records)
-    apply_holdout(records, holdout)  # only to refuse a name that matches no group
-    held = set(holdout)
+    apply_holdout(records, [*holdout, *validation])  # only to refuse a name that matches no group
+    held, val = set(holdout), set(validation)
+    if held & val:
+        raise InputError(f"groups both held out and for validation: {', '.join(sorted(held & val))}")
     clips = load_clips(records, cfg, AnalysisConfig(), workers=workers)
-    train = [c for c in clips if c.record.group not in held]
+    train = [c for c in clips if c.record.group not in held | val]
     n_folds = min(folds, len({c.record.group for c in train if not c.record.is_fake}))
     if n_folds < 2:
         raise InputError("the pack needs genuine clips from at least two groups (one per cross-fitting fold)")
@@ -118,7 +134,7 @@ def build_pack(
 
     # Evaluation: every held-out clip, plus the training split's fakes and the originals they
     # were made from (trained on only with ``fit --fake-share``; see ``eval_report``).
-    in_eval = [c for c in clips if c.record.group in held or c.record.is_fake]
+    in_eval = [c for c in clips if c.record.group in held | val or c.record.is_fake]
     pairs = {c.pair.record.path for c in in_eval if c.pair is not None}
     in_eval += [c for c in clips if c.record.path in pairs and c not in in_eval]
     rng = np.random.default_rng(seed)
@@ -136,7 +152,7 @@ def build_pack(
             ev_clip.append(k)
         meta_clips.append({
             "rel": c.record.rel or str(c.record.path), "label": c.record.label, "group": c.record.group,
-            "method": c.record.method, "heldout": c.record.group in held,
+            "method": c.record.method, "heldout": c.record.group in held, "validation": c.record.group in val,
             "pair": (c.pair.record.rel or str(c.pair.record.path)) if c.pair is not None else None,
         })
         if c.record.group in held and not c.record.is_fake:
@@ -151,7 +167,7 @@ def build_pack(
     ev_jpeg, ev_offsets = _encode(ev_img, eval_quality)
     sbi_jpeg, sbi_offsets = _encode(sbi_img, eval_quality)
     meta = {
-        "version": PACK_VERSION, "sources": list(sources), "holdout": list(holdout), "seed": seed, "folds": n_folds,
+        "version": PACK_VERSION, "sources": list(sources), "holdout": list(holdout), "validation": list(validation), "seed": seed, "folds": n_folds,
         "fold_of_group": fold_of, "quality": quality, "frame_step": frame_step, "max_clip_s": max_clip_s,
         "train_frames": len(crops), "train_clips": len(reals), "fake_frames": len(fk_crops), "eval_clips": meta_clips,
     }
@@ -355,6 +371,7 @@ def eval_report(
     # bool even when there is no evaluation clip (a real-only pack): an empty float mask breaks ``~``
     fake = np.array([c["label"] != "real" for c in clips], bool)
     held = np.array([c["heldout"] for c in clips], bool)
+    val = np.array([c.get("validation", False) for c in clips], bool)
     dfl = np.array([c["rel"].startswith("deepfacelive_") and "_cropped/" in c["rel"] for c in clips], bool)
     sad = np.array([c["group"] == "sadtalker_fake" for c in clips], bool)
     genuine_held = held & ~fake
@@ -367,6 +384,7 @@ def eval_report(
     pairs = [(k, index[c["pair"]]) for k, c in enumerate(clips) if held[k] and dfl[k] and fake[k] and c["pair"] in index]
     # The same, for any dataset (FF++, Celeb-DF and DFDC name each fake's original and method).
     all_pairs = [(k, index[c["pair"]]) for k, c in enumerate(clips) if held[k] and fake[k] and c.get("pair") in index]
+    val_pairs = [(k, index[c["pair"]]) for k, c in enumerate(clips) if val[k] and fake[k] and c.get("pair") in index]
     methods = sorted({c.get("method") or "" for k, c in enumerate(clips) if held[k] and fake[k]} - {""})
     method = np.array([c.get("method") or "" for c in clips])
 
@@ -383,6 +401,9 @@ def eval_report(
         # fake against its own original where the dataset names it.
         "heldout_method_auc": {m: sub((held & fake & (method == m)) | genuine_held) for m in methods},
         "heldout_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in all_pairs)}/{len(all_pairs)}",
+        # The validation groups (never trained on, never the held-out set): what ``fit`` selects on.
+        "validation_clip_auc": sub(val),
+        "validation_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in val_pairs)}/{len(val_pairs)}",
     }
 
 
@@ -469,6 +490,7 @@ def fit(
 
     eval_x, sbi_x = stacked(pack.eval_images()), stacked(pack.sbi_images())
     history: list[dict[str, object]] = []
+    best: dict[str, object] = {}  # the evaluation with the highest validation AUC so far (first width)
 
     def logits(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         if len(x) == 0:
@@ -489,6 +511,12 @@ def fit(
         history.append(row)
         logger.info("eval %s", json.dumps(row))
         save(step)
+        # Early stopping on the pack's validation groups (never on the held-out set): keep the
+        # weights of the best evaluation so far; the earliest wins a tie.
+        v = row[f"w{widths[0]}"]["validation_clip_auc"]  # type: ignore[index]
+        if v is not None and (not best or v > best["validation_clip_auc"]):
+            best.update(step=step, validation_clip_auc=v)
+            shutil.copyfile(out_dir / "models.pt", out_dir / "best.pt")
 
     def save(step: int) -> None:
         torch.save(
@@ -497,7 +525,7 @@ def fit(
              "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
             out_dir / "models.pt",
         )
-        (out_dir / "results.json").write_text(json.dumps({"history": history}, indent=2) + "\n")
+        (out_dir / "results.json").write_text(json.dumps({"history": history, "selected_step": best.get("step")}, indent=2) + "\n")
 
     step = 0
     seen = 0
@@ -532,6 +560,8 @@ def fit(
     if not history or history[-1]["step"] != step:
         evaluate(step)
     summary = {"steps": step, "faces_seen": seen, "minutes": round((time.monotonic() - started) / 60, 2), "final": history[-1]}
+    if best:  # best.pt holds these weights
+        summary["selected"] = next(r for r in history if r["step"] == best["step"])
     (out_dir / "results.json").write_text(json.dumps({"summary": summary, "history": history}, indent=2) + "\n")
     return summary
 
@@ -579,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--source", action="append", required=True)
     p.add_argument("--holdout", action="append", default=[])
     p.add_argument("--holdout-preset", default="none")
+    p.add_argument("--validation", action="append", default=[], help="a group never trained on, evaluated apart from the held-out ones; fit keeps the checkpoint best on them (best.pt)")
+    p.add_argument("--validation-preset", choices=sorted(VALIDATION_PRESETS), default="none")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/deepfake-monitor-cache"))
     p.add_argument("--seed", type=int, default=0)
@@ -615,7 +647,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.holdout_preset not in HOLDOUT_PRESETS:
             ap.error(f"--holdout-preset must be one of {', '.join(sorted(HOLDOUT_PRESETS))}")
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
-        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, max_clip_s=args.max_clip_s, workers=args.workers or default_workers()), indent=2))
+        validation = list(dict.fromkeys([*VALIDATION_PRESETS[args.validation_preset], *args.validation]))
+        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, max_clip_s=args.max_clip_s, workers=args.workers or default_workers(), validation=validation), indent=2))
     else:
         print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs, args.trunk_model), indent=2))
 

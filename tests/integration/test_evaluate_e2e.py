@@ -111,6 +111,11 @@ def test_gpu_style_appearance_training_feeds_monitor_train(dataset: Path, tmp_pa
     summary = sbi.build_pack([source], [], tmp_path / "pack.npz", cache)
     # Genuine faces of both clips train; the evaluation set holds the one fake (nothing is held out).
     assert summary["folds"] == 2 and summary["train_frames"] > 20 and summary["eval_clips"] == 1
+    # A validation group is never trained on: without ga's genuine clip one group is left, too few folds.
+    with pytest.raises(InputError, match="at least two groups"):
+        sbi.build_pack([source], [], tmp_path / "val.npz", cache, validation=["ga"])
+    with pytest.raises(InputError, match="both held out and for validation: ga"):
+        sbi.build_pack([source], ["ga"], tmp_path / "val.npz", cache, validation=["ga"])
     sbi.fit(tmp_path / "pack.npz", tmp_path / "fit", steps=2, widths=(8,), pairs=2, workers=0, eval_every=0)
     cfg = TrainConfig(
         sources=(source,), out_dir=tmp_path / "bundle", cache_dir=cache, geometry_steps=2, folds=2, threads=1,

@@ -115,6 +115,10 @@ def test_sbi_pack_reads_as_much_of_each_clip_as_asked(tmp_path: Path, monkeypatc
     r = CliRunner().invoke(app, ["sbi", "pack", "--source", f"tsv:{tmp_path / 'ok.tsv'}", "--out", str(tmp_path / "p.npz"), "--max-clip-s", "5"])
     assert r.exit_code == 0, r.output
     assert got["max_clip_s"] == 5.0
+    r = CliRunner().invoke(app, ["sbi", "pack", "--source", f"tsv:{tmp_path / 'ok.tsv'}", "--out", str(tmp_path / "p.npz"),
+                                 "--validation-preset", "dev-v1", "--validation", "extra"])
+    assert r.exit_code == 0, r.output
+    assert got["validation"] == [*sbi.VALIDATION_PRESETS["dev-v1"], "extra"]
 
 
 def test_a_bug_in_training_is_not_dressed_up_as_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

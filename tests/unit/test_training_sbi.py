@@ -177,6 +177,42 @@ def test_eval_report_scores_each_method_and_pair_of_any_dataset() -> None:
     assert report["heldout_pairs_ranked"] == "2/4" and report["live_swaps_heldout_pairs_ranked"] == "0/0"
 
 
+def test_eval_report_scores_the_validation_groups_apart_from_the_held_out_ones() -> None:
+    from types import SimpleNamespace
+
+    # Validation: V swap 3 above its original 1, W swap 0 below its original 2. Held out: H swap 5, original 4.
+    clips = [
+        {"rel": f"{who}_{kind}.mp4", "label": "fake" if kind == "swap" else "real", "group": who, "heldout": who == "H",
+         "validation": who != "H", "pair": f"{who}_orig.mp4" if kind == "swap" else None}
+        for who in ("V", "W", "H") for kind in ("swap", "orig")
+    ]
+    pack = SimpleNamespace(meta={"eval_clips": clips}, eval_clip=np.repeat(np.arange(6), 2), sbi_y=np.array([0, 1]))
+    report = sbi.eval_report(pack, np.repeat([3.0, 1.0, 0.0, 2.0, 5.0, 4.0], 2), np.array([0.0, 1.0]))  # type: ignore[arg-type]
+    assert report["validation_clip_auc"] == 0.5 and report["validation_pairs_ranked"] == "1/2"
+    assert report["heldout_clip_auc"] == 1.0 and report["heldout_pairs_ranked"] == "1/1"
+    # A pack written before validation groups existed has none.
+    for c in clips:
+        del c["validation"]
+    old = sbi.eval_report(pack, np.repeat([3.0, 1.0, 0.0, 2.0, 5.0, 4.0], 2), np.array([0.0, 1.0]))  # type: ignore[arg-type]
+    assert old["validation_clip_auc"] is None and old["validation_pairs_ranked"] == "0/0"
+
+
+def test_fit_keeps_the_checkpoint_best_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_pack(tmp_path / "p.npz")
+    scripted = iter([0.6, 0.8, 0.8, 0.7])  # steps 1-4: the first 0.8 (step 2) is kept
+    monkeypatch.setattr(sbi, "eval_report", lambda *a, **k: {"validation_clip_auc": next(scripted)})
+    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=4, widths=(8,), pairs=2, workers=0, eval_every=1)
+    assert summary["selected"]["step"] == 2 and summary["final"]["step"] == 4
+    _, best = sbi.load_fold_models(tmp_path / "out/best.pt", 8, {"g0": 0, "g1": 1})
+    _, last = sbi.load_fold_models(tmp_path / "out/models.pt", 8, {"g0": 0, "g1": 1})
+    assert best["steps"] == 2 and last["steps"] == 4
+    assert json.loads((tmp_path / "out/results.json").read_text())["summary"]["selected"]["step"] == 2
+    # Without validation groups nothing is selected and no best.pt is written.
+    monkeypatch.setattr(sbi, "eval_report", lambda *a, **k: {"validation_clip_auc": None})
+    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "none", steps=2, widths=(8,), pairs=2, workers=0, eval_every=1)
+    assert "selected" not in summary and not (tmp_path / "none/best.pt").exists()
+
+
 def test_eval_report_of_a_real_only_pack_has_nothing_to_rank() -> None:
     from types import SimpleNamespace
 
