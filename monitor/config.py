@@ -197,6 +197,10 @@ class AnalysisConfig(Strict):
         4096 * 4096, ge=64 * 64,
         description="A stream (file, RTSP, WHIP or WHEP) whose frames have more pixels fails (a WHIP session then ends) with a clear error instead of taking gigabytes of memory (an 8000x8000 video took about 3 GB). The default, 16.8 million, admits 4K (8.3 million).",
     )
+    ffmpeg_max_alloc_mib: int = Field(
+        128, ge=16, le=2048,
+        description="Largest single allocation FFmpeg may make, in MiB (process-wide; at least 4 bytes per pixel of max_frame_pixels is always allowed). An RTSP server announcing a 1 GB reply made FFmpeg allocate 1 GB per connection attempt; now that open fails at once (as invalid data). Raise it only if a legitimate file fails with 'Cannot allocate memory' (a recording of more than about a day indexes that much).",
+    )
     crop_size: int = Field(112, ge=32, le=512, description="Side of the aligned face crop handed to the detector, in pixels.")
     min_face_px: float = Field(48.0, ge=8, description="Faces narrower than this are `low_resolution`.")
     min_blur: float = Field(15.0, ge=0, description="Crops whose Laplacian variance (measured at 112 px whatever crop_size is) is below this are `blurred`.")

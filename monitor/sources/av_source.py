@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,6 +215,45 @@ def refuse_playlist(path: str) -> None:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(_PLAYLIST_HEADS) or (text.startswith(b"<?xml") and b"<MPD" in head):
         raise SourceError(f"{path} is a playlist or manifest, not a video file: file streams play one file", retryable=False)
+
+
+@functools.cache
+def _libavutil() -> Any:
+    """The libavutil that PyAV loaded into this process (ctypes), or None where it cannot be
+    found: the path is read from the process's memory map, so that a second copy of FFmpeg on
+    the machine (OpenCV's, the system's) is never the one changed."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = re.findall(r"(/\S*/libavutil[^/\s]*\.(?:so|dylib)\S*)", f.read())
+    except OSError:  # not Linux
+        paths = []
+    if not paths:
+        here = Path(av.__file__).parent
+        paths = [str(p) for d in (here.parent / "av.libs", here / ".dylibs") for p in sorted(d.glob("libavutil*"))]
+    for path in dict.fromkeys(paths):
+        try:
+            lib = ctypes.CDLL(path)  # the loaded library again: dlopen returns the same handle
+            lib.av_max_alloc.argtypes = [ctypes.c_size_t]
+            lib.av_max_alloc.restype = None
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def limit_ffmpeg_allocations(max_bytes: int) -> bool:
+    """Cap every single allocation FFmpeg makes in this process at ``max_bytes`` (av_max_alloc;
+    FFmpeg's own default is INT_MAX). An RTSP server that announced a 1 GB reply made FFmpeg
+    allocate and fill 1 GB on every connection attempt; now FFmpeg refuses the allocation and the
+    open fails at once (FFmpeg reports the missing SDP as invalid data).
+    Process-wide: it covers RTSP, files and WebRTC decoding alike. False (with a warning) where
+    PyAV's libavutil cannot be found."""
+    lib = _libavutil()
+    if lib is None:
+        logger.warning("FFmpeg's allocation limit could not be set (libavutil not found): a hostile stream can make it allocate up to 2 GB")
+        return False
+    lib.av_max_alloc(int(max_bytes))
+    return True
 
 
 def open_video(

@@ -164,7 +164,7 @@ class RtspServer:
         self.close()
 
 
-GarbageMode = Literal["random", "nonsense", "bad_sdp", "error", "close", "silent"]
+GarbageMode = Literal["random", "nonsense", "bad_sdp", "error", "close", "silent", "huge_reply"]
 
 
 class GarbageRtspServer:
@@ -173,7 +173,8 @@ class GarbageRtspServer:
     Modes: ``random`` replies with random bytes; ``nonsense`` with a text line that is not
     RTSP; ``bad_sdp`` with a well-formed 200 OK whose SDP is garbage; ``error`` with
     ``RTSP/1.0 500``; ``close`` closes the connection mid-handshake; ``silent`` accepts and
-    never answers (only the client's timeout ends it). ``connections`` counts accepted
+    never answers (only the client's timeout ends it); ``huge_reply`` answers DESCRIBE with a
+    1 GB reply, sending bytes until the client hangs up. ``connections`` counts accepted
     connections, so tests can see a client retrying.
     """
 
@@ -220,6 +221,9 @@ class GarbageRtspServer:
                 continue
             request, _, buffer = buffer.partition(b"\r\n\r\n")
             cseq = re.search(rb"CSeq:\s*(\d+)", request, re.IGNORECASE)
+            if self.mode == "huge_reply" and request.startswith(b"DESCRIBE"):
+                self._send_huge(sock, cseq.group(1).decode() if cseq else "1")
+                return
             reply = self._reply(cseq.group(1).decode() if cseq else "1")
             if reply is None:
                 if self.mode == "close":
@@ -229,6 +233,19 @@ class GarbageRtspServer:
                 sock.sendall(reply)
             except OSError:
                 return
+
+    def _send_huge(self, sock: socket.socket, cseq: str) -> None:
+        head = f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: application/sdp\r\nContent-Length: 1000000000\r\n\r\n"
+        chunk = b"v" * (1 << 20)
+        sock.settimeout(5.0)
+        try:
+            sock.sendall(head.encode())
+            for _ in range(1000):  # 1 GB at most, as announced
+                if self._stopping.is_set():
+                    return
+                sock.sendall(chunk)
+        except OSError:
+            return  # the client hung up
 
     def _reply(self, cseq: str) -> bytes | None:
         if self.mode == "random":
@@ -242,6 +259,8 @@ class GarbageRtspServer:
                 f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: application/sdp\r\n"
                 f"Content-Length: {len(sdp)}\r\n\r\n"
             ).encode() + sdp
+        if self.mode == "huge_reply":  # OPTIONS: the DESCRIBE that follows gets the huge reply
+            return f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n\r\n".encode()
         if self.mode == "error":
             return f"RTSP/1.0 500 Internal Server Error\r\nCSeq: {cseq}\r\n\r\n".encode()
         return None  # close, silent

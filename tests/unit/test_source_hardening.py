@@ -602,3 +602,53 @@ def test_an_rtsp_server_that_goes_silent_after_play_times_out_as_such() -> None:
             source._close()  # noqa: SLF001
     assert str(failed.value) == "no data from the server for 0.5 s (read_timeout_s)"
     assert failed.value.retryable and error_kind(failed.value) == "TimeoutError"
+
+
+def test_a_huge_rtsp_reply_is_refused_without_allocating_it() -> None:
+    """A server announcing a 1 GB DESCRIBE reply made FFmpeg allocate (and fill) 1 GB on every
+    connection attempt. Under the service's allocation limit the open fails at once. In a child
+    process, so that its peak memory is its own."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, resource, sys\n"
+        "from monitor.errors import SourceError\n"
+        "from monitor.metrics import Metrics\n"
+        "from monitor.sources.av_source import RtspSource, limit_ffmpeg_allocations\n"
+        "assert limit_ffmpeg_allocations(128 << 20)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "source = RtspSource('cam', sys.argv[1], metrics=Metrics(), config=RtspSource.Config(open_timeout_s=20, read_timeout_s=20))\n"
+        "try:\n"
+        "    source._open()\n"
+        "    error = None\n"
+        "except SourceError as exc:\n"
+        "    error = str(exc)\n"
+        "grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024\n"
+        "print(json.dumps({'error': error, 'grew_mib': grew}))\n"
+    )
+    with GarbageRtspServer("huge_reply") as server:
+        done = subprocess.run([sys.executable, "-c", code, server.url], capture_output=True, text=True, timeout=120)
+        assert server.connections >= 1
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # FFmpeg refuses the allocation and reports the missing SDP; before, it read for 20 s (the
+    # open timeout) into 1 GB.
+    assert "Invalid data found" in result["error"] and "no valid answer" not in result["error"], result
+    assert result["grew_mib"] < 150, result  # without the limit: about 1,000
+
+
+@pytest.mark.parametrize(("mib", "pixels", "expected"), [(128, 4096 * 4096, 128 << 20), (16, 8192 * 8192, 4 * 8192 * 8192)])
+def test_the_service_sets_ffmpegs_allocation_limit_from_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mib: int, pixels: int, expected: int,
+) -> None:
+    # At least 4 bytes per pixel of max_frame_pixels, so that any frame the limit admits decodes.
+    from monitor.pipeline import manager
+
+    got: list[int] = []
+    monkeypatch.setattr(manager, "limit_ffmpeg_allocations", got.append)
+    settings = load_settings(None, analysis={"ffmpeg_max_alloc_mib": mib, "max_frame_pixels": pixels}, data_dir=str(tmp_path))
+    metrics = Metrics()
+    StreamManager(settings, EventBus(EventLog(tmp_path / "e.db"), metrics), metrics, SystemClock(), Constant, lambda _: NoFaces())
+    assert got == [expected]
