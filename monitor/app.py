@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from monitor.alerts.bus import EventBus, SinkRunner
-from monitor.alerts.eventlog import EventLog
+from monitor.alerts.eventlog import EventLog, open_event_log
 from monitor.alerts.evidence import EvidenceStore
 from monitor.alerts.policy import SEVERITY
 from monitor.api.http import create_app
@@ -77,7 +77,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         # the log is opened, as on a full disk opening it fails until something is freed.
         await asyncio.to_thread(evidence.prune, clock.time() - settings.alerts.retention_days * 86400)
         try:
-            log = EventLog(settings.data_dir / "events.sqlite3", settings.instance)
+            log = open_event_log(settings.data_dir / "events.sqlite3", settings.instance)
         except (OSError, sqlite3.Error) as exc:  # a data_dir that is a file, not writable, full
             raise ConfigError(f"cannot open the event log in data_dir {settings.data_dir}: {exc}") from exc
         stack.callback(log.close)

@@ -12,6 +12,7 @@ import numbers
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -129,6 +130,41 @@ def to_cloudevent_json(
 PRUNE_BATCH = 2000  # events deleted per transaction at start-up
 
 
+class CorruptLog(sqlite3.DatabaseError):
+    """The event log file is damaged (SQLite's quick_check failed)."""
+
+
+def is_corrupt(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says the file is damaged or not a database at all, as opposed to locked,
+    unreadable or on a full disk (OperationalError), where moving it aside would be wrong."""
+    return isinstance(exc, CorruptLog) or getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def open_event_log(path: Path, instance: str = "monitor") -> EventLog:
+    """The event log at ``path``. A damaged file (or one that is not a database) is moved aside,
+    with its -wal and -shm files, as ``<name>.corrupt-<UTC time>`` and a new log is started,
+    so the service keeps watching and nothing is deleted: the old file can be recovered with
+    ``sqlite3 FILE .recover``. The new log has a new epoch, so clients and sinks start again
+    from its beginning. Other failures (locked, unreadable, full disk) are raised."""
+    try:
+        return EventLog(path, instance)
+    except sqlite3.DatabaseError as exc:
+        if not is_corrupt(exc):
+            raise
+        reason = exc
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.replace(moved.with_name(moved.name + suffix))
+    logger.error(
+        "event log %s is damaged (%s): moved aside as %s and a new log started; alerts and events "
+        "before it are in that file (recover with `sqlite3 %s .recover`)", path, reason, moved.name, moved,
+    )
+    return EventLog(path, instance)
+
+
 class EventLog:
     """SQLite-backed, append-only log. Thread-safe; call it from an executor, not the loop."""
 
@@ -143,10 +179,19 @@ class EventLog:
         self._lock = threading.Lock()
         # timeout: wait for a lock held by a backup or another reader instead of failing at once.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            # A damaged page (a disk or copy error) opened without complaint, and then failed every
+            # replay and every sink's read for good while new alerts went into the damaged file.
+            damage = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if damage != "ok":
+                raise CorruptLog(f"database disk image is malformed ({damage})")
+        except BaseException:
+            self._db.close()
+            raise
         # Next to the file, outside it: the epoch and the last id this log reached. A backup
         # of the file does not carry it, so a restored (older) copy is told apart.
         self._mark = path.with_name(path.name + ".mark")

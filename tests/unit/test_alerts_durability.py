@@ -174,6 +174,56 @@ async def test_an_old_row_sqlite_cannot_parse_does_not_keep_alerts_open(tmp_path
     assert set(ends) == {4, 5} and ends[5]["previous"] == "alert" and ends[5]["score"] is None
 
 
+def damage(path: Path, how: str) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        if how == "zeroed_pages":  # two pages in the middle, as a disk or copy error leaves them
+            f.seek(size // 3)
+            f.write(b"\0" * 8192)
+        else:  # "garbage": not a database at all
+            f.write(os.urandom(size))
+
+
+@pytest.mark.parametrize("how", ["zeroed_pages", "garbage"])
+async def test_a_damaged_event_log_is_moved_aside_and_a_new_one_started(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: zeroed pages were accepted at start; every replay and every sink's read then failed
+    # for good while new alerts went into the damaged file. A garbage file stopped the start.
+    settings = make_settings(tmp_path)
+    path = settings.data_dir / "events.sqlite3"
+    log = EventLog(path, settings.instance)
+    log.append([status_event(i, size=300) for i in range(3000)])
+    old_epoch = log.epoch
+    log.close()
+    damage(path, how)
+    kept = path.read_bytes()
+    async with runtime(settings) as rt:
+        assert rt.log.epoch != old_epoch and rt.log.last_id() == 0
+        stored = await asyncio.to_thread(rt.log.append, [alert(EventType.ALERT_OPENED, "new")])
+        assert stored[0].id == 1 and await asyncio.to_thread(rt.log.read_since, 0, 10, True)
+    moved = [p for p in settings.data_dir.iterdir() if p.name.startswith("events.sqlite3.corrupt-")]
+    assert [p.read_bytes() for p in moved if not p.name.endswith(("-wal", "-shm"))] == [kept]  # nothing deleted
+    message = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "damaged" in r.getMessage())
+    assert moved[0].name in message and ".recover" in message
+    async with runtime(settings) as rt:  # the new log is kept at the next start
+        assert rt.log.last_id() >= 1
+
+
+def test_a_log_that_cannot_be_opened_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
+    # Locked, unreadable or on a full disk (OperationalError): raised as it is, the file stays.
+    import sqlite3
+
+    from monitor.alerts.eventlog import is_corrupt, open_event_log
+
+    assert not is_corrupt(sqlite3.OperationalError("database is locked"))
+    path = tmp_path / "events.sqlite3"
+    path.mkdir()  # "unable to open database file"
+    with pytest.raises(sqlite3.OperationalError):
+        open_event_log(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["events.sqlite3"] and path.is_dir()
+
+
 async def test_a_second_service_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     # Before: it closed the first one's live alerts as service_restarted and ran every sink twice.
     settings = make_settings(tmp_path)
@@ -221,7 +271,7 @@ async def test_old_evidence_is_pruned_before_the_event_log_is_opened(tmp_path: P
     from monitor.alerts.evidence import EvidenceStore
 
     order: list[str] = []
-    prune, open_log = EvidenceStore.prune, monitor.app.EventLog
+    prune, open_log = EvidenceStore.prune, monitor.app.open_event_log
 
     def pruned(self: EvidenceStore, older_than: float) -> int:
         order.append("evidence pruned")
@@ -232,7 +282,7 @@ async def test_old_evidence_is_pruned_before_the_event_log_is_opened(tmp_path: P
         return open_log(*args, **kwargs)
 
     monkeypatch.setattr(EvidenceStore, "prune", pruned)
-    monkeypatch.setattr(monitor.app, "EventLog", opened)
+    monkeypatch.setattr(monitor.app, "open_event_log", opened)
     async with runtime(make_settings(tmp_path)):
         pass
     assert order == ["evidence pruned", "log opened"]
