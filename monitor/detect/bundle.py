@@ -176,16 +176,41 @@ def _onnx_session(model: bytes):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
+def _torch_state(path: Path, state: bytes) -> tuple[dict[str, Any], int]:
+    """The state dict in ``state`` (the file at ``path``) and its number of ensemble members
+    (0: a single net), read from the weights themselves: the ONNX path needs no count, and a
+    manifest without one loaded there but failed here."""
+    import torch
+
+    try:
+        weights = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a file that is not its format
+        raise ConfigError(f"detector weights: {path} is not a torch state dict ({type(exc).__name__}: {exc})") from None
+    if not isinstance(weights, dict) or not weights:
+        raise ConfigError(f"detector weights: {path} is not a torch state dict")
+    members = {k.split(".")[1] for k in weights if k.startswith("members.")}
+    return weights, len(members)
+
+
+def _load_net(path: Path, net: Any, weights: dict[str, Any]) -> Any:
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        raise ConfigError(f"detector weights: {path} does not fit the network ({str(exc).splitlines()[0]})") from None
+    return net.eval()
+
+
 class _TorchAppearance:
-    def __init__(self, state: bytes, width: int, members: int) -> None:
+    def __init__(self, path: Path, state: bytes) -> None:
         import torch
 
         from monitor.detect.nets import AppearanceEnsemble, AppearanceNet
 
         self._torch = torch
-        self._net = AppearanceEnsemble(width, members) if members > 1 else AppearanceNet(width)
-        self._net.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
-        self._net.eval()
+        weights, members = _torch_state(path, state)
+        stem = weights.get("members.0.stem.0.weight" if members else "stem.0.weight")
+        width = int(stem.shape[0]) if stem is not None else 24  # the first convolution's outputs
+        self._net = _load_net(path, AppearanceEnsemble(width, members) if members else AppearanceNet(width), weights)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -195,15 +220,14 @@ class _TorchAppearance:
 
 
 class _TorchGeometry:
-    def __init__(self, state: bytes, in_dim: int, members: int) -> None:
+    def __init__(self, path: Path, state: bytes, in_dim: int) -> None:
         import torch
 
         from monitor.detect.nets import GeometryEnsemble, GeometryNet
 
         self._torch = torch
-        self._net = GeometryEnsemble(in_dim, members) if members > 1 else GeometryNet(in_dim)
-        self._net.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
-        self._net.eval()
+        weights, members = _torch_state(path, state)
+        self._net = _load_net(path, GeometryEnsemble(in_dim, members) if members else GeometryNet(in_dim), weights)
 
     def __call__(self, seq: np.ndarray) -> float:
         torch = self._torch
@@ -225,8 +249,6 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
     from monitor.detect.features import GEOMETRY_DIM
 
     meta, files = verify(directory, manifest_sha256)
-    width = int(meta.get("appearance_width", 24))
-    members = int(meta.get("members", 1))
     if backend == "onnx":
         app: AppearanceModel = _OnnxAppearance(files["appearance.onnx"])
         geo: GeometryModel = _OnnxGeometry(files["geometry.onnx"])
@@ -234,8 +256,8 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
         import torch
 
         torch.set_num_threads(1)
-        app = _TorchAppearance(files["appearance.pt"], width, members)
-        geo = _TorchGeometry(files["geometry.pt"], GEOMETRY_DIM, members)
+        app = _TorchAppearance(directory / "appearance.pt", files["appearance.pt"])
+        geo = _TorchGeometry(directory / "geometry.pt", files["geometry.pt"], GEOMETRY_DIM)
     try:
         fusion = Fusion.from_json(files["fusion.json"])
     except (ValueError, KeyError, TypeError) as exc:

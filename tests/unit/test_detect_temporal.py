@@ -103,6 +103,31 @@ def test_a_malformed_bundle_is_a_config_error(bundle_dir: Path, tmp_path: Path, 
         load_bundle(copy, "onnx", None)
 
 
+def test_torch_reads_the_ensemble_shape_from_the_weights(bundle_dir: Path, tmp_path: Path) -> None:
+    # Before: a manifest without `members` or `appearance_width` loaded with ONNX Runtime but
+    # failed with torch (load_state_dict: missing keys), the reference path.
+    import hashlib
+    import json
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, 112, 112, 3)).astype(np.uint8)
+    for k, directory in enumerate(bundles(bundle_dir)):  # a single net of width 16; the shipped pair of width 24
+        copy = tmp_path / f"b{k}"
+        copy.mkdir()
+        for name in (*FILES, "manifest.json"):
+            (copy / name).write_bytes((directory / name).read_bytes())
+        meta = json.loads((copy / "manifest.json").read_text())
+        meta.pop("members", None)
+        meta.pop("appearance_width", None)
+        (copy / "manifest.json").write_text(json.dumps(meta))
+        np.testing.assert_allclose(load_bundle(copy, "torch", None).appearance(crops), load_bundle(copy, "onnx", None).appearance(crops), atol=1e-3, rtol=1e-3)
+        (copy / "geometry.pt").write_bytes(b"not torch")
+        meta["files"]["geometry.pt"] = hashlib.sha256(b"not torch").hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match="geometry.pt is not a torch state dict"):
+            load_bundle(copy, "torch", None)
+
+
 def cues(n: int, dt: float = 0.1, logit: float = 0.0) -> list[FrameCues]:
     rng = np.random.default_rng(1)
     geo = rng.uniform(0.3, 0.7, GEOMETRY_DIM).astype(np.float32)
