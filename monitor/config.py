@@ -199,7 +199,7 @@ class AnalysisConfig(Strict):
     )
     ffmpeg_max_alloc_mib: int = Field(
         128, ge=16, le=2048,
-        description="Largest single allocation FFmpeg may make, in MiB (process-wide; at least 4 bytes per pixel of max_frame_pixels is always allowed). An RTSP server announcing a 1 GB reply made FFmpeg allocate 1 GB per connection attempt; now that open fails at once (as invalid data). Raise it only if a legitimate file fails with 'Cannot allocate memory' (a recording of more than about a day indexes that much).",
+        description="Largest single allocation FFmpeg may make, in MiB (process-wide, set by the service and by `monitor scan`; at least 4 bytes per pixel of max_frame_pixels is always allowed). An RTSP server announcing a 1 GB reply made FFmpeg allocate 1 GB per connection attempt; now that open fails at once (as invalid data). Raise it only if a legitimate file fails with 'Cannot allocate memory' (a recording of more than about a day indexes that much).",
     )
     crop_size: int = Field(112, ge=32, le=512, description="Side of the aligned face crop handed to the detector, in pixels.")
     min_face_px: float = Field(48.0, ge=8, description="Faces narrower than this are `low_resolution`.")

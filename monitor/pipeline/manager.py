@@ -17,7 +17,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
 from monitor.pipeline.stream import StreamPipeline
 from monitor.plugins import SOURCE_GROUP, Detector, Source, load_plugin
-from monitor.sources.av_source import limit_ffmpeg_allocations
+from monitor.sources.av_source import limit_ffmpeg_allocations_for
 from monitor.sources.base import ThreadedSource, failure_text
 
 logger = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ class StreamManager:
         # call (ThreadedSource.aclose): they count against max_streams until they end, or
         # add/remove cycles against a silent camera piled up threads and sockets without limit.
         self._left_behind: list[ThreadedSource] = []
-        a = settings.analysis
-        limit_ffmpeg_allocations(max(a.ffmpeg_max_alloc_mib << 20, 4 * a.max_frame_pixels))
+        limit_ffmpeg_allocations_for(settings.analysis)
 
     async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
         """Start watching ``stream``. A prebuilt ``source`` (e.g. a WebRTC track) may be given."""

@@ -16,7 +16,7 @@ from monitor.config import Settings
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
 from monitor.plugins import Detector
-from monitor.sources.av_source import sample_video
+from monitor.sources.av_source import limit_ffmpeg_allocations_for, sample_video
 from monitor.types import AlertData, Event, EventType, TrackState, TrackStateData
 
 # Video-level score = max over tracks of this percentile of the track's smoothed scores:
@@ -103,6 +103,7 @@ def scan(
 ) -> ScanResult:
     """Analyse ``url_or_path`` at the configured analysis fps, as fast as decoding allows."""
     metrics = metrics or Metrics()
+    limit_ffmpeg_allocations_for(settings.analysis)  # `monitor scan rtsp://…` meets the same servers
     if detector is None:
         detector = detector_factory(settings)()
     if faces is None:

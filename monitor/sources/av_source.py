@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,43 +216,68 @@ def refuse_playlist(path: str) -> None:
         raise SourceError(f"{path} is a playlist or manifest, not a video file: file streams play one file", retryable=False)
 
 
-@functools.cache
-def _libavutil() -> Any:
-    """The libavutil that PyAV loaded into this process (ctypes), or None where it cannot be
-    found: the path is read from the process's memory map, so that a second copy of FFmpeg on
-    the machine (OpenCV's, the system's) is never the one changed."""
+def _loaded_libavutils() -> list[str]:
+    """Paths of every libavutil mapped into this process (Linux), in no particular order."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            paths = re.findall(r"(/\S*/libavutil[^/\s]*\.(?:so|dylib)\S*)", f.read())
+            # address perms offset dev inode path: the path is the rest of the line (it may hold spaces)
+            paths = [parts[5] for line in f if len(parts := line.rstrip("\n").split(maxsplit=5)) == 6]
     except OSError:  # not Linux
-        paths = []
-    if not paths:
-        here = Path(av.__file__).parent
-        paths = [str(p) for d in (here.parent / "av.libs", here / ".dylibs") for p in sorted(d.glob("libavutil*"))]
-    for path in dict.fromkeys(paths):
+        return []
+    return list(dict.fromkeys(p for p in paths if Path(p).name.startswith("libavutil")))
+
+
+@functools.cache
+def _libavutil() -> Any:
+    """PyAV's libavutil (ctypes), or None where it cannot be told apart. Other copies of FFmpeg
+    are often loaded too (OpenCV's wheel bundles its own): the cap must land on PyAV's. A
+    wheel's private copy sits in PyAV's own library folder; a PyAV built against the system's
+    FFmpeg uses a shared one, recognised by its version being PyAV's and it lying outside any
+    other wheel's private folder."""
+    here = Path(av.__file__).resolve().parent
+    private = [str(p) for d in (here.parent / "av.libs", here / ".dylibs") for p in sorted(d.glob("libavutil*"))]
+    want = av.library_versions.get("libavutil")
+    shared = [p for p in _loaded_libavutils() if not any(part.endswith(".libs") or part == ".dylibs" for part in Path(p).parts)]
+    for path in private or shared:
         try:
             lib = ctypes.CDLL(path)  # the loaded library again: dlopen returns the same handle
             lib.av_max_alloc.argtypes = [ctypes.c_size_t]
             lib.av_max_alloc.restype = None
-            return lib
+            lib.av_malloc.argtypes = [ctypes.c_size_t]
+            lib.av_malloc.restype = ctypes.c_void_p
+            lib.av_free.argtypes = [ctypes.c_void_p]
+            lib.av_free.restype = None
+            version = lib.avutil_version()
         except (OSError, AttributeError):
             continue
+        if private or want is None or (version >> 16, (version >> 8) & 0xFF, version & 0xFF) == tuple(want):
+            return lib
     return None
 
 
 def limit_ffmpeg_allocations(max_bytes: int) -> bool:
-    """Cap every single allocation FFmpeg makes in this process at ``max_bytes`` (av_max_alloc;
-    FFmpeg's own default is INT_MAX). An RTSP server that announced a 1 GB reply made FFmpeg
-    allocate and fill 1 GB on every connection attempt; now FFmpeg refuses the allocation and the
-    open fails at once (FFmpeg reports the missing SDP as invalid data).
-    Process-wide: it covers RTSP, files and WebRTC decoding alike. False (with a warning) where
-    PyAV's libavutil cannot be found."""
+    """Cap every single allocation PyAV's FFmpeg makes in this process at ``max_bytes``
+    (av_max_alloc; FFmpeg's own default is INT_MAX). An RTSP server that announced a 1 GB reply
+    made FFmpeg allocate and fill 1 GB on every connection attempt; now FFmpeg refuses the
+    allocation and the open fails at once (FFmpeg reports the missing SDP as invalid data).
+    Process-wide, the last call wins: it covers RTSP, files and WebRTC decoding alike. Checked
+    by asking for one byte more than the cap; False (with a warning) where that still succeeds
+    or PyAV's libavutil cannot be found."""
     lib = _libavutil()
-    if lib is None:
-        logger.warning("FFmpeg's allocation limit could not be set (libavutil not found): a hostile stream can make it allocate up to 2 GB")
-        return False
-    lib.av_max_alloc(int(max_bytes))
-    return True
+    if lib is not None:
+        lib.av_max_alloc(int(max_bytes))
+        over = lib.av_malloc(int(max_bytes) + 1)  # refused without allocating when the cap holds
+        if not over:
+            return True
+        lib.av_free(over)
+    logger.warning("FFmpeg's allocation limit could not be set (PyAV's libavutil not found): a hostile stream can make it allocate up to 2 GB")
+    return False
+
+
+def limit_ffmpeg_allocations_for(analysis: Any) -> bool:
+    """The cap ``analysis`` (an AnalysisConfig) asks for: ``ffmpeg_max_alloc_mib``, and never
+    less than 4 bytes per pixel of ``max_frame_pixels``, so that any frame it admits decodes."""
+    return limit_ffmpeg_allocations(max(analysis.ffmpeg_max_alloc_mib << 20, 4 * analysis.max_frame_pixels))
 
 
 def open_video(

@@ -604,24 +604,41 @@ def test_an_rtsp_server_that_goes_silent_after_play_times_out_as_such() -> None:
     assert failed.value.retryable and error_kind(failed.value) == "TimeoutError"
 
 
-def test_a_huge_rtsp_reply_is_refused_without_allocating_it() -> None:
+@pytest.mark.parametrize("entry", ["serve", "scan"])
+def test_a_huge_rtsp_reply_is_refused_without_allocating_it(entry: str) -> None:
     """A server announcing a 1 GB DESCRIBE reply made FFmpeg allocate (and fill) 1 GB on every
-    connection attempt. Under the service's allocation limit the open fails at once. In a child
-    process, so that its peak memory is its own."""
+    connection attempt. Under the allocation limit the service and `monitor scan` set, the open
+    fails at once. In a child process, so that its peak memory is its own; av is imported
+    before cv2, whose wheel bundles another libavutil (the order that once put the cap on it)."""
     import json
     import subprocess
     import sys
 
     code = (
-        "import json, resource, sys\n"
+        "import asyncio, json, resource, sys, tempfile\n"
+        "import av, cv2\n"
+        "from pathlib import Path\n"
+        "from monitor.config import load_settings\n"
         "from monitor.errors import SourceError\n"
         "from monitor.metrics import Metrics\n"
-        "from monitor.sources.av_source import RtspSource, limit_ffmpeg_allocations\n"
-        "assert limit_ffmpeg_allocations(128 << 20)\n"
+        "from monitor.sources.av_source import RtspSource\n"
+        "settings = load_settings(None, data_dir=tempfile.mkdtemp(), demo=False)\n"
+        "if sys.argv[2] == 'serve':\n"
+        "    from monitor.alerts.bus import EventBus\n"
+        "    from monitor.alerts.eventlog import EventLog\n"
+        "    from monitor.clock import SystemClock\n"
+        "    from monitor.pipeline.manager import StreamManager\n"
+        "    log = EventLog(Path(settings.data_dir) / 'e.sqlite3')\n"
+        "    StreamManager(settings, EventBus(log, Metrics()), Metrics(), SystemClock(), None, None)\n"
+        "    log.close()\n"
+        "    source = RtspSource('cam', sys.argv[1], metrics=Metrics(), config=RtspSource.Config(open_timeout_s=20, read_timeout_s=20))\n"
+        "    run = source._open\n"
+        "else:\n"
+        "    from monitor.pipeline.offline import scan\n"
+        "    run = lambda: scan(sys.argv[1], settings, detector=object(), faces=object())\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "source = RtspSource('cam', sys.argv[1], metrics=Metrics(), config=RtspSource.Config(open_timeout_s=20, read_timeout_s=20))\n"
         "try:\n"
-        "    source._open()\n"
+        "    run()\n"
         "    error = None\n"
         "except SourceError as exc:\n"
         "    error = str(exc)\n"
@@ -629,7 +646,7 @@ def test_a_huge_rtsp_reply_is_refused_without_allocating_it() -> None:
         "print(json.dumps({'error': error, 'grew_mib': grew}))\n"
     )
     with GarbageRtspServer("huge_reply") as server:
-        done = subprocess.run([sys.executable, "-c", code, server.url], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-c", code, server.url, entry], capture_output=True, text=True, timeout=120)
         assert server.connections >= 1
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -640,15 +657,11 @@ def test_a_huge_rtsp_reply_is_refused_without_allocating_it() -> None:
 
 
 @pytest.mark.parametrize(("mib", "pixels", "expected"), [(128, 4096 * 4096, 128 << 20), (16, 8192 * 8192, 4 * 8192 * 8192)])
-def test_the_service_sets_ffmpegs_allocation_limit_from_its_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mib: int, pixels: int, expected: int,
-) -> None:
-    # At least 4 bytes per pixel of max_frame_pixels, so that any frame the limit admits decodes.
-    from monitor.pipeline import manager
+def test_the_allocation_limit_admits_every_frame_the_settings_admit(monkeypatch: pytest.MonkeyPatch, mib: int, pixels: int, expected: int) -> None:
+    from monitor.config import AnalysisConfig
+    from monitor.sources import av_source
 
     got: list[int] = []
-    monkeypatch.setattr(manager, "limit_ffmpeg_allocations", got.append)
-    settings = load_settings(None, analysis={"ffmpeg_max_alloc_mib": mib, "max_frame_pixels": pixels}, data_dir=str(tmp_path))
-    metrics = Metrics()
-    StreamManager(settings, EventBus(EventLog(tmp_path / "e.db"), metrics), metrics, SystemClock(), Constant, lambda _: NoFaces())
+    monkeypatch.setattr(av_source, "limit_ffmpeg_allocations", got.append)
+    av_source.limit_ffmpeg_allocations_for(AnalysisConfig(ffmpeg_max_alloc_mib=mib, max_frame_pixels=pixels))
     assert got == [expected]
