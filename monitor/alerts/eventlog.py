@@ -134,18 +134,25 @@ class CorruptLog(sqlite3.DatabaseError):
     """The event log file is damaged (SQLite's quick_check failed)."""
 
 
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
 def is_corrupt(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` says the file is damaged or not a database at all, as opposed to locked,
-    unreadable or on a full disk (OperationalError), where moving it aside would be wrong."""
-    return isinstance(exc, CorruptLog) or getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    unreadable or on a full disk, where moving it aside would be wrong. Extended codes
+    (SQLITE_CORRUPT_INDEX, ...) count by their primary code, the low byte."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, CorruptLog) or (isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB))
 
 
 def open_event_log(path: Path, instance: str = "monitor") -> EventLog:
     """The event log at ``path``. A damaged file (or one that is not a database) is moved aside,
-    with its -wal and -shm files, as ``<name>.corrupt-<UTC time>`` and a new log is started,
-    so the service keeps watching and nothing is deleted: the old file can be recovered with
-    ``sqlite3 FILE .recover``. The new log has a new epoch, so clients and sinks start again
-    from its beginning. Other failures (locked, unreadable, full disk) are raised."""
+    with its -wal, -shm and .mark files, as ``<name>.corrupt-<UTC time>`` and a new log is
+    started, so the service keeps watching and nothing is deleted: the old file can be
+    recovered with ``sqlite3 FILE .recover``. The new log has a new epoch, so clients and sinks
+    start again from its beginning; alerts the old log had open are not closed, and events no
+    sink had delivered yet stay undelivered. Other failures (locked, unreadable, full disk) are
+    raised."""
     try:
         return EventLog(path, instance)
     except sqlite3.DatabaseError as exc:
@@ -154,13 +161,18 @@ def open_event_log(path: Path, instance: str = "monitor") -> EventLog:
         reason = exc
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     moved = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
+    n = 1
+    while moved.exists():  # a second damaged log within the same second
+        n += 1
+        moved = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm", ".mark"):
         part = path.with_name(path.name + suffix)
         if part.exists():
             part.replace(moved.with_name(moved.name + suffix))
     logger.error(
-        "event log %s is damaged (%s): moved aside as %s and a new log started; alerts and events "
-        "before it are in that file (recover with `sqlite3 %s .recover`)", path, reason, moved.name, moved,
+        "event log %s is damaged (%s): moved aside as %s and a new log started. Its events stay in that "
+        "file (recover with `sqlite3 %s .recover`); alerts it had open are not closed and events no sink "
+        "had delivered are not delivered", path, reason, moved.name, moved,
     )
     return EventLog(path, instance)
 
@@ -180,28 +192,29 @@ class EventLog:
         # timeout: wait for a lock held by a backup or another reader instead of failing at once.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
         try:
+            # Checked before anything is written to it: a damaged page (a disk or copy error)
+            # opened without complaint, and then failed every replay and every sink's read for
+            # good while new alerts went into the damaged file.
+            damage = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if damage != "ok":
+                raise CorruptLog(f"database disk image is malformed ({damage})")
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL survives power loss too; alerts are rare enough that fsync cost is irrelevant.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-            # A damaged page (a disk or copy error) opened without complaint, and then failed every
-            # replay and every sink's read for good while new alerts went into the damaged file.
-            damage = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
-            if damage != "ok":
-                raise CorruptLog(f"database disk image is malformed ({damage})")
+            # Next to the file, outside it: the epoch and the last id this log reached. A backup
+            # of the file does not carry it, so a restored (older) copy is told apart.
+            self._mark = path.with_name(path.name + ".mark")
+            self._mark_failed = False
+            self.epoch = self._load_epoch()
+            # A second connection for clients' reads (replays, /api/events): WAL lets it read while
+            # the first writes, so a client replaying a long history does not hold up the writes,
+            # and with them every stream's analysis.
+            self._reader_lock = threading.Lock()
+            self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
         except BaseException:
             self._db.close()
             raise
-        # Next to the file, outside it: the epoch and the last id this log reached. A backup
-        # of the file does not carry it, so a restored (older) copy is told apart.
-        self._mark = path.with_name(path.name + ".mark")
-        self._mark_failed = False
-        self.epoch = self._load_epoch()
-        # A second connection for clients' reads (replays, /api/events): WAL lets it read while
-        # the first writes, so a client replaying a long history does not hold up the writes,
-        # and with them every stream's analysis.
-        self._reader_lock = threading.Lock()
-        self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
 
     def _load_epoch(self) -> str:
         """This log's epoch: random, made when the log is created and kept for its life. Ids

@@ -203,9 +203,12 @@ async def test_a_damaged_event_log_is_moved_aside_and_a_new_one_started(
         stored = await asyncio.to_thread(rt.log.append, [alert(EventType.ALERT_OPENED, "new")])
         assert stored[0].id == 1 and await asyncio.to_thread(rt.log.read_since, 0, 10, True)
     moved = [p for p in settings.data_dir.iterdir() if p.name.startswith("events.sqlite3.corrupt-")]
-    assert [p.read_bytes() for p in moved if not p.name.endswith(("-wal", "-shm"))] == [kept]  # nothing deleted
+    assert [p.read_bytes() for p in moved if not p.name.endswith(("-wal", "-shm", ".mark"))] == [kept]  # nothing deleted
+    assert any(p.name.endswith(".mark") for p in moved)  # the old log's mark went with it: no spurious warning
+    assert not any("is not the log its mark names" in r.getMessage() for r in caplog.records)
     message = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "damaged" in r.getMessage())
-    assert moved[0].name in message and ".recover" in message
+    main = next(p for p in moved if not p.name.endswith(("-wal", "-shm", ".mark")))
+    assert main.name in message and ".recover" in message and "not closed" in message
     async with runtime(settings) as rt:  # the new log is kept at the next start
         assert rt.log.last_id() >= 1
 
@@ -216,7 +219,13 @@ def test_a_log_that_cannot_be_opened_is_not_taken_for_a_damaged_one(tmp_path: Pa
 
     from monitor.alerts.eventlog import is_corrupt, open_event_log
 
-    assert not is_corrupt(sqlite3.OperationalError("database is locked"))
+    def error(code: int) -> sqlite3.Error:
+        exc = sqlite3.DatabaseError("x")
+        exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return exc
+
+    # SQLite reports extended codes (SQLITE_CORRUPT_INDEX = 779): the primary code is the low byte.
+    assert [is_corrupt(error(c)) for c in (11, 779, 26, 5, 517, 10)] == [True, True, True, False, False, False]
     path = tmp_path / "events.sqlite3"
     path.mkdir()  # "unable to open database file"
     with pytest.raises(sqlite3.OperationalError):
