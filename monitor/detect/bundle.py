@@ -186,7 +186,7 @@ def _torch_state(path: Path, state: bytes) -> tuple[dict[str, Any], int]:
         weights = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several kinds for a file that is not its format
         raise ConfigError(f"detector weights: {path} is not a torch state dict ({type(exc).__name__}: {exc})") from None
-    if not isinstance(weights, dict) or not weights:
+    if not isinstance(weights, dict) or not weights or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in weights.items()):
         raise ConfigError(f"detector weights: {path} is not a torch state dict")
     members = {k.split(".")[1] for k in weights if k.startswith("members.")}
     return weights, len(members)
@@ -195,8 +195,9 @@ def _torch_state(path: Path, state: bytes) -> tuple[dict[str, Any], int]:
 def _load_net(path: Path, net: Any, weights: dict[str, Any]) -> Any:
     try:
         net.load_state_dict(weights)
-    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
-        raise ConfigError(f"detector weights: {path} does not fit the network ({str(exc).splitlines()[0]})") from None
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors: torch's first reason
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ConfigError(f"detector weights: {path} does not fit the network ({' '.join(lines[:2])[:400]})") from None
     return net.eval()
 
 

@@ -126,6 +126,22 @@ def test_torch_reads_the_ensemble_shape_from_the_weights(bundle_dir: Path, tmp_p
         (copy / "manifest.json").write_text(json.dumps(meta))
         with pytest.raises(ConfigError, match="geometry.pt is not a torch state dict"):
             load_bundle(copy, "torch", None)
+        # Weights of another shape: torch's reason is kept.
+        import io
+
+        import torch
+
+        weights = torch.load(copy / "appearance.pt", weights_only=True)
+        weights.pop(next(k for k in weights if k.endswith("head.weight") or "fc" in k or k.endswith("boundary.weight")))
+        buf = io.BytesIO()
+        torch.save(weights, buf)
+        (copy / "appearance.pt").write_bytes(buf.getvalue())
+        meta["files"]["appearance.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        (copy / "geometry.pt").write_bytes((directory / "geometry.pt").read_bytes())
+        meta["files"]["geometry.pt"] = hashlib.sha256((directory / "geometry.pt").read_bytes()).hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match=r"appearance.pt does not fit the network \(Error\(s\) in loading state_dict .* Missing key"):
+            load_bundle(copy, "torch", None)
 
 
 def cues(n: int, dt: float = 0.1, logit: float = 0.0) -> list[FrameCues]:
