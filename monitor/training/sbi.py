@@ -42,8 +42,9 @@ PACK_VERSION = 1
 # split (under --holdout-preset dev-v1) with its originals, so that ``fit`` can stop early
 # without looking at the held-out set. Self-blending alone (``fit`` without --fake-share)
 # then trains on the remaining genuine clips.
+# ghost_inputs_real goes too: its dance.mp4 is a near-duplicate of the GHOST swaps' original.
 VALIDATION_PRESETS: dict[str, tuple[str, ...]] = {
-    "dev-v1": ("deepfacelive:Ava_de_Addario", "deepfacelive:Ewon_Spice", "ghost_faceswap", "ayhm23_pair", "liveness_ashish"),
+    "dev-v1": ("deepfacelive:Ava_de_Addario", "deepfacelive:Ewon_Spice", "ghost_faceswap", "ghost_inputs_real", "ayhm23_pair", "liveness_ashish"),
     "none": (),
 }
 EVAL_FRAMES = 16  # frames per evaluation clip, evenly spaced over its main track
@@ -90,7 +91,10 @@ def build_pack(
     cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
     records = [r for s in sources for r in read_source(s)]
     refuse_duplicate_clips(records)
-    apply_holdout(records, [*holdout, *validation])  # only to refuse a name that matches no group
+    apply_holdout(records, holdout)  # only to refuse a name that matches no group
+    unknown = sorted(set(validation) - {r.group for r in records})
+    if unknown:
+        raise InputError(f"--validation {', '.join(unknown)}: no such group in the sources")
     held, val = set(holdout), set(validation)
     if held & val:
         raise InputError(f"groups both held out and for validation: {', '.join(sorted(held & val))}")
@@ -375,7 +379,8 @@ def eval_report(
     dfl = np.array([c["rel"].startswith("deepfacelive_") and "_cropped/" in c["rel"] for c in clips], bool)
     sad = np.array([c["group"] == "sadtalker_fake" for c in clips], bool)
     genuine_held = held & ~fake
-    unseen = held if fakes_seen else np.ones_like(held)
+    # Unseen: not trained on, and not used to pick the checkpoint either (the validation groups).
+    unseen = held if fakes_seen else ~val
 
     def sub(sel: np.ndarray) -> float | None:
         return auc(fake[sel], score[sel])
@@ -392,7 +397,7 @@ def eval_report(
         "sbi_heldout_frame_auc": auc(sbi_y, sbi_logits),
         "heldout_clip_auc": sub(held),
         "live_swaps_heldout_auc": sub(held & dfl),
-        "live_swaps_all_auc": None if fakes_seen else sub(dfl),
+        "live_swaps_all_auc": None if fakes_seen else sub(dfl & ~val),
         "sadtalker_vs_heldout_genuine_auc": sub(sad | genuine_held),
         "all_unseen_fakes_vs_heldout_genuine_auc": sub((fake & unseen) | genuine_held),
         "heldout_genuine_score_std": float(score[genuine_held].std()) if genuine_held.any() else None,
@@ -451,6 +456,8 @@ def fit(
         raise InputError(f"fake_share must be within [0, 1], not {fake_share}")
     if fake_share > 0 and frames != 1:
         raise InputError("real fakes are sampled one frame at a time (frames 1)")
+    if fake_share > 0 and len(getattr(pack, "fake_offsets", ())) < 2:
+        raise InputError(f"{pack_path}: --fake-share needs the training split's fakes, and this pack has none (all held out or for validation?)")
     if arch != "cnn":
         widths = (0,)  # one architecture; the key keeps the "w<width>-fold<f>" layout
     folds = int(pack.meta["folds"])
@@ -491,6 +498,7 @@ def fit(
     eval_x, sbi_x = stacked(pack.eval_images()), stacked(pack.sbi_images())
     history: list[dict[str, object]] = []
     best: dict[str, object] = {}  # the evaluation with the highest validation AUC so far (first width)
+    (out_dir / "best.pt").unlink(missing_ok=True)  # an earlier run's, in the same folder
 
     def logits(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         if len(x) == 0:
@@ -510,18 +518,20 @@ def fit(
             row[f"w{w}"] = eval_report(pack, np.mean(ev, axis=0), np.mean(sb, axis=0), frames, fake_share > 0)
         history.append(row)
         logger.info("eval %s", json.dumps(row))
-        save(step)
         # Early stopping on the pack's validation groups (never on the held-out set): keep the
-        # weights of the best evaluation so far; the earliest wins a tie.
+        # weights of the best evaluation so far, judged by the first width's models; the
+        # earliest wins a tie.
         v = row[f"w{widths[0]}"]["validation_clip_auc"]  # type: ignore[index]
-        if v is not None and (not best or v > best["validation_clip_auc"]):
+        if v is not None and math.isfinite(v) and (not best or v > best["validation_clip_auc"]):
             best.update(step=step, validation_clip_auc=v)
-            shutil.copyfile(out_dir / "models.pt", out_dir / "best.pt")
+            shutil.copyfile(out_dir / "models.pt", out_dir / "best.pt.tmp")
+            (out_dir / "best.pt.tmp").replace(out_dir / "best.pt")
+        save(step)
 
     def save(step: int) -> None:
         torch.save(
             {"meta": {"arch": arch, "single": single, "widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
-                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "trunk_model": str(trunk_model) if trunk_model else None, "seed": seed, "lr": lr, "pack": {k: pack.meta[k] for k in ("sources", "holdout", "seed", "train_frames")}},
+                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "trunk_model": str(trunk_model) if trunk_model else None, "seed": seed, "lr": lr, "pack": {k: pack.meta.get(k) for k in ("sources", "holdout", "validation", "seed", "train_frames")}},
              "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
             out_dir / "models.pt",
         )

@@ -116,6 +116,16 @@ def test_gpu_style_appearance_training_feeds_monitor_train(dataset: Path, tmp_pa
         sbi.build_pack([source], [], tmp_path / "val.npz", cache, validation=["ga"])
     with pytest.raises(InputError, match="both held out and for validation: ga"):
         sbi.build_pack([source], ["ga"], tmp_path / "val.npz", cache, validation=["ga"])
+    with pytest.raises(InputError, match="--validation gz: no such group"):
+        sbi.build_pack([source], [], tmp_path / "val.npz", cache, validation=["gz"])
+    # A third genuine group for validation: evaluated, flagged, and none of its faces trained on.
+    (dataset / "extra").mkdir(exist_ok=True)
+    (dataset / "extra/v.mp4").write_bytes((dataset / "genuine/a.mp4").read_bytes())
+    (dataset / "val.tsv").write_text((dataset / "grouped.tsv").read_text() + "extra/v.mp4\treal\tgv\n")
+    val = sbi.build_pack([f"tsv:{dataset / 'val.tsv'}"], [], tmp_path / "val.npz", cache, validation=["gv"])
+    assert val["train_clips"] == 2 and val["train_frames"] == summary["train_frames"]
+    clips = sbi.Pack(tmp_path / "val.npz").meta["eval_clips"]
+    assert [(c["rel"], c["validation"], c["heldout"]) for c in clips if c["validation"]] == [("extra/v.mp4", True, False)]
     sbi.fit(tmp_path / "pack.npz", tmp_path / "fit", steps=2, widths=(8,), pairs=2, workers=0, eval_every=0)
     cfg = TrainConfig(
         sources=(source,), out_dir=tmp_path / "bundle", cache_dir=cache, geometry_steps=2, folds=2, threads=1,

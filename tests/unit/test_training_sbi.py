@@ -190,6 +190,8 @@ def test_eval_report_scores_the_validation_groups_apart_from_the_held_out_ones()
     report = sbi.eval_report(pack, np.repeat([3.0, 1.0, 0.0, 2.0, 5.0, 4.0], 2), np.array([0.0, 1.0]))  # type: ignore[arg-type]
     assert report["validation_clip_auc"] == 0.5 and report["validation_pairs_ranked"] == "1/2"
     assert report["heldout_clip_auc"] == 1.0 and report["heldout_pairs_ranked"] == "1/1"
+    # The validation fakes pick the checkpoint: they are not counted as unseen (only H's swap is).
+    assert report["all_unseen_fakes_vs_heldout_genuine_auc"] == 1.0
     # A pack written before validation groups existed has none.
     for c in clips:
         del c["validation"]
