@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from monitor.errors import InputError
-from monitor.sources.av_source import decode_frames
+from monitor.sources.av_source import Timeline, decode_frames
 from monitor.types import display_orientation, orient
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def degrade_clip(
         # Odd container rates (e.g. 519168/19667) are rejected by the encoder; frame times
         # are carried by the pts below, so a nearby simple rate loses nothing.
         rate = Fraction(max(1, round(float(stream.average_rate or 25))))
+        step_ms = max(1, round(Timeline.of(inp).step * 1000))  # one frame interval, as the scan counts it
         with av.open(str(dst), "w") as out:
             enc = None
             last_pts = -1
@@ -128,9 +129,12 @@ def degrade_clip(
                     # A cut to other footage can change the frame size; the encoder cannot.
                     img = cv2.resize(img, (enc.width, enc.height), interpolation=cv2.INTER_AREA)
                 vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-                # Variable-rate and GIF sources repeat or omit timestamps; the muxer needs them
-                # strictly increasing.
-                last_pts = max(int(round(float(frame.time or 0.0) * 1000)), last_pts + 1)
+                # Variable-rate and GIF sources repeat or omit timestamps, and the muxer needs them
+                # strictly increasing: such a frame comes one frame interval after the last, as the
+                # scan's Timeline places it. 1 ms after it packed a raw .h264's 6 s into 60 ms,
+                # and the degraded clip was too short to judge.
+                raw = None if frame.time is None else int(round(float(frame.time) * 1000))
+                last_pts = raw if raw is not None and raw > last_pts else (last_pts + step_ms if last_pts >= 0 else 0)
                 vf.pts = last_pts
                 vf.time_base = Fraction(1, 1000)
                 for packet in enc.encode(vf):

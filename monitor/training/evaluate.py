@@ -254,6 +254,11 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
     except Exception as exc:  # one unreadable clip is a reported failure, not a crash
         logger.warning("could not scan %s: %s", job.rel, exc)
         return job.failed(f"error:{type(exc).__name__}: {exc}")
+    finally:
+        if job.degraded_to is not None:
+            # Each copy goes once scanned: a large manifest's copies filled the temporary
+            # folder until the whole run ended.
+            job.degraded_to.unlink(missing_ok=True)
     ttd = None
     if res.first_alert_t is not None and res.first_face_t is not None:
         ttd = round(max(0.0, res.first_alert_t - res.first_face_t), 3)

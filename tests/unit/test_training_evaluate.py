@@ -155,3 +155,47 @@ def test_360p_means_the_shorter_side_in_portrait_too(tmp_path: Path, size: tuple
     with av.open(str(out)) as c:
         frame = next(c.decode(video=0))
     assert (frame.width, frame.height) == expected
+
+
+@pytest.mark.parametrize("scan_fails", [False, True])
+def test_each_degraded_copy_is_deleted_once_its_clip_is_scanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_fails: bool) -> None:
+    # Before: every copy stayed in the temporary folder until the whole run ended.
+    from types import SimpleNamespace
+
+    import monitor.pipeline.offline as offline
+    from monitor.config import Settings
+    from monitor.sources.demo_media import write_clip
+    from monitor.training.evaluate import _Job, _scan_job
+
+    seen: list[bool] = []
+
+    def scan(path: str, *args: object, **kwargs: object) -> object:
+        seen.append(Path(path).exists())
+        if scan_fails:
+            raise RuntimeError("broken clip")
+        return SimpleNamespace(first_alert_t=None, first_face_t=None, reasons=(), score=0.1, verdict="clear", alerts_opened=0, duration_s=0.5)
+
+    monkeypatch.setattr(offline, "scan", scan)
+    clip = write_clip(tmp_path / "in.mp4", 0.5, fps=10, width=160, height=120)
+    job = _Job(0, "in.mp4", clip, "real", "", tmp_path / "copy.mp4")
+    result = _scan_job(job, Settings(), lambda: None, parse_degradation("noise"))  # type: ignore[arg-type,return-value]
+    assert seen == [True] and not (tmp_path / "copy.mp4").exists()
+    assert (result.verdict == "error") is scan_fails
+
+
+@pytest.mark.parametrize("kind", ["raw_h264", "frozen_timestamps"])
+def test_a_degraded_copy_keeps_the_pace_of_a_clip_without_timestamps(tmp_path: Path, kind: str) -> None:
+    # Before: frames with no timestamp (a raw .h264) or a repeated one were placed 1 ms apart,
+    # so a 3 s clip lasted 30 ms degraded and was too short to judge. Now one frame interval
+    # apart, as the scan's Timeline counts them.
+    import av
+
+    from monitor.training.degrade import degrade_clip
+    from tests.support.media import frozen_timestamps_mkv, raw_h264
+
+    clip = raw_h264(tmp_path / "in.h264", 3.0, 10) if kind == "raw_h264" else frozen_timestamps_mkv(tmp_path / "in.mkv", frames=30)
+    out = degrade_clip(clip, tmp_path / "out.mp4", parse_degradation("noise"))
+    with av.open(str(out)) as c:
+        times = [f.time for f in c.decode(video=0)]
+    assert len(times) == 30
+    assert times[-1] - times[0] > 1.5  # 29 intervals of a 10-30 fps clip; 0.029 s before
