@@ -283,10 +283,10 @@ class DetectorConfig(Strict):
 
 
 class PolicyConfig(Strict):
-    suspicious_enter: float = Field(0.5, ge=0, le=1, description="Smoothed score at or above which a track becomes `suspicious`.")
+    suspicious_enter: float = Field(0.5, gt=0, le=1, description="Smoothed score at or above which a track becomes `suspicious`.")
     alert_enter: float = Field(0.7, ge=0, le=1, description="Smoothed score at or above which a track raises an alert.")
     hysteresis: float = Field(0.1, ge=0, le=0.5, description="A state is left only when the score falls this far below its entry threshold.")
-    min_alert_s: float = Field(1.0, ge=0, description="The score must stay above `alert_enter` this long before an alert opens.")
+    min_alert_s: float = Field(1.0, ge=0, description="The smoothed score must stay above `alert_enter`, with this much time of the detector's own scores above it, before an alert opens.")
     min_state_s: float = Field(1.0, ge=0, description="Minimum time in a state before any downgrade.")
     ema_halflife_s: float = Field(1.0, gt=0, description="Half-life of the exponential smoothing of detector scores.")
     inconclusive_after_s: float = Field(2.0, gt=0, description="A track without a usable score for this long becomes `inconclusive`.")
@@ -295,6 +295,12 @@ class PolicyConfig(Strict):
     def _ordered(self) -> PolicyConfig:
         if self.alert_enter < self.suspicious_enter:
             raise ValueError("policy.alert_enter must be >= policy.suspicious_enter")
+        if self.hysteresis >= self.suspicious_enter:
+            # The exit thresholds would be 0 or below: an alert would never close.
+            raise ValueError(
+                f"policy.hysteresis ({self.hysteresis:g}) must be below policy.suspicious_enter ({self.suspicious_enter:g}), "
+                "or no score could ever end a state"
+            )
         return self
 
 

@@ -155,7 +155,10 @@ class TrackPolicy:
             if self._above_alert_since is None:
                 self._above_alert_since = last_usable
                 self._above_s = 0.0
-            elif step is not None:
+            elif step is not None and self.raw is not None and self.raw >= c.alert_enter:
+                # Only time the detector itself scored above the threshold counts: the smoothed
+                # score starts at a track's first score, so one outlier there (0.95, then a
+                # second of 0.45) held it above alert_enter for a half-life and opened an alert.
                 self._above_s += step
         else:
             self._above_alert_since = None
@@ -192,7 +195,9 @@ class TrackPolicy:
         if target == TrackState.ALERT:
             start_t = self._above_alert_since if self._above_alert_since is not None else t
             peak = self.smoothed if self.smoothed is not None else 0.0
-            self._alert = _OpenAlert(uuid.uuid4().hex, start_t, wall_time, peak, self._alert_reasons(), self.signals)
+            # start_time: when it began, on the wall clock (it opens min_alert_s or more later).
+            began = wall_time - max(t - start_t, 0.0)
+            self._alert = _OpenAlert(uuid.uuid4().hex, start_t, began, peak, self._alert_reasons(), self.signals)
             events.append(self._alert_event(EventType.ALERT_OPENED, None, wall_time))
         return events
 

@@ -73,6 +73,8 @@ def test_alert_opens_and_closes_with_span() -> None:
     assert c.end_t is not None and 6.0 <= c.end_t <= 8.0
     assert c.score >= 0.9
     assert "score_above_threshold" in o.reasons
+    # start_time is when it began on the wall clock (run() sets wall = 1000 + t), not when it opened.
+    assert o.start_time == pytest.approx(1000.0 + o.start_t) and opened[0].time >= o.start_time + CFG.min_alert_s
     # Hysteresis: after the alert it goes down through the states, then stays clear.
     assert states(events)[-1] == TrackState.CLEAR
 
@@ -134,6 +136,26 @@ def test_first_event_announces_track_with_reasons() -> None:
 def test_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError):
         PolicyConfig(suspicious_enter=0.8, alert_enter=0.5)
+
+
+@pytest.mark.parametrize("kw", [{"suspicious_enter": 0.3, "alert_enter": 0.4, "hysteresis": 0.3}, {"suspicious_enter": 0.0}])
+def test_thresholds_that_no_score_could_leave_are_refused(kw: dict[str, float]) -> None:
+    # Before: hysteresis 0.3 with alert_enter 0.4 put the exit at 0.1 below suspicious_enter's,
+    # 0.0: an alert stayed open through 60 s of scores of 0.
+    with pytest.raises(ValueError, match="suspicious_enter"):
+        PolicyConfig(**kw)
+
+
+def test_one_outlier_at_a_tracks_start_does_not_open_an_alert() -> None:
+    # The smoothed score starts at the first score. Before: a first 0.95 then a second of 0.45
+    # held it above alert_enter for a half-life, which counted towards min_alert_s: an alert.
+    cfg = PolicyConfig(ema_halflife_s=1.0, min_alert_s=1.0, min_state_s=1.0)
+    events = run(TrackPolicy("s", 1, cfg), [(0.0, 0.95)] + steady(0.45, 0.1, 3))
+    assert not [e for e in events if e.type == EventType.ALERT_OPENED]
+    # Scores that are themselves above the threshold still alert after min_alert_s.
+    events = run(TrackPolicy("s", 1, cfg), steady(0.95, 0, 3))
+    opened = [e for e in events if e.type == EventType.ALERT_OPENED]
+    assert len(opened) == 1 and 1.0 <= opened[0].time - 1000.0 <= 1.3
 
 
 def test_face_returning_after_a_long_gap_is_judged_afresh() -> None:
