@@ -190,6 +190,19 @@ class ServerConfig(Strict):
         return self
 
 
+def too_slow_to_track(name: str, fps: float, analysis: AnalysisConfig) -> str | None:
+    """Why analysing at ``fps`` cannot work, or None. A frame analysed every ``track_lost_s`` or
+    less often ends every face's track before the next frame: each face got a new track on each
+    frame, no track ever had a window to score, and the stream showed ``running`` while blind."""
+    if 1.0 / fps >= analysis.track_lost_s:
+        return (
+            f"{name}={fps:g} analyses a frame every {1.0 / fps:g} s, which is not less than analysis.track_lost_s "
+            f"({analysis.track_lost_s:g} s): every face would start a new track on every frame and could never be "
+            "judged; raise the rate, or analysis.track_lost_s with policy.inconclusive_after_s"
+        )
+    return None
+
+
 class AnalysisConfig(Strict):
     fps: float = Field(10.0, gt=0, le=60, description="Frames analysed per second per stream; newer frames replace older ones that were not analysed yet (a file with realtime: false is sampled at this rate by its own timestamps, losing none).")
     max_faces: int = Field(4, ge=1, le=16, description="Most faces tracked per frame.")
@@ -460,6 +473,17 @@ class Settings(BaseSettings):
                 "%s: below 2 frames a second, verdicts come less often than every 0.5 s and a new "
                 "face's first score takes more than 2 s", ", ".join(slow)
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rates_keep_tracks(self) -> Settings:
+        rates = {"analysis.fps": self.analysis.fps} | {
+            f"streams[{s.id}].analysis_fps": s.analysis_fps for s in self.streams if s.analysis_fps is not None
+        }
+        for name, fps in rates.items():
+            why = too_slow_to_track(name, fps, self.analysis)
+            if why:
+                raise ValueError(why)
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from monitor.alerts.bus import EventBus
 from monitor.alerts.evidence import EvidenceStore
 from monitor.clock import Clock
-from monitor.config import Settings, StreamConfig
+from monitor.config import Settings, StreamConfig, too_slow_to_track
 from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
@@ -88,13 +88,16 @@ class StreamManager:
                 if len(self._streams) + len(self._left_behind) >= self.max_streams:
                     stuck = f" ({len(self._left_behind)} of them removed, their decoder threads still stuck)" if self._left_behind else ""
                     raise ConfigError(f"at most {self.max_streams} streams{stuck}")
+                a = self.settings.analysis
+                fps = stream.analysis_fps or a.fps
+                slow = too_slow_to_track(f"streams[{stream.id}].analysis_fps", fps, a)
+                if slow:  # a stream added through the API: the settings' own check never saw it
+                    raise ConfigError(slow)
                 if source is None:
                     source = build_source(stream, self.settings, self.metrics, self.clock)
-                a = self.settings.analysis
                 if isinstance(source, ThreadedSource):
                     # Handed in (a WHIP track) too: every source keeps to the limit.
                     source.max_frame_pixels = a.max_frame_pixels
-                fps = stream.analysis_fps or a.fps
                 faces: FaceStage | None = None
                 pipeline: StreamPipeline | None = None
                 try:

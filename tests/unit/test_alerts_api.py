@@ -343,6 +343,16 @@ async def test_api_streams_connect_only_to_the_allowed_hosts(tmp_path: Path) -> 
                 assert r.status_code == 201, (url, r.text)
 
 
+async def test_an_api_stream_too_slow_to_keep_its_tracks_is_refused(tmp_path: Path) -> None:
+    # Before: accepted (201) and "running", while every face started a new track on every frame.
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.post("/api/streams", json={"id": "slow", "url": "demo://astronaut", "analysis_fps": 0.5})
+            assert r.status_code == 400 and "streams[slow].analysis_fps=0.5" in r.text and "track_lost_s" in r.text
+            assert (await http.get("/api/streams")).json() == []
+            assert (await http.post("/api/streams", json={"id": "ok", "url": "demo://astronaut", "analysis_fps": 2})).status_code == 201
+
+
 @pytest.mark.parametrize("entry", ["", "cam 1", "10.0.0.0/33", "http://cam1", "*.lan", "a..b"])
 def test_api_stream_hosts_entries_are_checked_at_load(tmp_path: Path, entry: str) -> None:
     with pytest.raises(ConfigError, match="api_stream_hosts"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -435,6 +436,22 @@ def test_inconclusive_after_0_is_refused_and_slow_analysis_warns(caplog: pytest.
     load_settings(None, analysis={"fps": 10}, streams=[{"id": "cam", "url": "rtsp://10.0.0.5/s", "analysis_fps": 1.5}])
     assert "streams[cam].analysis_fps=1.5: below 2 frames a second" in caplog.text
     assert "analysis.fps=" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"analysis": {"fps": 0.5}}, "analysis.fps=0.5 analyses a frame every 2 s"),
+        ({"streams": [{"id": "cam", "url": "rtsp://10.0.0.5/s", "analysis_fps": 1}]}, "streams[cam].analysis_fps=1 analyses a frame every 1 s"),
+    ],
+)
+def test_a_rate_that_ends_every_track_before_the_next_frame_is_refused(kw: dict[str, object], name: str) -> None:
+    # Before: accepted with a mild warning; every face got a new track on every frame, so no
+    # track was ever judged and no alert could open, while the stream showed "running".
+    with pytest.raises(ConfigError, match=re.escape(name) + r".*analysis\.track_lost_s \(1 s\)"):
+        load_settings(None, **kw)
+    slower = {"analysis": {"track_lost_s": 2.5}, "policy": {"inconclusive_after_s": 3}}
+    load_settings(None, **{**kw, **slower, "analysis": {**kw.get("analysis", {}), "track_lost_s": 2.5}})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize(
