@@ -216,7 +216,13 @@ class StreamAnalyzer:
                 self._ended.clear()
         if self.evidence is not None and events:
             # Part of the policy stage, against the budget: an alert's JPEGs and write are rare but not free.
-            events = self._with_evidence(events, frame, rgb, {o.track_id: (tr, o) for tr, o in zip(tracks, face_frame.faces)})
+            try:
+                events = self._with_evidence(events, frame, rgb, {o.track_id: (tr, o) for tr, o in zip(tracks, face_frame.faces)})
+            except Exception:
+                # The policy has already moved on (an alert it opened stays open): losing these
+                # events would publish a close for an alert nobody saw open. The alert goes out
+                # without evidence instead.
+                logger.exception("stream %s: saving alert evidence failed; the events go out without it", self.stream_id)
         t4 = timer()
 
         times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3)

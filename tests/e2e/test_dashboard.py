@@ -326,14 +326,14 @@ async def test_a_token_typed_in_resumes_the_feed_without_a_gap(tmp_path: Path) -
 
 
 async def test_an_alert_shows_what_the_monitor_saw(tmp_path: Path) -> None:
-    # A real file through MediaPipe and the detector, thresholds at 0 so its face alerts; under a
+    # A real file through MediaPipe and the detector, thresholds near 0 so its face alerts; under a
     # proxy prefix, with a token: the images are fetched with the token in a header, as blobs.
     from monitor.sources.demo_media import write_clip
 
     clip = write_clip(tmp_path / "face.mp4", 3.0, fps=15, width=640, height=480)
     settings = load_settings(
         None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
-        policy={"suspicious_enter": 0.0, "alert_enter": 0.0, "min_alert_s": 0.2},
+        policy={"suspicious_enter": 0.001, "alert_enter": 0.001, "hysteresis": 0.0, "min_alert_s": 0.2},
         streams=[{"id": "desk", "url": str(clip), "loop": True}],
     )
     async with running_service(settings, prefix="/monitor") as svc:

@@ -1,5 +1,5 @@
 """Alert evidence end to end: a real file stream through MediaPipe and the detector raises an
-alert (thresholds at 0), its evidence is saved and served with the token, and only then."""
+alert (thresholds near 0), its evidence is saved and served with the token, and only then."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.support.service import running_service
 
 pytestmark = pytest.mark.integration
 TOKEN = "evidence-test-token-0123456789"
-ALERT_ALL = {"suspicious_enter": 0.0, "alert_enter": 0.0, "min_alert_s": 0.2}
+ALERT_ALL = {"suspicious_enter": 0.001, "alert_enter": 0.001, "hysteresis": 0.0, "min_alert_s": 0.2}
 
 
 async def first_alert(client: httpx.AsyncClient, timeout: float = 60) -> dict:

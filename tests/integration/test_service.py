@@ -402,9 +402,9 @@ def test_sigterm_stops_cleanly_closing_alerts_and_tracks(tmp_path: Path) -> None
     import sqlite3
 
     clip = write_clip(tmp_path / "face.mp4", 3.0, fps=15, width=320, height=240)
-    # Thresholds at 0 make every scored track alert, so there is an open alert to close.
+    # Thresholds near 0 make every scored track alert, so there is an open alert to close.
     config = {"demo": False, "data_dir": str(tmp_path / "data"),
-              "policy": {"suspicious_enter": 0.0, "alert_enter": 0.0, "min_alert_s": 0.2},
+              "policy": {"suspicious_enter": 0.001, "alert_enter": 0.001, "hysteresis": 0.0, "min_alert_s": 0.2},
               "streams": [{"id": "a", "url": str(clip), "loop": True}]}
     svc = ServiceProcess(tmp_path, config)
     svc.start()

@@ -202,6 +202,23 @@ def test_an_alert_is_raised_even_when_its_evidence_cannot_be_saved(tmp_path: Pat
     store.close()
 
 
+def test_an_alert_is_published_even_when_queueing_its_evidence_raises(
+    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: an exception there (out of memory encoding the frame, say) dropped the frame's
+    # events while the policy kept the alert open: its close later named an alert never opened.
+    store = store_counting(tmp_path / "evidence", metrics)
+
+    def broken(*args: object) -> bool:
+        raise MemoryError("encoding the frame")
+
+    monkeypatch.setattr(store, "submit", broken)
+    _, events = run_until_alert(store, metrics)
+    assert opened_of(events).evidence is None
+    assert "saving alert evidence failed" in caplog.text
+    store.close()
+
+
 def test_without_a_store_nothing_is_kept(metrics: Metrics) -> None:
     assert opened_of(run_until_alert(None, metrics)[1]).evidence is None
 

@@ -89,7 +89,7 @@ def test_an_alert_on_a_track_too_short_for_a_score_is_still_the_verdict(tmp_path
     # status 0, although the scan raised an alert (its JSON said alerts_opened: 1).
     clip = write_clip(tmp_path / "short.mp4", 0.7, fps=10, width=320, height=240)
     config = tmp_path / "low.yaml"
-    config.write_text(yaml.safe_dump({"policy": {"suspicious_enter": 0.0, "alert_enter": 0.0, "min_alert_s": 0.0}}))
+    config.write_text(yaml.safe_dump({"policy": {"suspicious_enter": 0.001, "alert_enter": 0.001, "hysteresis": 0.0, "min_alert_s": 0.0}}))
     out = tmp_path / "short.json"
     r = CliRunner().invoke(app, ["scan", str(clip), "-q", "-c", str(config), "--json", str(out)])
     result = json.loads(out.read_text())
