@@ -36,6 +36,7 @@ class ClipResult:
     duration_s: float
     first_face_t: float | None
     reasons: tuple[str, ...]
+    source: str = ""  # the --source it came from ("" for a manifest: one source)
 
     @property
     def is_fake(self) -> bool:
@@ -160,9 +161,11 @@ def metrics(name: str, clips: Sequence[ClipResult], threshold: float, note: str 
 
 def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metrics]:
     """Per first path component and per ``method``. A group with only fakes is scored against
-    every genuine clip of the manifest (the usual per-manipulation AUC); the note says so. Its
-    accuracy is over its own clips, the share of them caught (None if none was judged): over
-    the pooled set it would mostly measure the other groups' genuine clips."""
+    every genuine clip of the manifest (the usual per-manipulation AUC), or, when several
+    sources are evaluated together, of its own sources where they have any (FF++'s Deepfakes
+    against Celeb-DF's genuine clips measured the datasets, not the method); the note says
+    which. Its accuracy is over its own clips, the share of them caught (None if none was
+    judged): over the pooled set it would mostly measure the other groups' genuine clips."""
     genuine = [c for c in results if not c.is_fake]
     out: list[Metrics] = []
     for kind, key in (("folder", lambda c: c.group), ("method", lambda c: c.method)):
@@ -170,7 +173,12 @@ def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metri
         for name in names:
             members = [c for c in results if key(c) == name]
             if all(c.is_fake for c in members):
-                pooled = metrics(f"{kind}:{name}", members + genuine, threshold, "fakes vs all genuine")
+                sources = {c.source for c in members}
+                own = [c for c in genuine if c.source in sources]
+                if own and len(own) < len(genuine):
+                    pooled = metrics(f"{kind}:{name}", members + own, threshold, "fakes vs genuine of the same source")
+                else:
+                    pooled = metrics(f"{kind}:{name}", members + genuine, threshold, "fakes vs all genuine")
                 out.append(replace(pooled, accuracy=metrics(pooled.name, members, threshold).accuracy))
             else:
                 out.append(metrics(f"{kind}:{name}", members, threshold))
@@ -198,9 +206,10 @@ class _Job:
     method: str
     degraded_to: Path | None  # where the degraded copy goes, when degrading
     group: str = ""  # the "folder" group: a manifest path's first component, or the source's name
+    source: str = ""  # the --source spec it came from ("" for a manifest)
 
     def failed(self, reason: str) -> ClipResult:
-        return ClipResult(self.rel, self.label, self.group, self.method, None, "error", None, 0, 0.0, None, (reason,))
+        return ClipResult(self.rel, self.label, self.group, self.method, None, "error", None, 0, 0.0, None, (reason,), self.source)
 
 
 def manifest_folder(rel: str) -> str:
@@ -219,13 +228,13 @@ def source_name(spec: str) -> str:
     return f"{kind}:{split}" if split else kind
 
 
-def source_rows(specs: Sequence[str]) -> list[tuple[str, Path, str, str, str]]:
-    """(rel, path, label, method, group) of every clip of ``specs`` (``ffpp:``, ``celebdf:``,
+def source_rows(specs: Sequence[str]) -> list[tuple[str, Path, str, str, str, str]]:
+    """(rel, path, label, method, group, source spec) of every clip of ``specs`` (``ffpp:``, ``celebdf:``,
     ``dfdc:``, ``real:``, ``tsv:``; see ``datasets.read_source``), as `monitor train` reads them;
     the same file twice is an error."""
     from monitor.training.datasets import read_source, refuse_duplicate_clips
 
-    rows: list[tuple[str, Path, str, str, str]] = []
+    rows: list[tuple[str, Path, str, str, str, str]] = []
     records = []
     for spec in specs:
         got = read_source(spec)
@@ -235,7 +244,7 @@ def source_rows(specs: Sequence[str]) -> list[tuple[str, Path, str, str, str]]:
         name = source_name(spec)
         for r in got:
             rel = r.rel or str(r.path)
-            rows.append((rel, r.path, r.label, r.method, manifest_folder(rel) if name == "tsv" else name))
+            rows.append((rel, r.path, r.label, r.method, manifest_folder(rel) if name == "tsv" else name, spec))
     refuse_duplicate_clips(records)
     return rows
 
@@ -264,7 +273,7 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
         ttd = round(max(0.0, res.first_alert_t - res.first_face_t), 3)
     # The clean copy decodes cleanly: the original's corrupt packets are reported as a clean run would.
     reasons = res.reasons + ((f"decode_errors:{len(skipped)}",) if skipped else ())
-    return ClipResult(job.rel, job.label, job.group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, reasons)
+    return ClipResult(job.rel, job.label, job.group, job.method, res.score, res.verdict, ttd, res.alerts_opened, res.duration_s, res.first_face_t, reasons, job.source)
 
 
 # Per worker process: what _worker_init was given, so each job carries only its row.
@@ -399,7 +408,7 @@ def evaluate(
     if manifest is not None:
         base = root if root is not None else manifest.parent
         rows = [
-            (row["path"], base / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), manifest_folder(row["path"]))
+            (row["path"], base / row["path"], row["label"].strip().lower(), (row.get("method") or "").strip(), manifest_folder(row["path"]), "")
             for row in read_manifest(manifest)
         ]
     else:
@@ -410,8 +419,8 @@ def evaluate(
     threshold = settings.policy.alert_enter
     with tempfile.TemporaryDirectory(prefix="monitor-eval-") as tmp:
         jobs = [
-            _Job(i, rel, path, label, method, Path(tmp) / f"{i}.mp4" if deg else None, group)
-            for i, (rel, path, label, method, group) in enumerate(rows)
+            _Job(i, rel, path, label, method, Path(tmp) / f"{i}.mp4" if deg else None, group, source)
+            for i, (rel, path, label, method, group, source) in enumerate(rows)
         ]
         # One detector is built here in any case, so that a bad configuration or a missing
         # bundle fails at once, not once per clip in every worker.

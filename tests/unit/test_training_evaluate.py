@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,26 @@ def test_a_degraded_copy_keeps_the_pace_of_a_clip_without_timestamps(tmp_path: P
         times = [f.time for f in c.decode(video=0)]
     assert len(times) == 30
     assert times[-1] - times[0] > 1.5  # 29 intervals of a 10-30 fps clip; 0.029 s before
+
+
+def test_a_fakes_only_group_is_scored_against_the_genuine_clips_of_its_own_source() -> None:
+    # FF++ and Celeb-DF evaluated together: FF++'s Deepfakes separate perfectly from FF++'s
+    # originals, but Celeb-DF's genuine clips score high. Before: the method's AUC took every
+    # genuine clip (0.5 here), so it measured the datasets, not the method.
+    from monitor.training.evaluate import group_metrics
+
+    def clip(path: str, label: str, method: str, score: float, source: str) -> ClipResult:
+        return ClipResult(path, label, source, method, score, "clear", None, 0, 10.0, 0.0, (), source)
+
+    results = [
+        clip("o/1.mp4", "real", "original", 0.1, "ffpp:test"), clip("o/2.mp4", "real", "original", 0.2, "ffpp:test"),
+        clip("d/1.mp4", "fake", "Deepfakes", 0.5, "ffpp:test"), clip("d/2.mp4", "fake", "Deepfakes", 0.6, "ffpp:test"),
+        clip("c/1.mp4", "real", "Celeb-real", 0.7, "celebdf:test"), clip("c/2.mp4", "real", "Celeb-real", 0.8, "celebdf:test"),
+    ]
+    by_name = {m.name: m for m in group_metrics(results, 0.7)}
+    deepfakes = by_name["method:Deepfakes"]
+    assert deepfakes.auc == 1.0 and deepfakes.n_genuine == 2 and deepfakes.note == "fakes vs genuine of the same source"
+    # One source (a manifest): every genuine clip, as before.
+    single = [dataclasses.replace(c, source="") for c in results]
+    pooled = {m.name: m for m in group_metrics(single, 0.7)}["method:Deepfakes"]
+    assert pooled.auc == 0.5 and pooled.n_genuine == 4 and pooled.note == "fakes vs all genuine"
