@@ -337,7 +337,7 @@ def test_scan_cli_exits_1_when_it_raises_an_alert(tmp_path: Path) -> None:
     # A policy that alerts on any score: the exit status is what a script or CI job checks.
     clip = write_clip(tmp_path / "face.mp4", 4.0, fps=30, width=640, height=480)
     config = tmp_path / "alert-all.yaml"
-    config.write_text("policy: {suspicious_enter: 0.0, alert_enter: 0.0, min_alert_s: 0.0}\n")
+    config.write_text("policy: {suspicious_enter: 0.001, alert_enter: 0.001, hysteresis: 0.0, min_alert_s: 0.0}\n")
     r = subprocess.run([MONITOR, "scan", str(clip), "-c", str(config), "-q"], capture_output=True, text=True, timeout=120)
     assert "verdict: alert" in r.stdout, r.stdout + r.stderr
     assert r.returncode == 1
