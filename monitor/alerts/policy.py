@@ -43,6 +43,10 @@ class _OpenAlert:
     evidence: str | None = None  # the API path of its evidence, once queued
 
 
+# Reasons of the verdicts the analyzer makes up while no frame, or no analysis, comes (idle).
+IDLE_REASONS = frozenset({"no_frames", "analysis_failed", "analysis_stalled"})
+
+
 class TrackPolicy:
     """The state machine of one face track. ``update`` returns the events it caused."""
 
@@ -57,7 +61,7 @@ class TrackPolicy:
         # with a gap never make an alert. The usual interval is the median of the recent ones,
         # starting from the analysis interval: a source slower than configured loses nothing.
         self._intervals: deque[float] = deque([frame_interval_s], maxlen=9)
-        self._last_verdict_t: float | None = None
+        self._last_frame_t: float | None = None  # the last verdict on a frame (not an idle one)
         self._above_s = 0.0
         self._step_s: float | None = None  # this update's readable step, not yet counted
         self.state = TrackState.INCONCLUSIVE
@@ -84,8 +88,13 @@ class TrackPolicy:
             self.since_t = t
         p = verdict.score.probability
         self.raw = p
-        if self._last_verdict_t is not None and t > self._last_verdict_t:
-            self._intervals.append(t - self._last_verdict_t)
+        if not IDLE_REASONS.intersection(verdict.reasons):
+            # The frame interval, from verdicts on frames only: the ones the stream makes up while
+            # no frame or no analysis comes (every second or so) had raised the median until a
+            # gap between frames 3 times as long counted towards min_alert_s.
+            if self._last_frame_t is not None and t > self._last_frame_t:
+                self._intervals.append(t - self._last_frame_t)
+            self._last_frame_t = t
         if p is not None:
             if self.smoothed is None or self._last_usable_t is None:
                 self.smoothed = p
@@ -100,7 +109,6 @@ class TrackPolicy:
             self._last_usable_t = t
             self.signals = verdict.score.signals
         self.reasons = verdict.reasons
-        self._last_verdict_t = t
 
         target = self._target(t)
         events: list[Event] = []
@@ -185,10 +193,11 @@ class TrackPolicy:
         previous = self.state
         events: list[Event] = []
         if previous == TrackState.ALERT:
-            # A readable score below the threshold ends the alert when it was read; a lack of
-            # readable scores ends it at the last one.
-            end_t = self._evidence_end(t) if target == TrackState.INCONCLUSIVE else t
-            events.extend(self._close_alert(end_t, wall_time, self.reasons))
+            # Ended at the last readable score: the one below the threshold, or, for want of
+            # readable scores, the last one there was. A downgrade can land on an unreadable
+            # frame once min_state_s has passed; that frame's time is no evidence.
+            why = self.reasons if target == TrackState.INCONCLUSIVE else ("score_below_threshold", *self.reasons)
+            events.extend(self._close_alert(self._evidence_end(t), wall_time, why))
         self.state = target
         self.since_t = t
         events.append(self._state_event(previous, t, wall_time))

@@ -73,6 +73,7 @@ def test_alert_opens_and_closes_with_span() -> None:
     assert c.end_t is not None and 6.0 <= c.end_t <= 8.0
     assert c.score >= 0.9
     assert "score_above_threshold" in o.reasons
+    assert "score_below_threshold" in c.reasons and "score_below_threshold" not in o.reasons  # why it closed
     # start_time is when it began on the wall clock (run() sets wall = 1000 + t), not when it opened.
     assert o.start_time == pytest.approx(1000.0 + o.start_t) and opened[0].time >= o.start_time + CFG.min_alert_s
     # Hysteresis: after the alert it goes down through the states, then stays clear.
@@ -245,3 +246,30 @@ def test_offline_scan_reports_the_state_a_track_ended_in(settings) -> None:  # t
     timeline = {1: [TrackPoint(3.0, TrackState.ALERT, 0.99, 0.99, ())]}
     result = summarise("clip", settings, timeline, events, 30, 30, 0.0, 3.0, 1.0, [], np.zeros(4), [])
     assert result.tracks[0].final_state == TrackState.ALERT
+
+
+def test_verdicts_made_up_while_analysis_fails_do_not_stretch_the_frame_interval() -> None:
+    # The stream sends a verdict with no score about every second while no frame or no
+    # analysis comes. Before: those intervals made the median 1 s, so afterwards a 0.9 s gap
+    # between two frames counted in full towards min_alert_s: three frames of 0.95 alerted.
+    policy = TrackPolicy("s", 1, CFG)
+    events: list = []
+    for t in range(10):
+        events += policy.update(verdict(float(t), None, ("analysis_failed",)), 1000.0 + t)
+    events += run(policy, [(10.0, 0.95), (10.1, 0.95), (11.0, 0.95), (11.1, 0.95)])
+    assert not [e for e in events if e.type == EventType.ALERT_OPENED]
+    # Frames keep coming: min_alert_s of them does alert.
+    events += run(policy, steady(0.95, 11.2, 12.5))
+    assert [e for e in events if e.type == EventType.ALERT_OPENED]
+
+
+def test_an_alert_downgraded_on_an_unreadable_frame_ends_at_the_last_readable_score() -> None:
+    # min_state_s holds the alert after the score fell; the downgrade then came on a frame the
+    # detector could not read, and took that frame's time as the alert's end.
+    cfg = PolicyConfig(ema_halflife_s=0.2, min_alert_s=0.5, min_state_s=3.0)
+    policy = TrackPolicy("s", 1, cfg)
+    events = run(policy, steady(0.95, 0, 2) + steady(0.05, 2, 3))  # alert at ~0.5 s; score low by 2.3 s
+    events += policy.update(verdict(3.5, None, ("low_quality",)), 1003.5)  # min_state_s passes here
+    closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
+    assert len(closed) == 1 and closed[0].end_t == pytest.approx(2.9), closed
+    assert closed[0].reasons[-2:] == ("score_below_threshold", "low_quality")
