@@ -159,6 +159,9 @@ def metrics(name: str, clips: Sequence[ClipResult], threshold: float, note: str 
     )
 
 
+SAME_SOURCE = "fakes vs genuine of the same source"
+
+
 def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metrics]:
     """Per first path component and per ``method``. A group with only fakes is scored against
     every genuine clip of the manifest (the usual per-manipulation AUC), or, when several
@@ -176,7 +179,7 @@ def group_metrics(results: Sequence[ClipResult], threshold: float) -> list[Metri
                 sources = {c.source for c in members}
                 own = [c for c in genuine if c.source in sources]
                 if own and len(own) < len(genuine):
-                    pooled = metrics(f"{kind}:{name}", members + own, threshold, "fakes vs genuine of the same source")
+                    pooled = metrics(f"{kind}:{name}", members + own, threshold, SAME_SOURCE)
                 else:
                     pooled = metrics(f"{kind}:{name}", members + genuine, threshold, "fakes vs all genuine")
                 out.append(replace(pooled, accuracy=metrics(pooled.name, members, threshold).accuracy))
@@ -487,12 +490,14 @@ def format_report(report: EvalReport) -> str:
         f"{'set':52} {'gen':>4} {'fake':>4} {'AUC':>6} {'95% CI':>13} {'EER':>6} {'acc':>6} {'s_gen':>6} {'s_fake':>6}",
     ]
     for m in (report.overall, *report.groups):
-        name = m.name + (" *" if m.note else "")
+        name = m.name + (" **" if m.note == SAME_SOURCE else " *" if m.note else "")
         lines.append(
             f"{name[:52]:52} {m.n_genuine:>4} {m.n_fake:>4} {_f(m.auc):>6} {format_ci(m.auc_ci95):>13} {_f(m.eer):>6} {_f(m.accuracy):>6} "
             f"{_f(m.mean_score_genuine):>6} {_f(m.mean_score_fake):>6}"
         )
     lines.append("* fakes of this group scored against all genuine clips; acc: the share of the group's own clips caught")
+    if any(m.note == SAME_SOURCE for m in report.groups):
+        lines.append("** the same, against the genuine clips of the group's own sources")
     lines.append(f"95% CI: stratified bootstrap of the AUC; '-' below {AUC_CI_MIN_PER_CLASS} clips in a class")
     n_fake = sum(c.is_fake for c in report.clips)
     lines += [

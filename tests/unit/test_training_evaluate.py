@@ -219,6 +219,8 @@ def test_a_fakes_only_group_is_scored_against_the_genuine_clips_of_its_own_sourc
     by_name = {m.name: m for m in group_metrics(results, 0.7)}
     deepfakes = by_name["method:Deepfakes"]
     assert deepfakes.auc == 1.0 and deepfakes.n_genuine == 2 and deepfakes.note == "fakes vs genuine of the same source"
+    report = format_report(summarise("two sources", None, 0.7, results))
+    assert "method:Deepfakes **" in report and "** the same, against the genuine clips of the group's own sources" in report
     # One source (a manifest): every genuine clip, as before.
     single = [dataclasses.replace(c, source="") for c in results]
     pooled = {m.name: m for m in group_metrics(single, 0.7)}["method:Deepfakes"]
