@@ -72,6 +72,8 @@ class TrackPolicy:
         self.signals: tuple[Signal, ...] = ()
         self._last_usable_t: float | None = None
         self._above_alert_since: float | None = None
+        self._above_alert_wall = 0.0  # the wall-clock time of _above_alert_since
+        self._last_usable_wall = 0.0
         self._alert: _OpenAlert | None = None
         self._announced = False
 
@@ -107,6 +109,7 @@ class TrackPolicy:
             else:
                 self._step_s = min(max(t - self._last_usable_t, 0.0), 3.0 * statistics.median_low(self._intervals))
             self._last_usable_t = t
+            self._last_usable_wall = wall_time
             self.signals = verdict.score.signals
         self.reasons = verdict.reasons
 
@@ -159,14 +162,18 @@ class TrackPolicy:
         last_usable = self._last_usable_t
         assert last_usable is not None
         step, self._step_s = self._step_s, None
+        # Only time the detector itself scored above the threshold counts, and an alert begins
+        # at such a score: the smoothed score starts at a track's first score, so one outlier
+        # there (0.95, then a second of 0.45) held it above alert_enter for a half-life and
+        # opened an alert, and it still marked when later evidence had begun.
+        raw_above = self.raw is not None and self.raw >= c.alert_enter
         if s >= c.alert_enter:
             if self._above_alert_since is None:
-                self._above_alert_since = last_usable
-                self._above_s = 0.0
-            elif step is not None and self.raw is not None and self.raw >= c.alert_enter:
-                # Only time the detector itself scored above the threshold counts: the smoothed
-                # score starts at a track's first score, so one outlier there (0.95, then a
-                # second of 0.45) held it above alert_enter for a half-life and opened an alert.
+                if raw_above and step is not None:
+                    self._above_alert_since = last_usable
+                    self._above_alert_wall = self._last_usable_wall
+                    self._above_s = 0.0
+            elif step is not None and raw_above:
                 self._above_s += step
         else:
             self._above_alert_since = None
@@ -205,7 +212,7 @@ class TrackPolicy:
             start_t = self._above_alert_since if self._above_alert_since is not None else t
             peak = self.smoothed if self.smoothed is not None else 0.0
             # start_time: when it began, on the wall clock (it opens min_alert_s or more later).
-            began = wall_time - max(t - start_t, 0.0)
+            began = self._above_alert_wall if self._above_alert_since is not None else wall_time
             self._alert = _OpenAlert(uuid.uuid4().hex, start_t, began, peak, self._alert_reasons(), self.signals)
             events.append(self._alert_event(EventType.ALERT_OPENED, None, wall_time))
         return events

@@ -490,7 +490,8 @@ def format_report(report: EvalReport) -> str:
         f"{'set':52} {'gen':>4} {'fake':>4} {'AUC':>6} {'95% CI':>13} {'EER':>6} {'acc':>6} {'s_gen':>6} {'s_fake':>6}",
     ]
     for m in (report.overall, *report.groups):
-        name = m.name + (" **" if m.note == SAME_SOURCE else " *" if m.note else "")
+        mark = " **" if m.note == SAME_SOURCE else " *" if m.note else ""
+        name = m.name[: 52 - len(mark)] + mark  # a long name is cut, never its mark
         lines.append(
             f"{name[:52]:52} {m.n_genuine:>4} {m.n_fake:>4} {_f(m.auc):>6} {format_ci(m.auc_ci95):>13} {_f(m.eer):>6} {_f(m.accuracy):>6} "
             f"{_f(m.mean_score_genuine):>6} {_f(m.mean_score_fake):>6}"

@@ -273,3 +273,15 @@ def test_an_alert_downgraded_on_an_unreadable_frame_ends_at_the_last_readable_sc
     closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
     assert len(closed) == 1 and closed[0].end_t == pytest.approx(2.9), closed
     assert closed[0].reasons[-2:] == ("score_below_threshold", "low_quality")
+
+
+def test_an_alerts_start_time_is_the_wall_clock_time_of_its_start_t() -> None:
+    # Before: wall time at opening minus the stream time since start_t, wrong for a file read
+    # faster than real time (realtime: false): here 5 times, and start_time came out 1.3 s early.
+    policy = TrackPolicy("s", 1, CFG)
+    events = []
+    for t, p in steady(0.1, 0, 1) + steady(0.95, 1, 3):
+        events += policy.update(verdict(t, p), 1000.0 + t / 5)
+    opened = [e.data for e in events if e.type == EventType.ALERT_OPENED]
+    assert len(opened) == 1 and opened[0].start_t >= 1.0
+    assert opened[0].start_time == pytest.approx(1000.0 + opened[0].start_t / 5)
