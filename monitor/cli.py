@@ -90,18 +90,38 @@ def scan(
     config: Optional[Path] = ConfigOpt,
     duration: Optional[float] = typer.Option(None, min=0.1, help="Stop after this many seconds of stream time (default: whole file; 30 s for URLs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ca_file: Optional[Path] = typer.Option(
+        None, "--ca-file", help="rtsps:// or https://: a PEM file of the CA (or self-signed certificate) the server's certificate must chain to."
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="rtsps:// or https://: accept any certificate (whoever intercepts the connection gets the URL's password or token)."
+    ),
 ) -> None:
     """Analyse a file or stream offline; print a per-track summary, a video-level score and verdict.
 
+    An rtsps:// or https:// server's certificate and host name are checked against the system's
+    CAs or --ca-file, as the service checks a camera's.
+
     Exit status: 0 when no alert was raised, 1 when one was (verdict `alert`), 2 on an error,
     130 when interrupted."""
+    if ca_file is not None and not ca_file.is_file():
+        _fail(ConfigError(f"no such file: {ca_file}"))
     try:
-        _scan(target, json_out, config, duration, quiet)
+        _scan(target, json_out, config, duration, quiet, tls_verify=not insecure, ca_file=None if ca_file is None else str(ca_file))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None  # interrupted: not 1, which means an alert
 
 
-def _scan(target: str, json_out: Path | None, config: Path | None, duration: float | None, quiet: bool) -> None:
+def _scan(
+    target: str,
+    json_out: Path | None,
+    config: Path | None,
+    duration: float | None,
+    quiet: bool,
+    *,
+    tls_verify: bool = True,
+    ca_file: str | None = None,
+) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -131,7 +151,12 @@ def _scan(target: str, json_out: Path | None, config: Path | None, duration: flo
         with progress:
             task = progress.add_task("scan", total=total or None)
             result = run_scan(
-                target, settings, progress=lambda t: progress.update(task, completed=t), max_duration_s=duration
+                target,
+                settings,
+                progress=lambda t: progress.update(task, completed=t),
+                max_duration_s=duration,
+                tls_verify=tls_verify,
+                ca_file=ca_file,
             )
     except MonitorError as exc:
         _fail(exc)

@@ -100,8 +100,12 @@ def scan(
     clock: Clock | None = None,
     progress: Callable[[float], None] | None = None,
     max_duration_s: float | None = None,
+    tls_verify: bool = True,
+    ca_file: str | None = None,
 ) -> ScanResult:
-    """Analyse ``url_or_path`` at the configured analysis fps, as fast as decoding allows."""
+    """Analyse ``url_or_path`` at the configured analysis fps, as fast as decoding allows.
+    An rtsps:// or https:// server's certificate is checked (``ca_file``, else the system's
+    CAs) unless ``tls_verify`` is false."""
     metrics = metrics or Metrics()
     limit_ffmpeg_allocations_for(settings.analysis)  # `monitor scan rtsp://…` meets the same servers
     if detector is None:
@@ -127,7 +131,12 @@ def scan(
     decode_errors: list[BaseException] = []
     try:
         for frame in sample_video(
-            url_or_path, settings.analysis.fps, max_duration_s=max_duration_s, on_decode_error=decode_errors.append
+            url_or_path,
+            settings.analysis.fps,
+            max_duration_s=max_duration_s,
+            on_decode_error=decode_errors.append,
+            tls_verify=tls_verify,
+            ca_file=ca_file,
         ):
             analysis = analyzer.analyse(frame)
             frames += 1

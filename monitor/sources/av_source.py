@@ -498,10 +498,7 @@ class RtspSource(ThreadedSource):
         options["rtsp_transport"] = c.transport
         options["timeout"] = str(int(c.read_timeout_s * 1_000_000))
         tls = self.url.lower().startswith("rtsps://")
-        if tls:
-            options["tls_verify"] = "1" if c.tls_verify else "0"
-            if c.ca_file:
-                options["ca_file"] = c.ca_file
+        options.update(tls_options(self.url, c.tls_verify, c.ca_file))
         try:
             self._container = open_video(
                 self.url,
@@ -511,15 +508,8 @@ class RtspSource(ThreadedSource):
                 timeout_names=("open_timeout_s", "read_timeout_s"),
             )
         except SourceError as exc:
-            # GnuTLS's refusal reaches us as a bare "Input/output error".
-            if tls and c.tls_verify and "Input/output error" in str(exc):
-                hint = SourceError(
-                    f"{exc} (TLS: is the camera's certificate trusted and issued for this host name? "
-                    "Set options.ca_file to its CA or certificate; tls_verify: false accepts any)",
-                    retryable=exc.retryable,
-                )
-                hint.kind = exc.kind
-                raise hint from None
+            if tls and c.tls_verify:
+                raise with_tls_hint(exc, "Set options.ca_file to its CA or certificate; tls_verify: false accepts any") from None
             raise
 
     def _close(self) -> None:
@@ -549,27 +539,59 @@ class RtspSource(ThreadedSource):
                 return
 
 
+def tls_options(url: str, verify: bool = True, ca_file: str | None = None) -> dict[str, str]:
+    """FFmpeg options that make an rtsps:// or https:// connection check the server's
+    certificate and host name (FFmpeg accepts any certificate unless told)."""
+    if not url.lower().startswith(("rtsps://", "https://")):
+        return {}
+    options = {"tls_verify": "1" if verify else "0"}
+    if ca_file:
+        options["ca_file"] = ca_file
+    return options
+
+
+def with_tls_hint(exc: SourceError, fix: str) -> SourceError:
+    """GnuTLS's refusal of a certificate reaches us as a bare "Input/output error": say what to check."""
+    if "Input/output error" not in str(exc):
+        return exc
+    hint = SourceError(
+        f"{exc} (TLS: is the server's certificate trusted and issued for this host name? {fix})", retryable=exc.retryable
+    )
+    hint.kind = exc.kind
+    return hint
+
+
 def sample_video(
     url: str,
     fps: float,
     *,
     max_duration_s: float | None = None,
     on_decode_error: Callable[[BaseException], None] | None = None,
+    tls_verify: bool = True,
+    ca_file: str | None = None,
 ) -> Iterator[Frame]:
     """Decode a file (as fast as possible) or a live URL and yield frames sampled at ``fps``
-    by timestamp, for offline scans. ``received_at`` is the monotonic time after decoding."""
+    by timestamp, for offline scans. ``received_at`` is the monotonic time after decoding.
+    An rtsps:// or https:// server's certificate is checked as the service checks a camera's
+    (against ``ca_file`` or the system's CAs) unless ``tls_verify`` is false."""
     errors: list[BaseException] = []
     live = url.lower().startswith(("rtsp://", "rtsps://"))
     remote = "://" in url and not url.startswith("file://")
     read_timeout_s: float | None = None
-    if live:
-        container = open_video(url, dict(RTSP_OPTIONS), timeout=(5.0, 5.0), decoder_options=STREAM_DECODER_OPTIONS)
-        read_timeout_s = int(RTSP_OPTIONS["timeout"]) / 1_000_000  # the socket's, which fires first
-    elif remote:
-        # http(s), HLS...: a server that accepts and never answers held a scan for ever.
-        container = open_video(url, timeout=(5.0, 5.0))
-        read_timeout_s = 5.0
-    else:
+    tls = tls_options(url, tls_verify, ca_file)
+    try:
+        if live:
+            container = open_video(url, {**RTSP_OPTIONS, **tls}, timeout=(5.0, 5.0), decoder_options=STREAM_DECODER_OPTIONS)
+            read_timeout_s = int(RTSP_OPTIONS["timeout"]) / 1_000_000  # the socket's, which fires first
+        elif remote:
+            # http(s), HLS...: a server that accepts and never answers held a scan for ever.
+            container = open_video(url, tls or None, timeout=(5.0, 5.0))
+            read_timeout_s = 5.0
+    except SourceError as exc:
+        if tls and tls_verify:
+            raise with_tls_hint(exc, "Pass --ca-file with its CA or certificate; --insecure accepts any") from None
+        raise
+    if not remote:
         container = open_video(url[len("file://") :] if url.startswith("file://") else url)
     corrupt = 0
 

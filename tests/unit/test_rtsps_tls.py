@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from monitor.errors import ConfigError, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
-from monitor.sources.av_source import RtspSource
+from monitor.sources.av_source import RtspSource, sample_video
 
 
 def self_signed(directory: Path, host: str) -> tuple[Path, Path]:
@@ -112,3 +112,36 @@ def test_verification_can_be_turned_off_and_a_missing_ca_file_is_a_config_error(
     assert b"OPTIONS" in cam.received
     with pytest.raises(ConfigError, match="no such file"):
         plugin_config(RtspSource, {"ca_file": str(tmp_path / "missing.pem")})
+
+
+def scan_with(url: str, **options: object) -> None:
+    # ``monitor scan``'s reader: before, it accepted any certificate for rtsps:// and https://.
+    with pytest.raises(SourceError):
+        for _ in sample_video(url, 5.0, max_duration_s=1.0, **options):  # type: ignore[arg-type]
+            pass
+
+
+@pytest.mark.parametrize("scheme", ["rtsps", "https"])
+def test_a_scan_checks_the_certificate_before_the_password_goes_out(camera: tuple[TlsCamera, Path], scheme: str) -> None:
+    cam, cert = camera
+    url = f"{scheme}://admin:camerapass@localhost:{cam.port}/stream?token=secrettoken"
+    with pytest.raises(SourceError, match="TLS:.*--ca-file") as refused:
+        for _ in sample_video(url, 5.0, max_duration_s=1.0):
+            pass
+    assert cam.received == b"" and "camerapass" not in str(refused.value) and "secrettoken" not in str(refused.value)
+    scan_with(url, ca_file=str(cert))  # trusted: the request is made (and answered with garbage)
+    assert b"secrettoken" in cam.received
+    cam.received = b""
+    scan_with(url.replace("localhost", "127.0.0.1"), ca_file=str(cert))  # issued for another name
+    assert cam.received == b""
+    scan_with(url.replace("localhost", "127.0.0.1"), tls_verify=False)
+    assert b"secrettoken" in cam.received
+
+
+def test_scan_refuses_a_missing_ca_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from monitor.cli import app
+
+    result = CliRunner().invoke(app, ["scan", "rtsps://localhost:1/x", "--ca-file", str(tmp_path / "nope.pem")])
+    assert result.exit_code == 2 and "no such file" in result.output
