@@ -205,7 +205,12 @@ class WhipSessions:
                 if name is None:
                     raise Refused(422, "a video track has no usable m-line", "unanswerable_sdp")
                 source = WhipTrackSource(
-                    name, track, metrics=self.metrics, clock=self.manager.clock, on_close=self._source_closed(session)
+                    name,
+                    track,
+                    metrics=self.metrics,
+                    clock=self.manager.clock,
+                    on_close=self._source_closed(session),
+                    on_failed=self._source_failed(session),
                 )
                 stream = StreamConfig(id=name, url=f"whip:/whip/{stream_id}#{by_mid.get(track)}", source="whip")
                 try:
@@ -252,6 +257,16 @@ class WhipSessions:
             await self.end(session, "stream_removed")
 
         return closed
+
+    def _source_failed(self, session: WhipSession) -> Callable[[WhipTrackSource, str], None]:
+        def failed(source: WhipTrackSource, why: str) -> None:
+            # Nobody reads the failed track any more, and aiortc keeps decoding into its
+            # unbounded queue: end the session (and its peer connection) now.
+            if not session.closed:
+                self.metrics.whip_sessions_failed.labels("track_failed").inc()
+                self._spawn_end(session, f"stream {source.stream_id} failed: {why}")
+
+        return failed
 
     def _on_connection(self, session: WhipSession, state: str) -> None:
         if session.closed:

@@ -258,11 +258,17 @@ class WhipTrackSource(ThreadedSource):
         metrics: Metrics,
         clock: Clock | None = None,
         on_close: Callable[[WhipTrackSource], Awaitable[None]] | None = None,
+        on_failed: Callable[[WhipTrackSource, str], None] | None = None,
     ) -> None:
         super().__init__(stream_id, metrics=metrics, clock=clock)
         self.track = track
         self._reader: asyncio.Task[None] | None = None
         self._on_close = on_close
+        # Called once when reading fails (a frame over max_frame_pixels, a bug): nobody reads
+        # the track after that, and aiortc went on decoding every frame into its unbounded
+        # queue until no_video_s ended the session (238 frames in 8 s; 3.7 GB in the default
+        # 5 s for frames just over the default limit).
+        self._on_failed = on_failed
         self._t0: float | None = None
         self.last_frame_at: float | None = None  # clock.monotonic() of the newest frame
 
@@ -294,14 +300,22 @@ class WhipTrackSource(ThreadedSource):
             self._set_state(StreamState.STOPPED)
             raise
         except SourceError as exc:  # the publisher's video breaks a limit: said, not a traceback
-            self._set_state(StreamState.FAILED, str(exc))
             end = exc
+            self._failed(exc)
         except Exception as exc:  # a bug here must end the stream, not hang the pipeline
             logger.exception("WHIP reader for %s failed", self.stream_id)
-            self._set_state(StreamState.FAILED, str(exc))
             end = SourceError(str(exc), retryable=False)
+            self._failed(end)
         finally:
             self._slot.close_threadsafe(end)
+
+    def _failed(self, exc: BaseException) -> None:
+        message = self._redact(str(exc))
+        self.status.last_error = message  # as every other source shows it in /api/streams
+        self._set_state(StreamState.FAILED, message)
+        if self._on_failed is not None:
+            callback, self._on_failed = self._on_failed, None
+            callback(self, message)
 
     async def aclose(self) -> None:
         if self._reader is not None and not self._reader.done():

@@ -204,11 +204,15 @@ async def test_a_session_removes_its_streams_together_when_it_ends(tmp_path: Pat
 async def test_video_over_the_pixel_limit_fails_the_stream_and_ends_the_session(tmp_path: Path) -> None:
     # WHIP sources skipped analysis.max_frame_pixels: a 4800x4000 publisher took the service
     # from 0.3 to 1.5 GB while its stream showed "running".
-    settings = make_settings(tmp_path, analysis={"max_frame_pixels": 100 * 100})
+    # Then the failed track was no longer read while aiortc went on decoding into its unbounded
+    # queue until webrtc.no_video_s ended the session (238 frames queued in 8 s): the session
+    # must end at once, whatever no_video_s is.
+    settings = make_settings(tmp_path, analysis={"max_frame_pixels": 100 * 100}, webrtc={"no_video_s": 120})
     async with running_service(settings) as svc:
         rt = svc.runtime
         pc, response = await publish(svc.base, "huge", [FaceTrack((160, 120))])
         assert response.status_code == 201, response.text
+        (session,) = rt.app.state.whip_sessions.sessions.values()
         async with httpx.AsyncClient(base_url=svc.base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             async def ended() -> bool:
                 r = await client.get("/api/events?since=0")
@@ -220,4 +224,8 @@ async def test_video_over_the_pixel_limit_fails_the_stream_and_ends_the_session(
             await until(ended, 20, "the stream to fail on its frame size")
             await until(lambda: asyncio.sleep(0, not rt.app.state.whip_sessions.sessions), 10, "the session to end")
             assert (await client.get("/api/streams")).json() == []
+            assert session.pc.connectionState == "closed"
+            metrics = (await client.get("/metrics")).text
+            assert 'whip_sessions_failed_total{reason="track_failed"} 1.0' in metrics
+            assert 'reason="no_video"' not in metrics
         await pc.close()

@@ -42,3 +42,29 @@ async def test_frames_over_the_pixel_limit_fail_the_stream_once_with_the_reason(
 def test_the_limit_cannot_be_set_below_a_small_frame() -> None:
     with pytest.raises(ConfigError, match="analysis.max_frame_pixels"):
         load_settings(None, analysis={"max_frame_pixels": 100})
+
+
+async def test_a_whip_track_over_the_limit_fails_with_its_reason_and_tells_its_session() -> None:
+    # It showed last_error null in /api/streams, and nothing told the WHIP session, whose
+    # track nobody read any more while aiortc queued every decoded frame.
+    import av
+
+    from monitor.sources.webrtc import WhipTrackSource
+
+    class Track:
+        kind = "video"
+
+        async def recv(self) -> av.VideoFrame:
+            return av.VideoFrame(160, 120, "yuv420p")
+
+    told: list[str] = []
+    source = WhipTrackSource("pub", Track(), metrics=Metrics(), on_failed=lambda s, why: told.append(why))  # type: ignore[arg-type]
+    source.max_frame_pixels = 100 * 100
+    await source.start()
+    try:
+        with pytest.raises(SourceError, match="max_frame_pixels"):
+            await asyncio.wait_for(source.recv(), 5)
+    finally:
+        await source.aclose()
+    assert source.status.state == StreamState.FAILED and "max_frame_pixels" in (source.status.last_error or "")
+    assert len(told) == 1 and "max_frame_pixels" in told[0]
