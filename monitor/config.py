@@ -64,7 +64,9 @@ def _is_number_type(annotation: Any) -> bool:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` (or 1e400 from an environment variable) passed every bound and
+    # silently switched things off (min_alert_s: no alert ever; min_face_px: every face too small).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -207,7 +209,7 @@ class AnalysisConfig(Strict):
     fps: float = Field(10.0, gt=0, le=60, description="Frames analysed per second per stream; newer frames replace older ones that were not analysed yet (a file with realtime: false is sampled at this rate by its own timestamps, losing none).")
     max_faces: int = Field(4, ge=1, le=16, description="Most faces tracked per frame.")
     max_frame_pixels: int = Field(
-        4096 * 4096, ge=64 * 64,
+        4096 * 4096, ge=64 * 64, le=1 << 30,
         description="A stream (file, RTSP, WHIP or WHEP) whose frames have more pixels fails (a WHIP session then ends) with a clear error instead of taking gigabytes of memory (an 8000x8000 video took about 3 GB). The default, 16.8 million, admits 4K (8.3 million).",
     )
     ffmpeg_max_alloc_mib: int = Field(
@@ -416,7 +418,7 @@ class Settings(BaseSettings):
     """The whole service configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MONITOR_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="MONITOR_", env_nested_delimiter="__", extra="forbid", frozen=True, allow_inf_nan=False
     )
 
     data_dir: Path = Field(Path("monitor-data"), description="Where the event log and state live; relative to the working directory.")

@@ -162,7 +162,7 @@ class NoOptions(BaseModel):
     """The configuration of a plugin without a ``Config`` model (pydantic cannot build a bare
     ``BaseModel``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:

@@ -169,7 +169,7 @@ class LandmarkBaselineDetector:
     name: ClassVar[str] = "baseline-landmarks"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
         window_s: float = Field(3.0, gt=0, le=30, description="Seconds of track history scored at once.")
         min_span_s: float = Field(1.0, gt=0, description="Below this much usable history the window is `window_too_short`.")

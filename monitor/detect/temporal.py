@@ -134,7 +134,7 @@ class TemporalDetector:
     name: ClassVar[str] = "temporal-v1"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
         model: str = Field("temporal-v1", description="Weight bundle under models/ (a folder with manifest.json).")
         model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>.")

@@ -263,6 +263,9 @@ def limit_ffmpeg_allocations(max_bytes: int) -> bool:
     Process-wide, the last call wins: it covers RTSP, files and WebRTC decoding alike. Checked
     by asking for one byte more than the cap; False (with a warning) where that still succeeds
     or PyAV's libavutil cannot be found."""
+    if not 0 < max_bytes < 1 << 62:
+        # ctypes passes a size_t modulo 2**64: a huge cap wrapped to 0 and FFmpeg crashed.
+        raise ValueError(f"FFmpeg allocation cap out of range: {max_bytes}")
     lib = _libavutil()
     if lib is not None:
         lib.av_max_alloc(int(max_bytes))
@@ -343,7 +346,7 @@ class FileSource(ThreadedSource):
     kind: ClassVar[str] = "file"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     def __init__(
         self,
@@ -445,7 +448,7 @@ class RtspSource(ThreadedSource):
     kind: ClassVar[str] = "rtsp"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP transport; UDP had a 284 ms p99 here.")
         # At most 300 s: FFmpeg takes them in microseconds as an int (2148 s overflowed,
         # and the stream could never open), and a source blocked that long cannot be stopped.

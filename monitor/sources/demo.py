@@ -22,7 +22,7 @@ class DemoSource(ThreadedSource):
     kind: ClassVar[str] = "demo"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         width: int = Field(640, ge=64, le=3840, description="Frame width in pixels.")
         height: int = Field(480, ge=64, le=2160, description="Frame height in pixels.")
         fps: float = Field(15.0, gt=0, le=60, description="Frames rendered per second.")

@@ -370,7 +370,7 @@ class WhepSource(ThreadedSource):
     DELETE_TIMEOUT_S: ClassVar[float] = 5.0  # the whole DELETE of the session on stop
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         token: str | None = Field(None, description="Bearer token for the WHEP endpoint.")
         # At most 300 s, as RTSP's: a connect that takes longer is not coming, and an endpoint that
         # trickles its answer in would hold the attempt (and its buffers) that long.

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig(BaseModel):
     """Everything that decides the weights; the bundle's manifest records it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     sources: tuple[str, ...] = Field(description="Training sources: tsv:MANIFEST[:ROOT], ffpp:ROOT[:split[:compression]], celebdf:ROOT[:train|test], dfdc:METADATA.json, real:DIR.")
     holdout_groups: tuple[str, ...] = Field((), description="Split groups left out of training entirely (reported as held-out).")

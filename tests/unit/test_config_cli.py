@@ -613,3 +613,38 @@ def test_a_boolean_is_not_taken_for_a_number(tmp_path: Path) -> None:
     cfg.write_text("analysis:\n  fps: 12\n  max_faces: 2\nstreams:\n  - id: cam\n    url: demo://\n    realtime: no\n    analysis_fps: '5'\n")
     s = load_settings(cfg)
     assert (s.analysis.fps, s.analysis.max_faces, s.streams[0].realtime, s.streams[0].analysis_fps) == (12, 2, False, 5)
+
+
+def test_infinite_numbers_are_refused_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `.inf` passed every bound and silently switched things off: min_alert_s .inf never alerted,
+    # min_face_px .inf made every face too small, and 1e400 from the environment was infinity too.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "analysis:\n  min_face_px: .inf\npolicy:\n  ema_halflife_s: .inf\n"
+        "streams:\n  - id: cam\n    url: demo://\n    options: {fps: .inf}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    for key in ("analysis.min_face_px", "policy.ema_halflife_s"):
+        assert key in str(err.value)
+    monkeypatch.setenv("MONITOR_POLICY__MIN_ALERT_S", "1e400")
+    with pytest.raises(ConfigError, match="policy.min_alert_s"):
+        load_settings(None)
+    monkeypatch.delenv("MONITOR_POLICY__MIN_ALERT_S")
+    from monitor.sources.demo import DemoSource
+
+    with pytest.raises(ConfigError, match="fps"):
+        plugin_config(DemoSource, {"fps": float("inf")})
+
+
+def test_a_pixel_limit_beyond_what_ffmpeg_can_be_capped_at_is_refused() -> None:
+    # 2**62 pixels wrapped the allocation cap to 0 (ctypes passes size_t modulo 2**64), and the
+    # first stream open crashed the process.
+    from monitor.sources.av_source import limit_ffmpeg_allocations
+
+    with pytest.raises(ConfigError, match="analysis.max_frame_pixels"):
+        load_settings(None, analysis={"max_frame_pixels": 1 << 62})
+    assert load_settings(None, analysis={"max_frame_pixels": 1 << 30}).analysis.max_frame_pixels == 1 << 30
+    for bad in (0, 1 << 64):
+        with pytest.raises(ValueError, match="out of range"):
+            limit_ffmpeg_allocations(bad)

@@ -64,7 +64,7 @@ class RedisStreamSink:
     name: ClassVar[str] = "redis"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         url: str = Field(
             description="redis://[user:password@]host[:port][/db], rediss:// for TLS, or unix:///path/redis.sock?db=N."
         )

@@ -89,7 +89,7 @@ class WebhookSink:
     name: ClassVar[str] = "webhook"
 
     class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         url: HttpUrl = Field(description="Where to POST events.")
         secret: str | None = Field(None, min_length=16, description="Shared secret for HMAC-SHA256 signatures.")
         timeout_s: float = Field(
