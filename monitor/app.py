@@ -53,10 +53,14 @@ DEMO_STREAM = StreamConfig(id="demo", url=DEMO_URL)
 class Runtime:
     settings: Settings
     metrics: Metrics
-    log: EventLog
     bus: EventBus
     manager: StreamManager
     app: FastAPI
+
+    @property
+    def log(self) -> EventLog:
+        """The event log now: the bus replaces one found damaged while running."""
+        return self.bus.log
 
 
 @contextlib.asynccontextmanager
@@ -88,6 +92,8 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             # streams pause and retry (event_log_errors_total) rather than the service not starting.
             logger.warning("could not prune the event log (%s); running with it as it is, pruning at the next start", exc)
         bus = EventBus(log, metrics, settings.alerts.queue_size)
+        # Closed after the bus's threads stop; a log the bus replaced (damaged) too.
+        stack.callback(lambda: bus.log is not log and bus.log.close())
         stack.push_async_callback(bus.aclose)
         # And again every day: a service never restarted kept every event and every alert's
         # evidence for good, until the disk filled (and then could not start again).
@@ -136,7 +142,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
             await manager.add(stream)
 
         app = create_app(settings, manager, bus, metrics, evidence)
-        yield Runtime(settings, metrics, log, bus, manager, app)
+        yield Runtime(settings, metrics, bus, manager, app)
 
 
 async def close_sinks(runners: list[SinkRunner], drain_s: float) -> None:

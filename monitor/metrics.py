@@ -102,6 +102,13 @@ class Metrics:
         self.events = Counter(
             "deepfake_monitor_events_total", "Events written to the event log, by type.", ["type"], registry=r
         )
+        self.event_log_replaced = Counter(
+            "deepfake_monitor_event_log_replaced_total",
+            "Times the event log was found damaged while running and replaced by a new one (the "
+            "damaged file is kept as events.sqlite3.corrupt-<time>; clients and sinks start again "
+            "from the new log's first event).",
+            registry=r,
+        )
         self.event_log_errors = Counter(
             "deepfake_monitor_event_log_errors_total",
             "Failed attempts to write events to the event log (disk full, I/O error, database "

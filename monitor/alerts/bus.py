@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from monitor.alerts.eventlog import EventLog
+from monitor.alerts.eventlog import EventLog, is_corrupt, move_aside
 from monitor.errors import RejectedEvent
 from monitor.metrics import Metrics
 from monitor.plugins import AlertSink
@@ -27,6 +28,7 @@ class Subscription:
         self.queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue(maxsize)
         self.start_id = start_id  # the log's last id when this subscription began
         self.overflowed = asyncio.Event()
+        self.log_replaced = False  # set with overflowed: the damaged log was replaced, ids start again
 
     def offer(self, item: tuple[int, str]) -> None:
         if self.overflowed.is_set():
@@ -38,6 +40,8 @@ class Subscription:
 
 
 class EventBus:
+    REPLACE_EVERY_S = 60.0  # a damaged log is replaced at most this often
+
     def __init__(self, log: EventLog, metrics: Metrics, queue_size: int = 1000) -> None:
         self.log = log
         self.metrics = metrics
@@ -54,6 +58,8 @@ class EventBus:
         # (id, logepoch) of the newest event offered to subscribers since start, None before the
         # first: a live subscriber that has not got it after a while is cut off (see /api/streams).
         self.last_offered: tuple[int, str] | None = None
+        self.log_generation = 0  # how many times a damaged log was replaced since start
+        self._replaced_at = -float("inf")
 
     async def publish(self, events: Sequence[Event], started: asyncio.Event | None = None) -> list[StoredEvent]:
         """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
@@ -84,7 +90,20 @@ class EventBus:
     async def _append_and_offer(self, events: list[Event]) -> list[StoredEvent]:
         loop = asyncio.get_running_loop()
         try:
-            stored = await loop.run_in_executor(self._executor, self.log.append, events)
+            try:
+                stored = await loop.run_in_executor(self._executor, self.log.append, events)
+            except sqlite3.DatabaseError as exc:
+                now = loop.time()
+                if not is_corrupt(exc) or now - self._replaced_at < self.REPLACE_EVERY_S:
+                    raise  # a disk that damages each new log too: the streams wait, not a file a second
+                self._replaced_at = now
+                # Damaged under the running service (a bad sector, a page zeroed by the storage):
+                # every later write and read failed, each stream dropped its events after a few
+                # tries, and only a restart moved the file aside. Now it is moved aside here and
+                # a new log (a new epoch) takes these events and all later ones.
+                self.metrics.event_log_errors.inc()
+                await self._replace_damaged_log(exc)
+                stored = await loop.run_in_executor(self._executor, self.log.append, events)
         except Exception:
             # The caller (StreamPipeline._publish) retries and then gives up with a log line:
             # counted here so a failing log (disk full, locked) alarms, not just logs.
@@ -101,6 +120,31 @@ class EventBus:
         async with self._new_events:
             self._new_events.notify_all()
         return stored
+
+    async def _replace_damaged_log(self, reason: BaseException) -> None:
+        """Move the damaged log aside and open a new one in its place (called under the lock).
+        Live clients are closed so that they start again from the new log's first id (theirs
+        belong to the old one); sinks notice the new log (``log_generation``) and deliver it
+        from its beginning, as after a start that found the log damaged."""
+        old = self.log
+        loop = asyncio.get_running_loop()
+
+        def replace() -> EventLog:
+            try:
+                old.close()
+            except Exception:  # a damaged connection may fail to close: it is dropped anyway
+                logger.debug("closing the damaged event log failed", exc_info=True)
+            move_aside(old.path, reason)
+            return EventLog(old.path, old.instance)
+
+        self.log = await loop.run_in_executor(self._executor, replace)
+        self.log_generation += 1
+        self.metrics.event_log_replaced.inc()
+        for sub in self._subs:
+            sub.log_replaced = True
+            sub.overflowed.set()
+        async with self._new_events:
+            self._new_events.notify_all()  # sinks waiting for new events look at the new log now
 
     async def subscribe(self) -> Subscription:
         async with self._lock:
@@ -232,10 +276,21 @@ class SinkRunner:
 
     async def _run(self, cursor: int) -> None:
         log = self.bus.log
+        generation = self.bus.log_generation
         delay = self.retry_delay_s
         rejected_id, rejections = 0, 0  # the event being rejected, and how many times so far
         while True:
             try:
+                if self.bus.log_generation != generation:
+                    # The damaged log was replaced by a new one: its ids start again at 1, and
+                    # this sink owes all of it.
+                    log, generation = self.bus.log, self.bus.log_generation
+                    cursor = self.cursor = 0
+                    rejected_id, rejections = 0, 0
+                    self._skipped_in_a_row = 0
+                    self._head_at_start = 0
+                    logger.warning("sink %s: the event log was replaced; delivering the new log from its start", self.name)
+                    await self.bus.on_log(log.set_cursor, self.name, 0)
                 batch = await self.bus.read_since(cursor, 100)
                 if not batch:
                     await self.bus.wait_for_new(5.0)

@@ -159,6 +159,13 @@ def open_event_log(path: Path, instance: str = "monitor") -> EventLog:
         if not is_corrupt(exc):
             raise
         reason = exc
+    move_aside(path, reason)
+    return EventLog(path, instance)
+
+
+def move_aside(path: Path, reason: BaseException) -> Path:
+    """Rename a damaged log with its -wal, -shm and .mark files to ``<name>.corrupt-<UTC time>``
+    (nothing is deleted) and say so at ERROR; returns the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     moved = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -174,7 +181,7 @@ def open_event_log(path: Path, instance: str = "monitor") -> EventLog:
         "file (recover with `sqlite3 %s .recover`); alerts it had open are not closed and events no sink "
         "had delivered are not delivered", path, reason, moved.name, moved,
     )
-    return EventLog(path, instance)
+    return moved
 
 
 class EventLog:

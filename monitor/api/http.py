@@ -654,10 +654,14 @@ async def serve_subscriber(
                     if not fut.done():
                         fut.cancel()
             if get not in done:
-                metrics.ws_evictions.inc()
+                if sub.log_replaced:
+                    code, reason = WS_CLOSE_SINCE_AHEAD, "event log reset: damaged and replaced; resume with since=0"
+                else:
+                    metrics.ws_evictions.inc()
+                    code, reason = WS_CLOSE_TOO_SLOW, f"too slow; resume with ?since={last_sent}"
                 try:
                     async with asyncio.timeout(WS_SEND_TIMEOUT_S):  # the close frame waits for room too
-                        await websocket.close(WS_CLOSE_TOO_SLOW, f"too slow; resume with ?since={last_sent}")
+                        await websocket.close(code, reason)
                 except TimeoutError:
                     abort_transport(websocket)
                 return

@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from monitor.alerts.bus import EventBus
+from monitor.alerts.eventlog import is_corrupt
 from monitor.clock import Clock, RateMeter
 from monitor.config import StreamConfig, redact_url
 from monitor.errors import MonitorError, SourceEnded
@@ -312,7 +313,9 @@ class StreamPipeline:
                     return
                 except Exception as exc:
                     failures += 1
-                    transient = isinstance(exc, (sqlite3.OperationalError, OSError))
+                    transient = isinstance(exc, (sqlite3.OperationalError, OSError)) or (
+                        isinstance(exc, sqlite3.DatabaseError) and is_corrupt(exc)  # the bus replaces the log
+                    )
                     left = self._closing_deadline - self.clock.monotonic() if self._closing else None
                     if (left is not None and left < delay) or (not transient and failures >= self.PUBLISH_TRIES):
                         self._log_dropped(events, "could not write them to the log")

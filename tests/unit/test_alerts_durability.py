@@ -213,6 +213,71 @@ async def test_a_damaged_event_log_is_moved_aside_and_a_new_one_started(
         assert rt.log.last_id() >= 1
 
 
+async def test_a_log_damaged_while_running_is_replaced_and_loses_no_later_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: SQLite's "malformed" is a DatabaseError, not the OperationalError a stream waits out:
+    # each stream dropped its events after 6 tries, every later batch too, every sink's read and
+    # client replay failed, and only a restart (which nothing triggered) moved the file aside.
+    from monitor.alerts.bus import SinkRunner
+    from tests.unit.test_sink_delivery import RecordingSink
+
+    path = tmp_path / "events.sqlite3"
+    log = EventLog(path)
+    metrics = Metrics()
+    bus = EventBus(log, metrics)
+    sink = RecordingSink()
+    runner = SinkRunner(bus, sink, "hook", metrics, retry_delay_s=0.01, max_retry_delay_s=0.05)
+    await runner.start()
+    try:
+        await bus.publish([status_event(i, size=200) for i in range(2000)])
+        await wait_until(lambda: len(sink.got) == 2000, "the sink to catch up")
+        sub = await bus.subscribe()
+        old_epoch = log.epoch
+
+        class Client:  # a websocket client's side of serve_subscriber
+            scope: dict[str, Any] = {}
+            client = "test"
+            closed: tuple[int, str] | None = None
+
+            async def send_text(self, text: str) -> None:
+                pass
+
+            async def receive_text(self) -> str:
+                await asyncio.Event().wait()
+                return ""
+
+            async def close(self, code: int = 1000, reason: str = "") -> None:
+                self.closed = (code, reason)
+
+        client = Client()
+        serving = asyncio.create_task(http_module.serve_subscriber(client, bus, metrics, 2000, old_epoch))  # type: ignore[arg-type]
+        await wait_until(lambda: len(bus._subs) == 2, "the client to subscribe")
+        await bus.on_log(lambda: log._db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+        await bus.on_log(lambda: log._db.execute("PRAGMA cache_size=1"))  # read pages from disk again
+        size = path.stat().st_size
+        with open(path, "r+b") as f:  # the storage zeroes every page after the first
+            f.seek(4096)
+            f.write(b"\0" * (size - 4096))
+        stored = await bus.publish([alert(EventType.ALERT_OPENED, "after")])
+        assert bus.log is not log and bus.log.epoch != old_epoch and [s.id for s in stored] == [1]
+        assert sub.overflowed.is_set() and sub.log_replaced  # its client starts again from the new log
+        await asyncio.wait_for(serving, 10)
+        assert client.closed is not None and client.closed[0] == 4409 and "since=0" in client.closed[1]
+        await bus.publish([alert(EventType.ALERT_CLOSED, "after", end_t=13.0)])
+        rows = await bus.replay_since(0, 10)
+        assert [json.loads(p)["type"] for _, p in rows] == [OPENED, CLOSED]
+        await wait_until(lambda: sink.got[2000:] == [1, 2], "the sink to deliver the new log from its start")
+        assert metrics.registry.get_sample_value("deepfake_monitor_event_log_replaced_total") == 1.0
+    finally:
+        await runner.aclose()
+        await bus.aclose()
+        bus.log.close()
+    moved = [p.name for p in tmp_path.iterdir() if p.name.startswith("events.sqlite3.corrupt-")]
+    assert any(not n.endswith(("-wal", "-shm", ".mark")) for n in moved)
+    assert any("is damaged" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
 def test_a_log_that_cannot_be_opened_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
     # Locked, unreadable or on a full disk (OperationalError): raised as it is, the file stays.
     import sqlite3
