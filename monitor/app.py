@@ -523,10 +523,24 @@ async def serve(settings: Settings) -> None:
             finally:
                 ready.cancel()
                 watch.cancel()
-            logger.info("shutting down")
+                # uvicorn gives back asyncio's do-nothing handler when it stops: a second signal
+                # during teardown (a camera that never lets go, a hung plugin) was ignored.
+                _second_signal_exits(loop, handled)
+            logger.info("shutting down (a second SIGINT or SIGTERM exits at once)")
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+def _second_signal_exits(loop: asyncio.AbstractEventLoop, handled: list[int]) -> None:
+    """From now on SIGINT and SIGTERM end the process at once, without teardown."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in handled:
+        loop.remove_signal_handler(sig)
+    handled.clear()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 async def _announce(server: uvicorn.Server) -> None:
