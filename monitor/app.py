@@ -485,8 +485,23 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def warn_if_proxied_without_token(settings: Settings) -> bool:
+    """A loopback-bound service with no token but browser origins to allow is most likely behind
+    a reverse proxy: then everyone who reaches the proxy gets the API, WHIP ingest and alerts."""
+    server = settings.server
+    if server.is_loopback and not server.token and server.cors_origins:
+        logger.warning(
+            "server.cors_origins is set (%s) but server.token is not: if a reverse proxy makes this service "
+            "reachable, everyone who reaches it gets the API, WHIP ingest and alerts; set server.token",
+            ", ".join(server.cors_origins),
+        )
+        return True
+    return False
+
+
 async def serve(settings: Settings) -> None:
     """Run the service until SIGINT/SIGTERM, then stop streams, close open alerts and exit."""
+    warn_if_proxied_without_token(settings)
     # From the start, not only while uvicorn serves: a SIGTERM while starting (loading models,
     # opening streams) killed the process at once. Here the first signal stops the service at
     # the first point it can, and gives the signals back: a second one (a start that hangs in

@@ -589,7 +589,10 @@ def log_mismatch(since: int, epoch: str | None, last_id: int, log_epoch: str) ->
     if since <= 0:
         return None  # from the start: any log will do
     if epoch is not None and epoch != log_epoch:
-        return f"event log reset: epoch {epoch[:16]} is not this log's ({log_epoch}); resume with since=0"[:123]
+        # Echoed only as the hex an epoch is: 16 emoji made the close frame longer than the 125
+        # bytes a control frame may have, the close failed, and `monitor alerts` retried for ever.
+        shown = epoch[:16] if re.fullmatch(r"[0-9a-fA-F]{1,64}", epoch) else "given"
+        return f"event log reset: epoch {shown} is not this log's ({log_epoch}); resume with since=0"[:123]
     if since > last_id:
         return f"event log reset: since={since} > last id {last_id}; resume with since=0"[:123]
     return None
@@ -671,9 +674,13 @@ async def serve_subscriber(
                 last_sent = event_id
 
     async def drain_client() -> None:
-        # Clients send nothing we need, but reading notices a disconnect promptly.
+        # Clients send nothing we need, but reading notices a disconnect promptly. receive(), not
+        # receive_text(): a binary frame (some clients' and proxies' keep-alives) raised KeyError
+        # there and the connection dropped with no close frame.
         while True:
-            await websocket.receive_text()
+            message = await websocket.receive()
+            if message.get("type") == "websocket.disconnect":
+                return
 
     tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(drain_client())]
     try:

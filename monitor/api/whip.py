@@ -51,7 +51,8 @@ def etag_matches(if_match: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 DECODABLE = {"video/vp8", "video/h264"}  # what aiortc decodes
 # DTLS fingerprint algorithms aiortc can verify (aiortc.rtcdtlstransport.X509_DIGEST_ALGORITHMS).
-FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
+FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}  # digest sizes
+FINGERPRINT_ALGORITHMS = frozenset(FINGERPRINT_BYTES)
 RETRY_AFTER_S = 5
 _MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # With webrtc.resolve_mdns, the most one PATCH waits for its mDNS candidates to resolve (aioice
@@ -133,6 +134,7 @@ class WhipSessions:
             self._reserved -= 1
 
     async def _create(self, stream_id: str, offer: str) -> tuple[WhipSession, str]:
+        offer = with_explicit_directions(offer)
         mids = check_offer(offer, self.settings.webrtc.max_video_tracks)
         names = dict(zip(mids, stream_names(stream_id, mids)))
         by_name: dict[str, list[str]] = {}
@@ -500,6 +502,40 @@ def check_candidate(candidate: RTCIceCandidate) -> None:
         raise Refused(400, f"malformed SDP: ICE candidate port {candidate.port} is not 0-65535", "malformed_sdp")
 
 
+_DIRECTIONS = ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")
+
+
+def with_explicit_directions(offer: str) -> str:
+    """``offer`` with a direction attribute in every m-section that has none: the session's, or
+    sendrecv (RFC 8866 6.7). aiortc needs one, and such a valid offer was refused with
+    "cannot answer the offer: None is not in list"."""
+    lines = offer.replace("\r\n", "\n").split("\n")
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    session_direction = next((line.strip() for line in sections[0] if line.strip() in _DIRECTIONS), "a=sendrecv")
+    if len(sections) == 1 or all(any(line.strip() in _DIRECTIONS for line in sec) for sec in sections[1:]):
+        return offer
+    out = list(sections[0])
+    for sec in sections[1:]:
+        if not any(line.strip() in _DIRECTIONS for line in sec):
+            end = len(sec)
+            while end > 1 and not sec[end - 1].strip():  # before the trailing empty line
+                end -= 1
+            sec = [*sec[:end], session_direction, *sec[end:]]
+        out.extend(sec)
+    return "\r\n".join(out)
+
+
+def _fingerprint_ok(algorithm: str, value: str) -> bool:
+    """Whether ``value`` is a fingerprint of ``algorithm``: colon-separated hex of its length."""
+    size = FINGERPRINT_BYTES.get(algorithm.lower())
+    parts = value.split(":")
+    return size is not None and len(parts) == size and all(re.fullmatch(r"[0-9A-Fa-f]{2}", b) for b in parts)
+
+
 def check_offer(offer: str, max_video_tracks: int) -> list[str]:
     """The mids of the offer's video sections we can receive; Refused when there are none,
     or more than ``max_video_tracks``."""
@@ -540,6 +576,14 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
         seen_mids.add(mid)
         if media.dtls is None or not media.dtls.fingerprints:  # aiortc drops dtls without a=setup
             raise Refused(400, f"malformed SDP offer: m-line {index} has no a=fingerprint (or no a=setup)", "malformed_sdp")
+        for f in media.dtls.fingerprints:
+            if f.algorithm.lower() in FINGERPRINT_ALGORITHMS and not _fingerprint_ok(f.algorithm, f.value):
+                raise Refused(
+                    400,
+                    f"malformed SDP offer: m-line {index}'s a=fingerprint:{f.algorithm} is not "
+                    f"{FINGERPRINT_BYTES[f.algorithm.lower()]} hex pairs",
+                    "malformed_sdp",
+                )
         if not any(f.algorithm.lower() in FINGERPRINT_ALGORITHMS for f in media.dtls.fingerprints):
             # Answered, such a session could never pass DTLS: it died later, with no reason given.
             raise Refused(

@@ -34,6 +34,28 @@ def only_vp9(offer: str) -> str:
     return offer.replace("VP8/90000", "VP9/90000").replace("H264/90000", "AV1/90000")
 
 
+async def test_an_offer_without_a_direction_attribute_is_answered_as_sendrecv() -> None:
+    # RFC 8866: no direction attribute means sendrecv. aiortc needs one, and such an offer was
+    # refused with "cannot answer the offer: None is not in list".
+    from aiortc import RTCSessionDescription
+
+    from monitor.api.whip import check_offer, with_explicit_directions
+
+    offer = (await real_offer()).replace("a=sendonly\r\n", "")
+    fixed = with_explicit_directions(offer)
+    assert fixed.count("a=sendrecv") == 1 and fixed.endswith("\r\n") and check_offer(fixed, 4) == ["0"]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=fixed, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        assert "a=recvonly" in pc.localDescription.sdp or "a=sendrecv" in pc.localDescription.sdp
+    finally:
+        await pc.close()
+    session_level = offer.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n")
+    assert "a=sendonly\r\n" in with_explicit_directions(session_level).split("m=video")[1]
+    assert with_explicit_directions(fixed) == fixed  # nothing to add: the offer as it came
+
+
 async def test_whip_refusals_and_health(tmp_path: Path) -> None:
     settings = load_settings(
         None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
@@ -59,6 +81,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
         ("BUNDLE names a missing mid", {**AUTH, **SDP}, offer.replace("a=group:BUNDLE 0", "a=group:BUNDLE 5 0"), 400, "a=group:BUNDLE"),
         # Answered, a session that could never pass DTLS died later with no reason given.
         ("unverifiable fingerprint", {**AUTH, **SDP}, re.sub(r"a=fingerprint:sha-\d+", "a=fingerprint:md5", offer), 400, "a=fingerprint"),
+        ("garbage fingerprint", {**AUTH, **SDP}, re.sub(r"(a=fingerprint:sha-256) \S+", r"\1 zz", offer), 400, "hex pairs"),
     ]
     assert "a=group:BUNDLE 0\r\n" in offer and "a=fingerprint:sha-256" in offer
     async with running_service(settings) as svc:
@@ -121,7 +144,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
             for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
-                              ("too_large", 1), ("malformed_sdp", 6), ("unanswerable_sdp", 3), ("capacity", 1),
+                              ("too_large", 1), ("malformed_sdp", 7), ("unanswerable_sdp", 3), ("capacity", 1),
                               ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
                 assert got == n, (reason, got)

@@ -878,8 +878,20 @@ async def test_a_resume_from_another_logs_epoch_is_refused_even_when_its_id_exis
                 async with asyncio.timeout(5):
                     await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409 and other in closed.value.rcvd.reason
+        # A non-hex epoch is not echoed: 16 emoji made the close frame too long for the
+        # protocol, the close failed (1006) and `monitor alerts` retried for ever.
+        with pytest.raises(ConnectionClosed) as closed:
+            async with websockets.connect(svc.ws + "/ws/alerts?since=2&epoch=" + "%F0%9F%98%80" * 16, subprotocols=["cloudevents.json"]) as ws:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409 and "since=0" in closed.value.rcvd.reason
         async with websockets.connect(svc.ws + f"/ws/alerts?since=4&epoch={epoch}", subprotocols=["cloudevents.json"]) as ws:
             assert [e["id"] for e in await recv_all(ws, 1)] == ["5"]
+            # A binary frame (a client's or proxy's keep-alive) is ignored like text: it dropped
+            # the connection with no close frame.
+            await ws.send(b"\x00ping")
+            await bus.publish([status_event(6)])
+            assert [e["id"] for e in await recv_all(ws, 1)] == ["6"]
         # From the start, as the close reason says, any log will do: a stale epoch is ignored.
         async with websockets.connect(svc.ws + f"/ws/alerts?since=0&epoch={other}", subprotocols=["cloudevents.json"]) as ws:
             assert len(await recv_all(ws, 5)) == 5

@@ -648,3 +648,15 @@ def test_a_pixel_limit_beyond_what_ffmpeg_can_be_capped_at_is_refused() -> None:
     for bad in (0, 1 << 64):
         with pytest.raises(ValueError, match="out of range"):
             limit_ffmpeg_allocations(bad)
+
+
+def test_a_proxied_service_without_a_token_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    # A loopback bind needs no token; behind a reverse proxy (the usual reason to list origins)
+    # everyone who reached the proxy got the API, WHIP ingest and alerts, with nothing said.
+    from monitor.app import warn_if_proxied_without_token
+
+    proxied = load_settings(None, server={"cors_origins": ["https://monitor.example.org"]})
+    assert warn_if_proxied_without_token(proxied)
+    assert "set server.token" in caplog.text
+    assert not warn_if_proxied_without_token(load_settings(None, server={"cors_origins": ["https://monitor.example.org"], "token": "t" * 32}))
+    assert not warn_if_proxied_without_token(load_settings(None))
