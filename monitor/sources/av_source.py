@@ -452,7 +452,11 @@ class RtspSource(ThreadedSource):
         transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP transport; UDP had a 284 ms p99 here.")
         # At most 300 s: FFmpeg takes them in microseconds as an int (2148 s overflowed,
         # and the stream could never open), and a source blocked that long cannot be stopped.
-        open_timeout_s: float = Field(5.0, gt=0, le=300, description="Connection and handshake timeout (at most 300 s).")
+        open_timeout_s: float = Field(
+            5.0, gt=0, le=300,
+            description="Connection and handshake timeout (at most 300 s). Each read of the handshake is also bounded by read_timeout_s, "
+            "so a camera slow to answer DESCRIBE needs read_timeout_s raised too.",
+        )
         read_timeout_s: float = Field(
             2.0, gt=0, le=300, description="A server silent this long counts as stalled; the source reconnects (at most 300 s)."
         )

@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.clock import Clock
-from monitor.config import Settings, StreamConfig
+from monitor.config import Settings, StreamConfig, too_slow_to_track
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -42,6 +42,10 @@ class DemoSource(ThreadedSource):
     ) -> DemoSource:
         config = plugin_config(cls, stream.options)
         assert isinstance(config, cls.Config)
+        # As for analysis_fps: frames rendered this rarely end every face's track before the next.
+        slow = too_slow_to_track(f"streams[{stream.id}].options.fps", config.fps, settings.analysis)
+        if slow:
+            raise ConfigError(slow)
         return cls(stream.id, stream.url, metrics=metrics, clock=clock, config=config)
 
     @classmethod

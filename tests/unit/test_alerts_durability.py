@@ -243,9 +243,9 @@ async def test_a_log_damaged_while_running_is_replaced_and_loses_no_later_event(
             async def send_text(self, text: str) -> None:
                 pass
 
-            async def receive_text(self) -> str:
+            async def receive(self) -> dict[str, Any]:
                 await asyncio.Event().wait()
-                return ""
+                return {}
 
             async def close(self, code: int = 1000, reason: str = "") -> None:
                 self.closed = (code, reason)

@@ -660,3 +660,18 @@ def test_a_proxied_service_without_a_token_is_warned_about(caplog: pytest.LogCap
     assert "set server.token" in caplog.text
     assert not warn_if_proxied_without_token(load_settings(None, server={"cors_origins": ["https://monitor.example.org"], "token": "t" * 32}))
     assert not warn_if_proxied_without_token(load_settings(None))
+
+
+def test_a_demo_rendered_too_slowly_to_track_is_refused() -> None:
+    # Only analysis rates were checked: a source that itself sends a frame every 2 s made every
+    # face a new track on every frame, and nothing was ever judged while the stream ran.
+    from monitor.clock import SystemClock
+    from monitor.config import StreamConfig
+    from monitor.metrics import Metrics
+    from monitor.pipeline.manager import build_source
+
+    settings = load_settings(None, demo=False)
+    slow = StreamConfig(id="d", url="demo://astronaut", options={"fps": 0.5})
+    with pytest.raises(ConfigError, match=re.escape("streams[d].options.fps=0.5") + r".*track_lost_s"):
+        build_source(slow, settings, Metrics(), SystemClock())
+    assert build_source(StreamConfig(id="d", url="demo://astronaut", options={"fps": 2}), settings, Metrics(), SystemClock())

@@ -730,6 +730,9 @@ async def test_a_file_read_as_fast_as_analysis_goes_is_sampled_by_its_own_time(p
     assert faces.times == pytest.approx([round(0.1 * k, 4) for k in range(30)], abs=0.02)
     value = metrics.registry.get_sample_value
     assert value("deepfake_monitor_frames_dropped_total", {"stream": "rec", "reason": "not_sampled"}) == 60
+    # /api/streams says so too (it said 0 dropped): every frame is analysed or counted there.
+    (status,) = [p.status() for p in m.list()]
+    assert status.frames_received == 90 and status.frames_analysed == 30 and status.frames_dropped == 60
     for reason in ("superseded", "stale"):
         assert value("deepfake_monitor_frames_dropped_total", {"stream": "rec", "reason": reason}) in (None, 0)
     payloads = [payload for _, payload in log.read_since(0, 1000)]
