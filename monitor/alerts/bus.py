@@ -68,7 +68,8 @@ class EventBus:
         (a higher id) and skip these for good. A cancelled caller still sees CancelledError,
         but only after the fan-out, and with the lock held until then, so no later publish
         offers a higher id first. ``started`` is set once the write is under way: a caller
-        cancelled before then (waiting for the lock) knows nothing was written."""
+        cancelled before then (waiting for the lock) knows nothing was written. It is cleared
+        again when a cancelled caller's write then failed: those events were not stored either."""
         if not events:
             return []
         async with self._lock:
@@ -83,8 +84,9 @@ class EventBus:
                         await asyncio.wait({step})
                     except asyncio.CancelledError:
                         pass  # cancelled again: the step must still finish first
-                if not step.cancelled():
-                    step.exception()  # a failed append was counted; a cancelled caller hears only of the cancel
+                failed = step.cancelled() or step.exception() is not None  # a failed append was counted
+                if failed and started is not None:
+                    started.clear()  # so the cancelled caller knows these events were not stored
                 raise
 
     async def _append_and_offer(self, events: list[Event]) -> list[StoredEvent]:

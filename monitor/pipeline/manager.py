@@ -184,10 +184,16 @@ class StreamManager:
             if pipeline is None:
                 raise StreamNotFound(f"no stream {stream_id!r}")
             teardown = self._begin_teardown(stream_id, pipeline.aclose())
+            # When the teardown ends, not after our wait: a caller cancelled meanwhile (a WHIP
+            # session's task, a request at shutdown) skipped this, and a decoder thread left
+            # behind then escaped the max_streams count.
+            teardown.add_done_callback(lambda _: self._note_left_behind(pipeline.source))
         await self._wait_teardown(teardown)
-        if isinstance(pipeline.source, ThreadedSource) and pipeline.source.left_behind():
-            self._left_behind.append(pipeline.source)
         logger.info("stopped stream %s", stream_id)
+
+    def _note_left_behind(self, source: Source) -> None:
+        if isinstance(source, ThreadedSource) and source.left_behind():
+            self._left_behind.append(source)
 
     def get(self, stream_id: str) -> StreamPipeline:
         try:

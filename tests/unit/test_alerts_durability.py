@@ -496,6 +496,38 @@ async def test_a_cancelled_publish_still_reaches_live_subscribers(tmp_path: Path
         log.close()
 
 
+async def test_a_cancelled_publish_whose_write_then_fails_is_not_taken_for_stored(tmp_path: Path) -> None:
+    # Before: `started` stayed set, so the cancelled stream took the events for stored and never
+    # said they were dropped (often the shutdown's own alert.closed).
+    import sqlite3
+
+    log = EventLog(tmp_path / "e.sqlite3")
+    writing, release = threading.Event(), threading.Event()
+
+    def failing_append(events: list[Event]) -> Any:
+        writing.set()
+        release.wait(30)
+        raise sqlite3.OperationalError("database is locked")
+
+    log.append = failing_append  # type: ignore[method-assign]
+    bus = EventBus(log, Metrics())
+    try:
+        started = asyncio.Event()
+        publishing = asyncio.create_task(bus.publish([status_event(1)], started))
+        await wait_until(writing.is_set, "the write under way", 30)
+        assert started.is_set()
+        publishing.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await publishing
+        assert not started.is_set()  # the caller logs them as dropped
+    finally:
+        release.set()
+        await bus.aclose()
+        log.close()
+
+
 # --- a full disk -------------------------------------------------------------------------------
 
 
