@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from monitor.alerts.eventlog import EventLog, is_corrupt, move_aside
+from monitor.alerts.eventlog import EventLog, is_corrupt, move_aside, open_event_log
 from monitor.errors import RejectedEvent
 from monitor.metrics import Metrics
 from monitor.plugins import AlertSink
@@ -60,6 +60,7 @@ class EventBus:
         self.last_offered: tuple[int, str] | None = None
         self.log_generation = 0  # how many times a damaged log was replaced since start
         self._replaced_at = -float("inf")
+        self._reopen_pending = False  # the damaged log is closed and moved aside; the new one not open yet
 
     async def publish(self, events: Sequence[Event], started: asyncio.Event | None = None) -> list[StoredEvent]:
         """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
@@ -92,6 +93,8 @@ class EventBus:
     async def _append_and_offer(self, events: list[Event]) -> list[StoredEvent]:
         loop = asyncio.get_running_loop()
         try:
+            if self._reopen_pending:
+                await self._open_replacement()  # the last try could not open the new log (a full disk)
             try:
                 stored = await loop.run_in_executor(self._executor, self.log.append, events)
             except sqlite3.DatabaseError as exc:
@@ -129,17 +132,25 @@ class EventBus:
         belong to the old one); sinks notice the new log (``log_generation``) and deliver it
         from its beginning, as after a start that found the log damaged."""
         old = self.log
-        loop = asyncio.get_running_loop()
 
-        def replace() -> EventLog:
+        def retire() -> None:
             try:
                 old.close()
             except Exception:  # a damaged connection may fail to close: it is dropped anyway
                 logger.debug("closing the damaged event log failed", exc_info=True)
             move_aside(old.path, reason)
-            return EventLog(old.path, old.instance)
 
-        self.log = await loop.run_in_executor(self._executor, replace)
+        self._reopen_pending = True  # from here on, whatever fails: old is closed
+        await asyncio.get_running_loop().run_in_executor(self._executor, retire)
+        await self._open_replacement()
+
+    async def _open_replacement(self) -> None:
+        """Open the new log where the damaged one was. If that fails (a full disk), the error
+        goes to the publishing stream, which waits and tries again, and so does this."""
+        old = self.log
+        # open_event_log: a file still there and still damaged (moving it aside failed) is moved now.
+        self.log = await asyncio.get_running_loop().run_in_executor(self._executor, open_event_log, old.path, old.instance)
+        self._reopen_pending = False
         self.log_generation += 1
         self.metrics.event_log_replaced.inc()
         for sub in self._subs:

@@ -278,6 +278,43 @@ async def test_a_log_damaged_while_running_is_replaced_and_loses_no_later_event(
     assert any("is damaged" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
+async def test_a_replacement_log_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The damaged log is closed and moved aside; if the new one cannot be opened (a full disk),
+    # the stream is told a transient error and waits, and the next try opens it.
+    import sqlite3
+
+    import monitor.alerts.bus as bus_module
+
+    path = tmp_path / "events.sqlite3"
+    log = EventLog(path)
+    bus = EventBus(log, Metrics())
+    real_open = bus_module.open_event_log
+    tries: list[int] = []
+
+    def full_disk_once(*args: Any) -> EventLog:
+        tries.append(1)
+        if len(tries) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_open(*args)
+
+    monkeypatch.setattr(bus_module, "open_event_log", full_disk_once)
+
+    def corrupt(events: list[Event]) -> Any:
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = 11  # type: ignore[attr-defined]
+        raise error
+
+    log.append = corrupt  # type: ignore[method-assign]
+    try:
+        with pytest.raises(sqlite3.OperationalError):  # what StreamPipeline._publish waits out
+            await bus.publish([alert(EventType.ALERT_OPENED, "a")])
+        stored = await bus.publish([alert(EventType.ALERT_OPENED, "a")])
+        assert [s.id for s in stored] == [1] and bus.log is not log and len(tries) == 2
+    finally:
+        await bus.aclose()
+        bus.log.close()
+
+
 def test_a_log_that_cannot_be_opened_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
     # Locked, unreadable or on a full disk (OperationalError): raised as it is, the file stays.
     import sqlite3
