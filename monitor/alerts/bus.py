@@ -61,6 +61,7 @@ class EventBus:
         self.log_generation = 0  # how many times a damaged log was replaced since start
         self._replaced_at = -float("inf")
         self._reopen_pending = False  # the damaged log is closed and moved aside; the new one not open yet
+        self._offered_id: int | None = None  # the newest id offered to subscribers (None: read it from the log)
 
     async def publish(self, events: Sequence[Event], started: asyncio.Event | None = None) -> list[StoredEvent]:
         """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
@@ -122,6 +123,7 @@ class EventBus:
             for sub in self._subs:
                 sub.offer(rendered)
             self.last_offered = (s.id, self.log.epoch)
+            self._offered_id = s.id
         async with self._new_events:
             self._new_events.notify_all()
         return stored
@@ -151,6 +153,7 @@ class EventBus:
         # open_event_log: a file still there and still damaged (moving it aside failed) is moved now.
         self.log = await asyncio.get_running_loop().run_in_executor(self._executor, open_event_log, old.path, old.instance)
         self._reopen_pending = False
+        self._offered_id = None  # the new log's ids start again
         self.log_generation += 1
         self.metrics.event_log_replaced.inc()
         for sub in self._subs:
@@ -160,11 +163,22 @@ class EventBus:
             self._new_events.notify_all()  # sinks waiting for new events look at the new log now
 
     async def subscribe(self) -> Subscription:
-        async with self._lock:
-            last = await asyncio.get_running_loop().run_in_executor(self._executor, self.log.last_id)
-            sub = Subscription(self.queue_size, last)
-            self._subs.add(sub)
+        """A live subscription from now on. Its ``start_id`` is the newest id offered so far:
+        events up to it are in the log, and every later one is offered to it. Taken together,
+        with no await between, so it waits for no write (it had waited behind every queued
+        append, up to SQLite's 30 s busy timeout each, on the writer thread)."""
+        if self._offered_id is None:
+            # Once per log: the newest id in it, read before anything is offered.
+            async with self._lock:
+                if self._offered_id is None:
+                    self._offered_id = await self.on_log(self.log.last_id)
+        sub = Subscription(self.queue_size, self._offered_id)
+        self._subs.add(sub)
         return sub
+
+    async def last_id(self) -> int:
+        """The newest id in the log, for clients (on the readers' thread: it waits for no write)."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self.log.last_id, True)
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)

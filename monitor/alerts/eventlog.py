@@ -358,14 +358,16 @@ class EventLog:
             self.instance, stored.id, e.type.value, e.stream_id, e.time, event_subject(e), event_payload(e), self.epoch
         )
 
-    def last_id(self) -> int:
+    def last_id(self, reader: bool = False) -> int:
         """The largest id ever assigned (0 for a new log). Pruning never lowers it, so a
-        client's ``since`` above it can only come from another (reset) log."""
-        with self._lock:
-            return self._last_id()
+        client's ``since`` above it can only come from another (reset) log. ``reader``: on the
+        readers' connection (committed writes; waits for none)."""
+        lock, db = (self._reader_lock, self._reader) if reader else (self._lock, self._db)
+        with lock:
+            return self._last_id(db)
 
-    def _last_id(self) -> int:
-        row = self._db.execute(
+    def _last_id(self, db: sqlite3.Connection | None = None) -> int:
+        row = (db or self._db).execute(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM events), 0),"
             " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
         ).fetchone()

@@ -565,6 +565,39 @@ async def test_a_cancelled_publish_whose_write_then_fails_is_not_taken_for_store
         log.close()
 
 
+async def test_a_client_joining_waits_for_no_queued_write(tmp_path: Path) -> None:
+    # Before: subscribing, and /api/events' check of `since`, ran on the writer thread behind
+    # every queued append (each up to SQLite's 30 s busy timeout while another process held
+    # the lock): a dashboard refill or `monitor alerts` resume hung meanwhile.
+    log = EventLog(tmp_path / "e.sqlite3")
+    log.append([status_event(1)])
+    writing, release = threading.Event(), threading.Event()
+    real_append = log.append
+
+    def slow_append(events: list[Event]) -> Any:
+        writing.set()
+        release.wait(30)
+        return real_append(events)
+
+    bus = EventBus(log, Metrics())
+    try:
+        early = await bus.subscribe()
+        log.append = slow_append  # type: ignore[method-assign]
+        publishing = asyncio.create_task(bus.publish([status_event(2)]))
+        await wait_until(writing.is_set, "the write under way", 30)
+        async with asyncio.timeout(2):
+            sub = await bus.subscribe()
+            assert await bus.last_id() == 1
+        assert sub.start_id == early.start_id == 1
+        release.set()
+        await publishing
+        assert sub.queue.get_nowait()[0] == 2 and early.queue.get_nowait()[0] == 2  # nothing skipped
+    finally:
+        release.set()
+        await bus.aclose()
+        log.close()
+
+
 # --- a full disk -------------------------------------------------------------------------------
 
 
