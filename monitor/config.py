@@ -247,6 +247,7 @@ class WebRTCConfig(Strict):
     ice_servers: tuple[IceServer, ...] = Field((), description="STUN/TURN servers: at most one `stun:` and one TURN server (`turn:` over udp or tcp, `turns:` over tcp, with `username` and `credential`), which is all aiortc uses; checked at load. Empty by default: the monitor never contacts a public STUN server unless one is configured here.")
     host_addresses: tuple[str, ...] = Field((), description="Local IP addresses offered as ICE host candidates in addition to the ones aioice finds; include 127.0.0.1 for loopback-only peers.")
     include_loopback: bool = Field(True, description="Offer 127.0.0.1 as a host candidate when the server binds to loopback (aioice never offers it by itself).")
+    only_host_addresses: bool = Field(False, description="Bind WebRTC media sockets and offer host candidates on host_addresses (and 127.0.0.1 as include_loopback says) only, not on every address of the machine's interfaces, which a publisher would otherwise learn from the answer.")
     max_sessions: int = Field(16, ge=1, le=256, description="Most concurrent WHIP sessions; more get 503.")
     max_sdp_bytes: int = Field(32 * 1024, ge=1024, description="Largest SDP offer or trickle fragment accepted (WHIP), and largest answer read from a WHEP endpoint.")
     session_idle_s: float = Field(30.0, gt=0, description="A WHIP session not connected this long after it was created is cleaned up; a failed or closed connection ends its session at once.")
@@ -474,6 +475,16 @@ class Settings(BaseSettings):
             logging.getLogger(__name__).warning(
                 "%s: below 2 frames a second, verdicts come less often than every 0.5 s and a new "
                 "face's first score takes more than 2 s", ", ".join(slow)
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _some_media_address(self) -> Settings:
+        w = self.webrtc
+        if w.only_host_addresses and not w.host_addresses and not (w.include_loopback and self.server.is_loopback):
+            raise ValueError(
+                "webrtc.only_host_addresses leaves no address for WebRTC media: list webrtc.host_addresses "
+                "(or bind the server to loopback with webrtc.include_loopback)"
             )
         return self
 

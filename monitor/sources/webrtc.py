@@ -8,6 +8,7 @@ import contextvars
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aioice.ice
@@ -40,7 +41,17 @@ logger = logging.getLogger(__name__)
 # ``aioice.ice.validate_remote_candidate``, for every connection in the process: it refuses
 # remote addresses the service must never send to (``is_unroutable_address``, zone ids).
 
-_extra_hosts: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("monitor_ice_hosts", default=())
+@dataclass(frozen=True)
+class IceHosts:
+    """The host addresses our peer connections gather candidates on: ``addresses`` in addition
+    to what aioice finds on the machine's interfaces, or, with ``only``, those alone (aioice
+    binds a UDP socket on each address it gathers)."""
+
+    addresses: tuple[str, ...] = ()
+    only: bool = False
+
+
+_extra_hosts: contextvars.ContextVar[IceHosts] = contextvars.ContextVar("monitor_ice_hosts", default=IceHosts())
 _hook_installed = False
 
 
@@ -51,8 +62,9 @@ def _install_hooks() -> None:
     original: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        found = list(original(use_ipv4, use_ipv6))
-        for address in _extra_hosts.get():
+        hosts = _extra_hosts.get()
+        found = [] if hosts.only else list(original(use_ipv4, use_ipv6))
+        for address in hosts.addresses:
             wanted = use_ipv6 if ":" in address else use_ipv4
             if wanted and address not in found:
                 found.append(address)
@@ -77,23 +89,25 @@ _install_hooks()  # now: a WHIP offer's candidates reach aioice before any local
 
 
 @contextlib.contextmanager
-def ice_host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
-    """Offer ``addresses`` as extra host candidates for peer connections gathered inside."""
+def ice_host_addresses(hosts: IceHosts | tuple[str, ...]) -> Iterator[None]:
+    """Gather host candidates on ``hosts`` for peer connections gathered inside (a tuple: extra
+    addresses, beside the interfaces')."""
     _install_hooks()
-    token = _extra_hosts.set(addresses)
+    token = _extra_hosts.set(hosts if isinstance(hosts, IceHosts) else IceHosts(tuple(hosts)))
     try:
         yield
     finally:
         _extra_hosts.reset(token)
 
 
-def extra_host_addresses(settings: Settings) -> tuple[str, ...]:
-    """The configured host addresses, plus 127.0.0.1 when serving on loopback."""
+def extra_host_addresses(settings: Settings) -> IceHosts:
+    """The configured host addresses, plus 127.0.0.1 when serving on loopback; with
+    ``webrtc.only_host_addresses``, those alone."""
     cfg = settings.webrtc
     extra = list(cfg.host_addresses)
     if cfg.include_loopback and settings.server.is_loopback and "127.0.0.1" not in extra:
         extra.append("127.0.0.1")
-    return tuple(extra)
+    return IceHosts(tuple(extra), cfg.only_host_addresses)
 
 
 def rtc_configuration(cfg: WebRTCConfig) -> RTCConfiguration:
@@ -193,7 +207,7 @@ def is_mdns_candidate_line(line: str) -> bool:
     return address is not None and is_mdns_host(address)
 
 
-async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDescription, hosts: tuple[str, ...]) -> None:
+async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDescription, hosts: IceHosts | tuple[str, ...]) -> None:
     """``setLocalDescription`` with our host addresses; aiortc gathers every candidate in it."""
     with ice_host_addresses(hosts):
         await pc.setLocalDescription(description)
@@ -407,7 +421,7 @@ class WhepSource(ThreadedSource):
         clock: Clock | None = None,
         config: Config | None = None,
         webrtc: WebRTCConfig | None = None,
-        hosts: tuple[str, ...] = ("127.0.0.1",),
+        hosts: IceHosts | tuple[str, ...] = ("127.0.0.1",),
     ) -> None:
         super().__init__(stream_id, metrics=metrics, clock=clock)
         self.url = url

@@ -119,6 +119,26 @@ async def test_whip_publish_produces_verdicts_on_the_websocket(tmp_path: Path) -
             await pc.close()
 
 
+async def test_media_can_be_kept_to_the_configured_addresses(tmp_path: Path) -> None:
+    # By default the answer lists (and aioice binds) every address of the machine's interfaces,
+    # whatever server.host is; with webrtc.only_host_addresses, only the configured ones.
+    import re
+
+    settings = make_settings(tmp_path, webrtc={"only_host_addresses": True})
+    async with running_service(settings) as svc:
+        pc, response = await publish(svc.base, "cam1", [FaceTrack()])
+        try:
+            assert response.status_code == 201, response.text
+            addresses = set(re.findall(r"a=candidate:\S+ \d+ udp \d+ (\S+) \d+ typ host", response.text))
+            assert addresses == {"127.0.0.1"}, response.text
+            async with asyncio.timeout(25):  # and the media still flows
+                while (status := svc.runtime.manager.get("cam1").status()).frames_received < 5:
+                    await asyncio.sleep(0.1)
+            assert status.state.value == "running"
+        finally:
+            await pc.close()
+
+
 async def test_an_allowed_cross_origin_client_can_read_its_stream_ids(tmp_path: Path) -> None:
     settings = load_settings(
         None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN, "cors_origins": ["https://studio.example"]}

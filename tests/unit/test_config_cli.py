@@ -675,3 +675,18 @@ def test_a_demo_rendered_too_slowly_to_track_is_refused() -> None:
     with pytest.raises(ConfigError, match=re.escape("streams[d].options.fps=0.5") + r".*track_lost_s"):
         build_source(slow, settings, Metrics(), SystemClock())
     assert build_source(StreamConfig(id="d", url="demo://astronaut", options={"fps": 2}), settings, Metrics(), SystemClock())
+
+
+def test_media_kept_to_configured_addresses_needs_one() -> None:
+    import aioice.ice
+
+    from monitor.sources.webrtc import IceHosts, extra_host_addresses, ice_host_addresses
+
+    with pytest.raises(ConfigError, match="only_host_addresses leaves no address"):
+        load_settings(None, server={"host": "0.0.0.0", "token": "t" * 32}, webrtc={"only_host_addresses": True})
+    hosts = extra_host_addresses(load_settings(None, webrtc={"only_host_addresses": True}))
+    assert hosts == IceHosts(("127.0.0.1",), True)
+    with ice_host_addresses(hosts):
+        assert aioice.ice.get_host_addresses(True, True) == ["127.0.0.1"]
+    with ice_host_addresses(IceHosts(("127.0.0.1",))):  # the default: the interfaces' too
+        assert "127.0.0.1" in aioice.ice.get_host_addresses(True, True)
