@@ -246,6 +246,8 @@ def train(ctx: typer.Context) -> None:
         train_main(ctx.args)
     except (MonitorError, OSError) as exc:  # bad input (InputError) or an unwritable path: no traceback
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # as scan: not 1, an unexpected failure (checkpoints resume)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -273,7 +275,7 @@ def evaluate(
     """Run the streaming pipeline over every clip of a manifest (or of dataset sources); report
     AUC, EER, accuracy, time to detect and false alarms per hour, overall and per group.
     Exit status: 0, or 2 on bad input, including any clip that could not be read (missing,
-    not a video): the report and --json are still written, naming each."""
+    not a video): the report and --json are still written, naming each; 130 when interrupted."""
     from monitor.config import load_settings
     from monitor.training.evaluate import default_workers, format_report
     from monitor.training.evaluate import evaluate as run_evaluate
@@ -292,6 +294,8 @@ def evaluate(
         )
     except (MonitorError, OSError) as exc:  # InputError: a bad manifest row or --degrade spec
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     typer.echo(format_report(report))
     if json_out is not None:  # after the report: a failure here must not throw the run away
         try:

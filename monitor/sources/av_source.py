@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -546,14 +548,32 @@ class RtspSource(ThreadedSource):
                 return
 
 
+# Where Debian, Red Hat and Alpine keep the system's trusted CAs, should Python's ssl module name none.
+_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+
+
+def system_ca_file() -> str | None:
+    """The system's bundle of trusted CAs (``SSL_CERT_FILE`` if set), or None.
+
+    The GnuTLS inside PyAV's wheel looks for the system's CAs at a Red Hat path only and loaded
+    none on Debian, so a camera or server with a certificate from a public CA was refused
+    unless given ``ca_file``: FFmpeg is always given this file instead."""
+    found = ssl.get_default_verify_paths().cafile
+    if found:
+        return found
+    return next((path for path in _CA_BUNDLES if os.path.isfile(path)), None)
+
+
 def tls_options(url: str, verify: bool = True, ca_file: str | None = None) -> dict[str, str]:
     """FFmpeg options that make an rtsps:// or https:// connection check the server's
-    certificate and host name (FFmpeg accepts any certificate unless told)."""
+    certificate and host name (FFmpeg accepts any certificate unless told), against ``ca_file``
+    or the system's trusted CAs."""
     if not url.lower().startswith(("rtsps://", "https://")):
         return {}
     options = {"tls_verify": "1" if verify else "0"}
-    if ca_file:
-        options["ca_file"] = ca_file
+    trusted = ca_file or (system_ca_file() if verify else None)
+    if trusted:
+        options["ca_file"] = trusted
     return options
 
 

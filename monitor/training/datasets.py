@@ -96,9 +96,13 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
             for r in reader:
                 cells = [_unquote(v.strip()) for v in r]
                 if not any(cells) or (header and cells[0].startswith("#")):
-                    continue  # blank, or a comment line (after the header)
+                    continue  # blank, or a comment line (after the header): a row commented out
                 if not header:
                     header = [h.lower() for h in cells]
+                    named = [h for h in header if h]
+                    twice = sorted({h for h in named if named.count(h) > 1})
+                    if twice:  # the last column of the name had silently won
+                        raise InputError(f"{manifest}:{reader.line_num}: column {', '.join(map(repr, twice))} named twice in the header")
                     continue
                 # A short row reads as empty cells, so it fails on its label.
                 rows.append((reader.line_num, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
@@ -106,6 +110,9 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
         raise InputError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     except OSError as exc:
         raise InputError(f"{manifest}: {exc.strerror or exc}") from exc
+    except csv.Error as exc:  # a line over the csv module's 128 KiB field limit: a DFDC metadata.json, say
+        hint = " (DFDC's metadata.json is read with --source dfdc:PATH)" if manifest.suffix.lower() == ".json" else ""
+        raise InputError(f"{manifest}: not a tab-separated manifest ({exc}){hint}") from exc
     missing = {"path", "label"} - set(header)
     if missing:
         raise InputError(f"{manifest}: needs `path` and `label` columns, has {sorted(h for h in header if h)}")

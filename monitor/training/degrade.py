@@ -12,7 +12,7 @@ import av
 import cv2
 import numpy as np
 
-from monitor.errors import InputError
+from monitor.errors import InputError, SourceError
 from monitor.sources.av_source import Timeline, decode_frames
 from monitor.types import display_orientation, orient
 
@@ -95,7 +95,16 @@ def degrade_clip(
     the same clips, and the same video after a corrupt stretch, as a clean one."""
     rng = np.random.default_rng(seed)
     errors: list[BaseException] = []
+    corrupt = 0
+
+    def skipped(exc: BaseException) -> None:
+        nonlocal corrupt
+        corrupt += 1
+        (on_decode_error or errors.append)(exc)
+
     with av.open(str(src)) as inp:
+        if not inp.streams.video:  # as the clean scan says it (it was an IndexError here)
+            raise SourceError(f"{src} has no video stream", retryable=False)
         stream = inp.streams.video[0]
         # Odd container rates (e.g. 519168/19667) are rejected by the encoder; frame times
         # are carried by the pts below, so a nearby simple rate loses nothing.
@@ -104,7 +113,7 @@ def degrade_clip(
         with av.open(str(dst), "w") as out:
             enc = None
             last_pts = -1
-            for frame in decode_frames(inp, on_decode_error or errors.append, max_consecutive_errors=None):
+            for frame in decode_frames(inp, skipped, max_consecutive_errors=None):
                 img = frame.to_ndarray(format="rgb24")
                 o = display_orientation(frame)
                 if o:  # the copy carries no display matrix, so it is written as displayed
@@ -142,6 +151,11 @@ def degrade_clip(
             if enc is not None:
                 for packet in enc.encode():
                     out.mux(packet)
+    if enc is None:
+        # Said as the clean scan says it: the scan of the empty copy named a temporary file.
+        dst.unlink(missing_ok=True)
+        detail = f" ({corrupt} corrupt packets)" if corrupt else ""
+        raise SourceError(f"no decodable video frame in {src}{detail}", retryable=False)
     if errors:
         logger.warning("%s: skipped %d corrupt packets (%s)", src, len(errors), errors[-1])
     return dst

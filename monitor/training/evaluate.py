@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,8 +88,8 @@ def roc_auc(y: Sequence[bool], s: Sequence[float]) -> float | None:
     pos, neg = sa[ya], sa[~ya]
     if len(pos) == 0 or len(neg) == 0:
         return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    # From ranks: comparing every pair took fakes x genuine memory (445 MB for 40k x 10k).
+    return float(_auc_statistic(pos, neg))
 
 
 # Below this many clips in either class a bootstrap interval is degenerate (3 fakes above 4
@@ -235,11 +236,15 @@ def source_rows(specs: Sequence[str]) -> list[tuple[str, Path, str, str, str, st
     """(rel, path, label, method, group, source spec) of every clip of ``specs`` (``ffpp:``, ``celebdf:``,
     ``dfdc:``, ``real:``, ``tsv:``; see ``datasets.read_source``), as `monitor train` reads them;
     the same file twice is an error."""
-    from monitor.training.datasets import read_source, refuse_duplicate_clips
+    from monitor.training.datasets import DEFAULT_SPLIT, read_source, refuse_duplicate_clips
 
     rows: list[tuple[str, Path, str, str, str, str]] = []
     records = []
     for spec in specs:
+        kind, _, rest = spec.partition(":")
+        if kind in DEFAULT_SPLIT and (len(rest.split(":")) < 2 or not rest.split(":")[1]):
+            # Training's default split is train: evaluated, it reported the training videos as the result.
+            raise InputError(f"source {spec!r}: name the split to evaluate, e.g. {kind}:ROOT:test")
         got = read_source(spec)
         if not got:
             raise InputError(f"source {spec!r}: no clips")
@@ -261,7 +266,10 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
     try:
         path = job.path
         if degradation is not None and job.degraded_to is not None:
-            path = degrade_clip(path, job.degraded_to, degradation, seed=job.index, on_decode_error=skipped.append)
+            # Noise seeded by the clip's own path, not its row: reordering or subsetting a manifest
+            # changed every later clip's degraded score.
+            seed = zlib.crc32(job.rel.encode())
+            path = degrade_clip(path, job.degraded_to, degradation, seed=seed, on_decode_error=skipped.append)
         res = scan(str(path), settings, make())
     except Exception as exc:  # one unreadable clip is a reported failure, not a crash
         logger.warning("could not scan %s: %s", job.rel, exc)

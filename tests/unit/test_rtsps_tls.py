@@ -145,3 +145,17 @@ def test_scan_refuses_a_missing_ca_file(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["scan", "rtsps://localhost:1/x", "--ca-file", str(tmp_path / "nope.pem")])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+@pytest.mark.parametrize("scheme", ["rtsps", "https"])
+def test_the_systems_trusted_cas_are_used_without_a_ca_file(camera: tuple[TlsCamera, Path], monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    # PyAV's bundled GnuTLS looks for the system's CAs at a Red Hat path only and found none on
+    # Debian: a certificate from a CA the system trusts was refused. The system bundle (here
+    # SSL_CERT_FILE, as OpenSSL reads it) is now handed to FFmpeg.
+    cam, cert = camera
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    if scheme == "rtsps":
+        open_with(cam.port)
+    else:
+        scan_with(f"https://localhost:{cam.port}/clip.mp4")
+    assert cam.received, "the connection was refused"

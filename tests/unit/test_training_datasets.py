@@ -480,3 +480,16 @@ def test_the_same_file_in_two_sources_is_refused(tmp_path: Path) -> None:
     (tmp_path / "linked/again.mp4").symlink_to(tmp_path / "hard.mp4")
     (tmp_path / "linked/hard.mp4").symlink_to(tmp_path / "hard.mp4")
     assert len(read_source(f"real:{tmp_path / 'linked'}")) == 2
+
+
+def test_manifest_rows_that_are_not_what_they_seem(tmp_path: Path) -> None:
+    # A column named twice kept its last value, and a line over the csv module's limit (a DFDC
+    # metadata.json given as a manifest) crashed with a traceback.
+    m = tmp_path / "m.tsv"
+    m.write_text("path\tlabel\tpath\na.mp4\treal\tb.mp4\n")
+    with pytest.raises(InputError, match="column 'path' named twice"):
+        read_tsv(m, tmp_path)
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps({f"v{i:05d}.mp4": {"label": "FAKE", "original": "x.mp4"} for i in range(5000)}))
+    with pytest.raises(InputError, match=r"not a tab-separated manifest .*--source dfdc:"):
+        read_tsv(meta, tmp_path)

@@ -225,3 +225,51 @@ def test_a_fakes_only_group_is_scored_against_the_genuine_clips_of_its_own_sourc
     single = [dataclasses.replace(c, source="") for c in results]
     pooled = {m.name: m for m in group_metrics(single, 0.7)}["method:Deepfakes"]
     assert pooled.auc == 0.5 and pooled.n_genuine == 4 and pooled.note == "fakes vs all genuine"
+
+
+def test_a_degraded_copy_of_a_clip_without_video_says_why_as_the_clean_scan_does(tmp_path: Path) -> None:
+    # Before: IndexError for a file with no video stream, and "no such file: <temporary copy>"
+    # for one whose every packet is corrupt.
+    import wave
+
+    from monitor.errors import SourceError
+    from monitor.training.degrade import degrade_clip
+    from tests.support.media import garbage_video_ts
+
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:  # sound, and no video stream at all
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 8000)
+    with pytest.raises(SourceError, match="has no video stream"):
+        degrade_clip(tmp_path / "a.wav", tmp_path / "a.mp4", parse_degradation("300k"))
+    with pytest.raises(SourceError, match=r"no decodable video frame in .*g\.ts \(\d+ corrupt packets\)"):
+        degrade_clip(garbage_video_ts(tmp_path / "g.ts"), tmp_path / "g.mp4", parse_degradation("300k"))
+    assert not (tmp_path / "g.mp4").exists()
+
+
+def test_degraded_noise_depends_on_the_clip_not_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seeded by the row's position, a clip's degraded score moved when rows were added or
+    # reordered: two identical clips scored 0.045 and 0.052.
+    import monitor.training.degrade as degrade
+    from monitor.config import Settings
+    from monitor.training.evaluate import _Job, _scan_job
+
+    seeds: list[int] = []
+    monkeypatch.setattr(degrade, "degrade_clip", lambda src, dst, d, seed=0, on_decode_error=None: seeds.append(seed) or (_ for _ in ()).throw(RuntimeError("stop")))
+    for index in (0, 7):
+        _scan_job(_Job(index, "grp/a.mp4", tmp_path / "a.mp4", "real", "", tmp_path / f"{index}.mp4"), Settings(), lambda: None, parse_degradation("noise"))  # type: ignore[arg-type,return-value]
+    _scan_job(_Job(0, "grp/b.mp4", tmp_path / "b.mp4", "real", "", tmp_path / "b.mp4"), Settings(), lambda: None, parse_degradation("noise"))  # type: ignore[arg-type,return-value]
+    assert seeds[0] == seeds[1] != seeds[2]
+
+
+def test_auc_from_ranks_agrees_with_counting_pairs() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        y = rng.random(40) < 0.4
+        s = rng.integers(0, 6, 40).astype(float)  # many ties
+        if y.all() or not y.any():
+            continue
+        pos, neg = s[y], s[~y]
+        pairs = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+        assert roc_auc(list(y), list(s)) == pytest.approx(pairs, abs=1e-12)
