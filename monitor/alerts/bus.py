@@ -41,6 +41,7 @@ class Subscription:
 
 class EventBus:
     REPLACE_EVERY_S = 60.0  # a damaged log is replaced at most this often
+    REOPEN_RETRY_S = 2.0  # how often a replacement that could not be opened is tried again
 
     def __init__(self, log: EventLog, metrics: Metrics, queue_size: int = 1000) -> None:
         self.log = log
@@ -60,7 +61,10 @@ class EventBus:
         self.last_offered: tuple[int, str] | None = None
         self.log_generation = 0  # how many times a damaged log was replaced since start
         self._replaced_at = -float("inf")
-        self._reopen_pending = False  # the damaged log is closed and moved aside; the new one not open yet
+        self._replacing: BaseException | None = None  # why the damaged log is being replaced, until done
+        self._moved_aside = False  # during a replacement: the damaged file is closed and renamed
+        self._reopening: asyncio.Future[None] | None = None  # retries a replacement that failed
+        self._sinks: set[str] = set()  # sink runners' cursor names (register_sink)
         self._offered_id: int | None = None  # the newest id offered to subscribers (None: read it from the log)
 
     async def publish(self, events: Sequence[Event], started: asyncio.Event | None = None) -> list[StoredEvent]:
@@ -94,8 +98,8 @@ class EventBus:
     async def _append_and_offer(self, events: list[Event]) -> list[StoredEvent]:
         loop = asyncio.get_running_loop()
         try:
-            if self._reopen_pending:
-                await self._open_replacement()  # the last try could not open the new log (a full disk)
+            if self._replacing is not None:
+                await self._finish_replacement()  # the last try could not open the new log (a full disk)
             try:
                 stored = await loop.run_in_executor(self._executor, self.log.append, events)
             except sqlite3.DatabaseError as exc:
@@ -131,28 +135,43 @@ class EventBus:
     async def _replace_damaged_log(self, reason: BaseException) -> None:
         """Move the damaged log aside and open a new one in its place (called under the lock).
         Live clients are closed so that they start again from the new log's first id (theirs
-        belong to the old one); sinks notice the new log (``log_generation``) and deliver it
-        from its beginning, as after a start that found the log damaged."""
-        old = self.log
+        belong to the old one); every sink's cursor in the new log is 0 before any event goes
+        in, so each delivers it from its beginning, as after a start that found the log damaged.
+        If that cannot be done now (a full disk), the publishing stream is told and waits, and
+        a background task keeps trying, so that reads work again without a new event."""
+        self._replacing = reason
+        try:
+            await self._finish_replacement()
+        except Exception:
+            if self._reopening is None or self._reopening.done():
+                self._reopening = asyncio.ensure_future(self._keep_replacing())
+            raise
 
-        def retire() -> None:
+    async def _finish_replacement(self) -> None:
+        reason = self._replacing
+        assert reason is not None
+        old = self.log
+        sinks = sorted(self._sinks)
+
+        def replace() -> EventLog:
+            if not self._moved_aside:
+                try:
+                    old.close()
+                except Exception:  # a damaged connection may fail to close: it is dropped anyway
+                    logger.debug("closing the damaged event log failed", exc_info=True)
+                move_aside(old.path, reason)  # OSError: tried again, never the damaged file reused
+                self._moved_aside = True
+            new = open_event_log(old.path, old.instance)
             try:
-                old.close()
-            except Exception:  # a damaged connection may fail to close: it is dropped anyway
-                logger.debug("closing the damaged event log failed", exc_info=True)
-            move_aside(old.path, reason)
+                for name in sinks:  # each owes the new log from its first event, even after a crash now
+                    new.set_cursor(name, 0)
+            except BaseException:
+                new.close()
+                raise
+            return new
 
-        self._reopen_pending = True  # from here on, whatever fails: old is closed
-        await asyncio.get_running_loop().run_in_executor(self._executor, retire)
-        await self._open_replacement()
-
-    async def _open_replacement(self) -> None:
-        """Open the new log where the damaged one was. If that fails (a full disk), the error
-        goes to the publishing stream, which waits and tries again, and so does this."""
-        old = self.log
-        # open_event_log: a file still there and still damaged (moving it aside failed) is moved now.
-        self.log = await asyncio.get_running_loop().run_in_executor(self._executor, open_event_log, old.path, old.instance)
-        self._reopen_pending = False
+        self.log = await asyncio.get_running_loop().run_in_executor(self._executor, replace)
+        self._replacing, self._moved_aside = None, False
         self._offered_id = None  # the new log's ids start again
         self.log_generation += 1
         self.metrics.event_log_replaced.inc()
@@ -161,6 +180,21 @@ class EventBus:
             sub.overflowed.set()
         async with self._new_events:
             self._new_events.notify_all()  # sinks waiting for new events look at the new log now
+
+    async def _keep_replacing(self) -> None:
+        while self._replacing is not None:
+            await asyncio.sleep(self.REOPEN_RETRY_S)
+            async with self._lock:
+                if self._replacing is None:
+                    return
+                try:
+                    await self._finish_replacement()
+                except Exception as exc:
+                    logger.warning("the damaged event log's replacement cannot be opened yet (%s); retrying", exc)
+
+    def register_sink(self, name: str) -> None:
+        """A sink delivering from this log: its cursor starts at 0 in a log that replaces it."""
+        self._sinks.add(name)
 
     async def subscribe(self) -> Subscription:
         """A live subscription from now on. Its ``start_id`` is the newest id offered so far:
@@ -208,6 +242,8 @@ class EventBus:
                 pass
 
     async def aclose(self) -> None:
+        if self._reopening is not None:
+            self._reopening.cancel()
         self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
@@ -251,8 +287,11 @@ class SinkRunner:
         self._skipped_in_a_row = 0
         self._wake = asyncio.Event()  # cuts a retry's backoff short (shutdown drain)
         self._head_at_start = 0  # the log's last id when the runner started (for the lag)
+        self._generation = 0  # the bus's log_generation that ``cursor`` counts in
 
     async def start(self) -> None:
+        self.bus.register_sink(self.name)
+        self._generation = self.bus.log_generation
         cursor = self.cursor = await self._first_cursor()  # first: if it fails, there is no started sink to close
         # A restart must not reset the safeguard: against a receiver refusing everything, each
         # start would otherwise skip MAX_SKIPPED_IN_A_ROW more events.
@@ -311,13 +350,14 @@ class SinkRunner:
                 if self.bus.log_generation != generation:
                     # The damaged log was replaced by a new one: its ids start again at 1, and
                     # this sink owes all of it.
+                    # The bus set this sink's cursor there to 0 before the log took any event.
                     log, generation = self.bus.log, self.bus.log_generation
                     cursor = self.cursor = 0
+                    self._generation = generation
                     rejected_id, rejections = 0, 0
                     self._skipped_in_a_row = 0
                     self._head_at_start = 0
                     logger.warning("sink %s: the event log was replaced; delivering the new log from its start", self.name)
-                    await self.bus.on_log(log.set_cursor, self.name, 0)
                 batch = await self.bus.read_since(cursor, 100)
                 if not batch:
                     await self.bus.wait_for_new(5.0)
@@ -403,8 +443,10 @@ class SinkRunner:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + drain_s
             target = await self.bus.on_log(self.bus.log.last_id)
+            generation = self.bus.log_generation
             self._wake.set()  # a runner waiting out a backoff of up to 30 s tries again now
-            while self.cursor < target and loop.time() < deadline and not self._task.done():
+            # A cursor still in a replaced log counts as 0 in the new one.
+            while (self.cursor if self._generation == generation else 0) < target and loop.time() < deadline and not self._task.done():
                 await asyncio.sleep(0.05)
         # Each bounded: a sink whose send swallows the cancellation, or whose close never returns,
         # held SIGTERM until SIGKILL, and the log was never closed. Left behind past the limit.

@@ -299,7 +299,8 @@ class StreamPipeline:
         backup holding the SQLite lock) or unwritable (a full disk) must not lose an alert, nor
         store a close without its open. Meanwhile the stream's analysis waits (its frames are
         dropped as superseded, and counted); ``event_log_errors_total`` and its alert rule say why.
-        Only such errors of the log (sqlite3.OperationalError, OSError) are waited out: any other
+        Only such errors of the log (sqlite3.OperationalError, OSError, and a damaged log, which
+        the bus replaces) are waited out: any other
         error (events that cannot be serialised, say) gets a few tries, as does everything once
         the stream is closing, within what is left of its stop wait. Then the events are dropped
         with an error naming them, so neither can stop the stream or hold a removal."""
