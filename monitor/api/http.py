@@ -635,11 +635,11 @@ async def serve_subscriber(
     async def stream_events() -> None:
         nonlocal last_sent
         # Replay everything up to the moment we subscribed; the queue holds what came after.
-        while last_sent < sub.start_id:
+        while last_sent < sub.start_id and not sub.log_replaced:
             rows = await bus.replay_since(last_sent, 500)
             for event_id, payload in rows:
-                if event_id > sub.start_id:
-                    break
+                if event_id > sub.start_id or sub.log_replaced:
+                    break  # past the handoff; or the log was replaced: its ids are not the client's
                 await send(payload)
                 last_sent = event_id
             if not rows or rows[-1][0] > sub.start_id:
