@@ -185,6 +185,11 @@ def read_ffpp(root: Path, split: Literal["train", "val", "test"] = "test", compr
     read (no official split puts them on one side); when present, a warning says how many videos
     that leaves out, so that a full download does not lose them silently."""
     split_file = root / "splits" / f"{split}.json"
+    if not split_file.is_file():
+        raise InputError(
+            f"{split_file}: no such file; FF++'s official splits are dataset/splits/{{train,val,test}}.json "
+            "in the FaceForensics repository: copy them to ROOT/splits/"
+        )
     # A byte-order mark (a split file saved by Windows Notepad) is accepted, as in the TSV and Celeb-DF readers.
     pairs = json.loads(split_file.read_text(encoding="utf-8-sig"))
     if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, str) for i in p) for p in pairs):

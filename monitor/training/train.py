@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    sources: tuple[str, ...] = Field(description="Training sources: tsv:MANIFEST[:ROOT], ffpp:ROOT[:split[:compression]], celebdf:ROOT[:train|test], dfdc:METADATA.json, real:DIR.")
+    sources: tuple[str, ...] = Field(description="Training sources: tsv:MANIFEST[:ROOT], ffpp:ROOT[:split[:compression]], celebdf:ROOT[:train|test], dfdc:PATH (a metadata.json, a part folder, a folder of parts, or labels.csv), real:DIR.")
     holdout_groups: tuple[str, ...] = Field((), description="Split groups left out of training entirely (reported as held-out).")
     out_dir: Path = Field(MODELS_DIR / "temporal-v1", description="Where the bundle is written.")
     cache_dir: Path = Field(Path("/tmp/deepfake-monitor-cache"), description="Face extraction cache (outside the repository).")
@@ -733,7 +733,7 @@ HOLDOUT_PRESETS: dict[str, tuple[str, ...]] = {"dev-v1": DEV_HOLDOUT, "none": ()
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m monitor.training.train``: the same as ``monitor train``."""
     ap = argparse.ArgumentParser(prog="monitor train", description="Train the temporal-v1 detector bundle.")
-    ap.add_argument("--source", action="append", required=True, help="tsv:MANIFEST[:ROOT], ffpp:ROOT[:split[:compression]], celebdf:ROOT[:train|test], dfdc:METADATA.json, real:DIR (repeatable)")
+    ap.add_argument("--source", action="append", required=True, help="tsv:MANIFEST[:ROOT], ffpp:ROOT[:split[:compression]], celebdf:ROOT[:train|test], dfdc:PATH (a metadata.json, a part folder, a folder of parts, or labels.csv), real:DIR (repeatable)")
     ap.add_argument("--holdout", action="append", default=[], help="a split group never trained on (repeatable)")
     ap.add_argument("--holdout-preset", choices=sorted(HOLDOUT_PRESETS), default="none")
     ap.add_argument("--out", type=Path, default=MODELS_DIR / "temporal-v1")

@@ -493,3 +493,8 @@ def test_manifest_rows_that_are_not_what_they_seem(tmp_path: Path) -> None:
     meta.write_text(json.dumps({f"v{i:05d}.mp4": {"label": "FAKE", "original": "x.mp4"} for i in range(5000)}))
     with pytest.raises(InputError, match=r"not a tab-separated manifest .*--source dfdc:"):
         read_tsv(meta, tmp_path)
+
+
+def test_a_missing_ffpp_split_file_says_where_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"splits/test\.json: no such file.*FaceForensics repository"):
+        read_source(f"ffpp:{tmp_path}:test")
