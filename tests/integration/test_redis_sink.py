@@ -150,6 +150,23 @@ def test_a_url_that_is_not_redis_is_refused_at_start_up(url: str) -> None:
         RedisStreamSink.Config(url=url)
 
 
+def test_a_bad_url_never_quotes_the_password_and_its_query_is_checked() -> None:
+    # A raw / in the password made Python's "Port could not be cast" message quote what came
+    # before it; ?foo=bar loaded and then failed every delivery; ?ssl_cert_reqs=none silently
+    # turned the certificate check off.
+    from monitor.errors import ConfigError
+    from monitor.plugins import plugin_config
+
+    with pytest.raises(ConfigError, match="percent-encoded") as bad:  # as `serve` and `config show` say it
+        plugin_config(RedisStreamSink, {"url": "rediss://alerts:q8/Zk3pass@redis.internal:6380/0"})
+    assert "q8" not in str(bad.value)
+    for query, message in (("foo=bar", "not one redis-py takes"), ("ssl_cert_reqs=none", "always checked")):
+        with pytest.raises(ValueError, match=message):
+            RedisStreamSink.Config(url=f"rediss://redis.internal:6380/0?{query}")
+    assert RedisStreamSink.Config(url="redis://127.0.0.1:6379/0?socket_timeout=2").url.endswith("socket_timeout=2")
+    assert RedisStreamSink.Config(url="unix:///run/redis.sock?db=2")
+
+
 def test_the_password_in_the_url_is_hidden_in_config_show(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

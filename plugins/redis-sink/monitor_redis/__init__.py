@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -81,12 +81,26 @@ class RedisStreamSink:
             try:
                 parts = urlsplit(url)
                 parts.port  # noqa: B018 (raises on a bad port)
-            except ValueError as exc:
-                raise ValueError(f"not a Redis URL: {exc}") from None
+            except ValueError:
+                # Not Python's message: it quotes the "port", which is part of the password when
+                # the password holds a raw / ? or # (rediss://user:q8/Zk3@host showed 'q8').
+                raise ValueError(
+                    "not a Redis URL: its port is not a number (a /, ? or # in the password must be percent-encoded)"
+                ) from None
             if parts.scheme not in ("redis", "rediss", "unix"):
                 raise ValueError("not a Redis URL: use redis://host:port, rediss://host:port (TLS) or unix:///path/redis.sock")
             if parts.scheme != "unix" and not parts.hostname:
                 raise ValueError("not a Redis URL: it names no host")
+            query = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+            if "ssl_cert_reqs" in query:
+                # It turned the server's certificate check off, silently: refused, not obeyed.
+                raise ValueError("not a Redis URL: ssl_cert_reqs is not accepted; the server's certificate is always checked")
+            try:
+                # Building a connection (without connecting) checks the query's options as redis-py
+                # reads them: ?foo=bar loaded, then failed every delivery with a TypeError.
+                aioredis.ConnectionPool.from_url(url).make_connection()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"not a Redis URL: an option in its query is not one redis-py takes ({type(exc).__name__})") from None
             return url
 
         @property
