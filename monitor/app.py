@@ -73,7 +73,10 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         # "service_restarted" and ran every sink twice.
         stack.enter_context(data_dir_lock(settings.data_dir))
         evidence = EvidenceStore(
-            settings.data_dir / "evidence", lambda ok: metrics.evidence_saved.labels("saved" if ok else "failed").inc()
+            settings.data_dir / "evidence",
+            lambda ok: metrics.evidence_saved.labels("saved" if ok else "failed").inc(),
+            max_bytes=settings.alerts.evidence_max_mib << 20,
+            min_free_bytes=settings.alerts.evidence_min_free_mib << 20,
         )
         # After the streams stop (registered before them): what their last alerts queued is written.
         stack.push_async_callback(asyncio.to_thread, evidence.close)

@@ -324,6 +324,8 @@ class AlertsConfig(Strict):
     queue_size: int = Field(1000, ge=1, description="Events buffered per websocket client; a client that falls further behind is closed with 1013 and resumes with ?since=.")
     retention_days: float = Field(30.0, gt=0, description="Events older than this are removed from the event log at start-up and then once a day, and so is the evidence of alerts older than this.")
     evidence: bool = Field(True, description="Save what each alert was raised on (the frame, scaled to 640 px with the face boxed, the face's last aligned crops, the scores and reasons) to data_dir/evidence/<alert_id>/, served at /api/alerts/<alert_id>/evidence. Nothing leaves the machine; false saves no images of faces.")
+    evidence_max_mib: int = Field(2048, ge=1, le=1 << 20, description="Most disk space evidence may take, in MiB: past it the oldest bundles are removed (their alerts stay in the event log). Evidence was removed by age alone, and a stream alerting on and off could fill the disk the event log shares.")
+    evidence_min_free_mib: int = Field(512, ge=0, description="No evidence is saved while the data_dir's disk has less free space than this, in MiB (counted as failed and logged): the event log, which alerts need, gets that space.")
 
 
 class SinkConfig(Strict):

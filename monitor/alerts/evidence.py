@@ -56,9 +56,21 @@ QUEUE_MAX = 32  # bundles waiting for the writer; beyond, new ones are dropped (
 
 
 class EvidenceStore:
-    def __init__(self, root: Path, on_result: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        on_result: Callable[[bool], None] | None = None,
+        *,
+        max_bytes: int | None = None,
+        min_free_bytes: int = 0,
+    ) -> None:
         self.root = root
         self._on_result = on_result  # called with True (written) or False (failed, dropped)
+        # Bounds on the disk evidence takes: at most max_bytes (the oldest bundles go first), and
+        # none written while the disk has less than min_free_bytes free (the event log needs it).
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._sizes: dict[str, tuple[float, int]] | None = None  # bundle -> (saved at, bytes), once read
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(QUEUE_MAX)
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -152,6 +164,13 @@ class EvidenceStore:
         try:
             # Faces: readable by the service's user only (0700 folders, 0600 files).
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            free = shutil.disk_usage(self.root).free
+            if free < self.min_free_bytes:
+                logger.warning(
+                    "stream %s: evidence of alert %s not saved: %d MiB free on the data_dir's disk, under "
+                    "alerts.evidence_min_free_mib (%d)", stream_id, alert.alert_id, free >> 20, self.min_free_bytes >> 20,
+                )
+                return False
             tmp.mkdir(exist_ok=True, mode=0o700)
             if bbox is not None:  # drawn on the writer's own scaled copy
                 x0, y0, x1, y1 = (int(round(v * scale)) for v in bbox)
@@ -178,11 +197,36 @@ class EvidenceStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return True
             tmp.rename(final)
+            self._account(alert.alert_id, final)
             return True
         except (OSError, cv2.error, ValueError) as exc:
             logger.warning("stream %s: could not save the evidence of alert %s: %s", stream_id, alert.alert_id, exc)
             shutil.rmtree(tmp, ignore_errors=True)
             return False
+
+    def _account(self, alert_id: str, folder: Path) -> None:
+        """Count a new bundle and, past ``max_bytes``, remove the oldest until under 90% of it."""
+        if self.max_bytes is None:
+            return
+        with self._lock:
+            if self._sizes is None:
+                self._sizes = {p.name: _bundle_size(p) for p in self.root.iterdir() if ALERT_ID.fullmatch(p.name)}
+            self._sizes[alert_id] = _bundle_size(folder)
+            total = sum(size for _, size in self._sizes.values())
+            if total <= self.max_bytes:
+                return
+            removed = 0
+            for name, (_, size) in sorted(self._sizes.items(), key=lambda kv: kv[1][0]):
+                if total <= 0.9 * self.max_bytes or name == alert_id:
+                    break
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                del self._sizes[name]
+                total -= size
+                removed += 1
+        logger.warning(
+            "evidence over alerts.evidence_max_mib (%d MiB): removed the %d oldest bundles (their alerts stay in the event log)",
+            self.max_bytes >> 20, removed,
+        )
 
     def prune(self, older_than: float, partial_before: float | None = None) -> int:
         """Remove bundles saved before the wall-clock time ``older_than`` and half-written ones
@@ -199,9 +243,21 @@ class EvidenceStore:
                 elif ALERT_ID.fullmatch(path.name) and (path / MANIFEST).stat().st_mtime < older_than:
                     shutil.rmtree(path)
                     removed += 1
+                    with self._lock:
+                        if self._sizes is not None:
+                            self._sizes.pop(path.name, None)
             except OSError as exc:
                 logger.warning("could not prune evidence %s: %s", path, exc)
         return removed
+
+
+def _bundle_size(folder: Path) -> tuple[float, int]:
+    """(saved at, bytes) of a bundle folder; (0, 0) if it cannot be read."""
+    try:
+        files = [f.stat() for f in folder.iterdir()]
+        return (folder / MANIFEST).stat().st_mtime, sum(st.st_size for st in files)
+    except OSError:
+        return 0.0, 0
 
 
 def _scaled(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:

@@ -231,3 +231,30 @@ def test_a_closed_store_refuses_late_bundles_and_counts_them(tmp_path: Path, met
     store.close()
     assert not store.submit("s", alert("b" * 32), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
     assert metrics.registry.get_sample_value("deepfake_monitor_evidence_total", {"result": "failed"}) == 1
+
+
+def test_evidence_is_kept_under_its_size_cap_and_off_a_nearly_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Evidence was removed by age alone (30 days): a stream alerting on and off could fill the
+    # disk the event log shares, and then every stream paused for the log.
+    import os
+    import shutil as shutil_module
+
+    root = tmp_path / "evidence"
+    noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # ~100 KB a bundle
+    ids = [f"{k:032x}" for k in range(1, 9)]
+    save(EvidenceStore(root), "s", alert(ids[0]), 0.0, noise, None, [])  # one already on disk at start
+    os.utime(root / ids[0] / "evidence.json", (1, 1))  # the oldest
+    one = sum(f.stat().st_size for f in (root / ids[0]).iterdir())
+    store = EvidenceStore(root, max_bytes=int(3.5 * one))
+    for k, alert_id in enumerate(ids[1:], start=2):
+        assert save(store, "s", alert(alert_id), 0.0, noise, None, [])
+        os.utime(root / alert_id / "evidence.json", (k, k))
+    kept = sorted(p.name for p in root.iterdir())
+    assert sum(f.stat().st_size for p in root.iterdir() for f in p.iterdir()) <= 3.5 * one
+    assert ids[-1] in kept and ids[0] not in kept and len(kept) >= 2  # the newest stay, the oldest went
+    # Under the free-space floor nothing is written, and it counts as failed.
+    results: list[bool] = []
+    full = EvidenceStore(tmp_path / "full", results.append, min_free_bytes=1 << 40)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(1 << 41, (1 << 41) - (1 << 30), 1 << 30))
+    full.submit("s", alert(ids[0]), 0.0, noise, None, [])
+    assert full.flush() and results == [False] and full.folder(ids[0]) is None
