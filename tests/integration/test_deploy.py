@@ -22,6 +22,9 @@ def test_prometheus_rules_are_valid() -> None:
     r = subprocess.run(["promtool", "check", "rules", str(ROOT / "deploy/prometheus/rules.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "10 rules found" in r.stdout
+    # Behaviour, not only syntax: two severities at once, two monitors with one stream name.
+    t = subprocess.run(["promtool", "test", "rules", "rules_test.yml"], cwd=ROOT / "deploy/prometheus", capture_output=True, text=True)
+    assert t.returncode == 0, t.stdout + t.stderr
 
 
 def exported_names() -> set[str]:
