@@ -114,8 +114,15 @@ async def test_a_retried_delivery_adds_no_duplicate(server: RedisServer, caplog:
         await sink.send(7, json.dumps({**event, "source": "/monitor/logs/new-epoch"}))  # another log: its own ids
     entries = server.client().xrange("dm:once")
     assert [(f["source"], f["id"]) for _, f in entries] == [("/monitor/logs/abc", "7"), ("/monitor/logs/new-epoch", "7")]
+    # One mark per event log, whatever its streams: it had one per stream id, kept for good.
+    async with started(config) as sink:
+        await sink.send(8, json.dumps({**event, "id": "8", "source": "/monitor/logs/abc/streams/cam-1"}))
+        await sink.send(8, json.dumps({**event, "id": "8", "source": "/monitor/logs/abc/streams/cam-2"}))  # the same id
+        await sink.send(9, json.dumps({**event, "id": "9", "source": "/monitor/logs/abc/streams/cam-2"}))
+    assert server.client().hgetall("dm:once:delivered") == {"/monitor/logs/abc": "9", "/monitor/logs/new-epoch": "7"}
+    assert [f["id"] for _, f in server.client().xrange("dm:once")] == ["7", "7", "8", "9"]
     # Each one not appended is said: after a data_dir restored with its mark, they are new events.
-    assert caplog.text.count("is already recorded in dm:once:delivered, so it was not appended again") == 2
+    assert caplog.text.count("is already recorded in dm:once:delivered, so it was not appended again") == 3
 
 
 async def test_a_key_of_the_wrong_type_is_a_delivery_error_not_a_skip(server: RedisServer) -> None:

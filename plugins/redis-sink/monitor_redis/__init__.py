@@ -5,7 +5,7 @@ consumers (a SIEM forwarder, a dashboard, other monitor instances' operators) re
 ``XREAD`` or consumer groups (``XREADGROUP``), each at its own pace.
 
 Exactly once per event: a Lua script appends the entry and records the event's id for its
-``source`` (the monitor's event log) in one atomic step, and appends nothing for an id it has
+event log (the ``source`` up to ``/streams/``) in one atomic step, and appends nothing for an id it has
 already recorded. So a delivery retried after a timeout whose first attempt did land, or a
 monitor restarted before it saved its cursor, adds no duplicate. Every failure (Redis down, a
 timeout, authentication, a key of the wrong type) raises ``DeliveryError`` and the monitor
@@ -54,6 +54,13 @@ return id
 # CloudEvent attributes copied into the entry's own fields, so consumers can filter without
 # parsing JSON; ``event`` holds the whole CloudEvent.
 ENTRY_FIELDS = ("id", "source", "type", "subject", "time")
+
+
+def log_of(source: str) -> str:
+    """The event log a CloudEvent ``source`` names (``/<instance>/logs/<epoch>``): ids increase
+    across all its streams, so one mark per log is enough. Keyed by the whole source (one per
+    stream), the hash gained a field for every stream id ever seen and never lost one."""
+    return source.split("/streams/", 1)[0]
 
 
 class DeliveryError(Exception):
@@ -134,7 +141,7 @@ class RedisStreamSink:
         c = self.config
         try:
             async with asyncio.timeout(c.timeout_s):
-                added = await self._append(keys=[c.stream, c.delivered_key], args=[str(event["source"]), event_id, c.maxlen, *fields])
+                added = await self._append(keys=[c.stream, c.delivered_key], args=[log_of(str(event["source"])), event_id, c.maxlen, *fields])
         except TimeoutError as exc:
             raise DeliveryError(f"event {event_id}: Redis did not answer within {c.timeout_s:g}s") from exc
         except (RedisError, OSError) as exc:
