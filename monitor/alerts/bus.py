@@ -66,6 +66,7 @@ class EventBus:
         self._reopening: asyncio.Future[None] | None = None  # retries a replacement that failed
         self._sinks: set[str] = set()  # sink runners' cursor names (register_sink)
         self._offered_id: int | None = None  # the newest id offered to subscribers (None: read it from the log)
+        self._offered_log: EventLog | None = None  # the log _offered_id belongs to
 
     async def publish(self, events: Sequence[Event], started: asyncio.Event | None = None) -> list[StoredEvent]:
         """Store ``events``, then offer them to every subscriber. Cancelling the caller does not
@@ -127,7 +128,7 @@ class EventBus:
             for sub in self._subs:
                 sub.offer(rendered)
             self.last_offered = (s.id, self.log.epoch)
-            self._offered_id = s.id
+            self._offered_id, self._offered_log = s.id, self.log
         async with self._new_events:
             self._new_events.notify_all()
         return stored
@@ -201,11 +202,13 @@ class EventBus:
         events up to it are in the log, and every later one is offered to it. Taken together,
         with no await between, so it waits for no write (it had waited behind every queued
         append, up to SQLite's 30 s busy timeout each, on the writer thread)."""
-        if self._offered_id is None:
-            # Once per log: the newest id in it, read before anything is offered.
+        while self._offered_id is None or self._offered_log is not self.log:
+            # Once per log: the newest id in it, read before anything is offered (the cached id
+            # belongs to the log it was read from: a log put in place any other way is read too).
             async with self._lock:
-                if self._offered_id is None:
-                    self._offered_id = await self.on_log(self.log.last_id)
+                if self._offered_id is None or self._offered_log is not self.log:
+                    log = self.log
+                    self._offered_id, self._offered_log = await self.on_log(log.last_id), log
         sub = Subscription(self.queue_size, self._offered_id)
         self._subs.add(sub)
         return sub
