@@ -47,15 +47,19 @@ let pollProblem = null; // why the last poll failed ("API not answering"...); nu
 let tokenRefused = false; // the API answered 401: polling stops until the token changes
 let inflight = null; // the poll under way, {ctl, done}: never two at once
 
-// --- token: ?token= in the URL, or the field (kept for this tab only) ----------------------
+// --- token: #token= (or ?token=) in the URL, or the field (kept for this tab only) ----------
+// #token= is never sent to the server: ?token= reaches it, and any proxy's log, on the first load.
 const params = new URLSearchParams(location.search);
+const hashParams = new URLSearchParams(location.hash.slice(1));
 const tokenInput = $("token");
-tokenInput.value = params.get("token") || sessionStorage.getItem("token") || "";
-if (params.has("token")) {
+tokenInput.value = hashParams.get("token") || params.get("token") || sessionStorage.getItem("token") || "";
+if (params.has("token") || hashParams.has("token")) {
   // Out of the address bar, history and bookmarks: the tab keeps it in sessionStorage.
   sessionStorage.setItem("token", tokenInput.value);
   params.delete("token");
-  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
+  hashParams.delete("token");
+  const hash = hashParams.toString();
+  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + (hash ? "#" + hash : ""));
 }
 tokenInput.addEventListener("change", async () => {
   sessionStorage.setItem("token", tokenInput.value);
