@@ -174,6 +174,7 @@ class EventBus:
         self.log = await asyncio.get_running_loop().run_in_executor(self._executor, replace)
         self._replacing, self._moved_aside = None, False
         self._offered_id = None  # the new log's ids start again
+        self.last_offered = None  # an id of the old log: sinks' lag and /api/streams' headers were off
         self.log_generation += 1
         self.metrics.event_log_replaced.inc()
         for sub in self._subs:
@@ -345,7 +346,7 @@ class SinkRunner:
 
     async def _run(self, cursor: int) -> None:
         log = self.bus.log
-        generation = self.bus.log_generation
+        generation = self._generation  # the log ``cursor`` was read from, at start()
         delay = self.retry_delay_s
         rejected_id, rejections = 0, 0  # the event being rejected, and how many times so far
         while True:

@@ -71,6 +71,7 @@ class EvidenceStore:
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self._sizes: dict[str, tuple[float, int]] | None = None  # bundle -> (saved at, bytes), once read
+        self._sizes_lock = threading.Lock()  # not _lock: submit() takes that on the analysis thread
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(QUEUE_MAX)
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -208,7 +209,7 @@ class EvidenceStore:
         """Count a new bundle and, past ``max_bytes``, remove the oldest until under 90% of it."""
         if self.max_bytes is None:
             return
-        with self._lock:
+        with self._sizes_lock:
             if self._sizes is None:
                 self._sizes = {p.name: _bundle_size(p) for p in self.root.iterdir() if ALERT_ID.fullmatch(p.name)}
             self._sizes[alert_id] = _bundle_size(folder)
@@ -243,7 +244,7 @@ class EvidenceStore:
                 elif ALERT_ID.fullmatch(path.name) and (path / MANIFEST).stat().st_mtime < older_than:
                     shutil.rmtree(path)
                     removed += 1
-                    with self._lock:
+                    with self._sizes_lock:
                         if self._sizes is not None:
                             self._sizes.pop(path.name, None)
             except OSError as exc:

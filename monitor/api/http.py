@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -605,7 +606,12 @@ async def serve_subscriber(
     drop one that stops reading (no send completes within WS_SEND_TIMEOUT_S), and close (4409)
     one resuming from an id this log never had, or from another log (``epoch``)."""
     sub = await bus.subscribe()
-    mismatch = log_mismatch(since, epoch, sub.start_id, bus.log.epoch) if since is not None else None
+    mismatch = None
+    if since is not None:
+        # Against the newest committed id too: the client may know an event from /api/events that
+        # is committed but not offered yet (start_id), and was told its log had been reset.
+        newest = sub.start_id if since <= sub.start_id else max(sub.start_id, await bus.last_id())
+        mismatch = log_mismatch(since, epoch, newest, bus.log.epoch)
     if mismatch:
         bus.unsubscribe(sub)
         await websocket.close(WS_CLOSE_SINCE_AHEAD, mismatch)
@@ -636,7 +642,18 @@ async def serve_subscriber(
         nonlocal last_sent
         # Replay everything up to the moment we subscribed; the queue holds what came after.
         while last_sent < sub.start_id and not sub.log_replaced:
-            rows = await bus.replay_since(last_sent, 500)
+            try:
+                rows = await bus.replay_since(last_sent, 500)
+            except sqlite3.Error:
+                # The damaged log was closed under this read: its replacement marks the client
+                # (4409 below) within moments; any other failure is raised.
+                try:
+                    await asyncio.wait_for(sub.overflowed.wait(), 5)
+                except TimeoutError:
+                    raise
+                if not sub.log_replaced:
+                    raise
+                break
             for event_id, payload in rows:
                 if event_id > sub.start_id or sub.log_replaced:
                     break  # past the handoff; or the log was replaced: its ids are not the client's

@@ -327,6 +327,18 @@ async def test_a_token_typed_in_resumes_the_feed_without_a_gap(tmp_path: Path) -
             assert await page.evaluate("() => lastEventId") == 41
 
 
+async def test_a_token_with_a_plus_in_the_fragment_is_kept_as_it_is(tmp_path: Path) -> None:
+    # URLSearchParams read "+" as a space: a base64 token opened as #token=... was refused.
+    token = "ab+cd/ef+" + "g" * 24
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": token})
+    async with running_service(settings) as svc:
+        async with chromium_page(tmp_path) as page:
+            await page.goto(f"{svc.base}/?view=1#token={token.replace('/', '%2F')}&x=1")
+            await expect(page.locator("#api-state")).to_have_text("API live", timeout=10_000)
+            assert await page.evaluate("() => sessionStorage.getItem('token')") == token
+            assert page.url.endswith("/?view=1#x=1")  # the rest of the address stays
+
+
 async def test_an_alert_shows_what_the_monitor_saw(tmp_path: Path) -> None:
     # A real file through MediaPipe and the detector, thresholds near 0 so its face alerts; under a
     # proxy prefix, with a token: the images are fetched with the token in a header, as blobs.

@@ -120,6 +120,9 @@ async def test_a_retried_delivery_adds_no_duplicate(server: RedisServer, caplog:
         await sink.send(8, json.dumps({**event, "id": "8", "source": "/monitor/logs/abc/streams/cam-2"}))  # the same id
         await sink.send(9, json.dumps({**event, "id": "9", "source": "/monitor/logs/abc/streams/cam-2"}))
     assert server.client().hgetall("dm:once:delivered") == {"/monitor/logs/abc": "9", "/monitor/logs/new-epoch": "7"}
+    from monitor_redis import log_of
+
+    assert log_of("/streams/logs/e1/streams/cam") == "/streams/logs/e1"  # an instance named "streams"
     assert [f["id"] for _, f in server.client().xrange("dm:once")] == ["7", "7", "8", "9"]
     # Each one not appended is said: after a data_dir restored with its mark, they are new events.
     assert caplog.text.count("is already recorded in dm:once:delivered, so it was not appended again") == 3
@@ -167,7 +170,7 @@ def test_a_bad_url_never_quotes_the_password_and_its_query_is_checked() -> None:
     with pytest.raises(ConfigError, match="percent-encoded") as bad:  # as `serve` and `config show` say it
         plugin_config(RedisStreamSink, {"url": "rediss://alerts:q8/Zk3pass@redis.internal:6380/0"})
     assert "q8" not in str(bad.value)
-    for query, message in (("foo=bar", "not one redis-py takes"), ("ssl_cert_reqs=none", "always checked")):
+    for query, message in (("foo=bar", "not accepted"), ("ssl_cert_reqs=none", "always checked"), ("ssl_check_hostname=false", "always checked")):
         with pytest.raises(ValueError, match=message):
             RedisStreamSink.Config(url=f"rediss://redis.internal:6380/0?{query}")
     assert RedisStreamSink.Config(url="redis://127.0.0.1:6379/0?socket_timeout=2").url.endswith("socket_timeout=2")

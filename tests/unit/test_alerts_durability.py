@@ -605,6 +605,60 @@ async def test_a_client_joining_waits_for_no_queued_write(tmp_path: Path) -> Non
         log.close()
 
 
+async def test_a_resume_from_an_event_committed_but_not_yet_offered_is_not_refused(tmp_path: Path) -> None:
+    # A client that read id 2 from /api/events (committed, on the readers' connection) before
+    # the bus offered it was told its log had been reset (4409): subscriptions start at the
+    # newest id offered. The resume is checked against the committed ids too.
+    log = EventLog(tmp_path / "e.sqlite3")
+    bus = EventBus(log, Metrics())
+    await bus.publish([status_event(1)])
+    await bus.subscribe()
+    real_mark = log._write_mark
+    committed, release = threading.Event(), threading.Event()
+
+    def slow_mark(*args: Any, **kwargs: Any) -> Any:
+        committed.set()
+        release.wait(30)  # after COMMIT, before append returns: a slow disk
+        return real_mark(*args, **kwargs)
+
+    log._write_mark = slow_mark  # type: ignore[method-assign]
+    publishing = asyncio.create_task(bus.publish([status_event(2)]))
+
+    class Client:
+        scope: dict[str, Any] = {}
+        client = "test"
+        closed: tuple[int, str] | None = None
+        sent: list[int] = []
+
+        async def send_text(self, text: str) -> None:
+            self.sent.append(int(json.loads(text)["id"]))
+
+        async def receive(self) -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {}
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            self.closed = (code, reason)
+
+    client = Client()
+    try:
+        await wait_until(committed.is_set, "the commit", 30)
+        assert (await bus.replay_last(1))[-1][0] == 2  # what the client saw
+        serving = asyncio.create_task(http_module.serve_subscriber(client, bus, bus.metrics, 2, log.epoch))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert client.closed is None  # before: 4409 "since=2 > last id 1"
+        release.set()
+        await publishing
+        await bus.publish([status_event(3)])
+        await wait_until(lambda: client.sent == [3], "the next event, and not event 2 again")
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+    finally:
+        release.set()
+        await bus.aclose()
+        log.close()
+
+
 # --- a full disk -------------------------------------------------------------------------------
 
 

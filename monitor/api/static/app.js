@@ -49,17 +49,24 @@ let inflight = null; // the poll under way, {ctl, done}: never two at once
 
 // --- token: #token= (or ?token=) in the URL, or the field (kept for this tab only) ----------
 // #token= is never sent to the server: ?token= reaches it, and any proxy's log, on the first load.
-const params = new URLSearchParams(location.search);
-const hashParams = new URLSearchParams(location.hash.slice(1));
+// Read by hand, not with URLSearchParams, which turns a "+" (base64 tokens have them) into a space.
+const TOKEN_PARAM = /(^|&)token=([^&]*)/;
+const fromPart = (part) => {
+  const m = part.match(TOKEN_PARAM);
+  return m ? decodeURIComponent(m[2]) : null;
+};
+const withoutToken = (part) => part.replace(TOKEN_PARAM, "$1").replace(/^&|&$/g, "").replace("&&", "&");
+const query = location.search.slice(1);
+const fragment = location.hash.slice(1);
 const tokenInput = $("token");
-tokenInput.value = hashParams.get("token") || params.get("token") || sessionStorage.getItem("token") || "";
-if (params.has("token") || hashParams.has("token")) {
+const given = fromPart(fragment) ?? fromPart(query);
+tokenInput.value = given || sessionStorage.getItem("token") || "";
+if (given !== null) {
   // Out of the address bar, history and bookmarks: the tab keeps it in sessionStorage.
   sessionStorage.setItem("token", tokenInput.value);
-  params.delete("token");
-  hashParams.delete("token");
-  const hash = hashParams.toString();
-  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + (hash ? "#" + hash : ""));
+  const q = withoutToken(query);
+  const h = withoutToken(fragment);
+  history.replaceState(null, "", location.pathname + (q ? "?" + q : "") + (h ? "#" + h : ""));
 }
 tokenInput.addEventListener("change", async () => {
   sessionStorage.setItem("token", tokenInput.value);

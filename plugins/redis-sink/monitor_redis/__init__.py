@@ -56,11 +56,19 @@ return id
 ENTRY_FIELDS = ("id", "source", "type", "subject", "time")
 
 
+# The query options a URL may set: redis-py's, less those that weaken TLS (ssl_cert_reqs,
+# ssl_check_hostname, ssl_exclude_verify_flags...). ssl_ca_certs names a CA file to trust.
+URL_OPTIONS = frozenset({
+    "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "health_check_interval",
+    "client_name", "protocol", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
+})
+
+
 def log_of(source: str) -> str:
     """The event log a CloudEvent ``source`` names (``/<instance>/logs/<epoch>``): ids increase
     across all its streams, so one mark per log is enough. Keyed by the whole source (one per
     stream), the hash gained a field for every stream id ever seen and never lost one."""
-    return source.split("/streams/", 1)[0]
+    return source.rsplit("/streams/", 1)[0]  # rsplit: an instance may be named "streams"
 
 
 class DeliveryError(Exception):
@@ -99,9 +107,14 @@ class RedisStreamSink:
             if parts.scheme != "unix" and not parts.hostname:
                 raise ValueError("not a Redis URL: it names no host")
             query = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
-            if "ssl_cert_reqs" in query:
-                # It turned the server's certificate check off, silently: refused, not obeyed.
-                raise ValueError("not a Redis URL: ssl_cert_reqs is not accepted; the server's certificate is always checked")
+            refused = sorted(query - URL_OPTIONS)
+            if refused:
+                # ssl_cert_reqs=none or ssl_check_hostname=false silently turned the server's
+                # certificate check off; an unknown option failed every delivery.
+                raise ValueError(
+                    f"not a Redis URL: option {', '.join(refused)} is not accepted (the server's certificate is always "
+                    f"checked); the URL may set {', '.join(sorted(URL_OPTIONS))}"
+                )
             try:
                 # Building a connection (without connecting) checks the query's options as redis-py
                 # reads them: ?foo=bar loaded, then failed every delivery with a TypeError.
