@@ -67,6 +67,27 @@ def logged(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
         log.close()
 
 
+class FakeWebSocket:
+    """The client's side of serve_subscriber: what it was sent (event ids) and how it was closed."""
+
+    scope: dict[str, Any] = {}
+    client = "test"
+
+    def __init__(self) -> None:
+        self.closed: tuple[int, str] | None = None
+        self.sent: list[int] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(int(json.loads(text)["id"]))
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()  # a client that sends nothing
+        return {}
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+
 async def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     """Generous deadlines: these wait on conditions, never measure time."""
     async with asyncio.timeout(timeout):
@@ -235,22 +256,7 @@ async def test_a_log_damaged_while_running_is_replaced_and_loses_no_later_event(
         sub = await bus.subscribe()
         old_epoch = log.epoch
 
-        class Client:  # a websocket client's side of serve_subscriber
-            scope: dict[str, Any] = {}
-            client = "test"
-            closed: tuple[int, str] | None = None
-
-            async def send_text(self, text: str) -> None:
-                pass
-
-            async def receive(self) -> dict[str, Any]:
-                await asyncio.Event().wait()
-                return {}
-
-            async def close(self, code: int = 1000, reason: str = "") -> None:
-                self.closed = (code, reason)
-
-        client = Client()
+        client = FakeWebSocket()
         serving = asyncio.create_task(http_module.serve_subscriber(client, bus, metrics, 2000, old_epoch))  # type: ignore[arg-type]
         await wait_until(lambda: len(bus._subs) == 2, "the client to subscribe")
         await bus.on_log(lambda: log._db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
@@ -624,23 +630,7 @@ async def test_a_resume_from_an_event_committed_but_not_yet_offered_is_not_refus
     log._write_mark = slow_mark  # type: ignore[method-assign]
     publishing = asyncio.create_task(bus.publish([status_event(2)]))
 
-    class Client:
-        scope: dict[str, Any] = {}
-        client = "test"
-        closed: tuple[int, str] | None = None
-        sent: list[int] = []
-
-        async def send_text(self, text: str) -> None:
-            self.sent.append(int(json.loads(text)["id"]))
-
-        async def receive(self) -> dict[str, Any]:
-            await asyncio.Event().wait()
-            return {}
-
-        async def close(self, code: int = 1000, reason: str = "") -> None:
-            self.closed = (code, reason)
-
-    client = Client()
+    client = FakeWebSocket()
     try:
         await wait_until(committed.is_set, "the commit", 30)
         assert (await bus.replay_last(1))[-1][0] == 2  # what the client saw
