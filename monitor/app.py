@@ -105,6 +105,14 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         stack.push_async_callback(_stopped, pruning, stop_pruning)
 
         make_detector = detector_factory(settings)  # fails loudly on an unknown detector
+        # Built once now, its weights loaded and verified: a service taking streams only over WHIP
+        # or the API started "healthy" with a broken bundle and failed at the first stream.
+        try:
+            await asyncio.to_thread(make_detector)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a plugin's own failure: named, not a traceback
+            raise ConfigError(f"detector {settings.detector.name!r} cannot be created: {failure_text(exc)}") from exc
 
         # Sinks start before the manager so that they stop after it: the events the streams'
         # shutdown writes (alerts closed, tracks ended) are delivered before the process exits.

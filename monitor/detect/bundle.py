@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -117,6 +118,15 @@ class Fusion:
             got = getattr(fusion, name)
             if len(got) != n or (name != "branch" and np.ndim(got) != 1):
                 raise ValueError(f"fusion `{name}` has {len(got)} entries for {n} features")
+        # A zero std or a NaN made every logit NaN, which the clamp read as probability 1.0: an
+        # alert on every face.
+        for name in ("mean", "std", "coef"):
+            if not np.isfinite(getattr(fusion, name)).all():
+                raise ValueError(f"fusion `{name}` holds a value that is not a finite number")
+        if not math.isfinite(fusion.intercept):
+            raise ValueError("fusion `intercept` is not a finite number")
+        if (fusion.std <= 0).any():
+            raise ValueError("fusion `std` must be above 0 for every feature")
         return fusion
 
     def to_json(self) -> dict[str, object]:
@@ -251,8 +261,11 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
 
     meta, files = verify(directory, manifest_sha256)
     if backend == "onnx":
-        app: AppearanceModel = _OnnxAppearance(files["appearance.onnx"])
-        geo: GeometryModel = _OnnxGeometry(files["geometry.onnx"])
+        try:
+            app: AppearanceModel = _OnnxAppearance(files["appearance.onnx"])
+            geo: GeometryModel = _OnnxGeometry(files["geometry.onnx"])
+        except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail...: a file that is not the net
+            raise ConfigError(f"detector weights in {directory}: an ONNX file cannot be loaded ({type(exc).__name__}: {exc})") from None
     else:
         import torch
 
@@ -263,4 +276,17 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
         fusion = Fusion.from_json(files["fusion.json"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"detector weights: {directory / 'fusion.json'} is not a fusion ({type(exc).__name__}: {exc})") from None
+    _warm_up(directory, app, geo, GEOMETRY_DIM)
     return Bundle(directory, app, geo, fusion, meta)
+
+
+def _warm_up(directory: Path, app: AppearanceModel, geo: GeometryModel, geometry_dim: int) -> None:
+    """One call of each net on zeros, at load: two graphs swapped, or an input of the wrong size,
+    loaded fine and then failed every frame, so no face was ever scored."""
+    try:
+        logits = app(np.zeros((2, 112, 112, 3), np.uint8))
+        if np.shape(logits) != (2,):
+            raise ValueError(f"the appearance net gave shape {np.shape(logits)} for 2 crops, not (2,)")
+        geo(np.zeros((8, geometry_dim), np.float32))
+    except Exception as exc:
+        raise ConfigError(f"detector weights in {directory} do not run on this detector's inputs ({type(exc).__name__}: {exc})") from None

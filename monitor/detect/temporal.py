@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from monitor.detect.bundle import MODELS_DIR, Bundle, Fusion, load_bundle
 from monitor.detect.features import colour_vector, geometry_vector, physio_stats
 from monitor.detect.nets import APPEARANCE_INPUT
+from monitor.errors import ConfigError
 from monitor.plugins import TrackWindow
 from monitor.types import FaceObservation, Score, Signal
 
@@ -156,7 +157,7 @@ class TemporalDetector:
         self.bundle: Bundle = load_bundle(Path(directory), self.config.backend, pin)
         self.fusion: Fusion = self.bundle.fusion
         if self.fusion.names != FEATURE_NAMES:
-            raise ValueError(f"bundle {directory} fuses {self.fusion.names}, this detector computes {FEATURE_NAMES}")
+            raise ConfigError(f"detector weights in {directory} fuse {self.fusion.names}; this detector computes {FEATURE_NAMES}")
         self.spec = WindowSpec(self.config.appearance_s, self.config.geometry_s)
         self._cache: dict[tuple[int, str, int, float], tuple[float, np.ndarray]] = {}
         self._lock = threading.Lock()
@@ -207,7 +208,10 @@ class TemporalDetector:
             # Never a probability: sigmoid's clamp would turn NaN into 1.0, an alert from nothing.
             return Score(None, reasons=("invalid_features",))
         terms = self.fusion.terms(x)
-        probability = sigmoid(self.fusion.intercept + float(terms.sum()))
+        logit = self.fusion.intercept + float(terms.sum())
+        if not math.isfinite(logit):  # min(60, nan) is 60: a NaN logit read as probability 1.0
+            return Score(None, reasons=("invalid_features",))
+        probability = sigmoid(logit)
         total = float(np.abs(terms).sum()) or 1.0
         signals = []
         for branch in ("appearance", "geometry", "physiology"):

@@ -294,3 +294,69 @@ def test_the_weights_that_run_are_named_once(bundle_dir: Path, caplog: pytest.Lo
         for _ in range(3):
             load_bundle(bundle_dir, "onnx", None)
     assert caplog.text.count(f"manifest sha256 {sha256_file(bundle_dir / 'manifest.json')}") == 1
+
+
+def _copy_with(bundle_dir: Path, tmp_path: Path, changed: dict[str, bytes]) -> Path:
+    """A copy of the bundle with some files replaced and its manifest's hashes updated."""
+    import hashlib
+    import json
+
+    copy = tmp_path / "b"
+    copy.mkdir(parents=True)
+    for name in (*FILES, "manifest.json"):
+        (copy / name).write_bytes(changed.get(name, (bundle_dir / name).read_bytes()))
+    meta = json.loads((copy / "manifest.json").read_text())
+    for name in changed:
+        meta["files"][name] = hashlib.sha256((copy / name).read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.mark.parametrize(("field", "value"), [("std", 0.0), ("mean", float("nan")), ("intercept", float("nan"))])
+def test_a_fusion_that_would_score_nan_is_refused(bundle_dir: Path, tmp_path: Path, field: str, value: float) -> None:
+    # A zero std or a NaN made every logit NaN, and the sigmoid's clamp read it as 1.0: an alert
+    # on every face (measured: ALERT_OPENED at 1.4 s on a face the shipped bundle scores 0.05).
+    import json
+
+    fusion = json.loads((bundle_dir / "fusion.json").read_text())
+    if field == "intercept":
+        fusion[field] = value
+    else:
+        fusion[field][2] = value
+    copy = _copy_with(bundle_dir, tmp_path, {"fusion.json": json.dumps(fusion).encode()})
+    with pytest.raises(ConfigError, match=f"fusion.json is not a fusion.*{field}"):
+        load_bundle(copy, "onnx", None)
+
+
+def test_a_nan_logit_is_never_a_probability(bundle_dir: Path) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    bad = dataclasses.replace(det.fusion, intercept=float("nan"))
+    det.fusion = bad
+    score = det.fuse(np.zeros(len(FEATURE_NAMES)))
+    assert score.probability is None and "invalid_features" in score.reasons
+
+
+def test_onnx_files_that_verify_but_do_not_run_are_config_errors(bundle_dir: Path, tmp_path: Path) -> None:
+    # Swapped graphs loaded and then failed every frame (no face ever scored); a corrupt graph
+    # with a matching hash raised onnxruntime's InvalidProtobuf out of the load.
+    swapped = {"appearance.onnx": (bundle_dir / "geometry.onnx").read_bytes(), "geometry.onnx": (bundle_dir / "appearance.onnx").read_bytes()}
+    with pytest.raises(ConfigError, match="do not run on this detector's inputs"):
+        load_bundle(_copy_with(bundle_dir, tmp_path / "1", swapped), "onnx", None)
+    with pytest.raises(ConfigError, match="an ONNX file cannot be loaded"):
+        load_bundle(_copy_with(bundle_dir, tmp_path / "2", {"appearance.onnx": b"not a graph"}), "onnx", None)
+
+
+async def test_a_service_with_no_streams_checks_its_detector_weights_at_start(tmp_path: Path) -> None:
+    # A service taking streams only over WHIP or the API started with a broken bundle and
+    # failed only when the first publisher came.
+    from monitor.app import runtime
+    from monitor.config import load_settings
+
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False,
+        detector={"name": "temporal-v1", "options": {"model_dir": str(tmp_path / "no-bundle")}},
+    )
+    (tmp_path / "no-bundle").mkdir()
+    with pytest.raises(ConfigError, match="no-bundle"):
+        async with runtime(settings):
+            pass
