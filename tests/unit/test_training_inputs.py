@@ -228,3 +228,32 @@ def test_a_fakes_original_from_another_fold_is_not_used(tmp_path: Path, same_fol
         assert all(m > 180 for m in means), means  # the frame-aligned original
     else:
         assert all(m < 60 for m in means), means  # a genuine face of this fold instead
+
+
+def test_each_real_frame_comes_with_its_self_blend_through_one_channel_and_one_flip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The recipe pairs every real frame with its own self-blend in the batch, both degraded by
+    # the same call channel and flipped together: only the blend tells them apart.
+    import monitor.training.train as train_module
+    from monitor.training import synthesis as syn
+
+    channels: list[object] = []
+    monkeypatch.setattr(syn, "draw_channel", lambda rng, call_codecs=False: object())
+
+    def no_channel(img: np.ndarray, channel: object, rng: np.random.Generator) -> np.ndarray:
+        channels.append(channel)
+        return img
+
+    monkeypatch.setattr(syn, "apply_channel", no_channel)
+    monkeypatch.setattr(syn, "self_blend", lambda img, lm, p, mask_landmarks=None: (img.copy(), np.zeros(img.shape[:2], np.float32)))
+    monkeypatch.setattr(train_module, "to_input", lambda img, rng, jitter: img[:112, :112].copy())
+    clip = _clip("real.mp4", "real", "a", 0)
+    asymmetric = np.zeros((STORE_SIZE, STORE_SIZE, 3), np.uint8)
+    asymmetric[:, :40] = 255  # left side bright: a flip shows
+    clip.faces.crops[:] = asymmetric
+    cfg = TrainConfig(sources=("tsv:m.tsv",), pairs_per_batch=6, out_dir=tmp_path)
+    x, y, _, _ = Sampler([clip], cfg, np.random.default_rng(0)).batch()
+    assert y.tolist() == [0.0, 1.0] * 6  # every real with its self-blend
+    assert len(channels) == 12 and all(channels[i] is channels[i + 1] for i in range(0, 12, 2))
+    assert len({id(c) for c in channels}) == 6  # a new channel for each pair
+    flipped = [bool(x[i, :, :, -1].mean() > x[i, :, :, 0].mean()) for i in range(12)]
+    assert all(flipped[i] == flipped[i + 1] for i in range(0, 12, 2)) and len(set(flipped)) == 2

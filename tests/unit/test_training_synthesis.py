@@ -215,3 +215,148 @@ def test_animated_still_follows_the_landmarks_but_keeps_one_frames_colour() -> N
     # The face moves with the landmarks: a later frame is the earlier one shifted right.
     shift = [np.abs(a[7][:, 60:100].astype(int) - a[0][:, 60 - d : 100 - d].astype(int)).mean() for d in range(10)]
     assert int(np.argmin(shift)) == 7
+
+
+# --- the self-blending recipe's properties (DETECTOR.md), each checked directly ----------------
+
+
+def test_blend_recipes_span_the_recipe_ranges() -> None:
+    # Source shift within +-3% x / +-1.5% y of the face and rescale 0.95-1.05, RGB shifts +-20,
+    # blend ratio 0.25-1 (below 1 too), two mask blurs, erode and dilate, with and without the
+    # forehead, resample or sharpen: each reaches close to its bounds over many draws.
+    rng = np.random.default_rng(0)
+    ps = [syn.draw_blend(rng) for _ in range(3000)]
+    sx = np.array([p.shift[0] for p in ps])
+    sy = np.array([p.shift[1] for p in ps])
+    assert np.abs(sx).max() <= 0.03 and np.abs(sx).max() > 0.028 and np.abs(sy).max() <= 0.015 and np.abs(sy).max() > 0.014
+    scale = np.array([p.scale for p in ps])
+    assert 0.95 <= scale.min() < 0.955 and 1.045 < scale.max() <= 1.05
+    rgb = np.array([p.rgb_shift for p in ps])
+    assert np.abs(rgb).max() <= 20 and np.abs(rgb).max() > 19
+    ratio = np.array([p.ratio for p in ps])
+    assert ratio.min() == 0.25 and ratio.max() == 1.0 and 0.2 < (ratio < 1).mean() < 0.8
+    assert min(p.blur1 for p in ps) > 0 and np.mean([p.blur2 > 0 for p in ps]) > 0.9
+    morph = np.array([p.morph for p in ps])
+    assert (morph > 0).any() and (morph < 0).any() and (morph == 0).any()
+    assert 0.3 < np.mean([p.lower_face for p in ps]) < 0.7
+    resampled = np.mean([p.resample < 1 for p in ps])
+    assert 0.3 < resampled < 0.7 and np.mean([p.warp_amp > 0.02 for p in ps]) > 0.3
+
+
+def _neutral(**overrides: object) -> syn.BlendParams:
+    """A recipe that changes nothing but what is overridden."""
+    base = dict(lower_face=False, hull_scale=(1.0, 1.0), warp_seed=0, warp_amp=0.0, morph=0, blur1=0.02, blur2=0.02,
+                ratio=1.0, shift=(0.0, 0.0), scale=1.0, rgb_shift=(0.0, 0.0, 0.0), hsv_shift=(0.0, 0.0, 0.0),
+                contrast=1.0, brightness=0.0, resample=1.0, sharpen=0.0)
+    return syn.BlendParams(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def test_the_source_copy_moves_by_the_recipes_shift_and_scale() -> None:
+    img, lm = synthetic_face()
+    img = cv2.GaussianBlur(img, (0, 0), 2.0)  # texture phase correlation can lock onto
+    size = syn.face_size(lm)
+    moved = syn.source_copy(img, lm, _neutral(shift=(0.03, -0.015)))
+    (dx, dy), _ = cv2.phaseCorrelate(np.float32(img.mean(axis=2)), np.float32(moved.mean(axis=2)))
+    assert dx == pytest.approx(0.03 * size, abs=0.5) and dy == pytest.approx(-0.015 * size, abs=0.5)
+    # A rescale about the face's centre: a dot 30 px right of it lands 1.05 times as far.
+    centre = lm[syn.FACE_OVAL, :2].mean(axis=0)
+    dot = np.zeros_like(img)
+    cv2.circle(dot, (int(round(centre[0] + 30)), int(round(centre[1]))), 2, (255, 255, 255), -1)
+    where = lambda a: np.array(np.unravel_index(np.argmax(cv2.GaussianBlur(a[..., 0], (0, 0), 2)), a.shape[:2]))[::-1]  # noqa: E731
+    x_before, x_after = where(dot)[0], where(syn.source_copy(dot, lm, _neutral(scale=1.05)))[0]
+    assert x_after - centre[0] == pytest.approx(1.05 * (x_before - centre[0]), abs=1.0)
+    assert np.abs(syn.source_copy(img, lm, _neutral()).astype(int) - img).max() <= 2  # neutral: HSV rounding only
+
+
+def test_the_mask_follows_the_recipes_ratio_blurs_morphology_and_deformation() -> None:
+    img, lm = synthetic_face()
+    shape = img.shape[:2]
+    base = syn.blend_mask(shape, lm, _neutral())
+    assert base.max() == pytest.approx(1.0)
+    assert syn.blend_mask(shape, lm, _neutral(ratio=0.25)).max() == pytest.approx(0.25)
+    # The second blur softens the edge further: a wider band of partial values.
+    band = lambda m: int(((m > 0.05) & (m < 0.95)).sum())  # noqa: E731
+    assert band(syn.blend_mask(shape, lm, _neutral(blur2=0.06))) > band(syn.blend_mask(shape, lm, _neutral(blur2=0.0))) * 1.3
+    area = lambda m: float((m > 0.5).sum())  # noqa: E731
+    assert area(syn.blend_mask(shape, lm, _neutral(morph=6))) > area(base) * 1.05  # dilated
+    assert area(syn.blend_mask(shape, lm, _neutral(morph=-6))) < area(base) * 0.95  # eroded
+    warped = syn.blend_mask(shape, lm, _neutral(warp_amp=0.04, warp_seed=3))
+    assert np.abs(warped - base).max() > 0.5  # the hull itself moved somewhere
+    assert area(syn.blend_mask(shape, lm, _neutral(hull_scale=(1.08, 1.08)))) > area(base) * 1.1
+
+
+def test_resampling_softens_and_sharpening_crisps_the_pasted_face() -> None:
+    img, lm = synthetic_face()
+    detail = lambda a: float(cv2.Laplacian(np.float32(a.mean(axis=2)), cv2.CV_32F).var())  # noqa: E731
+    assert detail(syn.source_copy(img, lm, _neutral(resample=0.4))) < 0.5 * detail(img)
+    assert detail(syn.source_copy(img, lm, _neutral(sharpen=1.0))) > 1.2 * detail(img)
+
+
+def test_colour_changes_of_the_recipe_reach_the_pasted_face() -> None:
+    img, lm = synthetic_face()
+    shifted = syn.source_copy(img, lm, _neutral(rgb_shift=(20.0, 0.0, -20.0)))
+    delta = (shifted.astype(float) - img).reshape(-1, 3).mean(axis=0)
+    assert delta[0] > 15 and abs(delta[1]) < 3 and delta[2] < -15
+    fake, mask = syn.self_blend(img, lm, _neutral(rgb_shift=(20.0, 0.0, 0.0)))
+    inside, outside = mask > 0.99, mask == 0
+    assert (fake[..., 0].astype(float) - img[..., 0])[inside].mean() > 15
+    assert np.array_equal(fake[outside], img[outside])
+
+
+def test_a_clip_blend_replays_one_recipe_with_jitter_a_lagging_mask_and_freezes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Per clip: one mask deformation and colour transform on every frame, per-frame jitter of the
+    # blend ratio and offset, a mask 1-3 frames late, and occasional frozen segments.
+    img, lm = synthetic_face()
+    frames = [np.roll(img, k, axis=1) for k in range(12)]
+    landmarks = [lm + np.float32([k, 0, 0]) for k in range(12)]
+    lags: set[int] = set()
+    froze = False
+    for seed in range(40):
+        calls: list[tuple[syn.BlendParams, int, int]] = []
+
+        def recording(src: np.ndarray, lmk: np.ndarray, p: syn.BlendParams, mask_landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            which = next(i for i, f in enumerate(frames) if f is src)
+            mask_of = next(i for i, m in enumerate(landmarks) if m is mask_landmarks)
+            calls.append((p, which, mask_of))
+            return src, np.zeros(src.shape[:2], np.float32)
+
+        monkeypatch.setattr(syn, "self_blend", recording)
+        syn.self_blend_clip(frames, landmarks, np.random.default_rng(seed))
+        fixed = {dataclasses.replace(p, ratio=0.0, shift=(0.0, 0.0), scale=1.0) for p, _, _ in calls}
+        assert len(fixed) == 1  # one recipe for the clip: only ratio, offset and scale move
+        if len({round(p.ratio, 6) for p, _, _ in calls}) > 1:
+            assert max(abs(p.shift[0] - calls[0][0].shift[0]) for p, _, _ in calls) > 0  # the offset jitters too
+        lag = {i - m for i, (_, _, m) in enumerate(calls) if i >= 3}
+        assert len(lag) == 1  # the same lag on every frame
+        lags |= lag
+        froze |= any(which < i for i, (_, which, _) in enumerate(calls))  # an earlier frame's face pasted again
+    assert {1, 2, 3} <= lags and froze
+
+
+def test_landmark_perturbations_stay_within_their_magnitudes() -> None:
+    # As implemented and documented (docs/detector.md): relative to face size, inner-face
+    # misalignment up to 5 degrees and 3%, jitter sigma up to 1.5%, a mouth 2-6 frames late.
+    _, lm = synthetic_face()
+    t = 30
+    phase = np.sin(np.arange(t) * 0.7)[:, None]
+    seq = np.repeat(lm[None], t, axis=0)
+    seq[:, :, 0] += 3 * np.sin(np.arange(t) * 0.3)[:, None]  # the head moves a little
+    seq[:, syn.MOUTH, 1] += 4 * phase  # the mouth opens and closes
+    size = syn.face_size(lm)
+    inner = seq[:, syn.INNER, :2]
+    radius = float(np.abs(inner - inner.mean(axis=1, keepdims=True)).max())
+    seen: set[int] = set()
+    for seed in range(200):
+        kind = int(np.random.default_rng(seed).integers(0, 6))  # perturb_landmarks' first draw
+        out = syn.perturb_landmarks(seq, np.random.default_rng(seed), donor=seq[::-1].copy())
+        d = out[:, syn.INNER, :2] - inner
+        if kind == 0:
+            assert np.abs(d).max() <= np.sin(np.deg2rad(5)) * radius * 1.5 + 0.03 * size + 1e-3
+        elif kind == 1:
+            assert np.abs(d).max() <= 0.015 * size * 6
+        elif kind == 3:
+            rel = lambda s: s[:, syn.MOUTH, :2] - s[:, syn.MOUTH, :2].mean(axis=1, keepdims=True)  # noqa: E731
+            lags = [k for k in range(2, 7) if np.allclose(rel(out)[k:], rel(seq)[:-k], atol=1e-3)]
+            assert lags, "the mouth is not delayed by 2-6 frames"
+        seen.add(kind)
+    assert seen == set(range(6))
