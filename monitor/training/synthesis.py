@@ -323,7 +323,7 @@ def codec_roundtrip(img: np.ndarray, codec: str, quantiser: int, motion: tuple[i
     if codec == "h264":
         enc.options = {"qp": str(quantiser), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
     else:
-        enc.options = {"qmin": str(quantiser), "qmax": str(quantiser), "deadline": "realtime", "cpu-used": "8", "threads": "1", "b": "10M"}
+        enc.options = {"qmin": str(quantiser), "qmax": str(quantiser), "deadline": "realtime", "cpu-used": "-4", "threads": "1", "b": "10M"}
     frames = [img]
     if motion != (0, 0):
         shift = np.array([[1, 0, motion[0]], [0, 1, motion[1]]], np.float32)
