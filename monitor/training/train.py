@@ -211,11 +211,29 @@ class Checkpoints:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+# The code a checkpoint's weights depend on: a checkpoint left by other code (same net shapes,
+# another recipe) was resumed silently, and the run mixed the two.
+TRAINING_CODE = ("training/train.py", "training/synthesis.py", "detect/nets.py", "detect/features.py", "detect/temporal.py")
+
+
+def code_version() -> str:
+    """sha256 of the training code's source files."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for name in TRAINING_CODE:
+        h.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_key(config: TrainConfig, records: Sequence[ClipRecord]) -> str:
-    """Hash of the training config and the clips it reads (path, size, label, group)."""
+    """Hash of the training config, the training code and the clips it reads (path, size,
+    label, group)."""
     import hashlib
 
     h = hashlib.sha256(config.model_dump_json(exclude={"out_dir", "cache_dir", "checkpoint_every"}).encode())
+    h.update(code_version().encode())
     for r in records:
         size = r.path.stat().st_size if r.path.is_file() else -1
         h.update(f"|{r.path}|{size}|{r.label}|{r.group}".encode())

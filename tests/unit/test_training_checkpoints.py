@@ -53,3 +53,16 @@ def test_a_checkpoint_of_another_net_starts_afresh(tmp_path: Path, caplog: pytes
     assert _resume(ck, "geometry", "geometry", net, opt, None, np.random.default_rng(0)) == 0
     assert "does not fit this net" in caplog.text
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # untouched
+
+
+def test_checkpoints_of_other_training_code_are_not_resumed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The run key held the config and the clips only: a checkpoint left by other code with the
+    # same net shapes was resumed silently, mixing two recipes in one model.
+    import monitor.training.train as train_module
+    from monitor.training.train import TrainConfig, run_key
+
+    cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path)
+    before = run_key(cfg, [])
+    assert run_key(cfg, []) == before  # stable for the same code
+    monkeypatch.setattr(train_module, "code_version", lambda: "0" * 16)
+    assert run_key(cfg, []) != before
