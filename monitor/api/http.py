@@ -647,10 +647,7 @@ async def serve_subscriber(
             except sqlite3.Error:
                 # The damaged log was closed under this read: its replacement marks the client
                 # (4409 below) within moments; any other failure is raised.
-                try:
-                    await asyncio.wait_for(sub.overflowed.wait(), 5)
-                except TimeoutError:
-                    raise
+                await asyncio.wait_for(sub.overflowed.wait(), 5)
                 if not sub.log_replaced:
                     raise
                 break

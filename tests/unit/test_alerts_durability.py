@@ -88,6 +88,24 @@ class FakeWebSocket:
         self.closed = (code, reason)
 
 
+def hold_appends(log: EventLog, error: Exception | None = None) -> tuple[threading.Event, threading.Event]:
+    """Make ``log.append`` wait until released, as a busy log or a slow fsync does, then append
+    (or raise ``error``). Returns (writing: set once an append waits, release); ``del log.append``
+    restores the real one."""
+    writing, release = threading.Event(), threading.Event()
+    real_append = log.append
+
+    def held(events: list[Event]) -> Any:
+        writing.set()
+        release.wait(30)
+        if error is not None:
+            raise error
+        return real_append(events)
+
+    log.append = held  # type: ignore[method-assign]
+    return writing, release
+
+
 async def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     """Generous deadlines: these wait on conditions, never measure time."""
     async with asyncio.timeout(timeout):
@@ -517,15 +535,7 @@ async def test_a_cancelled_publish_still_reaches_live_subscribers(tmp_path: Path
     # Before: the executor thread committed event 1, but the cancelled publish skipped the
     # fan-out; a live client then got event 2 and never event 1.
     log = EventLog(tmp_path / "e.sqlite3")
-    writing, release = threading.Event(), threading.Event()
-    real_append = log.append
-
-    def slow_append(events: list[Event]) -> Any:
-        writing.set()
-        release.wait(30)  # a busy log, an fsync on a slow disk
-        return real_append(events)
-
-    log.append = slow_append  # type: ignore[method-assign]
+    writing, release = hold_appends(log)
     bus = EventBus(log, Metrics())
     try:
         sub = await bus.subscribe()
@@ -537,7 +547,7 @@ async def test_a_cancelled_publish_still_reaches_live_subscribers(tmp_path: Path
         with pytest.raises(asyncio.CancelledError):  # the caller still learns it was cancelled
             await publishing
         assert sub.queue.qsize() == 1  # ...but only after the fan-out
-        log.append = real_append  # type: ignore[method-assign]
+        del log.append  # the real one again
         await bus.publish([status_event(2)])
         assert [sub.queue.get_nowait()[0] for _ in range(sub.queue.qsize())] == [1, 2]
     finally:
@@ -552,14 +562,7 @@ async def test_a_cancelled_publish_whose_write_then_fails_is_not_taken_for_store
     import sqlite3
 
     log = EventLog(tmp_path / "e.sqlite3")
-    writing, release = threading.Event(), threading.Event()
-
-    def failing_append(events: list[Event]) -> Any:
-        writing.set()
-        release.wait(30)
-        raise sqlite3.OperationalError("database is locked")
-
-    log.append = failing_append  # type: ignore[method-assign]
+    writing, release = hold_appends(log, sqlite3.OperationalError("database is locked"))
     bus = EventBus(log, Metrics())
     try:
         started = asyncio.Event()
@@ -584,18 +587,11 @@ async def test_a_client_joining_waits_for_no_queued_write(tmp_path: Path) -> Non
     # the lock): a dashboard refill or `monitor alerts` resume hung meanwhile.
     log = EventLog(tmp_path / "e.sqlite3")
     log.append([status_event(1)])
-    writing, release = threading.Event(), threading.Event()
-    real_append = log.append
-
-    def slow_append(events: list[Event]) -> Any:
-        writing.set()
-        release.wait(30)
-        return real_append(events)
-
     bus = EventBus(log, Metrics())
+    release = threading.Event()
     try:
         early = await bus.subscribe()
-        log.append = slow_append  # type: ignore[method-assign]
+        writing, release = hold_appends(log)
         publishing = asyncio.create_task(bus.publish([status_event(2)]))
         await wait_until(writing.is_set, "the write under way", 30)
         async with asyncio.timeout(2):
