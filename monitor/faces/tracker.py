@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +192,10 @@ class TrackAssigner:
 
         ``frame_size`` is the (width, height) the boxes are in pixels of; None keeps the previous.
         """
+        if not math.isfinite(t):
+            # A NaN time (a source plugin's bad frame) left every track it touched never
+            # ending, and an alert on it open for ever: the frame fails instead.
+            raise ValueError(f"frame time must be a finite number of seconds, got {t!r}")
         if frame_size is not None:
             self._rescale(frame_size)
         ended: list[int] = []

@@ -318,6 +318,18 @@ def test_assigner_keeps_ids_when_faces_swap_order_and_ends_on_time_reversal() ->
     assert third == [(3, pytest.approx(0.6))]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_frame_with_no_finite_time_fails_and_tracks_still_end(bad: float) -> None:
+    # Before: one NaN time stuck in a track's last_t, and that track (and any alert open on
+    # it) never ended. A source plugin can hand such a frame over; the built-in ones cannot.
+    assigner = TrackAssigner(lost_s=1.0)
+    assigner.update(0.0, [BOX])
+    with pytest.raises(ValueError, match="finite"):
+        assigner.update(bad, [BOX])
+    _, ended = assigner.update(5.0, [])
+    assert ended == (1,)
+
+
 def test_assigner_drops_a_duplicate_mesh_on_a_tracked_face() -> None:
     assigner = TrackAssigner(lost_s=1.0)
     assigner.update(0.0, [BOX])
