@@ -93,6 +93,21 @@ MAX_STEP_S = 0.5  # a longer step between usable rows is a gap (face unreadable)
 MIN_GAP_S = 2.0
 
 
+def since_gap(rows: Sequence[FrameCues], gap_s: float) -> Sequence[FrameCues]:
+    """The rows after the last gap longer than ``gap_s`` (all of them when there is none): a
+    face back after a gap is judged on what came since, not on a pulse or a landmark motion
+    interpolated across seconds it was not seen."""
+    for i in range(len(rows) - 1, 0, -1):
+        if rows[i].t - rows[i - 1].t > gap_s:
+            return rows[i:]
+    return rows
+
+
+def window_gap_s(appearance_s: float) -> float:
+    """The gap after which a face warms up again: never the normal step of a slow rate."""
+    return max(appearance_s, MIN_GAP_S)
+
+
 def thin_rows(rows: Sequence[FrameCues], fps: float) -> Sequence[FrameCues]:
     """``rows`` at about ``fps`` when they come markedly faster, else as they are.
 
@@ -175,17 +190,12 @@ class TemporalDetector:
         return FrameCues(obs.t, logit, geometry, colour_vector(crop))
 
     def score(self, window: TrackWindow) -> Score:
-        rows = thin_rows([f for f in window.features if f is not None], self.config.window_fps)
-        # The warm-up counts only the rows since the face was last unreadable for longer than the
-        # appearance pool: a face back after 3.5 s was otherwise judged on its first frame (a
-        # pool of one row, weighing about 6 times as much), which the policy took as its score.
-        fresh = rows
-        gap_s = max(self.config.appearance_s, MIN_GAP_S)  # never the normal step of a slow rate
-        for i in range(len(rows) - 1, 0, -1):
-            if rows[i].t - rows[i - 1].t > gap_s:
-                fresh = rows[i:]
-                break
-        if len(fresh) < self.config.min_observations or fresh[-1].t - fresh[0].t < self.config.min_span_s:
+        # Only the rows since the face was last unreadable for longer than the appearance pool
+        # count, for the warm-up and for every feature: a face back after 3.5 s was otherwise
+        # judged on its first frame (a pool of one row, weighing about 6 times as much), and its
+        # pulse, blinks and landmark motion on signal interpolated across the gap.
+        rows = since_gap(thin_rows([f for f in window.features if f is not None], self.config.window_fps), window_gap_s(self.config.appearance_s))
+        if len(rows) < self.config.min_observations or rows[-1].t - rows[0].t < self.config.min_span_s:
             return Score(None, reasons=("window_too_short",))
         # Keyed by the window object and its first time: track ids restart with every stream.
         key = (id(window), window.stream_id, window.track_id, window.first_t or 0.0)

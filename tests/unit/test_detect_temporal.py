@@ -186,6 +186,10 @@ def test_a_face_back_after_a_long_gap_warms_up_again(bundle_dir: Path) -> None:
     assert det.score(window_of(before + after[:1])).reasons == ("window_too_short",)
     assert det.score(window_of(before + after[:4], track=2)).reasons == ("window_too_short",)
     assert det.score(window_of(before + after, track=3)).probability is not None
+    # And it is judged on the rows since the gap alone: before, pulse, blinks and landmark
+    # motion were computed on signal interpolated across the 3.5 s it was not seen.
+    since = det.score(window_of(after, track=6))
+    assert det.score(window_of(before + after, track=7)).probability == pytest.approx(since.probability, abs=1e-9)
     # Short gaps (a blink of bad frames, a slow analysis rate) do not restart it.
     short_gap = before + [dataclasses.replace(r, t=r.t + 4.5) for r in cues(1)]
     assert det.score(window_of(short_gap, track=4)).probability is not None
