@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -49,6 +50,9 @@ class BlendParams:
     brightness: float
     resample: float  # <1: down-then-up-scale the source by this factor; 1: sharpen instead
     sharpen: float
+    # Recipe 2: the deformed outline is filled as it is (it can turn concave). Recipe 1 (the
+    # shipped weights') took the convex hull of the deformed points. Never drawn: set by the caller.
+    concave: bool = False
 
 
 def draw_blend(rng: np.random.Generator) -> BlendParams:
@@ -91,6 +95,21 @@ def face_size(landmarks: np.ndarray) -> float:
     return float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]), 1.0))
 
 
+HULL_POINTS = 72  # points of the mask's outline
+WARP_HARMONICS = (2, 3, 4, 5, 6)  # of the mask's radial deformation
+
+
+def _resample_closed(poly: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points evenly spaced along the closed polygon ``poly`` (M, 2), in its order."""
+    closed = np.vstack([poly, poly[:1]])
+    seg = np.linalg.norm(np.diff(closed, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    if arc[-1] <= 0:
+        return np.repeat(poly[:1], n, axis=0)
+    at = np.linspace(0.0, arc[-1], n, endpoint=False)
+    return np.stack([np.interp(at, arc, closed[:, 0]), np.interp(at, arc, closed[:, 1])], axis=1)
+
+
 def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, p: BlendParams) -> np.ndarray:
     """Soft float32 mask in [0, ratio] of the (deformed) face hull; 0 outside the face."""
     h, w = shape
@@ -98,18 +117,7 @@ def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, p: BlendParams) ->
     pts = landmarks[LOWER_FACE if p.lower_face else FACE_OVAL, :2].astype(np.float64)
     centre = pts.mean(axis=0)
     pts = (pts - centre) * np.array(p.hull_scale) + centre
-    if p.warp_amp > 0:
-        # Smooth deformation: a random low-frequency displacement along the hull.
-        rng = np.random.default_rng(p.warp_seed)
-        angle = np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0])
-        radial = sum(
-            rng.normal(0, 1) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)
-        ) / 3.0
-        direction = (pts - centre) / np.maximum(np.linalg.norm(pts - centre, axis=1, keepdims=True), 1e-6)
-        pts = pts + direction * (radial * p.warp_amp * size)[:, None]
-    hull = cv2.convexHull(pts.astype(np.float32)).astype(np.int32)
-    mask = np.zeros((h, w), np.float32)
-    cv2.fillConvexPoly(mask, hull, 1.0)
+    mask = _concave_mask((h, w), pts, centre, size, p) if p.concave else _convex_mask((h, w), pts, centre, size, p)
     k = int(abs(p.morph) * size / 128.0)
     if k > 0:
         kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
@@ -124,16 +132,60 @@ def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, p: BlendParams) ->
     return mask * np.float32(p.ratio)
 
 
-def source_copy(img: np.ndarray, landmarks: np.ndarray, p: BlendParams) -> np.ndarray:
-    """The transformed copy pasted into the face: colour change, resample or sharpen, shift."""
-    src = img.astype(np.float32)
-    src = src * p.contrast + 255.0 * p.brightness + np.array(p.rgb_shift, np.float32)
+def _convex_mask(shape: tuple[int, int], pts: np.ndarray, centre: np.ndarray, size: float, p: BlendParams) -> np.ndarray:
+    """Recipe 1: the hull points wobbled radially, then their convex hull (never concave)."""
+    if p.warp_amp > 0:
+        rng = np.random.default_rng(p.warp_seed)
+        angle = np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0])
+        radial = sum(
+            rng.normal(0, 1) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)
+        ) / 3.0
+        direction = (pts - centre) / np.maximum(np.linalg.norm(pts - centre, axis=1, keepdims=True), 1e-6)
+        pts = pts + direction * (radial * p.warp_amp * size)[:, None]
+    hull = cv2.convexHull(pts.astype(np.float32)).astype(np.int32)
+    mask = np.zeros(shape, np.float32)
+    cv2.fillConvexPoly(mask, hull, 1.0)
+    return mask
+
+
+def _concave_mask(shape: tuple[int, int], pts: np.ndarray, centre: np.ndarray, size: float, p: BlendParams) -> np.ndarray:
+    """Recipe 2: an elastic deformation of the hull's outline, filled as it is."""
+    # The hull in contour order, resampled to evenly spaced points so a deformation can bend
+    # its sides as well as move its corners.
+    outline = _resample_closed(cv2.convexHull(pts.astype(np.float32))[:, 0].astype(np.float64), HULL_POINTS)
+    if p.warp_amp > 0:
+        # Smooth elastic deformation: a random low-frequency radial displacement along the
+        # outline. The polygon is filled as it is, so the mask can turn concave (SBI deforms
+        # its hull mask elastically, not by a convex shape).
+        rng = np.random.default_rng(p.warp_seed)
+        angle = np.arctan2(outline[:, 1] - centre[1], outline[:, 0] - centre[0])
+        radial = sum(
+            rng.normal(0, 1) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in WARP_HARMONICS
+        ) / 2.0
+        direction = (outline - centre) / np.maximum(np.linalg.norm(outline - centre, axis=1, keepdims=True), 1e-6)
+        outline = outline + direction * (radial * p.warp_amp * size)[:, None]
+    mask = np.zeros(shape, np.float32)
+    cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 1.0)
+    return mask
+
+
+def recolour(
+    img: np.ndarray, contrast: float, brightness: float, rgb_shift: tuple[float, float, float], hsv_shift: tuple[float, float, float]
+) -> np.ndarray:
+    """Contrast, brightness (fraction of 255) and per-channel shifts (grey levels), then hue,
+    saturation and value shifts (fractions of 10 hue steps, 50% and 30%), on uint8 RGB."""
+    src = img.astype(np.float32) * contrast + 255.0 * brightness + np.array(rgb_shift, np.float32)
     src = np.clip(src, 0, 255).astype(np.uint8)
     hsv = cv2.cvtColor(src, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = (hsv[..., 0] + p.hsv_shift[0] * 10) % 180
-    hsv[..., 1] = np.clip(hsv[..., 1] * (1 + p.hsv_shift[1] * 0.5), 0, 255)
-    hsv[..., 2] = np.clip(hsv[..., 2] * (1 + p.hsv_shift[2] * 0.3), 0, 255)
-    src = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    hsv[..., 0] = (hsv[..., 0] + hsv_shift[0] * 10) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * (1 + hsv_shift[1] * 0.5), 0, 255)
+    hsv[..., 2] = np.clip(hsv[..., 2] * (1 + hsv_shift[2] * 0.3), 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+def source_copy(img: np.ndarray, landmarks: np.ndarray, p: BlendParams) -> np.ndarray:
+    """The transformed copy pasted into the face: colour change, resample or sharpen, shift."""
+    src = recolour(img, p.contrast, p.brightness, p.rgb_shift, p.hsv_shift)
     h, w = src.shape[:2]
     if p.resample < 1.0:
         sw, sh = max(8, int(w * p.resample)), max(8, int(h * p.resample))
@@ -163,11 +215,11 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, p: BlendParams, mask_land
 
 
 def self_blend_clip(
-    frames: list[np.ndarray], landmarks: list[np.ndarray], rng: np.random.Generator
+    frames: list[np.ndarray], landmarks: list[np.ndarray], rng: np.random.Generator, concave: bool = False
 ) -> list[np.ndarray]:
     """A clip-level self-blend: one recipe for the clip, per-frame jitter, a mask that lags
     0-3 frames, and occasional frozen source segments (a live tool dropping frames)."""
-    base = draw_blend(rng)
+    base = dataclasses.replace(draw_blend(rng), concave=concave)
     lag = int(rng.integers(0, 4))
     jitter = float(rng.uniform(0.0, 1.5))
     freeze_at = int(rng.integers(0, len(frames))) if rng.random() < 0.3 else -1
@@ -252,6 +304,53 @@ def to_input(crop160: np.ndarray, rng: np.random.Generator, jitter: bool) -> np.
         m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         crop160 = cv2.warpAffine(crop160, m, (crop160.shape[1], crop160.shape[0]), borderMode=cv2.BORDER_REPLICATE)
     return cv2.resize(crop160, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class PairAugment:
+    """What happens alike to a real face and its fake before the call channel: the crop's
+    margins (a scale and a shift of the stored crop) and a camera's colour."""
+
+    crop_scale: float  # >1 zooms in (narrower margins), <1 out
+    crop_shift: tuple[int, int]  # pixels at the stored crop's size
+    contrast: float
+    brightness: float
+    rgb_shift: tuple[float, float, float]
+    hsv_shift: tuple[float, float, float]
+
+
+def draw_pair_augment(rng: np.random.Generator) -> PairAugment:
+    """Margins scaled by 0.92-1.08 and shifted by up to 4 px; a milder colour change than the
+    blend's own (half of its ranges), since it models cameras, not a pasted face."""
+    return PairAugment(
+        crop_scale=float(rng.uniform(0.92, 1.08)),
+        crop_shift=(int(rng.integers(-4, 5)), int(rng.integers(-4, 5))),
+        contrast=float(rng.uniform(0.9, 1.1)),
+        brightness=float(rng.uniform(-0.05, 0.05)),
+        rgb_shift=tuple(float(v) for v in rng.uniform(-10, 10, 3)),  # type: ignore[arg-type]
+        hsv_shift=(float(rng.uniform(-0.15, 0.15)), float(rng.uniform(-0.15, 0.15)), float(rng.uniform(-0.15, 0.15))),
+    )
+
+
+def _crop_matrix(shape: tuple[int, int], a: PairAugment) -> np.ndarray:
+    h, w = shape
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 0.0, a.crop_scale)
+    m[:, 2] += np.array(a.crop_shift, np.float64)
+    return m
+
+
+def augment_pair_member(crop160: np.ndarray, a: PairAugment) -> np.ndarray:
+    """Stored crop -> 112 px net input, with the pair's margins and colour."""
+    h, w = crop160.shape[:2]
+    moved = cv2.warpAffine(crop160, _crop_matrix((h, w), a), (w, h), borderMode=cv2.BORDER_REPLICATE)
+    small = cv2.resize(moved, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
+    return recolour(small, a.contrast, a.brightness, a.rgb_shift, a.hsv_shift)
+
+
+def augment_mask(mask160: np.ndarray, a: PairAugment) -> np.ndarray:
+    """The blend mask moved with its crop's margins, for the boundary target."""
+    h, w = mask160.shape[:2]
+    return cv2.warpAffine(mask160, _crop_matrix((h, w), a), (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
 def boundary_target(mask: np.ndarray) -> np.ndarray:
@@ -363,17 +462,156 @@ def apply_channel(img: np.ndarray, p: ChannelParams, rng: np.random.Generator) -
 # --- landmark-sequence fakes -------------------------------------------------------------
 
 
-def perturb_landmarks(seq: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None) -> np.ndarray:
-    """A geometry fake from a real (T, 478, 3) landmark sequence in pixels.
+LEFT_EYE = np.array([33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246])
+RIGHT_EYE = np.array([362, 382, 381, 380, 374, 373, 390, 249, 263, 466, 388, 387, 386, 385, 384, 398])
+IRISES = np.arange(468, 478)
+EYES = np.concatenate([LEFT_EYE, RIGHT_EYE, IRISES])
+# Eye aspect ratio: two lid gaps over the corner-to-corner width, per eye.
+_EAR = ((159, 145, 158, 153, 33, 133), (386, 374, 385, 380, 362, 263))
+
+# Landmark fakes, in perturb_landmarks' order. Each is drawn with equal odds.
+LANDMARK_FAKES = ("misalign", "jitter", "low_pass", "mouth_delay", "transplant", "blink", "freeze_or_drop")
+# A quarter of the fakes are hard: moved only this fraction of the way from the real sequence.
+HARD_SHARE = 0.25
+HARD_STRENGTH = (0.05, 0.3)
+
+
+def inter_ocular(seq: np.ndarray) -> float:
+    """Median distance between the two eyes' centres (corner midpoints) over a (T, 478, 3)
+    sequence, in its units: the scale of the landmark fakes' magnitudes."""
+    left = (seq[:, 33, :2] + seq[:, 133, :2]) / 2
+    right = (seq[:, 362, :2] + seq[:, 263, :2]) / 2
+    return float(max(np.median(np.linalg.norm(left - right, axis=1)), 1e-3)) if len(seq) else 1.0
+
+
+def eye_aspect(seq: np.ndarray) -> np.ndarray:
+    """(T,) mean eye aspect ratio of both eyes: lower when the lids close."""
+    ears = []
+    for a, b, c, d, e, f in _EAR:
+        gap = np.linalg.norm(seq[:, a, :2] - seq[:, b, :2], axis=1) + np.linalg.norm(seq[:, c, :2] - seq[:, d, :2], axis=1)
+        ears.append(gap / (2 * np.maximum(np.linalg.norm(seq[:, e, :2] - seq[:, f, :2], axis=1), 1e-6)))
+    return np.mean(ears, axis=0)
+
+
+def _relative(seq: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``idx`` of each frame relative to their centroid, and the centroids."""
+    centre = seq[:, idx, :2].mean(axis=1, keepdims=True)
+    return seq[:, idx, :2] - centre, centre
+
+
+def perturb_landmarks(
+    seq: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None, fps: float = 10.0, recipe: int = 2
+) -> tuple[np.ndarray, str]:
+    """A geometry fake from a real (T, 478, 3) landmark sequence in pixels, sampled at ``fps``,
+    and the name of the fake (one of ``LANDMARK_FAKES``, drawn with equal odds; recipe 1:
+    ``LANDMARK_FAKES_V1``, see ``perturb_landmarks_v1``).
+
+    As DETECTOR.md's recipe: the inner face misaligned against the contour by 1-5 degrees and
+    1-3% (constant or drifting); inner-face jitter of sigma 0.3-1.5%; the inner face low-passed
+    at 2-4 Hz (a causal Butterworth filter at ``fps``, as a tool smoothing its tracker does);
+    the mouth 2-6 frames late; mouth or eye motion transplanted from ``donor``; blinks removed or
+    stretched (or, with no blink in the window, the eyes' motion frozen); a frozen or dropped
+    segment of the inner face. Magnitudes are relative to the inter-ocular distance. A quarter
+    of the fakes (``HARD_SHARE``) are moved only 5-30% of the way from the real sequence, so
+    magnitudes reach near zero. The face contour never moves.
+    """
+    if recipe == 1:
+        return perturb_landmarks_v1(seq, rng, donor)
+    from scipy.signal import butter, sosfilt
+
+    real = seq.astype(np.float32)
+    out = real.copy()
+    t = len(out)
+    kind = int(rng.integers(0, len(LANDMARK_FAKES)))
+    name = LANDMARK_FAKES[kind]
+    if t == 0:
+        return out, name
+    iod = inter_ocular(out)
+    rel, centre = _relative(out, INNER)
+    if name == "misalign":
+        drift = bool(rng.random() < 0.5)
+        ramp = np.linspace(rng.uniform(0, 0.5), 1, t) if drift else np.ones(t)
+        angle = np.deg2rad(rng.uniform(1, 5) * rng.choice([-1, 1])) * ramp
+        heading = rng.uniform(0, 2 * np.pi)
+        shift = rng.uniform(0.01, 0.03) * iod * np.array([np.cos(heading), np.sin(heading)])
+        c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
+        rot = np.stack([c * rel[..., 0] - s * rel[..., 1], s * rel[..., 0] + c * rel[..., 1]], axis=-1)
+        out[:, INNER, :2] = rot + centre + (shift[None, :] * ramp[:, None])[:, None, :]
+    elif name == "jitter":
+        sigma = rng.uniform(0.003, 0.015) * iod
+        out[:, INNER, :2] += rng.normal(0, sigma, (t, 1, 2)).astype(np.float32)
+    elif name == "low_pass":
+        # The inner face's motion against the contour (expression and alignment; the head's
+        # own motion, carried by the contour, stays as it is).
+        contour = out[:, FACE_OVAL, :2].mean(axis=1, keepdims=True)
+        inner = out[:, INNER, :2] - contour
+        cutoff = float(rng.uniform(2.0, 4.0))
+        if cutoff < 0.45 * fps and t > 3:
+            sos = butter(2, cutoff, fs=fps, output="sos")
+            # Start from rest at the first frame, so the filter adds no transient of its own.
+            out[:, INNER, :2] = sosfilt(sos, inner - inner[:1], axis=0) + inner[:1] + contour
+        else:  # the rate is too low for this cutoff to smooth anything: over-smooth by a mean
+            out[:, INNER, :2] = inner.mean(axis=0, keepdims=True) + contour
+    elif name == "mouth_delay":
+        d = min(int(rng.integers(2, 7)), max(t - 1, 1))
+        mrel, mcentre = _relative(out, MOUTH)
+        out[:, MOUTH, :2] = np.concatenate([np.repeat(mrel[:1], d, axis=0), mrel[:-d]])[:t] + mcentre
+    elif name == "transplant":
+        region = MOUTH if rng.random() < 0.5 else EYES
+        source = donor if donor is not None and len(donor) else real[::-1]  # no donor: its own motion reversed
+        dn = source[np.arange(t) % len(source)]
+        scale = iod / inter_ocular(dn)
+        drel, _ = _relative(dn, region)
+        orel, ocentre = _relative(out, region)
+        # The donor's motion about its own mean shape, on this face's mean shape.
+        out[:, region, :2] = orel.mean(axis=0, keepdims=True) + (drel - drel.mean(axis=0, keepdims=True)) * scale + ocentre
+    elif name == "blink":
+        ear = eye_aspect(out)
+        closed = ear < 0.6 * np.median(ear)
+        erel, ecentre = _relative(out, EYES)
+        if closed.any() and not closed.all():
+            if rng.random() < 0.5:  # removed: the open eyes' mean shape replaces each blink
+                erel[closed] = erel[~closed].mean(axis=0)
+            else:  # stretched: every frame of the eyes' motion shown 2-3 times as long
+                factor = float(rng.uniform(2.0, 3.0))
+                start = int(np.argmax(closed))
+                src = np.minimum(start + (np.arange(t - start) / factor).astype(int), t - 1)
+                erel[start:] = erel[src]
+        else:  # no blink to remove: the eyes' motion stops, as when a tool drops blinks
+            erel[:] = erel.mean(axis=0, keepdims=True)
+        out[:, EYES, :2] = erel + ecentre
+    else:  # a frozen or a dropped segment of the inner face
+        a = int(rng.integers(0, max(1, t - 3)))
+        n = int(rng.integers(3, 8))
+        if rng.random() < 0.5:
+            out[a : a + n, INNER, :2] = rel[a][None] + centre[a : a + n]
+        else:  # the inner face skips n frames ahead from frame a (and holds its last pose)
+            src = np.minimum(np.arange(a, t) + n, t - 1)
+            out[a:, INNER, :2] = rel[src] + centre[a:]
+    if rng.random() < HARD_SHARE:
+        strength = np.float32(rng.uniform(*HARD_STRENGTH))
+        out = real + strength * (out - real)
+    return out, name
+
+
+LANDMARK_FAKES_V1 = ("misalign", "jitter", "low_pass", "mouth_delay", "transplant", "freeze")
+
+
+def perturb_landmarks_v1(seq: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Recipe 1 (the shipped weights'): a geometry fake from a real (T, 478, 3) landmark
+    sequence in pixels, and its name (one of ``LANDMARK_FAKES_V1``).
 
     One of: inner face misaligned against the contour (constant or drifting), inner jitter,
     inner face low-passed (over-smoothed), mouth delayed, mouth motion transplanted from
-    ``donor``, frozen segment. Magnitudes are relative to face size and reach near zero.
+    ``donor``, frozen segment. Magnitudes are relative to face size (2-2.5 times the recipe's
+    bounds, which are relative to the inter-ocular distance), and only some reach near zero.
     """
     out = seq.astype(np.float32).copy()
     t = len(out)
     size = float(np.median([face_size(f) for f in out])) if t else 1.0
     kind = int(rng.integers(0, 6))
+    # A branch whose condition fails (too short a window, no donor) falls through to a freeze.
+    name = LANDMARK_FAKES_V1[kind] if (kind not in (2, 3, 4) or (kind == 2 and t > 3) or (kind == 3 and t > 6) or (kind == 4 and donor is not None and len(donor) > 0)) else "freeze"
     inner = INNER
     centre = out[:, inner, :2].mean(axis=1, keepdims=True)
     if kind == 0:
@@ -407,4 +645,4 @@ def perturb_landmarks(seq: np.ndarray, rng: np.random.Generator, donor: np.ndarr
         n = int(rng.integers(3, 8))
         rel = out[a, inner, :2] - centre[a]
         out[a : a + n, inner, :2] = rel[None] + centre[a : a + n]
-    return out
+    return out, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -19,7 +20,16 @@ from monitor.config import AnalysisConfig
 from monitor.detect.bundle import FILES, MANIFEST, MODELS_DIR, Fusion, sha256_file, write_manifest
 from monitor.detect.features import GEOMETRY_DIM, colour_vector, geometry_vector
 from monitor.detect.nets import APPEARANCE_INPUT
-from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, WindowSpec, sigmoid, window_features
+from monitor.detect.temporal import (
+    FEATURE_BRANCH,
+    FEATURE_NAMES,
+    FrameCues,
+    WindowSpec,
+    sigmoid,
+    since_gap,
+    window_features,
+    window_gap_s,
+)
 from monitor.errors import InputError
 from monitor.training import synthesis as syn
 from monitor.training.datasets import ClipRecord, read_source, refuse_duplicate_clips
@@ -54,6 +64,7 @@ class TrainConfig(BaseModel):
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
     appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
+    recipe: int = Field(1, ge=1, le=2, description="Synthesis recipe. 1: the shipped weights' (landmark fakes sized by face size, six kinds; each pair member's crop shifted on its own; convex masks). 2: DETECTOR.md's in full (sized by the inter-ocular distance, blink and eye fakes, dropped segments, a 2-4 Hz low-pass, a quarter near zero; one margin and colour per pair; masks that can be concave). Measured on data/dev in the model card; not shipped.")
     call_codecs: bool = Field(True, description="Degrade training crops with calls' video codecs too (H.264 and VP8 at quantisers calibrated on 360p calls at 0.3-1.5 Mbit/s), not only JPEG. The shipped temporal-v1 is trained with it: benchmarks/results/codec_channel.md.")
     animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads). Measured not to help on data/dev: benchmarks/results/animated_stills.md.")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
@@ -131,11 +142,22 @@ class Sampler:
         has_bound: list[float] = []
         zero = np.zeros((28, 28), np.float32)
 
+        v2 = self.cfg.recipe == 2
+
         def add(group: list[tuple[np.ndarray, float, np.ndarray | None]]) -> None:
+            # One channel and flip for the whole pair; in recipe 2 also one margin and colour:
+            # its members differ only by the manipulation. Recipe 1 shifted each member's crop
+            # on its own and kept the boundary target where it was.
+            look = syn.draw_pair_augment(rng) if v2 else None
             channel = syn.draw_channel(rng, self.cfg.call_codecs)
             flip = rng.random() < 0.5
-            for img, y, b in group:
-                x = syn.apply_channel(to_input(img, rng, True), channel, rng)
+            for img, y, mask in group:
+                if look is not None:
+                    x = syn.apply_channel(syn.augment_pair_member(img, look), channel, rng)
+                    b = None if mask is None else boundary_target(syn.augment_mask(mask, look))
+                else:
+                    x = syn.apply_channel(to_input(img, rng, True), channel, rng)
+                    b = None if mask is None else boundary_target(mask)
                 if flip:
                     x = x[:, ::-1]
                     b = None if b is None else b[:, ::-1]
@@ -146,10 +168,11 @@ class Sampler:
 
         for _ in range(self.cfg.pairs_per_batch):
             img, lm = self._real_frame()
-            group: list[tuple[np.ndarray, float, np.ndarray | None]] = [(img, 0.0, zero)]
+            # A real frame's blend mask is empty: its boundary target is zero everywhere.
+            group: list[tuple[np.ndarray, float, np.ndarray | None]] = [(img, 0.0, np.zeros(img.shape[:2], np.float32))]
             if self.cfg.self_blend:
-                fake, mask = syn.self_blend(img, lm, syn.draw_blend(rng))
-                group.append((fake, 1.0, boundary_target(mask)))
+                fake, mask = syn.self_blend(img, lm, dataclasses.replace(syn.draw_blend(rng), concave=v2))
+                group.append((fake, 1.0, mask))
             add(group)
             if self.fakes:
                 c = self.fakes[rng.integers(len(self.fakes))]
@@ -350,10 +373,19 @@ def train_geometry(  # type: ignore[no-untyped-def]
     start = _resume(ckpt, stage, desc, net, opt, None, rng)
     net.train()
 
-    def window(c: Clip, n: int) -> np.ndarray:
+    def window_at(c: Clip, n: int) -> np.ndarray:
         n = min(n, len(c.idx))
         a = int(rng.integers(0, len(c.idx) - n + 1))
-        return c.faces.landmarks[c.idx[a : a + n]]
+        return c.idx[a : a + n]
+
+    def window(c: Clip, n: int) -> np.ndarray:
+        return c.faces.landmarks[window_at(c, n)]
+
+    def rate(c: Clip, at: np.ndarray) -> float:
+        """Frames per second of a window (its faces' median spacing; 10 when unknown)."""
+        gaps = np.diff(c.faces.t[at])
+        gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
+        return float(1.0 / np.median(gaps)) if len(gaps) else 10.0
 
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for step in bar:
@@ -361,9 +393,11 @@ def train_geometry(  # type: ignore[no-untyped-def]
         xs, ys = [], []
         for _ in range(16):
             c = reals[rng.integers(len(reals))]
-            seq = window(c, min(n, len(c.idx)))
+            at = window_at(c, min(n, len(c.idx)))
+            seq = c.faces.landmarks[at]
             donor = window(reals[rng.integers(len(reals))], min(n, len(c.idx)))
-            xs += [geometry_sequence(seq), geometry_sequence(syn.perturb_landmarks(seq, rng, donor))]
+            fake, _ = syn.perturb_landmarks(seq, rng, donor, fps=rate(c, at), recipe=cfg.recipe)
+            xs += [geometry_sequence(seq), geometry_sequence(fake)]
             ys += [0.0, 1.0]
             if fakes:
                 f = fakes[rng.integers(len(fakes))]
@@ -403,7 +437,8 @@ def clip_windows(cues: Sequence[FrameCues], geometry: Callable[[np.ndarray], flo
     for j in range(len(cues)):
         if cues[j].t < next_t:
             continue
-        rows = [c for c in cues[: j + 1] if cues[j].t - c.t <= window_s]
+        # As the service does: a face back after a gap is judged on the rows since.
+        rows = since_gap([c for c in cues[: j + 1] if cues[j].t - c.t <= window_s], window_gap_s(WindowSpec().appearance_s))
         if len(rows) < min_obs:
             continue
         out.append(window_features(rows, geometry, WindowSpec()))
@@ -432,7 +467,7 @@ def torch_geo(net) -> Callable[[np.ndarray], float]:  # type: ignore[no-untyped-
     return run
 
 
-def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed: int, animated_stills: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed: int, animated_stills: bool = False, recipe: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
     """Windows of held-out clips (and a clip-level self-blend of each genuine one, and with
     ``animated_stills`` an animated still of it): X, y, clip id."""
     rng = np.random.default_rng(seed)
@@ -448,7 +483,7 @@ def fold_windows(clips: Sequence[Clip], app_net, geo_net, window_s: float, seed:
         ys.append(np.full(len(w), float(c.record.is_fake)))
         ids.append(np.full(len(w), 3 * k))
         if not c.record.is_fake:
-            frames = syn.self_blend_clip(list(f.crops[i]), list(f.crop_landmarks[i]), rng)
+            frames = syn.self_blend_clip(list(f.crops[i]), list(f.crop_landmarks[i]), rng, concave=recipe == 2)
             w = clip_windows(clip_cues(np.stack(frames), f.landmarks[i], f.t[i], app), geo, window_s)
             xs.append(w)
             ys.append(np.ones(len(w)))
@@ -663,7 +698,7 @@ def run_training(
             geo = train_geometry(train_clips, config, steps_g, config.seed + 200 + i, f"fold {i + 1} geometry", progress, ckpt, f"fold{i + 1}-geometry")
             fold_apps.append(app)
             fold_geos.append(geo)
-            x, y, cid = fold_windows(held_fold, app, geo, window_s, config.seed + 300 + i, config.animated_stills)
+            x, y, cid = fold_windows(held_fold, app, geo, window_s, config.seed + 300 + i, config.animated_stills, config.recipe)
             xs.append(x)
             ys.append(y)
             ids.append(cid + 1_000_000 * i)
@@ -683,7 +718,7 @@ def run_training(
         app = train_appearance(clips, config, config.appearance_steps, config.seed, "appearance", progress, ckpt, "appearance")
         geo = train_geometry(clips, config, config.geometry_steps, config.seed + 1, "geometry", progress, ckpt, "geometry")
     if not xs:
-        x, y, cid = fold_windows(clips, app, geo, window_s, config.seed + 300, config.animated_stills)
+        x, y, cid = fold_windows(clips, app, geo, window_s, config.seed + 300, config.animated_stills, config.recipe)
         xs, ys, ids = [x], [y], [cid]
     x_all, y_all, id_all = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
     config.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -765,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none); a rerun of an interrupted command resumes from them")
     ap.add_argument("--fresh", action="store_true", help="ignore checkpoints left by an interrupted run")
     ap.add_argument("--animated-stills", action="store_true", help="also fit the fusion on animated stills of the genuine clips (a talking-head proxy)")
+    ap.add_argument("--recipe", type=int, choices=(1, 2), default=1, help="synthesis recipe: 1, the shipped weights' (default); 2, DETECTOR.md's in full (measured, not shipped: see the model card)")
     ap.add_argument("--call-codecs", action=argparse.BooleanOptionalAction, default=True, help="degrade training crops with H.264 and VP8 as calls do, not only JPEG (default; --no-call-codecs rebuilds bundles from before 2026-11-26)")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal)")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
@@ -799,6 +835,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         finetune_appearance=args.finetune_appearance,
         checkpoint_every=args.checkpoint_every,
         animated_stills=args.animated_stills,
+        recipe=args.recipe,
         call_codecs=args.call_codecs,
         max_clip_s=args.max_clip_s,
     )

@@ -230,10 +230,11 @@ def test_a_fakes_original_from_another_fold_is_not_used(tmp_path: Path, same_fol
         assert all(m < 60 for m in means), means  # a genuine face of this fold instead
 
 
-def test_each_real_frame_comes_with_its_self_blend_through_one_channel_and_one_flip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("recipe", [1, 2])
+def test_each_real_frame_comes_with_its_self_blend_through_one_channel_and_one_flip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: int) -> None:
     # The recipe pairs every real frame with its own self-blend in the batch, both degraded by
-    # the same call channel and flipped together: only the blend tells them apart.
-    import monitor.training.train as train_module
+    # the same call channel and flipped together; in recipe 2 also cropped with the same
+    # margins and given the same colour: only the blend tells them apart.
     from monitor.training import synthesis as syn
 
     channels: list[object] = []
@@ -245,15 +246,42 @@ def test_each_real_frame_comes_with_its_self_blend_through_one_channel_and_one_f
 
     monkeypatch.setattr(syn, "apply_channel", no_channel)
     monkeypatch.setattr(syn, "self_blend", lambda img, lm, p, mask_landmarks=None: (img.copy(), np.zeros(img.shape[:2], np.float32)))
-    monkeypatch.setattr(train_module, "to_input", lambda img, rng, jitter: img[:112, :112].copy())
     clip = _clip("real.mp4", "real", "a", 0)
     asymmetric = np.zeros((STORE_SIZE, STORE_SIZE, 3), np.uint8)
     asymmetric[:, :40] = 255  # left side bright: a flip shows
+    asymmetric[::7, 60:] = (40, 160, 90)  # stripes: a margin's shift or scale shows
     clip.faces.crops[:] = asymmetric
-    cfg = TrainConfig(sources=("tsv:m.tsv",), pairs_per_batch=6, out_dir=tmp_path)
+    cfg = TrainConfig(sources=("tsv:m.tsv",), pairs_per_batch=6, out_dir=tmp_path, recipe=recipe)
     x, y, _, _ = Sampler([clip], cfg, np.random.default_rng(0)).batch()
     assert y.tolist() == [0.0, 1.0] * 6  # every real with its self-blend
     assert len(channels) == 12 and all(channels[i] is channels[i + 1] for i in range(0, 12, 2))
     assert len({id(c) for c in channels}) == 6  # a new channel for each pair
     flipped = [bool(x[i, :, :, -1].mean() > x[i, :, :, 0].mean()) for i in range(12)]
     assert all(flipped[i] == flipped[i + 1] for i in range(0, 12, 2)) and len(set(flipped)) == 2
+    if recipe == 1:  # each member's crop shifted on its own
+        return
+    # The blend is mocked away, so each pair's two inputs are the same pixels, while the pairs'
+    # margins and colours differ from each other.
+    assert all(np.array_equal(x[i], x[i + 1]) for i in range(0, 12, 2))
+    unflipped = [x[i] if not flipped[i] else x[i][:, :, ::-1] for i in range(0, 12, 2)]
+    assert len({u.tobytes() for u in unflipped}) == 6
+
+
+def test_fusion_windows_after_a_gap_read_only_the_rows_since_as_the_service_does() -> None:
+    # The fusion is fitted on the windows the service would score: a face back after a gap
+    # longer than the appearance pool is judged on the rows since (monitor.detect.temporal).
+    from monitor.detect.features import GEOMETRY_DIM
+    from monitor.detect.temporal import FrameCues, WindowSpec, window_features
+    from monitor.training.train import clip_windows
+
+    rng = np.random.default_rng(0)
+
+    def row(t: float) -> FrameCues:
+        return FrameCues(t, float(rng.normal()), rng.normal(0, 1, GEOMETRY_DIM).astype(np.float32), rng.normal(120, 5, 15).astype(np.float32))
+
+    before = [row(i * 0.1) for i in range(30)]  # 0-2.9 s
+    after = [row(6.5 + i * 0.1) for i in range(10)]  # back after 3.6 s unseen
+    geo = lambda seq: float(np.asarray(seq).mean())  # noqa: E731
+    x = clip_windows(before + after, geo, window_s=8.0)
+    last = window_features(after, geo, WindowSpec())
+    assert np.allclose(x[-1], last)

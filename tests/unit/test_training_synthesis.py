@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unittest.mock as mock
 
 import cv2
 import numpy as np
@@ -180,7 +181,8 @@ def test_landmark_perturbation_moves_the_inner_face_not_the_contour(seed: int) -
     _, lm = synthetic_face()
     seq = np.stack([lm + rng.normal(0, 0.5, lm.shape).astype(np.float32) for _ in range(20)])
     donor = np.stack([lm + rng.normal(0, 2.0, lm.shape).astype(np.float32) for _ in range(20)])
-    out = syn.perturb_landmarks(seq, rng, donor)
+    out, name = syn.perturb_landmarks(seq, rng, donor)
+    assert name in syn.LANDMARK_FAKES
     assert out.shape == seq.shape and out.dtype == np.float32
     assert np.array_equal(out[:, syn.FACE_OVAL], seq[:, syn.FACE_OVAL])
     assert np.abs(out - seq).max() > 0
@@ -333,8 +335,202 @@ def test_a_clip_blend_replays_one_recipe_with_jitter_a_lagging_mask_and_freezes(
     assert {1, 2, 3} <= lags and froze
 
 
-def test_landmark_perturbations_stay_within_their_magnitudes() -> None:
-    # As implemented and documented (docs/detector.md): relative to face size, inner-face
+LOWER_LIP = np.array([17, 14, 87, 317])
+
+
+def _talking_sequence(t: int = 30, blink_at: tuple[int, ...] = (12, 13, 14)) -> np.ndarray:
+    """A face whose head drifts, whose mouth opens and closes and which blinks at ``blink_at``."""
+    _, lm = synthetic_face()
+    # Eye corners and lids where perturb_landmarks' eye measures look for them.
+    for corner_a, corner_b, lids in ((33, 133, (159, 145, 158, 153)), (362, 263, (386, 374, 385, 380))):
+        x0 = 55.0 if corner_a == 33 else 90.0
+        lm[corner_a, :2], lm[corner_b, :2] = (x0, 65.0), (x0 + 16, 65.0)
+        for k, lid in enumerate(lids):
+            lm[lid, :2] = (x0 + 8, 65.0 + (-3.0 if k % 2 == 0 else 3.0))
+    seq = np.repeat(lm[None], t, axis=0)
+    seq[:, :, 0] += 3 * np.sin(np.arange(t) * 0.3)[:, None]  # the head moves a little
+    seq[:, LOWER_LIP, 1] += 4 * np.sin(np.arange(t) * 0.7)[:, None]  # the mouth opens and closes
+    for f in blink_at:  # the lids meet
+        for lid in (159, 145, 158, 153, 386, 374, 385, 380):
+            seq[f, lid, 1] = 65.0
+    return seq
+
+
+def _draws(seq: np.ndarray, n: int = 400, fps: float = 10.0) -> dict[str, list[np.ndarray]]:
+    """``n`` fakes of ``seq`` (seeds 0 to n-1), by kind."""
+    by_kind: dict[str, list[np.ndarray]] = {k: [] for k in syn.LANDMARK_FAKES}
+    donor = seq[::-1].copy()
+    donor[:, LOWER_LIP, 1] += 6 * np.cos(np.arange(len(seq)) * 1.3)[:, None]  # the donor speaks otherwise
+    for seed in range(n):
+        out, name = syn.perturb_landmarks(seq, np.random.default_rng(seed), donor=donor, fps=fps)
+        by_kind[name].append(out)
+    return by_kind
+
+
+def test_landmark_fakes_cover_every_kind_of_the_recipe_in_even_shares() -> None:
+    seq = _talking_sequence()
+    counts = {k: len(v) for k, v in _draws(seq).items()}
+    assert set(counts) == set(syn.LANDMARK_FAKES) and len(syn.LANDMARK_FAKES) == 7
+    assert all(30 <= c <= 90 for c in counts.values()), counts  # 400 draws, ~57 each
+
+
+def test_landmark_fake_magnitudes_are_relative_to_the_inter_ocular_distance() -> None:
+    # DETECTOR.md: misalignment 1-5 degrees and 1-3%, jitter sigma 0.3-1.5%, relative to the
+    # inter-ocular distance (here 35 px, on a face 90 px wide: face size would allow 2.6x more).
+    seq = _talking_sequence()
+    iod = syn.inter_ocular(seq)
+    assert iod == pytest.approx(35.0, abs=0.5)
+    inner = seq[:, syn.INNER, :2]
+    radius = float(np.linalg.norm(inner - inner.mean(axis=1, keepdims=True), axis=2).max())
+    largest = {"misalign": 0.0, "jitter": 0.0}
+    for kind, fakes in _draws(seq).items():
+        if kind not in largest:
+            continue
+        for out in fakes:
+            d = float(np.linalg.norm(out[:, syn.INNER, :2] - inner, axis=2).max())
+            if kind == "misalign":
+                assert d <= 2 * np.sin(np.deg2rad(2.5)) * radius + 0.03 * iod + 1e-3
+            else:
+                assert d <= 0.015 * iod * 5  # five sigma
+            largest[kind] = max(largest[kind], d)
+    assert largest["misalign"] > 2 * np.sin(np.deg2rad(2.0)) * radius  # reaches 4 degrees and more
+    assert largest["jitter"] > 0.015 * iod * 1.5
+
+
+def test_a_quarter_of_landmark_fakes_are_weakened_towards_the_real_sequence() -> None:
+    # "Sample magnitudes down to near zero": a hard fake is the full one scaled by 5-30%.
+    seq = _talking_sequence()
+    donor = seq[::-1].copy()
+    ratios = []
+    for seed in range(400):
+        full, name = syn.perturb_landmarks(seq, np.random.default_rng(seed), donor=donor)
+        if name not in ("jitter", "misalign"):
+            continue
+        # Same draws up to the hard/not choice: compare with the fake forced to full strength.
+        with mock.patch.object(syn, "HARD_SHARE", 0.0):
+            strong, _ = syn.perturb_landmarks(seq, np.random.default_rng(seed), donor=donor)
+        span = float(np.abs(strong - seq).max())
+        ratios.append(float(np.abs(full - seq).max()) / span)
+    ratios_a = np.array(ratios)
+    hard = ratios_a < 0.99
+    assert 0.12 < hard.mean() < 0.4, hard.mean()
+    assert ratios_a[hard].min() >= 0.05 - 1e-3 and ratios_a[hard].max() <= 0.3 + 1e-3 and ratios_a[hard].min() < 0.1
+
+
+def _no_hard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(syn, "HARD_SHARE", 0.0)
+
+
+def test_low_pass_removes_fast_inner_motion_at_two_to_four_hertz(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_hard(monkeypatch)
+    t, fps = 60, 30.0
+    seq = _talking_sequence(t, blink_at=())
+    wobble = np.sin(2 * np.pi * 9.0 * np.arange(t) / fps)  # 9 Hz trembling of the inner face
+    seq[:, syn.INNER, 1] += 2.0 * wobble[:, None]
+    fast = lambda s: float(np.abs(np.diff(s[:, syn.INNER, 1].mean(axis=1) - s[:, syn.FACE_OVAL, 1].mean(axis=1), 2)).mean())  # noqa: E731
+    outs = [o for o in _draws(seq, n=200, fps=fps)["low_pass"]]
+    assert outs and all(fast(o) < 0.35 * fast(seq) for o in outs)
+    # At 10 fps a 2-4 Hz cutoff is still below Nyquist and smooths the inner face too.
+    seq10 = _talking_sequence(30, blink_at=())
+    seq10[:, syn.INNER, 1] += 2.0 * np.sin(2 * np.pi * 4.5 * np.arange(30) / 10.0)[:, None]
+    outs10 = [o for o in _draws(seq10, n=200, fps=10.0)["low_pass"]]
+    assert outs10 and all(fast(o) < 0.8 * fast(seq10) for o in outs10)
+
+
+def test_mouth_delay_transplant_and_eye_transplant(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_hard(monkeypatch)
+    seq = _talking_sequence()
+    rel = lambda s, idx: s[:, idx, :2] - s[:, idx, :2].mean(axis=1, keepdims=True)  # noqa: E731
+    draws = _draws(seq)
+    for out in draws["mouth_delay"]:
+        assert not np.allclose(rel(out, syn.MOUTH), rel(seq, syn.MOUTH), atol=1e-3)
+        lags = [k for k in range(2, 7) if np.allclose(rel(out, syn.MOUTH)[k:], rel(seq, syn.MOUTH)[:-k], atol=1e-3)]
+        assert lags, "the mouth is not delayed by 2-6 frames"
+    regions = set()
+    for out in draws["transplant"]:
+        for name, idx in (("mouth", syn.MOUTH), ("eyes", syn.EYES)):
+            if not np.allclose(out[:, idx], seq[:, idx], atol=1e-4):
+                regions.add(name)
+                other = syn.EYES if name == "mouth" else syn.MOUTH
+                assert np.allclose(out[:, other], seq[:, other])  # one region per fake
+    assert regions == {"mouth", "eyes"}
+
+
+def test_blinks_are_removed_or_stretched(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_hard(monkeypatch)
+    seq = _talking_sequence()
+    closed = lambda s: syn.eye_aspect(s) < 0.6 * np.median(syn.eye_aspect(seq))  # noqa: E731
+    assert closed(seq).sum() == 3
+    seen = set()
+    for out in _draws(seq)["blink"]:
+        n = int(closed(out).sum())
+        assert n == 0 or n >= 6, n  # removed, or 2-3 times as long
+        seen.add("removed" if n == 0 else "stretched")
+    assert seen == {"removed", "stretched"}
+    # No blink in the window: the eyes' motion about their centre stops.
+    still = _talking_sequence(blink_at=())
+    still[:, syn.EYES, 1] += 0.8 * np.sin(np.arange(30) * 0.9)[:, None] * (np.arange(len(syn.EYES)) % 2)[None, :]
+    for out in _draws(still, n=100)["blink"]:
+        eyes = out[:, syn.EYES, :2] - out[:, syn.EYES, :2].mean(axis=1, keepdims=True)
+        assert np.ptp(eyes, axis=0).max() < 1e-3
+
+
+def test_freeze_or_drop_a_segment_of_the_inner_face(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_hard(monkeypatch)
+    seq = _talking_sequence()
+    seq[:, syn.INNER, 1] += np.linspace(0, 6, 30)[:, None] * (np.arange(len(syn.INNER)) % 2)[None, :]  # expression changes
+    rel = lambda s: s[:, syn.INNER, :2] - s[:, syn.INNER, :2].mean(axis=1, keepdims=True)  # noqa: E731
+    kinds = set()
+    for out in _draws(seq)["freeze_or_drop"]:
+        r, r0 = rel(out), rel(seq)
+        frozen = [f for f in range(1, 30) if np.allclose(r[f], r[f - 1], atol=1e-4) and not np.allclose(r0[f], r0[f - 1], atol=1e-4)]
+        ahead = [f for f in range(30) if any(np.allclose(r[f], r0[g], atol=1e-4) for g in range(f + 3, min(f + 8, 30)))]
+        assert frozen or ahead
+        kinds.add("drop" if ahead else "freeze")
+    assert kinds == {"freeze", "drop"}
+
+
+@pytest.mark.parametrize("concave", [True, False])
+def test_the_blend_mask_can_be_concave_in_recipe_2(concave: bool) -> None:
+    # SBI deforms its mask elastically; recipe 1's deformed convex hull is never concave.
+    _, lm = synthetic_face()
+    solidity = []
+    for seed in range(40):
+        m = (syn.blend_mask((160, 160), lm, _neutral(warp_amp=0.04, warp_seed=seed, blur1=0.0, blur2=0.0, concave=concave)) > 0.5).astype(np.uint8)
+        contour = max(cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
+        solidity.append(cv2.contourArea(contour) / cv2.contourArea(cv2.convexHull(contour)))
+    if concave:
+        assert min(solidity) < 0.96  # an undeformed hull rasterises at about 0.99
+    else:
+        assert min(solidity) > 0.975
+
+
+def test_pair_augment_moves_the_mask_with_the_crop_and_spans_its_ranges() -> None:
+    crop = np.zeros((160, 160, 3), np.uint8)
+    mask = np.zeros((160, 160), np.float32)
+    crop[50:90, 60:100] = 255
+    mask[50:90, 60:100] = 1.0
+    looks = [syn.draw_pair_augment(np.random.default_rng(s)) for s in range(300)]
+    scales = np.array([a.crop_scale for a in looks])
+    shifts = np.array([a.crop_shift for a in looks])
+    assert 0.92 <= scales.min() < 0.93 and 1.07 < scales.max() <= 1.08 and np.abs(shifts).max() == 4
+    small = lambda m: cv2.resize(m, (112, 112), interpolation=cv2.INTER_AREA)  # noqa: E731
+    for a in looks[:20]:
+        a = dataclasses.replace(a, contrast=1.0, brightness=0.0, rgb_shift=(0.0, 0.0, 0.0), hsv_shift=(0.0, 0.0, 0.0))
+        face = syn.augment_pair_member(crop, a)[..., 0] / 255.0
+        # The mask lands where the face's blended square does, not where it was.
+        moved = np.abs(small(syn.augment_mask(mask, a)) - face).mean()
+        assert moved < 0.01
+        if abs(a.crop_scale - 1) > 0.02 or max(map(abs, a.crop_shift)) >= 2:
+            assert moved < 0.25 * np.abs(small(mask) - face).mean()
+    # The colour part changes a grey face.
+    grey = np.full((160, 160, 3), 128, np.uint8)
+    moved = [float(np.abs(syn.augment_pair_member(grey, a).astype(int) - 128).mean()) for a in looks[:50]]
+    assert max(moved) > 8
+
+
+def test_recipe_1_landmark_perturbations_stay_within_their_magnitudes() -> None:
+    # Recipe 1 (the shipped weights'; docs/detector.md): relative to face size, inner-face
     # misalignment up to 5 degrees and 3%, jitter sigma up to 1.5%, a mouth 2-6 frames late.
     _, lm = synthetic_face()
     t = 30
@@ -348,7 +544,8 @@ def test_landmark_perturbations_stay_within_their_magnitudes() -> None:
     seen: set[int] = set()
     for seed in range(200):
         kind = int(np.random.default_rng(seed).integers(0, 6))  # perturb_landmarks' first draw
-        out = syn.perturb_landmarks(seq, np.random.default_rng(seed), donor=seq[::-1].copy())
+        out, name = syn.perturb_landmarks(seq, np.random.default_rng(seed), donor=seq[::-1].copy(), recipe=1)
+        assert name == syn.LANDMARK_FAKES_V1[kind]
         d = out[:, syn.INNER, :2] - inner
         if kind == 0:
             assert np.abs(d).max() <= np.sin(np.deg2rad(5)) * radius * 1.5 + 0.03 * size + 1e-3
