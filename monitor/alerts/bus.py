@@ -5,6 +5,7 @@ durable cursor in the log and catch up from it, so they lose nothing across rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -171,7 +172,15 @@ class EventBus:
                 raise
             return new
 
-        self.log = await asyncio.get_running_loop().run_in_executor(self._executor, replace)
+        opening = asyncio.get_running_loop().run_in_executor(self._executor, replace)
+        try:
+            self.log = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Cancelled (the service stopping during a background retry): the thread still
+            # finishes opening the new log, which is then closed here, not leaked.
+            with contextlib.suppress(Exception):
+                (await opening).close()
+            raise
         self._replacing, self._moved_aside = None, False
         self._offered_id = None  # the new log's ids start again
         self.last_offered = None  # an id of the old log: sinks' lag and /api/streams' headers were off
@@ -248,6 +257,7 @@ class EventBus:
     async def aclose(self) -> None:
         if self._reopening is not None:
             self._reopening.cancel()
+            await asyncio.gather(self._reopening, return_exceptions=True)  # its log closed, if it opened one
         self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 

@@ -346,6 +346,50 @@ async def test_a_replacement_log_that_cannot_be_opened_yet_is_tried_again(tmp_pa
         bus.log.close()
 
 
+async def test_a_background_reopen_cancelled_at_shutdown_closes_the_log_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: stopping the service while the background retry was opening the replacement log
+    # cancelled the wait, the thread opened the log anyway, and its connection was never closed.
+    import sqlite3
+    import threading
+
+    import monitor.alerts.bus as bus_module
+
+    log = EventLog(tmp_path / "events.sqlite3")
+    bus = EventBus(log, Metrics())
+    real_open = bus_module.open_event_log
+    inside, release = threading.Event(), threading.Event()
+    opened: list[EventLog] = []
+    tries: list[int] = []
+
+    def slow_second_open(*args: Any) -> EventLog:
+        tries.append(1)
+        if len(tries) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        inside.set()
+        release.wait(10)
+        new = real_open(*args)
+        opened.append(new)
+        return new
+
+    monkeypatch.setattr(bus_module, "open_event_log", slow_second_open)
+
+    def corrupt(events: list[Event]) -> Any:
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = 11  # type: ignore[attr-defined]
+        raise error
+
+    log.append = corrupt  # type: ignore[method-assign]
+    monkeypatch.setattr(EventBus, "REOPEN_RETRY_S", 0.05)
+    with pytest.raises(sqlite3.OperationalError):
+        await bus.publish([alert(EventType.ALERT_OPENED, "a")])
+    await wait_until(inside.is_set, "the background retry to start opening", 10)
+    threading.Timer(0.2, release.set).start()
+    await bus.aclose()  # the service stops meanwhile
+    assert len(opened) == 1 and bus.log is log  # opened, never taken into use
+    with pytest.raises(sqlite3.ProgrammingError):  # closed: not leaked
+        opened[0].last_id()
+
+
 def test_a_log_that_cannot_be_opened_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
     # Locked, unreadable or on a full disk (OperationalError): raised as it is, the file stays.
     import sqlite3
