@@ -302,6 +302,19 @@ async def test_a_log_damaged_while_running_is_replaced_and_loses_no_later_event(
     assert any("is damaged" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
+def damage_appends(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every append to ``log`` fails as on a damaged file; the bus retries a replacement fast."""
+    import sqlite3
+
+    def corrupt(events: list[Event]) -> Any:
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = 11  # type: ignore[attr-defined]
+        raise error
+
+    log.append = corrupt  # type: ignore[method-assign]
+    monkeypatch.setattr(EventBus, "REOPEN_RETRY_S", 0.05)
+
+
 async def test_a_replacement_log_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The damaged log is closed and moved aside; if the new one cannot be opened (a full disk),
     # the stream is told a transient error and waits, and the next try opens it.
@@ -323,13 +336,7 @@ async def test_a_replacement_log_that_cannot_be_opened_yet_is_tried_again(tmp_pa
 
     monkeypatch.setattr(bus_module, "open_event_log", full_disk_once)
 
-    def corrupt(events: list[Event]) -> Any:
-        error = sqlite3.DatabaseError("database disk image is malformed")
-        error.sqlite_errorcode = 11  # type: ignore[attr-defined]
-        raise error
-
-    log.append = corrupt  # type: ignore[method-assign]
-    monkeypatch.setattr(EventBus, "REOPEN_RETRY_S", 0.05)
+    damage_appends(log, monkeypatch)
     bus.register_sink("hook")
     try:
         with pytest.raises(sqlite3.OperationalError):  # what StreamPipeline._publish waits out
@@ -373,13 +380,7 @@ async def test_a_background_reopen_cancelled_at_shutdown_closes_the_log_it_opene
 
     monkeypatch.setattr(bus_module, "open_event_log", slow_second_open)
 
-    def corrupt(events: list[Event]) -> Any:
-        error = sqlite3.DatabaseError("database disk image is malformed")
-        error.sqlite_errorcode = 11  # type: ignore[attr-defined]
-        raise error
-
-    log.append = corrupt  # type: ignore[method-assign]
-    monkeypatch.setattr(EventBus, "REOPEN_RETRY_S", 0.05)
+    damage_appends(log, monkeypatch)
     with pytest.raises(sqlite3.OperationalError):
         await bus.publish([alert(EventType.ALERT_OPENED, "a")])
     await wait_until(inside.is_set, "the background retry to start opening", 10)
