@@ -201,7 +201,9 @@ class TemporalDetector:
         key = (id(window), window.stream_id, window.track_id, window.first_t or 0.0)
         with self._lock:
             cached = self._cache.get(key)
-        if cached is not None and 0 <= rows[-1].t - cached[0] < self.config.refresh_s:
+        # Not across a gap: a window that starts after the cached one ended is a face warming
+        # up again, and the cached cues are from before the gap (refresh_s may exceed it).
+        if cached is not None and 0 <= rows[-1].t - cached[0] < self.config.refresh_s and rows[0].t <= cached[0]:
             # Geometry and physiology move slowly: reuse them, refresh the appearance pooling.
             x = cached[1].copy()
             x[:3] = appearance_features(rows, self.spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -470,7 +471,7 @@ EYES = np.concatenate([LEFT_EYE, RIGHT_EYE, IRISES])
 _EAR = ((159, 145, 158, 153, 33, 133), (386, 374, 385, 380, 362, 263))
 
 # Landmark fakes, in perturb_landmarks' order. Each is drawn with equal odds.
-LANDMARK_FAKES = ("misalign", "jitter", "low_pass", "mouth_delay", "transplant", "blink", "freeze_or_drop")
+LANDMARK_FAKES = ("misalign", "jitter", "low_pass", "mouth_delay", "transplant", "blink", "freeze")
 # A quarter of the fakes are hard: moved only this fraction of the way from the real sequence.
 HARD_SHARE = 0.25
 HARD_STRENGTH = (0.05, 0.3)
@@ -500,20 +501,22 @@ def _relative(seq: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def perturb_landmarks(
-    seq: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None, fps: float = 10.0, recipe: int = 2
+    seq: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None, fps: float = 10.0, recipe: int = 1
 ) -> tuple[np.ndarray, str]:
     """A geometry fake from a real (T, 478, 3) landmark sequence in pixels, sampled at ``fps``,
     and the name of the fake (one of ``LANDMARK_FAKES``, drawn with equal odds; recipe 1:
     ``LANDMARK_FAKES_V1``, see ``perturb_landmarks_v1``).
 
-    As DETECTOR.md's recipe: the inner face misaligned against the contour by 1-5 degrees and
-    1-3% (constant or drifting); inner-face jitter of sigma 0.3-1.5%; the inner face low-passed
-    at 2-4 Hz (a causal Butterworth filter at ``fps``, as a tool smoothing its tracker does);
-    the mouth 2-6 frames late; mouth or eye motion transplanted from ``donor``; blinks removed or
-    stretched (or, with no blink in the window, the eyes' motion frozen); a frozen or dropped
-    segment of the inner face. Magnitudes are relative to the inter-ocular distance. A quarter
-    of the fakes (``HARD_SHARE``) are moved only 5-30% of the way from the real sequence, so
-    magnitudes reach near zero. The face contour never moves.
+    ``recipe`` 2 is DETECTOR.md's recipe: the inner face misaligned against the contour by 1-5
+    degrees and 1-3% (constant or drifting); inner-face jitter of sigma 0.3-1.5%; the inner
+    face's motion against the contour low-passed at 2-4 Hz (a causal Butterworth filter at
+    ``fps``, as a tool smoothing its tracker does; at rates too low for the cutoff, below
+    4.4-8.9 fps, held at its mean instead); the mouth 2-6 frames late; mouth or eye motion
+    transplanted from ``donor``; blinks removed or stretched (a window with no blink gets still
+    eyes); a frozen segment of the inner face (a tool dropping frames shows its last face
+    meanwhile). Magnitudes are relative to the inter-ocular distance. A quarter of the fakes
+    (``HARD_SHARE``) are moved only 5-30% of the way from the real sequence, so magnitudes reach
+    near zero. The face contour never moves. ``recipe`` 1 is ``perturb_landmarks_v1``.
     """
     if recipe == 1:
         return perturb_landmarks_v1(seq, rng, donor)
@@ -526,6 +529,8 @@ def perturb_landmarks(
     name = LANDMARK_FAKES[kind]
     if t == 0:
         return out, name
+    if not (math.isfinite(fps) and fps > 0):
+        fps = 10.0  # an unknown rate: the service's default
     iod = inter_ocular(out)
     rel, centre = _relative(out, INNER)
     if name == "misalign":
@@ -570,24 +575,21 @@ def perturb_landmarks(
         closed = ear < 0.6 * np.median(ear)
         erel, ecentre = _relative(out, EYES)
         if closed.any() and not closed.all():
-            if rng.random() < 0.5:  # removed: the open eyes' mean shape replaces each blink
-                erel[closed] = erel[~closed].mean(axis=0)
-            else:  # stretched: every frame of the eyes' motion shown 2-3 times as long
-                factor = float(rng.uniform(2.0, 3.0))
-                start = int(np.argmax(closed))
+            start = int(np.argmax(closed))
+            stretch = rng.random() >= 0.5
+            factor = float(rng.uniform(2.0, 3.0))
+            if stretch and start < t - 1:  # every frame of the eyes' motion from the blink on shown 2-3 times as long
                 src = np.minimum(start + (np.arange(t - start) / factor).astype(int), t - 1)
                 erel[start:] = erel[src]
+            else:  # removed (also a blink on the last frame, which stretching would leave as it is)
+                erel[closed] = erel[~closed].mean(axis=0)
         else:  # no blink to remove: the eyes' motion stops, as when a tool drops blinks
             erel[:] = erel.mean(axis=0, keepdims=True)
         out[:, EYES, :2] = erel + ecentre
-    else:  # a frozen or a dropped segment of the inner face
+    else:  # a frozen segment: the tool drops frames and shows its last face meanwhile
         a = int(rng.integers(0, max(1, t - 3)))
         n = int(rng.integers(3, 8))
-        if rng.random() < 0.5:
-            out[a : a + n, INNER, :2] = rel[a][None] + centre[a : a + n]
-        else:  # the inner face skips n frames ahead from frame a (and holds its last pose)
-            src = np.minimum(np.arange(a, t) + n, t - 1)
-            out[a:, INNER, :2] = rel[src] + centre[a:]
+        out[a : a + n, INNER, :2] = rel[a][None] + centre[a : a + n]
     if rng.random() < HARD_SHARE:
         strength = np.float32(rng.uniform(*HARD_STRENGTH))
         out = real + strength * (out - real)

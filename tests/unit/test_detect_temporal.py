@@ -190,6 +190,13 @@ def test_a_face_back_after_a_long_gap_warms_up_again(bundle_dir: Path) -> None:
     # motion were computed on signal interpolated across the 3.5 s it was not seen.
     since = det.score(window_of(after, track=6))
     assert det.score(window_of(before + after, track=7)).probability == pytest.approx(since.probability, abs=1e-9)
+    # Nor on window cues cached before the gap, however long refresh_s is.
+    slow = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, refresh_s=5.0))
+    w = window_of(before, track=8)
+    slow.score(w)  # caches geometry and physiology at 2.9 s
+    for r in after:
+        w.push(_Obs(r.t), r)  # type: ignore[arg-type]
+    assert slow.score(w).probability == pytest.approx(since.probability, abs=1e-9)
     # Short gaps (a blink of bad frames, a slow analysis rate) do not restart it.
     short_gap = before + [dataclasses.replace(r, t=r.t + 4.5) for r in cues(1)]
     assert det.score(window_of(short_gap, track=4)).probability is not None

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -285,3 +286,115 @@ def test_fusion_windows_after_a_gap_read_only_the_rows_since_as_the_service_does
     x = clip_windows(before + after, geo, window_s=8.0)
     last = window_features(after, geo, WindowSpec())
     assert np.allclose(x[-1], last)
+
+
+def _face_clip(frames: int = 6) -> Clip:
+    """A genuine clip of textured 160 px crops with a face mesh whose oval is a circle."""
+    from tests.unit.test_training_synthesis import synthetic_face
+
+    img, lm = synthetic_face(STORE_SIZE)
+    clip = _clip("face.mp4", "real", "a", 0, frames)
+    clip.faces.crops[:] = img
+    clip.faces.crop_landmarks[:] = lm
+    clip.faces.landmarks[:] = lm
+    return clip
+
+
+def test_recipe_1_is_pinned(tmp_path: Path) -> None:
+    # The shipped weights are trained with recipe 1: one more random draw, two draws swapped,
+    # or another mask deformation would change them. These values were recorded from the code
+    # that trained them (the batch's draws leave the generator in one state; the landmark fakes
+    # and convex masks come out the same).
+    from monitor.training import synthesis as syn
+    from tests.unit.test_training_synthesis import _talking_sequence
+
+    cfg = TrainConfig(sources=("tsv:m.tsv",), pairs_per_batch=3, out_dir=tmp_path, recipe=1)
+    rng = np.random.default_rng(0)
+    sampler = Sampler([_face_clip()], cfg, rng)
+    sampler.batch()
+    sampler.batch()
+    assert rng.bit_generator.state["state"]["state"] == PINNED_BATCH_STATE
+    seq = _talking_sequence()
+    moved = [float(np.abs(syn.perturb_landmarks(seq, np.random.default_rng(s), seq[::-1].copy())[0] - seq).sum()) for s in range(12)]
+    assert moved == pytest.approx(PINNED_LANDMARK_FAKES, rel=1e-5)
+    img, lm = _face_clip().faces.crops[0], _face_clip().faces.crop_landmarks[0]
+    masks = [float(syn.blend_mask(img.shape[:2], lm, syn.draw_blend(np.random.default_rng(s))).sum()) for s in range(4)]
+    assert masks == pytest.approx(PINNED_MASKS, rel=1e-4)
+    clip_rng = np.random.default_rng(1)
+    syn.self_blend_clip([img] * 5, [lm] * 5, clip_rng)
+    assert clip_rng.bit_generator.state["state"]["state"] == PINNED_CLIP_STATE
+
+
+# Recorded on 2026-11-27 from commit 487b102, the code before recipe 2 existed.
+PINNED_BATCH_STATE = 301549462340995864279077174500623848558
+PINNED_LANDMARK_FAKES = [143.5062, 386.2637, 38.66634, 587.0191, 587.0191, 587.0191, 386.2637, 195.1915, 587.0191, 534.3582, 587.0191, 5068.757]
+PINNED_MASKS = [4300.0, 3955.500, 4754.000, 2788.0]
+PINNED_CLIP_STATE = 277017721995234325714030883210584113789
+
+
+@pytest.mark.parametrize("recipe", [1, 2])
+def test_recipe_2_blends_concave_masks_and_moves_the_boundary_target_with_the_crop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: int) -> None:
+    from monitor.training import synthesis as syn
+
+    concave: list[bool] = []
+    square = np.zeros((STORE_SIZE, STORE_SIZE), np.float32)
+    square[50:90, 60:100] = 1.0
+
+    def painted(img: np.ndarray, lm: np.ndarray, p: syn.BlendParams, mask_landmarks: object = None) -> tuple[np.ndarray, np.ndarray]:
+        concave.append(p.concave)
+        fake = img.copy()
+        fake[square > 0] = 255
+        return fake, square.copy()
+
+    monkeypatch.setattr(syn, "self_blend", painted)
+    monkeypatch.setattr(syn, "apply_channel", lambda img, channel, rng: img)
+    clip = _clip("dark.mp4", "real", "a", 30)
+    cfg = TrainConfig(sources=("tsv:m.tsv",), pairs_per_batch=8, out_dir=tmp_path, recipe=recipe)
+    x, y, bounds, has = Sampler([clip], cfg, np.random.default_rng(3)).batch()
+    assert concave == [recipe == 2] * 8
+    mismatch = []
+    for i in np.flatnonzero(y == 1):
+        bright = cv2.resize((x[i, 0] > 200).astype(np.float32), (28, 28), interpolation=cv2.INTER_AREA)
+        mismatch.append(float(np.abs(4 * bright * (1 - bright) - bounds[i]).mean()))
+    if recipe == 2:  # the target sits on the pasted square's edge wherever the crop moved it
+        assert max(mismatch) < 0.02
+    else:  # recipe 1: each member shifted on its own, the target left where it was
+        assert max(mismatch) > 0.02
+
+
+def test_fold_windows_blend_clips_by_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.training.train as train_module
+    from monitor.training import synthesis as syn
+
+    seen: list[bool] = []
+
+    def blend_clip(frames: list[np.ndarray], landmarks: list[np.ndarray], rng: np.random.Generator, concave: bool = False) -> list[np.ndarray]:
+        seen.append(concave)
+        return frames
+
+    monkeypatch.setattr(syn, "self_blend_clip", blend_clip)
+    monkeypatch.setattr(train_module, "torch_app", lambda net: None)
+    monkeypatch.setattr(train_module, "torch_geo", lambda net: None)
+    monkeypatch.setattr(train_module, "clip_cues", lambda *args: [])
+    monkeypatch.setattr(train_module, "clip_windows", lambda *args: np.zeros((1, 9)))
+    for recipe in (1, 2):
+        train_module.fold_windows([_clip("a.mp4", "real", "a", 9)], None, None, 8.0, 0, recipe=recipe)
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize("recipe", [1, 2])
+def test_the_geometry_branch_trains_on_the_recipes_landmark_fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: int) -> None:
+    import monitor.training.train as train_module
+    from monitor.training import synthesis as syn
+
+    asked: list[int] = []
+    real = syn.perturb_landmarks
+
+    def spy(seq: np.ndarray, rng: np.random.Generator, donor: object = None, fps: float = 10.0, recipe: int = 1) -> tuple[np.ndarray, str]:
+        asked.append(recipe)
+        return real(seq, rng, donor, fps=fps, recipe=recipe)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(syn, "perturb_landmarks", spy)
+    cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path, recipe=recipe, real_fakes=False)
+    train_module.train_geometry([_face_clip(frames=14)], cfg, 1, 0, "test", progress=False)
+    assert asked and set(asked) == {recipe}
