@@ -605,8 +605,8 @@ def perturb_landmarks_v1(seq: np.ndarray, rng: np.random.Generator, donor: np.nd
 
     One of: inner face misaligned against the contour (constant or drifting), inner jitter,
     inner face low-passed (over-smoothed), mouth delayed, mouth motion transplanted from
-    ``donor``, frozen segment. Magnitudes are relative to face size (2-2.5 times the recipe's
-    bounds, which are relative to the inter-ocular distance), and only some reach near zero.
+    ``donor``, frozen segment. Magnitudes are relative to face size (about 2.5-3 inter-ocular
+    distances, to which the recipe's bounds are relative), and only some reach near zero.
     """
     out = seq.astype(np.float32).copy()
     t = len(out)
