@@ -86,9 +86,11 @@ def parse_degradation(spec: str) -> Degradation:
 
 
 def degrade_clip(
-    src: Path, dst: Path, d: Degradation, seed: int = 0, on_decode_error: Callable[[BaseException], None] | None = None
+    src: Path, dst: Path, d: Degradation, seed: int = 0, on_decode_error: Callable[[BaseException], None] | None = None,
+    max_duration_s: float | None = None,
 ) -> Path:
-    """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times).
+    """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times); with
+    ``max_duration_s``, only about that much of it from its first frame (a frame more at most).
 
     Corrupt packets are skipped as the scan's sampler skips them in a file (``decode_frames``,
     with no limit in a row), each passed to ``on_decode_error``, so that a degraded run judges
@@ -113,7 +115,12 @@ def degrade_clip(
         with av.open(str(dst), "w") as out:
             enc = None
             last_pts = -1
+            first_t: float | None = None
             for frame in decode_frames(inp, skipped, max_consecutive_errors=None):
+                if max_duration_s is not None and frame.time is not None:
+                    first_t = float(frame.time) if first_t is None else first_t
+                    if float(frame.time) - first_t > max_duration_s:
+                        break
                 img = frame.to_ndarray(format="rgb24")
                 o = display_orientation(frame)
                 if o:  # the copy carries no display matrix, so it is written as displayed

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import random
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from monitor.detect.temporal import (
 from monitor.errors import InputError
 from monitor.training import synthesis as syn
 from monitor.training.datasets import ClipRecord, read_source, refuse_duplicate_clips
+from monitor.training.degrade import Degradation, degrade_clip
 from monitor.training.extract import FaceClip, load_or_extract, prefetch
 from monitor.training.synthesis import boundary_target, to_input
 
@@ -64,7 +67,7 @@ class TrainConfig(BaseModel):
     fusion_c: float = Field(0.3, gt=0, description="Inverse L2 strength of the fusion logistic.")
     checkpoint_every: int = Field(100, ge=0, description="Steps between checkpoints of the net being trained (0: none). An interrupted run with the same config and data resumes from them; they are deleted once the bundle is written.")
     appearance_from: Path | None = Field(None, description="Use the fold appearance CNNs of this `monitor sbi fit` output (models.pt) instead of training them here.")
-    recipe: int = Field(1, ge=1, le=2, description="Synthesis recipe. 1: the shipped weights' (landmark fakes sized by face size, six kinds; each pair member's crop shifted on its own; convex masks). 2: DETECTOR.md's in full (sized by the inter-ocular distance, seven kinds with blink and eye fakes and a 2-4 Hz low-pass, a quarter near zero; one margin and colour per pair; masks that can be concave). Measured on data/dev in the model card; not shipped.")
+    recipe: int = Field(1, ge=1, le=2, description="Synthesis recipe. 1: the shipped weights' (landmark fakes sized by face size, six kinds; each pair member's crop shifted on its own; convex masks). 2: DETECTOR.md's in full (sized by the inter-ocular distance, seven kinds with blink and eye fakes and a 2-4 Hz low-pass, a quarter near zero, half the genuine windows from a call-degraded copy of the clip; one margin and colour per pair; masks that can be concave). Measured on data/dev in the model card; not shipped.")
     call_codecs: bool = Field(True, description="Degrade training crops with calls' video codecs too (H.264 and VP8 at quantisers calibrated on 360p calls at 0.3-1.5 Mbit/s), not only JPEG. The shipped temporal-v1 is trained with it: benchmarks/results/codec_channel.md.")
     animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads). Measured not to help on data/dev: benchmarks/results/animated_stills.md.")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
@@ -79,6 +82,7 @@ class Clip:
     faces: FaceClip
     idx: np.ndarray  # main-track indices
     pair: Clip | None = None
+    call_copy: Clip | None = None  # recipe 2: the clip as a call delivers it (geometry only)
 
 
 def load_clips(
@@ -110,6 +114,68 @@ def load_clips(
     held = sum(c.faces.crops.nbytes + c.faces.landmarks.nbytes + c.faces.crop_landmarks.nbytes for c in clips)
     logger.info("%d clips, %d faces in memory (%.2f GB)", len(clips), sum(len(c.faces) for c in clips), held / 1e9)
     return clips
+
+
+# Recipe 2's call channel for the landmark windows: each genuine clip is also re-encoded as a
+# call delivers it and its faces extracted again by the same MediaPipe, so the geometry branch
+# sees the landmark jitter of compressed, downscaled, noisy video in both classes.
+CALL_BITRATES = (300_000, 1_500_000)  # bit/s of the H.264 re-encode, drawn per clip
+CALL_SHORT_SIDES = (360, 480, 720)  # downscaled to one of these (never upscaled)
+CALL_NOISE = (0.0, 4.0)  # Gaussian noise sigma, grey levels
+
+
+def call_degradation(path: Path, seed: int) -> tuple[Degradation, int]:
+    """The call channel drawn for one clip: the same for the same path and seed on any run."""
+    rng = np.random.default_rng([seed, zlib.crc32(str(path).encode())])
+    d = Degradation(
+        bitrate=int(rng.uniform(*CALL_BITRATES)),
+        short_side=int(rng.choice(CALL_SHORT_SIDES)),
+        noise_sigma=float(rng.uniform(*CALL_NOISE)),
+    )
+    return d, int(rng.integers(1 << 31))
+
+
+def attach_call_copies(
+    clips: Sequence[Clip], cfg: TrainConfig, analysis: AnalysisConfig, progress: bool = True, workers: int = 1
+) -> int:
+    """Recipe 2: give each genuine clip a ``call_copy`` (its re-encoded copy's faces), made once
+    into ``cfg.cache_dir/call-copies``. A copy that cannot be made or shows no face track is
+    skipped with a warning; the clip then trains on its own landmarks alone. Returns how many."""
+    from tqdm import tqdm
+
+    folder = cfg.cache_dir / "call-copies"
+    folder.mkdir(parents=True, exist_ok=True)
+    made: list[tuple[Clip, Path]] = []
+    for c in tqdm([c for c in clips if not c.record.is_fake], desc="call copies", disable=not progress, unit="clip"):
+        d, noise_seed = call_degradation(c.record.path, cfg.seed)
+        key = hashlib.sha256(f"{c.record.path.resolve()}|{c.record.path.stat().st_size}|{d}|{noise_seed}|{cfg.max_clip_s}".encode()).hexdigest()[:24]
+        dst = folder / f"{key}.mp4"
+        if not dst.exists():
+            tmp = dst.with_suffix(".part.mp4")
+            try:
+                degrade_clip(c.record.path, tmp, d, noise_seed, max_duration_s=cfg.max_clip_s)
+            except Exception as exc:  # one clip must not end a long run
+                logger.warning("no call copy of %s: %s", c.record.path, exc)
+                tmp.unlink(missing_ok=True)
+                continue
+            tmp.replace(dst)  # atomic: a killed run never leaves half a copy under the final name
+        made.append((c, dst))
+    prefetch([dst for _, dst in made], analysis, cfg.cache_dir, cfg.max_clip_s, workers, progress)
+    n = 0
+    for c, dst in made:
+        try:
+            faces = load_or_extract(dst, analysis, cfg.cache_dir, cfg.max_clip_s)
+        except Exception as exc:
+            logger.warning("no call copy of %s: %s", c.record.path, exc)
+            continue
+        idx = faces.main_track()
+        if len(idx) < GEOMETRY_MIN_FACES:
+            logger.warning("no call copy of %s: %d faces in its track after the call channel", c.record.path, len(idx))
+            continue
+        c.call_copy = Clip(c.record, faces, idx)
+        n += 1
+    logger.info("call copies: %d of %d genuine clips", n, sum(not c.record.is_fake for c in clips))
+    return n
 
 
 class Sampler:
@@ -393,6 +459,8 @@ def train_geometry(  # type: ignore[no-untyped-def]
         xs, ys = [], []
         for _ in range(16):
             c = reals[rng.integers(len(reals))]
+            if cfg.recipe == 2 and c.call_copy is not None and rng.random() < 0.5:
+                c = c.call_copy  # the same face as a call delivers it: both classes see the channel
             at = window_at(c, min(n, len(c.idx)))
             seq = c.faces.landmarks[at]
             donor = window(reals[rng.integers(len(reals))], min(n, len(c.idx)))
@@ -650,6 +718,8 @@ def run_training(
         raise InputError(f"none of the {len(records)} clips read has a usable face track (see the warnings above)")
     if not any(not c.record.is_fake and len(c.idx) >= GEOMETRY_MIN_FACES for c in clips):
         raise InputError(geometry_shortage())
+    if config.recipe == 2:
+        attach_call_copies(clips, config, analysis, progress, workers)
     ckpt = Checkpoints(config.cache_dir / "checkpoints" / run_key(config, records), config.checkpoint_every) if config.checkpoint_every else None
     if ckpt is not None and fresh:
         ckpt.clear()

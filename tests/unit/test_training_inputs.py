@@ -161,6 +161,15 @@ def test_a_clip_with_corrupt_packets_is_degraded_past_them(tmp_path: Path) -> No
     assert errors  # each skipped packet is reported
 
 
+def test_a_degraded_copy_can_stop_after_a_duration(tmp_path: Path) -> None:
+    from tests.support.media import write_clip
+
+    clip = tmp_path / "long.mp4"
+    write_clip(clip, 3.0, fps=10, width=160, height=120, faces=1)
+    out = degrade_clip(clip, tmp_path / "short.mp4", parse_degradation("300k"), max_duration_s=1.0)
+    assert 10 <= _frames(out) <= 12 < _frames(clip)  # 1 s from the first frame, a frame more at most
+
+
 # --- monitor sbi ----------------------------------------------------------------------------
 
 PACK = ["pack", "--source", "tsv:m.tsv", "--out", "p.npz"]
@@ -398,3 +407,40 @@ def test_the_geometry_branch_trains_on_the_recipes_landmark_fakes(tmp_path: Path
     cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path, recipe=recipe, real_fakes=False)
     train_module.train_geometry([_face_clip(frames=14)], cfg, 1, 0, "test", progress=False)
     assert asked and set(asked) == {recipe}
+
+
+def test_recipe_2_trains_geometry_on_call_copies_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # DETECTOR.md: the call channel for both classes. Recipe 2 re-encodes each genuine clip as a
+    # call would (drawn per clip, the same on every run) and its landmark windows feed the
+    # geometry branch, genuine and perturbed alike; recipe 1 makes none.
+    import monitor.training.train as train_module
+    from monitor.config import AnalysisConfig
+    from tests.support.media import write_clip
+
+    video = tmp_path / "person.mp4"
+    write_clip(video, 3.0, fps=10, width=320, height=240, faces=1)
+    d1, s1 = train_module.call_degradation(video, 0)
+    assert (d1, s1) == train_module.call_degradation(video, 0) and train_module.call_degradation(video, 1) != (d1, s1)
+    assert 300_000 <= (d1.bitrate or 0) <= 1_500_000 and d1.short_side in (360, 480, 720) and 0 <= d1.noise_sigma <= 4
+    records = [ClipRecord(video, "real", "a")]
+    for recipe in (1, 2):
+        cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path / "o", cache_dir=tmp_path / "cache", recipe=recipe)
+        clips = train_module.load_clips(records, cfg, AnalysisConfig(), progress=False)
+        if recipe == 2:
+            assert train_module.attach_call_copies(clips, cfg, AnalysisConfig(), progress=False) == 1
+            copy = clips[0].call_copy
+            assert copy is not None and len(copy.idx) >= train_module.GEOMETRY_MIN_FACES
+            assert not np.array_equal(copy.faces.crops[copy.idx[0]], clips[0].faces.crops[clips[0].idx[0]])
+            drawn: list[int] = []
+            real_window = train_module.geometry_sequence
+
+            def spy(landmarks: np.ndarray) -> np.ndarray:
+                drawn.append(int(any(np.array_equal(landmarks, copy.faces.landmarks[copy.idx[a : a + len(landmarks)]]) for a in range(len(copy.idx) - len(landmarks) + 1))))
+                return real_window(landmarks)
+
+            monkeypatch.setattr(train_module, "geometry_sequence", spy)
+            train_module.train_geometry(clips, cfg, 1, 0, "test", progress=False)
+            assert 0 < sum(drawn) < len(drawn)  # some windows from the copy, some from the clip
+        else:
+            assert all(c.call_copy is None for c in clips)
+    assert len(list((tmp_path / "cache/call-copies").glob("*.mp4"))) == 1
