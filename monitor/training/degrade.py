@@ -111,16 +111,17 @@ def degrade_clip(
         # Odd container rates (e.g. 519168/19667) are rejected by the encoder; frame times
         # are carried by the pts below, so a nearby simple rate loses nothing.
         rate = Fraction(max(1, round(float(stream.average_rate or 25))))
-        step_ms = max(1, round(Timeline.of(inp).step * 1000))  # one frame interval, as the scan counts it
+        timeline = Timeline.of(inp)
+        step_ms = max(1, round(timeline.step * 1000))  # one frame interval, as the scan counts it
         with av.open(str(dst), "w") as out:
             enc = None
             last_pts = -1
-            first_t: float | None = None
             for frame in decode_frames(inp, skipped, max_consecutive_errors=None):
-                if max_duration_s is not None and frame.time is not None:
-                    first_t = float(frame.time) if first_t is None else first_t
-                    if float(frame.time) - first_t > max_duration_s:
-                        break
+                # Stream time as the scan's sampler counts it (from the container's start,
+                # through the same jumps and missing timestamps), so the copy holds what a scan
+                # capped at max_duration_s reads, and a frame more.
+                if max_duration_s is not None and timeline(None if frame.time is None else float(frame.time)) > max_duration_s + timeline.step:
+                    break
                 img = frame.to_ndarray(format="rgb24")
                 o = display_orientation(frame)
                 if o:  # the copy carries no display matrix, so it is written as displayed
@@ -139,7 +140,9 @@ def degrade_clip(
                     enc.width, enc.height = img.shape[1], img.shape[0]
                     enc.pix_fmt = "yuv420p"
                     enc.bit_rate = d.bitrate or 2_000_000
-                    enc.options = {"preset": "veryfast", "tune": "zerolatency"}
+                    # One thread: x264 slices the frame per thread, so the bytes, and the pixels
+                    # decoded from them, depended on the machine's CPU count.
+                    enc.options = {"preset": "veryfast", "tune": "zerolatency", "threads": "1"}
                     enc.codec_context.time_base = Fraction(1, 1000)  # frame times in ms, as decoded
                 if (img.shape[1], img.shape[0]) != (enc.width, enc.height):
                     # A cut to other footage can change the frame size; the encoder cannot.

@@ -7,8 +7,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -124,9 +126,14 @@ CALL_SHORT_SIDES = (360, 480, 720)  # downscaled to one of these (never upscaled
 CALL_NOISE = (0.0, 4.0)  # Gaussian noise sigma, grey levels
 
 
-def call_degradation(path: Path, seed: int) -> tuple[Degradation, int]:
-    """The call channel drawn for one clip: the same for the same path and seed on any run."""
-    rng = np.random.default_rng([seed, zlib.crc32(str(path).encode())])
+# Bump when what a call copy holds changes (degrade_clip's encoding, the draws below).
+CALL_COPY_VERSION = 1
+
+
+def call_degradation(name: str, seed: int) -> tuple[Degradation, int]:
+    """The call channel drawn for one clip, by its name as its source writes it (a manifest's
+    relative path): the same on any run, machine or working directory."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     d = Degradation(
         bitrate=int(rng.uniform(*CALL_BITRATES)),
         short_side=int(rng.choice(CALL_SHORT_SIDES)),
@@ -147,18 +154,25 @@ def attach_call_copies(
     folder.mkdir(parents=True, exist_ok=True)
     made: list[tuple[Clip, Path]] = []
     for c in tqdm([c for c in clips if not c.record.is_fake], desc="call copies", disable=not progress, unit="clip"):
-        d, noise_seed = call_degradation(c.record.path, cfg.seed)
-        key = hashlib.sha256(f"{c.record.path.resolve()}|{c.record.path.stat().st_size}|{d}|{noise_seed}|{cfg.max_clip_s}".encode()).hexdigest()[:24]
-        dst = folder / f"{key}.mp4"
-        if not dst.exists():
-            tmp = dst.with_suffix(".part.mp4")
-            try:
-                degrade_clip(c.record.path, tmp, d, noise_seed, max_duration_s=cfg.max_clip_s)
-            except Exception as exc:  # one clip must not end a long run
-                logger.warning("no call copy of %s: %s", c.record.path, exc)
-                tmp.unlink(missing_ok=True)
-                continue
-            tmp.replace(dst)  # atomic: a killed run never leaves half a copy under the final name
+        d, noise_seed = call_degradation(c.record.rel or c.record.path.name, cfg.seed)
+        try:
+            st = c.record.path.stat()
+            key = hashlib.sha256(
+                f"{CALL_COPY_VERSION}|{c.record.path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{d}|{noise_seed}|{cfg.max_clip_s}".encode()
+            ).hexdigest()[:24]
+            dst = folder / f"{key}.mp4"
+            if not dst.exists():
+                # A name of its own: two runs sharing a cache each write their own, and a killed
+                # run never leaves half a copy under the final name.
+                tmp = folder / f"{key}.{os.getpid()}.{threading.get_ident()}.part.mp4"
+                try:
+                    degrade_clip(c.record.path, tmp, d, noise_seed, max_duration_s=cfg.max_clip_s)
+                    tmp.replace(dst)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except Exception as exc:  # one clip must not end a long run
+            logger.warning("no call copy of %s: %s", c.record.path, exc)
+            continue
         made.append((c, dst))
     prefetch([dst for _, dst in made], analysis, cfg.cache_dir, cfg.max_clip_s, workers, progress)
     n = 0
@@ -172,6 +186,8 @@ def attach_call_copies(
         if len(idx) < GEOMETRY_MIN_FACES:
             logger.warning("no call copy of %s: %d faces in its track after the call channel", c.record.path, len(idx))
             continue
+        # The geometry branch reads landmarks and times only: the crops are not kept in memory.
+        faces = dataclasses.replace(faces, crops=faces.crops[:0], crop_landmarks=faces.crop_landmarks[:0])
         c.call_copy = Clip(c.record, faces, idx)
         n += 1
     logger.info("call copies: %d of %d genuine clips", n, sum(not c.record.is_fake for c in clips))
@@ -302,7 +318,7 @@ class Checkpoints:
 
 # The code a checkpoint's weights depend on: a checkpoint left by other code (same net shapes,
 # another recipe) was resumed silently, and the run mixed the two.
-TRAINING_CODE = ("training/train.py", "training/synthesis.py", "detect/nets.py", "detect/features.py", "detect/temporal.py")
+TRAINING_CODE = ("training/train.py", "training/synthesis.py", "training/degrade.py", "detect/nets.py", "detect/features.py", "detect/temporal.py")
 
 
 def code_version() -> str:
@@ -458,9 +474,10 @@ def train_geometry(  # type: ignore[no-untyped-def]
         n = int(rng.integers(12, 31))
         xs, ys = [], []
         for _ in range(16):
-            c = reals[rng.integers(len(reals))]
-            if cfg.recipe == 2 and c.call_copy is not None and rng.random() < 0.5:
-                c = c.call_copy  # the same face as a call delivers it: both classes see the channel
+            c = original = reals[rng.integers(len(reals))]
+            if cfg.recipe == 2 and original.call_copy is not None and rng.random() < 0.5:
+                # The same face as a call delivers it, genuine and perturbed alike.
+                c = original.call_copy
             at = window_at(c, min(n, len(c.idx)))
             seq = c.faces.landmarks[at]
             donor = window(reals[rng.integers(len(reals))], min(n, len(c.idx)))
@@ -468,10 +485,12 @@ def train_geometry(  # type: ignore[no-untyped-def]
             xs += [geometry_sequence(seq), geometry_sequence(fake)]
             ys += [0.0, 1.0]
             if fakes:
+                # A real fake against a genuine window of its own kind: neither went through
+                # the call copy, so the channel tells no class apart.
                 f = fakes[rng.integers(len(fakes))]
-                xs.append(geometry_sequence(window(f, min(n, len(f.idx), len(c.idx)))))
+                xs.append(geometry_sequence(window(f, min(n, len(f.idx), len(original.idx)))))
                 ys.append(1.0)
-                xs.append(geometry_sequence(window(c, min(n, len(f.idx), len(c.idx)))))
+                xs.append(geometry_sequence(window(original, min(n, len(f.idx), len(original.idx)))))
                 ys.append(0.0)
         m = min(len(x) for x in xs)
         x = torch.from_numpy(np.stack([s[:m] for s in xs]).astype(np.float32))

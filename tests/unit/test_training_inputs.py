@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -162,12 +163,17 @@ def test_a_clip_with_corrupt_packets_is_degraded_past_them(tmp_path: Path) -> No
 
 
 def test_a_degraded_copy_can_stop_after_a_duration(tmp_path: Path) -> None:
-    from tests.support.media import write_clip
+    # Counted in stream time as the scan's sampler counts it: from the container's start, and
+    # one frame interval apart where a raw stream carries no timestamps.
+    from tests.support.media import raw_h264, timestamped_ts, write_clip
 
     clip = tmp_path / "long.mp4"
     write_clip(clip, 3.0, fps=10, width=160, height=120, faces=1)
-    out = degrade_clip(clip, tmp_path / "short.mp4", parse_degradation("300k"), max_duration_s=1.0)
-    assert 10 <= _frames(out) <= 12 < _frames(clip)  # 1 s from the first frame, a frame more at most
+    late = timestamped_ts(tmp_path / "late.ts", 3.0, 50.0)
+    raw = raw_h264(tmp_path / "raw.h264", 3.0, 10)
+    for src in (clip, late, raw):
+        out = degrade_clip(src, tmp_path / f"short-{src.stem}.mp4", parse_degradation("300k"), max_duration_s=1.0)
+        assert 10 <= _frames(out) <= 12 < _frames(src), src.name  # about 1 s and a frame
 
 
 # --- monitor sbi ----------------------------------------------------------------------------
@@ -412,35 +418,82 @@ def test_the_geometry_branch_trains_on_the_recipes_landmark_fakes(tmp_path: Path
 def test_recipe_2_trains_geometry_on_call_copies_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # DETECTOR.md: the call channel for both classes. Recipe 2 re-encodes each genuine clip as a
     # call would (drawn per clip, the same on every run) and its landmark windows feed the
-    # geometry branch, genuine and perturbed alike; recipe 1 makes none.
+    # geometry branch, genuine and perturbed alike; a real fake's genuine partner stays the
+    # original (real fakes have no copy), so the channel tells no class apart. Recipe 1: none.
     import monitor.training.train as train_module
     from monitor.config import AnalysisConfig
     from tests.support.media import write_clip
 
-    video = tmp_path / "person.mp4"
-    write_clip(video, 3.0, fps=10, width=320, height=240, faces=1)
-    d1, s1 = train_module.call_degradation(video, 0)
-    assert (d1, s1) == train_module.call_degradation(video, 0) and train_module.call_degradation(video, 1) != (d1, s1)
+    d1, s1 = train_module.call_degradation("people/a.mp4", 0)
+    assert (d1, s1) == train_module.call_degradation("people/a.mp4", 0)
+    assert train_module.call_degradation("people/a.mp4", 1) != (d1, s1) and train_module.call_degradation("people/b.mp4", 0) != (d1, s1)
     assert 300_000 <= (d1.bitrate or 0) <= 1_500_000 and d1.short_side in (360, 480, 720) and 0 <= d1.noise_sigma <= 4
-    records = [ClipRecord(video, "real", "a")]
+    video, swapped = tmp_path / "person.mp4", tmp_path / "swapped.mp4"
+    write_clip(video, 3.0, fps=10, width=320, height=240, faces=1)
+    write_clip(swapped, 3.0, fps=10, width=400, height=300, faces=1)  # other landmarks than the genuine clip
+    records = [ClipRecord(video, "real", "a", rel="person.mp4"), ClipRecord(swapped, "fake", "b", rel="swapped.mp4")]
+    degrades: list[float | None] = []
+    real_degrade = train_module.degrade_clip
+
+    def counted(*args: Any, max_duration_s: float | None = None, **kwargs: Any) -> Path:
+        degrades.append(max_duration_s)
+        return real_degrade(*args, max_duration_s=max_duration_s, **kwargs)
+
+    monkeypatch.setattr(train_module, "degrade_clip", counted)
     for recipe in (1, 2):
-        cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path / "o", cache_dir=tmp_path / "cache", recipe=recipe)
+        cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path / "o", cache_dir=tmp_path / "cache", recipe=recipe, max_clip_s=2.5)
         clips = train_module.load_clips(records, cfg, AnalysisConfig(), progress=False)
-        if recipe == 2:
-            assert train_module.attach_call_copies(clips, cfg, AnalysisConfig(), progress=False) == 1
-            copy = clips[0].call_copy
-            assert copy is not None and len(copy.idx) >= train_module.GEOMETRY_MIN_FACES
-            assert not np.array_equal(copy.faces.crops[copy.idx[0]], clips[0].faces.crops[clips[0].idx[0]])
-            drawn: list[int] = []
-            real_window = train_module.geometry_sequence
-
-            def spy(landmarks: np.ndarray) -> np.ndarray:
-                drawn.append(int(any(np.array_equal(landmarks, copy.faces.landmarks[copy.idx[a : a + len(landmarks)]]) for a in range(len(copy.idx) - len(landmarks) + 1))))
-                return real_window(landmarks)
-
-            monkeypatch.setattr(train_module, "geometry_sequence", spy)
-            train_module.train_geometry(clips, cfg, 1, 0, "test", progress=False)
-            assert 0 < sum(drawn) < len(drawn)  # some windows from the copy, some from the clip
-        else:
+        if recipe == 1:
             assert all(c.call_copy is None for c in clips)
+            continue
+        assert train_module.attach_call_copies(clips, cfg, AnalysisConfig(), progress=False) == 1
+        assert degrades == [2.5]  # made once, no longer than the clip is read
+        assert train_module.attach_call_copies(clips, cfg, AnalysisConfig(), progress=False) == 1 and degrades == [2.5]  # reused
+        genuine, fake = clips if not clips[0].record.is_fake else clips[::-1]
+        copy = genuine.call_copy
+        assert copy is not None and fake.call_copy is None and len(copy.idx) >= train_module.GEOMETRY_MIN_FACES
+        assert not np.allclose(copy.faces.landmarks[copy.idx[:12]], genuine.faces.landmarks[genuine.idx[:12]])
+        assert len(copy.faces.crops) == 0  # only landmarks and times are kept
+        sources: list[str] = []
+        real_window = train_module.geometry_sequence
+
+        def which(landmarks: np.ndarray) -> np.ndarray:
+            def within(c: Clip) -> bool:
+                return any(np.array_equal(landmarks, c.faces.landmarks[c.idx[a : a + len(landmarks)]]) for a in range(len(c.idx) - len(landmarks) + 1))
+
+            sources.append("copy" if within(copy) else "original" if within(genuine) else "fake" if within(fake) else "perturbed")
+            return real_window(landmarks)
+
+        monkeypatch.setattr(train_module, "geometry_sequence", which)
+        train_module.train_geometry(clips, cfg, 1, 0, "test", progress=False)
+        groups = [sources[i : i + 4] for i in range(0, len(sources), 4)]  # genuine, its fake, a real fake, its partner
+        assert len(groups) == 16, sources
+        assert all(g[1] == "perturbed" and g[2] == "fake" and g[3] == "original" for g in groups), groups
+        assert {g[0] for g in groups} == {"copy", "original"}
     assert len(list((tmp_path / "cache/call-copies").glob("*.mp4"))) == 1
+
+
+def test_recipe_1_geometry_windows_are_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The windows recipe 1's geometry branch draws (which clip, where, how long), recorded from
+    # commit 487b102, the code before recipe 2: an extra random draw would move them.
+    import monitor.training.train as train_module
+
+    clip = _face_clip(frames=40)
+    clip.faces.landmarks[:] += np.arange(40, dtype=np.float32)[:, None, None]  # each frame its own
+    starts: list[tuple[int, int]] = []
+    real = train_module.syn.perturb_landmarks
+
+    def spy(seq: np.ndarray, rng: np.random.Generator, *args: Any, **kwargs: Any) -> Any:
+        starts.append((len(seq), int(round(float(seq[0, 0, 0] - clip.faces.landmarks[0, 0, 0])))))
+        return real(seq, rng, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.syn, "perturb_landmarks", spy)
+    cfg = TrainConfig(sources=("tsv:m.tsv",), out_dir=tmp_path, real_fakes=False)
+    train_module.train_geometry([clip], cfg, 2, 0, "test", progress=False)
+    assert starts == PINNED_GEOMETRY_WINDOWS
+
+
+PINNED_GEOMETRY_WINDOWS = [
+    (20, 10), (20, 17), (20, 6), (20, 1), (20, 1), (20, 16), (20, 13), (20, 12), (20, 16), (20, 15), (20, 5), (20, 4), (20, 3), (20, 1), (20, 20), (20, 3),
+    (16, 2), (16, 24), (16, 15), (16, 0), (16, 18), (16, 16), (16, 9), (16, 0), (16, 24), (16, 1), (16, 0), (16, 11), (16, 10), (16, 3), (16, 14), (16, 1),
+]
