@@ -90,7 +90,8 @@ def degrade_clip(
     max_duration_s: float | None = None,
 ) -> Path:
     """Write ``src`` degraded by ``d`` to ``dst`` (.mp4, H.264, same frame times); with
-    ``max_duration_s``, only about that much of it from its first frame (a frame more at most).
+    ``max_duration_s``, only about that much of it in stream time as the scan counts it (from
+    the container's start), and a frame more at most.
 
     Corrupt packets are skipped as the scan's sampler skips them in a file (``decode_frames``,
     with no limit in a row), each passed to ``on_decode_error``, so that a degraded run judges
