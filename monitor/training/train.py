@@ -73,6 +73,7 @@ class TrainConfig(BaseModel):
     call_codecs: bool = Field(True, description="Degrade training crops with calls' video codecs too (H.264 and VP8 at quantisers calibrated on 360p calls at 0.3-1.5 Mbit/s), not only JPEG. The shipped temporal-v1 is trained with it: benchmarks/results/codec_channel.md.")
     animated_stills: bool = Field(False, description="Also fit the fusion on clip-level animated stills (one frame of each genuine clip warped along its landmarks: a proxy for warping-based talking heads). Measured not to help on data/dev: benchmarks/results/animated_stills.md.")
     finetune_appearance: bool = Field(False, description="With appearance_from: start each fold's CNN from those models and train it with this run's recipe (real fakes included), at a third of the learning rate.")
+    unseen_margin: bool = Field(False, description="Calibration: lower the scores further by how far one cross-fitting fold's genuine clips overshot the highest genuine clip of the other folds (a margin for sources never seen; fold_margin). Needs at least two folds.")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -611,8 +612,10 @@ def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) 
     # The service scores a clip by a high percentile of its smoothed scores: no genuine
     # out-of-fold clip may reach the threshold that way either.
     genuine_clips = np.unique(ids[y == 0])
-    q = max(q, max(float(np.percentile(logit[ids == c], 90)) for c in genuine_clips))
-    shift = min(0.0, target - q - 1e-3)  # only ever lowers scores
+    clip_p90 = {int(c): float(np.percentile(logit[ids == c], 90)) for c in genuine_clips}
+    q = max(q, max(clip_p90.values()))
+    margin = fold_margin(clip_p90) if cfg.unseen_margin else 0.0
+    shift = min(0.0, target - q - margin - 1e-3)  # only ever lowers scores
     fusion = Fusion(FEATURE_NAMES, mean, std, coef, intercept + shift, FEATURE_BRANCH)
     p = np.array([sigmoid(v) for v in (z @ coef + intercept + shift)])
     from monitor.training.evaluate import roc_auc
@@ -627,8 +630,24 @@ def fit_fusion(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg: TrainConfig) 
         "oof_window_auc": roc_auc(list(y.astype(bool)), list(p)) or 0.0,
         "oof_clip_auc": roc_auc(clip_y, clip_s) or 0.0,
     }
+    if cfg.unseen_margin:  # only then, so that manifests without it rebuild unchanged
+        stats["unseen_margin"] = margin
     logger.info("fusion: %s", stats)
     return fusion, stats
+
+
+def fold_margin(clip_p90: dict[int, float]) -> float:
+    """How far one fold's genuine clips overshot the highest genuine clip of the other folds:
+    max over folds f of max(0, max_f - max_rest), on each clip's 90th-percentile out-of-fold
+    logit. Clip ids carry their fold as ``id // 1_000_000`` (run_training). With fewer than two
+    folds there is nothing to compare, and the margin is 0."""
+    by_fold: dict[int, float] = {}
+    for c, v in clip_p90.items():
+        by_fold[c // 1_000_000] = max(v, by_fold.get(c // 1_000_000, -np.inf))
+    if len(by_fold) < 2:
+        logger.warning("unseen margin: genuine clips in %d fold only, so no margin (it needs cross-fitting)", len(by_fold))
+        return 0.0
+    return max(max(0.0, top - max(v for g, v in by_fold.items() if g != f)) for f, top in by_fold.items())
 
 
 # --- export -------------------------------------------------------------------------------
@@ -819,7 +838,7 @@ def run_training(
         "members": max(1, n_folds if n_folds >= 2 else 1),
         # Paths are left out so that the same command reproduces the same manifest anywhere.
         # Off by default, and then left out, so that temporal-v1's manifest rebuilds unchanged.
-        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every", *(() if config.animated_stills else ("animated_stills",)), *(() if config.call_codecs else ("call_codecs",))})),
+        "train_config": json.loads(config.model_dump_json(exclude={"out_dir", "cache_dir", "appearance_from", "finetune_appearance", "checkpoint_every", *(() if config.animated_stills else ("animated_stills",)), *(() if config.call_codecs else ("call_codecs",)), *(() if config.unseen_margin else ("unseen_margin",))})),
         "clips": len(clips),
         "fake_clips": sum(c.record.is_fake for c in clips),
         "fusion_stats": stats,
@@ -891,6 +910,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--animated-stills", action="store_true", help="also fit the fusion on animated stills of the genuine clips (a talking-head proxy)")
     ap.add_argument("--recipe", type=int, choices=(1, 2), default=1, help="synthesis recipe: 1, the shipped weights' (default); 2, DETECTOR.md's in full (measured, not shipped: see the model card)")
     ap.add_argument("--call-codecs", action=argparse.BooleanOptionalAction, default=True, help="degrade training crops with H.264 and VP8 as calls do, not only JPEG (default; --no-call-codecs selects the recipe from before 2026-11-26)")
+    ap.add_argument("--unseen-margin", action="store_true", help="calibrate with a margin for sources never seen: scores are lowered further by how far one cross-fitting fold's genuine clips overshot the other folds' (see the model card)")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal)")
     ap.add_argument("--appearance-from", type=Path, help="fold appearance CNNs from `python -m monitor.training.sbi fit` (models.pt), used instead of training them")
     ap.add_argument("--max-clip-s", type=float, default=60.0, help="read at most this many seconds of each clip (default 60)")
@@ -926,6 +946,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         animated_stills=args.animated_stills,
         recipe=args.recipe,
         call_codecs=args.call_codecs,
+        unseen_margin=args.unseen_margin,
         max_clip_s=args.max_clip_s,
     )
 

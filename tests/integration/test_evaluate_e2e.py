@@ -265,6 +265,30 @@ def test_call_codecs_flag_changes_only_the_appearance_training(dataset: Path, tm
     assert all(torch.equal(g1[k], g2[k]) for k in g1)
 
 
+def test_unseen_margin_flag_changes_only_the_calibration(dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`monitor train --unseen-margin` trains the same nets; the manifest records the flag and
+    the margin, and a run without it records neither. These clips hold one genuine group, so the
+    fusion is fitted in-sample and the margin is 0, with a warning (the margin's arithmetic is
+    unit-tested in tests/unit/test_training_fusion.py)."""
+    import torch
+
+    from monitor.training.train import main
+
+    common = ["--source", f"tsv:{dataset / 'm.tsv'}", "--cache-dir", str(tmp_path / "cache"), "--appearance-steps", "2", "--geometry-steps", "2", "--checkpoint-every", "0", "--no-call-codecs"]
+    main([*common, "--out", str(tmp_path / "off")])
+    main([*common, "--out", str(tmp_path / "on"), "--unseen-margin"])
+    off = json.loads((tmp_path / "off/manifest.json").read_text())
+    on = json.loads((tmp_path / "on/manifest.json").read_text())
+    assert "unseen_margin" not in off["train_config"] and "unseen_margin" not in off["fusion_stats"]
+    assert on["train_config"].pop("unseen_margin") is True and on["train_config"] == off["train_config"]
+    assert on["fusion_stats"].pop("unseen_margin") == 0.0 and on["fusion_stats"] == off["fusion_stats"]
+    assert "no margin" in caplog.text
+    for net in ("appearance.pt", "geometry.pt"):
+        a = torch.load(tmp_path / "off" / net, weights_only=True)
+        b = torch.load(tmp_path / "on" / net, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), net
+
+
 def test_worker_processes_give_the_serial_results(dataset: Path, bundle: Path, settings: Settings, tmp_path: Path) -> None:
     import functools
 
