@@ -113,6 +113,11 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             patch_type = {**AUTH, "Content-Type": "application/trickle-ice-sdpfrag"}
             assert "a=end-of-candidates" in pc1.localDescription.sdp  # what the session was offered
             assert (await client.patch(loc, content=frag, headers=AUTH)).status_code == 415
+            # Trickling needs the token as publishing does: a session URL alone is not enough.
+            trickle_only = {"Content-Type": "application/trickle-ice-sdpfrag"}
+            assert (await client.patch(loc, content=frag, headers=trickle_only)).status_code == 401
+            wrong = {**trickle_only, "Authorization": "Bearer " + "x" * 32}
+            assert (await client.patch(loc, content=frag, headers=wrong)).status_code == 403
             assert (await client.patch(loc, content=frag, headers={**patch_type, "If-Match": '"nope"'})).status_code == 412
             # aioice took any port; checking this pair raised OverflowError and closed a socket.
             bad_port = "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.1.2.3 -5 typ host\r\n"
@@ -143,7 +148,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             health = await client.get("/healthz")
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
-            for reason, n in [("unauthorized", 2), ("forbidden", 1), ("unsupported_media_type", 3),
+            for reason, n in [("unauthorized", 3), ("forbidden", 2), ("unsupported_media_type", 3),
                               ("too_large", 1), ("malformed_sdp", 7), ("unanswerable_sdp", 3), ("capacity", 1),
                               ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})
@@ -196,6 +201,8 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
         (without_fingerprint(offer), "no a=fingerprint"),
         (video_twice(offer), "more than one m-line with a=mid:0"),
         (port_out_of_range(offer), "port 99999 is not 0-65535"),
+        # Past the up-front checks: aiortc itself refuses it (ValueError), a 400 and not a 500.
+        (re.sub(r"a=ice-(ufrag|pwd):[^\r\n]*\r\n", "", offer), "ICE username fragment or password is missing"),
     ]
     async with running_service(settings) as svc:
         async with httpx.AsyncClient(base_url=svc.base) as client:
@@ -205,7 +212,7 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
                 assert reason in r.json()["error"], r.text
         reg = svc.runtime.metrics.registry
         failed = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "malformed_sdp"})
-        assert failed == 3
+        assert failed == 4
         sessions = svc.runtime.app.state.whip_sessions
         assert sessions.sessions == {} and sessions._reserved == 0
         assert svc.runtime.manager.list() == []
@@ -337,3 +344,43 @@ async def test_more_tracks_than_the_manager_has_room_for_get_503_before_any_is_a
         sessions = svc.runtime.app.state.whip_sessions
         assert sessions.sessions == {} and sessions._reserved == 0
         assert svc.runtime.manager.list() == []
+
+
+async def test_a_session_refused_after_its_first_stream_was_added_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A two-track offer whose second stream name is taken while the session is being built (by
+    # an API client, after the up-front check): its first stream was already added and its peer
+    # connection built, and both must go with the 409.
+    import monitor.api.whip as whip_module
+    from monitor.config import StreamConfig
+
+    built: list[RTCPeerConnection] = []
+
+    class Recorded(RTCPeerConnection):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(whip_module, "RTCPeerConnection", Recorded)
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    async with running_service(settings) as svc:
+        manager = svc.runtime.manager
+        real_add = manager.add
+
+        async def add(stream: StreamConfig, source: object = None) -> object:
+            if stream.id == "room.1":  # the other client wins the name
+                await real_add(StreamConfig(id="room.1", url="demo://astronaut"))
+            return await real_add(stream, source=source)
+
+        monkeypatch.setattr(manager, "add", add)
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/room", content=await video_offer(2), headers={**AUTH, **SDP})
+            assert r.status_code == 409 and "room.1" in r.json()["error"], r.text
+        assert [(p.id, p.config.url) for p in manager.list()] == [("room.1", "demo://astronaut")]  # room.0 is gone
+        sessions = svc.runtime.app.state.whip_sessions
+        assert sessions.sessions == {} and sessions._reserved == 0 and sessions._pending_tracks == 0
+        assert len(built) == 1 and built[0].connectionState == "closed"
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
+        assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "conflict"}) == 1

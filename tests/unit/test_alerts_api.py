@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -330,6 +331,10 @@ async def test_api_streams_connect_only_to_the_allowed_hosts(tmp_path: Path) -> 
                 body = {"id": "a", "url": url} | ({"source": "whep"} if url.startswith("http") else {})
                 r = await http.post("/api/streams", json=body)
                 assert r.status_code == 403 and f"not to {host}" in r.text and "pw" not in r.text, (url, r.text)
+            # URLs FFmpeg may still read a host from, where the allow-list sees none.
+            for url in ("rtsp://:554/x", "rtsp://[127.0.0.1]/x", "rtsp://user@:8554/x"):
+                r = await http.post("/api/streams", json={"id": "a", "url": url})
+                assert r.status_code == 403 and "a URL without a host" in r.text, (url, r.text)
             # A WHEP endpoint that is allowed may not redirect to a host that is not.
             body = {"id": "a", "url": "http://127.0.0.1:9/whep", "source": "whep",
                     "options": {"redirect_origins": ["http://127.0.0.1:10", "http://evil.example"]}}
@@ -668,6 +673,38 @@ async def test_a_stream_url_with_control_characters_is_refused(tmp_path: Path, u
             r = await http.post("/api/streams", json=body)
             assert r.status_code == 422 and "control characters" in r.text and "pwned" not in r.text, r.text
             assert (await http.get("/api/streams")).json() == []
+
+
+async def test_with_public_metrics_off_metrics_and_health_need_the_token(tmp_path: Path) -> None:
+    # The metrics name every stream and count its alerts: an operator who turns them private
+    # must not find them served to anyone.
+    settings = make_settings(tmp_path, server={"token": TOKEN, "public_metrics": False})
+    async with running_service(settings) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            for path, body in (("/metrics", "deepfake_monitor_streams_active"), ("/healthz", '"status"')):
+                assert (await http.get(path)).status_code == 401, path
+                assert (await http.get(path, headers={"Authorization": "Bearer " + "x" * 32})).status_code == 401, path
+                ok = await http.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+                assert ok.status_code == 200 and body in ok.text, path
+
+
+async def test_a_chunked_body_is_held_to_the_size_limit_too(tmp_path: Path) -> None:
+    # Without a Content-Length only the bytes received can be counted: a chunked body over
+    # server.max_body_bytes is cut off with 413, and nothing it asked for is created.
+    async with running_service(make_settings(tmp_path, server={"max_body_bytes": 4096})) as svc:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"id": "cam1", "url": "rtsp://127.0.0.1:9/x", "options": {"open_timeout_s": 0.5}, "pad": "'
+            for _ in range(50):
+                yield b"p" * 1024
+            yield b'"}'
+
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            r = await http.post("/api/streams", content=chunks(), headers={"Content-Type": "application/json"})
+            assert r.status_code == 413, r.text
+            assert r.request.headers["transfer-encoding"] == "chunked" and "content-length" not in r.request.headers
+            assert (await http.get("/api/streams")).json() == []
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_large"}) == 1
 
 
 async def test_no_swagger_or_redoc_pages_only_the_openapi_document(tmp_path: Path) -> None:

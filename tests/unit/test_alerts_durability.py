@@ -743,3 +743,28 @@ def test_infinity_and_nan_are_never_written_as_json(tmp_path: Path) -> None:
         assert _strict(log.read_since(0)[0][1])["data"] == {"score": None, "v": None}
     finally:
         log.close()
+
+
+def test_the_event_log_is_written_through_to_disk(tmp_path: Path) -> None:
+    # A crash of the process loses nothing with any setting; power loss or an OS crash does
+    # unless SQLite syncs each commit (synchronous FULL, 2) in a write-ahead log.
+    log = EventLog(tmp_path / "events.sqlite3")
+    try:
+        assert log._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert log._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        log.close()
+
+
+async def test_alerts_total_counts_each_alert_opened_by_severity(tmp_path: Path) -> None:
+    # The counter dashboards chart and alerting rules fire on: closes and other events do not count.
+    metrics = Metrics()
+    bus = EventBus(EventLog(tmp_path / "events.sqlite3"), metrics)
+    try:
+        await bus.publish([alert(EventType.ALERT_OPENED, "a"), alert(EventType.ALERT_CLOSED, "a", end_t=20.0), status_event(1)])
+        await bus.publish([alert(EventType.ALERT_OPENED, "b")])
+        count = metrics.registry.get_sample_value
+        assert count("deepfake_monitor_alerts_total", {"severity": Severity.CRITICAL.value}) == 2
+        assert count("deepfake_monitor_alerts_total", {"severity": Severity.INFO.value}) in (None, 0)
+    finally:
+        await bus.aclose()

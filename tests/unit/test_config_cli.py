@@ -330,12 +330,15 @@ def test_config_show_checks_plugin_names_and_options_like_serve(tmp_path: Path) 
             {"id": "cam", "url": f"rtsp://admin:{SECRETS['password']}@10.0.0.5/live", "options": {"read_timout_s": 3}},
             {"id": "sfu", "url": f"ftp://u:{SECRETS['password']}@sfu.example/whep", "source": "whep"},
             {"id": "ok", "url": "rtsp://10.0.0.6/live"},
+            # A typo in a WHEP option would pull without the token.
+            {"id": "pull", "url": "https://sfu.example/whep", "source": "whep", "options": {"tokne": SECRETS["secret"]}},
         ],
     }))
     r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
     assert r.exit_code == 2, r.output
     for problem in ("detector: unknown plugin 'nosuch'", "sinks[0] (webhook)", "retires: unknown key",
-                    "streams[cam]", "read_timout_s: unknown key", "streams[sfu]", "http(s)://"):
+                    "streams[cam]", "read_timout_s: unknown key", "streams[sfu]", "http(s)://",
+                    "streams[pull]", "tokne: unknown key"):
         assert problem in r.output, (problem, r.output)
     assert "streams[ok]" not in r.output
     for value in SECRETS.values():

@@ -127,6 +127,7 @@ def test_analyzer_reaches_alert_and_records_stages(metrics: Metrics) -> None:
     assert "io.deepfake-monitor.alert.opened.v1" in types
     assert a.snapshot()[0].state == TrackState.ALERT
     assert metrics.registry.get_sample_value("deepfake_monitor_stage_duration_seconds_count", {"stage": "faces"}) == 30
+    assert metrics.registry.get_sample_value("deepfake_monitor_frames_analysed_total", {"stream": "s"}) == 30
     assert metrics.registry.get_sample_value("deepfake_monitor_tracks", {"state": "alert"}) == 1
     closing = a.end(3.0)
     assert [e.type.value for e in closing] == ["io.deepfake-monitor.alert.closed.v1", "io.deepfake-monitor.track.state.v1"]

@@ -294,6 +294,48 @@ async def test_a_dead_camera_writes_one_reconnecting_event_per_cause() -> None:
     assert source.status.last_error == errors[-1]  # the current error is still shown
 
 
+class HiccupOnce(ThreadedSource):
+    """Its first open fails with an exception no source anticipates (a decoder or plugin bug);
+    every later one delivers frames."""
+
+    def __init__(self) -> None:
+        super().__init__("cam", metrics=Metrics(), clock=FakeClock())
+        self.states: list[StreamState] = []
+        self.on_state(lambda state, detail: self.states.append(state))
+        self._tries = 0
+
+    def _open(self) -> None:
+        self._tries += 1
+        if self._tries == 1:
+            raise RuntimeError("decoder hiccup")
+
+    def _read(self) -> Iterator[Frame]:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            yield Frame(self.stream_id, self.next_seq(), now, now, 4, 4, np.zeros((4, 4, 3), np.uint8))
+            self._stop.wait(0.01)
+
+    def _sleep(self, seconds: float) -> bool:
+        return not self._stop.is_set()
+
+
+async def test_an_unexpected_error_reconnects_the_camera_instead_of_ending_it() -> None:
+    # The service must not die of it, and the camera must stay watched: the stream reconnects
+    # as for any retryable error, and the error is counted by its kind.
+    source = HiccupOnce()
+    await source.start()
+    try:
+        frame = await asyncio.wait_for(source.recv(), DEADLINE_S)
+        assert frame.stream_id == "cam"
+        assert source.status.reconnects == 1 and source.status.last_error == "RuntimeError: decoder hiccup"
+        assert StreamState.RECONNECTING in source.states and StreamState.FAILED not in source.states
+        count = source.metrics.registry.get_sample_value
+        assert count("deepfake_monitor_source_errors_total", {"stream": "cam", "kind": "RuntimeError"}) == 1
+        assert count("deepfake_monitor_frames_received_total", {"stream": "cam"}) >= 1
+    finally:
+        await source.aclose()
+
+
 # --- files ------------------------------------------------------------------------------------
 
 

@@ -53,3 +53,21 @@ async def test_aioice_never_pairs_a_remote_address_the_monitor_must_not_send_to(
         assert [c.host for c in conn.remote_candidates] == ["192.0.2.7"]
     finally:
         await conn.close()
+
+
+async def test_by_default_no_stun_or_turn_server_is_ever_contacted() -> None:
+    # aiortc reads a missing list (None) as stun.l.google.com: the default must be an empty
+    # list, and the ICE agent a session builds from it must know no STUN or TURN server.
+    from aiortc import RTCPeerConnection
+
+    from monitor.sources.webrtc import rtc_configuration
+
+    config = rtc_configuration(load_settings(None, demo=False).webrtc)
+    assert config.iceServers == []
+    pc = RTCPeerConnection(config)
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        agent = pc.getTransceivers()[0].receiver.transport.transport.iceGatherer._connection
+        assert agent.stun_server is None and agent.turn_server is None
+    finally:
+        await pc.close()
