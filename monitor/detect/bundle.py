@@ -70,8 +70,10 @@ def verify(directory: Path, manifest_sha256: str | None) -> tuple[dict[str, Any]
     for name in FILES:
         expected = files.get(name)
         data = (directory / name).read_bytes() if (directory / name).is_file() else None
-        actual = hashlib.sha256(data).hexdigest() if data is not None else None
-        if expected is None or actual != expected or data is None:
+        if data is None:
+            raise ConfigError(f"detector weights: {directory / name} is missing (a partial copy of the bundle?)")
+        actual = hashlib.sha256(data).hexdigest()
+        if expected is None or actual != expected:
             raise ConfigError(f"detector weights: {directory / name} sha256 {actual} != manifest {expected}")
         contents[name] = data
     # Which weights run, said once per bundle and manifest: an unpinned bundle retrained in place

@@ -371,3 +371,91 @@ async def test_a_service_with_no_streams_checks_its_detector_weights_at_start(tm
     with pytest.raises(ConfigError, match="no-bundle"):
         async with runtime(settings):
             pass
+
+
+def test_a_bundle_missing_a_weights_file_says_which(bundle_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_with(bundle_dir, tmp_path, {})
+    (copy / "geometry.pt").unlink()
+    with pytest.raises(ConfigError, match=r"geometry.pt is missing"):
+        load_bundle(copy, "onnx", None)
+
+
+def test_the_shipped_bundle_is_pinned_by_name_even_with_a_consistent_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Weights swapped in models/temporal-v1 together with a manifest that matches them load by
+    # their own manifest, but not under the shipped name: SHIPPED_MANIFESTS pins that folder.
+    import json
+
+    import monitor.detect.temporal as temporal_module
+    from monitor.detect.temporal import SHIPPED_MANIFESTS
+
+    shipped = MODELS_DIR / "temporal-v1"
+    assert sha256_file(shipped / "manifest.json") == SHIPPED_MANIFESTS["temporal-v1"]  # folder and pin agree
+    fusion = json.loads((shipped / "fusion.json").read_text())
+    fusion["intercept"] += 3.0
+    swapped = _copy_with(shipped, tmp_path, {"fusion.json": json.dumps(fusion).encode()}).rename(tmp_path / "temporal-v1")
+    monkeypatch.setattr(temporal_module, "MODELS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="pinned"):
+        TemporalDetector(TemporalDetector.Config())
+    # The operator's own pin (what the refusal tells them to set) loads it.
+    own = TemporalDetector(TemporalDetector.Config(manifest_sha256=sha256_file(swapped / "manifest.json")))
+    assert own.fusion.intercept == pytest.approx(fusion["intercept"])
+
+
+def test_the_fusion_is_the_clipped_logistic_training_fitted(bundle_dir: Path) -> None:
+    # The calibration lives in the intercept and the standardisation: a fusion with a non-zero
+    # mean, a std other than 1 and a non-zero intercept, checked against the formula by hand.
+    from monitor.detect.temporal import sigmoid
+
+    n = len(FEATURE_NAMES)
+    rng = np.random.default_rng(5)
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    det.fusion = f = Fusion(FEATURE_NAMES, rng.normal(0, 1, n), rng.uniform(0.5, 2.0, n), rng.normal(0, 0.5, n), -1.3, FEATURE_BRANCH)
+    for x in rng.normal(0, 2, (5, n)):
+        z = np.clip((x - f.mean) / f.std, -6, 6)
+        assert det.fuse(x).probability == pytest.approx(1 / (1 + np.exp(-(f.intercept + f.coef @ z))), abs=1e-5)
+        # The explanation: each branch's own score, and its share of the logit's terms.
+        signals = {s.name: s for s in det.fuse(x).signals}
+        assert signals["appearance"].value == pytest.approx(sigmoid(x[FEATURE_NAMES.index("app_mean")]), abs=1e-4)
+        assert signals["geometry"].value == pytest.approx(sigmoid(x[FEATURE_NAMES.index("geo_logit")]), abs=1e-4)
+    # Standardised features are clipped at 6 as in training: an outlier weighs no more than that.
+    far, edge = f.mean + 100 * f.std, f.mean + 6 * f.std
+    np.testing.assert_allclose(f.terms(far), f.coef * 6)
+    assert det.fuse(far).probability == det.fuse(edge).probability
+
+
+def test_a_window_spanning_too_short_a_time_is_not_judged(bundle_dir: Path) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    assert det.score(window_of(cues(5, dt=0.09))).reasons == ("window_too_short",)  # 0.36 s < min_span_s
+    assert det.score(window_of(cues(6, dt=0.09), track=2)).probability is not None  # 0.45 s
+
+
+def test_the_verdict_is_refreshed_at_least_every_half_second(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The requirement: every window-level branch is recomputed within 0.5 s of stream
+    # time, and the appearance pooling on every frame in between.
+    import monitor.detect.temporal as temporal_module
+
+    assert TemporalDetector.Config().refresh_s <= 0.5
+    full_at: list[float] = []
+    real = temporal_module.window_features
+
+    def counted(rows, *args, **kwargs):  # type: ignore[no-untyped-def]
+        full_at.append(rows[-1].t)
+        return real(rows, *args, **kwargs)
+
+    monkeypatch.setattr(temporal_module, "window_features", counted)
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    rows = cues(40)
+    w = window_of(rows[:10])
+    det.score(w)
+    probabilities, appearance = [], []
+    for k, r in enumerate(rows[10:]):
+        # The face turns fake from 2.5 s: a strongly positive appearance logit.
+        r = dataclasses.replace(r, app_logit=5.0) if k >= 15 else r
+        w.push(_Obs(r.t), r)  # type: ignore[arg-type]
+        score = det.score(w)
+        probabilities.append(score.probability)
+        appearance.append({s.name: s.value for s in score.signals}["appearance"])
+    assert max(np.diff(full_at)) <= 0.5 + 1e-9 and full_at[-1] >= rows[-1].t - 0.5
+    # Every frame after the change moves the score, not only the full refreshes.
+    assert all(b > a for a, b in zip(appearance[14:19], appearance[15:20])), appearance[14:20]
+    assert probabilities[19] > probabilities[14]
