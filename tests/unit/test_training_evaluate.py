@@ -273,3 +273,54 @@ def test_auc_from_ranks_agrees_with_counting_pairs() -> None:
         pos, neg = s[y], s[~y]
         pairs = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
         assert roc_auc(list(y), list(s)) == pytest.approx(pairs, abs=1e-12)
+
+
+def test_summary_percentiles_and_the_threshold_are_the_policys() -> None:
+    clips = [clip("a/1.mp4", "real", 0.1), clip("b/1.mp4", "fake", 0.9, ttd=1.5), clip("b/2.mp4", "fake", 0.8, ttd=2.5)]
+    r = summarise("m.tsv", None, 0.7, clips)
+    assert r.time_to_detect_median_s == pytest.approx(2.0) and r.time_to_detect_p90_s == pytest.approx(2.4)
+    # The policy alerts at a score equal to alert_enter: so does the accuracy.
+    at = summarise("m.tsv", None, 0.7, [clip("a/1.mp4", "real", 0.1), clip("b/1.mp4", "fake", 0.7)])
+    assert at.overall.accuracy == 1.0
+
+
+def _fake_scan(first_face_t: float | None, first_alert_t: float | None) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(first_alert_t=first_alert_t, first_face_t=first_face_t, reasons=(), score=0.9,
+                           verdict="alert" if first_alert_t is not None else "clear", alerts_opened=int(first_alert_t is not None), duration_s=8.0)
+
+
+def test_time_to_detect_counts_from_the_first_face(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A clip whose face appears 4 s in: the faceless lead-in is no part of the time to detect.
+    import monitor.pipeline.offline as offline
+    from monitor.config import Settings
+    from monitor.training.evaluate import _Job, _scan_job
+
+    monkeypatch.setattr(offline, "scan", lambda *a, **k: _fake_scan(4.0, 5.5))
+    job = _Job(0, "late.mp4", tmp_path / "late.mp4", "fake", "", None)
+    assert _scan_job(job, Settings(), lambda: None, None).time_to_detect_s == pytest.approx(1.5)  # type: ignore[arg-type,return-value]
+
+
+def test_labels_in_any_case_are_read_as_their_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A spreadsheet's "REAL" and "Fake": read as fake, every genuine clip would have inverted the report.
+    import monitor.pipeline.offline as offline
+    from monitor.config import Settings
+    from monitor.training.evaluate import evaluate
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlabel\na/1.mp4\tREAL\na/2.mp4\t Real \nb/1.mp4\tFake\nc/1.mp4\tATTACK\n")
+    monkeypatch.setattr(offline, "scan", lambda *a, **k: _fake_scan(0.0, None))
+    report = evaluate(manifest, None, Settings(), detector_factory=lambda: None, progress=False)  # type: ignore[arg-type,return-value]
+    assert [c.label for c in report.clips] == ["real", "real", "fake", "attack"]
+    assert report.overall.n_genuine == 2 and report.overall.n_fake == 2
+
+
+def test_a_dataset_source_must_name_the_split_it_evaluates() -> None:
+    # Training's default split is train: evaluated without a split, the training videos were the result.
+    from monitor.errors import InputError
+    from monitor.training.evaluate import source_rows
+
+    for spec in ("ffpp:/nonexistent", "celebdf:/nonexistent:", "ffpp:/nonexistent:"):
+        with pytest.raises(InputError, match="name the split to evaluate"):
+            source_rows([spec])
