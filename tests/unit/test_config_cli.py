@@ -325,7 +325,8 @@ def test_config_show_checks_plugin_names_and_options_like_serve(tmp_path: Path) 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
         "detector": {"name": "nosuch"},
-        "sinks": [{"name": "webhook", "options": {"url": "https://hooks.example/in", "secret": SECRETS["secret"], "retires": 3}}],
+        "sinks": [{"name": "webhook", "options": {"url": "https://hooks.example/in", "secret": SECRETS["secret"], "retires": 3}},
+                  {"name": "redis", "options": {"url": "redis://127.0.0.1:6379", "streem": "alerts"}}],
         "streams": [
             {"id": "cam", "url": f"rtsp://admin:{SECRETS['password']}@10.0.0.5/live", "options": {"read_timout_s": 3}},
             {"id": "sfu", "url": f"ftp://u:{SECRETS['password']}@sfu.example/whep", "source": "whep"},
@@ -338,7 +339,7 @@ def test_config_show_checks_plugin_names_and_options_like_serve(tmp_path: Path) 
     assert r.exit_code == 2, r.output
     for problem in ("detector: unknown plugin 'nosuch'", "sinks[0] (webhook)", "retires: unknown key",
                     "streams[cam]", "read_timout_s: unknown key", "streams[sfu]", "http(s)://",
-                    "streams[pull]", "tokne: unknown key"):
+                    "streams[pull]", "tokne: unknown key", "sinks[1] (redis)", "streem: unknown key"):
         assert problem in r.output, (problem, r.output)
     assert "streams[ok]" not in r.output
     for value in SECRETS.values():

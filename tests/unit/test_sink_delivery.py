@@ -564,3 +564,21 @@ async def test_a_retry_after_is_waited_out_up_to_a_limit(tmp_path: Path, monkeyp
         await bus.publish([status_event(NOW)])
         await until(lambda: sink.got == [1, 2], timeout=3)
         assert sink.at[3] - sink.at[2] < 1.0
+
+
+async def test_retries_of_a_receiver_that_stays_down_back_off_to_the_cap(tmp_path: Path) -> None:
+    # A receiver down for an hour would otherwise be hit every retry_delay_s (7,200 times at 0.5 s).
+    metrics = Metrics()
+    log = EventLog(tmp_path / "e.sqlite3")
+    bus = EventBus(log, metrics)
+    runner = SinkRunner(bus, FlakySink(), "hook", metrics, retry_delay_s=0.5, max_retry_delay_s=30.0)
+    try:
+        delays = [0.5]
+        for _ in range(8):
+            runner._wake.set()  # end each wait at once; what is asserted is the next delay
+            delays.append(await runner._back_off(1, "receiver down", delays[-1]))
+        assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+        assert sample(metrics, "failures") == 8
+    finally:
+        await bus.aclose()
+        log.close()

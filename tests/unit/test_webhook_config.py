@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from monitor_webhook import WebhookSink, verify
+from monitor_webhook import WebhookSink, sign, verify
 
 from monitor.config import load_settings, redact_url
 from monitor.errors import ConfigError
@@ -97,3 +97,17 @@ async def test_http_client_request_lines_never_carry_credentials(caplog: pytest.
                 await client.post(f"http://whepuser:WhepPw888@127.0.0.1:{port}/whep?token=WhepQueryTok666&code=AzureCode777")
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert lines and all("WhepPw888" not in line and "WhepQueryTok666" not in line and "AzureCode777" not in line for line in lines), lines
+
+
+def test_the_signature_is_the_one_the_readme_tells_receivers_to_check() -> None:
+    # Known answer, spelled out as a receiver would compute it: HMAC-SHA256 of "{timestamp}.{body}".
+    import hashlib
+    import hmac
+
+    secret, body = "s" * 16, b'{"id":"1"}'
+    expected = hmac.new(secret.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(secret, "1700000000", body) == f"sha256={expected}"
+    # The timestamp is signed: a captured request re-dated to look fresh is refused.
+    captured = sign(secret, "1700000000", body)
+    assert verify(secret, "1700000000", body, captured, now=1_700_000_100)
+    assert not verify(secret, "1700000600", body, captured, now=1_700_000_600)
