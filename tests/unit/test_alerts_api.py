@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -707,6 +708,24 @@ async def test_a_chunked_body_is_held_to_the_size_limit_too(tmp_path: Path) -> N
         assert reg.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_large"}) == 1
 
 
+async def test_a_body_of_exactly_the_size_limit_is_accepted_chunked_or_not(tmp_path: Path) -> None:
+    # The same body, whether it declares its length or not: the limit is inclusive both ways.
+    async with running_service(make_settings(tmp_path, server={"max_body_bytes": 4096})) as svc:
+        def body(i: int) -> bytes:
+            raw = json.dumps({"id": f"cam{i}", "url": "rtsp://127.0.0.1:9/x", "options": {"open_timeout_s": 0.5}}).encode()
+            return raw + b" " * (4096 - len(raw))  # JSON allows trailing whitespace
+
+        async def chunked(data: bytes) -> AsyncIterator[bytes]:
+            for k in range(0, len(data), 1000):
+                yield data[k:k + 1000]
+
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            declared = await http.post("/api/streams", content=body(1), headers={"Content-Type": "application/json"})
+            streamed = await http.post("/api/streams", content=chunked(body(2)), headers={"Content-Type": "application/json"})
+            assert (declared.status_code, streamed.status_code) == (201, 201), (declared.text, streamed.text)
+            assert len(body(1)) == 4096 and "content-length" not in streamed.request.headers
+
+
 async def test_no_swagger_or_redoc_pages_only_the_openapi_document(tmp_path: Path) -> None:
     # Both pages load their code from cdn.jsdelivr.net, and were served without the token.
     settings = make_settings(tmp_path, server={"token": TOKEN, "public_metrics": False})
@@ -877,6 +896,28 @@ async def test_slow_clients_are_cut_off_at_the_request_timeout(tmp_path: Path) -
         trickled, waited = await answer_to(head.encode())
         assert trickled.startswith(b"HTTP/1.1 408"), trickled
         assert b"request_timeout_s" in trickled and 0.9 < waited < 20, (trickled, waited)
+        # One deadline for the whole body, not one per chunk: a byte every 0.4 s (the 100 bytes
+        # would take 40 s) is cut off at the request timeout all the same.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = asyncio.get_running_loop().time()
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):
+                    await asyncio.sleep(0.4)
+                    writer.write(b" ")
+                    await writer.drain()
+
+        writer.write(head.encode())
+        dripping = asyncio.create_task(drip())
+        try:
+            async with asyncio.timeout(30):
+                dripped = await reader.read()
+            waited = asyncio.get_running_loop().time() - started
+        finally:
+            dripping.cancel()
+            writer.close()
+        assert dripped.startswith(b"HTTP/1.1 408") and waited < 8, (dripped, waited)
 
         # A kept-alive connection serves one request after another; an open websocket and
         # well-behaved clients are not affected.
@@ -890,7 +931,7 @@ async def test_slow_clients_are_cut_off_at_the_request_timeout(tmp_path: Path) -
                 r = await http.post("/api/streams", json={"id": "x", "url": "rtsp://127.0.0.1:9/none"})
                 assert r.status_code == 201, r.text
         timeouts = svc.runtime.metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "timeout"})
-        assert timeouts == 4
+        assert timeouts == 5
 
 
 async def test_a_resume_from_another_logs_epoch_is_refused_even_when_its_id_exists(tmp_path: Path) -> None:

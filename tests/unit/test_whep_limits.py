@@ -140,6 +140,20 @@ async def test_a_whep_answer_declared_too_long_is_not_read(metrics: Metrics) -> 
     assert error == f"WHEP answer larger than {LIMIT} bytes (webrtc.max_sdp_bytes)"
 
 
+async def test_an_answer_declared_too_long_is_refused_before_its_body_arrives(metrics: Metrics) -> None:
+    # Its Content-Length says enough: the body (which never comes here) is not waited for.
+    async def declared_only(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/sdp\r\nLocation: /whep/s1\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (LIMIT + 1))
+        await writer.drain()
+
+    endpoint = FakeEndpoint(answer=declared_only)
+    async with endpoint.serving() as url:
+        error, took = await open_fails(metrics, url)
+    assert error == f"WHEP answer larger than {LIMIT} bytes (webrtc.max_sdp_bytes)"
+    assert took < 4.0  # the open timeout is 8 s
+
+
 async def test_an_endless_error_body_is_read_no_further_than_the_limit(
     metrics: Metrics, caplog: pytest.LogCaptureFixture
 ) -> None:
