@@ -723,7 +723,9 @@ async def scan_recording(parts: Any, faces: RecordsTimes, seconds: float) -> Str
     source = FileSource("rec", str(clip), metrics=metrics, realtime=False)
     pipeline = await m.add(StreamConfig(id="rec", url=str(clip), realtime=False), source=source)
     async with asyncio.timeout(60):
-        while pipeline.status().state != StreamState.ENDED:
+        # The source says ENDED once it has handed over its last frame; the analysis may still
+        # be taking it (under load, the last frame was not counted yet when this returned).
+        while pipeline.status().state != StreamState.ENDED or not pipeline._task.done():
             await asyncio.sleep(0.05)
     return m
 
