@@ -285,3 +285,48 @@ def test_an_alerts_start_time_is_the_wall_clock_time_of_its_start_t() -> None:
     opened = [e.data for e in events if e.type == EventType.ALERT_OPENED]
     assert len(opened) == 1 and opened[0].start_t >= 1.0
     assert opened[0].start_time == pytest.approx(1000.0 + opened[0].start_t / 5)
+
+
+# --- what an alert says (a third mutation audit found these unchecked) --------------------------
+
+
+def test_an_open_alert_holds_between_the_exit_and_entry_thresholds() -> None:
+    # Hysteresis on the way out too: a score that falls to 0.65 (under alert_enter, over
+    # alert_exit) keeps the alert open instead of closing it and reopening at the next rise.
+    events = run(TrackPolicy("s", 1, CFG), steady(0.95, 0, 3) + steady(0.65, 3, 8))
+    assert [e.type for e in events].count(EventType.ALERT_OPENED) == 1
+    assert EventType.ALERT_CLOSED not in [e.type for e in events]
+
+
+def test_severities_of_alerts_and_track_states() -> None:
+    from monitor.types import Severity
+
+    events = run(TrackPolicy("s", 1, CFG), steady(0.1, 0, 2) + steady(0.95, 2, 5) + steady(0.05, 5, 9))
+    opened = [e for e in events if e.type == EventType.ALERT_OPENED]
+    closed = [e for e in events if e.type == EventType.ALERT_CLOSED]
+    assert opened[0].severity == Severity.CRITICAL and closed[0].severity == Severity.INFO
+    by_state = {e.data.state: e.severity for e in events if isinstance(e.data, TrackStateData)}
+    assert by_state == {TrackState.CLEAR: Severity.INFO, TrackState.SUSPICIOUS: Severity.WARNING, TrackState.ALERT: Severity.CRITICAL}
+
+
+def test_an_alerts_score_is_its_peak_while_open() -> None:
+    events = run(TrackPolicy("s", 1, CFG), steady(0.75, 0, 2) + steady(0.99, 2, 4) + steady(0.05, 4, 8))
+    closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
+    assert closed and closed[0].score >= 0.98
+
+
+def test_an_alerts_reasons_name_its_strongest_signals_first() -> None:
+    from monitor.types import Signal
+
+    signals = (Signal("weak", 0.1, 1.0), Signal("strong", 0.9, 1.0), Signal("mid", 0.5, 1.0), Signal("tiny", 0.01, 1.0))
+    policy, events = TrackPolicy("s", 1, CFG), []
+    for t, p in steady(0.95, 0, 3):
+        events.extend(policy.update(Verdict("s", 1, t, 0.0, Score(p, signals), None, ()), 1000.0 + t))
+    opened = [e.data for e in events if e.type == EventType.ALERT_OPENED]
+    assert opened[0].reasons[:4] == ("score_above_threshold", "strong", "mid", "weak")
+
+
+def test_an_alert_closed_for_lost_evidence_does_not_claim_a_low_score() -> None:
+    events = run(TrackPolicy("s", 1, CFG), steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(40)])
+    closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
+    assert closed and "score_below_threshold" not in closed[0].reasons
