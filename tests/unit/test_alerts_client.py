@@ -296,3 +296,29 @@ async def test_tail_stops_on_a_request_the_server_refuses_as_wrong(tmp_path: Pat
         with pytest.raises(MonitorError, match=r"refused the request: since must be an event id from 0 to"):
             async with asyncio.timeout(20):
                 await tail(f"{base}/ws/alerts", since=-1, out=io.StringIO())
+
+
+def test_timeouts_and_rate_limits_are_retried_refusals_are_not() -> None:
+    # A 429 or 503 from a proxy in front of the service is a reason to wait, not to give up.
+    from monitor.alerts.client import transient_status
+
+    assert all(transient_status(s) for s in (408, 425, 429, 500, 502, 503, 504))
+    assert not any(transient_status(s) for s in (400, 401, 403, 404))
+
+
+def test_monitor_alerts_reads_its_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # MONITOR_TOKEN, as the service reads it: a token on the command line shows in `ps`.
+    from typer.testing import CliRunner
+
+    import monitor.alerts.client as client
+    from monitor.cli import app
+
+    got: dict[str, object] = {}
+
+    async def fake_tail(url: str, **kwargs: object) -> None:
+        got.update(kwargs)
+
+    monkeypatch.setattr(client, "tail", fake_tail)
+    result = CliRunner().invoke(app, ["alerts"], env={"MONITOR_TOKEN": "t0ken"})
+    assert result.exit_code == 0, result.output
+    assert got["token"] == "t0ken"

@@ -336,6 +336,61 @@ async def test_an_unexpected_error_reconnects_the_camera_instead_of_ending_it() 
         await source.aclose()
 
 
+def test_the_rtsp_options_reach_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `transport: udp` (a camera that only streams over UDP) and the read timeout, as FFmpeg's options.
+    import monitor.sources.av_source as av_source
+
+    seen: dict[str, str] = {}
+
+    def fake_open(url: str, options: dict[str, str], **kwargs: object) -> None:
+        seen.update(options)
+        raise SourceError("stop here", retryable=True)
+
+    monkeypatch.setattr(av_source, "open_video", fake_open)
+    source = RtspSource("cam", "rtsp://127.0.0.1:8554/x", metrics=Metrics(), config=RtspSource.Config(transport="udp", read_timeout_s=3))
+    with pytest.raises(SourceError, match="stop here"):
+        source._open()
+    assert seen["rtsp_transport"] == "udp" and seen["timeout"] == "3000000"
+
+
+def test_ffmpegs_own_message_is_redacted_where_it_is_raised() -> None:
+    # `monitor scan` prints this error as it is: FFmpeg's text quotes the URL, password and all.
+    from monitor.sources.av_source import open_video
+
+    with pytest.raises(SourceError) as failed:
+        open_video(f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live", {"rtsp_transport": "tcp"}, timeout=(2.0, 2.0))
+    assert "s3cret" not in str(failed.value) and "admin" not in str(failed.value)
+
+
+def test_corrupt_packets_count_only_in_a_row() -> None:
+    # A live camera losing every other packet still plays: the count starts again at each good one.
+    import av.error
+
+    from monitor.sources.av_source import decode_frames
+
+    class Packet:
+        def __init__(self, bad: bool) -> None:
+            self.bad, self.stream = bad, video
+
+        def decode(self) -> list[str]:
+            if self.bad:
+                raise av.error.InvalidDataError(1094995529, "Invalid data")
+            return ["frame"]
+
+    class Container:
+        class streams:  # noqa: N801
+            video: list[Any] = []
+
+        def demux(self, *args: object) -> Iterator[Packet]:
+            return iter([Packet(i % 2 == 0) for i in range(200)])
+
+    video = type("Stream", (), {"index": 0, "disposition": 0, "codec_context": object()})()
+    Container.streams.video = [video]
+    errors: list[BaseException] = []
+    assert len(list(decode_frames(Container(), errors.append, max_consecutive_errors=50))) == 100
+    assert len(errors) == 100
+
+
 # --- files ------------------------------------------------------------------------------------
 
 
