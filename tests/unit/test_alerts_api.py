@@ -1109,3 +1109,27 @@ async def test_streams_carry_the_policy_thresholds_their_states_follow(tmp_path:
             assert (await http.get("/api/streams/cam1")).json()["policy"] == expected
             spec = (await http.get("/openapi.json")).json()
             assert "`policy`" in spec["paths"]["/api/streams"]["get"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "ok"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://127.0.0.1:8080/", True),
+        ("http://127.0.0.1:80801", False),
+        ("http://127.0.0.1:8080.evil.example", False),
+        ("http://127.0.0.1:8080@evil.example", False),
+    ],
+)
+def test_only_the_same_origin_passes_the_origin_check(origin: str, ok: bool) -> None:
+    from monitor.api.http import origin_allowed
+
+    assert origin_allowed(origin, "127.0.0.1:8080", set()) is ok
+
+
+def test_a_site_whose_name_starts_with_the_host_is_another_origin() -> None:
+    from monitor.api.http import origin_allowed
+
+    # Served on port 80 (Host: monitor.lan): a page on monitor.lan.evil.example is not it.
+    assert origin_allowed("http://monitor.lan", "monitor.lan", set())
+    assert not origin_allowed("http://monitor.lan.evil.example", "monitor.lan", set())

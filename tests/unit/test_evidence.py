@@ -258,3 +258,78 @@ def test_evidence_is_kept_under_its_size_cap_and_off_a_nearly_full_disk(tmp_path
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(1 << 41, (1 << 41) - (1 << 30), 1 << 30))
     full.submit("s", alert(ids[0]), 0.0, noise, None, [])
     assert full.flush() and results == [False] and full.folder(ids[0]) is None
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+def _noise(h: int = 480, w: int = 640) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (h, w, 3), np.uint8)
+
+
+def test_evidence_keeps_at_most_ten_crops_all_of_them_servable(tmp_path: Path) -> None:
+    from monitor.alerts.evidence import FILE_NAME
+
+    store = EvidenceStore(tmp_path)
+    crops = [(0.1 * k, np.full((32, 32, 3), 10 * k, np.uint8)) for k in range(14)]
+    assert save(store, "s", alert(), 1.0, np.zeros((8, 8, 3), np.uint8), None, crops)
+    folder = store.folder(ALERT_ID)
+    assert folder is not None
+    faces = json.loads((folder / "evidence.json").read_text())["faces"]
+    assert [f["t"] for f in faces] == [round(0.1 * k, 3) for k in range(4, 14)]  # the newest ten
+    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".jpg")
+    assert len(names) == 11 and all(FILE_NAME.fullmatch(n) for n in names)  # frame + face-0..9
+
+
+def test_evidence_bundles_waiting_for_a_stuck_disk_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from monitor.alerts.evidence import QUEUE_MAX
+
+    # A disk that hangs must cost a bounded amount of memory: each queued bundle holds a frame.
+    results: list[bool] = []
+    store = EvidenceStore(tmp_path, results.append)
+    release = threading.Event()
+    real_write = store._write
+
+    def stuck(*args: Any) -> bool:
+        release.wait(10)
+        return real_write(*args)
+
+    monkeypatch.setattr(store, "_write", stuck)
+    frame = np.zeros((8, 8, 3), np.uint8)
+    accepted = [store.submit("s", alert(f"{k:032x}"), 0.0, frame, None, []) for k in range(1, QUEUE_MAX + 10)]
+    release.set()
+    assert store.flush()
+    # One bundle is with the writer, QUEUE_MAX wait; the rest are refused and counted as failed.
+    assert accepted.count(False) >= 10 - 2 and results.count(False) == accepted.count(False)
+    store.close()
+
+
+def test_a_single_bundle_over_the_cap_is_kept_not_deleted_under_its_own_alert(tmp_path: Path) -> None:
+    # The cap removes the oldest bundles; the one just written (its URL already in the alert's
+    # event) must not be the one removed, even when it alone is over the cap.
+    store = EvidenceStore(tmp_path, max_bytes=1000)
+    assert save(store, "s", alert(), 0.0, _noise(), None, [])
+    assert store.folder(ALERT_ID) is not None
+
+
+def test_pruned_bundles_no_longer_count_towards_the_cap(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The size cap keeps its own tally of bundle sizes; a bundle the daily pass pruned must
+    # leave it, or the tally says the cap is exceeded when the disk holds less than it.
+    import logging
+
+    root = tmp_path / "evidence"
+    ids = [f"{k:032x}" for k in range(1, 4)]
+    save(EvidenceStore(root), "s", alert(ids[0]), 0.0, _noise(), None, [])
+    one = sum(f.stat().st_size for f in (root / ids[0]).iterdir())
+    store = EvidenceStore(root, max_bytes=int(2.5 * one))
+    assert save(store, "s", alert(ids[1]), 0.0, _noise(), None, [])  # the tally: the first two
+    month_ago = time.time() - 31 * 86400
+    os.utime(root / ids[0] / "evidence.json", (month_ago, month_ago))
+    assert store.prune(time.time() - 30 * 86400) == 1
+    with caplog.at_level(logging.WARNING, logger="monitor.alerts.evidence"):
+        assert save(store, "s", alert(ids[2]), 0.0, _noise(), None, [])
+    # Two bundles on disk, under 2.5 bundles' worth: nothing is over the cap, nothing "removed".
+    assert sorted(p.name for p in root.iterdir()) == ids[1:]
+    assert "evidence over" not in caplog.text

@@ -468,3 +468,48 @@ def test_assigner_at_a_constant_frame_size_is_bit_for_bit_unchanged(
     assert ids == _GOLDEN_IDS
     assert ended_by_frame == _GOLDEN_ENDED
     assert hashlib.sha256("\n".join(log).encode()).hexdigest() == _GOLDEN_SHA256
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+def test_max_faces_caps_the_faces_tracked_per_frame(sprite: np.ndarray) -> None:
+    runner = Runner(AnalysisConfig(max_faces=1))
+    try:
+        result = runner(canvas([(sprite, 40, 100), (sprite, 380, 100)], width=700))
+        assert len(result.faces) == 1
+    finally:
+        runner.tracker.close()
+
+
+def test_a_mesh_with_a_non_finite_point_starts_no_track(sprite: np.ndarray) -> None:
+    runner = Runner(AnalysisConfig())
+    try:
+        real = runner.tracker._mesh
+
+        class NaNMesh:
+            def process(self, rgb: np.ndarray) -> object:
+                result = real.process(rgb)
+                for lm in result.multi_face_landmarks or ():
+                    lm.landmark[0].x = float("nan")
+                return result
+
+            def close(self) -> None:
+                real.close()
+
+        runner.tracker._mesh = NaNMesh()
+        assert runner(canvas([(sprite, 200, 100)])).faces == ()
+        assert runner.tracker._assigner.active_ids == ()
+    finally:
+        runner.tracker.close()
+
+
+BOX = (100.0, 100.0, 200.0, 200.0)
+
+
+def test_two_frames_with_the_same_time_keep_their_track() -> None:
+    # A duplicated pts (a source repeating a timestamp) is not time going backwards.
+    assigner = TrackAssigner(lost_s=1.0)
+    assigner.update(0.0, [BOX])
+    again, ended = assigner.update(0.0, [BOX])
+    assert ended == () and again[0] is not None and again[0][0] == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from pydantic import BaseModel, field_validator
 
 from monitor.alerts.bus import EventBus
 from monitor.alerts.eventlog import EventLog
@@ -175,3 +176,73 @@ async def test_a_probability_as_a_numpy_float_is_a_probability(parts: Any) -> No
     await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
     await wait_for(lambda: any(EventType.ALERT_OPENED.value in p for p in event_types(log)), "a valid float32 was refused")
     await asyncio.wait_for(m.aclose(), DEADLINE_S)
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+def test_an_unknown_plugin_name_is_refused_with_the_names_that_are_known() -> None:
+    from monitor.plugins import SOURCE_GROUP, load_plugin
+
+    # "Bad input gets a clear error": a typo in `source:` must say what the choices are.
+    with pytest.raises(ConfigError, match=r"unknown plugin 'rtps' .*known: .*\brtsp\b") as info:
+        load_plugin(SOURCE_GROUP, "rtps")
+    assert "whep" in str(info.value) and "file" in str(info.value)
+
+
+class _OptionsBlowUp:
+    """A plugin whose own options validator fails with something pydantic does not wrap."""
+
+    class Config(BaseModel):
+        url: str
+
+        @field_validator("url")
+        @classmethod
+        def _lookup(cls, url: str) -> str:
+            raise KeyError("scheme table")  # not a ValueError: pydantic lets it through
+
+
+def test_a_plugins_options_validator_that_raises_anything_is_a_named_config_error() -> None:
+    from monitor.plugins import plugin_config
+
+    with pytest.raises(ConfigError, match=r"invalid options for plugin _OptionsBlowUp: .*scheme table"):
+        plugin_config(_OptionsBlowUp, {"url": "x"})
+
+
+class _FeaturesRaise:
+    """A detector plugin whose per-frame work fails on every frame."""
+
+    name: ClassVar[str] = "features-raise"
+    window_s = 1.0
+
+    def features(self, obs: Any) -> Any:
+        raise RuntimeError("plugin bug in features")
+
+    def score(self, window: Any) -> Any:
+        raise AssertionError("never reached")
+
+
+async def test_a_detector_failing_on_every_frame_is_counted_and_the_stream_keeps_going(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path, demo=False)
+    log = EventLog(tmp_path / "events.sqlite3")
+    metrics = Metrics()
+    bus = EventBus(log, metrics)
+    m = StreamManager(settings, bus, metrics, SystemClock(), _FeaturesRaise, lambda stream_id: OneFace())
+    try:
+        await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+
+        def dropped() -> float:
+            value = metrics.registry.get_sample_value(
+                "deepfake_monitor_frames_dropped_total", {"stream": "cam", "reason": "analysis_error"}
+            )
+            return value or 0.0
+
+        deadline = time.monotonic() + 20
+        while dropped() < 3 or m.get("cam").status().frames_received < 3:
+            assert time.monotonic() < deadline, "analysis errors were not counted"
+            await asyncio.sleep(0.05)
+        assert m.get("cam").status().state.value == "running"
+    finally:
+        await asyncio.wait_for(m.aclose(), 20)
+        await bus.aclose()
+        log.close()

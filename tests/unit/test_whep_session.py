@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -130,3 +131,43 @@ def test_whep_answer_loses_its_mdns_candidates_unless_configured(
     assert levels == [logging.INFO, logging.DEBUG]
     resolving = WhepSource("cam", ENDPOINT, metrics=metrics, webrtc=WebRTCConfig(resolve_mdns=True))
     assert resolving._answer_sdp(MDNS_SDP) == MDNS_SDP
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+def _whep_with(monkeypatch: pytest.MonkeyPatch, handler: Callable[[httpx.Request], httpx.Response]) -> WhepSource:
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    return WhepSource("cam", ENDPOINT, metrics=Metrics(), config=WhepSource.Config(token=TOKEN))
+
+
+async def test_a_whep_redirect_loop_stops_after_max_redirects(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(307, headers={"Location": "/whep/cam"})  # to itself, for ever
+
+    from monitor.errors import SourceError
+
+    src = _whep_with(monkeypatch, handler)
+    with pytest.raises(SourceError, match=f"more than {WhepSource.MAX_REDIRECTS} redirects"):
+        async with src._post_offer("v=0\r\n"):
+            pass
+    assert len(seen) == WhepSource.MAX_REDIRECTS + 1
+
+
+async def test_a_whep_308_is_followed_like_a_307(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.path == "/whep/cam":
+            return httpx.Response(308, headers={"Location": "/whep/cam-2"})
+        return httpx.Response(201, content=b"v=0\r\n", headers={"Location": "/whep/cam-2/s1"})
+
+    src = _whep_with(monkeypatch, handler)
+    async with src._post_offer("v=0\r\n") as (url, response):
+        assert response.status_code == 201 and url == "https://media.example/whep/cam-2"
+    assert seen == [ENDPOINT, "https://media.example/whep/cam-2"]
