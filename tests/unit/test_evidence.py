@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,19 @@ from monitor.types import AlertData, EventType, FaceFrame, FaceObservation, Face
 
 GOOD = FaceQuality(face_px=120, blur=100, out_of_frame=0, occlusion=0.1, confidence=0.9)
 ALERT_ID = "0123456789abcdef0123456789abcdef"
+
+
+def stick_the_disk(store: EvidenceStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every write of ``store`` hangs until the returned event is set (at most 10 s)."""
+    release = threading.Event()
+    real_write = store._write
+
+    def stuck(*args: Any) -> bool:
+        release.wait(10)
+        return real_write(*args)
+
+    monkeypatch.setattr(store, "_write", stuck)
+    return release
 
 
 def alert(alert_id: str = ALERT_ID) -> AlertData:
@@ -173,17 +187,8 @@ def test_an_alert_that_opens_saves_its_evidence_and_says_where(tmp_path: Path, m
 def test_a_slow_disk_never_holds_the_analysis(tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: the bundle was written on the analysis thread. A write slower than
     # inconclusive_after_s let the stall watchdog close the alert before its alert.opened was out.
-    import threading
-
     store = store_counting(tmp_path / "evidence", metrics)
-    release = threading.Event()
-    real_write = store._write
-
-    def stuck_disk(*args: Any) -> bool:
-        release.wait(10)
-        return real_write(*args)
-
-    monkeypatch.setattr(store, "_write", stuck_disk)
+    release = stick_the_disk(store, monkeypatch)
     _, events = run_until_alert(store, metrics, after=5)  # five more frames, the disk still stuck
     opened = opened_of(events)
     assert opened.evidence is not None and store.folder(opened.alert_id) is None  # queued, not written
@@ -282,21 +287,12 @@ def test_evidence_keeps_at_most_ten_crops_all_of_them_servable(tmp_path: Path) -
 
 
 def test_evidence_bundles_waiting_for_a_stuck_disk_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
     from monitor.alerts.evidence import QUEUE_MAX
 
     # A disk that hangs must cost a bounded amount of memory: each queued bundle holds a frame.
     results: list[bool] = []
     store = EvidenceStore(tmp_path, results.append)
-    release = threading.Event()
-    real_write = store._write
-
-    def stuck(*args: Any) -> bool:
-        release.wait(10)
-        return real_write(*args)
-
-    monkeypatch.setattr(store, "_write", stuck)
+    release = stick_the_disk(store, monkeypatch)
     frame = np.zeros((8, 8, 3), np.uint8)
     accepted = [store.submit("s", alert(f"{k:032x}"), 0.0, frame, None, []) for k in range(1, QUEUE_MAX + 10)]
     release.set()
