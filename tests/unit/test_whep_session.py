@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from monitor.config import WebRTCConfig
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, SourceError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
 from monitor.sources.webrtc import WhepSource, drop_mdns_candidates, same_origin, session_url
@@ -148,8 +148,6 @@ async def test_a_whep_redirect_loop_stops_after_max_redirects(monkeypatch: pytes
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(307, headers={"Location": "/whep/cam"})  # to itself, for ever
-
-    from monitor.errors import SourceError
 
     src = _whep_with(monkeypatch, handler)
     with pytest.raises(SourceError, match=f"more than {WhepSource.MAX_REDIRECTS} redirects"):
