@@ -384,3 +384,26 @@ async def test_a_session_refused_after_its_first_stream_was_added_leaves_nothing
         reg = svc.runtime.metrics.registry
         assert reg.get_sample_value("deepfake_monitor_whip_sessions_active") == 0
         assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "conflict"}) == 1
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+async def test_whip_cors_answers_only_the_listed_origins(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN, "cors_origins": ["https://studio.example"]}
+    )
+    async with running_service(settings) as svc, httpx.AsyncClient(base_url=svc.base) as client:
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
+        for path in ("/whip/cam1", "/whip/cam1/some-session"):
+            listed = await client.options(path, headers={"Origin": "https://studio.example", **preflight})
+            assert listed.status_code == 204
+            assert listed.headers.get("access-control-allow-origin") == "https://studio.example"
+            assert "origin" in listed.headers.get("vary", "").lower()  # caches must not reuse it for another origin
+            other = await client.options(path, headers={"Origin": "https://evil.example", **preflight})
+            assert other.status_code == 204
+            assert "access-control-allow-origin" not in other.headers
+        # A refused publish (no token) from an unlisted page gets no CORS grant either.
+        refused = await client.post("/whip/cam1", content="v=0\r\n", headers={"Origin": "https://evil.example", "Content-Type": "application/sdp"})
+        assert refused.status_code == 401
+        assert "access-control-allow-origin" not in refused.headers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -694,3 +695,11 @@ def test_media_kept_to_configured_addresses_needs_one() -> None:
         assert aioice.ice.get_host_addresses(True, True) == ["127.0.0.1"]
     with ice_host_addresses(IceHosts(("127.0.0.1",))):  # the default: the interfaces' too
         assert "127.0.0.1" in aioice.ice.get_host_addresses(True, True)
+
+
+def test_the_service_binds_to_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Security by default: with no file, no flag and no environment, nothing off the machine can connect.
+    for name in [n for n in os.environ if n.startswith("MONITOR_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(None, demo=False)
+    assert settings.server.host == "127.0.0.1" and settings.server.token is None

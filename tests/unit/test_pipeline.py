@@ -572,3 +572,49 @@ def test_a_source_plugins_array_frames_are_rgb_or_a_clear_error() -> None:
                          (np.zeros((3, 4, 3), np.float32), "not float32")]:
         with pytest.raises(ValueError, match=message):
             frame(bad).rgb()
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+def _pipeline(metrics: Metrics, clock: FakeClock, state: StreamState, fps_in: float) -> Any:
+    """A stream pipeline around a stand-in source whose status is given (never started)."""
+    from types import SimpleNamespace
+
+    from monitor.config import StreamConfig
+    from monitor.pipeline.stream import StreamPipeline
+    from monitor.sources.base import SourceStatus
+
+    a = analyzer(CountingDetector(0.2), FakeFaces(), metrics, clock)
+    source = SimpleNamespace(kind="rtsp", status=SourceStatus(state=state, fps_in=fps_in))
+    return StreamPipeline(StreamConfig(id="s", url="rtsp://cam/x"), source, a, None, metrics, clock, 10.0, 0.5)  # type: ignore[arg-type]
+
+
+def test_fps_in_reads_0_while_the_source_is_not_running() -> None:
+    clock = FakeClock()
+    assert _pipeline(Metrics(), clock, StreamState.RUNNING, 25.0).status().fps_in == 25.0
+    for state in (StreamState.RECONNECTING, StreamState.FAILED, StreamState.ENDED):
+        assert _pipeline(Metrics(), clock, state, 25.0).status().fps_in == 0.0, state  # not the last connection's rate
+
+
+def test_latency_p50_is_the_median_of_recent_verdicts() -> None:
+    metrics, clock = Metrics(), FakeClock()
+    p = _pipeline(metrics, clock, StreamState.RUNNING, 10.0)
+    a = p.analyzer
+    latencies = [0.01 * (k + 1) for k in range(9)]  # 10..90 ms, median 50 ms
+    for i, lat in enumerate(latencies):
+        p._record(a.analyse(frame(i, i / 10, clock.monotonic() - lat)))  # noqa: SLF001
+        clock.advance(0.1)
+    status = p.status()
+    assert status.latency_ms_p50 == pytest.approx(50, abs=1)
+    assert status.latency_ms_last == pytest.approx(90, abs=1)
+
+
+def test_frames_dropped_is_the_sum_of_every_reason() -> None:
+    # operations.md: `frames_dropped` (all reasons), i.e. what frames_dropped_total sums to.
+    metrics, clock = Metrics(), FakeClock()
+    p = _pipeline(metrics, clock, StreamState.RUNNING, 10.0)
+    src = p.source.status
+    src.frames_dropped, src.decode_errors = 1, 2
+    p.frames_stale, p.frames_skipped_for_fresher, p.frames_not_sampled, p.analysis_errors = 3, 4, 5, 6
+    assert p.status().frames_dropped == 1 + 2 + 3 + 4 + 5 + 6

@@ -762,3 +762,59 @@ def test_the_allocation_limit_admits_every_frame_the_settings_admit(monkeypatch:
     monkeypatch.setattr(av_source, "limit_ffmpeg_allocations", got.append)
     av_source.limit_ffmpeg_allocations_for(AnalysisConfig(ffmpeg_max_alloc_mib=mib, max_frame_pixels=pixels))
     assert got == [expected]
+
+
+# --- found by a mutation audit -------------------------------------------------------------
+
+
+class RunsThenFails(ThreadedSource):
+    """Connection 1 delivers two frames then fails; every later open hangs until removed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__("cam", metrics=metrics, clock=FakeClock())
+        self.opens = 0
+
+    def _open(self) -> None:
+        self.opens += 1
+        if self.opens > 1:
+            self._stop.wait()
+            raise SourceError("stopped", retryable=True)
+
+    def _read(self) -> Iterator[Frame]:
+        for _ in range(2):
+            now = time.monotonic()
+            yield Frame(self.stream_id, self.next_seq(), now, now, 4, 4, np.zeros((4, 4, 3), np.uint8))
+        raise SourceError("read failed", retryable=True)
+
+    def _sleep(self, seconds: float) -> bool:
+        return not self._stop.is_set()
+
+
+async def test_stream_up_drops_to_0_when_a_running_source_reconnects() -> None:
+    metrics = Metrics()
+    source = RunsThenFails(metrics)
+    seen: list[tuple[StreamState, float | None]] = []
+    source.on_state(
+        lambda state, detail: seen.append((state, metrics.registry.get_sample_value("deepfake_monitor_stream_up", {"stream": "cam"})))
+    )
+    await source.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(state == StreamState.RECONNECTING for state, _ in seen):
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.02)
+    finally:
+        await source.aclose()
+    assert (StreamState.RUNNING, 1.0) in seen
+    assert (StreamState.RECONNECTING, 0.0) in seen, seen  # "1 while the stream delivers frames, else 0"
+
+
+async def test_backoff_resets_only_after_10_seconds_of_frames() -> None:
+    # Four failing one-frame connections grow the backoff; then a connection with 9 s of frames
+    # (not healthy yet) must not reset it, and one with 10.5 s of frames must.
+    short = Scripted(["read failed"] * 6, [1, 1, 1, 1, 4, 1], FakeClock(), gap_s=3.0)  # 9 s of frames
+    await run_script(short)
+    assert short.delays[4] >= 1.0, short.delays  # nominal 4 s: not reset
+    long = Scripted(["read failed"] * 6, [1, 1, 1, 1, 4, 1], FakeClock(), gap_s=3.5)  # 10.5 s of frames
+    await run_script(long)
+    assert long.delays[4] <= 0.25, long.delays  # reset: from the shortest delay again
