@@ -332,6 +332,7 @@ async def test_an_unexpected_error_reconnects_the_camera_instead_of_ending_it() 
         count = source.metrics.registry.get_sample_value
         assert count("deepfake_monitor_source_errors_total", {"stream": "cam", "kind": "RuntimeError"}) == 1
         assert count("deepfake_monitor_frames_received_total", {"stream": "cam"}) >= 1
+        assert count("deepfake_monitor_source_reconnects_total", {"stream": "cam"}) == 1
     finally:
         await source.aclose()
 
