@@ -768,32 +768,10 @@ def test_the_allocation_limit_admits_every_frame_the_settings_admit(monkeypatch:
 # --- found by a mutation audit -------------------------------------------------------------
 
 
-class RunsThenFails(ThreadedSource):
-    """Connection 1 delivers two frames then fails; every later open hangs until removed."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__("cam", metrics=metrics, clock=FakeClock())
-        self.opens = 0
-
-    def _open(self) -> None:
-        self.opens += 1
-        if self.opens > 1:
-            self._stop.wait()
-            raise SourceError("stopped", retryable=True)
-
-    def _read(self) -> Iterator[Frame]:
-        for _ in range(2):
-            now = time.monotonic()
-            yield Frame(self.stream_id, self.next_seq(), now, now, 4, 4, np.zeros((4, 4, 3), np.uint8))
-        raise SourceError("read failed", retryable=True)
-
-    def _sleep(self, seconds: float) -> bool:
-        return not self._stop.is_set()
-
-
 async def test_stream_up_drops_to_0_when_a_running_source_reconnects() -> None:
-    metrics = Metrics()
-    source = RunsThenFails(metrics)
+    # Two frames, then the read fails; the next connection hangs until the source is removed.
+    source = Scripted(["read failed"], [2], FakeClock())
+    metrics = source.metrics
     seen: list[tuple[StreamState, float | None]] = []
     source.on_state(
         lambda state, detail: seen.append((state, metrics.registry.get_sample_value("deepfake_monitor_stream_up", {"stream": "cam"})))
