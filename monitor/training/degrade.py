@@ -45,6 +45,12 @@ def _noise_sigma(text: str) -> float | None:
     return sigma if 0 < sigma <= 128 else None
 
 
+def _whole(text: str) -> int:
+    """``text`` as a whole number written in ASCII digits, or -1. (``str.isdigit`` also accepts
+    digits such as "²", which ``int`` cannot read.)"""
+    return int(text) if text.isascii() and text.isdigit() else -1
+
+
 _USAGE = "use e.g. 300k, 360p, noise (sigma 8) or noise5, joined with +, or all"
 
 
@@ -62,10 +68,10 @@ def parse_degradation(spec: str) -> Degradation:
     noise = 0.0
     seen: dict[str, str] = {}
     for part in (p.strip() for p in spec.split("+")):
-        if part.endswith("k") and part[:-1].isdigit() and int(part[:-1]) > 0:
+        if part.endswith("k") and _whole(part[:-1]) > 0:
             kind = "bitrate"
             bitrate = int(part[:-1]) * 1000
-        elif part.endswith("p") and part[:-1].isdigit() and int(part[:-1]) >= 16:
+        elif part.endswith("p") and _whole(part[:-1]) >= 16:
             kind = "size"
             short_side = int(part[:-1])
         elif part.startswith("noise") and _noise_sigma(part[5:]) is not None:

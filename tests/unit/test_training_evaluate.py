@@ -120,7 +120,7 @@ def test_parse_degradation(spec: str, expected: Degradation) -> None:
     assert parse_degradation(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["300k+noise8x", "noise-5", "0k", "8p", "noise0", "5x"])
+@pytest.mark.parametrize("spec", ["300k+noise8x", "noise-5", "0k", "8p", "noise0", "5x", "²k", "³⁶⁰p", "noisenan"])
 def test_parse_degradation_rejects_bad_values_as_input_errors(spec: str) -> None:
     from monitor.errors import InputError
 
