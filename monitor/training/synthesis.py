@@ -39,7 +39,7 @@ class BlendParams:
     hull_scale: tuple[float, float]  # mask stretch in x, y about its centroid
     warp_seed: int  # seed of the smooth random mask deformation
     warp_amp: float  # deformation amplitude, fraction of face size
-    morph: int  # >0 dilate, <0 erode (pixels at 256 px face region scale)
+    morph: int  # >0 dilate, <0 erode (pixels per 128 px of face size)
     blur1: float  # sigma of the first mask blur, fraction of face size
     blur2: float
     ratio: float  # blend ratio at the mask centre
@@ -231,6 +231,10 @@ def self_blend_clip(
         mask_lm = landmarks[max(0, i - lag)]
         if freeze_at >= 0 and freeze_at <= i < freeze_at + freeze_len and out:
             # Frozen swap: the previous pasted face stays while the head moves on underneath.
+            # The earlier frame's blend is pasted again through the current mask, so across the
+            # mask's soft edge some of the earlier frame's background shows too
+            # (m^2 source + m(1-m) earlier frame + (1-m) current frame), as the weights were
+            # trained.
             src_img = frames[max(0, freeze_at - 1)]
             fake, _ = self_blend(src_img, landmarks[max(0, freeze_at - 1)], p, mask_landmarks=mask_lm)
             m = blend_mask(img.shape[:2], mask_lm, p)[..., None]
