@@ -95,7 +95,8 @@ def _bandpass(x: np.ndarray, fps: float, lo: float = 0.7, hi: float = 3.0) -> np
 
 
 def physio_stats(times: np.ndarray, colours: np.ndarray, geometry: np.ndarray) -> PhysioStats:
-    """Pulse coherence, blinks and colour flicker over a window (T >= 16 frames, else neutral).
+    """Pulse coherence, blinks and colour flicker over a window (at least 16 frames spanning at
+    least 1.5 s, else neutral).
 
     Frames are resampled onto a uniform grid first: analysed frames are dropped under load.
     """

@@ -36,9 +36,10 @@ DUPLICATE_IOU = 0.5
 
 # Confidence proxy: the legacy face-mesh API exposes no per-face score, and running
 # face_detection as well would cost ~2 ms (40% of the mesh budget). Every face the mesh returns
-# already passed min_detection_confidence / min_tracking_confidence = 0.5, so confidence starts
-# at 0.5 and rises to 1 as the track persists for PERSIST_FRAMES analysed frames; each analysed
-# frame in which the track is missing halves its persistence.
+# already passed min_detection_confidence / min_tracking_confidence = 0.5, so confidence is
+# 0.5 plus a share of the rest for each analysed frame the track has persisted: 0.6 on a new
+# track's first frame, 1 after PERSIST_FRAMES; each analysed frame in which the track is missing
+# halves its persistence.
 CONFIDENCE_FLOOR = 0.5
 PERSIST_FRAMES = 5
 
