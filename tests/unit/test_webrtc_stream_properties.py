@@ -431,44 +431,6 @@ def test_whep_stream_time_goes_on_across_a_reconnect(whep: Callable[..., WhepSou
     assert pts == sorted(pts) and len(set(pts)) == 4, pts  # never back in time
 
 
-def _post_offer_against(monkeypatch: pytest.MonkeyPatch, handler: Callable[[httpx.Request], httpx.Response]) -> WhepSource:
-    real_client = httpx.AsyncClient
-    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
-    return WhepSource("cam", ENDPOINT, metrics=Metrics(), config=WhepSource.Config(token="t" * 32))
-
-
-async def test_a_whep_redirect_to_another_origin_is_refused_and_never_contacted(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
-        if request.url.host == "media.example":
-            return httpx.Response(307, headers={"Location": "https://evil.example/whep/cam"})
-        return httpx.Response(201, stream=httpx.ByteStream(b"v=0\r\n"), headers={"Location": "/s1"})
-
-    src = _post_offer_against(monkeypatch, handler)
-    with pytest.raises(SourceError, match="redirect_origins") as info:
-        async with src._post_offer("v=0\r\n"):
-            pass
-    assert info.value.retryable and seen == [ENDPOINT]
-
-
-@pytest.mark.parametrize("status", [301, 302, 303])
-async def test_only_307_and_308_redirects_are_followed(monkeypatch: pytest.MonkeyPatch, status: int) -> None:
-    seen: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
-        if request.url.path == "/whep/cam":
-            return httpx.Response(status, headers={"Location": "/whep/cam-2"})
-        return httpx.Response(201, stream=httpx.ByteStream(b"v=0\r\n"), headers={"Location": "/whep/cam-2/s1"})
-
-    src = _post_offer_against(monkeypatch, handler)
-    async with src._post_offer("v=0\r\n") as (url, response):
-        assert response.status_code == status and url == ENDPOINT  # a failure for _negotiate, not followed
-    assert seen == [ENDPOINT]
-
-
 # --- the stream pipeline ------------------------------------------------------------------
 
 

@@ -169,3 +169,35 @@ async def test_a_whep_308_is_followed_like_a_307(monkeypatch: pytest.MonkeyPatch
     async with src._post_offer("v=0\r\n") as (url, response):
         assert response.status_code == 201 and url == "https://media.example/whep/cam-2"
     assert seen == [ENDPOINT, "https://media.example/whep/cam-2"]
+
+
+async def test_a_whep_redirect_to_another_origin_is_refused_and_never_contacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.host == "media.example":
+            return httpx.Response(307, headers={"Location": "https://evil.example/whep/cam"})
+        return httpx.Response(201, stream=httpx.ByteStream(b"v=0\r\n"), headers={"Location": "/s1"})
+
+    src = _whep_with(monkeypatch, handler)
+    with pytest.raises(SourceError, match="redirect_origins") as info:
+        async with src._post_offer("v=0\r\n"):
+            pass
+    assert info.value.retryable and seen == [ENDPOINT]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+async def test_only_307_and_308_redirects_are_followed(monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.path == "/whep/cam":
+            return httpx.Response(status, headers={"Location": "/whep/cam-2"})
+        return httpx.Response(201, stream=httpx.ByteStream(b"v=0\r\n"), headers={"Location": "/whep/cam-2/s1"})
+
+    src = _whep_with(monkeypatch, handler)
+    async with src._post_offer("v=0\r\n") as (url, response):
+        assert response.status_code == status and url == ENDPOINT  # a failure for _negotiate, not followed
+    assert seen == [ENDPOINT]
