@@ -289,7 +289,7 @@ def test_always_over_budget_still_feeds_every_window(metrics: Metrics) -> None:
         (FaceQuality(120, 100, 0.5, 0, 1), ("low_quality", "out_of_frame")),
         (FaceQuality(120, 100, 0, 0.9, 1), ("low_quality", "occluded")),
         # The documented gates: more than 15% of the landmarks outside the image, or more than
-        # 0.6 occlusion (a head turned more than 44 degrees or tilted more than 38, see
+        # 0.6 occlusion (a head turned more than 44 degrees sideways or 38 up or down, see
         # monitor/faces/quality.py).
         (FaceQuality(120, 100, 0.15, 0.6, 1), ()),
         (FaceQuality(120, 100, 0.16, 0.6, 1), ("low_quality", "out_of_frame")),
