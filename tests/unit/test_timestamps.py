@@ -79,7 +79,7 @@ async def test_file_source_plays_an_offset_file_at_once_and_loops_without_a_paus
     source = FakeTimeFile("f", str(clip), metrics=Metrics(), clock=clock, loop=True, stop_after=16)
     await source.start()
     try:
-        first = await asyncio.wait_for(source.recv(), 20)
+        await asyncio.wait_for(source.recv(), 20)  # the reader may get a later frame: the slot keeps the newest
         deadline = time.monotonic() + 20  # a hang guard only
         while len(source.delivered) < 16:
             assert time.monotonic() < deadline, "the file did not loop"
@@ -87,6 +87,7 @@ async def test_file_source_plays_an_offset_file_at_once_and_loops_without_a_paus
     finally:
         await source.aclose()
     assert len(source.delivered) == 16
+    first = source.delivered[0]
     assert first.pts_s == pytest.approx(0.0) and first.received_at == started  # was 1000 s: the file's start time
     # The second pass follows the first by one frame interval (0.1 s), not by the file's start,
     # and the source waits one frame interval per frame, at the loop too: no pause.
