@@ -150,7 +150,7 @@ class WhipSessions:
                 raise Refused(409, f"stream {name!r} already exists", "conflict")
         # Every track costs a pipeline (a MediaPipe graph, a detector): refuse before building
         # any rather than build some and tear them down when the manager is full.
-        free = self.manager.max_streams - len(self.manager.list()) - self._pending_tracks
+        free = self.manager.max_streams - self.manager.slots_taken() - self._pending_tracks
         if len(mids) > free:
             raise Refused(
                 503,

@@ -84,8 +84,7 @@ class StreamManager:
                     raise ShuttingDown("the service is shutting down: no new streams")
                 if stream.id in self._streams or stream.id in self._closing:
                     raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
-                self._left_behind = [s for s in self._left_behind if s.left_behind()]
-                if len(self._streams) + len(self._left_behind) >= self.max_streams:
+                if self.slots_taken() >= self.max_streams:
                     stuck = f" ({len(self._left_behind)} of them removed, their decoder threads still stuck)" if self._left_behind else ""
                     raise ConfigError(f"at most {self.max_streams} streams{stuck}")
                 a = self.settings.analysis
@@ -203,6 +202,12 @@ class StreamManager:
 
     def list(self) -> list[StreamPipeline]:
         return list(self._streams.values())
+
+    def slots_taken(self) -> int:
+        """Streams counted against ``max_streams``: the running ones and the removed ones whose
+        decoder thread is still stuck."""
+        self._left_behind = [s for s in self._left_behind if s.left_behind()]
+        return len(self._streams) + len(self._left_behind)
 
     async def aclose(self) -> None:
         async with self._lock:

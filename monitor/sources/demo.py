@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.clock import Clock
-from monitor.config import Settings, StreamConfig, too_slow_to_track
+from monitor.config import Settings, StreamConfig, redact_url, too_slow_to_track
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.plugins import plugin_config
@@ -51,7 +51,7 @@ class DemoSource(ThreadedSource):
     @classmethod
     def validate_url(cls, url: str) -> None:
         if url != "demo://astronaut":
-            raise ConfigError(f"unknown demo stream {url!r}; the built-in one is demo://astronaut")
+            raise ConfigError(f"unknown demo stream {redact_url(url)!r}; the built-in one is demo://astronaut")
 
     def _open(self) -> None:
         # Import here so the module stays cheap for users who never run the demo.

@@ -216,10 +216,14 @@ async def test_streams_whose_decoder_thread_was_left_behind_count_against_the_li
             await asyncio.sleep(0.02)
     assert stuck.left_behind()
     await m.add(StreamConfig(id="one", url="x://y"), source=Ticking("one", metrics))
+    # What a WHIP offer's capacity check reads too, so an offer is refused before any track is
+    # built (it counted only the listed streams).
+    assert len(m.list()) == 1 and m.slots_taken() == 2
     with pytest.raises(ConfigError, match=r"at most 2 streams \(1 of them removed, their decoder threads still stuck\)"):
         await m.add(StreamConfig(id="two", url="x://y"), source=Ticking("two", metrics))
     assert stuck._thread is not None
     await asyncio.to_thread(stuck._thread.join, 10)  # it wakes and ends: its place is free again
+    assert m.slots_taken() == 1
     await m.add(StreamConfig(id="two", url="x://y"), source=Ticking("two", metrics))
     await m.aclose()
 
