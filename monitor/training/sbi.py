@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.errors import InputError
 from monitor.training import synthesis as syn
 
@@ -77,17 +78,23 @@ def _decode(data: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
 def build_pack(
     sources: Sequence[str], holdout: Sequence[str], out: Path, cache_dir: Path, seed: int = 0, folds: int = 2,
     quality: int = 90, eval_quality: int = 95, frame_step: int = 1, max_clip_s: float = 60.0, workers: int = 1,
-    validation: Sequence[str] = (),
+    validation: Sequence[str] = (), input_size: int = APPEARANCE_INPUT,
 ) -> dict[str, object]:
     """Extract (or load cached) faces and write the training pack; returns its summary.
+
+    Evaluation images are stored at ``input_size`` px (the net's input; at most the stored
+    crop's side, so that nothing is upscaled before `fit`).
 
     ``validation`` groups are, like ``holdout``, never trained on, and every clip of theirs is
     evaluated, marked ``validation`` rather than ``heldout``: ``fit`` selects its checkpoint on
     them, so that early stopping never looks at the held-out set."""
     from monitor.config import AnalysisConfig
     from monitor.training.datasets import read_source, refuse_duplicate_clips
+    from monitor.training.extract import STORE_SIZE
     from monitor.training.train import TrainConfig, apply_holdout, load_clips, split_folds
 
+    if not 32 <= input_size <= STORE_SIZE:
+        raise InputError(f"--input-size must be within 32..{STORE_SIZE} (the stored crop's side), got {input_size}")
     cfg = TrainConfig(sources=tuple(sources), holdout_groups=tuple(holdout), cache_dir=cache_dir, seed=seed, folds=folds, max_clip_s=max_clip_s)
     records = [r for s in sources for r in read_source(s)]
     refuse_duplicate_clips(records)
@@ -152,7 +159,7 @@ def build_pack(
         anchors = np.unique(np.linspace(0, len(c.idx) - 2, EVAL_FRAMES // 2).round().astype(int))
         pick = c.idx[np.stack([anchors, anchors + 1], axis=1).reshape(-1)]
         for i in pick:
-            ev_img.append(syn.to_input(c.faces.crops[i], rng, False))
+            ev_img.append(syn.to_input(c.faces.crops[i], rng, False, input_size))
             ev_clip.append(k)
         meta_clips.append({
             "rel": c.record.rel or str(c.record.path), "label": c.record.label, "group": c.record.group,
@@ -166,7 +173,7 @@ def build_pack(
                 imgs = [c.faces.crops[a], c.faces.crops[b]]
                 lms2 = [c.faces.crop_landmarks[a, :, :2], c.faces.crop_landmarks[b, :, :2]]
                 fakes, _ = blend_pair(imgs, lms2, rng)
-                sbi_img += [syn.to_input(x, rng, False) for x in (*imgs, *fakes)]
+                sbi_img += [syn.to_input(x, rng, False, input_size) for x in (*imgs, *fakes)]
                 sbi_y += [0, 0, 1, 1]
     ev_jpeg, ev_offsets = _encode(ev_img, eval_quality)
     sbi_jpeg, sbi_offsets = _encode(sbi_img, eval_quality)
@@ -174,6 +181,7 @@ def build_pack(
         "version": PACK_VERSION, "sources": list(sources), "holdout": list(holdout), "validation": list(validation), "seed": seed, "folds": n_folds,
         "fold_of_group": fold_of, "quality": quality, "frame_step": frame_step, "max_clip_s": max_clip_s,
         "train_frames": len(crops), "train_clips": len(reals), "fake_frames": len(fk_crops), "eval_clips": meta_clips,
+        "input_size": input_size,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -202,16 +210,21 @@ class Pack:
             if k != "meta":
                 setattr(self, k, d[k])
 
-    def eval_images(self) -> np.ndarray:
-        return _decode_all(self.eval_jpeg, self.eval_offsets)
+    @property
+    def input_size(self) -> int:
+        """The side of the stored evaluation images (packs before the option: 112)."""
+        return int(self.meta.get("input_size", APPEARANCE_INPUT))
 
-    def sbi_images(self) -> np.ndarray:
-        return _decode_all(self.sbi_jpeg, self.sbi_offsets)
+    def eval_images(self, size: int | None = None) -> np.ndarray:
+        return _decode_all(self.eval_jpeg, self.eval_offsets, size or self.input_size)
+
+    def sbi_images(self, size: int | None = None) -> np.ndarray:
+        return _decode_all(self.sbi_jpeg, self.sbi_offsets, size or self.input_size)
 
 
-def _decode_all(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    images = [_decode(data, offsets, i) for i in range(len(offsets) - 1)]
-    return np.stack(images) if images else np.zeros((0, 112, 112, 3), np.uint8)
+def _decode_all(data: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
+    images = [syn.resize_square(_decode(data, offsets, i), size) for i in range(len(offsets) - 1)]
+    return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
 
 
 # --- batches --------------------------------------------------------------------------------
@@ -245,7 +258,7 @@ def _landmarks(pack: Pack, i: int) -> np.ndarray:
 
 def make_batch(
     pack: Pack, rows: np.ndarray, pairs: int, rng: np.random.Generator, frames: int = 1,
-    fake_rows: np.ndarray | None = None, fake_share: float = 0.0, call_codecs: bool = False,
+    fake_rows: np.ndarray | None = None, fake_share: float = 0.0, call_codecs: bool = False, input_size: int = APPEARANCE_INPUT,
 ) -> tuple[np.ndarray, ...]:
     """``pairs`` genuine faces drawn from ``rows``, each followed by its self-blend; one channel
     degradation and one flip per pair, as `monitor train`'s sampler does. With ``frames`` 2
@@ -254,7 +267,8 @@ def make_batch(
     With ``fake_share`` > 0 (one frame per sample only), that share of the pairs is instead a
     real fake from ``fake_rows`` and its frame-aligned original (a random genuine face when it
     has none); a real fake has no boundary target. ``call_codecs`` adds H.264/VP8 re-encoding
-    to the channel, as `monitor train --call-codecs` does."""
+    to the channel, as `monitor train --call-codecs` does. Faces reach the net at
+    ``input_size`` px."""
     xs, ys, bounds, has = [], [], [], []
     zero = np.zeros((28, 28), np.float32)
     use_fakes = fake_share > 0 and fake_rows is not None and len(fake_rows) > 0
@@ -282,7 +296,7 @@ def make_batch(
         flip = rng.random() < 0.5
         shift_seed = int(rng.integers(1 << 31))  # the same crop jitter for every frame of a sample
         for group, y, b, hb in ((imgs, 0.0, zero, 1.0), (fakes, 1.0, bound, has_bound)):
-            x = np.concatenate([syn.apply_channel(syn.to_input(g, np.random.default_rng(shift_seed), True), channel, rng) for g in group], axis=2)
+            x = np.concatenate([syn.apply_channel(syn.to_input(g, np.random.default_rng(shift_seed), True, input_size), channel, rng) for g in group], axis=2)
             if flip:
                 x, b = x[:, ::-1], b[:, ::-1]
             xs.append(x)
@@ -292,7 +306,9 @@ def make_batch(
     return (np.ascontiguousarray(np.stack(xs)), np.array(ys, np.float32), np.ascontiguousarray(np.stack(bounds)), np.array(has, np.float32))
 
 
-def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fake_share: float = 0.0, call_codecs: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
+def _batches(
+    pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fake_share: float = 0.0, call_codecs: bool = False, input_size: int = APPEARANCE_INPUT,
+) -> Iterator[tuple[np.ndarray, ...]]:
     """Endless batches of the genuine faces outside ``fold`` (every face when ``fold`` < 0)."""
     import torch
 
@@ -317,10 +333,10 @@ def _batches(pack_path: Path, fold: int, pairs: int, seed: int, frames: int, fak
             raise InputError(f"{pack_path}: a training fake's original lies in fold {fold}. Rebuild the pack; if that does not help, a manifest `group` column puts a fake and its original in different groups")
     rng = np.random.default_rng([seed, fold + 1, worker])
     while True:
-        yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share, call_codecs)
+        yield make_batch(pack, rows, pairs, rng, frames, fake_rows, fake_share, call_codecs, input_size)
 
 
-def _prefetch(workers: int, pairs: int) -> int:
+def _prefetch(workers: int, pairs: int, input_size: int = APPEARANCE_INPUT) -> int:
     """Batches each worker may hold ahead, so that all of them fit in half of /dev/shm (where
     DataLoader passes them; containers often give it only 64 MB)."""
     import shutil
@@ -329,16 +345,19 @@ def _prefetch(workers: int, pairs: int) -> int:
         free = shutil.disk_usage("/dev/shm").free
     except OSError:
         return 2
-    batch = 2 * pairs * (6 * 112 * 112 + 4 * 28 * 28 + 8)
+    batch = 2 * pairs * (6 * input_size * input_size + 4 * 28 * 28 + 8)
     return int(max(1, min(4, free // 2 // max(1, workers * batch))))
 
 
-def _loader(pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1, fake_share: float = 0.0, call_codecs: bool = False):  # type: ignore[no-untyped-def]
+def _loader(  # type: ignore[no-untyped-def]
+    pack_path: Path, fold: int, pairs: int, seed: int, workers: int, prefetch: int = 2, frames: int = 1, fake_share: float = 0.0, call_codecs: bool = False,
+    input_size: int = APPEARANCE_INPUT,
+):
     import torch
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):  # type: ignore[no-untyped-def]
-            return _batches(pack_path, fold, pairs, seed, frames, fake_share, call_codecs)
+            return _batches(pack_path, fold, pairs, seed, frames, fake_share, call_codecs, input_size)
 
     if workers == 0:
         return iter(Stream())
@@ -419,7 +438,7 @@ def fit(
     pack_path: Path, out_dir: Path, device: str = "cpu", steps: int = 400, widths: Sequence[int] = (24,), pairs: int = 32,
     workers: int = 1, seed: int = 0, lr: float = 3e-3, time_limit_s: float = 0.0, eval_every: int = 500, frames: int = 1,
     arch: str = "cnn", single: bool = False, trunk_lr_scale: float = 0.1, fake_share: float = 0.0, call_codecs: bool = False,
-    trunk_model: Path | None = None,
+    trunk_model: Path | None = None, input_size: int | None = None,
 ) -> dict[str, object]:
     """Train one AppearanceNet per (width, fold) on self-blends of the fold's complement.
 
@@ -433,7 +452,9 @@ def fit(
     ``fake_share`` > 0 replaces that share of the self-blend pairs with the training split's
     real fakes and their originals (supervised, as `monitor train` does; the held-out
     identities and generators stay unseen). ``call_codecs`` re-encodes training crops with
-    calls' video codecs too (`synthesis.draw_channel`).
+    calls' video codecs too (`synthesis.draw_channel`). ``input_size`` (default: the pack's,
+    112 for the service's crop) feeds a pretrained trunk larger or smaller faces, resized from
+    the stored 160 px crop (larger than 160 is upscaled: a bigger scale, no more detail).
 
     The learning rate follows one cosine cycle over ``steps``; with ``time_limit_s`` the cycle
     runs over whichever of the two ends first, so a time-boxed run still anneals, and the
@@ -456,6 +477,11 @@ def fit(
         raise InputError(f"fake_share must be within [0, 1], not {fake_share}")
     if fake_share > 0 and frames != 1:
         raise InputError("real fakes are sampled one frame at a time (frames 1)")
+    size = int(input_size or pack.input_size)
+    if size != APPEARANCE_INPUT and arch != "movenet":
+        raise InputError(f"--input-size {size}: only --arch movenet reads faces at another size than {APPEARANCE_INPUT} px")
+    if not 32 <= size <= 512:
+        raise InputError(f"--input-size must be within 32..512, got {size}")
     if fake_share > 0 and len(getattr(pack, "fake_offsets", ())) < 2:
         raise InputError(f"{pack_path}: --fake-share needs the training split's fakes, and this pack has none (all held out or for validation?)")
     if arch != "cnn":
@@ -463,9 +489,9 @@ def fit(
     folds = int(pack.meta["folds"])
     fold_ids = [-1] if single else list(range(folds))
     per_fold = max(1, workers // len(fold_ids)) if workers else 0
-    prefetch = _prefetch(per_fold * len(fold_ids), pairs)
+    prefetch = _prefetch(per_fold * len(fold_ids), pairs, size)
     logger.info("%d data workers per fold, prefetch %d", per_fold, prefetch)
-    loaders = {f: _loader(pack_path, f, pairs, seed, per_fold, prefetch, frames, fake_share, call_codecs) for f in fold_ids}  # workers fork before CUDA starts
+    loaders = {f: _loader(pack_path, f, pairs, seed, per_fold, prefetch, frames, fake_share, call_codecs, size) for f in fold_ids}  # workers fork before CUDA starts
     dev = torch.device(device)
 
     def make(w: int) -> torch.nn.Module:
@@ -495,7 +521,8 @@ def fit(
         x = images.reshape(n // frames, frames, h, w_, c).transpose(0, 2, 3, 1, 4).reshape(n // frames, h, w_, frames * c)
         return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
 
-    eval_x, sbi_x = stacked(pack.eval_images()), stacked(pack.sbi_images())
+    eval_x, sbi_x = stacked(pack.eval_images(size)), stacked(pack.sbi_images(size))
+    chunk = max(16, 512 * APPEARANCE_INPUT**2 // size**2)  # images per evaluation call: the memory of 512 at 112 px
     history: list[dict[str, object]] = []
     best: dict[str, object] = {}  # the evaluation with the highest validation AUC so far (first width)
     (out_dir / "best.pt").unlink(missing_ok=True)  # an earlier run's, in the same folder
@@ -505,7 +532,7 @@ def fit(
             return np.zeros(0, np.float32)
         net.eval()
         with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
-            out = torch.cat([net(x[i : i + 512].to(dev).contiguous(memory_format=torch.channels_last))[0].float() for i in range(0, len(x), 512)])
+            out = torch.cat([net(x[i : i + chunk].to(dev).contiguous(memory_format=torch.channels_last))[0].float() for i in range(0, len(x), chunk)])
         net.train()
         return out.cpu().numpy()
 
@@ -531,7 +558,7 @@ def fit(
     def save(step: int) -> None:
         torch.save(
             {"meta": {"arch": arch, "single": single, "widths": list(widths), "folds": folds, "fold_of_group": pack.meta["fold_of_group"], "steps": step,
-                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "trunk_model": str(trunk_model) if trunk_model else None, "seed": seed, "lr": lr, "pack": {k: pack.meta.get(k) for k in ("sources", "holdout", "validation", "seed", "train_frames")}},
+                      "planned_steps": steps, "pairs": pairs, "frames": frames, "fake_share": fake_share, "call_codecs": call_codecs, "trunk_lr_scale": trunk_lr_scale, "trunk_model": str(trunk_model) if trunk_model else None, "input_size": size, "seed": seed, "lr": lr, "pack": {k: pack.meta.get(k) for k in ("sources", "holdout", "validation", "seed", "train_frames")}},
              "state": {f"w{w}-fold{f}": {k: v.detach().cpu() for k, v in nets[(w, f)].state_dict().items()} for w, f in nets}},
             out_dir / "models.pt",
         )
@@ -628,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--frame-step", type=int, default=1)
     p.add_argument("--max-clip-s", type=float, default=60.0, help="seconds read from each clip, as monitor train's option (a full FF++ split needs it: docs/detector.md)")
     p.add_argument("--workers", type=int, default=0, help="processes extracting faces not yet cached (default: usable CPUs, at most 8)")
+    p.add_argument("--input-size", type=int, default=APPEARANCE_INPUT, help=f"side of the stored evaluation faces, at most the stored crop's 160 px (default {APPEARANCE_INPUT}, the service's)")
     f = sub.add_parser("fit", help="train the fold models on a pack")
     f.add_argument("--pack", type=Path, required=True)
     f.add_argument("--out", type=Path, required=True)
@@ -647,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning rate of pretrained layers relative to --lr")
     f.add_argument("--fake-share", type=float, default=0.0, help="share of pairs that are the training split's real fakes and their originals")
     f.add_argument("--call-codecs", action="store_true", help="also re-encode training crops with H.264/VP8 as calls do (as monitor train --call-codecs)")
+    f.add_argument("--input-size", type=int, help="side of the faces the net reads (default: the pack's); other than 112 only with --arch movenet, an experiment: the service reads 112 px")
     args = ap.parse_args(argv)
     _check_numbers(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -658,9 +687,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             ap.error(f"--holdout-preset must be one of {', '.join(sorted(HOLDOUT_PRESETS))}")
         holdout = list(dict.fromkeys([*HOLDOUT_PRESETS[args.holdout_preset], *args.holdout]))
         validation = list(dict.fromkeys([*VALIDATION_PRESETS[args.validation_preset], *args.validation]))
-        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, max_clip_s=args.max_clip_s, workers=args.workers or default_workers(), validation=validation), indent=2))
+        print(json.dumps(build_pack(args.source, holdout, args.out, args.cache_dir, args.seed, quality=args.quality, frame_step=args.frame_step, max_clip_s=args.max_clip_s, workers=args.workers or default_workers(), validation=validation, input_size=args.input_size), indent=2))
     else:
-        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs, args.trunk_model), indent=2))
+        print(json.dumps(fit(args.pack, args.out, args.device, args.steps, tuple(args.width or (24,)), args.pairs, args.workers, args.seed, args.lr, args.time_limit, args.eval_every, args.frames, args.arch, args.single, args.trunk_lr_scale, args.fake_share, args.call_codecs, args.trunk_model, args.input_size), indent=2))
 
 
 if __name__ == "__main__":

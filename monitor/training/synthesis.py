@@ -302,13 +302,22 @@ def animate_still(frames: list[np.ndarray], landmarks: list[np.ndarray], rng: np
 # --- net inputs ----------------------------------------------------------------------------
 
 
-def to_input(crop160: np.ndarray, rng: np.random.Generator, jitter: bool) -> np.ndarray:
-    """Stored crop (160 px) -> 112 px net input, with a small random shift when training."""
+def to_input(crop160: np.ndarray, rng: np.random.Generator, jitter: bool, size: int = APPEARANCE_INPUT) -> np.ndarray:
+    """Stored crop (160 px) -> net input (112 px; ``size`` for `monitor sbi`'s input-size
+    experiments), with a small random shift when training."""
     if jitter:
         dx, dy = rng.integers(-4, 5, 2)
         m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         crop160 = cv2.warpAffine(crop160, m, (crop160.shape[1], crop160.shape[0]), borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(crop160, (APPEARANCE_INPUT, APPEARANCE_INPUT), interpolation=cv2.INTER_AREA)
+    return resize_square(crop160, size)
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` at ``size`` x ``size``: area averaging down, bilinear up, untouched when equal."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    inter = cv2.INTER_AREA if size < img.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=inter)
 
 
 @dataclass(frozen=True)

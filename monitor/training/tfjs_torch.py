@@ -322,7 +322,8 @@ class TFJSAppearanceNet(nn.Module):
     Reads the same 112 px crop as ``nets.AppearanceNet`` ([0, 255] RGB, NCHW), scales it to
     [-1, 1] (MobileNetV2's input), and returns the same pair: a fake logit from the mean- and
     max-pooled ``stages`` (a shallow one at 28x28 and a deep one) and a 28x28 blend-boundary map
-    read from the shallow stage. Only the trunk up to the deep stage runs.
+    read from the shallow stage. Only the trunk up to the deep stage runs. Other input sizes
+    work too (the trunk is convolutional); the boundary map is then pooled to 28x28.
     """
 
     def __init__(self, model_json: Path, in_ch: int = 3, feed: str = MOVENET_FEED, stages: tuple[str, str] = MOVENET_STAGES) -> None:
@@ -340,4 +341,7 @@ class TFJSAppearanceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.trunk(x / 127.5 - 1.0, self.stages, self.feed)
-        return two_stage_heads(self.head, self.boundary, out[self.stages[0]], out[self.stages[1]])
+        logit, boundary = two_stage_heads(self.head, self.boundary, out[self.stages[0]], out[self.stages[1]])
+        if boundary.shape[-2:] != (28, 28):  # another input size than 112 (`monitor sbi fit --input-size`)
+            boundary = nn.functional.adaptive_avg_pool2d(boundary.unsqueeze(1), 28).squeeze(1)
+        return logit, boundary

@@ -140,3 +140,17 @@ def test_appearance_net_reads_two_stages_and_fine_tunes_the_trunk(tmp_path: Path
         TFJSAppearanceNet(tmp_path / "model.json", stages=("c1", MOVENET_STAGES[1]))
     with pytest.raises(ValueError, match="one RGB frame"):
         TFJSAppearanceNet(tmp_path / "model.json", in_ch=6)
+
+
+@pytest.mark.parametrize("size", [160, 224])
+def test_appearance_net_pools_its_boundary_map_to_28_at_other_sizes(tmp_path: Path, size: int) -> None:
+    write_model(tmp_path, np.random.default_rng(3))
+    torch.manual_seed(0)
+    model = TFJSAppearanceNet(tmp_path / "model.json")
+    x = torch.rand(2, 3, size, size) * 255
+    logit, boundary = model(x)
+    assert logit.shape == (2,) and boundary.shape == (2, 28, 28)
+    # The map is the mean of the full-size one over each cell (a 224 input gives 56x56 -> 2x2 cells).
+    full = model.boundary(model.trunk(x / 127.5 - 1.0, model.stages, model.feed)[model.stages[0]]).squeeze(1)
+    if size == 224:
+        assert torch.allclose(boundary, full.reshape(2, 28, 2, 28, 2).mean(dim=(2, 4)), atol=1e-5)

@@ -346,3 +346,44 @@ def test_fit_fine_tunes_a_tfjs_trunk_and_needs_its_model_file(tmp_path: Path) ->
     for missing in (None, tmp_path / "nope.json"):
         with pytest.raises(ValueError, match="needs --trunk-model"):
             sbi.fit(tmp_path / "p.npz", tmp_path / "bad", steps=1, pairs=2, workers=0, arch="movenet", trunk_model=missing)
+
+
+def test_faces_reach_the_net_at_the_input_size_asked_for(pack: sbi.Pack, tmp_path: Path) -> None:
+    """`--input-size`: training faces are resized from the stored crop, evaluation images from
+    the pack's size (area down, bilinear up), and a pack without the key is at 112 px."""
+    rng = np.random.default_rng(0)
+    assert pack.input_size == 112 and pack.eval_images().shape[1:] == (112, 112, 3)
+    for size in (96, 160, 224):
+        x, _, bound, _ = sbi.make_batch(pack, np.arange(len(pack.fold)), 2, rng, input_size=size)
+        assert x.shape == (4, size, size, 3) and bound.shape == (4, 28, 28)
+        assert pack.eval_images(size).shape[1:] == (size, size, 3)
+    crop = np.random.default_rng(1).integers(0, 256, (160, 160, 3), np.uint8)
+    assert syn.resize_square(crop, 160) is crop
+    assert np.array_equal(syn.to_input(crop, rng, False), syn.to_input(crop, rng, False, 112))
+    # Down: area averaging (as the service's crop), so 1 px stripes blur to grey rather than alias.
+    stripes = np.zeros((160, 160, 3), np.uint8)
+    stripes[:, ::2] = 255
+    assert np.ptp(syn.to_input(stripes, rng, False)[:, 2:-2].astype(int)) < 160  # area: 102, bilinear: 219
+    # Up: bilinear, so a ramp stays an even ramp (area interpolation zooms like nearest: steps).
+    ramp = np.tile(np.arange(160, dtype=np.float32)[None, :, None], (160, 1, 3))
+    step = np.diff(syn.resize_square(ramp, 224)[0, 2:-2, 0])
+    assert np.allclose(step, 160 / 224, atol=1e-3)
+
+
+def test_only_a_pretrained_trunk_reads_another_input_size(tmp_path: Path) -> None:
+    import torch
+
+    from tests.support.tfjs_graph import write_model
+
+    with pytest.raises(ValueError, match="stored crop's side"):  # nothing is upscaled into a pack
+        sbi.build_pack([], [], tmp_path / "x.npz", tmp_path, input_size=161)
+    write_pack(tmp_path / "p.npz")
+    with pytest.raises(ValueError, match="only --arch movenet"):
+        sbi.fit(tmp_path / "p.npz", tmp_path / "bad", steps=1, pairs=2, workers=0, input_size=160)
+    (tmp_path / "trunk").mkdir()
+    write_model(tmp_path / "trunk", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="within 32..512"):
+        sbi.fit(tmp_path / "p.npz", tmp_path / "bad", steps=1, pairs=2, workers=0, arch="movenet", trunk_model=tmp_path / "trunk/model.json", input_size=4096)
+    summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, pairs=2, workers=0, eval_every=0, arch="movenet", single=True, trunk_model=tmp_path / "trunk/model.json", input_size=160)
+    assert summary["steps"] == 2
+    assert torch.load(tmp_path / "out/models.pt", weights_only=True)["meta"]["input_size"] == 160
