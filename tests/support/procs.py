@@ -16,6 +16,7 @@ LOOPBACK = "127.0.0.1"
 
 # Every process started here, so an interrupted test run cannot leave servers behind.
 _live: set[ManagedProcess] = set()
+_temp_logs: set[Path] = set()  # log files ManagedProcess made itself
 
 
 def free_port() -> int:
@@ -72,6 +73,7 @@ class ManagedProcess:
             fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
             os.close(fd)
             log_path = Path(raw)
+            _temp_logs.add(log_path)  # ours: removed at interpreter exit, not left in /tmp
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -131,5 +133,12 @@ class ManagedProcess:
 
 @atexit.register
 def _kill_leftovers() -> None:
+    """Kill what is still running, then remove the log files this module created: a failing
+    test has shown a log by then (``wait_until``'s detail), and every run of the suite left a
+    few in /tmp. ``MONITOR_TEST_KEEP_LOGS=1`` keeps them."""
     for managed in list(_live):
         managed.stop(graceful=False, timeout=2.0)
+    if os.environ.get("MONITOR_TEST_KEEP_LOGS") != "1":
+        for path in list(_temp_logs):
+            path.unlink(missing_ok=True)
+            _temp_logs.discard(path)
