@@ -330,3 +330,41 @@ async def test_a_refused_url_is_named_without_its_password(tmp_path: Path, url: 
         r = await svc.http.post("/api/streams", json={"id": "d", "url": url})
         assert r.status_code in (400, 422), r.text
         assert "s3cret" not in r.text
+
+
+async def test_the_body_deadline_ends_with_the_body() -> None:
+    """BodyLimit's deadline covers receiving the body only: a handler that, once the body is in,
+    waits on receive() for the client's disconnect (as streaming responses do) waits past the
+    deadline without a 408."""
+    from monitor.api.http import BodyLimit
+
+    got: list[dict] = []
+    sent: list[dict] = []
+    incoming = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c", "more_body": False}]
+
+    async def receive() -> dict:
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(1.0)  # the client disconnects long after the deadline
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def app(scope: dict, receive_: Any, send_: Any) -> None:
+        for _ in range(3):
+            got.append(await receive_())
+
+    metrics = Metrics()
+    await BodyLimit(app, limit=10, metrics=metrics, timeout=0.3)({"type": "http", "headers": []}, receive, send)
+    assert [m["type"] for m in got] == ["http.request", "http.request", "http.disconnect"]
+    assert sent == []  # no 408
+    assert not metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "timeout"})
+
+    # A body whose last part comes after the deadline is still cut off: only a finished body ends it.
+    got.clear()
+    incoming[:] = [{"type": "http.request", "body": b"ab", "more_body": True}]
+    await BodyLimit(app, limit=10, metrics=metrics, timeout=0.3)({"type": "http", "headers": []}, receive, send)
+    assert [m["type"] for m in got] == ["http.request"]
+    assert sent[0]["status"] == 408
+    assert metrics.registry.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "timeout"}) == 1.0

@@ -159,3 +159,28 @@ def test_ffpp_originals_are_method_original(tmp_path: Path) -> None:
     (tmp_path / "original_sequences/youtube/c23/videos").mkdir(parents=True)
     (tmp_path / "original_sequences/youtube/c23/videos/001.mp4").write_bytes(b"")
     assert [r.method for r in read_ffpp(tmp_path, "test")] == ["original"]
+
+
+def test_the_auc_bootstrap_resamples_each_class_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stratified, as the interval's docstring and the report say: every resample keeps 6 fakes
+    drawn from the fakes and 40 genuine clips drawn from the genuine ones (a pooled bootstrap
+    would mix them and vary the class sizes)."""
+    from monitor.training import evaluate
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = evaluate._auc_statistic
+
+    def spy(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+        seen.append((np.asarray(pos), np.asarray(neg)))
+        return real(pos, neg, axis=axis)
+
+    monkeypatch.setattr(evaluate, "_auc_statistic", spy)
+    fakes = np.arange(6) + 100.0  # disjoint values, so a draw's class can be read off it
+    genuine = np.arange(40) * 0.5
+    y = [True] * 6 + [False] * 40
+    assert evaluate.auc_interval(y, np.concatenate([fakes, genuine]).tolist(), resamples=200) is not None
+    resampled = [(p, n) for p, n in seen if p.ndim == 2]  # the vectorised resamples
+    assert sum(len(p) for p, _ in resampled) >= 200
+    for p, n in resampled:
+        assert p.shape[-1] == 6 and n.shape[-1] == 40
+        assert np.isin(p, fakes).all() and np.isin(n, genuine).all()

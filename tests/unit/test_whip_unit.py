@@ -71,3 +71,42 @@ async def test_by_default_no_stun_or_turn_server_is_ever_contacted() -> None:
         assert agent.stun_server is None and agent.turn_server is None
     finally:
         await pc.close()
+
+
+async def test_an_offer_is_refused_for_streams_whose_decoder_is_still_stuck(tmp_path: Path) -> None:
+    # The capacity check reads the manager's slots_taken(), which also counts removed streams
+    # whose decoder thread is stuck: one listed stream plus one stuck leaves no room at 2, so
+    # the offer gets 503 before anything is built (counting the list alone let it through, to be
+    # refused halfway through building). The count itself is tested in test_stream_teardown.py.
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from monitor.api.whip import Refused
+
+    class Manager:
+        max_streams = 2
+
+        def list(self) -> list[object]:
+            from types import SimpleNamespace
+
+            return [SimpleNamespace(id="other")]
+
+        def slots_taken(self) -> int:
+            return 2
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    sessions = WhipSessions(load_settings(None, data_dir=tmp_path / "data", demo=False), Manager(), Metrics())  # type: ignore[arg-type]
+
+    async def build(*args: object) -> None:
+        raise AssertionError("nothing may be built past the capacity check")
+
+    sessions._build = build  # type: ignore[method-assign]
+    sessions.reserve()
+    with pytest.raises(Refused) as refused:
+        await sessions.create("cam", offer)
+    assert refused.value.status == 503 and refused.value.metric == "capacity"
+    assert "room for 0 more stream(s) (at most 2)" in str(refused.value)
+    assert sessions._reserved == 0 and sessions._pending_tracks == 0
