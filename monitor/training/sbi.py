@@ -134,8 +134,11 @@ def build_pack(
     fk_partner: list[int] = []
     for c in (c for c in train if c.record.is_fake):
         start = first_row.get(str(c.pair.record.path)) if c.pair is not None else None
-        if c.pair is not None and fold_of[c.pair.record.group] != fold_of[c.record.group]:
-            start = None  # an original in another fold would leak that fold's faces into training
+        if c.pair is not None and fold_of.get(c.pair.record.group) != fold_of[c.record.group]:
+            # An original in another fold would leak that fold's faces into training; one held out
+            # or for validation (a manifest's `group` column can split a pair) is in no fold: the
+            # fake is then unpaired, as `monitor train` leaves it.
+            start = None
         n_orig = len(c.pair.idx[::frame_step]) if c.pair is not None else 0
         for k, i in enumerate(c.idx[::frame_step]):
             fk_crops.append(c.faces.crops[i])
@@ -417,7 +420,7 @@ def eval_report(
         "heldout_clip_auc": sub(held),
         "live_swaps_heldout_auc": sub(held & dfl),
         "live_swaps_all_auc": None if fakes_seen else sub(dfl & ~val),
-        "sadtalker_vs_heldout_genuine_auc": sub(sad | genuine_held),
+        "sadtalker_vs_heldout_genuine_auc": sub((sad & unseen) | genuine_held),
         "all_unseen_fakes_vs_heldout_genuine_auc": sub((fake & unseen) | genuine_held),
         "heldout_genuine_score_std": float(score[genuine_held].std()) if genuine_held.any() else None,
         "live_swaps_heldout_pairs_ranked": f"{sum(bool(score[a] > score[b]) for a, b in pairs)}/{len(pairs)}",
