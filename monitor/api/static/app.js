@@ -53,7 +53,8 @@ let inflight = null; // the poll under way, {ctl, done}: never two at once
 const TOKEN_PARAM = /(^|&)token=([^&]*)/;
 const fromPart = (part) => {
   const m = part.match(TOKEN_PARAM);
-  return m ? decodeURIComponent(m[2]) : null;
+  if (!m) return null;
+  try { return decodeURIComponent(m[2]); } catch (e) { return m[2]; } // a "%" as typed, not an escape
 };
 const withoutToken = (part) => part.replace(TOKEN_PARAM, "$1").replace(/^&|&$/g, "").replace("&&", "&");
 const query = location.search.slice(1);
