@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import CancelledError
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 
 import pytest
 
 from monitor.pipeline.worker import DaemonWorker
 
 
-def test_shutdown_with_cancel_futures_cancels_the_calls_still_queued() -> None:
-    worker = DaemonWorker("probe-cancel")
+def occupied(worker: DaemonWorker, after: Callable[[], None] | None = None) -> tuple[threading.Event, Future]:
+    """Submit a call that holds ``worker`` until the returned event is set (then runs ``after``);
+    returns once that call has started."""
     started, release = threading.Event(), threading.Event()
-    ran: list[int] = []
 
     def block() -> None:
         started.set()
         release.wait(30)
+        if after is not None:
+            after()
 
-    running = worker.submit(block)
+    future = worker.submit(block)
     assert started.wait(30)
+    return release, future
+
+
+def test_shutdown_with_cancel_futures_cancels_the_calls_still_queued() -> None:
+    worker = DaemonWorker("probe-cancel")
+    ran: list[int] = []
+    release, running = occupied(worker)
     queued = [worker.submit(ran.append, i) for i in range(3)]
     worker.shutdown(wait=False, cancel_futures=True)
     release.set()
@@ -32,16 +42,8 @@ def test_shutdown_with_cancel_futures_cancels_the_calls_still_queued() -> None:
 
 def test_shutdown_with_wait_returns_only_after_the_queued_calls_ran() -> None:
     worker = DaemonWorker("probe-wait")
-    started, release = threading.Event(), threading.Event()
     ran: list[int] = []
-
-    def block() -> None:
-        started.set()
-        release.wait(30)
-        ran.append(0)
-
-    worker.submit(block)
-    assert started.wait(30)
+    release, _ = occupied(worker, after=lambda: ran.append(0))
     worker.submit(ran.append, 1)
     threading.Timer(0.2, release.set).start()
     worker.shutdown(wait=True)
@@ -51,15 +53,8 @@ def test_shutdown_with_wait_returns_only_after_the_queued_calls_ran() -> None:
 
 def test_a_call_cancelled_before_it_runs_is_skipped_and_the_next_one_runs() -> None:
     worker = DaemonWorker("probe-skip")
-    started, release = threading.Event(), threading.Event()
     ran: list[str] = []
-
-    def block() -> None:
-        started.set()
-        release.wait(30)
-
-    worker.submit(block)
-    assert started.wait(30)
+    release, _ = occupied(worker)
     skipped = worker.submit(ran.append, "skipped")
     after = worker.submit(ran.append, "after")
     assert skipped.cancel()
@@ -75,14 +70,7 @@ def test_a_call_cancelled_before_it_runs_is_skipped_and_the_next_one_runs() -> N
 def test_a_call_is_marked_running_while_it_runs() -> None:
     """An Executor's future says ``running()`` while its call runs, and then cannot be cancelled."""
     worker = DaemonWorker("probe-running")
-    started, release = threading.Event(), threading.Event()
-
-    def block() -> None:
-        started.set()
-        release.wait(30)
-
-    future = worker.submit(block)
-    assert started.wait(30)
+    release, future = occupied(worker)
     try:
         assert future.running()
         assert not future.cancel()
