@@ -55,7 +55,7 @@ def bearer_token(token: str | None) -> str | None:
     return token
 
 
-def _is_number_type(annotation: Any) -> bool:
+def is_number_type(annotation: Any) -> bool:
     """Whether a field holds a number (int or float, optionally in a union with None)."""
     if annotation in (int, float):
         return True
@@ -73,7 +73,7 @@ class Strict(BaseModel):
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads `fps: true` as 1 and `max_faces: false` as 0; YAML's yes/no/on/off are
         # booleans too, so a slip there would silently become a number.
-        if isinstance(value, bool) and info.field_name is not None and _is_number_type(cls.model_fields[info.field_name].annotation):
+        if isinstance(value, bool) and info.field_name is not None and is_number_type(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
         return value
 

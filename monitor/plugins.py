@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from monitor.config import describe_errors
+from monitor.config import describe_errors, is_number_type
 from monitor.errors import ConfigError
 from monitor.types import FaceObservation, Frame, Score, SourceStatus, StreamState
 
@@ -165,6 +165,27 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def boolean_numbers(model: type[BaseModel], data: Any, where: str = "") -> list[str]:
+    """Where ``data`` gives a boolean for one of ``model``'s number fields (nested models
+    included), as ``path: must be a number…``. pydantic reads `true` as 1 and `false` as 0, and
+    YAML's yes/no/on/off are booleans too: `window_fps: yes` would have run the detector tuned
+    for 1 fps. The settings refuse them in their own validator (``Strict``); plugins' models
+    are their authors', so they are checked here, for every plugin alike."""
+    if not isinstance(data, dict):
+        return []
+    found: list[str] = []
+    for name, field in model.model_fields.items():
+        key = field.alias if field.alias in data else name
+        if key not in data:
+            continue
+        value, path = data[key], f"{where}{key}"
+        if isinstance(value, bool) and is_number_type(field.annotation):
+            found.append(f"{path}: must be a number, not the boolean {str(value).lower()}")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += boolean_numbers(field.annotation, value, f"{path}.")
+    return found
+
+
 def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
     """Validate ``options`` against the plugin's own strict ``Config`` model."""
     config_model: type[BaseModel] | None = getattr(cls, "Config", None)
@@ -172,6 +193,8 @@ def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
         if options:
             raise ConfigError(f"plugin {cls.__name__} takes no options, got {sorted(options)}")
         return NoOptions()
+    if problems := boolean_numbers(config_model, options):
+        raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join(problems)}")
     try:
         return config_model.model_validate(options)
     except ValidationError as exc:

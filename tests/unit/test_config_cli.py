@@ -620,6 +620,48 @@ def test_a_boolean_is_not_taken_for_a_number(tmp_path: Path) -> None:
     assert (s.analysis.fps, s.analysis.max_faces, s.streams[0].realtime, s.streams[0].analysis_fps) == (12, 2, False, 5)
 
 
+class _InnerOptions(BaseModel):
+    limit: int | None = None
+
+
+class _ThirdPartyPlugin:
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ratio: float = Field(0.5, alias="Ratio")
+        inner: _InnerOptions = _InnerOptions()
+        enabled: bool = True
+
+
+def test_a_boolean_is_not_taken_for_a_number_in_any_plugins_options(tmp_path: Path) -> None:
+    # Only the settings refused them: `options: {window_fps: yes}` ran the detector thinned to
+    # 1 fps and `read_timeout_s: true` gave a camera 1 s, while the README says plugins refuse
+    # them too. Every installed plugin's number options, then a third-party model's.
+    from monitor.config import is_number_type
+    from monitor.plugins import DETECTOR_GROUP, SINK_GROUP, SOURCE_GROUP, available, load_plugin
+
+    checked = set()
+    for group in (SOURCE_GROUP, DETECTOR_GROUP, SINK_GROUP):
+        for name in available(group):
+            cls = load_plugin(group, name)
+            for key, field in getattr(getattr(cls, "Config", None), "model_fields", {}).items():
+                if is_number_type(field.annotation):
+                    for value in (True, False):
+                        with pytest.raises(ConfigError, match=rf"{cls.__name__}: {key}: must be a number, not the boolean {str(value).lower()}"):
+                            plugin_config(cls, {key: value})
+                    checked.add(f"{name}.{key}")
+    assert {"rtsp.read_timeout_s", "whep.open_timeout_s", "temporal-v1.window_fps", "demo.fps", "webhook.timeout_s", "redis.maxlen"} <= checked
+
+    with pytest.raises(ConfigError, match=r"Ratio: must be a number, not the boolean true; inner.limit: must be a number, not the boolean false"):
+        plugin_config(_ThirdPartyPlugin, {"Ratio": True, "inner": {"limit": False}, "enabled": False})
+    config = plugin_config(_ThirdPartyPlugin, {"Ratio": 1, "inner": {"limit": 3}, "enabled": False})
+    assert config.model_dump() == {"ratio": 1.0, "inner": {"limit": 3}, "enabled": False}
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("streams:\n  - id: cam\n    url: rtsp://127.0.0.1:8554/live\n    options: {read_timeout_s: yes}\n")
+    r = CliRunner().invoke(app, ["config", "show", "-c", str(cfg)])
+    assert r.exit_code == 2 and "read_timeout_s: must be a number, not the boolean true" in r.output, r.output
+
+
 def test_infinite_numbers_are_refused_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `.inf` passed every bound and silently switched things off: min_alert_s .inf never alerted,
     # min_face_px .inf made every face too small, and 1e400 from the environment was infinity too.
