@@ -390,3 +390,28 @@ def test_an_event_log_that_cannot_be_opened_is_a_config_error_naming_the_data_di
 
     with pytest.raises(ConfigError, match="cannot open the event log in data_dir"):
         asyncio.run(start())
+
+
+def test_the_readmes_configuration_example_is_valid_as_written(tmp_path: Path) -> None:
+    # The example a new user copies: every key in it must exist, and every value must pass the
+    # settings and the plugins' own options, as `monitor config show` checks a file. Only its
+    # CA file, which must exist, is swapped for a real one.
+    import re
+
+    from monitor.components import check_plugins
+    from monitor.config import load_settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"## Configuration\n.*?```yaml\n(.*?)```", readme, re.S)
+    assert example is not None
+    ca = tmp_path / "camera-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    text = example.group(1).replace("/etc/deepfake-monitor/camera-ca.pem", str(ca))
+    assert text != example.group(1)
+    cfg = tmp_path / "monitor.yaml"
+    cfg.write_text(text)
+    settings = load_settings(cfg)
+    check_plugins(settings)
+    assert settings.log_level == "INFO" and settings.alerts.queue_size == 1000 and settings.policy.ema_halflife_s == 1.0
+    assert [s.id for s in settings.streams] == ["lobby", "boardroom", "recorded-call", "sfu-alice"]
+    assert [s.name for s in settings.sinks] == ["webhook", "redis"]
