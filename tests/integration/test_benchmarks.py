@@ -61,6 +61,37 @@ def test_webrtc_latency_benchmark_runs(tmp_path: Path) -> None:
     assert one["publishers"] == 1 and one["frame_to_verdict_ms"]["n"] > 0 and out.with_suffix(".md").is_file()
 
 
+def test_stream_scaling_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "stream_scaling.json"
+    run("stream_scaling.py", "--streams", "2,1", "--processes", "2,1", "--seconds", "2", "--warmup", "2", "--repeats", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    # One stream is never split over two processes.
+    assert [(r["streams"], r["processes"]) for r in result["summary"]] == [(1, 1), (2, 1), (2, 2)] and len(result["runs"]) == 3
+    for r in result["runs"]:
+        # Every stream of the run was analysed, and its verdicts' latencies were collected.
+        assert r["states"] == ["running"] and r["analysed_fps_min"] > 0 and r["frame_to_verdict_ms"]["n"] > 0, r
+        assert r["dropped_per_s"]["not_sampled"] > 0  # the 30 -> 10 fps thinning, counted for the run's streams
+    one, two, split = result["runs"]
+    # Two streams' frames, in one process and gathered from two.
+    assert two["frame_to_verdict_ms"]["n"] > one["frame_to_verdict_ms"]["n"] and split["frame_to_verdict_ms"]["n"] > one["frame_to_verdict_ms"]["n"]
+    assert set(result["most_streams_carried"]) == {"1", "2"} and len(result["manifest_sha256"]) == 64
+    assert "| 2 | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_stream_scaling_counts_only_an_unbroken_run_of_carried_stream_counts() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stream_scaling import most_carried
+
+    def rows(*carried: tuple[int, bool]) -> list[dict[str, object]]:
+        return [{"streams": n, "carried_in_every_repeat": ok} for n, ok in carried]
+
+    assert most_carried(rows((1, True), (2, True), (4, False), (8, True))) == 2  # 8 got through a lull
+    assert most_carried(rows((4, True), (1, True), (2, True))) == 4
+    assert most_carried(rows((1, False), (2, True))) == 0
+    split = [{"streams": 2, "processes": 2, "carried_in_every_repeat": True}, {"streams": 4, "processes": 2, "carried_in_every_repeat": False}]
+    assert most_carried(rows((1, True), (2, False)) + split, 2) == 2 and most_carried(rows((1, True), (2, False)) + split) == 1
+
+
 @pytest.mark.parametrize("name", ["detector_accuracy", "detector_accuracy_all"])
 def test_detector_accuracy_tables_rebuild_from_a_saved_evaluation(tmp_path: Path, name: str) -> None:
     # The card's split tables come from this mode: it must reproduce the committed ones, clean
