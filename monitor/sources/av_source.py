@@ -456,7 +456,8 @@ class RtspSource(ThreadedSource):
         # and the stream could never open), and a source blocked that long cannot be stopped.
         open_timeout_s: float = Field(
             5.0, gt=0, le=300,
-            description="Connection and handshake timeout (at most 300 s), however long read_timeout_s is.",
+            description="Connection and handshake timeout (at most 300 s). Each read of the handshake is also bounded by read_timeout_s, "
+            "so a camera slow to answer DESCRIBE needs read_timeout_s raised too.",
         )
         read_timeout_s: float = Field(
             2.0, gt=0, le=300, description="A server silent this long counts as stalled; the source reconnects (at most 300 s)."
@@ -504,11 +505,7 @@ class RtspSource(ThreadedSource):
         c = self.config
         options = dict(RTSP_OPTIONS)
         options["rtsp_transport"] = c.transport
-        # FFmpeg's socket timeout bounds every read, the handshake's included: at read_timeout_s
-        # a camera slow to answer DESCRIBE failed long before open_timeout_s. At the larger of
-        # the two it only backs up PyAV's timeouts, which bound the open by open_timeout_s and
-        # each read after it by read_timeout_s.
-        options["timeout"] = str(int(max(c.open_timeout_s, c.read_timeout_s) * 1_000_000))
+        options["timeout"] = str(int(c.read_timeout_s * 1_000_000))
         tls = self.url.lower().startswith("rtsps://")
         options.update(tls_options(self.url, c.tls_verify, c.ca_file))
         try:
