@@ -10,6 +10,8 @@ import ipaddress
 import logging
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -56,11 +58,22 @@ def bearer_token(token: str | None) -> str | None:
 
 
 def is_number_type(annotation: Any) -> bool:
-    """Whether a field holds a number (int or float, optionally in a union with None)."""
+    """Whether a field holds a number: int or float, optionally in a union with None, or
+    ``Annotated`` around one (not a list, tuple or dict of numbers)."""
+    annotation = unwrap_annotated(annotation)
     if annotation in (int, float):
         return True
-    args = getattr(annotation, "__args__", ())
-    return bool(args) and all(a in (int, float, type(None)) for a in args) and any(a in (int, float) for a in args)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return False
+    args = [unwrap_annotated(a) for a in typing.get_args(annotation)]
+    return all(a in (int, float, type(None)) for a in args) and any(a in (int, float) for a in args)
+
+
+def unwrap_annotated(annotation: Any) -> Any:
+    """``Annotated[T, ...]`` -> ``T``; anything else as it is."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
 
 
 class Strict(BaseModel):

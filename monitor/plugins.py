@@ -7,15 +7,18 @@ are loaded, and an unknown name fails loudly with the list of known ones.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import types
+import typing
 from collections import deque
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
 
-from monitor.config import describe_errors, is_number_type
+from monitor.config import describe_errors, is_number_type, unwrap_annotated
 from monitor.errors import ConfigError
 from monitor.types import FaceObservation, Frame, Score, SourceStatus, StreamState
 
@@ -166,24 +169,50 @@ class NoOptions(BaseModel):
 
 
 def boolean_numbers(model: type[BaseModel], data: Any, where: str = "") -> list[str]:
-    """Where ``data`` gives a boolean for one of ``model``'s number fields (nested models
-    included), as ``path: must be a number…``. pydantic reads `true` as 1 and `false` as 0, and
-    YAML's yes/no/on/off are booleans too: `window_fps: yes` would have run the detector tuned
-    for 1 fps. The settings refuse them in their own validator (``Strict``); plugins' models
-    are their authors', so they are checked here, for every plugin alike."""
+    """Where ``data`` gives a boolean for one of ``model``'s numbers, as ``path: must be a
+    number…`` lines in the settings' words; nested models, lists and dicts of them, and aliases
+    included. pydantic reads `true` as 1 and `false` as 0, and YAML's yes/no/on/off are booleans
+    too: `window_fps: yes` would have run the detector tuned for 1 fps. The settings refuse them
+    in their own validator (``Strict``); plugins' models are their authors', so they are checked
+    here, for every plugin alike."""
     if not isinstance(data, dict):
         return []
     found: list[str] = []
+    by_name = bool(model.model_config.get("populate_by_name") or model.model_config.get("validate_by_name"))
     for name, field in model.model_fields.items():
-        key = field.alias if field.alias in data else name
-        if key not in data:
-            continue
-        value, path = data[key], f"{where}{key}"
-        if isinstance(value, bool) and is_number_type(field.annotation):
-            found.append(f"{path}: must be a number, not the boolean {str(value).lower()}")
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            found += boolean_numbers(field.annotation, value, f"{path}.")
+        keys = [a for a in (field.alias,) if a]
+        if isinstance(field.validation_alias, str):
+            keys.insert(0, field.validation_alias)
+        elif isinstance(field.validation_alias, AliasChoices):
+            keys[:0] = [c for c in field.validation_alias.choices if isinstance(c, str)]
+        if not keys or by_name:
+            keys.append(name)
+        for key in dict.fromkeys(keys):
+            if key in data:
+                found += _boolean_numbers_in(field.annotation, data[key], f"{where}{key}")
     return found
+
+
+def _boolean_numbers_in(annotation: Any, value: Any, path: str) -> list[str]:
+    annotation = unwrap_annotated(annotation)
+    if isinstance(value, bool):
+        return [f"{path}: must be a number, not the boolean {str(value).lower()} (got {value})"] if is_number_type(annotation) else []
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return boolean_numbers(annotation, value, f"{path}.")
+    if origin in (typing.Union, types.UnionType):  # Optional[Model], Model | list[Model]...
+        return next((found for arm in args if (found := _boolean_numbers_in(arm, value, path))), [])
+    if isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
+        homogeneous = origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)
+        return [
+            line
+            for i, item in enumerate(value)
+            if homogeneous or i < len(args)
+            for line in _boolean_numbers_in(args[0] if homogeneous else args[i], item, f"{path}[{i}]")
+        ]
+    if isinstance(value, dict) and origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return [line for key, item in value.items() for line in _boolean_numbers_in(args[1], item, f"{path}.{key}")]
+    return []
 
 
 def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
@@ -193,14 +222,17 @@ def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
         if options:
             raise ConfigError(f"plugin {cls.__name__} takes no options, got {sorted(options)}")
         return NoOptions()
-    if problems := boolean_numbers(config_model, options):
-        raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join(problems)}")
+    booleans = boolean_numbers(config_model, options)
     try:
-        return config_model.model_validate(options)
+        config = config_model.model_validate(options)
     except ValidationError as exc:
         # Re-raised with the plugin's name; described like the config file's errors, so a
-        # bad `secret` or header is named without printing its value.
-        problems = "; ".join(describe_errors(exc))
+        # bad `secret` or header is named without printing its value. Every problem at once,
+        # the booleans taken for numbers included.
+        problems = "; ".join(booleans + describe_errors(exc))
         raise ConfigError(f"invalid options for plugin {cls.__name__}: {problems}") from exc
     except Exception as exc:  # a plugin's own validation code failing some other way
-        raise ConfigError(f"invalid options for plugin {cls.__name__}: {exc}") from exc
+        raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join([*booleans, str(exc)])}") from exc
+    if booleans:
+        raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join(booleans)}")
+    return config

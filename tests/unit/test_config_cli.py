@@ -6,10 +6,11 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 import monitor.app
@@ -630,6 +631,14 @@ class _ThirdPartyPlugin:
         ratio: float = Field(0.5, alias="Ratio")
         inner: _InnerOptions = _InnerOptions()
         enabled: bool = True
+        gain: Annotated[float, Field(ge=0)] | None = Field(None, validation_alias=AliasChoices("gain", "Gain"))
+        extra_inner: _InnerOptions | None = None
+        stages: list[_InnerOptions] = []
+        weights: list[float] = []
+        pair: tuple[float, bool] = (0.0, False)
+        per_camera: dict[str, float] = {}
+        flags: list[bool] = []
+        offset: float = Field(0.0, validation_alias="Offset")
 
 
 def test_a_boolean_is_not_taken_for_a_number_in_any_plugins_options(tmp_path: Path) -> None:
@@ -651,10 +660,31 @@ def test_a_boolean_is_not_taken_for_a_number_in_any_plugins_options(tmp_path: Pa
                     checked.add(f"{name}.{key}")
     assert {"rtsp.read_timeout_s", "whep.open_timeout_s", "temporal-v1.window_fps", "demo.fps", "webhook.timeout_s", "redis.maxlen"} <= checked
 
-    with pytest.raises(ConfigError, match=r"Ratio: must be a number, not the boolean true; inner.limit: must be a number, not the boolean false"):
-        plugin_config(_ThirdPartyPlugin, {"Ratio": True, "inner": {"limit": False}, "enabled": False})
-    config = plugin_config(_ThirdPartyPlugin, {"Ratio": 1, "inner": {"limit": 3}, "enabled": False})
-    assert config.model_dump() == {"ratio": 1.0, "inner": {"limit": 3}, "enabled": False}
+    # Aliases, nested models (optional, in lists), lists, tuples and dicts of numbers: pydantic
+    # took each boolean for 1 or 0. Booleans where booleans belong are not named.
+    everywhere = {
+        "Ratio": True, "inner": {"limit": False}, "enabled": False, "Gain": True, "extra_inner": {"limit": True},
+        "stages": [{"limit": 2}, {"limit": True}], "weights": [0.5, False], "pair": [True, True],
+        "per_camera": {"lobby": True}, "flags": [True, False], "Offset": False,
+    }
+    with pytest.raises(ConfigError) as refused:
+        plugin_config(_ThirdPartyPlugin, everywhere)
+    named = re.findall(r"(\S+): must be a number, not the boolean (true|false) \(got (?:True|False)\)", str(refused.value))
+    assert named == [
+        ("Ratio", "true"), ("inner.limit", "false"), ("Gain", "true"), ("extra_inner.limit", "true"), ("stages[1].limit", "true"),
+        ("weights[1]", "false"), ("pair[0]", "true"), ("per_camera.lobby", "true"), ("Offset", "false"),
+    ], str(refused.value)
+    # Refused with every other problem of the same options, not instead of them.
+    with pytest.raises(ConfigError, match=r"Ratio: must be a number, not the boolean true \(got True\); weights\[0\]: Input should be a valid number"):
+        plugin_config(_ThirdPartyPlugin, {"Ratio": True, "weights": ["x"]})
+    # A list of numbers given a boolean is not "must be a number": pydantic says what it wants.
+    with pytest.raises(ConfigError, match=r"weights: Input should be a valid list") as wrong:
+        plugin_config(_ThirdPartyPlugin, {"weights": True})
+    assert "must be a number" not in str(wrong.value)
+    config = plugin_config(_ThirdPartyPlugin, {"Ratio": 1, "inner": {"limit": 3}, "enabled": False, "Gain": 2, "stages": [{"limit": 1}], "flags": [True]})
+    assert config.model_dump(include={"ratio", "inner", "enabled", "gain", "stages", "flags"}) == {
+        "ratio": 1.0, "inner": {"limit": 3}, "enabled": False, "gain": 2.0, "stages": [{"limit": 1}], "flags": [True]
+    }
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("streams:\n  - id: cam\n    url: rtsp://127.0.0.1:8554/live\n    options: {read_timeout_s: yes}\n")
