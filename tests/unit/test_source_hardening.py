@@ -702,6 +702,23 @@ def test_an_rtsp_server_that_goes_silent_after_play_times_out_as_such() -> None:
     assert failed.value.retryable and error_kind(failed.value) == "TimeoutError"
 
 
+def test_a_camera_silent_after_play_is_given_up_on_after_read_timeout_s_not_open_timeout_s() -> None:
+    # PyAV probes the stream under a fresh open timeout; FFmpeg's socket timeout (read_timeout_s)
+    # is what ends that probe when nothing comes after PLAY. A change that raised it to
+    # open_timeout_s (to let slow handshakes through) made each attempt take open_timeout_s +
+    # read_timeout_s (8.5 s here, against about 1 s), and the other tests did not notice.
+    with ScriptedRtsp("silent_after_play") as server:
+        source = RtspSource("cam", server.url, metrics=Metrics(), config=RtspSource.Config(open_timeout_s=8.0, read_timeout_s=0.5))
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="read_timeout_s"):
+            source._open()  # noqa: SLF001
+            try:
+                list(source._read())  # noqa: SLF001
+            finally:
+                source._close()  # noqa: SLF001
+    assert time.monotonic() - started < 4.0
+
+
 @pytest.mark.parametrize("entry", ["serve", "scan"])
 def test_a_huge_rtsp_reply_is_refused_without_allocating_it(entry: str) -> None:
     """A server announcing a 1 GB DESCRIBE reply made FFmpeg allocate (and fill) 1 GB on every
