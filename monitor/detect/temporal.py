@@ -162,7 +162,7 @@ class TemporalDetector:
         min_observations: int = Field(5, ge=2, description="Below this many usable observations the window is `window_too_short`.")
         min_span_s: float = Field(0.4, ge=0, description="Below this span of usable observations the window is `window_too_short`.")
         refresh_s: float = Field(0.45, ge=0, description="The window-level branches (geometry, physiology) are recomputed at most this often per track; appearance pooling is updated on every frame.")
-        window_fps: float = Field(10.0, gt=0, le=60, description="The frame rate the bundle's window features were calibrated at (training samples at analysis.fps 10). A window analysed markedly faster (about 4/3 of it and up) is thinned to it before scoring, so a higher analysis.fps shifts the scores little (median over 23 data/dev clips: 3% lower at 30 fps, unchanged at 15, single clips 10-15% either way; benchmarks/results/analysis_rate.md); a slower one cannot be corrected.")
+        window_fps: float = Field(10.0, gt=0, le=60, description="The frame rate the bundle's window features were calibrated at (training samples at analysis.fps 10). A window analysed markedly faster (about 4/3 of it and up) is thinned to it before scoring, so a higher analysis.fps shifts the scores little (median over 23 data/dev clips: 3% lower at 30 fps, unchanged at 15; 8 clips in 10 within 16% either way, the farthest 32% lower; benchmarks/results/analysis_rate.md); a slower one cannot be corrected.")
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or self.Config()

@@ -322,3 +322,54 @@ def test_monitor_alerts_reads_its_token_from_the_environment(monkeypatch: pytest
     result = CliRunner().invoke(app, ["alerts"], env={"MONITOR_TOKEN": "t0ken"})
     assert result.exit_code == 0, result.output
     assert got["token"] == "t0ken"
+
+
+@contextlib.asynccontextmanager
+async def scripted_alert_socket(ending: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A websocket that sends events 1 and 2, then ends the connection: ``close`` (a normal
+    close, as the service does when it shuts down) or ``abort`` (the connection just drops).
+    Yields its URL and the query strings of the connections it got."""
+    queries: list[str] = []
+
+    async def handler(ws: websockets.ServerConnection) -> None:
+        queries.append(urlsplit(ws.request.path).query)
+        for i in (1, 2):
+            await ws.send(json.dumps({"id": str(i), "logepoch": "e1", "type": "x"}))
+        if ending == "close":
+            await ws.close(1001, "shutting down")
+        else:
+            await asyncio.sleep(0.1)  # let the events out first
+            ws.transport.abort()
+
+    async with websockets.serve(handler, "127.0.0.1", 0, subprotocols=["cloudevents.json"]) as server:  # type: ignore[list-item]
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws/alerts", queries
+
+
+async def test_no_follow_ends_quietly_when_the_service_closes_the_connection_normally() -> None:
+    async with scripted_alert_socket("close") as (url, queries):
+        out = io.StringIO()
+        async with asyncio.timeout(10):
+            await tail(url, since=0, out=out, follow=False)
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1", "2"] and len(queries) == 1
+
+
+async def test_no_follow_names_where_to_resume_when_the_connection_drops() -> None:
+    async with scripted_alert_socket("abort") as (url, queries):
+        out = io.StringIO()
+        with pytest.raises(MonitorError, match=r"^alert websocket closed: .*; resume with --since 2 --epoch e1$"):
+            async with asyncio.timeout(10):
+                await tail(url, since=0, out=out, follow=False)
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1", "2"] and len(queries) == 1
+
+
+async def test_follow_reconnects_after_a_normal_close_and_resumes_after_the_last_event() -> None:
+    async with scripted_alert_socket("close") as (url, queries):
+        task = asyncio.create_task(tail(url, since=0, out=io.StringIO()))
+        deadline = time.monotonic() + 10
+        while len(queries) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(queries) >= 2 and "since=2" in queries[1] and "epoch=e1" in queries[1], queries
