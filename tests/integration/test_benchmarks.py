@@ -92,6 +92,30 @@ def test_stream_scaling_counts_only_an_unbroken_run_of_carried_stream_counts() -
     assert most_carried(rows((1, True), (2, False)) + split, 2) == 2 and most_carried(rows((1, True), (2, False)) + split) == 1
 
 
+def test_stream_scaling_applies_the_rule_its_results_state_and_takes_medians_over_repeats() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stream_scaling import carried, median_rows
+
+    assert carried([10.0, 9.5], 99.9, ["running"], 10.0)
+    assert not carried([10.0, 9.49], 50.0, ["running"], 10.0)  # one stream fell behind
+    assert not carried([10.0, 10.0], 100.0, ["running"], 10.0)  # p99 at the frame budget
+    assert not carried([10.0, 10.0], 50.0, ["reconnecting", "running"], 10.0)
+    assert carried([5.0], 199.0, ["running"], 5.0) and not carried([], 1.0, ["running"], 10.0)
+
+    def run(fps_min: float, p99: float, cpu: float, ok: bool, dropped: dict[str, float]) -> dict[str, object]:
+        return {
+            "streams": 4, "processes": 2, "analysed_fps_min": fps_min, "analysed_fps_median": 10.0, "cpu_cores": cpu,
+            "frame_to_verdict_ms": {"p50": 1.0, "p90": 2.0, "p99": p99}, "cpu_ms_per_analysed_frame": 10.0, "carried": ok,
+            "dropped_per_s": dropped,
+        }
+
+    row = median_rows([run(9.0, 80.0, 1.0, True, {"superseded": 2.0}), run(10.0, 120.0, 2.0, False, {}), run(9.9, 90.0, 1.5, True, {"superseded": 1.0})])
+    assert (row["streams"], row["processes"], row["analysed_fps_min"], row["cpu_cores"]) == (4, 2, 9.9, 1.5)
+    assert row["frame_to_verdict_ms"] == {"p50": 1.0, "p90": 2.0, "p99": 90.0}
+    assert row["dropped_per_s"] == {"superseded": 1.0}  # a repeat without any counts as 0
+    assert row["carried_in_every_repeat"] is False
+
+
 @pytest.mark.parametrize("name", ["detector_accuracy", "detector_accuracy_all"])
 def test_detector_accuracy_tables_rebuild_from_a_saved_evaluation(tmp_path: Path, name: str) -> None:
     # The card's split tables come from this mode: it must reproduce the committed ones, clean
