@@ -4,7 +4,7 @@ benchmarks/results/stream_scaling.json (and .md).
 `pipeline_latency.py` measures one stream and `docs/operations.md` sized the service by
 dividing a core by that stream's CPU share. This runs N streams at once in one service (the
 same `runtime` `monitor serve` starts), so that what one stream's figure cannot show is
-measured: the GIL, threads contending for the cores, and the sampler's budget skips.
+measured: streams' threads contending for the interpreter lock, the event loop and the cores.
 
 For each N (default 1, 2, 4, 8, 12, 16), N file streams of one generated 720p30 clip with a
 face, each paced in real time and looped (its own decoder, tracker and detector window, as a
@@ -15,7 +15,7 @@ camera would be), start at once and are analysed at `analysis.fps` (10). After a
   the frame leaving its decoder to its verdict, so the source's own frame age is excluded;
 - frames dropped by reason (`not_sampled` is the 30 to 10 fps thinning and expected; anything
   else means analysis fell behind);
-- process CPU time as cores in use, and CPU per analysed frame relative to N = 1 in this run.
+- process CPU time as cores in use, and CPU per analysed frame relative to the first row.
 
 A stream "keeps up" when it is analysed at >= 95% of `analysis.fps`; the service carried N
 when every stream kept up, the pooled frame to verdict p99 stayed under the frame budget
