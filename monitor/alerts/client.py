@@ -217,6 +217,9 @@ async def tail(
         except InvalidHandshake as exc:  # a bad upgrade response, subprotocol or header: not transient
             raise MonitorError(f"alert websocket handshake failed: {exc}{_resume_hint(last, epoch)}") from exc
         if not follow:
+            # Closed normally (1000 or 1001, as a proxy going away may; the service itself says
+            # 1012 when it stops, an error above): not an error, but where to resume is said too.
+            logger.warning("alert websocket closed by the service%s", _resume_hint(last, epoch))
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)

@@ -327,16 +327,17 @@ def test_monitor_alerts_reads_its_token_from_the_environment(monkeypatch: pytest
 @contextlib.asynccontextmanager
 async def scripted_alert_socket(ending: str) -> AsyncIterator[tuple[str, list[str]]]:
     """A websocket that sends events 1 and 2, then ends the connection: ``close`` (a normal
-    close, as the service does when it shuts down) or ``abort`` (the connection just drops).
-    Yields its URL and the query strings of the connections it got."""
+    close, 1001 going away, as a proxy may), ``restart`` (1012, what the service sends when it
+    shuts down) or ``abort`` (the connection just drops). Yields its URL and the query strings
+    of the connections it got."""
     queries: list[str] = []
 
     async def handler(ws: websockets.ServerConnection) -> None:
         queries.append(urlsplit(ws.request.path).query)
         for i in (1, 2):
             await ws.send(json.dumps({"id": str(i), "logepoch": "e1", "type": "x"}))
-        if ending == "close":
-            await ws.close(1001, "shutting down")
+        if ending in ("close", "restart"):
+            await ws.close(1001 if ending == "close" else 1012, "going away" if ending == "close" else "service restart")
         else:
             await asyncio.sleep(0.1)  # let the events out first
             ws.transport.abort()
@@ -346,16 +347,19 @@ async def scripted_alert_socket(ending: str) -> AsyncIterator[tuple[str, list[st
         yield f"ws://127.0.0.1:{port}/ws/alerts", queries
 
 
-async def test_no_follow_ends_quietly_when_the_service_closes_the_connection_normally() -> None:
+async def test_no_follow_ends_without_an_error_when_the_connection_is_closed_normally(caplog: pytest.LogCaptureFixture) -> None:
     async with scripted_alert_socket("close") as (url, queries):
         out = io.StringIO()
         async with asyncio.timeout(10):
             await tail(url, since=0, out=out, follow=False)
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1", "2"] and len(queries) == 1
+    # Where to resume is said all the same, on the log (stderr), not in the events' output.
+    assert "alert websocket closed by the service; resume with --since 2 --epoch e1" in caplog.text
 
 
-async def test_no_follow_names_where_to_resume_when_the_connection_drops() -> None:
-    async with scripted_alert_socket("abort") as (url, queries):
+@pytest.mark.parametrize("ending", ["abort", "restart"])
+async def test_no_follow_names_where_to_resume_when_the_connection_drops_or_the_service_stops(ending: str) -> None:
+    async with scripted_alert_socket(ending) as (url, queries):
         out = io.StringIO()
         with pytest.raises(MonitorError, match=r"^alert websocket closed: .*; resume with --since 2 --epoch e1$"):
             async with asyncio.timeout(10):
