@@ -219,7 +219,7 @@ async def tail(
         if not follow:
             # Closed normally (1000 or 1001, as a proxy going away may; the service itself says
             # 1012 when it stops, an error above): not an error, but where to resume is said too.
-            logger.warning("alert websocket closed by the service%s", _resume_hint(last, epoch))
+            logger.warning("alert websocket closed by the server%s", _resume_hint(last, epoch))
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)

@@ -354,7 +354,7 @@ async def test_no_follow_ends_without_an_error_when_the_connection_is_closed_nor
             await tail(url, since=0, out=out, follow=False)
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["1", "2"] and len(queries) == 1
     # Where to resume is said all the same, on the log (stderr), not in the events' output.
-    assert "alert websocket closed by the service; resume with --since 2 --epoch e1" in caplog.text
+    assert "alert websocket closed by the server; resume with --since 2 --epoch e1" in caplog.text
 
 
 @pytest.mark.parametrize("ending", ["abort", "restart"])
