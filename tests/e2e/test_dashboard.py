@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Page, Request, Response, Route, async_playwright, expect
 
 from monitor.alerts.eventlog import EventLog
-from monitor.config import load_settings
+from monitor.config import Settings, load_settings
 from monitor.types import AlertData, Event, EventType, Severity, StreamState, StreamStatusData
 from tests.support.service import ServiceProcess, running_service
 
@@ -364,6 +364,11 @@ async def test_an_alert_shows_what_the_monitor_saw(tmp_path: Path) -> None:
 
 
 DEAD_RTSP = "rtsp://127.0.0.1:9/none"  # refused at once: a stream that exists (reconnecting), at no cost
+
+
+def lobby_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """The service with one stream, `lobby`, at DEAD_RTSP: a card on the dashboard, no video."""
+    return load_settings(None, data_dir=tmp_path / "data", demo=False, streams=[{"id": "lobby", "url": DEAD_RTSP}], **overrides)
 STALE = re.compile(r"\bstale\b")
 CARD_IDS = "() => [...document.querySelectorAll('#streams article')].map((a) => a.dataset.stream)"
 
@@ -473,10 +478,7 @@ ROWS = """(levels) => {
 async def test_scores_are_explained_against_the_configured_policy(tmp_path: Path) -> None:
     # Before: a card explained a score as "(50% suspicious, 70% alert)" and its timeline drew
     # guide lines at 50% and 70% whatever the policy said; the API did not expose the policy.
-    settings = load_settings(
-        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
-        policy={"suspicious_enter": 0.3, "alert_enter": 0.85}, streams=[{"id": "lobby", "url": DEAD_RTSP}],
-    )
+    settings = lobby_settings(tmp_path, server={"token": TOKEN}, policy={"suspicious_enter": 0.3, "alert_enter": 0.85})
     async with running_service(settings) as svc:
         async with chromium_page(tmp_path, device_scale_factor=2) as page:
             await add_a_face(page, face_track("clear", None))
@@ -496,10 +498,7 @@ async def test_scores_are_explained_against_the_configured_policy(tmp_path: Path
 async def test_an_open_alert_stays_in_the_feed_after_a_reload(tmp_path: Path) -> None:
     # Before: a load showed the newest 30 events of any kind. Behind them, an alert still open
     # (its face in state alert on the card) dropped out of the feed with its evidence button.
-    settings = load_settings(
-        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
-        streams=[{"id": "lobby", "url": DEAD_RTSP}],
-    )
+    settings = lobby_settings(tmp_path, server={"token": TOKEN})
     async with running_service(settings) as svc:
         bus = svc.runtime.bus
 
@@ -535,10 +534,7 @@ async def test_a_refused_token_stops_polling_until_another_is_typed(tmp_path: Pa
     # Before: a wrong token read "token needed", the page polled (a 401) every second and the
     # websocket retried every 5 s for ever, the streams pane said "No streams yet." with streams
     # there, and a wrong token typed after a good one left the last verdicts up as current.
-    settings = load_settings(
-        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
-        streams=[{"id": "lobby", "url": DEAD_RTSP}],
-    )
+    settings = lobby_settings(tmp_path, server={"token": TOKEN})
     async with running_service(settings) as svc:
         async with chromium_page(tmp_path) as page:
             polls: list[str] = []
@@ -589,7 +585,7 @@ async def test_the_page_has_a_strict_csp_a_quiet_console_and_steady_text(tmp_pat
     # the missing favicon logged console errors on each load; #summary (aria-live) and the cards
     # were rebuilt every second (read out again, selection lost); a phone scrolled sideways; feed
     # times had no date, zone or datetime.
-    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, streams=[{"id": "lobby", "url": DEAD_RTSP}])
+    settings = lobby_settings(tmp_path)
     async with running_service(settings) as svc:
         await svc.runtime.bus.publish([status_event("long-ago", 0)])  # 2023-11-14 22:13:20 UTC
         phone = {"width": 375, "height": 800}

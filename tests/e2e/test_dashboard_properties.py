@@ -24,6 +24,7 @@ from tests.e2e.test_dashboard import (  # noqa: F401  (chromium_installed: the a
     chromium_installed,
     chromium_page,
     face_track,
+    lobby_settings,
     status_event,
 )
 from tests.support.service import running_service
@@ -48,10 +49,7 @@ def alert(kind: EventType, alert_id: str, track: int) -> Event:
 async def test_explanations_thresholds_signals_and_ended_tracks(tmp_path: Path) -> None:
     # A threshold such as 67.5% is not rounded away; the signals shown are the three that weigh
     # most; a face that left takes its explanation with it (the id may name another face later).
-    settings = load_settings(
-        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
-        policy={"suspicious_enter": 0.675, "alert_enter": 0.85}, streams=[{"id": "lobby", "url": DEAD_RTSP}],
-    )
+    settings = lobby_settings(tmp_path, server={"token": TOKEN}, policy={"suspicious_enter": 0.675, "alert_enter": 0.85})
     async with running_service(settings) as svc:
         async with chromium_page(tmp_path) as page:
             await add_a_face(page, face_track("clear", 0.42))
@@ -82,7 +80,7 @@ async def test_explanations_thresholds_signals_and_ended_tracks(tmp_path: Path) 
 
 
 async def test_an_api_error_is_named_with_its_status(tmp_path: Path) -> None:
-    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, streams=[{"id": "lobby", "url": DEAD_RTSP}])
+    settings = lobby_settings(tmp_path)
     async with running_service(settings) as svc:
         async with chromium_page(tmp_path) as page:
             await page.goto(f"{svc.base}/")
@@ -101,10 +99,7 @@ async def test_a_closed_alert_of_an_earlier_face_is_not_shown_as_open(tmp_path: 
     # The card's face 1 is in state alert, but its alert.opened is not written yet; the log's last
     # alert of a face 1 was opened and then closed (an earlier face with the same id). The load's
     # search for open alerts meets the close first and stops: that old opening is not brought back.
-    settings = load_settings(
-        None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN},
-        streams=[{"id": "lobby", "url": DEAD_RTSP}],
-    )
+    settings = lobby_settings(tmp_path, server={"token": TOKEN})
     async with running_service(settings) as svc:
         bus = svc.runtime.bus
         await bus.publish([alert(EventType.ALERT_OPENED, "a-old", 1)])
@@ -355,7 +350,7 @@ async def test_a_token_with_a_literal_percent_sign_in_the_fragment_works(tmp_pat
 async def test_no_good_poll_for_stale_ms_reads_stale_whatever_else(tmp_path: Path) -> None:
     # STALE_MS: "no good poll for this long: stale, whatever else" (a laptop woken from sleep, a
     # throttled tab: no poll failed, none answered). White-box: the last good poll is set 6 s back.
-    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, streams=[{"id": "lobby", "url": DEAD_RTSP}])
+    settings = lobby_settings(tmp_path)
     async with running_service(settings) as svc:
         async with chromium_page(tmp_path) as page:
             await page.goto(f"{svc.base}/")
