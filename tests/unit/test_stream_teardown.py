@@ -664,6 +664,15 @@ def stream_details(log: EventLog) -> list[str]:
     return [e["data"]["detail"] for e in events_of(log) if EventType.STREAM_STATUS.value in e["type"]]
 
 
+def unreadable_after_s(log: EventLog, reason: str) -> float:
+    """Stream seconds from the alert's last readable score (its ``end_t``) to the verdict that
+    made the track unreadable for ``reason``: how long the watchdog took to tell the track."""
+    events = events_of(log)
+    closed = next(e for e in events if e["type"] == ALERT_CLOSED)
+    told = next(e for e in events if e["type"] == EventType.TRACK_STATE.value and reason in e["data"]["reasons"])
+    return told["data"]["t"] - closed["data"]["end_t"]
+
+
 async def test_an_analysis_failing_on_every_frame_closes_the_alert(parts: Any) -> None:
     # Frames keep coming, so the no-frames watchdog never fired: the track stayed "alert" and
     # the alert open for as long as the analysis failed.
@@ -678,6 +687,8 @@ async def test_an_analysis_failing_on_every_frame_closes_the_alert(parts: Any) -
         tracks = pipeline.status().tracks
         assert [(t.state.value, t.reasons) for t in tracks] == [("inconclusive", ("analysis_failed",))]
         assert any(d.startswith("analysis_failed: RuntimeError: face graph error") for d in stream_details(log))
+        # after inconclusive_after_s (1 s) of failures, not before; 4 s leaves room for a slow machine
+        assert 0.9 <= unreadable_after_s(log, "analysis_failed") < 4.0
         faces.broken = False
         await wait_until(lambda: "analysis recovered after analysis_failed" in stream_details(log), "recovery")
         assert sum(d.startswith("analysis_failed") for d in stream_details(log)) == 1  # once, not per frame
@@ -700,6 +711,7 @@ async def test_an_analysis_call_that_hangs_closes_the_alert(parts: Any) -> None:
         tracks = pipeline.status().tracks
         assert [(t.state.value, t.reasons) for t in tracks] == [("inconclusive", ("analysis_stalled",))]
         assert any(d.startswith("analysis_stalled") for d in stream_details(log))
+        assert 0.9 <= unreadable_after_s(log, "analysis_stalled") < 4.0  # as above
         faces.release.set()
         await wait_until(lambda: "analysis recovered after analysis_stalled" in stream_details(log), "recovery")
     finally:
