@@ -437,6 +437,25 @@ def eval_report(
 # --- fit ------------------------------------------------------------------------------------
 
 
+def eval_chunk(size: int) -> int:
+    """Images per evaluation call at ``size`` px: the memory of 512 at 112 px, at least 16."""
+    return max(16, 512 * APPEARANCE_INPUT**2 // size**2)
+
+
+def chunked_logits(net, x, chunk: int, dev, use_amp: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The first output of ``net`` (the logit) for every image of ``x``, ``chunk`` at a time,
+    in eval mode (back in training mode after)."""
+    import torch
+
+    if len(x) == 0:
+        return np.zeros(0, np.float32)
+    net.eval()
+    with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
+        out = torch.cat([net(x[i : i + chunk].to(dev).contiguous(memory_format=torch.channels_last))[0].float() for i in range(0, len(x), chunk)])
+    net.train()
+    return out.cpu().numpy()
+
+
 def fit(
     pack_path: Path, out_dir: Path, device: str = "cpu", steps: int = 400, widths: Sequence[int] = (24,), pairs: int = 32,
     workers: int = 1, seed: int = 0, lr: float = 3e-3, time_limit_s: float = 0.0, eval_every: int = 500, frames: int = 1,
@@ -525,19 +544,13 @@ def fit(
         return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
 
     eval_x, sbi_x = stacked(pack.eval_images(size)), stacked(pack.sbi_images(size))
-    chunk = max(16, 512 * APPEARANCE_INPUT**2 // size**2)  # images per evaluation call: the memory of 512 at 112 px
+    chunk = eval_chunk(size)
     history: list[dict[str, object]] = []
     best: dict[str, object] = {}  # the evaluation with the highest validation AUC so far (first width)
     (out_dir / "best.pt").unlink(missing_ok=True)  # an earlier run's, in the same folder
 
     def logits(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-        if len(x) == 0:
-            return np.zeros(0, np.float32)
-        net.eval()
-        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
-            out = torch.cat([net(x[i : i + chunk].to(dev).contiguous(memory_format=torch.channels_last))[0].float() for i in range(0, len(x), chunk)])
-        net.train()
-        return out.cpu().numpy()
+        return chunked_logits(net, x, chunk, dev, use_amp)
 
     def evaluate(step: int) -> None:
         save(step)  # the weights first: an evaluation that fails must not lose the training

@@ -387,3 +387,26 @@ def test_only_a_pretrained_trunk_reads_another_input_size(tmp_path: Path) -> Non
     summary = sbi.fit(tmp_path / "p.npz", tmp_path / "out", steps=2, pairs=2, workers=0, eval_every=0, arch="movenet", single=True, trunk_model=tmp_path / "trunk/model.json", input_size=160)
     assert summary["steps"] == 2
     assert torch.load(tmp_path / "out/models.pt", weights_only=True)["meta"]["input_size"] == 160
+
+
+def test_evaluation_in_chunks_scores_every_image_as_one_call_would() -> None:
+    import torch
+
+    from monitor.detect.nets import AppearanceNet
+
+    # The evaluation runs a few hundred images per call (fewer at larger sizes); a chunk boundary
+    # must neither drop, repeat nor reorder an image, and the net goes back to training mode.
+    torch.manual_seed(0)
+    net = AppearanceNet(8, 3).to(memory_format=torch.channels_last)
+    x = torch.rand(37, 3, 112, 112)
+    net.eval()
+    with torch.inference_mode():
+        whole = net(x.contiguous(memory_format=torch.channels_last))[0].float().numpy()
+    net.train()
+    for chunk in (1, 16, 36, 37, 64):
+        got = sbi.chunked_logits(net, x, chunk, torch.device("cpu"), False)
+        assert got.shape == (37,) and net.training
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
+    assert sbi.chunked_logits(net, x[:0], 16, torch.device("cpu"), False).shape == (0,)
+    # 512 images at 112 px, fewer as the pixels grow, never under 16
+    assert [sbi.eval_chunk(s) for s in (112, 160, 224, 1024)] == [512, 250, 128, 16]
