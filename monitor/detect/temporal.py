@@ -153,7 +153,7 @@ class TemporalDetector:
         model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
         model: str = Field("temporal-v1", description="Weight bundle under models/ (a folder with manifest.json).")
-        model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>.")
+        model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>. Not pinned unless manifest_sha256 is set, even when it is a shipped bundle's folder.")
         manifest_sha256: str | None = Field(None, description="Pin the bundle's manifest.json to this sha256 (shipped bundles are pinned already).")
         backend: Literal["onnx", "torch"] = Field("onnx", description="Inference engine: ONNX Runtime (faster) or the torch reference path.")
         window_s: float = Field(8.0, gt=1, le=30, description="Seconds of track history kept; pulse and blink statistics read all of it.")

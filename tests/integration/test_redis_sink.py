@@ -147,6 +147,86 @@ async def test_the_stream_is_capped_about_maxlen(server: RedisServer) -> None:
     assert client.xrevrange("dm:capped", count=1)[0][1]["id"] == "350"
 
 
+async def test_maxlen_0_keeps_every_entry(server: RedisServer) -> None:
+    async with started(RedisStreamSink.Config(url=server.url, stream="dm:all", maxlen=0)) as sink:
+        for i in range(1, 251):
+            await sink.send(i, json.dumps({"id": str(i), "source": "/m", "type": "t"}))
+    assert server.client().xlen("dm:all") == 250
+
+
+async def test_an_entry_has_the_fields_the_readme_lists_and_the_event_as_sent(server: RedisServer) -> None:
+    event = {"specversion": "1.0", "id": "5", "source": "/m/logs/e/streams/cam", "type": "t", "subject": "streams/cam",
+             "time": "2026-11-27T07:15:02.113Z", "data": {"x": 1}}
+    text = json.dumps(event, separators=(",", ":"))  # not json.dumps's default spacing: kept byte for byte
+    async with started(RedisStreamSink.Config(url=server.url, stream="dm:f")) as sink:
+        await sink.send(5, text)
+    [(_, fields)] = server.client().xrange("dm:f")
+    assert fields == {"id": "5", "source": event["source"], "type": "t", "subject": "streams/cam", "time": event["time"], "event": text}
+
+
+async def test_aclose_closes_the_connection(server: RedisServer) -> None:
+    checker = server.client()
+    async with started(RedisStreamSink.Config(url=server.url, stream="dm:c")) as sink:
+        await sink.send(1, json.dumps({"id": "1", "source": "/m", "type": "t"}))
+        assert int(checker.info("clients")["connected_clients"]) == 2  # the sink's and the checker's
+    async with asyncio.timeout(10):
+        while int(checker.info("clients")["connected_clients"]) != 1:
+            await asyncio.sleep(0.05)
+
+
+async def test_plain_redis_to_another_host_is_warned_loopback_and_tls_are_not(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="monitor_redis"):
+        async with started(RedisStreamSink.Config(url="redis://10.255.255.1:6379/0")):  # start() sends nothing
+            pass
+        assert "unencrypted" in caplog.text
+        caplog.clear()
+        for url in (f"redis://{LOOPBACK}:6379/0", "rediss://10.255.255.1:6380/0"):
+            async with started(RedisStreamSink.Config(url=url)):
+                pass
+        assert "unencrypted" not in caplog.text
+
+
+async def test_a_slow_redis_fails_a_delivery_at_timeout_s_in_total(server: RedisServer) -> None:
+    # timeout_s bounds the whole delivery, not each read: a Redis answering every command in
+    # 0.6 s stays under the 1 s socket timeout each time, but a delivery takes several round
+    # trips (connection set-up, EVALSHA, SCRIPT LOAD after NOSCRIPT, EVALSHA again).
+    import time
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(LOOPBACK, server.port)
+        tasks.append(asyncio.create_task(pipe(client_reader, server_writer, 0.6)))
+        tasks.append(asyncio.create_task(pipe(server_reader, client_writer, 0.0)))
+
+    proxy = await asyncio.start_server(relay, LOOPBACK, 0)
+    try:
+        config = RedisStreamSink.Config(url=f"redis://{LOOPBACK}:{proxy.sockets[0].getsockname()[1]}/0", stream="dm:slow", timeout_s=1.0)
+        async with started(config) as sink:
+            started_at = time.monotonic()
+            with pytest.raises(DeliveryError, match="did not answer within 1s"):
+                await sink.send(1, json.dumps({"id": "1", "source": "/m", "type": "t"}))
+            assert time.monotonic() - started_at < 1.6  # without the total bound: 1.8 s or more
+    finally:
+        proxy.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_redis_down_is_a_delivery_error_within_the_timeout() -> None:
     config = RedisStreamSink.Config(url=f"redis://{LOOPBACK}:{free_port()}/0", timeout_s=1)
     async with started(config) as sink:

@@ -258,24 +258,78 @@ def test_config_is_strict() -> None:
         TemporalDetector.Config.model_validate({"backend": "tensorrt"})
 
 
-def test_the_bundle_runs_the_bytes_it_verified(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Swapping a file between the check and the load must not change what runs.
+@pytest.mark.parametrize(("backend", "weights"), [("onnx", "appearance.onnx"), ("torch", "appearance.pt")])
+def test_the_bundle_runs_the_bytes_it_verified(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, weights: str) -> None:
+    # Swapping a file between the check and the load must not change what runs: neither the
+    # fusion nor the weights (here another appearance net that runs: the shipped one).
     import monitor.detect.bundle as bundle_module
 
-    copy = tmp_path / "bundle"
-    copy.mkdir()
-    for name in (*FILES, "manifest.json"):
-        (copy / name).write_bytes((bundle_dir / name).read_bytes())
+    copy = _copy_with(bundle_dir, tmp_path, {})
+    expected = load_bundle(copy, backend, None).appearance(crops_of(4))  # type: ignore[arg-type]
     real_verify = bundle_module.verify
 
     def verify_then_swap(directory: Path, pin: str | None):  # type: ignore[no-untyped-def]
         checked = real_verify(directory, pin)
         (directory / "fusion.json").write_text('{"names": [], "mean": [], "std": [], "coef": [], "intercept": -99, "branch": []}')
+        (directory / weights).write_bytes((MODELS_DIR / "temporal-v1" / weights).read_bytes())
         return checked
 
     monkeypatch.setattr(bundle_module, "verify", verify_then_swap)
-    loaded = load_bundle(copy, "onnx", None)
+    loaded = load_bundle(copy, backend, None)  # type: ignore[arg-type]
     assert loaded.fusion.names == FEATURE_NAMES and loaded.fusion.intercept != -99
+    np.testing.assert_allclose(loaded.appearance(crops_of(4)), expected, rtol=1e-6, atol=1e-6)
+
+
+def crops_of(n: int) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, (n, 112, 112, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_a_manifest_that_does_not_list_a_file_is_refused(bundle_dir: Path, tmp_path: Path, name: str) -> None:
+    # A manifest without a file's hash (one older than the file, or an unpinned one with the
+    # line of a replaced file removed) must not let that file load unchecked.
+    import json
+
+    copy = _copy_with(bundle_dir, tmp_path, {})
+    meta = json.loads((copy / "manifest.json").read_text())
+    del meta["files"][name]
+    (copy / "manifest.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        load_bundle(copy, "onnx", None)
+
+
+class _RunsCodeWhenLoaded:
+    """Pickles to a call of os.makedirs(marker): code run by merely unpickling the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_a_torch_file_that_runs_code_on_load_is_refused_unrun(bundle_dir: Path, tmp_path: Path) -> None:
+    # A bundle under models/<name>/ needs no pin, so its own manifest vouches for whatever is
+    # there: only torch.load's weights_only keeps a .pt file from being a program.
+    import io
+
+    marker = tmp_path / "code-ran"
+    buf = io.BytesIO()
+    torch.save({"stem.0.weight": _RunsCodeWhenLoaded(marker)}, buf)
+    copy = _copy_with(bundle_dir, tmp_path, {"appearance.pt": buf.getvalue()})
+    with pytest.raises(ConfigError, match="appearance.pt is not a torch state dict"):
+        load_bundle(copy, "torch", None)
+    assert not marker.exists(), "loading the bundle ran code from appearance.pt"
+
+
+def test_a_pin_is_compared_whole(bundle_dir: Path) -> None:
+    actual = sha256_file(bundle_dir / "manifest.json")
+    near = actual[:-1] + ("0" if actual[-1] != "0" else "1")  # only the last digit differs
+    with pytest.raises(ConfigError, match="pinned"):
+        load_bundle(bundle_dir, "onnx", near)
+    load_bundle(bundle_dir, "onnx", actual)
 
 
 def test_a_retrained_bundle_under_a_pinned_name_says_how_to_use_it(bundle_dir: Path) -> None:
@@ -345,6 +399,32 @@ def test_a_nan_logit_is_never_a_probability(bundle_dir: Path) -> None:
     det.fusion = bad
     score = det.fuse(np.zeros(len(FEATURE_NAMES)))
     assert score.probability is None and "invalid_features" in score.reasons
+
+
+@pytest.mark.parametrize("field", ["mean", "std", "coef", "branch"])
+def test_a_fusion_vector_of_the_wrong_shape_is_refused(field: str) -> None:
+    # A column of the right length is no vector (it broadcast every window to an n x n matrix),
+    # and a branch list one short mislabels the signals.
+    import json
+
+    fusion = json.loads((MODELS_DIR / "temporal-v1" / "fusion.json").read_text())
+    fusion[field] = fusion[field][:-1] if field == "branch" else [[v] for v in fusion[field]]
+    with pytest.raises(ValueError, match=field):
+        Fusion.from_json(json.dumps(fusion))
+
+
+class _TwoLogitsPerCrop(torch.nn.Module):
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        return crop.mean(dim=(2, 3))[:, :2]  # runs on the right input, gives the wrong shape
+
+
+def test_an_appearance_graph_with_the_wrong_output_shape_is_refused_at_load(bundle_dir: Path, tmp_path: Path) -> None:
+    from monitor.training.train import _export_onnx
+
+    (tmp_path / "graphs").mkdir()
+    _export_onnx(_TwoLogitsPerCrop(), GeometryNet(GEOMETRY_DIM), tmp_path / "graphs")
+    with pytest.raises(ConfigError, match="gave shape"):
+        load_bundle(_copy_with(bundle_dir, tmp_path, {"appearance.onnx": (tmp_path / "graphs/appearance.onnx").read_bytes()}), "onnx", None)
 
 
 def test_onnx_files_that_verify_but_do_not_run_are_config_errors(bundle_dir: Path, tmp_path: Path) -> None:
