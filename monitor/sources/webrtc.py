@@ -536,7 +536,12 @@ class WhepSource(ThreadedSource):
             # known before the answer is read, so that one refused below is deleted too.
             self._resource = session_url(endpoint, location) if location else None
             answer = await self._read_answer(response)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=self._answer_sdp(answer), type="answer"))
+        usable = self._answer_sdp(answer)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=usable, type="answer"))
+        except Exception as exc:  # aiortc's parse errors quote the answer: the endpoint's text
+            logger.debug("WHEP %s: the answer was refused: %r", self.stream_id, exc)
+            raise SourceError(f"WHEP answer is not SDP this service can use ({type(exc).__name__})", retryable=True) from None
         self._track = transceiver.receiver.track
         await connected.wait()
         if self._failed:
