@@ -470,10 +470,6 @@ class WhipSessions:
                 for transport in ended:
                     await transport.addRemoteCandidate(None)  # aiortc ignores a repeat
 
-    async def aclose(self) -> None:
-        for session in list(self.sessions.values()):
-            await self.end(session, "shutdown")
-
 
 async def _add_candidates(added: list[tuple[RTCIceTransport, RTCIceCandidate]], deadline_s: float) -> None:
     """Add remote candidates concurrently: an address is added at once, an mDNS name (only
@@ -674,7 +670,8 @@ def _media_type(request: Request) -> str:
 
 
 def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) -> tuple[APIRouter, WhipSessions]:
-    """The WHIP endpoints and the session registry they share (close it at shutdown)."""
+    """The WHIP endpoints and the session registry they share. Nothing closes the registry at
+    shutdown: a session ends when the manager removes its streams, at shutdown as on a delete."""
     router = APIRouter(tags=["whip"])
     sessions = WhipSessions(settings, manager, metrics)
     expected = settings.server.token

@@ -11,7 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from monitor.config import load_settings
 from monitor.sources.webrtc import count_candidates, set_local_description
-from tests.integration.test_whip_publish import TOKEN, FaceTrack, publish
+from tests.integration.test_whip_publish import TOKEN, FaceTrack, make_settings, publish, until
 from tests.support.service import running_service
 
 pytestmark = pytest.mark.integration
@@ -220,6 +220,88 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
         pc, ok = await publish(svc.base, "cam1", [FaceTrack((160, 120))])
         assert ok.status_code == 201, ok.text
         await pc.close()
+
+
+def with_a_text_section(offer: str) -> str:
+    """The offer plus an m=text section, with the video's DTLS and ICE lines."""
+    video = offer.split("m=video", 1)[1].split("\r\n")
+    dtls = "".join(line + "\r\n" for line in video if line.startswith(("a=ice-", "a=fingerprint", "a=setup")))
+    return offer + "m=text 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\na=mid:7\r\na=rtcp-mux\r\na=rtpmap:98 t140/1000\r\n" + dtls
+
+
+async def test_offers_that_pass_the_checks_but_aiortc_cannot_answer_get_422_and_free_the_slot(tmp_path: Path) -> None:
+    # A second video track offering only VP9/AV1 (aiortc: OperationError), and an m=text
+    # section (aiortc: AttributeError while answering): a 422 with the reason, not a 500.
+    head, first, second = (await video_offer(2)).split("m=video")
+    cases = [head + "m=video" + first + "m=video" + only_vp9(second), with_a_text_section(await real_offer())]
+    async with running_service(make_settings(tmp_path, webrtc={"max_sessions": 1})) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            for body in cases:
+                r = await client.post("/whip/cam", content=body, headers={**AUTH, **SDP})
+                assert r.status_code == 422, r.text
+                assert "cannot answer the offer" in r.json()["error"], r.text
+        sessions = svc.runtime.app.state.whip_sessions
+        assert sessions.sessions == {} and sessions._reserved == 0 and svc.runtime.manager.list() == []
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "unanswerable_sdp"}) == 2
+        pc, ok = await publish(svc.base, "cam", [FaceTrack((160, 120))])  # the only slot is free again
+        assert ok.status_code == 201, ok.text
+        await pc.close()
+
+
+async def test_whip_takes_the_token_in_the_query_too(tmp_path: Path) -> None:
+    offer = await real_offer()
+    async with running_service(make_settings(tmp_path)) as svc:
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            wrong = await client.post("/whip/cam", params={"access_token": "x" * 32}, content=offer, headers=SDP)
+            assert wrong.status_code == 403, wrong.text
+            r = await client.post("/whip/cam", params={"access_token": TOKEN}, content=offer, headers=SDP)
+            assert r.status_code == 201, r.text
+            gone = await client.delete(r.headers["location"], params={"access_token": TOKEN})
+            assert gone.status_code == 200, gone.text
+        assert svc.runtime.app.state.whip_sessions.sessions == {}
+
+
+async def test_a_session_that_never_connects_ends_after_session_idle_s(tmp_path: Path) -> None:
+    # The publisher takes the answer and never starts ICE: without the connect timer it would
+    # hold a max_sessions slot for good, and a few such POSTs would lock WHIP out.
+    async with running_service(make_settings(tmp_path, webrtc={"session_idle_s": 1.0, "max_sessions": 1})) as svc:
+        rt = svc.runtime
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/cam", content=await real_offer(), headers={**AUTH, **SDP})  # its peer is closed
+            assert r.status_code == 201, r.text
+
+            async def gone() -> bool:
+                return not rt.manager.list() and not rt.app.state.whip_sessions.sessions
+
+            await until(gone, 10, "the session that never connected to end")
+            value = rt.metrics.registry.get_sample_value
+            assert value("deepfake_monitor_whip_sessions_failed_total", {"reason": "ice_timeout"}) == 1
+            assert value("deepfake_monitor_whip_sessions_active") == 0
+            again = await client.post("/whip/cam", content=await real_offer(), headers={**AUTH, **SDP})
+            assert again.status_code == 201, again.text
+
+
+async def test_a_connected_session_outlives_session_idle_s(tmp_path: Path) -> None:
+    # Once connected, the connect timer gives way to the no-video watchdog: a healthy
+    # publisher is not dropped session_idle_s after its POST.
+    import asyncio
+
+    async with running_service(make_settings(tmp_path, webrtc={"session_idle_s": 2.0})) as svc:
+        rt = svc.runtime
+        pc, r = await publish(svc.base, "cam", [FaceTrack((160, 120))])
+        try:
+            assert r.status_code == 201, r.text
+
+            async def receiving() -> bool:
+                return any(p.id == "cam" and p.status().frames_received > 3 for p in rt.manager.list())
+
+            await until(receiving, 15, "frames on cam")
+            await asyncio.sleep(3.5)  # past session_idle_s, counted from the POST
+            assert [p.id for p in rt.manager.list()] == ["cam"] and len(rt.app.state.whip_sessions.sessions) == 1
+            assert rt.metrics.registry.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "ice_timeout"}) in (None, 0.0)
+        finally:
+            await pc.close()
 
 
 async def video_offer(tracks: int) -> str:

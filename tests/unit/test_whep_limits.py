@@ -203,6 +203,17 @@ async def test_a_whep_answer_with_too_many_candidates_is_refused(metrics: Metric
     assert endpoint.requests == ["POST /whep HTTP/1.1", "DELETE /whep/s1 HTTP/1.1"]
 
 
+@pytest.mark.parametrize("body", [b"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF db-password-hunter2\r\n", b"db-password-hunter2"])
+async def test_an_answer_aiortc_cannot_parse_is_retried_without_its_text(metrics: Metrics, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: aiortc's ValueError quoted the body (an internal service the URL points at) into
+    # the stream's last_error, its events and an ERROR log with a traceback.
+    endpoint = FakeEndpoint(answer=created(body))
+    async with endpoint.serving() as url:
+        error, _ = await open_fails(metrics, url)
+    assert error == "WHEP answer is not SDP this service can use (ValueError)"
+    assert "hunter2" not in caplog.text
+
+
 def test_the_candidate_cap_counts_every_candidate_as_for_whip(metrics: Metrics) -> None:
     assert MAX_REMOTE_CANDIDATES == 64
     source = WhepSource("w", "http://127.0.0.1:1/whep", metrics=metrics)
@@ -221,6 +232,11 @@ async def test_a_whep_sessions_delete_reply_is_not_read(metrics: Metrics) -> Non
         answer=created(b""),
         delete=lambda w: endpoint.stream(w, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
     )
+    assert await delete_takes(endpoint, metrics) < 1.5  # without reading: a read waiting for more times out after 2 s
+
+
+async def delete_takes(endpoint: FakeEndpoint, metrics: Metrics) -> float:
+    """Seconds a WHEP source's teardown takes to DELETE its session at ``endpoint``."""
     async with endpoint.serving() as url:
         source = WhepSource("w", url, metrics=metrics)
         source._resource = f"{url}/s1"
@@ -228,7 +244,60 @@ async def test_a_whep_sessions_delete_reply_is_not_read(metrics: Metrics) -> Non
         await source._teardown()
         took = time.monotonic() - started
     assert endpoint.requests == ["DELETE /whep/s1 HTTP/1.1"]
-    assert took < 1.5  # without reading: a read that waits for more data times out after 2 s
+    return took
+
+
+async def test_a_whep_delete_answered_a_byte_at_a_time_is_bounded_as_a_whole(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx's timeout is per read: a reply head dripped a byte every 0.5 s would hold the
+    # stopping source for as long as the endpoint likes, but for DELETE_TIMEOUT_S.
+    monkeypatch.setattr(WhepSource, "DELETE_TIMEOUT_S", 1.0)
+
+    async def drip(writer: asyncio.StreamWriter) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Pad: abcdefghijklmnop\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.5)
+
+    assert await delete_takes(FakeEndpoint(answer=created(b""), delete=drip), metrics) < 3.0  # the whole head: 20 s
+
+
+async def test_a_whep_source_sends_nothing_to_a_proxy_from_the_environment(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    # HTTP(S)_PROXY would get the offer and the bearer token: the service contacts only the
+    # endpoint it was configured with, the session's DELETE included.
+    async def bad_gateway(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+
+    proxy = FakeEndpoint(answer=bad_gateway)
+    endpoint = FakeEndpoint(answer=created(answer_with(MAX_REMOTE_CANDIDATES + 1).encode()))  # refused, then deleted
+    async with proxy.serving() as proxy_url, endpoint.serving() as url:
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy_url.rsplit("/", 1)[0])
+        source = WhepSource("w", url, metrics=metrics, config=WhepSource.Config(token="t" * 32, open_timeout_s=8.0))
+        try:
+            with pytest.raises(SourceError, match="ICE candidates"):
+                await asyncio.to_thread(source._open)
+        finally:
+            await asyncio.to_thread(source._close)
+    assert proxy.requests == []
+    assert endpoint.requests == ["POST /whep HTTP/1.1", "DELETE /whep/s1 HTTP/1.1"]
+
+
+async def test_a_failed_whep_attempt_closes_its_peer_connection(metrics: Metrics) -> None:
+    # Its UDP sockets and ICE agent go with it, not one left behind per reconnect.
+    endpoint = FakeEndpoint(answer=created(answer_with(MAX_REMOTE_CANDIDATES + 1).encode()))
+    async with endpoint.serving() as url:
+        source = WhepSource("w", url, metrics=metrics, config=WhepSource.Config(open_timeout_s=8.0))
+        try:
+            with pytest.raises(SourceError):
+                await asyncio.to_thread(source._open)
+            pc = source._pc
+            assert pc is not None
+        finally:
+            await asyncio.to_thread(source._close)
+    assert pc.connectionState == "closed" and source._pc is None
 
 
 @pytest.mark.parametrize("option", ["open_timeout_s", "read_timeout_s"])

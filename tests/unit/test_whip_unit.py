@@ -3,11 +3,12 @@ sinks (the real ones run in tests/integration/test_whip_*.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from monitor.api.whip import WhipSession, WhipSessions
+from monitor.api.whip import Refused, WhipSession, WhipSessions
 from monitor.config import load_settings
 from monitor.metrics import Metrics
 
@@ -110,3 +111,43 @@ async def test_an_offer_is_refused_for_streams_whose_decoder_is_still_stuck(tmp_
     assert refused.value.status == 503 and refused.value.metric == "capacity"
     assert "room for 0 more stream(s) (at most 2)" in str(refused.value)
     assert sessions._reserved == 0 and sessions._pending_tracks == 0
+
+
+class ClosesPC:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def one_session(tmp_path: Path) -> tuple[WhipSessions, WhipSession, ClosesPC, Metrics]:
+    """A registry holding one session without streams (the manager must not be asked)."""
+    metrics = Metrics()
+    sessions = WhipSessions(load_settings(None, data_dir=tmp_path / "data", demo=False), manager=None, metrics=metrics)  # type: ignore[arg-type]
+    pc = ClosesPC()
+    session = WhipSession("s1", "cam", pc, '"etag"')  # type: ignore[arg-type]
+    sessions.sessions[session.id] = session
+    metrics.whip_sessions_active.inc()
+    return sessions, session, pc, metrics
+
+
+async def test_a_failed_connection_ends_its_session_at_once(tmp_path: Path) -> None:
+    # Not at the next timer: its slot and sockets are freed when ICE says it failed.
+    sessions, session, pc, metrics = one_session(tmp_path)
+    sessions._on_connection(session, "failed")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await asyncio.gather(*sessions._ending)
+    assert session.closed and pc.closed and sessions.sessions == {}
+    value = metrics.registry.get_sample_value
+    assert value("deepfake_monitor_whip_sessions_failed_total", {"reason": "ice_failed"}) == 1
+    assert value("deepfake_monitor_whip_sessions_active") == 0
+
+
+async def test_a_session_is_found_only_under_its_own_stream(tmp_path: Path) -> None:
+    sessions, session, _, _ = one_session(tmp_path)
+    assert sessions.find("cam", "s1") is session
+    with pytest.raises(Refused) as refused:
+        sessions.find("other", "s1")
+    assert refused.value.status == 404
