@@ -21,8 +21,9 @@ TAG=deepfake-monitor:check
 TOKEN=check-image-token-0123456789abcdef
 work=$(mktemp -d /tmp/check-image.XXXXXX)
 mounted=()
+serve_pids() { :; }  # the image's service processes, once the run mode below is known
 cleanup() {
-  pkill -TERM -f "/opt/venv/bin/monitor serve" 2>/dev/null || true
+  for pid in $(serve_pids); do kill -TERM "$pid" 2>/dev/null || true; done
   for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || true; done
   podman rm -f dfm-check >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -70,9 +71,15 @@ if [ "${SANDBOX:-0}" = 1 ]; then
   in_image() { chroot --userspec="$user:$user" "$root" /usr/bin/env -i "HOME=$dir" "${env[@]}" "$@" \
     /bin/sh -c "cd $dir && exec $entry"; }
   in_image_sh() { chroot --userspec="$user:$user" "$root" /usr/bin/env -i "${env[@]}" /bin/sh -c "cd $dir && $1"; }
+  serve_pids() {  # only ours: a service running on this host from another root is left alone
+    for pid in $(pgrep -f "/opt/venv/bin/monitor serve"); do
+      [ "$(readlink "/proc/$pid/root")" = "$root" ] && echo "$pid"
+    done
+  }
 else
   in_image() { podman run --rm --name dfm-check --network host "${@/#/--env=}" "$TAG"; }
   in_image_sh() { podman exec dfm-check /bin/sh -c "$1"; }
+  serve_pids() { podman inspect --format '{{.State.Pid}}' dfm-check 2>/dev/null | grep -v '^0$' || true; }
 fi
 
 echo "== without a token"
@@ -102,7 +109,8 @@ print("demo stream:", s["state"], s["fps_analysed"], "fps analysed,", len(s["tra
 n=$(curl -sf localhost:8080/metrics | grep -c '^deepfake_monitor_')
 [ "$n" -gt 50 ] || fail "/metrics gave $n deepfake_monitor_ samples"
 echo "/metrics: $n samples"
-pid=$(pgrep -f "/opt/venv/bin/monitor serve" | head -1)
+pid=$(serve_pids | head -1)
+[ -n "$pid" ] || fail "the service's process is gone"
 start=$(date +%s%N); kill -TERM "$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$pid" 2>/dev/null && fail "still running 10 s after SIGTERM"
