@@ -212,7 +212,14 @@ class TrackAssigner:
 
         track_list = list(self._tracks.values())
         costs = [[association_cost(box, tr.bbox) for tr in track_list] for box in boxes]
-        matched = dict(greedy_match(costs))
+        matched: dict[int, int] = {}
+        for i, j in greedy_match(costs):  # cheapest first
+            if any(iou(boxes[i], boxes[k]) > DUPLICATE_IOU for k in matched):
+                # A second mesh on a face matched already: left unmatched, it is dropped below.
+                # Matched, it continued a neighbour's track (one unseen this frame, whose
+                # centre gate it passed), and that track then followed the other face.
+                continue
+            matched[i] = j
         kept = [boxes[i] for i in matched]
         result: list[tuple[int, float] | None] = []
         seen: set[int] = set()

@@ -339,6 +339,19 @@ def test_assigner_drops_a_duplicate_mesh_on_a_tracked_face() -> None:
     assert assigner.active_ids == (1,)
 
 
+def test_a_duplicate_mesh_does_not_take_over_a_neighbours_track() -> None:
+    # Two touching faces; B unseen for a frame while MediaPipe returns A twice. The duplicate
+    # passed B's centre gate and continued B's track, which then followed A's face.
+    assigner = TrackAssigner(lost_s=1.0)
+    face_a, face_b = (0.0, 0.0, 100.0, 100.0), (100.0, 0.0, 200.0, 100.0)
+    assert [r[0] for r in assigner.update(0.0, [face_a, face_b])[0] if r] == [1, 2]
+    result, _ = assigner.update(0.1, [(2.0, 0.0, 102.0, 100.0), (2.0, 2.0, 102.0, 102.0)])  # IoU about 0.96
+    assert result[0] is not None and result[0][0] == 1 and result[1] is None
+    result, _ = assigner.update(0.2, [face_a, face_b])  # B is back, on its own track
+    assert [r[0] for r in result if r] == [1, 2]
+    assert assigner._tracks[2].bbox == face_b
+
+
 # --- Frame-size changes mid-stream (WebRTC bandwidth adaptation, simulcast layer switches) ---
 
 FACE_640 = (260.0, 140.0, 380.0, 300.0)  # a face in a 640 x 480 frame
