@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.detect.bundle import MODELS_DIR, Bundle, Fusion, load_bundle
 from monitor.detect.features import colour_vector, geometry_vector, physio_stats
@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 SHIPPED_MANIFESTS: dict[str, str] = {
     "temporal-v1": "3a9bab8929433c728176c0307030ac54d2c3c70d4dd76416da851a136daaaffc",
 }
+
+
+def shipped_pin(name: str) -> str | None:
+    """The pinned manifest of a shipped bundle's name, in any case: on a case-insensitive
+    filesystem (macOS, Windows) "Temporal-V1" opens the shipped folder too."""
+    return next((sha for shipped, sha in SHIPPED_MANIFESTS.items() if shipped.casefold() == name.casefold()), None)
+
 
 FEATURE_NAMES: tuple[str, ...] = (
     "app_mean", "app_std", "app_flicker", "geo_logit",
@@ -152,7 +159,7 @@ class TemporalDetector:
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-        model: str = Field("temporal-v1", description="Weight bundle under models/ (a folder with manifest.json).")
+        model: str = Field("temporal-v1", description="Weight bundle under models/: the name of a folder with manifest.json (for a path, use model_dir).")
         model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>. Not pinned unless manifest_sha256 is set, even when it is a shipped bundle's folder.")
         manifest_sha256: str | None = Field(None, description="Pin the bundle's manifest.json to this sha256 (shipped bundles are pinned already).")
         backend: Literal["onnx", "torch"] = Field("onnx", description="Inference engine: ONNX Runtime (faster) or the torch reference path.")
@@ -164,11 +171,19 @@ class TemporalDetector:
         refresh_s: float = Field(0.45, ge=0, description="The window-level branches (geometry, physiology) are recomputed at most this often per track; appearance pooling is updated on every frame.")
         window_fps: float = Field(10.0, gt=0, le=60, description="The frame rate the bundle's window features were calibrated at (training samples at analysis.fps 10). A window analysed markedly faster (about 4/3 of it and up) is thinned to it before scoring, so a higher analysis.fps shifts the scores little (median over 23 data/dev clips: 3% lower at 30 fps, unchanged at 15; 8 clips in 10 within 16% either way, the farthest 32% lower; benchmarks/results/analysis_rate.md); a slower one cannot be corrected.")
 
+        @field_validator("model")
+        @classmethod
+        def _a_folder_name(cls, model: str) -> str:
+            # "temporal-v1/" or "./temporal-v1" named the shipped folder without its pin.
+            if model in ("", ".", "..") or "/" in model or "\\" in model or model != model.strip():
+                raise ValueError(f"{model!r} is not a folder name under models/ (a path goes in model_dir)")
+            return model
+
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or self.Config()
         self.window_s = self.config.window_s
         directory = self.config.model_dir or (MODELS_DIR / self.config.model)
-        pin = self.config.manifest_sha256 or (SHIPPED_MANIFESTS.get(self.config.model) if self.config.model_dir is None else None)
+        pin = self.config.manifest_sha256 or (shipped_pin(self.config.model) if self.config.model_dir is None else None)
         self.bundle: Bundle = load_bundle(Path(directory), self.config.backend, pin)
         self.fusion: Fusion = self.bundle.fusion
         if self.fusion.names != FEATURE_NAMES:

@@ -859,11 +859,11 @@ def run_training(
 def use_bundle_hint(out_dir: Path, sha: str) -> str:
     """How to make the service load a bundle just written: shipped names are pinned to the
     shipped weights, so new weights in their folder need their own pin."""
-    from monitor.detect.temporal import SHIPPED_MANIFESTS
+    from monitor.detect.temporal import shipped_pin
 
     name = out_dir.name
     if out_dir.resolve().parent == MODELS_DIR.resolve():
-        pinned = SHIPPED_MANIFESTS.get(name)
+        pinned = shipped_pin(name)
         if pinned is not None and pinned != sha:
             return (
                 f"models/{name} now holds new weights, and the service refuses them until you pin them: "
