@@ -234,7 +234,7 @@ class AnalysisConfig(Strict):
     min_blur: float = Field(15.0, ge=0, description="Crops whose Laplacian variance (measured at 112 px whatever crop_size is) is below this are `blurred`.")
     max_frame_age_s: float = Field(0.5, gt=0, description="A frame older than this when analysis could start is skipped (`stale`); never for a file with realtime: false.")
     budget_s: float | None = Field(None, gt=0, description="Per-frame analysis budget; default 1/fps. Over budget, the detector skips work on the next frame rather than queue it (a file with realtime: false has none).")
-    track_lost_s: float = Field(1.0, gt=0, description="A face unseen this long ends its track; a face that returns sooner keeps its id.")
+    track_lost_s: float = Field(1.0, gt=0, description="A face unseen for longer than this ends its track; a face that returns within it keeps its id.")
 
     @model_validator(mode="before")
     @classmethod

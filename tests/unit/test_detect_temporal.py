@@ -12,7 +12,17 @@ import torch
 from monitor.detect.bundle import FILES, MODELS_DIR, Fusion, load_bundle, sha256_file
 from monitor.detect.features import GEOMETRY_DIM, GEOMETRY_POINTS
 from monitor.detect.nets import AppearanceNet, GeometryNet
-from monitor.detect.temporal import FEATURE_BRANCH, FEATURE_NAMES, FrameCues, TemporalDetector, thin_rows
+from monitor.detect.temporal import (
+    FEATURE_BRANCH,
+    FEATURE_NAMES,
+    FrameCues,
+    TemporalDetector,
+    WindowSpec,
+    appearance_features,
+    since_gap,
+    thin_rows,
+    window_features,
+)
 from monitor.errors import ConfigError
 from monitor.plugins import TrackWindow
 from monitor.training.train import export
@@ -144,11 +154,11 @@ def test_torch_reads_the_ensemble_shape_from_the_weights(bundle_dir: Path, tmp_p
             load_bundle(copy, "torch", None)
 
 
-def cues(n: int, dt: float = 0.1, logit: float = 0.0) -> list[FrameCues]:
-    rng = np.random.default_rng(1)
+def cues(n: int, dt: float = 0.1, logit: float = 0.0, t0: float = 0.0, seed: int = 1) -> list[FrameCues]:
+    rng = np.random.default_rng(seed)
     geo = rng.uniform(0.3, 0.7, GEOMETRY_DIM).astype(np.float32)
     return [
-        FrameCues(i * dt, logit + 0.1 * np.sin(i), geo + rng.normal(0, 1e-3, GEOMETRY_DIM).astype(np.float32),
+        FrameCues(t0 + i * dt, logit + 0.1 * np.sin(i), geo + rng.normal(0, 1e-3, GEOMETRY_DIM).astype(np.float32),
                   np.full(15, 120.0, np.float32) + rng.normal(0, 1, 15).astype(np.float32))
         for i in range(n)
     ]
@@ -545,3 +555,105 @@ def test_the_verdict_is_refreshed_at_least_every_half_second(bundle_dir: Path, m
     # Every frame after the change moves the score, not only the full refreshes.
     assert all(b > a for a, b in zip(appearance[14:19], appearance[15:20])), appearance[14:20]
     assert probabilities[19] > probabilities[14]
+
+
+# --- The window's promises (docs/detector.md, the Config descriptions); from a mutation audit ---
+
+
+def test_the_geometry_branch_reads_the_newest_rows_of_geometry_s() -> None:
+    rows = cues(60)  # 6 s at 10 fps
+    seen: list[np.ndarray] = []
+
+    def geometry(seq: np.ndarray) -> float:
+        seen.append(seq)
+        return 0.0
+
+    window_features(rows, geometry, WindowSpec(appearance_s=3.0, geometry_s=1.0))
+    newest = [r.geometry for r in rows if rows[-1].t - r.t <= 1.0]
+    assert 9 <= len(newest) <= 11
+    np.testing.assert_array_equal(seen[-1], np.stack(newest))
+    window_features(rows, geometry, WindowSpec(appearance_s=3.0, geometry_s=5.0))  # 50 rows: the newest 32
+    np.testing.assert_array_equal(seen[-1], np.stack([r.geometry for r in rows[-32:]]))
+
+
+def test_appearance_pools_the_last_appearance_s_and_flicker_is_the_mean_absolute_change() -> None:
+    rows = [dataclasses.replace(r, app_logit=10.0 if r.t < 3.0 else 0.0) for r in cues(60)]
+    assert appearance_features(rows, WindowSpec(appearance_s=2.0)) == (0.0, 0.0, 0.0)
+    alternating = [dataclasses.replace(r, app_logit=float(i % 2)) for i, r in enumerate(cues(11))]
+    assert appearance_features(alternating, WindowSpec(appearance_s=3.0))[2] == pytest.approx(1.0)
+
+
+def test_only_the_rows_after_the_last_of_two_gaps_count(bundle_dir: Path) -> None:
+    a, b, c = cues(10), cues(10, t0=3.0, seed=2), cues(10, t0=6.0, seed=3)
+    assert list(since_gap(a + b + c, 2.0)) == c
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, appearance_s=1.0))  # gaps from 2 s
+    alone = det.score(window_of(c, track=1)).probability
+    assert alone is not None
+    assert det.score(window_of(a + b + c, track=2)).probability == pytest.approx(alone, abs=1e-9)
+
+
+def window_feature_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[FrameCues], WindowSpec]]:
+    """Each full computation of the window features from now on: its rows and spec."""
+    import monitor.detect.temporal as temporal_module
+
+    calls: list[tuple[list[FrameCues], WindowSpec]] = []
+    real = temporal_module.window_features
+
+    def spy(rows, geometry, spec):  # type: ignore[no-untyped-def]
+        calls.append((list(rows), spec))
+        return real(rows, geometry, spec)
+
+    monkeypatch.setattr(temporal_module, "window_features", spy)
+    return calls
+
+
+def test_window_branches_are_recomputed_at_most_every_refresh_s(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = window_feature_calls(monkeypatch)
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    rows = cues(40)
+    window = window_of(rows[:10])
+    for r in rows[10:]:
+        window.push(_Obs(r.t), r)  # type: ignore[arg-type]
+        det.score(window)
+    full_at = [computed[-1].t for computed, _ in calls]
+    assert len(full_at) >= 5 and min(np.diff(full_at)) >= det.config.refresh_s - 1e-9, full_at
+
+
+def test_a_new_window_with_the_same_ids_gets_its_own_window_cues(bundle_dir: Path) -> None:
+    # A restarted stream's track 1 starting at the same time must not reuse the old one's cues.
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    first = window_of(cues(20), track=1)
+    det.score(first)
+    other_rows = [dataclasses.replace(r, geometry=r.geometry + 0.2, colour=r.colour * 0.5) for r in cues(20, seed=7)]
+    fresh = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir)).score(window_of(other_rows, track=1))
+    assert det.score(window_of(other_rows, track=1)).probability == fresh.probability
+    assert first is not None  # kept alive, so its id() cannot be reused
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_an_infinite_window_feature_is_never_a_probability(bundle_dir: Path, bad: float) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    x = np.zeros(len(FEATURE_NAMES))
+    x[4] = bad
+    score = det.fuse(x)
+    assert score.probability is None and score.reasons == ("invalid_features",)
+
+
+def test_min_observations_and_slow_rates(bundle_dir: Path) -> None:
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    assert det.score(window_of(cues(4, dt=0.2), track=1)).reasons == ("window_too_short",)  # 4 rows over 0.6 s
+    assert det.score(window_of(cues(5, dt=0.2), track=2)).probability is not None
+    # 0.5 fps (a 2 s step) is a rate the service supports, not a gap, even with a short pool.
+    short_pool = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, appearance_s=0.5))
+    assert short_pool.score(window_of(cues(5, dt=2.0), track=3)).probability is not None
+    # With appearance_s over 2 s, a face unreadable for less than it does not warm up again.
+    rows = cues(30) + [dataclasses.replace(r, t=r.t + 5.4) for r in cues(1)]  # 2.5 s unseen
+    assert det.score(window_of(rows, track=4)).probability is not None
+
+
+def test_the_window_options_reach_the_window(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = window_feature_calls(monkeypatch)
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir, geometry_s=1.5, window_s=4.0))
+    det.score(window_of(cues(20)))
+    assert calls and calls[-1][1].geometry_s == 1.5 and calls[-1][1].appearance_s == 3.0
+    assert det.window_s == 4.0  # the analyzer sizes each track's window by it

@@ -339,6 +339,13 @@ def test_assigner_drops_a_duplicate_mesh_on_a_tracked_face() -> None:
     assert assigner.active_ids == (1,)
 
 
+def test_a_duplicate_mesh_on_a_new_face_starts_one_track() -> None:
+    assigner = TrackAssigner(lost_s=1.0)
+    result, _ = assigner.update(0.0, [BOX, (102.0, 100.0, 202.0, 200.0)])
+    assert result[0] is not None and result[0][0] == 1 and result[1] is None
+    assert assigner.active_ids == (1,)
+
+
 def test_a_duplicate_mesh_does_not_take_over_a_neighbours_track() -> None:
     # Two touching faces; B unseen for a frame while MediaPipe returns A twice. The duplicate
     # passed B's centre gate and continued B's track, which then followed A's face.
