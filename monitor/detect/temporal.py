@@ -36,6 +36,11 @@ def shipped_pin(name: str) -> str | None:
     return next((sha for shipped, sha in SHIPPED_MANIFESTS.items() if shipped.casefold() == name.casefold()), None)
 
 
+# Windows whose slow cues one detector keeps between refreshes. Above the live tracks it scores,
+# every score recomputed them all (the service builds a detector per stream, at most 16 faces
+# each; 64 streams x 16 is 1,024 should one detector ever serve them all).
+CACHE_WINDOWS = 1024
+
 FEATURE_NAMES: tuple[str, ...] = (
     "app_mean", "app_std", "app_flicker", "geo_logit",
     "pulse_coherence", "pulse_snr", "blink_rate", "ear_cv", "colour_flicker",
@@ -225,8 +230,9 @@ class TemporalDetector:
         else:
             x = window_features(rows, self.bundle.geometry, self.spec)
             with self._lock:
+                self._cache.pop(key, None)  # re-inserted last: evicted by its last refresh, not its first
                 self._cache[key] = (rows[-1].t, x)
-                if len(self._cache) > 256:
+                if len(self._cache) > CACHE_WINDOWS:
                     self._cache.pop(next(iter(self._cache)))
         return self.fuse(x)
 

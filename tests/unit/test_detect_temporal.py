@@ -657,3 +657,26 @@ def test_the_window_options_reach_the_window(bundle_dir: Path, monkeypatch: pyte
     det.score(window_of(cues(20)))
     assert calls and calls[-1][1].geometry_s == 1.5 and calls[-1][1].appearance_s == 3.0
     assert det.window_s == 4.0  # the analyzer sizes each track's window by it
+
+
+def test_a_live_tracks_cues_outlast_those_of_tracks_that_ended(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cache evicted by first insertion: a face watched since the stream began lost its
+    # cached cues to every newer track, ended or not, and was recomputed on every frame.
+    import monitor.detect.temporal as temporal_module
+
+    monkeypatch.setattr(temporal_module, "CACHE_WINDOWS", 4)
+    det = TemporalDetector(TemporalDetector.Config(model_dir=bundle_dir))
+    rows = cues(40)
+    live = window_of(rows[:20], track=1)
+    det.score(live)  # cached first
+    ended = [window_of(rows[:20], track=k) for k in (2, 3, 4, 5)]
+    for window in ended[:3]:  # the cache is full
+        det.score(window)
+    for r in rows[20:25]:  # 0.5 s on: the live track refreshes (recomputed once)
+        live.push(_Obs(r.t), r)  # type: ignore[arg-type]
+        det.score(live)
+    det.score(ended[3])  # a fifth window: the oldest refresh goes, an ended track's
+    calls = window_feature_calls(monkeypatch)
+    live.push(_Obs(rows[25].t), rows[25])  # type: ignore[arg-type]
+    det.score(live)
+    assert calls == []  # within refresh_s of its last refresh: served from the cache
