@@ -214,10 +214,13 @@ class TrackAssigner:
         costs = [[association_cost(box, tr.bbox) for tr in track_list] for box in boxes]
         matched: dict[int, int] = {}
         for i, j in greedy_match(costs):  # cheapest first
-            if any(iou(boxes[i], boxes[k]) > DUPLICATE_IOU for k in matched):
-                # A second mesh on a face matched already: left unmatched, it is dropped below.
-                # Matched, it continued a neighbour's track (one unseen this frame, whose
-                # centre gate it passed), and that track then followed the other face.
+            # A second mesh on a face matched already (IoU over 0.5 with it) that overlaps it
+            # more than its own track: left unmatched, it is dropped below. Matched, it continued
+            # a neighbour's track (one unseen this frame, whose centre gate it passed: an overlap
+            # under MIN_IOU), and that track then followed the other face. Two real faces that
+            # overlap, one passing behind the other, each overlap their own track more.
+            own = iou(boxes[i], track_list[j].bbox)
+            if any(iou(boxes[i], boxes[k]) > max(DUPLICATE_IOU, own) for k in matched):
                 continue
             matched[i] = j
         kept = [boxes[i] for i in matched]

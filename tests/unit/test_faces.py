@@ -359,6 +359,31 @@ def test_a_duplicate_mesh_does_not_take_over_a_neighbours_track() -> None:
     assert assigner._tracks[2].bbox == face_b
 
 
+def centred(cx: float, cy: float, s: float) -> tuple[float, float, float, float]:
+    return (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
+
+
+def test_a_face_passing_behind_another_keeps_its_track() -> None:
+    # Two real faces overlapping by IoU over 0.5 are no duplicates: each still continues its
+    # own track (the duplicate rule above dropped B for 10 to 25 frames at first; found by review).
+    assigner = TrackAssigner(lost_s=1.0)
+    most = 0.0
+    for k in range(40):  # B walks behind A at 5 px a frame, 10 fps: IoU above 0.5 for about 1.4 s
+        a, b = centred(200, 200, 100), centred(100 + 5 * k, 205, 100)
+        most = max(most, iou(a, b))
+        result, ended = assigner.update(k / 10, [a, b])
+        assert [r[0] if r else None for r in result] == [1, 2] and ended == (), (k / 10, result, ended)
+    assert most > 0.5
+
+
+def test_a_second_face_close_beside_the_first_keeps_its_track() -> None:
+    assigner = TrackAssigner(lost_s=1.0)
+    for k in range(30):
+        off = max(20, 120 - max(0, k - 10) * 10)  # ends 20 px beside it: IoU about 0.59
+        result, ended = assigner.update(k / 10, [centred(200, 200, 100), centred(200 + off, 200, 90)])
+        assert [r[0] if r else None for r in result] == [1, 2] and ended == (), (k / 10, result, ended)
+
+
 # --- Frame-size changes mid-stream (WebRTC bandwidth adaptation, simulcast layer switches) ---
 
 FACE_640 = (260.0, 140.0, 380.0, 300.0)  # a face in a 640 x 480 frame
