@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -371,6 +372,18 @@ def same_origin(a: str, b: str) -> bool:
     return (ua.scheme, ua.host, ua.port) == (ub.scheme, ub.host, ub.port)
 
 
+def message_without_quotes_of(exc: Exception, text: str) -> str:
+    """``exc``'s message, or only its type when the message repeats a word of ``text``: aiortc's
+    own messages are fixed ("ICE username fragment or password is missing"), but a parser's
+    quote what it failed on ("invalid literal for int() with base 10: '...'"), and an endpoint's
+    text must not reach events, sinks and logs (it may be an internal service the URL points at)."""
+    message = str(exc)
+    if not message or any(word in text for word in re.findall(r"[^\s'\"():,]{3,}", message)):
+        logger.debug("an error quoting the endpoint's text, withheld: %r", exc)
+        return type(exc).__name__
+    return f"{message} ({type(exc).__name__})"
+
+
 class WhepSource(ThreadedSource):
     """Subscribes to a WHEP endpoint as a client and reconnects with backoff like RTSP.
 
@@ -539,9 +552,10 @@ class WhepSource(ThreadedSource):
         usable = self._answer_sdp(answer)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=usable, type="answer"))
-        except Exception as exc:  # aiortc's parse errors quote the answer: the endpoint's text
-            logger.debug("WHEP %s: the answer was refused: %r", self.stream_id, exc)
-            raise SourceError(f"WHEP answer is not SDP this service can use ({type(exc).__name__})", retryable=True) from None
+        except Exception as exc:
+            refused = SourceError(f"WHEP answer refused: {message_without_quotes_of(exc, usable)}", retryable=True)
+            refused.kind = type(exc).__name__
+            raise refused from None
         self._track = transceiver.receiver.track
         await connected.wait()
         if self._failed:

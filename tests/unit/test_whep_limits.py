@@ -203,15 +203,39 @@ async def test_a_whep_answer_with_too_many_candidates_is_refused(metrics: Metric
     assert endpoint.requests == ["POST /whep HTTP/1.1", "DELETE /whep/s1 HTTP/1.1"]
 
 
-@pytest.mark.parametrize("body", [b"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF db-password-hunter2\r\n", b"db-password-hunter2"])
-async def test_an_answer_aiortc_cannot_parse_is_retried_without_its_text(metrics: Metrics, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF db-password-hunter2\r\n", "ValueError"),  # int() quoted it
+        (b"db-password-hunter2", "Media sections in answer do not match offer (ValueError)"),  # aiortc's own words
+    ],
+)
+async def test_an_answer_aiortc_cannot_parse_is_retried_without_its_text(
+    metrics: Metrics, body: bytes, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # Before: aiortc's ValueError quoted the body (an internal service the URL points at) into
     # the stream's last_error, its events and an ERROR log with a traceback.
     endpoint = FakeEndpoint(answer=created(body))
     async with endpoint.serving() as url:
         error, _ = await open_fails(metrics, url)
-    assert error == "WHEP answer is not SDP this service can use (ValueError)"
+    assert error == f"WHEP answer refused: {said}"
     assert "hunter2" not in caplog.text
+
+
+async def test_an_answer_refused_for_what_it_lacks_says_why(metrics: Metrics) -> None:
+    # aiortc's own messages quote nothing of the answer: they are kept, with the error's class
+    # (also the source_errors_total kind).
+    lacking = ANSWER_HEAD.replace("a=ice-ufrag:abcd\r\n", "")
+    endpoint = FakeEndpoint(answer=created(lacking.encode()))
+    async with endpoint.serving() as url:
+        source = WhepSource("w", url, metrics=metrics, config=WhepSource.Config(open_timeout_s=8.0))
+        try:
+            with pytest.raises(SourceError) as refused:
+                await asyncio.to_thread(source._open)
+        finally:
+            await asyncio.to_thread(source._close)
+    assert str(refused.value) == "WHEP answer refused: ICE username fragment or password is missing (ValueError)"
+    assert refused.value.kind == "ValueError" and refused.value.retryable
 
 
 def test_the_candidate_cap_counts_every_candidate_as_for_whip(metrics: Metrics) -> None:
