@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,17 @@ SHIPPED_MANIFESTS: dict[str, str] = {
 }
 
 
-def shipped_pin(name: str) -> str | None:
-    """The pinned manifest of a shipped bundle's name, in any case: on a case-insensitive
-    filesystem (macOS, Windows) "Temporal-V1" opens the shipped folder too."""
-    return next((sha for shipped, sha in SHIPPED_MANIFESTS.items() if shipped.casefold() == name.casefold()), None)
+def shipped_pin(directory: Path) -> str | None:
+    """The pinned manifest of the shipped bundle whose folder ``directory`` is, however it is
+    reached: models/<name>, a model_dir path to it, a link, or another case of the name on a
+    case-insensitive filesystem (macOS, Windows). None for any other folder."""
+    for name, sha in SHIPPED_MANIFESTS.items():
+        try:
+            if os.path.samefile(directory, MODELS_DIR / name):
+                return sha
+        except OSError:  # either folder missing: load_bundle says which
+            continue
+    return None
 
 
 # Windows whose slow cues one detector keeps between refreshes. Above the live tracks it scores,
@@ -165,7 +173,7 @@ class TemporalDetector:
         model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
         model: str = Field("temporal-v1", description="Weight bundle under models/: the name of a folder with manifest.json (for a path, use model_dir).")
-        model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>. Not pinned unless manifest_sha256 is set, even when it is a shipped bundle's folder.")
+        model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>. Not pinned unless manifest_sha256 is set, except a shipped bundle's own folder, which keeps its pin however it is reached.")
         manifest_sha256: str | None = Field(None, description="Pin the bundle's manifest.json to this sha256 (shipped bundles are pinned already).")
         backend: Literal["onnx", "torch"] = Field("onnx", description="Inference engine: ONNX Runtime (faster) or the torch reference path.")
         window_s: float = Field(8.0, gt=1, le=30, description="Seconds of track history kept; pulse and blink statistics read all of it.")
@@ -179,7 +187,7 @@ class TemporalDetector:
         @field_validator("model")
         @classmethod
         def _a_folder_name(cls, model: str) -> str:
-            # "temporal-v1/" or "./temporal-v1" named the shipped folder without its pin.
+            # A name, not a path ("../elsewhere"); a path goes in model_dir.
             if model in ("", ".", "..") or "/" in model or "\\" in model or model != model.strip():
                 raise ValueError(f"{model!r} is not a folder name under models/ (a path goes in model_dir)")
             return model
@@ -188,7 +196,7 @@ class TemporalDetector:
         self.config = config or self.Config()
         self.window_s = self.config.window_s
         directory = self.config.model_dir or (MODELS_DIR / self.config.model)
-        pin = self.config.manifest_sha256 or (shipped_pin(self.config.model) if self.config.model_dir is None else None)
+        pin = self.config.manifest_sha256 or shipped_pin(Path(directory))
         self.bundle: Bundle = load_bundle(Path(directory), self.config.backend, pin)
         self.fusion: Fusion = self.bundle.fusion
         if self.fusion.names != FEATURE_NAMES:

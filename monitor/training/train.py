@@ -863,7 +863,7 @@ def use_bundle_hint(out_dir: Path, sha: str) -> str:
 
     name = out_dir.name
     if out_dir.resolve().parent == MODELS_DIR.resolve():
-        pinned = shipped_pin(name)
+        pinned = shipped_pin(out_dir)
         if pinned is not None and pinned != sha:
             return (
                 f"models/{name} now holds new weights, and the service refuses them until you pin them: "

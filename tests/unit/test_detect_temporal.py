@@ -486,12 +486,16 @@ def test_the_shipped_bundle_is_pinned_by_name_even_with_a_consistent_manifest(tm
     monkeypatch.setattr(temporal_module, "MODELS_DIR", tmp_path)
     with pytest.raises(ConfigError, match="pinned"):
         TemporalDetector(TemporalDetector.Config())
-    # Nor under another spelling of the name: a path is not a name, and case does not matter
-    # (a case-insensitive filesystem opens the shipped folder for "Temporal-V1").
+    # Nor reached another way: a path is not a name ("temporal-v1/" and "./temporal-v1" opened
+    # the folder unpinned), and the folder keeps its pin through model_dir or a link.
     for spelling in ("temporal-v1/", "./temporal-v1", "../models/temporal-v1", " temporal-v1", "."):
         with pytest.raises(ValueError, match="not a folder name under models/"):
             TemporalDetector.Config(model=spelling)
-    assert temporal_module.shipped_pin("Temporal-V1") == SHIPPED_MANIFESTS["temporal-v1"]
+    (tmp_path / "link").symlink_to(swapped)
+    for reached in (swapped, tmp_path / "link", tmp_path / "link" / ".." / "temporal-v1"):
+        with pytest.raises(ConfigError, match="pinned"):
+            TemporalDetector(TemporalDetector.Config(model_dir=reached))
+    assert temporal_module.shipped_pin(tmp_path) is None and temporal_module.shipped_pin(tmp_path / "missing") is None
     # The operator's own pin (what the refusal tells them to set) loads it.
     own = TemporalDetector(TemporalDetector.Config(manifest_sha256=sha256_file(swapped / "manifest.json")))
     assert own.fusion.intercept == pytest.approx(fusion["intercept"])
