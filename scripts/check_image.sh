@@ -5,8 +5,10 @@
 # - Builds from `git archive HEAD` (what a clean checkout holds), plus deploy/wheels/*.whl.
 # - Where python:3.11-slim-bookworm cannot be pulled (no registry reachable), set
 #   STAND_IN_BASE=1: a stand-in is debootstrapped from Debian's mirror (bookworm minbase with
-#   Debian's python3.11, linked at /usr/local/bin/python as in the official image). It carries
-#   this machine's CA bundle, so pip works behind an intercepting proxy.
+#   Debian's python3.11, linked at /usr/local/bin/python as in the official image), tagged
+#   localhost/deepfake-monitor-stand-in-base (never the official name) and built on with
+#   `podman build --from`. It carries this machine's CA bundle, so pip works behind an
+#   intercepting proxy; `podman rmi localhost/deepfake-monitor-stand-in-base` removes it.
 # - Builds and runs the image with podman's default runtime. Where no container can start (a
 #   sandbox that refuses cgroups or setrlimit), set SANDBOX=1: the build's RUN steps then use
 #   chroot isolation, and the image's root filesystem is run with chroot, as its user, with its
@@ -14,16 +16,18 @@
 # - Checks: without a token it refuses to bind 0.0.0.0 (exit 2); with one, the HEALTHCHECK's
 #   command passes, the API answers 401 without the token, the demo stream runs, /metrics
 #   serves, and SIGTERM stops it within docker stop's 10 s. Uses port 8080 on the host.
-# Needs: git, podman (and debootstrap for STAND_IN_BASE). Takes a few minutes.
+# Needs: git, podman, curl, python3 (and debootstrap for STAND_IN_BASE). Takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=deepfake-monitor:check
+STAND_IN=localhost/deepfake-monitor-stand-in-base:bookworm
 TOKEN=check-image-token-0123456789abcdef
 work=$(mktemp -d /tmp/check-image.XXXXXX)
 mounted=()
 serve_pids() { :; }  # the image's service processes, once the run mode below is known
 cleanup() {
   for pid in $(serve_pids); do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 100); do [ -z "$(serve_pids)" ] && break; sleep 0.1; done  # then unmount
   for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || true; done
   podman rm -f dfm-check >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -44,9 +48,10 @@ if [ "${STAND_IN_BASE:-0}" = 1 ]; then
   cp "$work/ca.crt" "$base/etc/ssl/certs/ca-certificates.crt"
   ln -sf /usr/bin/python3.11 "$base/usr/local/bin/python"
   tar -C "$base" -c . | podman import --change 'ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    - docker.io/library/python:3.11-slim-bookworm >/dev/null 2>&1
+    - "$STAND_IN" >/dev/null 2>&1
   rm -rf "$base"
 fi
+base_args=(); [ "${STAND_IN_BASE:-0}" = 1 ] && base_args=(--from "$STAND_IN")
 
 echo "== podman build (git archive HEAD)"
 mkdir "$work/ctx"
@@ -54,15 +59,19 @@ git archive HEAD | tar -x -C "$work/ctx"
 cp deploy/wheels/*.whl "$work/ctx/deploy/wheels/" 2>/dev/null || true
 start=$SECONDS
 isolation=oci; [ "${SANDBOX:-0}" = 1 ] && isolation=chroot
-podman build --isolation "$isolation" -f deploy/Dockerfile -t "$TAG" "$work/ctx" >"$work/build.log" 2>&1 \
+podman build --isolation "$isolation" "${base_args[@]}" -f "$work/ctx/deploy/Dockerfile" -t "$TAG" "$work/ctx" \
+    >"$work/build.log" 2>&1 \
   || { tail -30 "$work/build.log"; fail "podman build"; }
 echo "built in $((SECONDS - start)) s; $(podman image inspect "$TAG" --format '{{.Size}}' | awk '{printf "%.2f GB", $1/1e9}')"
 
 if [ "${SANDBOX:-0}" = 1 ]; then
   podman create --name dfm-check "$TAG" >/dev/null
   root=$(podman mount dfm-check)
-  mount -t proc proc "$root/proc" && mounted+=("$root/proc")
-  mount --bind /dev "$root/dev" && mounted+=("$root/dev")
+  mount -t proc proc "$root/proc"
+  mounted+=("$root/proc")
+  mount --bind /dev "$root/dev"
+  mounted+=("$root/dev")
+  real_root=$(readlink -f "$root")
   user=$(podman image inspect "$TAG" --format '{{.Config.User}}')
   dir=$(podman image inspect "$TAG" --format '{{.Config.WorkingDir}}')
   mapfile -t env < <(podman image inspect "$TAG" --format '{{range .Config.Env}}{{println .}}{{end}}' | sed '/^$/d')
@@ -73,7 +82,7 @@ if [ "${SANDBOX:-0}" = 1 ]; then
   in_image_sh() { chroot --userspec="$user:$user" "$root" /usr/bin/env -i "${env[@]}" /bin/sh -c "cd $dir && $1"; }
   serve_pids() {  # only ours: a service running on this host from another root is left alone
     for pid in $(pgrep -f "/opt/venv/bin/monitor serve"); do
-      [ "$(readlink "/proc/$pid/root")" = "$root" ] && echo "$pid"
+      [ "$(readlink "/proc/$pid/root")" = "$real_root" ] && echo "$pid"
     done
   }
 else
@@ -95,18 +104,19 @@ echo "refused (exit 2): $(grep -o "server.host=[^:]*" <<<"$out")"
 echo "== with a token"
 in_image "MONITOR_SERVER__TOKEN=$TOKEN" >"$work/serve.log" 2>&1 &
 for _ in $(seq 60); do curl -sf localhost:8080/healthz >/dev/null && break; sleep 1; done
-health=$(sed -n 's/^HEALTHCHECK .* CMD //p' deploy/Dockerfile)
+health=$(sed -n 's/^HEALTHCHECK .* CMD //p' "$work/ctx/deploy/Dockerfile")
 in_image_sh "$health" || { tail "$work/serve.log"; fail "the HEALTHCHECK command"; }
 echo "healthcheck passes: $(curl -s localhost:8080/healthz)"
-code=$(curl -s -o /dev/null -w '%{http_code}' localhost:8080/api/streams)
+code=$(curl -s -o /dev/null -w '%{http_code}' localhost:8080/api/streams || true)
 [ "$code" = 401 ] || fail "/api/streams without a token answered $code"
 sleep 3
 curl -sf -H "Authorization: Bearer $TOKEN" localhost:8080/api/streams | python3 -c '
 import json, sys
 s = json.load(sys.stdin)[0]
 assert s["state"] == "running" and s["fps_analysed"] > 5 and s["tracks"], s
-print("demo stream:", s["state"], s["fps_analysed"], "fps analysed,", len(s["tracks"]), "track")'
-n=$(curl -sf localhost:8080/metrics | grep -c '^deepfake_monitor_')
+print("demo stream:", s["state"], s["fps_analysed"], "fps analysed,", len(s["tracks"]), "track")' \
+  || fail "the demo stream is not running at over 5 fps with a face track"
+n=$(curl -sf localhost:8080/metrics | grep -c '^deepfake_monitor_' || true)
 [ "$n" -gt 50 ] || fail "/metrics gave $n deepfake_monitor_ samples"
 echo "/metrics: $n samples"
 pid=$(serve_pids | head -1)
