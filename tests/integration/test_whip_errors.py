@@ -245,8 +245,10 @@ async def test_offers_that_pass_the_checks_but_aiortc_cannot_answer_get_422_and_
         reg = svc.runtime.metrics.registry
         assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "unanswerable_sdp"}) == 2
         pc, ok = await publish(svc.base, "cam", [FaceTrack((160, 120))])  # the only slot is free again
-        assert ok.status_code == 201, ok.text
-        await pc.close()
+        try:
+            assert ok.status_code == 201, ok.text
+        finally:
+            await pc.close()
 
 
 async def test_whip_takes_the_token_in_the_query_too(tmp_path: Path) -> None:

@@ -126,15 +126,17 @@ async def test_one_silent_track_of_two_ends_the_session(tmp_path: Path) -> None:
     async with running_service(settings(tmp_path)) as svc:
         track = StallingTrack()
         pc, response = await publish(svc.base, "cam", [FaceTrack((160, 120)), track])
-        assert response.status_code == 201, response.text
-        names = response.headers["x-monitor-streams"].split(",")
-        assert len(names) == 2, names
-        for name in names:
-            await receiving(svc, name)
-        track.stall.set()
-        silent_since = time.monotonic()
-        await ends_like_a_delete(svc, names[1], silent_since)
-        await pc.close()
+        try:
+            assert response.status_code == 201, response.text
+            names = response.headers["x-monitor-streams"].split(",")
+            assert len(names) == 2, names
+            for name in names:
+                await receiving(svc, name)
+            track.stall.set()
+            silent_since = time.monotonic()
+            await ends_like_a_delete(svc, names[1], silent_since)
+        finally:
+            await pc.close()
 
 
 # A publisher in its own process, killed with SIGKILL: no DELETE, no DTLS close, no RTCP BYE.
