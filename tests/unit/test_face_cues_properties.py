@@ -422,3 +422,50 @@ def test_a_15_fps_window_is_thinned_to_about_10_fps() -> None:
     thinned = thin_rows(rows, 10.0)
     assert 28 <= len(thinned) <= 31
     assert thinned[-1] is rows[-1]
+
+
+# --- Promises a mutation audit found unheld (quality.py) ---
+
+
+@pytest.mark.parametrize("pitch", [35.0, 45.0])
+def test_looking_up_or_down_is_equally_occluded(pitch: float) -> None:
+    # "turned more than about ... 38 deg up or down" (models/temporal-v1.md Limits):
+    # the pitch gate is symmetric, like the yaw one.
+    landmarks = _to_image(_canonical_face())
+    up = turn_occlusion(_rotate(landmarks, "x", pitch))
+    down = turn_occlusion(_rotate(landmarks, "x", -pitch))
+    assert up > 0.3 and down == pytest.approx(up, abs=1e-3)
+
+
+def _roll(landmarks: np.ndarray, degrees: float) -> np.ndarray:
+    """In-plane rotation (head tilt) about the landmarks' centre: x, y rotate, z unchanged."""
+    import math
+
+    c = landmarks.mean(axis=0)
+    a = math.radians(degrees)
+    rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    return ((landmarks - c) @ rot.T + c).astype(np.float32)
+
+
+@pytest.mark.parametrize("axis, angle", [("y", 40.0), ("x", 35.0)])
+def test_a_tilted_head_is_as_occluded_as_an_upright_one(axis: str, angle: float) -> None:
+    # yaw and pitch are "the angle of the cheek-to-cheek [forehead-to-chin]
+    # vector out of the image plane": tilting the head in the image plane changes neither.
+    landmarks = _to_image(_canonical_face())
+    turned = _rotate(landmarks, axis, angle)
+    upright = turn_occlusion(turned)
+    assert 0.3 < upright < 1.0
+    for roll in (-30.0, 25.0):
+        assert turn_occlusion(_roll(turned, roll)) == pytest.approx(upright, abs=1e-3)
+
+
+def test_blur_at_112_px_is_the_plain_laplacian_variance() -> None:
+    # min_blur is "Laplacian variance (measured at 112 px whatever crop_size is)":
+    # a 112 px crop is measured as it is.
+    import cv2
+
+    rng = np.random.default_rng(0)
+    crop = cv2.GaussianBlur(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), (3, 3), 0)
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    expected = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    assert laplacian_variance(crop) == pytest.approx(expected, rel=1e-3)

@@ -134,6 +134,37 @@ def test_analyzer_reaches_alert_and_records_stages(metrics: Metrics) -> None:
     assert metrics.registry.get_sample_value("deepfake_monitor_tracks", {"state": "alert"}) == 0
 
 
+class Gated(CountingDetector):
+    """Once ``gate`` is set, the next features call blocks until it is released (a call stuck in
+    a native library), then raises ``then`` if given."""
+
+    def __init__(self, p: float, then: Exception | None = None) -> None:
+        super().__init__(p)
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.then = then
+
+    def features(self, obs: FaceObservation) -> Any:
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.entered.set()
+            gate.wait(30)
+            if self.then is not None:
+                raise self.then
+        return super().features(obs)
+
+
+def alerting(det: CountingDetector, metrics: Metrics) -> tuple[StreamAnalyzer, FakeClock]:
+    """An analyzer whose one face ``det`` has scored for 3 s at 10 fps, now in alert."""
+    clock = FakeClock()
+    a = analyzer(det, FakeFaces(), metrics, clock)
+    for i in range(30):
+        a.analyse(frame(i, i / 10, clock.monotonic()))
+        clock.advance(0.1)
+    assert a.snapshot()[0].state == TrackState.ALERT
+    return a, clock
+
+
 class ScriptedFaces:
     """Scripted track ids per frame; a track missing from the next frame is reported ended once."""
 
@@ -432,30 +463,15 @@ def test_a_call_declared_stalled_does_not_move_its_tracks_back_in_time(metrics: 
     # The loop declares a call stalled (idle "analysis_stalled": the track goes inconclusive at
     # t=5.0); when the call returns, its verdict on the older frame (t=3.0) must not be applied
     # on top, or the track went back to suspicious at t=3.0, earlier than the event before it.
-    class Gated(CountingDetector):
-        gate: threading.Event | None = None
-        entered = threading.Event()
-
-        def features(self, obs: FaceObservation) -> Any:
-            if self.gate is not None:
-                self.entered.set()
-                self.gate.wait(30)
-            return super().features(obs)
-
-    clock = FakeClock()
     det = Gated(0.95)
-    a = analyzer(det, FakeFaces(), metrics, clock)
-    for i in range(30):
-        a.analyse(frame(i, i / 10, clock.monotonic()))
-        clock.advance(0.1)
-    assert a.snapshot()[0].state == TrackState.ALERT
-    det.gate = threading.Event()
+    a, clock = alerting(det, metrics)
+    gate = det.gate = threading.Event()
     out: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: out.setdefault("late", a.analyse(frame(30, 3.0, clock.monotonic()))))
     worker.start()
     assert det.entered.wait(30)  # the call is under way (and stuck) before it is declared stalled
     stalled = a.idle(5.0, "analysis_stalled")
-    det.gate.set()
+    gate.set()
     worker.join(30)
     assert [e.type for e in stalled] == [EventType.ALERT_CLOSED, EventType.TRACK_STATE]
     assert out["late"].events == ()  # nothing applied from the late call
@@ -624,3 +640,141 @@ def test_frames_dropped_is_the_sum_of_every_reason() -> None:
     src.frames_dropped, src.decode_errors = 1, 2
     p.frames_stale, p.frames_skipped_for_fresher, p.frames_not_sampled, p.analysis_errors = 3, 4, 5, 6
     assert p.status().frames_dropped == 1 + 2 + 3 + 4 + 5 + 6
+
+
+# --- Promises a mutation audit found unheld (analyzer.py) ---
+
+
+def test_a_face_that_appears_on_a_skipped_frame_is_read_not_a_crash(metrics: Metrics) -> None:
+    # on a frame that skips the detector, a new track has an empty window; reusing
+    # "the window as it is" must not index it (IndexError) - the new face's features are read.
+    clock = FakeClock()
+    det = CountingDetector(0.95)
+    script = [(1,)] + [(1, 2)] * 9  # track 2 first seen on frame 1, the frame that skips
+    a = analyzer(det, ScriptedFaces(script), metrics, clock)  # type: ignore[arg-type]
+    a._timer = detector_heavy_timer()
+    for i in range(10):
+        a.analyse(frame(i, i / 10, clock.monotonic()))
+        clock.advance(0.1)
+    assert metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) >= 4
+    assert len(a.tracks[2].window) >= 1
+
+
+class Returning(CountingDetector):
+    def __init__(self, p: Any) -> None:
+        super().__init__()
+        self.raw = p
+
+    def score(self, window: TrackWindow) -> Score:
+        return Score(self.raw, (Signal("const", 0.5, 1.0),))
+
+
+@pytest.mark.parametrize("p", [1.5, -0.1, float("inf")])
+def test_a_probability_outside_0_1_is_invalid_score(metrics: Metrics, p: float) -> None:
+    # README "invalid_score (a detector plugin returned no probability in 0..1; logged)".
+    a = analyzer(Returning(p), FakeFaces(), metrics, FakeClock())
+    v = a.analyse(frame(0, 0.0)).verdicts[0]
+    assert v.score.probability is None and "invalid_score" in v.reasons
+
+
+def test_a_numpy_probability_becomes_a_plain_float(metrics: Metrics) -> None:
+    # "numpy's float32, say: the event log stores plain floats".
+    a = analyzer(Returning(np.float32(0.75)), FakeFaces(), metrics, FakeClock())
+    v = a.analyse(frame(0, 0.0)).verdicts[0]
+    assert type(v.score.probability) is float and v.score.probability == pytest.approx(0.75)
+
+
+def test_one_good_face_has_no_reasons(metrics: Metrics) -> None:
+    # multiple_faces only when more than one face is in the frame.
+    a = analyzer(CountingDetector(0.9), FakeFaces(faces=1), metrics, FakeClock())
+    verdicts = [a.analyse(frame(i, i / 10)).verdicts[0] for i in range(5)]
+    assert verdicts[-1].score.probability == 0.9
+    assert all("multiple_faces" not in v.reasons for v in verdicts)
+    two = analyzer(CountingDetector(0.9), FakeFaces(faces=2), Metrics(), FakeClock())
+    assert all("multiple_faces" in v.reasons for v in two.analyse(frame(0, 0.0)).verdicts)
+
+
+def test_a_stall_declared_on_a_call_that_then_raised_does_not_drop_the_next_frame(metrics: Metrics) -> None:
+    # "A stall declared during an earlier call (one that then raised) is not this one's."
+    det = Gated(0.95, then=RuntimeError("native call failed after the stall"))
+    a, clock = alerting(det, metrics)
+    gate = det.gate = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            a.analyse(frame(30, 3.0, clock.monotonic()))
+        except RuntimeError as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert det.entered.wait(30)
+    a.idle(5.0, "analysis_stalled")
+    gate.set()
+    worker.join(30)
+    assert errors  # the stalled call raised
+    assert a.snapshot()[0].state == TrackState.INCONCLUSIVE
+    clock.advance(0.1)
+    first = a.analyse(frame(31, 5.1, clock.monotonic()))
+    # The next call is judged afresh: its verdict reaches the policy (the track's reasons are
+    # this frame's, no longer the stall's).
+    assert a.snapshot()[0].reasons == first.verdicts[0].reasons != ("analysis_stalled",)
+    events = list(first.events)
+    for i in range(32, 62):
+        clock.advance(0.1)
+        events.extend(a.analyse(frame(i, 5.1 + (i - 31) / 10, clock.monotonic())).events)
+    assert a.snapshot()[0].state == TrackState.ALERT
+
+
+def test_after_abandon_nothing_reopens_and_nothing_closes_twice(metrics: Metrics) -> None:
+    # "abandon() closed every track: nothing may reopen one"; "None when end (or
+    # abandon) already closed them".
+    a, clock = alerting(CountingDetector(0.95), metrics)
+    closed = a.abandon(3.0)
+    assert closed  # the open alert closed
+    late = a.analyse(frame(30, 3.0, clock.monotonic()))  # the stuck call returning
+    assert late.verdicts == () and late.events == ()
+    assert a.snapshot() == []
+    assert a.abandon(3.1) is None
+    assert a.end(3.2) == []
+
+
+def test_frames_without_faces_observe_no_frame_to_verdict_latency(metrics: Metrics) -> None:
+    # frame_to_verdict is "time from a frame leaving the decoder to its verdict"; a
+    # frame with no face has no verdict.
+    clock = FakeClock()
+    a = analyzer(CountingDetector(0.5), FakeFaces(faces=0), metrics, clock)
+    for i in range(5):
+        a.analyse(frame(i, i / 10, clock.monotonic()))
+    assert (metrics.registry.get_sample_value("deepfake_monitor_frame_to_verdict_seconds_count") or 0) == 0
+    b = analyzer(CountingDetector(0.5), FakeFaces(faces=1), Metrics(), clock)
+    b.analyse(frame(0, 0.0, clock.monotonic()))
+    assert b.metrics.registry.get_sample_value("deepfake_monitor_frame_to_verdict_seconds_count") == 1
+
+
+@pytest.mark.parametrize("budget_s, skips", [(1.0, False), (0.2, True)])
+def test_analysis_budget_s_sets_the_budget(metrics: Metrics, budget_s: float, skips: bool) -> None:
+    # config `budget_s`: "Per-frame analysis budget; default 1/fps". A 301 ms frame
+    # (300 ms of it the detector) is within a 1 s budget: nothing skipped at fps 10.
+    from monitor.config import AnalysisConfig, PolicyConfig
+    from monitor.pipeline.analyzer import StreamAnalyzer
+
+    det = CountingDetector()
+    a = StreamAnalyzer("s", AnalysisConfig(fps=10, budget_s=budget_s), PolicyConfig(min_alert_s=0.5), det, FakeFaces(), metrics, FakeClock())
+    a._timer = detector_heavy_timer()
+    for i in range(10):
+        a.analyse(frame(i, i / 10))
+    skipped = metrics.registry.get_sample_value("deepfake_monitor_work_skipped_total", {"stage": "detect"}) or 0
+    assert (skipped > 0) == skips and (det.features_calls == 10) == (not skips)
+
+
+def test_a_detached_analyzer_records_no_metrics(metrics: Metrics) -> None:
+    # detach(): "whatever it finishes, it must not bring back the stream's metrics".
+    clock = FakeClock()
+    a = analyzer(CountingDetector(0.5), FakeFaces(), metrics, clock)
+    a.detach()
+    a.analyse(frame(0, 0.0, clock.monotonic()))
+    value = metrics.registry.get_sample_value
+    assert value("deepfake_monitor_frames_analysed_total", {"stream": "s"}) is None
+    assert value("deepfake_monitor_faces_tracked", {"stream": "s"}) is None
