@@ -439,8 +439,6 @@ def test_looking_up_or_down_is_equally_occluded(pitch: float) -> None:
 
 def _roll(landmarks: np.ndarray, degrees: float) -> np.ndarray:
     """In-plane rotation (head tilt) about the landmarks' centre: x, y rotate, z unchanged."""
-    import math
-
     c = landmarks.mean(axis=0)
     a = math.radians(degrees)
     rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])

@@ -757,9 +757,6 @@ def test_frames_without_faces_observe_no_frame_to_verdict_latency(metrics: Metri
 def test_analysis_budget_s_sets_the_budget(metrics: Metrics, budget_s: float, skips: bool) -> None:
     # config `budget_s`: "Per-frame analysis budget; default 1/fps". A 301 ms frame
     # (300 ms of it the detector) is within a 1 s budget: nothing skipped at fps 10.
-    from monitor.config import AnalysisConfig, PolicyConfig
-    from monitor.pipeline.analyzer import StreamAnalyzer
-
     det = CountingDetector()
     a = StreamAnalyzer("s", AnalysisConfig(fps=10, budget_s=budget_s), PolicyConfig(min_alert_s=0.5), det, FakeFaces(), metrics, FakeClock())
     a._timer = detector_heavy_timer()

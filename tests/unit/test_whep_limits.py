@@ -104,10 +104,9 @@ def created(body: bytes, extra: bytes = b"") -> Callable[[asyncio.StreamWriter],
     return reply
 
 
-async def open_fails(metrics: Metrics, url: str) -> tuple[str, float]:
-    """Run one connection attempt of a WHEP source against ``url`` (its own thread and loop, as
-    the source does), then its teardown; the attempt's error and how long it took."""
-    source = WhepSource("w", url, metrics=metrics, config=WhepSource.Config(open_timeout_s=8.0))
+async def attempt_fails(source: WhepSource) -> tuple[SourceError, float]:
+    """Run one connection attempt of ``source`` (its own thread and loop, as the source does),
+    then its teardown; the attempt's error and how long the attempt took."""
     started = time.monotonic()
     try:
         with pytest.raises(SourceError) as err:
@@ -116,7 +115,13 @@ async def open_fails(metrics: Metrics, url: str) -> tuple[str, float]:
         assert err.value.retryable  # as any other answer it cannot use
     finally:
         await asyncio.to_thread(source._close)
-    return str(err.value), took
+    return err.value, took
+
+
+async def open_fails(metrics: Metrics, url: str) -> tuple[str, float]:
+    """The error of one attempt at ``url`` and how long it took."""
+    err, took = await attempt_fails(WhepSource("w", url, metrics=metrics, config=WhepSource.Config(open_timeout_s=8.0)))
+    return str(err), took
 
 
 async def test_an_endless_whep_answer_is_read_no_further_than_the_limit(metrics: Metrics) -> None:
@@ -228,14 +233,9 @@ async def test_an_answer_refused_for_what_it_lacks_says_why(metrics: Metrics) ->
     lacking = ANSWER_HEAD.replace("a=ice-ufrag:abcd\r\n", "")
     endpoint = FakeEndpoint(answer=created(lacking.encode()))
     async with endpoint.serving() as url:
-        source = WhepSource("w", url, metrics=metrics, config=WhepSource.Config(open_timeout_s=8.0))
-        try:
-            with pytest.raises(SourceError) as refused:
-                await asyncio.to_thread(source._open)
-        finally:
-            await asyncio.to_thread(source._close)
-    assert str(refused.value) == "WHEP answer refused: ICE username fragment or password is missing (ValueError)"
-    assert refused.value.kind == "ValueError" and refused.value.retryable
+        refused, _ = await attempt_fails(WhepSource("w", url, metrics=metrics, config=WhepSource.Config(open_timeout_s=8.0)))
+    assert str(refused) == "WHEP answer refused: ICE username fragment or password is missing (ValueError)"
+    assert refused.kind == "ValueError"
 
 
 def test_the_candidate_cap_counts_every_candidate_as_for_whip(metrics: Metrics) -> None:
@@ -300,11 +300,8 @@ async def test_a_whep_source_sends_nothing_to_a_proxy_from_the_environment(metri
         for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
             monkeypatch.setenv(name, proxy_url.rsplit("/", 1)[0])
         source = WhepSource("w", url, metrics=metrics, config=WhepSource.Config(token="t" * 32, open_timeout_s=8.0))
-        try:
-            with pytest.raises(SourceError, match="ICE candidates"):
-                await asyncio.to_thread(source._open)
-        finally:
-            await asyncio.to_thread(source._close)
+        refused, _ = await attempt_fails(source)
+    assert "ICE candidates" in str(refused)
     assert proxy.requests == []
     assert endpoint.requests == ["POST /whep HTTP/1.1", "DELETE /whep/s1 HTTP/1.1"]
 
