@@ -237,11 +237,28 @@ def alerts(
         _fail(exc)
 
 
+# The packages of the `train` extra: a service install (the container image) has none of them.
+TRAINING_PACKAGES = ("torch", "onnx", "tflite")
+
+
+def _training_entry(command: str, module: str) -> Any:
+    """``module``'s ``main``, or exit 2 naming the extra when a training package is missing."""
+    import importlib
+
+    from monitor.detect.bundle import TRAIN_EXTRA_HINT
+
+    try:
+        return importlib.import_module(module).main
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_PACKAGES:
+            raise
+        _fail(MonitorError(f"monitor {command} needs {exc.name}, which this install lacks: {TRAIN_EXTRA_HINT}"))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def train(ctx: typer.Context) -> None:
     """Train the temporal-v1 detector bundle (`monitor train --help` for the options)."""
-    from monitor.training.train import main as train_main
-
+    train_main = _training_entry("train", "monitor.training.train")
     try:
         train_main(ctx.args)
     except (MonitorError, OSError) as exc:  # bad input (InputError) or an unwritable path: no traceback
@@ -253,8 +270,7 @@ def train(ctx: typer.Context) -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def sbi(ctx: typer.Context) -> None:
     """Long self-blend training of the appearance CNN, GPU-ready: `monitor sbi pack|fit --help`."""
-    from monitor.training.sbi import main as sbi_main
-
+    sbi_main = _training_entry("sbi", "monitor.training.sbi")
     try:
         sbi_main(ctx.args)
     except (MonitorError, OSError) as exc:

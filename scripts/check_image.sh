@@ -2,7 +2,7 @@
 # Builds deploy/Dockerfile with podman and smoke-tests the image, for machines with no Docker
 # daemon. Usage (root, from any directory): scripts/check_image.sh
 #
-# - Builds from `git archive HEAD` (what a clean checkout holds), plus deploy/wheels/*.whl.
+# - Builds from `git archive HEAD` (what a clean checkout holds).
 # - Where python:3.11-slim-bookworm cannot be pulled (no registry reachable), set
 #   STAND_IN_BASE=1: a stand-in is debootstrapped from Debian's mirror (bookworm minbase with
 #   Debian's python3.11, linked at /usr/local/bin/python as in the official image), tagged
@@ -15,7 +15,8 @@
 #   environment and entrypoint.
 # - Checks: without a token it refuses to bind 0.0.0.0 (exit 2); with one, the HEALTHCHECK's
 #   command passes, the API answers 401 without the token, the demo stream runs, /metrics
-#   serves, and SIGTERM stops it within docker stop's 10 s. Uses port 8080 on the host.
+#   serves, the service holds no torch (the image installs no `train` extra) and `monitor train`
+#   says which extra it needs, and SIGTERM stops it within docker stop's 10 s. Port 8080 on the host.
 # Needs: git, podman, curl, python3 (and debootstrap for STAND_IN_BASE). Takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +57,6 @@ base_args=(); [ "${STAND_IN_BASE:-0}" = 1 ] && base_args=(--from "$STAND_IN")
 echo "== podman build (git archive HEAD)"
 mkdir "$work/ctx"
 git archive HEAD | tar -x -C "$work/ctx"
-cp deploy/wheels/*.whl "$work/ctx/deploy/wheels/" 2>/dev/null || true
 start=$SECONDS
 isolation=oci; [ "${SANDBOX:-0}" = 1 ] && isolation=chroot
 podman build --isolation "$isolation" "${base_args[@]}" -f "$work/ctx/deploy/Dockerfile" -t "$TAG" "$work/ctx" \
@@ -121,6 +121,13 @@ n=$(curl -sf localhost:8080/metrics | grep -c '^deepfake_monitor_' || true)
 echo "/metrics: $n samples"
 pid=$(serve_pids | head -1)
 [ -n "$pid" ] || fail "the service's process is gone"
+# The default detector (temporal-v1) runs in ONNX Runtime: no torch installed, none loaded.
+grep -q onnxruntime "/proc/$pid/maps" || fail "the service has not loaded ONNX Runtime"
+! grep -q libtorch "/proc/$pid/maps" || fail "the service has loaded torch"
+! in_image_sh "/opt/venv/bin/python -c 'import torch'" 2>/dev/null || fail "torch is installed in the image"
+set +e; train_out=$(in_image_sh "/opt/venv/bin/monitor train" 2>&1); rc=$?; set -e
+[ "$rc" = 2 ] && grep -q "deepfake-monitor\[train\]" <<<"$train_out" || fail "monitor train: exit $rc, $train_out"
+echo "no torch: ONNX Runtime loaded, libtorch not; monitor train exits 2 naming the train extra"
 start=$(date +%s%N); kill -TERM "$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$pid" 2>/dev/null && fail "still running 10 s after SIGTERM"

@@ -23,6 +23,11 @@ MANIFEST = "manifest.json"
 FILES = ("appearance.onnx", "appearance.pt", "geometry.onnx", "geometry.pt", "fusion.json")
 
 Backend = Literal["onnx", "torch"]
+# Side of the aligned crop the appearance CNN reads (monitor.faces.align framing). Defined here,
+# not in monitor.detect.nets, so that the service's ONNX path never imports torch: torch is the
+# `train` extra, and a service install (the container image) has none.
+APPEARANCE_INPUT = 112
+TRAIN_EXTRA_HINT = "install the training extra: pip install 'deepfake-monitor[train]' (scripts/setup.sh does)"
 
 
 def sha256_file(path: Path) -> str:
@@ -269,8 +274,11 @@ def load_bundle(directory: Path, backend: Backend, manifest_sha256: str | None) 
         except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail...: a file that is not the net
             raise ConfigError(f"detector weights in {directory}: an ONNX file cannot be loaded ({type(exc).__name__}: {exc})") from None
     else:
-        import torch
-
+        try:
+            import torch
+        except ImportError as exc:
+            raise ConfigError(f"detector backend 'torch' needs PyTorch, which this install lacks ({exc}): use backend 'onnx', "
+                              f"or {TRAIN_EXTRA_HINT}") from None
         torch.set_num_threads(1)
         app = _TorchAppearance(directory / "appearance.pt", files["appearance.pt"])
         geo = _TorchGeometry(directory / "geometry.pt", files["geometry.pt"], GEOMETRY_DIM)
@@ -286,7 +294,7 @@ def _warm_up(directory: Path, app: AppearanceModel, geo: GeometryModel, geometry
     """One call of each net on zeros, at load: two graphs swapped, or an input of the wrong size,
     loaded fine and then failed every frame, so no face was ever scored."""
     try:
-        logits = app(np.zeros((2, 112, 112, 3), np.uint8))
+        logits = app(np.zeros((2, APPEARANCE_INPUT, APPEARANCE_INPUT, 3), np.uint8))
         if np.shape(logits) != (2,):
             raise ValueError(f"the appearance net gave shape {np.shape(logits)} for 2 crops, not (2,)")
         geo(np.zeros((8, geometry_dim), np.float32))

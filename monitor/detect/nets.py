@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-APPEARANCE_INPUT = 112  # side of the aligned crop the CNN reads (monitor.faces.align framing)
+from monitor.detect.bundle import APPEARANCE_INPUT  # noqa: F401  (defined where the service reads it without torch)
+
 # Inputs are scaled to [-1, 1] inside the graph so ONNX and torch see identical uint8-derived floats.
 
 

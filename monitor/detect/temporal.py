@@ -15,9 +15,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from monitor.detect.bundle import MODELS_DIR, Bundle, Fusion, load_bundle
+from monitor.detect.bundle import APPEARANCE_INPUT, MODELS_DIR, Bundle, Fusion, load_bundle
 from monitor.detect.features import colour_vector, geometry_vector, physio_stats
-from monitor.detect.nets import APPEARANCE_INPUT
 from monitor.errors import ConfigError
 from monitor.plugins import TrackWindow
 from monitor.types import FaceObservation, Score, Signal
@@ -175,7 +174,7 @@ class TemporalDetector:
         model: str = Field("temporal-v1", description="Weight bundle under models/: the name of a folder with manifest.json (for a path, use model_dir).")
         model_dir: Path | None = Field(None, description="Load the bundle from this folder instead of models/<model>. Not pinned unless manifest_sha256 is set, except a shipped bundle's own folder, which keeps its pin however it is reached.")
         manifest_sha256: str | None = Field(None, description="Pin the bundle's manifest.json to this sha256 (shipped bundles are pinned already).")
-        backend: Literal["onnx", "torch"] = Field("onnx", description="Inference engine: ONNX Runtime (faster) or the torch reference path.")
+        backend: Literal["onnx", "torch"] = Field("onnx", description="Inference engine: ONNX Runtime (faster) or the torch reference path (needs the `train` extra).")
         window_s: float = Field(8.0, gt=1, le=30, description="Seconds of track history kept; pulse and blink statistics read all of it.")
         appearance_s: float = Field(3.0, gt=0, le=30, description="Seconds of appearance logits pooled (mean, spread, flicker).")
         geometry_s: float = Field(3.0, gt=0, le=30, description="Seconds of landmark sequence read by the geometry GRU.")
