@@ -242,17 +242,23 @@ TRAINING_PACKAGES = ("torch", "onnx", "tflite")
 
 
 def _training_entry(command: str, module: str) -> Any:
-    """``module``'s ``main``, or exit 2 naming the extra when a training package is missing."""
+    """``module``'s ``main``, or exit 2 naming the extra when one of its packages is not installed.
+    All are checked before anything runs: onnx is first needed at export, after the training."""
     import importlib
+    import importlib.util
 
     from monitor.detect.bundle import TRAIN_EXTRA_HINT
 
-    try:
-        return importlib.import_module(module).main
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in TRAINING_PACKAGES:
-            raise
-        _fail(MonitorError(f"monitor {command} needs {exc.name}, which this install lacks: {TRAIN_EXTRA_HINT}"))
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ImportError:  # an import hook that refuses it
+            return False
+
+    missing = [name for name in TRAINING_PACKAGES if not installed(name)]
+    if missing:
+        _fail(MonitorError(f"monitor {command} needs {', '.join(missing)}, which this install lacks: {TRAIN_EXTRA_HINT}"))
+    return importlib.import_module(module).main
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

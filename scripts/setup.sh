@@ -59,7 +59,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
     .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 --index-url "$torch_index"
   fi
   # A checkout is a working copy: it gets the training extra (torch, for `monitor train` and the
-  # tests) as well as the service. A service-only install is `pip install .` (deploy/Dockerfile).
+  # tests) as well as the service. A service-only install is `pip install -e .` (deploy/Dockerfile).
   extras="[train]"; [ "$want_test" = 1 ] && extras="[train,test]"
   .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" -e plugins/webhook-sink -e plugins/redis-sink
   # mediapipe 0.10.21 bundles the face models (later releases download them at run time);

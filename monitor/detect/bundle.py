@@ -27,7 +27,11 @@ Backend = Literal["onnx", "torch"]
 # not in monitor.detect.nets, so that the service's ONNX path never imports torch: torch is the
 # `train` extra, and a service install (the container image) has none.
 APPEARANCE_INPUT = 112
-TRAIN_EXTRA_HINT = "install the training extra: pip install 'deepfake-monitor[train]' (scripts/setup.sh does)"
+# torch's Linux wheel on PyPI is the multi-GB CUDA build: the hint takes the CPU one.
+TRAIN_EXTRA_HINT = (
+    "install the `train` extra in a checkout: scripts/setup.sh does, or "
+    "pip install -e '.[train]' --extra-index-url https://download.pytorch.org/whl/cpu"
+)
 
 
 def sha256_file(path: Path) -> str:

@@ -10,7 +10,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from monitor.detect.nets import APPEARANCE_INPUT
+from monitor.detect.bundle import APPEARANCE_INPUT
 
 # MediaPipe FACEMESH_FACE_OVAL, in contour order.
 FACE_OVAL = np.array(
