@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import av
 import numpy as np
 
 
@@ -57,7 +58,15 @@ class Frame:
         ValueError saying what is expected (before: IndexError, TypeError deep in MediaPipe)."""
         if isinstance(self.decoded, np.ndarray):
             return as_rgb24(self.decoded)
-        image = self.decoded.to_ndarray(format="rgb24")
+        if isinstance(self.decoded, av.VideoFrame):
+            # One thread. PyAV's default (0, auto) gives every frame its own scaler with a
+            # thread per CPU, started for the conversion and kept while the frame lives: each
+            # analysed frame started CPU-count threads, and the frames a stream still held kept
+            # about a hundred FFmpeg threads alive in a 4-stream service on 2 CPUs (soak).
+            # Streams are the parallelism here; one 720p conversion takes well under a ms.
+            image = self.decoded.to_ndarray(format="rgb24", threads=1)
+        else:
+            image = self.decoded.to_ndarray(format="rgb24")
         if self.orientation:
             image = orient(image, self.orientation)
         return readonly(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ import pytest
 from monitor.config import AnalysisConfig
 from monitor.faces import FaceTracker
 from monitor.sources.av_source import sample_video
+from monitor.sources.demo_media import write_clip
 from monitor.training.degrade import Degradation, degrade_clip
 from monitor.types import Frame, matrix_orientation
 from tests.support.media import phone_clip
@@ -104,3 +106,33 @@ def test_face_in_portrait_phone_video_is_found_where_it_is_upright(tmp_path: Pat
     with av.open(str(clip)) as c:
         lying = _faces(next(c.decode(video=0)).to_ndarray(format="rgb24"))
     assert not lying or not np.allclose(lying[0].bbox, expected[0].bbox, atol=6)
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_converting_decoded_frames_starts_no_threads_and_leaves_none_with_the_frames(tmp_path: Path) -> None:
+    # PyAV converts with a thread per CPU by default, kept with each frame: a stream's held
+    # frames kept ~25 FFmpeg threads alive each on this 2-CPU machine (benchmarks/soak.py).
+    clip = write_clip(tmp_path / "c.mp4", 1.0, fps=30, width=320, height=240)
+    with av.open(str(clip)) as container:
+        decoded = list(container.decode(video=0))
+    before = _threads()
+    frames = [Frame.from_decoded("s", i, i / 30, 0.0, vf) for i, vf in enumerate(decoded)]
+    images = [f.rgb() for f in frames]
+    assert _threads() == before, "converted frames hold threads"
+    assert all(im.shape == (240, 320, 3) and im.dtype == np.uint8 for im in images)
+    # The same pixels as PyAV's default conversion.
+    assert np.array_equal(images[5], decoded[5].to_ndarray(format="rgb24"))
+
+
+def test_a_plugin_frame_is_converted_without_pyav_only_arguments() -> None:
+    class PluginFrame:  # what a source plugin may hand over (monitor.types.Decoded)
+        width, height = 4, 2
+
+        def to_ndarray(self, format: str) -> np.ndarray:  # noqa: A002  (no **kwargs: threads would break it)
+            assert format == "rgb24"
+            return np.full((2, 4, 3), 7, np.uint8)
+
+    assert Frame.from_decoded("s", 0, 0.0, 0.0, PluginFrame()).rgb().tolist() == np.full((2, 4, 3), 7).tolist()
