@@ -7,7 +7,7 @@ on histograms.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from monitor import __version__
 from monitor.types import EventType, Severity, TrackState
@@ -28,6 +28,10 @@ class Metrics:
         r = self.registry
         self.build_info = Info("deepfake_monitor_build", "Version of the running monitor.", registry=r)
         self.build_info.info({"version": __version__})
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total...: what a
+        # long run's memory and descriptors do (benchmarks/soak.py), as client_python's default
+        # registry has them. Read from /proc, so present on Linux only.
+        ProcessCollector(registry=r)
 
         self.frames_received = Counter(
             "deepfake_monitor_frames_received_total", "Frames decoded by sources.", ["stream"], registry=r

@@ -9,7 +9,7 @@ from pathlib import Path
 from monitor.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-NAME = re.compile(r"\bdeepfake_monitor_[a-z0-9_]*[a-z0-9]\b")
+NAME = re.compile(r"\b(?:deepfake_monitor|process)_[a-z0-9_]*[a-z0-9]\b")
 
 
 def documented() -> set[str]:
