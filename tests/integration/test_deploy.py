@@ -55,10 +55,10 @@ def test_grafana_dashboard_names_only_exported_metrics_and_filters_by_instance()
     names = exported_names()
     assert len(queries) > 30
     for where, expr in queries:
-        used = set(re.findall(r"deepfake_monitor_\w+", expr))
+        used = set(re.findall(r"(?:deepfake_monitor|process)_\w+", expr))
         assert used and used <= names, f"{where}: {sorted(used - names)}"
         # Every selector keeps to the chosen instances, so one dashboard serves several monitors.
-        selectors = re.findall(r"deepfake_monitor_\w+(\{[^}]*\})?", expr)
+        selectors = re.findall(r"(?:deepfake_monitor|process)_\w+(\{[^}]*\})?", expr)
         if not where.startswith("variable 'instance'"):
             assert all('instance=~"$instance"' in sel for sel in selectors), f"{where}: {expr}"
 

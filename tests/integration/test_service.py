@@ -311,6 +311,8 @@ async def _dashboard_queries_run(prom: Prometheus, target: str) -> None:
     assert value("panel 'Analysis stage time p95' target A", stage="faces") > 0
     assert value("panel 'Tracks in alert now' target A") == 0 and value("panel 'Alerts opened' target A") == 0
     assert got["variable 'stream'"] and got["variable 'instance'"][0]["metric"]["instance"] == target
+    assert value("panel 'Resident memory' target A") > 100e6 and value("panel 'CPU cores used' target A") > 0
+    assert 0 < value("panel 'Open file descriptors' target A") < value("panel 'Open file descriptors' target B")
 
 
 async def _scrapes_at_least(prom: Prometheus, n: int) -> bool:
