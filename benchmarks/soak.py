@@ -15,13 +15,19 @@ and goes in a real deployment:
 Every `--sample-s` it reads the service process's resident memory (VmRSS), open file
 descriptors and threads from /proc. The first `--warmup-frac` of the run (imports, model load,
 allocator arenas filling) is left out of the trend; over the rest, the figures are:
-- growth in MB per hour, the Theil-Sen slope (the median of pairwise slopes, robust to a
-  sample taken during a garbage collection or an arena's growth);
-- the ratio of the median RSS of the last three samples to that of the first three after the
-  warm-up (a ratio within the run, as machine noise does not move memory much);
+- growth in MB per hour: the Theil-Sen slope over each minute's median RSS (robust to the swing
+  of a garbage collection, an arena's growth or a replay), with its 95% interval
+  (scipy.stats.theilslopes). With a swing of a couple of hundred MB, a 15-minute run bounds a
+  leak only to a few hundred MB an hour either way: read the interval, not the slope alone;
 - file descriptors and threads after the warm-up, at the end and at most.
 
-Run: .venv/bin/python benchmarks/soak.py [--minutes 15] [--streams 4] [--churn-s 6] [--out benchmarks/results/soak.json]
+Before the soak, `--sizing` (default 0,1,2,4) starts the service with that many of the same
+streams and nothing else (no churn, no clients, no alerts) and records the median RSS after 20 s:
+what a stream costs at rest, which the soak's figure (with replays and churn on top) is not.
+
+If this script is stopped (SIGTERM, Ctrl-C) or killed, the service it started stops with it.
+
+Run: .venv/bin/python benchmarks/soak.py [--minutes 15] [--streams 4] [--churn-s 6] [--sizing 0,1,2,4] [--out benchmarks/results/soak.json]
 (`--summarise FILE.json` recomputes a saved run's figures and tables from its samples.)
 """
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import itertools
 import json
 import os
@@ -44,6 +51,7 @@ from typing import Any
 
 import httpx
 import websockets
+from scipy.stats import theilslopes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,12 +83,6 @@ def proc_sample(pid: int) -> dict[str, float]:
     }
 
 
-def theil_sen(ts: list[float], ys: list[float]) -> float:
-    """The median of the slopes between every pair of points (per unit of ``ts``)."""
-    slopes = [(ys[j] - ys[i]) / (ts[j] - ts[i]) for i, j in itertools.combinations(range(len(ts)), 2) if ts[j] > ts[i]]
-    return statistics.median(slopes) if slopes else float("nan")
-
-
 def per_minute(samples: list[dict[str, float]]) -> list[dict[str, Any]]:
     """Each minute's median and range: what a trend over a noisy series cannot show on its own."""
     out = []
@@ -91,8 +93,17 @@ def per_minute(samples: list[dict[str, float]]) -> list[dict[str, Any]]:
         out.append({
             "minute": minute, "rss_mb_median": round(statistics.median(rss), 1),
             "rss_mb_range": [round(min(rss), 1), round(max(rss), 1)], "threads_range": [min(threads), max(threads)],
+            "fds_median": statistics.median(s["fds"] for s in group),
         })
     return out
+
+
+def trend_per_hour(per_min: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Theil-Sen slope of each minute's ``key`` against its minute, per hour, with its 95% interval."""
+    if len(per_min) < 3:
+        return {"slope": float("nan"), "low": float("nan"), "high": float("nan")}
+    slope, _, low, high = theilslopes([m[key] for m in per_min], [m["minute"] for m in per_min], alpha=0.95)
+    return {"slope": round(slope * 60, 1), "low": round(low * 60, 1), "high": round(high * 60, 1)}
 
 
 def summarise(samples: list[dict[str, float]], warmup_frac: float) -> dict[str, Any]:
@@ -100,19 +111,23 @@ def summarise(samples: list[dict[str, float]], warmup_frac: float) -> dict[str, 
     steady = [s for s in samples if s["t"] >= warmup_frac * t_end]
     if len(steady) < 6:
         raise SystemExit(f"too few samples after the warm-up ({len(steady)}): run longer or sample more often")
-    ts = [s["t"] for s in steady]
-    first = statistics.median(s["rss_mb"] for s in steady[:3])
-    last = statistics.median(s["rss_mb"] for s in steady[-3:])
+    minutes = per_minute(samples)
+    # Whole minutes after the warm-up (a last, partial one has too few samples for a median).
+    steady_minutes = [m for m in minutes if m["minute"] * 60 >= steady[0]["t"] and (m["minute"] + 1) * 60 <= t_end]
     return {
         "samples_after_warmup": len(steady),
         "warmup_s": round(steady[0]["t"], 1),
-        "rss_mb": {"after_warmup": round(first, 1), "end": round(last, 1), "max": round(max(s["rss_mb"] for s in steady), 1)},
-        "rss_end_to_warmup_ratio": round(last / first, 4),
-        "rss_growth_mb_per_hour": round(theil_sen(ts, [s["rss_mb"] for s in steady]) * 3600, 2),
-        "fds": {"after_warmup": steady[0]["fds"], "end": steady[-1]["fds"], "max": max(s["fds"] for s in steady)},
-        "fds_growth_per_hour": round(theil_sen(ts, [s["fds"] for s in steady]) * 3600, 2),
-        "threads": {"after_warmup": steady[0]["threads"], "end": steady[-1]["threads"], "max": max(s["threads"] for s in steady)},
-        "per_minute": per_minute(samples),
+        "rss_mb": {"after_warmup": round(steady[0]["rss_mb"], 1), "end": round(steady[-1]["rss_mb"], 1),
+                   "min": round(min(s["rss_mb"] for s in steady), 1), "max": round(max(s["rss_mb"] for s in steady), 1)},
+        "rss_minute_medians_mb": [min(m["rss_mb_median"] for m in steady_minutes), max(m["rss_mb_median"] for m in steady_minutes)]
+        if steady_minutes else None,
+        "rss_growth_mb_per_hour": trend_per_hour(steady_minutes, "rss_mb_median"),
+        "fds": {"after_warmup": steady[0]["fds"], "end": steady[-1]["fds"], "min": min(s["fds"] for s in steady), "max": max(s["fds"] for s in steady)},
+        "fds_growth_per_hour": trend_per_hour(steady_minutes, "fds_median"),
+        "threads": {"after_warmup": steady[0]["threads"], "end": steady[-1]["threads"],
+                    "median": statistics.median(s["threads"] for s in steady),
+                    "min": min(s["threads"] for s in steady), "max": max(s["threads"] for s in steady)},
+        "per_minute": minutes,
     }
 
 
@@ -168,39 +183,91 @@ async def poll_api(base: str, stop: asyncio.Event, counts: dict[str, int]) -> No
                 pass
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG), so a killed benchmark leaves no service behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def start_service(work: Path, name: str, config: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``monitor serve`` with ``config`` on a free loopback port, once /healthz answers."""
+    (work / f"{name}.yaml").write_text(config)
+    port = free_port()
+    with (work / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "serve", "-c", str(work / f"{name}.yaml"), "--port", str(port),
+             "--data-dir", str(work / f"{name}-data")],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "GLOG_minloglevel": "2"},
+            preexec_fn=_die_with_parent,
+        )
+    base = f"http://{LOOPBACK}:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise SystemExit(f"the service exited with {proc.returncode}: {(work / f'{name}.log').read_text()[-2000:]}")
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    return proc, base
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    stop_service(proc)
+    raise SystemExit(f"the service did not answer /healthz within 60 s: {(work / f'{name}.log').read_text()[-2000:]}")
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def streams_yaml(clip: Path, n: int, prefix: str) -> str:
+    return "streams:\n" + "".join(f"  - {{id: {prefix}-{i}, url: '{clip}', loop: true}}\n" for i in range(n)) if n else "streams: []\n"
+
+
+async def sizing(clip: Path, work: Path, counts: list[int]) -> list[dict[str, float]]:
+    """Median RSS and threads of a service with N streams and nothing else, 20 s after it answers."""
+    rows = []
+    for n in counts:
+        proc, _ = await start_service(work, f"sizing-{n}", streams_yaml(clip, n, "s"))
+        try:
+            await asyncio.sleep(20)
+            samples = []
+            for _ in range(10):
+                samples.append(proc_sample(proc.pid))
+                await asyncio.sleep(1)
+        finally:
+            stop_service(proc)
+        rows.append({
+            "streams": n, "rss_mb_median": round(statistics.median(x["rss_mb"] for x in samples), 1),
+            "threads_median": statistics.median(x["threads"] for x in samples),
+        })
+    return rows
+
+
+def metric_sum(text: str, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     clip = write_clip(work / "faces.mp4", 6.0, fps=30, width=640, height=480, faces=2)
-    port = free_port()
-    config = work / "soak.yaml"
-    streams = "".join(f"  - {{id: steady-{i}, url: '{clip}', loop: true}}\n" for i in range(args.streams))
-    config.write_text(
+    at_rest = await sizing(clip, work, args.sizing)
+    config = (
         f"server: {{api_file_roots: ['{work}']}}\n"
         "policy: {suspicious_enter: 0.001, alert_enter: 0.001, hysteresis: 0.0, min_alert_s: 0.0}\n"
-        f"streams:\n{streams}"
+        + streams_yaml(clip, args.streams, "steady")
     )
-    log = (work / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "serve", "-c", str(config), "--port", str(port), "--data-dir", str(work / "data")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "GLOG_minloglevel": "2"},
-    )
-    base = f"http://{LOOPBACK}:{port}"
+    proc, base = await start_service(work, "soak", config)
     counts = dict.fromkeys(("streams_added", "streams_removed", "ws_sessions", "events_received", "http_requests"), 0)
     samples: list[dict[str, float]] = []
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            for _ in range(600):
-                if proc.poll() is not None:
-                    raise SystemExit(f"the service exited with {proc.returncode}: {(work / 'serve.log').read_text()[-2000:]}")
-                try:
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(churn_streams(base, clip, args.churn_s, stop, counts)),
-            asyncio.create_task(churn_clients(f"ws://{LOOPBACK}:{port}/ws/alerts", stop, counts)),
+            asyncio.create_task(churn_clients(base.replace("http://", "ws://") + "/ws/alerts", stop, counts)),
             asyncio.create_task(poll_api(base, stop, counts)),
         ]
         start = time.monotonic()
@@ -216,20 +283,17 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         await asyncio.gather(*tasks)
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             streams_now = [s["id"] for s in (await http.get("/api/streams")).json()]
-            alerts_opened = sum(
-                float(line.split()[-1]) for line in (await http.get("/metrics")).text.splitlines()
-                if line.startswith("deepfake_monitor_alerts_total")
-            )
+            metrics = (await http.get("/metrics")).text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_service(proc)
     return {
         **summarise(samples, args.warmup_frac),
-        "counts": {**counts, "alerts_opened": alerts_opened, "streams_at_end": len(streams_now)},
+        "at_rest": at_rest,
+        "counts": {
+            **counts, "alerts_opened": metric_sum(metrics, "deepfake_monitor_alerts_total"),
+            "evidence_saved": metric_sum(metrics, 'deepfake_monitor_evidence_total{result="saved"}'),
+            "streams_at_end": len(streams_now),
+        },
         "exit_code": proc.returncode,
         "samples": samples,
     }
@@ -237,25 +301,43 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     r, c = result, result["counts"]
+    rss, fds, th = r["rss_mb"], r["fds"], r["threads"]
+    g, fg = r["rss_growth_mb_per_hour"], r["fds_growth_per_hour"]
+    mm = r["rss_minute_medians_mb"]
+    minute_medians = f"{mm[0]}-{mm[1]}" if mm else "- (no whole minute after the warm-up)"
+    evidence = f", {c['evidence_saved']:.0f} evidence bundles saved" if "evidence_saved" in c else ""  # runs before it was counted
     lines = [
         "# Soak: memory, descriptors and threads of one long-running service",
         "",
+        *([r["note"], ""] if r.get("note") else []),
         f"`monitor serve` for {r['minutes']} min: {r['streams']} looped 640x480@30 file streams with two faces, "
         f"a policy that alerts on any face; one stream added through the API and the one before it deleted "
         f"every {r['churn_s']} s ({c['streams_added']} added, {c['streams_removed']} removed); {c['ws_sessions']} "
         f"websocket alert clients that read from since=0 and left (half without a close), {c['events_received']} "
         f"events sent to them; {c['http_requests']} GETs of /metrics, /api/streams and /api/events; "
-        f"{c['alerts_opened']:.0f} alerts opened. Sampled every {r['sample_s']} s; the first {r['warmup_s']} s "
-        f"(warm-up) are left out of the trend. {r['machine']['cpus']} CPUs, load average {r['machine']['load_avg_1m']} before.",
+        f"{c['alerts_opened']:.0f} alerts opened{evidence}. "
+        f"Sampled every {r['sample_s']} s; the first {r['warmup_s']} s (warm-up) are left out of the trend. "
+        f"{r['machine']['cpus']} CPUs, load average {r['machine']['load_avg_1m']} before.",
         "",
-        "| | after warm-up | end | max | trend |",
-        "|---|---|---|---|---|",
-        f"| RSS (MB) | {r['rss_mb']['after_warmup']} | {r['rss_mb']['end']} | {r['rss_mb']['max']} | "
-        f"{r['rss_growth_mb_per_hour']:+} MB/h (Theil-Sen); end / after warm-up {r['rss_end_to_warmup_ratio']} |",
-        f"| open file descriptors | {r['fds']['after_warmup']} | {r['fds']['end']} | {r['fds']['max']} | {r['fds_growth_per_hour']:+} per hour |",
-        f"| threads | {r['threads']['after_warmup']} | {r['threads']['end']} | {r['threads']['max']} | |",
+        "| after the warm-up | first sample | last | min | max | per-minute medians | trend per hour (Theil-Sen over minute medians, 95% interval) |",
+        "|---|---|---|---|---|---|---|",
+        f"| RSS (MB) | {rss['after_warmup']} | {rss['end']} | {rss['min']} | {rss['max']} | "
+        f"{minute_medians} | {g['slope']:+} MB ({g['low']:+} to {g['high']:+}) |",
+        f"| open file descriptors | {fds['after_warmup']} | {fds['end']} | {fds['min']} | {fds['max']} | | {fg['slope']:+} ({fg['low']:+} to {fg['high']:+}) |",
+        f"| threads | {th['after_warmup']} | {th['end']} | {th['min']} | {th['max']} | median {th['median']} | |",
         "",
-        "Each minute (all samples, warm-up included):",
+    ]
+    if r.get("at_rest"):
+        lines += [
+            "At rest, before the soak (the same streams, nothing else: no churn, clients or alerts; median of 10 samples 20 s after start):",
+            "",
+            "| streams | RSS (MB) | threads |",
+            "|---|---|---|",
+            *(f"| {a['streams']} | {a['rss_mb_median']} | {a['threads_median']} |" for a in r["at_rest"]),
+            "",
+        ]
+    lines += [
+        "Each minute of the soak (all samples, warm-up included):",
         "",
         "| minute | RSS median (MB) | RSS range (MB) | threads range |",
         "|---|---|---|---|",
@@ -278,12 +360,17 @@ def main() -> None:
     ap.add_argument("--churn-s", type=float, default=6.0)
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--warmup-frac", type=float, default=0.2)
+    ap.add_argument("--sizing", default="0,1,2,4", help="stream counts to measure at rest before the soak ('' for none)")
+    ap.add_argument("--note", default="", help="a line printed under the title of the results (what this run was for)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
     ap.add_argument("--summarise", type=Path, metavar="JSON", help="only recompute the figures and tables of a saved run from its samples")
     args = ap.parse_args()
+    args.sizing = [int(n) for n in args.sizing.split(",") if n.strip()]
+    # Stopped (SIGTERM): unwind, so the service is stopped and the temporary folder removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.summarise:
         saved = json.loads(args.summarise.read_text())
-        saved.update(summarise(saved["samples"], args.warmup_frac))
+        saved.update(summarise(saved["samples"], args.warmup_frac), **({"note": args.note} if args.note else {}))
         args.summarise.write_text(json.dumps(saved, indent=1) + "\n")
         write_markdown(saved, args.summarise.with_suffix(".md"))
         print(args.summarise.with_suffix(".md").read_text())
@@ -293,7 +380,7 @@ def main() -> None:
         result = asyncio.run(soak(args, Path(tmp)))
     result = {
         "minutes": args.minutes, "streams": args.streams, "churn_s": args.churn_s, "sample_s": args.sample_s,
-        **info, **result,
+        **({"note": args.note} if args.note else {}), **info, **result,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -61,9 +61,10 @@ class Frame:
         if isinstance(self.decoded, av.VideoFrame):
             # One thread. PyAV's default (0, auto) gives every frame its own scaler with a
             # thread per CPU, started for the conversion and kept while the frame lives: each
-            # analysed frame started CPU-count threads, and the frames a stream still held kept
-            # about a hundred FFmpeg threads alive in a 4-stream service on 2 CPUs (soak).
-            # Streams are the parallelism here; one 720p conversion takes well under a ms.
+            # analysed frame started CPU-count threads, and the frames the streams still held
+            # kept a median of about 280 extra threads alive in the soak (5 streams, 2 CPUs;
+            # benchmarks/results/soak_pyav_threads.md). Streams are the parallelism here; one
+            # 720p conversion takes well under a ms, and the pixels are the same.
             image = self.decoded.to_ndarray(format="rgb24", threads=1)
         else:
             image = self.decoded.to_ndarray(format="rgb24")

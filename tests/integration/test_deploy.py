@@ -61,6 +61,10 @@ def test_grafana_dashboard_names_only_exported_metrics_and_filters_by_instance()
         selectors = re.findall(r"(?:deepfake_monitor|process)_\w+(\{[^}]*\})?", expr)
         if not where.startswith("variable 'instance'"):
             assert all('instance=~"$instance"' in sel for sel in selectors), f"{where}: {expr}"
+        # Prometheus and every exporter have process_* series too: with Instance "All" they
+        # would be charted as monitors unless the query keeps to deepfake-monitor's targets.
+        if "process_" in expr:
+            assert expr.endswith(' and on(job, instance) deepfake_monitor_build_info{instance=~"$instance"}'), f"{where}: {expr}"
 
 
 def test_grafana_dashboard_layout_is_sound() -> None:

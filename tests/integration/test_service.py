@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import prometheus_client
 import pytest
 import websockets
 
@@ -270,7 +271,10 @@ async def test_real_prometheus_scrapes_the_service(tmp_path: Path) -> None:
             text = (await http.get("/metrics")).text
         ok, output = promtool_check_metrics(text)
         assert ok, output
-        with Prometheus([target]) as prom:
+        # Another exporter in the same job, as Prometheus itself or a node exporter would be:
+        # it has process_* series too, which the dashboard must not chart as a monitor's.
+        other, other_thread = prometheus_client.start_http_server(0, addr="127.0.0.1")
+        with Prometheus([target, f"127.0.0.1:{other.server_port}"]) as prom:
             await asyncio.to_thread(prom.wait_for_scrape)
             result = await asyncio.to_thread(prom.query, 'deepfake_monitor_frames_analysed_total{stream="demo"}')
             assert result and float(result[0]["value"][1]) > 0
@@ -279,6 +283,10 @@ async def test_real_prometheus_scrapes_the_service(tmp_path: Path) -> None:
             result = await asyncio.to_thread(prom.query, "deepfake_monitor_build_info")
             assert result and result[0]["metric"]["version"]
             await _dashboard_queries_run(prom, target)
+            both = await asyncio.to_thread(prom.query, "process_resident_memory_bytes")
+            assert {r["metric"]["instance"] for r in both} == {target, f"127.0.0.1:{other.server_port}"}
+        other.shutdown()
+        other_thread.join(5)
 
 
 async def _dashboard_queries_run(prom: Prometheus, target: str) -> None:
@@ -312,7 +320,9 @@ async def _dashboard_queries_run(prom: Prometheus, target: str) -> None:
     assert value("panel 'Tracks in alert now' target A") == 0 and value("panel 'Alerts opened' target A") == 0
     assert got["variable 'stream'"] and got["variable 'instance'"][0]["metric"]["instance"] == target
     assert value("panel 'Resident memory' target A") > 100e6 and value("panel 'CPU cores used' target A") > 0
-    assert 0 < value("panel 'Open file descriptors' target A") < value("panel 'Open file descriptors' target B")
+    assert 0 < value("panel 'Open file descriptors, share of the limit' target A") < 1
+    for title in ("Resident memory", "CPU cores used", "Open file descriptors, share of the limit"):
+        assert {r["metric"]["instance"] for r in got[f"panel '{title}' target A"]} == {target}, title
 
 
 async def _scrapes_at_least(prom: Prometheus, n: int) -> bool:

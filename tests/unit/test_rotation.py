@@ -116,15 +116,22 @@ def test_converting_decoded_frames_starts_no_threads_and_leaves_none_with_the_fr
     # PyAV converts with a thread per CPU by default, kept with each frame: a stream's held
     # frames kept ~25 FFmpeg threads alive each on this 2-CPU machine (benchmarks/soak.py).
     clip = write_clip(tmp_path / "c.mp4", 1.0, fps=30, width=320, height=240)
-    with av.open(str(clip)) as container:
-        decoded = list(container.decode(video=0))
+
+    def decoded() -> list[av.VideoFrame]:
+        with av.open(str(clip)) as container:
+            return list(container.decode(video=0))
+
+    held = decoded()
     before = _threads()
-    frames = [Frame.from_decoded("s", i, i / 30, 0.0, vf) for i, vf in enumerate(decoded)]
+    defaults = [vf.to_ndarray(format="rgb24") for vf in held]  # the control: PyAV's default
+    if _threads() < before + len(held):
+        pytest.skip(f"PyAV's default conversion starts no threads here ({os.cpu_count()} CPU): nothing to tell apart")
+    frames = [Frame.from_decoded("s", i, i / 30, 0.0, vf) for i, vf in enumerate(decoded())]
+    before = _threads()
     images = [f.rgb() for f in frames]
-    assert _threads() == before, "converted frames hold threads"
+    assert _threads() <= before, "converted frames hold threads"
     assert all(im.shape == (240, 320, 3) and im.dtype == np.uint8 for im in images)
-    # The same pixels as PyAV's default conversion.
-    assert np.array_equal(images[5], decoded[5].to_ndarray(format="rgb24"))
+    assert all(np.array_equal(a, b) for a, b in zip(images, defaults, strict=True))  # the same pixels
 
 
 def test_a_plugin_frame_is_converted_without_pyav_only_arguments() -> None:
