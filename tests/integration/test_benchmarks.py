@@ -164,6 +164,7 @@ def test_a_killed_soak_leaves_no_service_behind(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "5", "--streams", "0", "--sizing", "", "--out", str(tmp_path / "s.json")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # SIGKILL leaves its temporary folder: here, not in /tmp
     )
     children: list[int] = []
     try:

@@ -274,19 +274,21 @@ async def test_real_prometheus_scrapes_the_service(tmp_path: Path) -> None:
         # Another exporter in the same job, as Prometheus itself or a node exporter would be:
         # it has process_* series too, which the dashboard must not chart as a monitor's.
         other, other_thread = prometheus_client.start_http_server(0, addr="127.0.0.1")
-        with Prometheus([target, f"127.0.0.1:{other.server_port}"]) as prom:
-            await asyncio.to_thread(prom.wait_for_scrape)
-            result = await asyncio.to_thread(prom.query, 'deepfake_monitor_frames_analysed_total{stream="demo"}')
-            assert result and float(result[0]["value"][1]) > 0
-            result = await asyncio.to_thread(prom.query, "deepfake_monitor_frame_to_verdict_seconds_count")
-            assert result and float(result[0]["value"][1]) > 0
-            result = await asyncio.to_thread(prom.query, "deepfake_monitor_build_info")
-            assert result and result[0]["metric"]["version"]
-            await _dashboard_queries_run(prom, target)
-            both = await asyncio.to_thread(prom.query, "process_resident_memory_bytes")
-            assert {r["metric"]["instance"] for r in both} == {target, f"127.0.0.1:{other.server_port}"}
-        other.shutdown()
-        other_thread.join(5)
+        try:
+            with Prometheus([target, f"127.0.0.1:{other.server_port}"]) as prom:
+                await asyncio.to_thread(prom.wait_for_scrape)
+                result = await asyncio.to_thread(prom.query, 'deepfake_monitor_frames_analysed_total{stream="demo"}')
+                assert result and float(result[0]["value"][1]) > 0
+                result = await asyncio.to_thread(prom.query, "deepfake_monitor_frame_to_verdict_seconds_count")
+                assert result and float(result[0]["value"][1]) > 0
+                result = await asyncio.to_thread(prom.query, "deepfake_monitor_build_info")
+                assert result and result[0]["metric"]["version"]
+                await _dashboard_queries_run(prom, target)
+                both = await asyncio.to_thread(prom.query, "process_resident_memory_bytes")
+                assert {r["metric"]["instance"] for r in both} == {target, f"127.0.0.1:{other.server_port}"}
+        finally:
+            other.shutdown()
+            other_thread.join(5)
 
 
 async def _dashboard_queries_run(prom: Prometheus, target: str) -> None:
