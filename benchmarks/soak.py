@@ -51,6 +51,7 @@ from typing import Any
 
 import httpx
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import theilslopes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,8 +249,12 @@ async def sizing(clip: Path, work: Path, counts: list[int]) -> list[dict[str, fl
     return rows
 
 
-def metric_sum(text: str, prefix: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """The sum of every ``sample`` series in a /metrics page whose labels include ``labels``."""
+    return sum(
+        s.value for family in text_string_to_metric_families(text) for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
 
 
 async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -291,7 +296,7 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "at_rest": at_rest,
         "counts": {
             **counts, "alerts_opened": metric_sum(metrics, "deepfake_monitor_alerts_total"),
-            "evidence_saved": metric_sum(metrics, 'deepfake_monitor_evidence_total{result="saved"}'),
+            "evidence_saved": metric_sum(metrics, "deepfake_monitor_evidence_total", result="saved"),
             "streams_at_end": len(streams_now),
         },
         "exit_code": proc.returncode,
