@@ -53,6 +53,7 @@ class StreamPipeline:
     STOP_WAIT_S = 10.0  # for the stream's task to finish (and close its alerts) on removal
     PUBLISH_BACKOFF_MAX_S = 5.0  # longest wait between tries to write events to a failing log
     PUBLISH_TRIES = 6  # tries (about 6 s) to write events that fail for another reason than the log
+    STATUS_BACKLOG = 100  # status events kept, newest first, while the log refuses writes
     # For the source's close: a built-in one leaves a blocked decoder thread behind after
     # ThreadedSource.JOIN_S (10 s).
     SOURCE_CLOSE_S = 15.0
@@ -95,6 +96,7 @@ class StreamPipeline:
         # retries analysis events get: a log locked for a moment must not lose "failed".
         self._status_queue: deque[Event] = deque()
         self._status_writer: asyncio.Task[None] | None = None
+        self._statuses_dropped = 0  # for want of room in _status_queue, since the log last took writes
         self._started = False
         self.frames_skipped_for_fresher = 0
         self.frames_not_sampled = 0  # a file with realtime: false, between its sampling grid's points
@@ -141,6 +143,19 @@ class StreamPipeline:
 
     def _publish_soon(self, events: list[Event]) -> None:
         self._status_queue.extend(events)
+        excess = len(self._status_queue) - self.STATUS_BACKLOG
+        if excess > 0:
+            # Only while the log refuses writes: a camera that flaps meanwhile (connected, one
+            # frame, lost) announced two states every few seconds, each kept until the disk came
+            # back. The newest states are what the log should end with.
+            for _ in range(excess):
+                self._status_queue.popleft()
+            if not self._statuses_dropped:
+                logger.error(
+                    "stream %s: the event log is not taking writes and at most %d status events wait: older ones are dropped "
+                    "(counted until the log takes writes again)", self.id, self.STATUS_BACKLOG,
+                )
+            self._statuses_dropped += excess
         if self._status_writer is None or self._status_writer.done():
             # One writer at a time: a retry must not let a later transition overtake it.
             task = self._status_writer = asyncio.create_task(self._write_statuses(), name=f"status-{self.id}")
@@ -152,6 +167,9 @@ class StreamPipeline:
             events = list(self._status_queue)
             self._status_queue.clear()
             await self._publish(events)
+        if self._statuses_dropped:
+            logger.error("stream %s: %d status events were dropped while the event log refused writes", self.id, self._statuses_dropped)
+            self._statuses_dropped = 0
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

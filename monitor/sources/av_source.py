@@ -7,6 +7,8 @@ import functools
 import logging
 import os
 import ssl
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,6 +83,9 @@ def decode_frames(
     consecutive_errors: int = 0,
     read_timeout_s: float | None = None,
     read_timeout_name: str | None = None,
+    stop: threading.Event | None = None,
+    max_frame_gap_s: float | None = None,
+    frame_gap_name: str | None = None,
 ) -> Iterator[Any]:
     """Decode the first video stream, skipping corrupt packets (each reported) instead of
     giving up on the whole stream. Raises SourceError after ``max_consecutive_errors`` in a row
@@ -95,15 +100,25 @@ def decode_frames(
 
     A read that fails after ``read_timeout_s`` (the container's read timeout) is reported as
     "no data from the server for N s (``read_timeout_name``)", not as FFmpeg's "Immediate exit
-    requested", which reads like a shutdown."""
+    requested", which reads like a shutdown.
+
+    ``stop`` is checked at every packet: a caller that only looked between frames never got
+    to look while packets decoded to nothing, and a removed stream's thread ran on for good.
+
+    With ``max_frame_gap_s`` (live streams), video packets that have decoded to no frame for
+    that long (since the call, or since the last frame) raise SourceError: a camera whose
+    parameter sets never arrive, or whose encoder hung while its packetizer still sends
+    filler, kept a stream "starting" or "running" with no frame and no reconnect, for ever."""
     tracks = video_tracks(container)
     if not tracks:
         raise SourceError("no video stream" + (" (only cover art)" if container.streams.video else ""), retryable=False)
     stream = tracks[0]
     consecutive = consecutive_errors
     packets = container.demux() if max_video_gap_s is not None else container.demux(stream)
-    last_video = time.monotonic()
+    last_video = last_frame = time.monotonic()
     while True:
+        if stop is not None and stop.is_set():
+            return
         waited = time.monotonic()
         try:
             packet = next(packets)
@@ -116,6 +131,12 @@ def decode_frames(
                 assert read_timeout_s is not None
                 raise _timeout_error("no data from the server for", read_timeout_s, read_timeout_name) from exc
             raise SourceError(f"read failed: {exc}", retryable=True) from exc
+        if stop is not None and stop.is_set():
+            return
+        blind = time.monotonic() - last_frame
+        if max_frame_gap_s is not None and blind > max_frame_gap_s:
+            where = f" ({frame_gap_name})" if frame_gap_name else ""
+            raise SourceError(f"no decodable video frame for {blind:.1f} s while packets still arrive{where}", retryable=True)
         if packet.stream.index != stream.index:
             silent = time.monotonic() - last_video
             if max_video_gap_s is not None and silent > max_video_gap_s:
@@ -132,6 +153,7 @@ def decode_frames(
             continue
         if frames:
             consecutive = 0
+            last_frame = time.monotonic()
         yield from frames
 
 
@@ -207,12 +229,20 @@ _PLAYLIST_HEADS = (b"#EXTM3U", b"ffconcat", b"<MPD")
 
 def refuse_playlist(path: str) -> None:
     """SourceError (not retryable) when ``path`` is a playlist or manifest: checked before FFmpeg
-    opens it, as its demuxers read the files a playlist lists while probing."""
+    opens it, as its demuxers read the files a playlist lists while probing. Not a regular file
+    either: reading a FIFO with no writer (or a terminal, a device) blocked the source's thread
+    where no stop or timeout reaches it, and reading one with a writer ate the head of its video."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return  # open_video reports it (missing, unreadable)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SourceError(f"{path} is not a regular file (a FIFO, socket or device): file streams play files", retryable=False)
     try:
         with open(path, "rb") as f:
             head = f.read(512)
     except OSError:
-        return  # open_video reports it (missing, a folder, unreadable)
+        return  # open_video reports it (a folder, unreadable)
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(_PLAYLIST_HEADS) or (text.startswith(b"<?xml") and b"<MPD" in head):
         raise SourceError(f"{path} is a playlist or manifest, not a video file: file streams play one file", retryable=False)
@@ -410,7 +440,9 @@ class FileSource(ThreadedSource):
             got_frame = False
             # No limit on corrupt packets in a row: a file is finite, and the good video after a
             # corrupt stretch is played; a file with no decodable frame fails below.
-            frames = decode_frames(self._container, decode_error, max_consecutive_errors=None, consecutive_errors=errors_in_a_row)
+            frames = decode_frames(
+                self._container, decode_error, max_consecutive_errors=None, consecutive_errors=errors_in_a_row, stop=self._stop
+            )
             for vf in frames:
                 got_frame, errors_in_a_row = True, 0
                 t = self._offset + timeline(None if vf.time is None else float(vf.time))
@@ -457,10 +489,19 @@ class RtspSource(ThreadedSource):
         open_timeout_s: float = Field(
             5.0, gt=0, le=300,
             description="Connection and handshake timeout (at most 300 s). Each read of the handshake is also bounded by read_timeout_s, "
-            "so a camera slow to answer DESCRIBE needs read_timeout_s raised too.",
+            "so a camera slow to answer DESCRIBE needs read_timeout_s raised too. The handshake and the probe of the stream after it "
+            "each get this long, so an open can take up to twice as long.",
         )
         read_timeout_s: float = Field(
             2.0, gt=0, le=300, description="A server silent this long counts as stalled; the source reconnects (at most 300 s)."
+        )
+        # Packets that decode to nothing pass the read timeout: parameter sets that never come,
+        # an encoder hung behind a packetizer that still sends filler. Long enough for the first
+        # keyframe of a camera with a long GOP (H.264+/"smart codec" modes go past 10 s).
+        frame_timeout_s: float = Field(
+            20.0, gt=0, le=300,
+            description="A stream whose video packets have decoded to no frame this long (since the open or the last frame) reconnects "
+            "(at most 300 s). It must exceed the camera's keyframe interval.",
         )
         # FFmpeg accepts any certificate unless told otherwise: an rtsps:// camera's password went
         # to whoever answered on the path, self-signed certificate and wrong name included.
@@ -536,6 +577,9 @@ class RtspSource(ThreadedSource):
             max_video_gap_s=self.config.read_timeout_s,
             read_timeout_s=self.config.read_timeout_s,
             read_timeout_name="read_timeout_s",
+            stop=self._stop,
+            max_frame_gap_s=self.config.frame_timeout_s,
+            frame_gap_name="frame_timeout_s",
         )
         for vf in frames:
             now = self.clock.monotonic()
@@ -640,6 +684,7 @@ def sample_video(
             max_consecutive_errors=50 if remote else None,
             max_video_gap_s=5.0 if live else None,
             read_timeout_s=read_timeout_s,
+            max_frame_gap_s=RtspSource.Config().frame_timeout_s if live else None,
         )
         for vf in frames:
             decoded += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import threading
 from fractions import Fraction
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -310,6 +311,19 @@ async def test_a_file_stream_refuses_a_playlist(tmp_path: Path, head: str) -> No
     source = FileSource("f", str(playlist), metrics=Metrics(), realtime=False)
     got = await _first(source)
     assert isinstance(got, SourceError) and "playlist" in str(got), got
+
+
+async def test_a_file_stream_refuses_a_fifo_instead_of_blocking_on_it(tmp_path: Path) -> None:
+    # Before: the playlist check opened and read the FIFO, which blocks with no writer, in the
+    # source's thread where no stop reaches it: the stream stayed "starting", and removing it
+    # left the thread behind for good.
+    fifo = tmp_path / "camera.pipe"
+    os.mkfifo(fifo)
+    source = FileSource("f", str(fifo), metrics=Metrics(), realtime=False)
+    got = await asyncio.wait_for(_first(source), 10.0)
+    assert isinstance(got, SourceError) and not got.retryable, got
+    assert str(got) == f"{fifo} is not a regular file (a FIFO, socket or device): file streams play files"
+    assert not source.left_behind()
 
 
 # --- baseline-landmarks: faces cut off by the frame are not used -----------------------------

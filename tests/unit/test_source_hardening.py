@@ -528,8 +528,9 @@ async def test_a_file_without_video_ffmpeg_can_play_fails_clearly(
 class ScriptedRtsp(GarbageRtspServer):
     """An RTSP server that gets as far as PLAY. ``unknown_codec``: the SDP's only track is video
     in a codec FFmpeg has no depacketizer or decoder for, and RTP flows after PLAY;
-    ``silent_after_play``: a valid H.264 SDP, then not one byte. ``open_connections`` counts
-    the clients still connected."""
+    ``silent_after_play``: a valid H.264 SDP, then not one byte; ``filler_only``: the same SDP,
+    then H.264 packets that never decode to a frame (access unit delimiters and SEI, as an encoder
+    hung behind a live packetizer sends). ``open_connections`` counts the clients still connected."""
 
     SDP_HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
     SDP = {
@@ -537,6 +538,8 @@ class ScriptedRtsp(GarbageRtspServer):
         "silent_after_play": SDP_HEAD + "a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;"
         "sprop-parameter-sets=Z0LAHtkDxWhAAAADAEAAAAwDxYuS,aMuMsg==\r\na=control:track0\r\n",
     }
+    SDP["filler_only"] = SDP["silent_after_play"]
+    FILLER = (b"\x09\xf0", b"\x06\x05\x10" + b"\x11" * 16 + b"\x80")  # an AUD, an SEI (user data)
 
     def __init__(self, script: str) -> None:
         super().__init__("silent")
@@ -557,6 +560,11 @@ class ScriptedRtsp(GarbageRtspServer):
                     seq += 1
                     rtp = struct.pack("!BBHII", 0x80, 96 | 0x80, seq & 0xFFFF, seq * 9000, 1234) + bytes(200)
                     sock.sendall(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
+                if playing and self.script == "filler_only":
+                    seq += 1
+                    for nal in self.FILLER:  # one access unit of filler every 50 ms (the recv timeout)
+                        rtp = struct.pack("!BBHII", 0x80, 96 | 0x80, seq & 0xFFFF, seq * 4500, 1234) + nal
+                        sock.sendall(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
                 try:
                     chunk = sock.recv(4096)
                 except TimeoutError:
@@ -717,6 +725,44 @@ def test_a_camera_silent_after_play_is_given_up_on_after_read_timeout_s_not_open
             finally:
                 source._close()  # noqa: SLF001
     assert time.monotonic() - started < 4.0
+
+
+async def test_a_camera_whose_packets_never_decode_reconnects_after_frame_timeout_s() -> None:
+    # Before: packets kept the read timeout quiet and none was a frame, so the stream stayed
+    # "starting" with no error, no reconnect and no stream_up series, for ever.
+    with ScriptedRtsp("filler_only") as server:
+        metrics = Metrics()
+        config = RtspSource.Config(frame_timeout_s=1.0, read_timeout_s=0.5)
+        source = RtspSource("cam", server.url, metrics=metrics, config=config)
+        await source.start()
+        try:
+            await until(lambda: source.status.state == StreamState.RECONNECTING, "the blind stream to reconnect")
+            await until(lambda: server.connections >= 2, "a second connection")
+        finally:
+            await source.aclose()
+        assert source.status.frames_received == 0
+        assert re.fullmatch(r"no decodable video frame for \d+\.\d s while packets still arrive \(frame_timeout_s\)", source.status.last_error or "")
+        assert metrics.registry.get_sample_value("deepfake_monitor_source_errors_total", {"stream": "cam", "kind": "SourceError"}) >= 1
+        assert not source.left_behind()
+
+
+async def test_removing_a_stream_whose_packets_never_decode_stops_its_thread() -> None:
+    # Before: the stop flag was looked at only between frames, so the thread of a stream whose
+    # packets decoded to nothing never saw it: removal waited JOIN_S, then left the thread, its
+    # connection and its place under max_streams behind until the camera stopped sending.
+    with ScriptedRtsp("filler_only") as server:
+        source = RtspSource("cam", server.url, metrics=Metrics(), config=RtspSource.Config(frame_timeout_s=300.0))
+        source.JOIN_S = 5.0  # left behind after 5 s instead of 10: the fix stops it within a packet
+        await source.start()
+        try:
+            await until(lambda: server.open_connections == 1, "the connection")
+            await asyncio.sleep(1.0)  # well into PLAY: packets flow, none decodes
+            assert source.status.state == StreamState.STARTING
+        finally:
+            await source.aclose()
+        assert not source.left_behind()
+        assert source._thread is not None and not source._thread.is_alive()  # noqa: SLF001
+        await until(lambda: server.open_connections == 0, "the connection to be closed", timeout_s=5.0)
 
 
 @pytest.mark.parametrize("entry", ["serve", "scan"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -421,6 +422,33 @@ async def test_a_log_that_never_recovers_does_not_hold_a_removal_and_says_what_w
     assert "did not stop within" not in caplog.text
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert dropped and "io.deepfake-monitor.stream.status.v1" in " ".join(dropped), dropped
+
+
+async def test_status_events_waiting_for_a_failing_log_are_bounded(parts: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: every state change of a flapping camera waited in memory for as long as the disk
+    # stayed full, without limit; now the newest STATUS_BACKLOG wait, and the log ends with them.
+    monkeypatch.setattr(StreamPipeline, "PUBLISH_BACKOFF_MAX_S", 0.05)
+    _, log, _, metrics = parts
+    bus = FullDiskBus(failures=10**9)
+    m = StreamManager(parts[0], bus, metrics, SystemClock(), Constant, lambda stream_id: NoFaces())  # type: ignore[arg-type]
+    pipeline = await m.add(StreamConfig(id="cam", url="x://y"), source=Ticking("cam", metrics))
+    flaps = 3 * StreamPipeline.STATUS_BACKLOG
+    for i in range(flaps):
+        state = StreamState.RUNNING if i % 2 else StreamState.RECONNECTING
+        pipeline._publish_soon([Event(EventType.STREAM_STATUS, "cam", Severity.INFO, float(i), StreamStatusData(state, f"flap {i}", i))])
+    assert len(pipeline._status_queue) == StreamPipeline.STATUS_BACKLOG
+    assert caplog.text.count("status events wait") == 1  # once, not once per event
+    bus.failures = 0  # the disk has room again
+    deadline = time.monotonic() + 10
+    while not any(isinstance(e.data, StreamStatusData) and e.data.detail == f"flap {flaps - 1}" for e in bus.stored):
+        assert time.monotonic() < deadline, "the newest status never reached the log"
+        await asyncio.sleep(0.02)
+    await m.remove("cam")
+    details = [e.data.detail for e in bus.stored if isinstance(e.data, StreamStatusData) and e.data.detail.startswith("flap")]
+    # The newest, in order (the stream's own first status may take one of the places).
+    assert StreamPipeline.STATUS_BACKLOG - 2 <= len(details) <= StreamPipeline.STATUS_BACKLOG
+    assert details == [f"flap {i}" for i in range(flaps - len(details), flaps)]
+    assert re.search(r"stream cam: \d+ status events were dropped while the event log refused writes", caplog.text)
 
 
 class SlowAfterAFailureBus(FullDiskBus):
