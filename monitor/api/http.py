@@ -54,6 +54,7 @@ WS_BEARER_PREFIX = "bearer."
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 WS_CLOSE_TOO_SLOW = 1013
 WS_CLOSE_POLICY = 1008
+WS_CLOSE_INTERNAL = 1011  # the server failed (the event log could not be read): retry
 MAX_EVENT_ID = 2**63 - 1  # SQLite's largest integer
 # ``since`` is past the log's last id: the log was reset (or the id is wrong). Resume from 0.
 WS_CLOSE_SINCE_AHEAD = 4409
@@ -384,7 +385,7 @@ def create_app(
 
     @app.get("/api/events", dependencies=[Depends(require_token)], tags=["alerts"])
     async def events(
-        since: int = Query(0, ge=0, description="Return events with a larger id."),
+        since: int = Query(0, ge=0, le=MAX_EVENT_ID, description="Return events with a larger id."),
         limit: int = Query(100, ge=1, le=1000, description="At most this many events."),
         last: int | None = Query(None, ge=1, le=1000, description="Instead of `since`: the newest N events."),
         epoch: str | None = Query(None, max_length=64, description="The `logepoch` of the event `since` names: 409 if the log is another one."),
@@ -394,7 +395,7 @@ def create_app(
         assigned, or `epoch` is not this log's: the event log was reset, so start again from 0."""
         if last is None and since > 0:
             last_id = await bus.last_id()  # not behind queued writes, as replays are not
-            reason = log_mismatch(since, epoch, last_id, bus.log.epoch)
+            reason = log_mismatch(since, epoch or None, last_id, bus.log.epoch)  # `epoch=`: not given
             if reason:
                 return JSONResponse({"error": reason, "last_id": last_id, "epoch": bus.log.epoch}, status_code=409)
         rows = await (bus.replay_last(last) if last is not None else bus.replay_since(since, limit))
@@ -432,7 +433,7 @@ def create_app(
 
     @app.websocket("/ws/alerts")
     async def ws_alerts(
-        websocket: WebSocket, since: int | None = None, epoch: str | None = None, access_token: str | None = None
+        websocket: WebSocket, since: str | None = None, epoch: str | None = None, access_token: str | None = None
     ) -> None:
         """CloudEvents over a websocket. `?since=ID` replays every event after ID first; with
         `&epoch=` (the `logepoch` of event ID), a log replaced since is noticed (4409). The token
@@ -456,7 +457,10 @@ def create_app(
             return
         # Never the bearer one: echoing it would put the token in the response headers.
         await websocket.accept(subprotocol=WS_SUBPROTOCOL if offered else None)
-        if since is not None and not 0 <= since <= MAX_EVENT_ID:
+        # Parsed here, not by FastAPI: a `since` that is not an integer was refused before the
+        # handshake, as a bare 403 that read like a wrong token.
+        since_id = int(since) if since is not None and re.fullmatch(r"[+-]?\d{1,20}", since.strip()) else None
+        if since is not None and (since_id is None or not 0 <= since_id <= MAX_EVENT_ID):
             # As /api/events bounds it: below -2^63 the log's query overflowed and the
             # connection dropped with no close code or reason.
             await websocket.close(WS_CLOSE_POLICY, f"since must be an event id from 0 to {MAX_EVENT_ID}")
@@ -468,7 +472,7 @@ def create_app(
             return
         ws_clients[0] += 1
         try:
-            await serve_subscriber(websocket, bus, metrics, since, epoch)
+            await serve_subscriber(websocket, bus, metrics, since_id, epoch or None)  # `epoch=`: not given
         finally:
             ws_clients[0] -= 1
 
@@ -606,16 +610,28 @@ async def serve_subscriber(
     drop one that stops reading (no send completes within WS_SEND_TIMEOUT_S), and close (4409)
     one resuming from an id this log never had, or from another log (``epoch``)."""
     sub = await bus.subscribe()
-    mismatch = None
-    if since is not None:
-        # Against the newest committed id too: the client may know an event from /api/events that
-        # is committed but not offered yet (start_id), and was told its log had been reset.
-        newest = sub.start_id if since <= sub.start_id else max(sub.start_id, await bus.last_id())
-        mismatch = log_mismatch(since, epoch, newest, bus.log.epoch)
-    if mismatch:
-        bus.unsubscribe(sub)
-        await websocket.close(WS_CLOSE_SINCE_AHEAD, mismatch)
-        return
+    served = False  # from here on the handler's own finally unsubscribes
+    try:
+        mismatch = None
+        if since is not None:
+            # Against the newest committed id too: the client may know an event from /api/events that
+            # is committed but not offered yet (start_id), and was told its log had been reset.
+            try:
+                newest = sub.start_id if since <= sub.start_id else max(sub.start_id, await bus.last_id())
+            except Exception:
+                logger.warning("alert websocket: could not read the event log's last id", exc_info=True)
+                await websocket.close(WS_CLOSE_INTERNAL, "event log unavailable; retry with the same since")
+                return
+            mismatch = log_mismatch(since, epoch, newest, bus.log.epoch)
+        if mismatch:
+            await websocket.close(WS_CLOSE_SINCE_AHEAD, mismatch)
+            return
+        served = True
+    finally:
+        # Every way out before serving (a close, an error, a cancellation at shutdown): a
+        # subscription left behind filled up to queue_size events for good, one per retry.
+        if not served:
+            bus.unsubscribe(sub)
     metrics.ws_clients.inc()
     last_sent = sub.start_id if since is None else since
 

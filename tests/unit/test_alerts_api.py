@@ -652,7 +652,7 @@ async def test_a_password_with_a_raw_url_delimiter_is_refused_and_never_shown(tm
         assert load_settings(None, streams=[{"id": "cam", "url": ok}]).streams[0].url == ok
 
 
-@pytest.mark.parametrize("since", ["-1", "-100000000000000000000000", str(2**63)])
+@pytest.mark.parametrize("since", ["-1", "-100000000000000000000000", str(2**63), "abc", "1.5", "", "1e3"])
 async def test_a_since_no_event_id_can_have_is_refused_with_a_reason(tmp_path: Path, since: str) -> None:
     # Below -2^63 the log's query overflowed and the connection dropped with no code or reason.
     async with running_service(make_settings(tmp_path)) as svc:
@@ -663,6 +663,43 @@ async def test_a_since_no_event_id_can_have_is_refused_with_a_reason(tmp_path: P
                     await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         assert "since must be an event id" in closed.value.rcvd.reason
+
+
+async def test_api_events_refuses_a_since_past_any_id_and_ignores_an_empty_epoch(tmp_path: Path) -> None:
+    # Before: a since past 2^63 - 1 answered 409 "event log reset" (telling the client to replay
+    # everything) instead of 422, and `epoch=` (empty) counted as another log's epoch.
+    async with running_service(make_settings(tmp_path)) as svc:
+        await svc.runtime.bus.publish([status_event(i) for i in range(3)])
+        async with httpx.AsyncClient(base_url=svc.base) as http:
+            assert (await http.get(f"/api/events?since={2**63}")).status_code == 422
+            r = await http.get("/api/events?since=2&epoch=")
+            assert r.status_code == 200 and [e["id"] for e in r.json()] == ["3"]
+        async with websockets.connect(svc.ws + "/ws/alerts?since=2&epoch=", subprotocols=["cloudevents.json"]) as ws:
+            assert [e["id"] for e in await recv_all(ws, 1)] == ["3"]
+
+
+async def test_a_websocket_whose_resume_check_fails_is_closed_and_unsubscribed(tmp_path: Path) -> None:
+    # Before: an error reading the log's last id (a damaged log being swapped, an I/O error)
+    # dropped the connection with no close frame and left its subscription behind, filling up
+    # to queue_size events for good, one more for every retry of the client.
+    import sqlite3
+
+    async with running_service(make_settings(tmp_path)) as svc:
+        bus = svc.runtime.bus
+        await bus.publish([status_event(i) for i in range(3)])
+
+        async def failing_last_id(*args: object) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        bus.last_id = failing_last_id  # type: ignore[method-assign]
+        for _ in range(3):
+            with pytest.raises(ConnectionClosed) as closed:
+                async with websockets.connect(svc.ws + "/ws/alerts?since=10", subprotocols=["cloudevents.json"]) as ws:
+                    async with asyncio.timeout(5):
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+            assert closed.value.rcvd.reason == "event log unavailable; retry with the same since"
+        assert not bus._subs
 
 
 @pytest.mark.parametrize("url", ["rtsp://127.0.0.1:9/x\r\nSET pwned 1\r\nQUIT", "http://127.0.0.1:9/whep\r\nFoo: bar", "rtsp://127.0.0.1:9/a\x00b"])
