@@ -16,7 +16,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from monitor.api.auth import token_ok
+from monitor.api.auth import token_given, token_ok
 from monitor.config import STREAM_ID_RULE, Settings, StreamConfig, is_stream_id
 from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
 from monitor.metrics import Metrics
@@ -55,6 +55,7 @@ FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}  # digest size
 FINGERPRINT_ALGORITHMS = frozenset(FINGERPRINT_BYTES)
 RETRY_AFTER_S = 5
 _MID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_SDP_LINE = re.compile(r"[a-z]=.*")  # RFC 8866: <type>=<value>, the type one lower-case letter
 # With webrtc.resolve_mdns, the most one PATCH waits for its mDNS candidates to resolve (aioice
 # gives each name 1 s; they resolve concurrently). What is not resolved by then is not added.
 MDNS_TRICKLE_DEADLINE_S = 2.0
@@ -369,6 +370,10 @@ class WhipSessions:
         except Exception:
             logger.warning("WHIP session %s: closing its peer connection failed", session.id, exc_info=True)
 
+    def _check_open(self, session: WhipSession) -> None:
+        if session.closed or self.sessions.get(session.id) is not session:
+            raise Refused(404, "no such WHIP session", "not_found")
+
     def find(self, stream_id: str, session_id: str) -> WhipSession:
         session = self.sessions.get(session_id)
         if session is None or session.stream_id != stream_id:
@@ -388,14 +393,18 @@ class WhipSessions:
         ``webrtc.resolve_mdns``; then they are resolved concurrently, for at most
         ``MDNS_TRICKLE_DEADLINE_S`` in all.
         """
+        self._check_open(session)
         resolve_mdns = self.settings.webrtc.resolve_mdns
         mdns_dropped = 0
         ufrag: str | None = None
+        candidate_lines = 0
         remote = session.pc.remoteDescription
         current_ufrag = SessionDescription.parse(remote.sdp).media[0].ice.usernameFragment if remote else None
         sections = [_FragmentSection()]
         for raw in fragment.splitlines():
             line = raw.strip()
+            if line and not _SDP_LINE.fullmatch(line):
+                raise Refused(400, f"not an SDP fragment line: {line[:80]!r}", "malformed_sdp")
             if line.startswith("m="):
                 sections.append(_FragmentSection())
             elif line.startswith("a=mid:"):
@@ -404,7 +413,10 @@ class WhipSessions:
                 ufrag = line[12:]
             elif line == "a=end-of-candidates":
                 sections[-1].end = True
-            elif line.startswith("a=candidate:"):
+            elif line.startswith("a=candidate"):
+                candidate_lines += 1
+                if not line.startswith("a=candidate:"):
+                    raise Refused(400, f"malformed candidate line: {line[:80]}", "malformed_sdp")
                 try:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
                 except (AssertionError, ValueError, IndexError) as exc:
@@ -419,6 +431,10 @@ class WhipSessions:
                 sections[-1].candidates.append(candidate)
         if ufrag is not None and current_ufrag is not None and ufrag != current_ufrag:
             raise Refused(422, "ICE restart is not supported: start a new session", "ice_restart")
+        if not candidate_lines and not any(section.end for section in sections):
+            # RFC 8840: a fragment carries candidates or their end. One with neither was answered
+            # 204, as if its candidates had been added (garbage, an empty body, "a=cand:...").
+            raise Refused(400, "the fragment has no a=candidate or a=end-of-candidates line", "malformed_sdp")
 
         transports = _ice_transports(session.pc)
         first_mid = next(iter(transports), None)
@@ -451,6 +467,8 @@ class WhipSessions:
         self._note_mdns_dropped(session, mdns_dropped, "trickle fragment")
         # No await between the candidates_ended check above and this count: a concurrent PATCH
         # ending the candidates waits for these adds (aiortc drops candidates after the end).
+        # The session may have ended while the body was read: its candidates would go nowhere.
+        self._check_open(session)
         session.adding += 1
         session.adds_done.clear()
         try:
@@ -459,6 +477,7 @@ class WhipSessions:
             session.adding -= 1
             if not session.adding:
                 session.adds_done.set()
+        self._check_open(session)  # ended during the adds (a DELETE, ICE failing): nothing took them
         if mdns_dropped:
             return  # its end-of-candidates too: the peer may still be found as peer-reflexive
         if any(section.end for section in sections):
@@ -697,7 +716,8 @@ def whip_router(settings: Settings, manager: StreamManager, metrics: Metrics) ->
         query = request.query_params.get("access_token")
         if token_ok(expected, header, query):
             return
-        if not header and not query:
+        if not token_given(header, query):
+            # RFC 6750 3.1: no bearer credentials (none, Basic ones, an empty "Bearer") is a 401 with a challenge.
             raise Refused(401, "missing bearer token", "unauthorized", {"WWW-Authenticate": "Bearer"})
         raise Refused(403, "wrong bearer token", "forbidden")
 

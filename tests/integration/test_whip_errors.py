@@ -67,6 +67,9 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
         # (what, headers, body, status, reason fragment)
         ("no token", SDP, offer, 401, "missing bearer token"),
         ("wrong token", {**SDP, "Authorization": "Bearer " + "x" * 32}, offer, 403, "wrong bearer token"),
+        # No bearer credentials at all: 401 with a challenge, as the REST API answers (was 403).
+        ("Basic credentials", {**SDP, "Authorization": "Basic dXNlcjpwYXNz"}, offer, 401, "missing bearer token"),
+        ("empty Bearer", {**SDP, "Authorization": "Bearer"}, offer, 401, "missing bearer token"),
         ("wrong content type", {**AUTH, "Content-Type": "application/json"}, offer, 415, "application/sdp"),
         ("no content type", AUTH, offer, 415, "application/sdp"),
         ("oversized body", {**AUTH, **SDP}, offer + "a=x-pad:" + "p" * 5000 + "\r\n", 413, "larger than 4096"),
@@ -90,6 +93,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
                 r = await client.post("/whip/cam1", content=body, headers=headers)
                 assert r.status_code == status, (what, r.status_code, r.text)
                 assert reason in r.json()["error"], (what, r.text)
+                assert (r.headers.get("www-authenticate") == "Bearer") == (status == 401), (what, r.headers)
             assert (await client.post("/whip/bad%20id", content=offer, headers={**AUTH, **SDP})).status_code == 400
             # A body over the server-wide limit is cut off before it is read.
             huge = await client.post("/whip/cam1", content="v=0\r\n" + "a" * 70_000, headers={**AUTH, **SDP})
@@ -148,7 +152,7 @@ async def test_whip_refusals_and_health(tmp_path: Path) -> None:
             health = await client.get("/healthz")
             assert health.status_code == 200 and health.json()["status"] == "ok"
             reg = svc.runtime.metrics.registry
-            for reason, n in [("unauthorized", 3), ("forbidden", 2), ("unsupported_media_type", 3),
+            for reason, n in [("unauthorized", 5), ("forbidden", 2), ("unsupported_media_type", 3),
                               ("too_large", 1), ("malformed_sdp", 7), ("unanswerable_sdp", 3), ("capacity", 1),
                               ("candidates_ended", 1)]:
                 got = reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": reason})

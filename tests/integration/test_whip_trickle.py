@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aioice.ice
@@ -211,6 +212,59 @@ async def test_candidates_after_end_of_candidates_are_refused_not_ignored(tmp_pa
             reg = svc.runtime.metrics.registry
             assert reg.get_sample_value("deepfake_monitor_whip_sessions_failed_total", {"reason": "candidates_ended"}) == 1
             assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    ["garbage\r\n", "", "a=candidate\r\n", "a=cand:1 1 udp 1 192.0.2.1 9 typ host\r\n", "a=mid:0\r\n", "a=mid:0\r\nnot sdp\r\n" + candidate(1, "192.0.2.21")],
+)
+async def test_a_fragment_with_no_candidate_or_end_is_refused_not_answered_204(tmp_path: Path, fragment: str) -> None:
+    # Before: every line the parser did not know was skipped, and the publisher was told (204)
+    # that candidates had been added when none were.
+    async with running_service(make_settings(tmp_path)) as svc:
+        pc, offer = await trickling_offer()
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
+            loc, session, ice = await published(svc, client, offer)
+            before = {c.ip for c in ice.getRemoteCandidates()}
+            r = await client.patch(loc, content=fragment, headers=PATCH)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] in {
+                "the fragment has no a=candidate or a=end-of-candidates line",
+                "malformed candidate line: a=candidate",
+            } or r.json()["error"].startswith("not an SDP fragment line:"), r.text
+            assert {c.ip for c in ice.getRemoteCandidates()} == before
+            # A real fragment still goes through.
+            assert (await client.patch(loc, content="a=mid:0\r\n" + candidate(2, "192.0.2.22"), headers=PATCH)).status_code == 204
+            assert "192.0.2.22" in {c.ip for c in ice.getRemoteCandidates()}
+            assert (await client.delete(loc, headers=AUTH)).status_code == 200
+        await pc.close()
+
+
+async def test_a_patch_whose_session_ends_while_its_body_is_read_gets_404(tmp_path: Path) -> None:
+    # Before: the session was looked up before the body was read; a DELETE (or ICE failing) in
+    # between, and the candidates went to a closed connection while the PATCH answered 204.
+    async with running_service(make_settings(tmp_path)) as svc:
+        pc, offer = await trickling_offer()
+        async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
+            loc, session, ice = await published(svc, client, offer)
+            body_sent = asyncio.Event()
+            release = asyncio.Event()
+
+            async def slow_body() -> AsyncIterator[bytes]:
+                yield b"a=mid:0\r\n"
+                body_sent.set()
+                await release.wait()
+                yield candidate(3, "192.0.2.23").encode()
+
+            patching = asyncio.create_task(client.patch(loc, content=slow_body(), headers=PATCH))
+            await asyncio.wait_for(body_sent.wait(), 10)
+            await asyncio.sleep(0.2)  # the handler has found the session and reads the body
+            async with httpx.AsyncClient(base_url=svc.base, timeout=30) as other:
+                assert (await other.delete(loc, headers=AUTH)).status_code == 200
+            release.set()
+            r = await asyncio.wait_for(patching, 10)
+            assert r.status_code == 404 and r.json()["error"] == "no such WHIP session", r.text
         await pc.close()
 
 
