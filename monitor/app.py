@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import sqlite3
 import threading
@@ -399,7 +400,25 @@ def uvicorn_config(app: FastAPI, settings: Settings, metrics: Metrics | None = N
     return config
 
 
-def head_deadline_protocol(timeout: float, metrics: Metrics | None) -> type[H11Protocol]:
+def raise_open_file_limit(ceiling: int = 1 << 20) -> int:
+    """Raise this process's soft limit on open files to its hard limit (at most ``ceiling``), as
+    servers do; the new soft limit. Under the common default of 1024, about a thousand idle
+    connections from anyone, token or not, used every descriptor: /healthz stopped answering,
+    WHIP answered 500 and cameras could not reconnect. Nothing in the service uses select(),
+    so descriptors past 1024 are safe."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        logger.warning("could not raise the open-file limit from %d to %d", soft, want, exc_info=True)
+        return soft
+    return want
+
+
+def head_deadline_protocol(timeout: float, metrics: Metrics | None, max_connections: int | None = None) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a deadline on each request head.
 
     uvicorn times out only a kept-alive connection that stays silent, and cancels that timer as
@@ -407,13 +426,22 @@ def head_deadline_protocol(timeout: float, metrics: Metrics | None) -> type[H11P
     a time, kept its connection and file descriptor for ever (the slowloris attack). Here a head
     must be complete within ``timeout`` of the connection opening, or of the first byte of a
     later request on a kept-alive connection (silence between requests is uvicorn's
-    ``timeout_keep_alive``), or the connection is closed."""
+    ``timeout_keep_alive``), or the connection is closed.
+
+    With ``max_connections``, a connection that would make more open at once (HTTP and
+    websocket alike: uvicorn tracks both in one set) is dropped as soon as it is accepted."""
 
     class HeadDeadlineH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
             super().connection_made(transport)  # type: ignore[arg-type]
+            if max_connections is not None and len(self.connections) > max_connections:
+                if metrics is not None:
+                    metrics.http_rejections.labels("too_many_connections").inc()
+                logger.debug("dropping a connection from %s: %d open (server.max_connections)", self.client, len(self.connections) - 1)
+                self.transport.abort()  # connection_lost takes it out of the set
+                return
             self._arm_head_timer()
 
         def data_received(self, data: bytes) -> None:
@@ -463,7 +491,7 @@ def _uvicorn_config(app: FastAPI, settings: Settings, metrics: Metrics | None) -
         # h11, not httptools (uvicorn's default), which has no limit on a request's head: a client
         # could hold any amount of memory with a header it never finishes, before auth or the
         # body limit act. h11 answers 400 and closes once the head passes 64 KiB.
-        http=head_deadline_protocol(settings.server.request_timeout_s, metrics),
+        http=head_deadline_protocol(settings.server.request_timeout_s, metrics, settings.server.max_connections),
         # h11 refuses a head still unfinished past this size. It checks between network reads, so
         # one that arrives complete can be up to a read larger (about 128 KiB measured): memory
         # stays bounded either way.
@@ -513,6 +541,14 @@ def warn_if_proxied_without_token(settings: Settings) -> bool:
 async def serve(settings: Settings) -> None:
     """Run the service until SIGINT/SIGTERM, then stop streams, close open alerts and exit."""
     warn_if_proxied_without_token(settings)
+    files = raise_open_file_limit()
+    if files != resource.RLIM_INFINITY and settings.server.max_connections > files // 2:
+        # Streams, WHIP sessions, the event log and evidence need descriptors beyond connections.
+        logger.warning(
+            "server.max_connections (%d) is more than half the open-file limit (%d): a flood of connections "
+            "can leave streams without descriptors; raise the limit (LimitNOFILE, ulimit -n) or lower max_connections",
+            settings.server.max_connections, files,
+        )
     # From the start, not only while uvicorn serves: a SIGTERM while starting (loading models,
     # opening streams) killed the process at once. Here the first signal stops the service at
     # the first point it can, and gives the signals back: a second one (a start that hangs in

@@ -164,6 +164,12 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger requests get 413.")
     request_timeout_s: float = Field(10.0, gt=0, le=300, description="Time a client has to send a request's head (from connecting, or from the first byte of a later request on a kept-alive connection) and, separately, its body. A head still unfinished is dropped with the connection; a body still unfinished gets 408. Stops slow clients from holding connections open for ever.")
     cors_origins: tuple[str, ...] = Field((), description="Browser origins (e.g. https://dash.example) allowed besides same-origin: they may publish over WHIP and read the alert websocket.")
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="HTTP and websocket connections open at once; a connection past it is dropped as it is accepted "
+        "(http_rejected_total{reason=\"too_many_connections\"}). With the open-file limit, which the service raises to its hard "
+        "limit at start, it keeps a flood of idle connections from leaving streams, WHIP and the event log without file descriptors.",
+    )
     max_ws_clients: int = Field(64, ge=1, le=10_000, description="Alert websocket clients connected at once; more are closed with 1013 (try again later).")
     api_file_roots: tuple[Path, ...] = Field((), description="Folders under which POST /api/streams may open local files (recordings to scan, say). Empty: no file streams through the API; files named in this configuration are not affected.")
     api_stream_hosts: tuple[str, ...] = Field(("*",), description="Hosts that network streams added through POST /api/streams may connect to (the host of an rtsp://, rtsps:// or WHEP URL, and of a WHEP stream's redirect_origins): host names, matched as the URL writes them (not resolved, case and a final dot aside), IP addresses, or networks such as 10.0.5.0/24. `*` (the default) allows any host. Streams in this configuration are not affected.")

@@ -147,7 +147,7 @@ class Metrics:
         )
         self.http_rejections = Counter(
             "deepfake_monitor_http_rejected_total",
-            "HTTP requests rejected before handling, by reason (unauthorized, too_large, timeout, forbidden_origin, too_many_clients).",
+            "HTTP requests rejected before handling, by reason (unauthorized, too_large, timeout, forbidden_origin, too_many_clients, too_many_connections).",
             ["reason"],
             registry=r,
         )
@@ -201,7 +201,7 @@ class Metrics:
         self.work_skipped.labels("detect")
         for result in ("saved", "failed"):
             self.evidence_saved.labels(result)
-        for reason in ("unauthorized", "too_large", "timeout", "forbidden_origin", "too_many_clients"):
+        for reason in ("unauthorized", "too_large", "timeout", "forbidden_origin", "too_many_clients", "too_many_connections"):
             self.http_rejections.labels(reason)
 
     def forget_stream(self, stream_id: str) -> None:

@@ -176,7 +176,11 @@ class WhipSessions:
         offer, unroutable = drop_unroutable_candidates(offer)
         if unroutable:
             logger.info("WHIP offer on %s: dropped %d ICE candidates at multicast, broadcast, unspecified, link-local or zoned addresses", stream_id, unroutable)
-        pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
+        try:
+            pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
+        except OSError as exc:  # out of file descriptors, say: was a bare 500
+            logger.warning("WHIP offer on %s: cannot create a peer connection: %s", stream_id, exc)
+            raise Refused(503, f"cannot create a peer connection now ({exc.strerror or exc}); retry later", "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
         session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
         session.remote_candidates = count_candidates(offer)
         self._note_mdns_dropped(session, mdns_dropped, "offer")

@@ -495,3 +495,24 @@ async def test_whip_cors_answers_only_the_listed_origins(tmp_path: Path) -> None
         refused = await client.post("/whip/cam1", content="v=0\r\n", headers={"Origin": "https://evil.example", "Content-Type": "application/sdp"})
         assert refused.status_code == 401
         assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_an_offer_the_process_has_no_descriptors_for_gets_503_not_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: RTCPeerConnection() was built outside the refusals, so running out of file
+    # descriptors (EMFILE) answered a bare 500 with no reason and no Retry-After.
+    import errno
+
+    from monitor.api import whip
+
+    def no_descriptors(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    offer = await real_offer()
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    async with running_service(settings) as svc:
+        monkeypatch.setattr(whip, "RTCPeerConnection", no_descriptors)
+        async with httpx.AsyncClient(base_url=svc.base) as client:
+            r = await client.post("/whip/cam1", content=offer, headers={**AUTH, **SDP})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["error"] == "cannot create a peer connection now (Too many open files); retry later"
+        assert svc.runtime.app.state.whip_sessions.sessions == {}

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -898,6 +899,57 @@ async def test_a_lone_surrogate_in_a_body_is_refused(tmp_path: Path) -> None:
             assert r.status_code == 400 and "surrogate" in r.json()["detail"], r.text
             listing = await http.get("/api/streams")
             assert listing.status_code == 200 and listing.json() == []
+
+
+async def test_connections_past_max_connections_are_dropped_as_they_connect(tmp_path: Path) -> None:
+    # Before: nothing bounded idle connections but the open-file limit; about a thousand from
+    # anyone used every descriptor, and /healthz, WHIP and the cameras' reconnects failed.
+    settings = make_settings(tmp_path, server={"max_connections": 4, "request_timeout_s": 60.0})
+    async with running_service(settings) as svc:
+        port = int(svc.base.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        await asyncio.sleep(0.2)  # all four accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        try:
+            async with asyncio.timeout(10):
+                assert await reader.read() == b""  # dropped, not answered
+        except ConnectionResetError:
+            pass  # an abort may arrive as a reset
+        writer.close()
+        reg = svc.runtime.metrics.registry
+        assert reg.get_sample_value("deepfake_monitor_http_rejected_total", {"reason": "too_many_connections"}) == 1
+        for _, w in held:
+            w.close()
+        deadline = time.monotonic() + 10
+        while True:  # the held ones' places come free once the server sees them close
+            async with httpx.AsyncClient(base_url=svc.base) as http:
+                try:
+                    if (await http.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+            assert time.monotonic() < deadline, "no place came free"
+            await asyncio.sleep(0.1)
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from monitor.app import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        want = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+        assert raise_open_file_limit() == want
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (want, hard)
+        assert raise_open_file_limit(ceiling=low) == want  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def test_slow_clients_are_cut_off_at_the_request_timeout(tmp_path: Path) -> None:
