@@ -35,6 +35,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
 from monitor.sources.base import failure_text, redact_text
+from monitor.sources.webrtc import check_media_addresses
 from monitor.types import AlertData, Event, EventType, Severity, Signal, TrackState, TrackStateData
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
     """Build and start everything the settings describe; tear it down in reverse order."""
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
+    check_media_addresses(settings)  # what the settings cannot check: the machine's own addresses
     async with contextlib.AsyncExitStack() as stack:
         # First: a second service on the same data_dir closed the first one's live alerts as
         # "service_restarted" and ran every sink twice.

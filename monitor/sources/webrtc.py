@@ -8,6 +8,7 @@ import contextvars
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -109,6 +110,38 @@ def extra_host_addresses(settings: Settings) -> IceHosts:
     if cfg.include_loopback and settings.server.is_loopback and "127.0.0.1" not in extra:
         extra.append("127.0.0.1")
     return IceHosts(tuple(extra), cfg.only_host_addresses)
+
+
+def unbindable_addresses(addresses: tuple[str, ...] | list[str]) -> list[str]:
+    """Each of ``addresses`` a UDP socket cannot bind on this machine, with the reason: an
+    address it does not have (a typo, an address that moved). aioice skips such an address
+    with a log line at INFO, so with ``only_host_addresses`` every answer went out with no
+    candidate, and every session died at its idle timeout with no reason given."""
+    bad = []
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((address, 0))
+        except OSError as exc:
+            bad.append(f"{address} ({exc.strerror or exc})")
+    return bad
+
+
+def check_media_addresses(settings: Settings) -> None:
+    """At start, with ``webrtc.only_host_addresses``: ConfigError when none of the addresses
+    WebRTC media may use can be bound here, a warning naming those that cannot."""
+    hosts = extra_host_addresses(settings)
+    if not hosts.only:
+        return
+    bad = unbindable_addresses(hosts.addresses)
+    if bad and len(bad) == len(hosts.addresses):
+        raise ConfigError(
+            f"webrtc.only_host_addresses: no address for WebRTC media can be bound on this machine: {', '.join(bad)}; "
+            "list addresses it has in webrtc.host_addresses"
+        )
+    if bad:
+        logger.warning("webrtc.host_addresses: cannot bind %s on this machine; WebRTC media uses the others only", ", ".join(bad))
 
 
 def rtc_configuration(cfg: WebRTCConfig) -> RTCConfiguration:

@@ -769,6 +769,22 @@ def test_media_kept_to_configured_addresses_needs_one() -> None:
         assert "127.0.0.1" in aioice.ice.get_host_addresses(True, True)
 
 
+async def test_media_addresses_this_machine_lacks_are_refused_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: the settings loaded, every WHIP answer went out with no candidate (aioice skips an
+    # address it cannot bind, at INFO) and each session died at its idle timeout, unexplained.
+    from monitor.app import runtime
+
+    exposed = {"host": "0.0.0.0", "token": "t" * 32}
+    missing = load_settings(None, data_dir=tmp_path / "a", demo=False, server=exposed, webrtc={"only_host_addresses": True, "host_addresses": ["192.0.2.50"]})
+    with pytest.raises(ConfigError, match=r"no address for WebRTC media can be bound on this machine: 192\.0\.2\.50 \("):
+        async with runtime(missing):
+            pass
+    one_left = load_settings(None, data_dir=tmp_path / "b", demo=False, server=exposed, webrtc={"only_host_addresses": True, "host_addresses": ["192.0.2.50", "127.0.0.1"]})
+    async with runtime(one_left):
+        pass
+    assert "cannot bind 192.0.2.50" in caplog.text and "127.0.0.1 (" not in caplog.text
+
+
 def test_the_service_binds_to_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     # Security by default: with no file, no flag and no environment, nothing off the machine can connect.
     for name in [n for n in os.environ if n.startswith("MONITOR_")]:
