@@ -72,11 +72,20 @@ class BodyLimit:
     bodies not received within ``timeout`` seconds of the request's head with 408 (a client
     trickling a body would otherwise hold its handler, and a WHIP slot, for ever)."""
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, metrics: Metrics, timeout: float = 10.0, cors_origins: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
         self.timeout = timeout
+        self.cors_origins = frozenset(cors_origins)
+
+    def _cors(self, scope: Scope) -> dict[str, str]:
+        """CORS headers for a refusal sent from here, as WHIP's own refusals carry them: without
+        them a browser publisher on an allowed origin saw only "Failed to fetch", not the reason."""
+        origin = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"origin"), None)
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin in self.cors_origins else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +98,7 @@ class BodyLimit:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return
         received = 0
         complete = False
@@ -114,19 +123,20 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(scope, send)
         except _TooSlow:
             self.metrics.http_rejections.labels("timeout").inc()
             response = JSONResponse(
                 {"error": f"request body not received within {self.timeout:g} s (server.request_timeout_s)"},
                 status_code=408,
-                headers={"Connection": "close"},  # the rest of the body may still be on its way
+                # The rest of the body may still be on its way.
+                headers={"Connection": "close", **self._cors(scope)},
             )
             await response({"type": "http"}, _empty_receive, send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send) -> None:
         self.metrics.http_rejections.labels("too_large").inc()
-        response = JSONResponse({"error": "request body too large", "limit_bytes": self.limit}, status_code=413)
+        response = JSONResponse({"error": "request body too large", "limit_bytes": self.limit}, status_code=413, headers=self._cors(scope))
         await response({"type": "http"}, _empty_receive, send)
 
 
@@ -281,7 +291,8 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(
-        BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics, timeout=settings.server.request_timeout_s
+        BodyLimit, limit=settings.server.max_body_bytes, metrics=metrics, timeout=settings.server.request_timeout_s,
+        cors_origins=settings.server.cors_origins,
     )
     if settings.server.is_loopback:
         # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API.

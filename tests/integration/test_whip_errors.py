@@ -495,6 +495,13 @@ async def test_whip_cors_answers_only_the_listed_origins(tmp_path: Path) -> None
         refused = await client.post("/whip/cam1", content="v=0\r\n", headers={"Origin": "https://evil.example", "Content-Type": "application/sdp"})
         assert refused.status_code == 401
         assert "access-control-allow-origin" not in refused.headers
+        # A body over server.max_body_bytes is refused before WHIP sees it: from a listed page the
+        # refusal is readable all the same (it was an opaque "Failed to fetch"), from others not.
+        huge = "v=0\r\n" + "a" * 70_000
+        for origin, granted in (("https://studio.example", True), ("https://evil.example", False)):
+            r = await client.post("/whip/cam1", content=huge, headers={"Origin": origin, "Authorization": f"Bearer {TOKEN}", **SDP})
+            assert r.status_code == 413 and r.json()["error"] == "request body too large", r.text
+            assert r.headers.get("access-control-allow-origin") == (origin if granted else None)
 
 
 async def test_an_offer_the_process_has_no_descriptors_for_gets_503_not_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
