@@ -611,6 +611,7 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
                 f"{', '.join(sorted(FINGERPRINT_ALGORITHMS))}",
                 "malformed_sdp",
             )
+    bundled: set[str] = set()
     for group in parsed.group:
         if group.semantic.upper() == "BUNDLE":
             unknown = [str(mid) for mid in group.items if str(mid) not in seen_mids]
@@ -619,6 +620,14 @@ def check_offer(offer: str, max_video_tracks: int) -> list[str]:
                     400, f"malformed SDP offer: a=group:BUNDLE names a=mid {', '.join(unknown)}, which no m-line has",
                     "malformed_sdp",
                 )
+            bundled = bundled or {str(mid) for mid in group.items}
+    if len(parsed.media) > 1 and not seen_mids <= bundled:
+        # RFC 9725 4.2: WHIP clients use BUNDLE with the max-bundle policy. Answered, such an offer
+        # got one ICE transport per section, and trickling a section's own credentials was refused
+        # as an ICE restart.
+        raise Refused(
+            422, "the offer's m-lines are not all in one a=group:BUNDLE: WHIP needs them bundled (RFC 9725)", "unanswerable_sdp"
+        )
     videos: list[str] = []
     not_sending: list[str] = []
     codecs_seen: set[str] = set()

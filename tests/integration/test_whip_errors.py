@@ -227,10 +227,11 @@ async def test_whip_offers_aiortc_chokes_on_get_400_and_free_the_slot(tmp_path: 
 
 
 def with_a_text_section(offer: str) -> str:
-    """The offer plus an m=text section, with the video's DTLS and ICE lines."""
+    """The offer plus an m=text section, bundled, with the video's DTLS and ICE lines."""
     video = offer.split("m=video", 1)[1].split("\r\n")
     dtls = "".join(line + "\r\n" for line in video if line.startswith(("a=ice-", "a=fingerprint", "a=setup")))
-    return offer + "m=text 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\na=mid:7\r\na=rtcp-mux\r\na=rtpmap:98 t140/1000\r\n" + dtls
+    assert "a=group:BUNDLE 0\r\n" in offer
+    return offer.replace("a=group:BUNDLE 0\r\n", "a=group:BUNDLE 0 7\r\n") + "m=text 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\na=mid:7\r\na=rtcp-mux\r\na=rtpmap:98 t140/1000\r\n" + dtls
 
 
 async def test_offers_that_pass_the_checks_but_aiortc_cannot_answer_get_422_and_free_the_slot(tmp_path: Path) -> None:
@@ -523,3 +524,28 @@ async def test_an_offer_the_process_has_no_descriptors_for_gets_503_not_500(tmp_
         assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
         assert r.json()["error"] == "cannot create a peer connection now (Too many open files); retry later"
         assert svc.runtime.app.state.whip_sessions.sessions == {}
+
+
+async def test_an_offer_whose_m_lines_are_not_bundled_is_refused_up_front(tmp_path: Path) -> None:
+    # Before: answered with one ICE transport per section, after which a candidate trickled with
+    # the second section's own credentials was refused as an "ICE restart".
+    from aiortc.mediastreams import AudioStreamTrack
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(FaceTrack(), direction="sendonly")
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await set_local_description(pc, await pc.createOffer(), ("127.0.0.1",))
+    bundled = pc.localDescription.sdp
+    await pc.close()
+    assert "a=group:BUNDLE 0 1\r\n" in bundled
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
+    async with running_service(settings) as svc, httpx.AsyncClient(base_url=svc.base) as client:
+        for offer in (bundled.replace("a=group:BUNDLE 0 1\r\n", ""), bundled.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0")):
+            r = await client.post("/whip/cam1", content=offer, headers={**AUTH, **SDP})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"] == "the offer's m-lines are not all in one a=group:BUNDLE: WHIP needs them bundled (RFC 9725)"
+        assert svc.runtime.app.state.whip_sessions.sessions == {}
+        # Bundled, the same offer is taken.
+        r = await client.post("/whip/cam1", content=bundled, headers={**AUTH, **SDP})
+        assert r.status_code == 201, r.text
+        assert (await client.delete(r.headers["location"], headers=AUTH)).status_code == 200
