@@ -3,6 +3,7 @@ unchecked, found by a mutation audit (each test fails when its promise is broken
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -163,6 +164,27 @@ async def test_a_reset_to_a_shorter_log_restarts_the_feed(tmp_path: Path) -> Non
         await page.wait_for_timeout(1_500)
         shown = await page.evaluate(FEED)
         assert [d for d in shown if d.startswith("new")] == [f"new{i}" for i in range(4, -1, -1)]
+
+
+async def test_the_alerts_pill_is_not_live_while_a_reset_log_is_refilled(tmp_path: Path) -> None:
+    # Before: after a 4409 close the pill kept saying "alerts live" for as long as the refill
+    # took (each request up to 8 s), with no socket open at all.
+    async with showing_40_events_then_a_5_event_log(tmp_path) as (svc, page, reset):
+        release = asyncio.Event()
+
+        async def held(route: Route) -> None:
+            await release.wait()
+            await route.continue_()
+
+        await page.route("**/api/events*", held)  # the refill waits
+        switch_log(svc, reset)
+        await page.evaluate("() => ws.close()")
+        await page.wait_for_function("() => ws === null || wsState !== 'open'", timeout=10_000)
+        await page.wait_for_timeout(1_000)
+        assert await page.evaluate("() => ws") is None  # still refilling: no socket
+        await expect(page.locator("#ws-state")).not_to_have_text("alerts live")
+        release.set()  # from now on every request goes straight through
+        await expect(page.locator("#ws-state")).to_have_text("alerts live", timeout=15_000)
 
 
 async def test_a_silently_dead_socket_is_noticed_after_a_log_reset(tmp_path: Path) -> None:

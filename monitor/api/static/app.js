@@ -396,6 +396,9 @@ function connectAlerts() {
       seenIds.clear();
       lastEventId = null;
       lastEpoch = null;
+      // Not "live" while the refill runs (up to tens of seconds): there is no socket.
+      wsState = "connecting";
+      renderStatus();
       refill().then(connectAlerts);
       return;
     }
