@@ -124,7 +124,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         stack.push_async_callback(close_sinks, runners, SINK_DRAIN_S)
         for sink_config in settings.sinks:
             cls = load_plugin(SINK_GROUP, sink_config.name)
-            options = plugin_config(cls, sink_config.options)
+            options = plugin_config(cls, sink_config.options, url_path_secret=True)
             what = f"sink {sink_config.name!r} ({sink_config.key})"
             try:
                 sink = cls(options)

@@ -54,7 +54,7 @@ def check_plugins(settings: Settings) -> None:
         problems.append(f"detector: {problem(exc)}")
     for i, sink in enumerate(settings.sinks):
         try:
-            plugin_config(load_plugin(SINK_GROUP, sink.name), sink.options)
+            plugin_config(load_plugin(SINK_GROUP, sink.name), sink.options, url_path_secret=True)
         except Exception as exc:
             problems.append(f"sinks[{i}] ({sink.name}): {problem(exc)}")
     metrics, clock = Metrics(), SystemClock()

@@ -604,16 +604,32 @@ def redact(data: Any, path: tuple[Any, ...] = ()) -> Any:
     return redact_url(data) if isinstance(data, str) else data
 
 
-def _shown(path: tuple[Any, ...], value: Any) -> str:
-    """The offending value as an error message may quote it: a credential only by its size."""
-    if not is_secret(path):
-        return repr(redact_url(value) if isinstance(value, str) else value)  # a URL's credentials
-    return f"{len(value)} characters" if isinstance(value, str) else f"a {type(value).__name__}"
+_UP_TO_LAST_AT = re.compile(r"^.*@", re.DOTALL)
+_URL_PATH = re.compile(r"^([^/]*//[^/?#]*)[/?#].*$", re.DOTALL)
 
 
-def describe_errors(exc: ValidationError) -> list[str]:
+def _shown(path: tuple[Any, ...], value: Any, url_path_secret: bool = False) -> str:
+    """The offending value as an error message may quote it: a credential only by its size.
+    A string with an "@" the URL rule did not hide (a scheme mistyped as ``redis//`` or
+    ``https//``, or none) is hidden up to its last "@", where a password would be; with
+    ``url_path_secret``, a ``url`` is shown without its path and query (a sink's: Slack,
+    Discord and Teams webhooks carry their token there), however malformed."""
+    if is_secret(path):
+        return f"{len(value)} characters" if isinstance(value, str) else f"a {type(value).__name__}"
+    if not isinstance(value, str):
+        return repr(value)
+    shown = redact_url(value)  # a URL's credentials
+    if "@" in shown and f"{REDACTED}@" not in shown:
+        shown = _UP_TO_LAST_AT.sub(f"{REDACTED}@", shown)
+    if url_path_secret and path and path[-1] == "url":
+        shown = _URL_PATH.sub(rf"\1/{REDACTED}", shown) if "//" in shown else REDACTED
+    return repr(shown)
+
+
+def describe_errors(exc: ValidationError, url_path_secret: bool = False) -> list[str]:
     """One line per problem, each naming the offending key as a dotted path; the offending
-    value is quoted, unless it is a credential (then only its length)."""
+    value is quoted, unless it is a credential (then only its length). ``url_path_secret``:
+    see ``_shown``."""
     lines = []
     for err in exc.errors(include_url=False):
         key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
@@ -622,7 +638,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if not isinstance(err.get("input"), (dict, list, tuple)) and err["type"] != "missing":
-                msg += f" (got {_shown(tuple(err['loc']), err['input'])})"
+                msg += f" (got {_shown(tuple(err['loc']), err['input'], url_path_secret)})"
         # Model-level checks already name their keys ("server.host=... needs server.token").
         lines.append(msg if not key or msg.startswith(key + ".") else f"{key}: {msg}")
     return lines

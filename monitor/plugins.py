@@ -215,24 +215,50 @@ def _boolean_numbers_in(annotation: Any, value: Any, path: str) -> list[str]:
     return []
 
 
-def plugin_config(cls: Any, options: dict[str, Any]) -> BaseModel:
-    """Validate ``options`` against the plugin's own strict ``Config`` model."""
+def _unknown_keys(config_model: type[BaseModel], options: dict[str, Any]) -> list[str]:
+    """Keys of ``options`` that ``config_model`` has no field for, unless it takes extra keys
+    on purpose (``extra="allow"``). pydantic's default drops them without a word: a third-party
+    plugin's misspelt `secret` sent every event unsigned."""
+    if config_model.model_config.get("extra") in ("allow", "forbid"):
+        return []  # taken on purpose, or refused by pydantic itself (aliases and all)
+    known: set[str] = set()
+    for name, field in config_model.model_fields.items():
+        known.add(name)
+        for alias in (field.alias, field.validation_alias):
+            choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+            for choice in choices:
+                if isinstance(choice, str):
+                    known.add(choice)
+                elif choice is not None:  # an AliasPath: keys nested in others, not checked here
+                    return []
+    return sorted(str(key) for key in options if str(key) not in known)
+
+
+def plugin_config(cls: Any, options: dict[str, Any], url_path_secret: bool = False) -> BaseModel:
+    """Validate ``options`` against the plugin's own ``Config`` model, refusing keys it has no
+    field for whatever the model says about extra keys. ``url_path_secret``: the plugin is a
+    sink, whose ``url`` may carry a token in its path (errors then quote it without one)."""
     config_model: type[BaseModel] | None = getattr(cls, "Config", None)
     if config_model is None:
         if options:
             raise ConfigError(f"plugin {cls.__name__} takes no options, got {sorted(options)}")
         return NoOptions()
     booleans = boolean_numbers(config_model, options)
+    unknown = [
+        f"{key}: unknown key (`monitor config schema` lists the valid ones; a plugin's under x-plugin-options)"
+        for key in _unknown_keys(config_model, options)
+    ]
     try:
         config = config_model.model_validate(options)
     except ValidationError as exc:
         # Re-raised with the plugin's name; described like the config file's errors, so a
         # bad `secret` or header is named without printing its value. Every problem at once,
         # the booleans taken for numbers included.
-        problems = "; ".join(booleans + describe_errors(exc))
+        described = [line for line in describe_errors(exc, url_path_secret) if line not in unknown]
+        problems = "; ".join(booleans + unknown + described)
         raise ConfigError(f"invalid options for plugin {cls.__name__}: {problems}") from exc
     except Exception as exc:  # a plugin's own validation code failing some other way
         raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join([*booleans, str(exc)])}") from exc
-    if booleans:
-        raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join(booleans)}")
+    if booleans or unknown:
+        raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join(booleans + unknown)}")
     return config

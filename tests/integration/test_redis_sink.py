@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -238,6 +239,30 @@ async def test_redis_down_is_a_delivery_error_within_the_timeout() -> None:
 def test_a_url_that_is_not_redis_is_refused_at_start_up(url: str) -> None:
     with pytest.raises(ValueError, match="not a Redis URL"):
         RedisStreamSink.Config(url=url)
+
+
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("redis://127.0.0.1:6379/1O", "the database (the path after the host) must be a number"),
+        ("redis://127.0.0.1:6379/deepfake-monitor:events", "the database (the path after the host) must be a number"),
+        ("unix:///run/redis.sock?db=x", "db must be a number"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=0", "socket_timeout must be a number of seconds above 0"),
+        ("redis://127.0.0.1:6379/0?socket_connect_timeout=-1", "socket_connect_timeout must be a number of seconds above 0"),
+        ("redis://127.0.0.1:6379/0?health_check_interval=-1", "health_check_interval must be a whole number"),
+        ("redis://127.0.0.1:6379/0?client_name=a%20b", "client_name may hold only printable ASCII"),
+        ("rediss://127.0.0.1:6379/0?ssl_ca_certs=/nonexistent/ca.pem", "ssl_ca_certs names no file"),
+    ],
+)
+def test_url_options_that_would_fail_every_delivery_are_refused_at_start_up(url: str, problem: str) -> None:
+    # Before: each passed the start-up check and then failed every delivery for ever (or, for
+    # a database that is not a number, silently used db 0).
+    with pytest.raises(ValueError, match=re.escape(f"not a Redis URL: {problem}")):
+        RedisStreamSink.Config(url=url)
+    with pytest.raises(ValueError, match="less than or equal to 9223372036854775807"):
+        RedisStreamSink.Config(url="redis://127.0.0.1:6379/0", maxlen=2**64)
+    for ok in ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/3?socket_timeout=0.5&health_check_interval=0&client_name=monitor-1"):
+        RedisStreamSink.Config(url=ok)
 
 
 def test_a_bad_url_never_quotes_the_password_and_its_query_is_checked() -> None:

@@ -387,6 +387,30 @@ async def test_webhook_payload_refusals_are_rejected_events(status: int) -> None
 
 
 @pytest.mark.parametrize(
+    "url, headers, sent",
+    [
+        ("https://siem.example/hook/T000SECRETPATH", {"Authorization": "Bearer TOPSECRET-TOKEN"}, "***"),
+        ("https://user:pa%24%24word@siem.example/hook/T000SECRETPATH", {}, "Basic ***"),  # httpx sends the URL's as Basic
+    ],
+)
+async def test_a_refusal_that_echoes_our_credentials_is_logged_without_them(url: str, headers: dict[str, str], sent: str) -> None:
+    # Receivers and gateways that echo the request in their error put the configured token in
+    # the service's log (the refusal's excerpt is logged at WARNING and ERROR).
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, text=f"bad request; you sent {request.headers['authorization']} to {request.url.path}")
+
+    config = WebhookSink.Config(url=url, timeout_s=0.5, headers=headers, secret="s" * 16)
+    sink = WebhookSink(config, transport=httpx.MockTransport(echo))
+    await sink.start()
+    try:
+        with pytest.raises(RejectedEvent) as refused:
+            await sink.send(7, '{"id": "7"}')
+    finally:
+        await sink.aclose()
+    assert str(refused.value) == f"event 7: HTTP 400 'bad request; you sent {sent} to ***'"
+
+
+@pytest.mark.parametrize(
     "status, headers",
     # Auth, wrong URL, throttling, redirects (not followed: a config error) and server errors
     # apply to every event: skipping on them would skip every alert.

@@ -5,6 +5,7 @@ credentials in URLs never reach an error message."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from monitor_webhook import WebhookSink, sign, verify
@@ -53,6 +54,42 @@ async def test_plain_http_to_another_host_is_warned_about(caplog: pytest.LogCapt
         await sink.start()
         await sink.aclose()
         assert ("unencrypted" in caplog.text) is warned, url
+
+
+@pytest.mark.parametrize(
+    "plugin, url",
+    [
+        ("redis", "redis//:hunter2@cache.internal:6379/0"),  # the scheme's colon missing
+        ("redis", "redis;//:hunter2@cache.internal:6379/0"),
+        ("redis", "//:hunter2@cache.internal:6379/0"),
+        ("webhook", "https//bob:hunter2@hook.example/x"),
+        ("webhook", "htps://hooks.slack.com/services/T000/B000/hunter2"),  # a token in the path
+        ("webhook", "https://hooks.slack.com:99999/services/T000/B000/hunter2"),
+    ],
+)
+def test_a_mistyped_sink_url_never_shows_its_secret_in_the_error(plugin: str, url: str, tmp_path: Path) -> None:
+    # Before: only a URL starting "scheme:" had its password hidden, and a sink URL's path (where
+    # Slack and Discord keep the token) was quoted whole, by `monitor config show` and `serve`.
+    from monitor.components import check_plugins
+
+    settings = load_settings(None, data_dir=tmp_path, demo=False, sinks=[{"name": plugin, "options": {"url": url}}])
+    with pytest.raises(ConfigError) as refused:
+        check_plugins(settings)
+    assert "sinks[0]" in str(refused.value) and "hunter2" not in str(refused.value), refused.value
+
+
+def test_a_third_party_plugins_unknown_key_is_refused_whatever_its_model_says() -> None:
+    # pydantic's default drops unknown keys: a misspelt `secret` sent every event unsigned.
+    from pydantic import BaseModel
+
+    class ThirdPartySink:
+        class Config(BaseModel):
+            url: str
+            secret: str | None = None
+
+    with pytest.raises(ConfigError, match=r"ThirdPartySink: secert: unknown key"):
+        plugin_config(ThirdPartySink, {"url": "https://e.example/x", "secert": "typo-so-never-signed"})
+    assert plugin_config(ThirdPartySink, {"url": "https://e.example/x", "secret": "s" * 16}).secret == "s" * 16  # type: ignore[attr-defined]
 
 
 def test_credentials_in_urls_never_reach_an_error_or_the_config_output() -> None:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
+import re
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -64,6 +67,33 @@ URL_OPTIONS = frozenset({
 })
 
 
+def _option_problem(scheme: str, path: str, pairs: list[tuple[str, str]]) -> str | None:
+    """What redis-py would take from the URL and then fail every delivery with, or silently
+    read otherwise (values are not quoted: the query may hold a file path, not a secret, but
+    the URL may): a db that is not a number (redis-py used db 0 for `/1O`), a timeout of 0
+    or less, a negative health-check interval, a client name Redis refuses, a TLS file that
+    is not there."""
+    if scheme != "unix" and path not in ("", "/") and not re.fullmatch(r"/\d+", path):
+        return "the database (the path after the host) must be a number, e.g. redis://host:6379/0"
+    for key, value in pairs:
+        if key == "db" and not value.isdigit():
+            return "db must be a number"
+        if key in ("socket_timeout", "socket_connect_timeout"):
+            try:
+                ok = float(value) > 0 and math.isfinite(float(value))
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"{key} must be a number of seconds above 0 (timeout_s already bounds each delivery)"
+        if key == "health_check_interval" and not value.isdigit():
+            return "health_check_interval must be a whole number of seconds, 0 or more"
+        if key == "client_name" and not re.fullmatch(r"[!-~]+", value):
+            return "client_name may hold only printable ASCII characters, no spaces (Redis refuses others)"
+        if key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") and not os.path.isfile(value):
+            return f"{key} names no file"
+    return None
+
+
 def log_of(source: str) -> str:
     """The event log a CloudEvent ``source`` names (``/<instance>/logs/<epoch>``): ids increase
     across all its streams, so one mark per log is enough. Keyed by the whole source (one per
@@ -85,7 +115,7 @@ class RedisStreamSink:
         )
         stream: str = Field("deepfake-monitor:events", min_length=1, max_length=512, description="The stream key events are appended to.")
         maxlen: int = Field(
-            100_000, ge=0,
+            100_000, ge=0, le=2**63 - 1,  # Redis's integers: a larger one failed every XADD
             description="Keep about this many newest entries (XADD MAXLEN ~; 0 keeps every entry). The monitor's own log keeps its history anyway.",
         )
         timeout_s: float = Field(5.0, gt=0, le=60, description="Total time allowed for one delivery, connecting included, in seconds.")
@@ -106,7 +136,8 @@ class RedisStreamSink:
                 raise ValueError("not a Redis URL: use redis://host:port, rediss://host:port (TLS) or unix:///path/redis.sock")
             if parts.scheme != "unix" and not parts.hostname:
                 raise ValueError("not a Redis URL: it names no host")
-            query = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+            query = {k for k, _ in pairs}
             refused = sorted(query - URL_OPTIONS)
             if refused:
                 # ssl_cert_reqs=none or ssl_check_hostname=false silently turned the server's
@@ -115,6 +146,9 @@ class RedisStreamSink:
                     f"not a Redis URL: option {', '.join(refused)} is not accepted (the server's certificate is always "
                     f"checked); the URL may set {', '.join(sorted(URL_OPTIONS))}"
                 )
+            problem = _option_problem(parts.scheme, parts.path, pairs)
+            if problem:
+                raise ValueError(f"not a Redis URL: {problem}")
             try:
                 # Building a connection (without connecting) checks the query's options as redis-py
                 # reads them: ?foo=bar loaded, then failed every delivery with a TypeError.

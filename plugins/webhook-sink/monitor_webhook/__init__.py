@@ -10,6 +10,7 @@ errors and timeouts all apply to every event, and skipping on them would skip ev
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import email.utils
 import hashlib
@@ -20,6 +21,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import ClassVar
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, FilePath, HttpUrl, field_validator
@@ -155,7 +157,7 @@ class WebhookSink:
                 response = await self._client.send(request, stream=True)  # the status decides
                 try:
                     if response.status_code in REJECTED_STATUSES:
-                        excerpt = await _excerpt(response)
+                        excerpt = await _excerpt(response, scrub=self._scrubbed)
                 finally:
                     await response.aclose()  # an unread body: the connection is not reused
         except TimeoutError as exc:
@@ -176,14 +178,28 @@ class WebhookSink:
         asked = retry_after(response.headers.get("retry-after"), self._clock()) if response.status_code in (429, 503) else None
         raise DeliveryError(f"event {event_id}: HTTP {response.status_code}", retry_after_s=asked)
 
+    def _scrubbed(self, text: str) -> str:
+        """``text`` (what the receiver answered) without anything secret we sent it: receivers and
+        gateways that echo the request's headers in an error put the configured Authorization
+        token in the service's log. Header values, the HMAC secret and the URL's password and
+        path (where Slack and Discord webhooks keep their token) are replaced by ***."""
+        url = urlsplit(str(self.config.url))
+        password = unquote(url.password or "")
+        # httpx sends the URL's user and password as a Basic Authorization header.
+        basic = base64.b64encode(f"{unquote(url.username or '')}:{password}".encode()).decode() if url.username else ""
+        sent = [*self.config.headers.values(), self.config.secret or "", password, basic, url.path if len(url.path) > 1 else ""]
+        for value in sorted((v for v in sent if len(v) >= 4), key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
 
 
-async def _excerpt(response: httpx.Response, limit: int = 200) -> str:
+async def _excerpt(response: httpx.Response, limit: int = 200, scrub: Callable[[str], str] = str) -> str:
     """The start of the receiver's reason, for the log: at most EXCERPT_BYTES read, as sent
-    (a compressed one is not unpacked)."""
+    (a compressed one is not unpacked), passed through ``scrub`` before it is cut or quoted."""
     if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         return "(a compressed body, not shown)"
     data = b""
@@ -194,5 +210,5 @@ async def _excerpt(response: httpx.Response, limit: int = 200) -> str:
                 break
     except httpx.StreamConsumed:  # a transport that read it already (httpx.MockTransport)
         data = response.content[:EXCERPT_BYTES]
-    text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", "replace").split())
+    text = " ".join(scrub(data[:EXCERPT_BYTES].decode("utf-8", "replace")).split())
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
