@@ -241,6 +241,30 @@ def test_a_url_that_is_not_redis_is_refused_at_start_up(url: str) -> None:
         RedisStreamSink.Config(url=url)
 
 
+@pytest.mark.parametrize("password", ["", ":Sup3rSecretPw@"])
+async def test_a_peer_that_is_not_redis_is_never_counted_as_delivered(password: str) -> None:
+    # Before: a peer that echoes (a misrouted port-forward) "accepted" every event and the cursor
+    # moved past events Redis never had; with a password, a bare AttributeError was all it said.
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = RedisStreamSink.Config(url=f"redis://{password}{LOOPBACK}:{port}/0", timeout_s=2)
+        async with started(config) as sink:
+            with pytest.raises(DeliveryError, match=r"^event 1: not a Redis server\?") as failed:
+                await sink.send(1, json.dumps({"id": "1", "source": "/m/logs/e/streams/cam", "type": "t"}))
+        assert "Sup3rSecretPw" not in str(failed.value)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize(
     "url, problem",
     [

@@ -542,11 +542,13 @@ async def test_a_service_that_runs_for_months_still_prunes(tmp_path: Path, monke
 
 @pytest.mark.parametrize(
     ("status", "header", "expected"),
-    [(429, "120", 120.0), (503, "Tue, 14 Nov 2023 22:14:20 GMT", 60.0), (429, "soon", None), (500, "120", None), (429, None, None)],
+    # "\xb2" (a superscript two, in latin-1): str.isdigit() says yes, float() refused it, and a
+    # bare ValueError replaced the "HTTP 503" in the log.
+    [(429, "120", 120.0), (503, "Tue, 14 Nov 2023 22:14:20 GMT", 60.0), (429, "soon", None), (500, "120", None), (429, None, None), (503, "\xb2", None)],
 )
 async def test_webhook_passes_on_the_receivers_retry_after(status: int, header: str | None, expected: float | None) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, headers={"Retry-After": header} if header else {})
+        return httpx.Response(status, headers=[(b"Retry-After", header.encode("latin-1"))] if header else [])
 
     config = WebhookSink.Config(url="https://siem.example/hook", timeout_s=0.5)
     sink = WebhookSink(config, clock=lambda: 1_700_000_000.0, transport=httpx.MockTransport(answer))  # 22:13:20 GMT
@@ -555,6 +557,7 @@ async def test_webhook_passes_on_the_receivers_retry_after(status: int, header: 
         with pytest.raises(DeliveryError) as failed:
             await sink.send(7, "{}")
         assert failed.value.retry_after_s == expected
+        assert str(failed.value) == f"event 7: HTTP {status}"
     finally:
         await sink.aclose()
 

@@ -94,6 +94,9 @@ def _option_problem(scheme: str, path: str, pairs: list[tuple[str, str]]) -> str
     return None
 
 
+_ENTRY_ID = re.compile(r"\d+-\d+")  # what XADD answers: <milliseconds>-<sequence>
+
+
 def log_of(source: str) -> str:
     """The event log a CloudEvent ``source`` names (``/<instance>/logs/<epoch>``): ids increase
     across all its streams, so one mark per log is enough. Keyed by the whole source (one per
@@ -195,6 +198,12 @@ class RedisStreamSink:
             # WRONGTYPE (the key holds something else), NOAUTH, a refused connection: every
             # event would fail alike, so it is retried, never skipped.
             raise DeliveryError(f"event {event_id}: {type(exc).__name__}: {redact_text(str(exc), c.url)}") from exc
+        except Exception as exc:  # redis-py tripping over an answer no Redis gives (AttributeError...)
+            raise DeliveryError(f"event {event_id}: not a Redis server? its answer broke the client ({type(exc).__name__})") from exc
+        if added is not None and not _ENTRY_ID.fullmatch(added.decode("ascii", "replace") if isinstance(added, bytes) else str(added)):
+            # Any other answer is not Redis appending: a peer that echoes (a misrouted port) made
+            # every event count as delivered, and the cursor moved past events Redis never had.
+            raise DeliveryError(f"event {event_id}: not a Redis server? the append answered {type(added).__name__}, not a stream entry id")
         if added is None:
             # Not appended: the stream already has this id of this log. Right after a retry whose
             # first attempt landed; otherwise the log's ids went back under the same epoch (a

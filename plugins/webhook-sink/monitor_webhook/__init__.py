@@ -76,7 +76,7 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too, and float() refused it
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
