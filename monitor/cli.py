@@ -30,6 +30,13 @@ def _setup_logging(level: str) -> None:
     install_log_redaction()  # before any client logs a URL with its credentials
 
 
+def _offline_log_level(settings: Any) -> str:
+    """`scan` and `evaluate` log warnings only, unless `log_level` was set (file or
+    MONITOR_LOG_LEVEL): the service's default INFO would bury their report, but a level asked
+    for was ignored outright."""
+    return str(settings.log_level) if "log_level" in settings.model_fields_set else "WARNING"
+
+
 # `scan` and `evaluate` open no port: the server's bind (say MONITOR_SERVER__HOST=0.0.0.0 in the
 # container image, without a token) must not refuse them.
 OFFLINE_SERVER = {"host": "127.0.0.1"}
@@ -133,7 +140,7 @@ def _scan(
         settings = load_settings(config, demo=False, server=OFFLINE_SERVER)
     except ConfigError as exc:
         _fail(exc)
-    _setup_logging("WARNING")
+    _setup_logging(_offline_log_level(settings))
     is_url = "://" in target and not target.startswith("file://")
     if not is_url and not Path(target.removeprefix("file://")).is_file():
         _fail(ConfigError(f"no such file: {target}"))
@@ -306,7 +313,7 @@ def evaluate(
         settings = load_settings(config, demo=False, server=OFFLINE_SERVER)
     except ConfigError as exc:
         _fail(exc)
-    _setup_logging("WARNING")
+    _setup_logging(_offline_log_level(settings))
     if json_out is not None:
         _check_writable(json_out)
     try:

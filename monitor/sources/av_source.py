@@ -127,7 +127,11 @@ def decode_frames(
         except av.error.EOFError:
             return
         except (av.error.FFmpegError, OSError) as exc:
-            if _timed_out(exc, time.monotonic() - waited, read_timeout_s):
+            # PyAV's read interrupt (ExitError) is its timeout; its clock runs from FFmpeg's last
+            # network read, not from this call: after packets FFmpeg had buffered, a stall
+            # fired well before read_timeout_s had passed here, and read "Immediate exit requested".
+            stalled = bool(read_timeout_s) and isinstance(exc, av.error.ExitError)
+            if stalled or _timed_out(exc, time.monotonic() - waited, read_timeout_s):
                 assert read_timeout_s is not None
                 raise _timeout_error("no data from the server for", read_timeout_s, read_timeout_name) from exc
             raise SourceError(f"read failed: {exc}", retryable=True) from exc

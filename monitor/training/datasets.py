@@ -104,7 +104,13 @@ def manifest_rows(manifest: Path) -> list[tuple[int, dict[str, str]]]:
                     if twice:  # the last column of the name had silently won
                         raise InputError(f"{manifest}:{reader.line_num}: column {', '.join(map(repr, twice))} named twice in the header")
                     continue
-                # A short row reads as empty cells, so it fails on its label.
+                # A short row reads as empty cells, so it fails on its label. A longer one (a tab in
+                # a path, a shifted row) was cut to the header's length without a word.
+                if any(cells[len(header):]):
+                    raise InputError(
+                        f"{manifest}:{reader.line_num}: {len(cells)} cells, but the header names {len(header)} columns "
+                        "(a tab inside a cell? quote the cell)"
+                    )
                 rows.append((reader.line_num, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
     except UnicodeDecodeError as exc:
         raise InputError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
@@ -144,6 +150,11 @@ def _relative_path(raw: str, where: str) -> str:
         raise InputError(f"{where}: path {raw!r} leaves the root (..)")
     if not parts:
         raise InputError(f"{where}: path {raw!r} names no file")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", parts[0]):
+        # Under a root of "." (a manifest in the current folder) FFmpeg took `file:/etc/x`,
+        # `http:/host/x` or `pipe:0` as its protocols: a file outside the root, a connection that
+        # could hang the run for good, standard input.
+        raise InputError(f"{where}: path {raw!r} reads as a URL or an FFmpeg protocol (file:, http:, pipe:...); paths are files under the root")
     return "/".join(parts)
 
 
@@ -426,6 +437,8 @@ def _dfdc_labels(labels: Path) -> list[ClipRecord]:
     except UnicodeDecodeError as exc:
         reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise InputError(f"{labels}: {reason}; expected {DFDC_EXPECTED}") from exc
+    except csv.Error as exc:  # a field over the csv module's 128 KiB limit: a traceback, before
+        raise InputError(f"{labels}: not a CSV file ({exc}); expected {DFDC_EXPECTED}") from exc
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -111,7 +112,7 @@ def degrade_clip(
         corrupt += 1
         (on_decode_error or errors.append)(exc)
 
-    with av.open(str(src)) as inp:
+    with av.open(os.path.abspath(src)) as inp:  # absolute: never taken for an FFmpeg protocol
         if not inp.streams.video:  # as the clean scan says it (it was an IndexError here)
             raise SourceError(f"{src} has no video stream", retryable=False)
         stream = inp.streams.video[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -217,8 +218,9 @@ class _Job:
 
 
 def manifest_folder(rel: str) -> str:
-    """A manifest path's group: its first path component ("" for a file at the top)."""
-    return rel.split("/")[0] if "/" in rel else ""
+    """A manifest path's group: its first path component, "." for a file at the top (which was
+    in no folder group at all: its clips counted only overall and by method)."""
+    return rel.split("/")[0] if "/" in rel else "."
 
 
 def source_name(spec: str) -> str:
@@ -270,7 +272,8 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
             # changed every later clip's degraded score.
             seed = zlib.crc32(job.rel.encode())
             path = degrade_clip(path, job.degraded_to, degradation, seed=seed, on_decode_error=skipped.append)
-        res = scan(str(path), settings, make())
+        # Absolute: a relative path FFmpeg might read as a protocol ("http:x" under ".") is a file.
+        res = scan(os.path.abspath(path), settings, make())
     except Exception as exc:  # one unreadable clip is a reported failure, not a crash
         logger.warning("could not scan %s: %s", job.rel, exc)
         return job.failed(f"error:{type(exc).__name__}: {exc}")
@@ -509,10 +512,14 @@ def format_report(report: EvalReport) -> str:
         lines.append("** the same, against the genuine clips of the group's own sources")
     lines.append(f"95% CI: stratified bootstrap of the AUC; '-' below {AUC_CI_MIN_PER_CLASS} clips in a class")
     n_fake = sum(c.is_fake for c in report.clips)
+    unjudged = {p for p, _ in report.unjudged}
+    # Every fake counts, judged or not (an unreadable one is a fake not caught); say how many were not judged.
+    n_fake_unjudged = sum(c.is_fake and c.path in unjudged for c in report.clips)
     lines += [
         "",
         f"time to detect (first alert after first face): median {_f(report.time_to_detect_median_s, 2)} s, "
-        f"p90 {_f(report.time_to_detect_p90_s, 2)} s; {report.fakes_detected}/{n_fake} fakes alerted",
+        f"p90 {_f(report.time_to_detect_p90_s, 2)} s; {report.fakes_detected}/{n_fake} fakes alerted"
+        + (f" ({n_fake_unjudged} of them not judged)" if n_fake_unjudged else ""),
         f"false alarms: {_f(report.false_alarms_per_hour, 1)} per hour of genuine footage ({report.genuine_hours * 60:.1f} min judged)",
     ]
     if report.unjudged:

@@ -89,6 +89,30 @@ def test_time_to_detect_and_fakes_alerted_count_only_fakes() -> None:
     assert r.fakes_detected == 2 and r.time_to_detect_median_s == pytest.approx(2.0)
 
 
+def test_the_fakes_alerted_line_says_how_many_fakes_were_not_judged() -> None:
+    # Every fake counts in "N/M fakes alerted" (an unreadable one is a fake not caught), which
+    # read as if all M had been judged; the groups count only judged clips.
+    from monitor.training.evaluate import format_report
+
+    clips = [_clip("a/1.mp4", "real", 0.1), _clip("b/1.mp4", "fake", 0.9, alerts=1, ttd=1.0), _clip("b/2.mp4", "fake", None)]
+    text = format_report(summarise("m.tsv", None, 0.7, clips))
+    assert "1/2 fakes alerted (1 of them not judged)" in text, text
+    judged = format_report(summarise("m.tsv", None, 0.7, clips[:2]))
+    assert "1/1 fakes alerted\n" in judged, judged
+
+
+def test_a_clip_at_the_top_of_the_manifest_has_a_folder_group_too() -> None:
+    # manifest_folder gave "" for `x.mp4`, and group_metrics skips an empty key: such clips
+    # counted overall and by method, in no folder group.
+    from monitor.training.evaluate import manifest_folder
+
+    assert manifest_folder("x.mp4") == "." and manifest_folder("real/x.mp4") == "real"
+    clips = [ClipResult(p, lab, manifest_folder(p), "", sc, "clear", None, 0, 36.0, 0.0, ())
+             for p, lab, sc in (("x.mp4", "real", 0.1), ("y.mp4", "fake", 0.8), ("real/z.mp4", "real", 0.2))]
+    by = {m.name: m for m in group_metrics(clips, 0.7)}
+    assert by["folder:."].n_genuine == 1 and by["folder:."].n_fake == 1
+
+
 def _fake_scan(*a: object, **k: object) -> object:
     return SimpleNamespace(first_alert_t=1.0, first_face_t=0.0, reasons=(), score=0.9, verdict="alert", alerts_opened=2, duration_s=8.0)
 

@@ -139,3 +139,22 @@ def test_scan_of_a_video_codec_ffmpeg_cannot_decode_is_a_one_line_error(tmp_path
     assert r.exit_code == 2, r.output
     assert "unsupported video codec" in r.output and "Traceback" not in r.output, r.output
     assert [line for line in r.output.splitlines() if line.strip()] == [line for line in r.output.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize("asked, expected", [(None, "WARNING"), ("DEBUG", "DEBUG"), ("ERROR", "ERROR")])
+def test_scan_and_evaluate_log_at_the_level_asked_for(
+    asked: str | None, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: always WARNING, so MONITOR_LOG_LEVEL=DEBUG did nothing for them while
+    # `monitor config show` said DEBUG. Without it, warnings only: INFO would bury the report.
+    import monitor.cli
+    import monitor.pipeline.offline
+
+    levels: list[str] = []
+    monkeypatch.setattr(monitor.cli, "_setup_logging", levels.append)
+    monkeypatch.setattr(monitor.pipeline.offline, "scan", _never)
+    if asked:
+        monkeypatch.setenv("MONITOR_LOG_LEVEL", asked)
+    clip = write_clip(tmp_path / "a.mp4", 0.5, fps=10, width=160, height=120)
+    CliRunner().invoke(app, ["scan", str(clip), "-q"])
+    assert levels == [expected]

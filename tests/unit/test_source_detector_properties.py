@@ -11,6 +11,7 @@ import asyncio
 import functools
 import math
 import os
+import socket
 import threading
 from fractions import Fraction
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -121,6 +122,33 @@ def test_scan_of_an_undecodable_url_names_it_without_credentials(tmp_path: Path)
         server.server_close()
     assert "no decodable video frame" in str(info.value)
     assert "s3cretPw" not in str(info.value)
+
+
+def test_a_url_that_stalls_after_some_video_says_so(tmp_path: Path) -> None:
+    # Before: "read failed: ... Immediate exit requested". PyAV's read timer runs from FFmpeg's
+    # last network read, and packets it had buffered came first, so the stall was measured as
+    # far shorter than the read timeout and not recognised as one.
+    data = timestamped_ts(tmp_path / "long.ts", 8.0, start_s=0.0).read_bytes()
+    gone = threading.Event()
+
+    def half_then_silence(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nContent-Length: %d\r\n\r\n" % len(data) + data[: len(data) // 2])
+            gone.wait(30)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: half_then_silence(listener.accept()[0]), daemon=True).start()
+    frames = 0
+    try:
+        with pytest.raises(SourceError) as info:
+            for _ in sample_video(f"http://127.0.0.1:{listener.getsockname()[1]}/long.ts", 10.0, on_decode_error=lambda exc: None):
+                frames += 1
+    finally:
+        gone.set()
+        listener.close()
+    assert frames > 0  # some video came first
+    assert str(info.value) == "no data from the server for 5 s"
 
 
 # --- analysis.max_frame_pixels: frames *above* the limit fail, counted in pixels --------------
