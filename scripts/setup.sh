@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
-# Sets up the project on a fresh Debian machine: Python venv (.venv) and, with --test, the
-# Debian packages the integration tests start (RTSP server, Prometheus, Chromium).
-# Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
+# Sets up the project on a fresh Debian machine: a Python venv (.venv) with the service; with
+# --train, also the training extra (torch, onnx, tflite: `monitor train`); with --test, the
+# training and test extras and the Debian packages the integration tests start (RTSP server,
+# Prometheus, Chromium, Redis).
+# Idempotent: a second run only checks, and a venv set up for more (--test) serves less (plain).
+# Usage: scripts/setup.sh [--train | --test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_test=0; extras=""
+case "${1:-}" in
+  "") ;;
+  --train) extras="train" ;;
+  --test) want_test=1; extras="train,test" ;;
+  *) echo "usage: scripts/setup.sh [--train | --test]" >&2; exit 2 ;;
+esac
 
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
+if [ -n "${PYTHON:-}" ]; then
+  # A PYTHON that names nothing is a mistake to report, not to replace with another Python.
+  command -v "$PYTHON" >/dev/null || { echo "PYTHON=$PYTHON: no such program" >&2; exit 1; }
+  PY=$PYTHON
+else
+  PY=python3.11
+  command -v "$PY" >/dev/null || PY=python3
+fi
 ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)
 case "$ver" in
   3.11|3.12) ;;
@@ -44,27 +58,34 @@ fi
 # A venv without pip (ensurepip was missing when it was made) is rebuilt.
 [ -x .venv/bin/pip ] || { rm -rf .venv; "$PY" -m venv .venv; }
 stamp=.venv/.setup-stamp
-inputs=$(cat pyproject.toml plugins/*/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$want_test
-if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+inputs=$(cat pyproject.toml plugins/*/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# The stamp is "<hash of the inputs> <extras installed>": a venv set up with the same inputs and
+# at least the extras wanted needs nothing. `make test` then `make run` reinstalled everything
+# each time when the stamp named the mode.
+read -r had_inputs had_extras < "$stamp" 2>/dev/null || { had_inputs=""; had_extras=""; }
+[ "$had_extras" = "-" ] && had_extras=""
+union=$(printf '%s\n' ${extras//,/ } ${had_extras//,/ } | sort -u | paste -sd, -)
+if [ "$had_inputs" != "$inputs" ] || [ "$union" != "$had_extras" ]; then
+  extras=$union  # never fewer than the venv had: a test venv stays one
+  .venv/bin/pip install -q --disable-pip-version-check pip==26.3
   # torch's Linux wheel on PyPI is the CUDA build (several GB of NVIDIA libraries). Take the
   # CPU build from PyTorch's own index first, unless a CPU wheel is already at hand in a
   # PIP_FIND_LINKS folder (as on machines prepared offline). TORCH_INDEX_URL overrides the index;
   # set it empty to take whatever pip finds.
-  torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
-  for dir in ${PIP_FIND_LINKS:-}; do
-    compgen -G "${dir%/}/torch-2.13.0+cpu-*.whl" >/dev/null && torch_index=""
-  done
-  if [ -n "$torch_index" ] && ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__ != "2.13.0+cpu")' >/dev/null 2>&1; then
-    .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 --index-url "$torch_index"
+  if [[ ",$extras," == *,train,* ]]; then
+    torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+    for dir in ${PIP_FIND_LINKS:-}; do
+      compgen -G "${dir%/}/torch-2.13.0+cpu-*.whl" >/dev/null && torch_index=""
+    done
+    if [ -n "$torch_index" ] && ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__ != "2.13.0+cpu")' >/dev/null 2>&1; then
+      .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 --index-url "$torch_index"
+    fi
   fi
-  # A checkout is a working copy: it gets the training extra (torch, for `monitor train` and the
-  # tests) as well as the service. A service-only install is `pip install -e .` (deploy/Dockerfile).
-  extras="[train]"; [ "$want_test" = 1 ] && extras="[train,test]"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" -e plugins/webhook-sink -e plugins/redis-sink
+  # The service alone needs no torch (`make run`); training and the tests do (--train, --test).
+  .venv/bin/pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}" -e plugins/webhook-sink -e plugins/redis-sink
   # mediapipe 0.10.21 bundles the face models (later releases download them at run time);
   # --no-deps keeps out jax/jaxlib and the GUI OpenCV build, which we never import.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mediapipe==0.10.21
-  echo "$inputs" > "$stamp"
+  echo "$inputs ${extras:--}" > "$stamp"
 fi
 .venv/bin/python -c "import mediapipe, cv2, av, aiortc, monitor.faces" || { echo "environment check failed" >&2; exit 1; }

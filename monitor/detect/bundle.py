@@ -29,7 +29,7 @@ Backend = Literal["onnx", "torch"]
 APPEARANCE_INPUT = 112
 # torch's Linux wheel on PyPI is the multi-GB CUDA build: the hint takes the CPU one.
 TRAIN_EXTRA_HINT = (
-    "install the `train` extra in a checkout: scripts/setup.sh does, or "
+    "install the `train` extra in a checkout: scripts/setup.sh --train does, or "
     "pip install -e '.[train]' --extra-index-url https://download.pytorch.org/whl/cpu"
 )
 
