@@ -197,7 +197,9 @@ class EvidenceStore:
             if final.exists():  # the same alert saved twice: keep the first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return True
+            _fsync_dir(tmp)  # the files' names, before the folder becomes visible under its final one
             tmp.rename(final)
+            _fsync_dir(self.root)
             self._account(alert.alert_id, final)
             return True
         except (OSError, cv2.error, ValueError) as exc:
@@ -241,7 +243,7 @@ class EvidenceStore:
                 if path.name.startswith(".") and path.name.endswith(".tmp"):
                     if partial_before is None or path.stat().st_mtime < partial_before:
                         shutil.rmtree(path, ignore_errors=True)
-                elif ALERT_ID.fullmatch(path.name) and (path / MANIFEST).stat().st_mtime < older_than:
+                elif ALERT_ID.fullmatch(path.name) and _saved_at(path) < older_than:
                     shutil.rmtree(path)
                     removed += 1
                     with self._sizes_lock:
@@ -252,11 +254,21 @@ class EvidenceStore:
         return removed
 
 
+def _saved_at(folder: Path) -> float:
+    """When a bundle was saved: its manifest's time, or the folder's where the manifest is gone
+    (deleted by hand, a disk error): such a folder was never pruned, only warned about at every
+    prune, and its bytes counted against no cap."""
+    try:
+        return (folder / MANIFEST).stat().st_mtime
+    except FileNotFoundError:
+        return folder.stat().st_mtime
+
+
 def _bundle_size(folder: Path) -> tuple[float, int]:
     """(saved at, bytes) of a bundle folder; (0, 0) if it cannot be read."""
     try:
         files = [f.stat() for f in folder.iterdir()]
-        return (folder / MANIFEST).stat().st_mtime, sum(st.st_size for st in files)
+        return _saved_at(folder), sum(st.st_size for st in files)
     except OSError:
         return 0.0, 0
 
@@ -283,4 +295,23 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        # On disk before the bundle is renamed into place: after a power cut the API served
+        # empty or partial files from a bundle that looked complete.
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make ``folder``'s entries (new files, a rename into it) durable; where directories
+    cannot be opened for that (not POSIX), skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 

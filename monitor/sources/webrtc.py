@@ -395,23 +395,50 @@ class _TooLarge(Exception):
 
 
 def session_url(endpoint: str, location: str) -> str:
-    """A WHEP session's URL: its ``Location`` header resolved against the endpoint URL."""
-    return str(httpx.URL(endpoint).join(location))
+    """A WHEP session's URL: its ``Location`` header resolved against the endpoint URL;
+    SourceError (retryable, not quoting it) when that is no URL: httpx's error quotes the
+    header, and it escaped as an "unexpected" error with a traceback on every retry."""
+    try:
+        return str(httpx.URL(endpoint).join(location))
+    except (httpx.InvalidURL, ValueError):
+        raise SourceError("WHEP endpoint answered an invalid Location", retryable=True) from None
 
 
 def same_origin(a: str, b: str) -> bool:
-    """Same scheme, host and port (httpx lower-cases hosts and normalises default ports away)."""
-    ua, ub = httpx.URL(a), httpx.URL(b)
-    return (ua.scheme, ua.host, ua.port) == (ub.scheme, ub.host, ub.port)
+    """Same scheme, host and port (httpx lower-cases hosts and normalises default ports away);
+    False for a URL whose host cannot be decoded (an invalid international name)."""
+    try:
+        ua, ub = httpx.URL(a), httpx.URL(b)
+        return (ua.scheme, ua.host, ua.port) == (ub.scheme, ub.host, ub.port)
+    except (httpx.InvalidURL, ValueError):
+        return False
+
+
+def http_failure(exc: httpx.HTTPError) -> str:
+    """What a failed WHEP request says, without the endpoint's own bytes: h11 quotes a status
+    or header line it could not parse ("illegal status line: bytearray(b'SSH-2.0-...')"), so
+    a protocol or decoding error is named by a fixed text; the rest (refused connections,
+    certificate checks, timeouts) come from this side."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.DecodingError)):
+        return "the endpoint's answer is not valid HTTP"
+    return str(exc) or type(exc).__name__
 
 
 def message_without_quotes_of(exc: Exception, text: str) -> str:
-    """``exc``'s message, or only its type when the message repeats a word of ``text``: aiortc's
-    own messages are fixed ("ICE username fragment or password is missing"), but a parser's
-    quote what it failed on ("invalid literal for int() with base 10: '...'"), and an endpoint's
-    text must not reach events, sinks and logs (it may be an internal service the URL points at)."""
+    """``exc``'s message, or only its type when the message quotes anything or repeats a word of
+    ``text``: aiortc's own messages are fixed ("ICE username fragment or password is missing"),
+    but a parser's quote what it failed on ("invalid literal for int() with base 10: '...'"), and
+    an endpoint's text must not reach events, sinks and logs (it may be an internal service the
+    URL points at). A quote is withheld whole: repr() escapes control characters and
+    backslashes, so an escaped quote matched no word of ``text`` and got through."""
     message = str(exc)
-    if not message or any(word in text for word in re.findall(r"[^\s'\"():,]{3,}", message)):
+    if (
+        not message
+        or re.search(r"['\"\\]", message)
+        or any(word in text for word in re.findall(r"[^\s'\"():,]{3,}", message))
+    ):
         logger.debug("an error quoting the endpoint's text, withheld: %r", exc)
         return type(exc).__name__
     return f"{message} ({type(exc).__name__})"
@@ -524,7 +551,7 @@ class WhepSource(ThreadedSource):
         except asyncio.TimeoutError as exc:
             raise SourceError(f"WHEP connect to {self.url} timed out", retryable=True) from exc
         except httpx.HTTPError as exc:
-            raise SourceError(f"WHEP request to {self.url} failed: {exc}", retryable=True) from exc
+            raise SourceError(f"WHEP request to {self.url} failed: {http_failure(exc)}", retryable=True) from exc
 
     async def _unless_stopped(self, work: Awaitable[None], timeout: float) -> None:
         """``work`` within ``timeout``, cancelled early when the source is asked to stop:
@@ -573,14 +600,24 @@ class WhepSource(ThreadedSource):
                         "WHEP endpoint %s answered %d: %s", redact_url(str(endpoint)), response.status_code,
                         await self._error_body(response),
                     )
-                raise SourceError(f"WHEP endpoint answered {response.status_code} {response.reason_phrase}".rstrip(), retryable=True)
+                # The standard phrase, not the one on the status line: that is the endpoint's text.
+                phrase = httpx.codes.get_reason_phrase(response.status_code)
+                raise SourceError(f"WHEP endpoint answered {response.status_code} {phrase}".rstrip(), retryable=True)
             location = response.headers.get("location")
             if not location:
                 # RFC 9725 requires one: without it the session cannot be deleted when we stop.
                 logger.warning("WHEP %s: the endpoint answered 201 without a Location; its session will not be deleted on stop", self.stream_id)
             # The session belongs to the endpoint that answered, not the one we were sent to;
             # known before the answer is read, so that one refused below is deleted too.
-            self._resource = session_url(endpoint, location) if location else None
+            try:
+                self._resource = session_url(endpoint, location) if location else None
+            except SourceError:
+                self._resource = None
+                logger.warning("WHEP %s: the endpoint answered 201 with an invalid Location; its session will not be deleted on stop", self.stream_id)
+            if response.headers.get("content-type", "").split(";")[0].strip().lower() != "application/sdp":
+                # A login portal's or a proxy's page: aiortc said "Media sections in answer do
+                # not match offer", which sent operators looking at the media server's codecs.
+                raise SourceError("WHEP endpoint answered 201 with a body that is not application/sdp", retryable=True)
             answer = await self._read_answer(response)
         usable = self._answer_sdp(answer)
         try:
@@ -681,9 +718,14 @@ class WhepSource(ThreadedSource):
                 # A redirect's body is never read.
                 url = session_url(url, location)
                 if not self._trusted(url):
-                    target = httpx.URL(url)
+                    try:
+                        target = httpx.URL(url)
+                        # Scheme, host and port only: a user:password in the Location is the endpoint's text.
+                        where = f"{target.scheme}://{target.host}" + (f":{target.port}" if target.port else "")
+                    except (httpx.InvalidURL, ValueError):
+                        where = "a host it cannot name"
                     raise SourceError(
-                        f"WHEP endpoint redirected to {target.scheme}://{target.netloc.decode('ascii')}, not its origin: "
+                        f"WHEP endpoint redirected to {where}, not its origin: "
                         "list it in the stream's options.redirect_origins to follow it (it will get the token)",
                         retryable=True,
                     )

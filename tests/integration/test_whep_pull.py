@@ -289,6 +289,62 @@ async def test_what_a_failing_endpoint_answers_is_not_echoed(tmp_path: Path) -> 
     assert all("INTERNALSECRET" not in text for text in [*events, pipeline.status().last_error or ""])
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 500 aws_secret_access_key=INTERNALSECRET\r\nContent-Length: 0\r\n\r\n",  # its own reason phrase
+        b"SSH-2.0-OpenSSH_9.6 INTERNALSECRET\r\n",  # not HTTP at all: h11 quoted the line
+        b"HTTP/1.1 500 Oops\r\nINTERNALSECRET header without colon\r\n\r\n",
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://h:INTERNALSECRET/\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://INTERNALSECRET:pw@other.example/\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 201 Created\r\nLocation: http://h:INTERNALSECRET/\r\nContent-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0",
+        b"HTTP/1.1 201 Created\r\nLocation: /s/1\r\nContent-Type: text/html\r\nContent-Length: 31\r\n\r\n<html>INTERNALSECRET</html>    ",
+    ],
+)
+async def test_what_an_endpoint_sends_never_reaches_the_stream_status(answer: bytes, metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: the status line's own reason phrase, h11's quote of a line it could not parse, and
+    # httpx's quote of an invalid Location (with a traceback at ERROR on every retry) reached
+    # last_error, events and logs; an HTML page answering 201 read as mismatched media sections.
+    async def endpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(endpoint, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    details: list[str] = []
+    source = WhepSource("leak", f"http://127.0.0.1:{port}/whep", metrics=metrics, config=WhepSource.Config(open_timeout_s=3.0))
+    source.on_state(lambda state, detail: details.append(detail))
+    await source.start()
+    try:
+        await until(lambda: source.status.last_error is not None, 10, "the endpoint's failure")
+    finally:
+        await source.aclose()
+        server.close()
+        await server.wait_closed()
+    seen = [source.status.last_error or "", *details, caplog.text]
+    assert all("INTERNALSECRET" not in text for text in seen), seen
+    assert "failed unexpectedly" not in caplog.text
+    if b"text/html" in answer:
+        assert source.status.last_error == "WHEP endpoint answered 201 with a body that is not application/sdp"
+
+
+def test_an_escaped_quote_of_the_answer_is_withheld() -> None:
+    # repr() escapes a control character, so the quoted word matched no word of the answer and
+    # the filter let it through ("'active\\x01aws_secret=...' (KeyError)").
+    from monitor.sources.webrtc import message_without_quotes_of
+
+    text = "v=0\r\na=setup:active\x01aws_secret=INTERNALSECRET\r\n"
+    assert message_without_quotes_of(KeyError("active\x01aws_secret=INTERNALSECRET"), text) == "KeyError"
+    fixed = ValueError("Media sections in answer do not match offer")
+    assert message_without_quotes_of(fixed, text) == "Media sections in answer do not match offer (ValueError)"
+
+
 async def test_whep_answer_candidates_at_unroutable_addresses_are_never_contacted(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
     # WHIP offers were filtered but WHEP answers were not: the service sent connectivity checks
     # to 169.254.169.254 (cloud metadata) and multicast groups for whatever the SFU answered.

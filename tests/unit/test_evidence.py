@@ -112,6 +112,31 @@ def test_pruning_removes_old_bundles_and_half_written_ones(tmp_path: Path) -> No
     assert writing.exists() and not stale.exists()
 
 
+def test_a_bundle_that_lost_its_manifest_is_pruned_by_its_folders_age(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: its age was read from evidence.json only, so such a folder stayed for good, with a
+    # warning at every prune, and its bytes counted against no cap.
+    store = EvidenceStore(tmp_path)
+    orphan = "f" * 32
+    assert save(store, "s", alert(orphan), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    (tmp_path / orphan / "evidence.json").unlink()
+    month_ago = time.time() - 31 * 86400
+    os.utime(tmp_path / orphan, (month_ago, month_ago))
+    assert store.prune(time.time() - 30 * 86400) == 1
+    assert not (tmp_path / orphan).exists() and "could not prune" not in caplog.text
+
+
+def test_evidence_files_are_on_disk_before_the_bundle_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: no fsync before the rename; after a power cut the API could serve empty files from
+    # a bundle that looked complete.
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store = EvidenceStore(tmp_path)
+    assert save(store, "s", alert("a" * 32), 0.0, np.zeros((8, 8, 3), np.uint8), None, [])
+    files = len(list((tmp_path / ("a" * 32)).iterdir()))
+    assert len(synced) >= files + 2  # every file, the folder before the rename, the root after it
+
+
 class OneFaceWithCrop:
     def process(self, frame: Frame, rgb: Any) -> FaceFrame:
         crop = np.full((112, 112, 3), frame.seq % 256, np.uint8)
