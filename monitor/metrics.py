@@ -47,6 +47,13 @@ class Metrics:
             ["stream", "reason"],
             registry=r,
         )
+        self.detector_errors = Counter(
+            "deepfake_monitor_detector_errors_total",
+            "Faces the detector raised on while other faces of the same frame were judged (that face went without a score, "
+            "reason detector_error); a frame on which it failed for every face counts as frames_dropped{reason=\"analysis_error\"}.",
+            ["stream"],
+            registry=r,
+        )
         self.work_skipped = Counter(
             "deepfake_monitor_work_skipped_total",
             "Analysis work skipped to stay within the latency budget, by stage.",
@@ -206,7 +213,7 @@ class Metrics:
 
     def forget_stream(self, stream_id: str) -> None:
         """Remove every per-stream series so ended streams do not linger in scrapes."""
-        for metric in (self.frames_received, self.frames_analysed, self.reconnects, self.stream_up, self.faces_tracked):
+        for metric in (self.frames_received, self.frames_analysed, self.reconnects, self.stream_up, self.faces_tracked, self.detector_errors):
             try:
                 metric.remove(stream_id)
             except KeyError:

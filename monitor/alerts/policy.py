@@ -224,7 +224,11 @@ class TrackPolicy:
 
     def _alert_reasons(self) -> tuple[str, ...]:
         reasons = ["score_above_threshold"]
-        reasons.extend(s.name for s in sorted(self.signals, key=lambda s: -s.weight * s.value)[:3])
+        # The branches that said "manipulated" (their own score at least 0.5), strongest first:
+        # temporal-v1 always gives three signals, so the top three named every branch, those
+        # that pulled the score down among them.
+        towards = [s for s in self.signals if s.value >= 0.5]
+        reasons.extend(s.name for s in sorted(towards, key=lambda s: -s.weight * s.value)[:3])
         reasons.extend(r for r in self.reasons if r not in reasons)
         return tuple(reasons)
 

@@ -200,6 +200,7 @@ class TrackAssigner:
         if frame_size is not None:
             self._rescale(frame_size)
         ended: list[int] = []
+        previous_t = self._last_t
         if self._last_t is not None and t < self._last_t:
             # Stream time went backwards (a looped file, a restarted source): nothing carries over.
             ended.extend(self._tracks)
@@ -213,16 +214,25 @@ class TrackAssigner:
         track_list = list(self._tracks.values())
         costs = [[association_cost(box, tr.bbox) for tr in track_list] for box in boxes]
         matched: dict[int, int] = {}
-        for i, j in greedy_match(costs):  # cheapest first
-            # A second mesh on a face matched already (IoU over 0.5 with it) that overlaps it
-            # more than its own track: left unmatched, it is dropped below. Matched, it continued
-            # a neighbour's track (one unseen this frame, whose centre gate it passed: an overlap
-            # under MIN_IOU), and that track then followed the other face. Two real faces that
-            # overlap, one passing behind the other, each overlap their own track more.
-            own = iou(boxes[i], track_list[j].bbox)
-            if any(iou(boxes[i], boxes[k]) > max(DUPLICATE_IOU, own) for k in matched):
-                continue
-            matched[i] = j
+        # In cascade, as SORT does: first the tracks seen on the previous frame, then, with the
+        # faces left over, those unseen for a moment. In one pass a face seen all along that
+        # walked over where a hidden face was last seen (IoU near 1 with that box, against 0.8
+        # with its own moved box) took the hidden face's id, and the two identities swapped.
+        recent = [j for j, tr in enumerate(track_list) if tr.last_t == previous_t]
+        for group in (recent, [j for j in range(len(track_list)) if j not in recent]):
+            rows = [i for i in range(len(boxes)) if i not in matched]
+            sub = [[costs[i][j] for j in group] for i in rows]
+            for a, b in greedy_match(sub):  # cheapest first
+                i, j = rows[a], group[b]
+                # A second mesh on a face matched already (IoU over 0.5 with it) that overlaps it
+                # more than its own track: left unmatched, it is dropped below. Matched, it continued
+                # a neighbour's track (one unseen this frame, whose centre gate it passed: an overlap
+                # under MIN_IOU), and that track then followed the other face. Two real faces that
+                # overlap, one passing behind the other, each overlap their own track more.
+                own = iou(boxes[i], track_list[j].bbox)
+                if any(iou(boxes[i], boxes[k]) > max(DUPLICATE_IOU, own) for k in matched):
+                    continue
+                matched[i] = j
         kept = [boxes[i] for i in matched]
         result: list[tuple[int, float] | None] = []
         seen: set[int] = set()

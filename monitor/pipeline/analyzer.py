@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
 import threading
 import time
@@ -34,6 +35,7 @@ from monitor.types import (
     FaceQuality,
     Frame,
     Score,
+    Signal,
     TrackState,
     Verdict,
 )
@@ -159,6 +161,9 @@ class StreamAnalyzer:
         self._lock = threading.Lock()
         self._abandoned = False  # abandon() closed every track: nothing may reopen one
         self._warned_invalid_score = False  # a plugin returned a probability outside 0..1 (logged once)
+        self._warned_detector_error = False  # the detector raised on a face (logged once with its traceback)
+        self._detector_failures: list[Exception] = []  # this frame's, one per face the detector raised on
+        self._warned_invalid_signal = False  # a plugin returned a signal whose value or weight is no number
         self._declared_stalled = False  # idle(analysis_stalled) ran while the current call ran
         self._timer: Callable[[], float] = time.perf_counter
 
@@ -187,7 +192,15 @@ class StreamAnalyzer:
         if abandoned:  # the stream was closed while this call was stuck: it changes nothing
             return Analysis(frame.seq, frame.pts_s, face_frame, (), (), StageTimes(t1 - t0, t2 - t1, 0.0, 0.0), 0.0)
         # Windows and the detector are this thread's alone: no lock while scoring.
+        self._detector_failures = []
         scored = [(track, self._verdict(track, obs, multiple, skip_detect)) for track, obs in zip(tracks, face_frame.faces)]
+        if self._detector_failures and len(self._detector_failures) == len(scored):
+            # Every face failed: the frame failed, as before (the stream counts it, and past
+            # inconclusive_after_s its tracks go inconclusive with analysis_failed). Only when
+            # others were judged is the failure that face's alone.
+            raise self._detector_failures[0]
+        if self._detector_failures:
+            self.metrics.detector_errors.labels(self.stream_id).inc(len(self._detector_failures))
         verdicts = [verdict for _, verdict in scored]
         if self.evidence is not None:
             for track, obs in zip(tracks, face_frame.faces):
@@ -206,7 +219,7 @@ class StreamAnalyzer:
                 # they would move the track back in time. Its next frame is judged afresh.
                 late, self._declared_stalled = self._declared_stalled, False
                 for track, verdict in scored if not late else ():
-                    events.extend(track.policy.update(verdict, wall))
+                    events.extend(self._update(track, verdict, wall))
                     self._count_state(track)
                 for track_id in sorted(self._ended):
                     ended = self.tracks.pop(track_id, None)
@@ -274,18 +287,31 @@ class StreamAnalyzer:
         if reasons:
             score = Score(None, (), reasons)
         else:
-            if skip_detect and len(track.window):
-                # Over budget: reuse the window as it is instead of adding this frame's features.
-                features = track.window.features[-1]
-            else:
-                features = self.detector.features(obs)
-                track.window.push(obs, features)
-            # None: the detector can read nothing in this frame (no crop, a degenerate mesh, a
-            # face the detector's own gate rejects), or, when this frame is skipped, in the last
-            # one. Scoring the window again would repeat the last probability as fresh evidence:
-            # held for seconds, it counted towards min_alert_s and kept the track from ever
-            # turning inconclusive.
-            score = self.detector.score(track.window) if features is not None else Score(None, (), ("unusable_frame",))
+            try:
+                if skip_detect and len(track.window):
+                    # Over budget: reuse the window as it is instead of adding this frame's features.
+                    features = track.window.features[-1]
+                else:
+                    features = self.detector.features(obs)
+                    track.window.push(obs, features)
+                # None: the detector can read nothing in this frame (no crop, a degenerate mesh, a
+                # face the detector's own gate rejects), or, when this frame is skipped, in the last
+                # one. Scoring the window again would repeat the last probability as fresh evidence:
+                # held for seconds, it counted towards min_alert_s and kept the track from ever
+                # turning inconclusive.
+                score = self.detector.score(track.window) if features is not None else Score(None, (), ("unusable_frame",))
+            except Exception as exc:
+                # This face only: the whole frame failing left every other face in the stream
+                # unjudged for as long as this one stayed in view.
+                self._detector_failures.append(exc)
+                if not self._warned_detector_error:
+                    self._warned_detector_error = True
+                    logger.exception("stream %s: the detector failed on face %d; that face goes without a score (detector_error)",
+                                     self.stream_id, obs.track_id)
+                else:
+                    logger.debug("stream %s: the detector failed on face %d", self.stream_id, obs.track_id, exc_info=True)
+                score = Score(None, (), ("detector_error",))
+            score = self._checked_signals(score)
             p = score.probability
             if isinstance(p, numbers.Real) and not isinstance(p, bool) and 0.0 <= float(p) <= 1.0:  # NaN fails
                 if type(p) is not float:  # numpy's float32, say: the event log stores plain floats
@@ -300,6 +326,34 @@ class StreamAnalyzer:
                 score = Score(None, (), ("invalid_score",))
         all_reasons = tuple(dict.fromkeys(reasons + score.reasons + (("multiple_faces",) if multiple else ())))
         return Verdict(self.stream_id, obs.track_id, obs.t, obs.received_at, score, obs.quality, all_reasons)
+
+    def _checked_signals(self, score: Score) -> Score:
+        """``score`` with only the signals whose value and weight are finite numbers, as plain
+        floats: one with a None weight raised inside the policy, after it had moved to "alert"
+        and before the alert existed, losing the frame's events for every face."""
+        good = tuple(
+            s if type(s.value) is float and type(s.weight) is float else Signal(str(s.name), float(s.value), float(s.weight))
+            for s in score.signals
+            if isinstance(s, Signal)
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (s.value, s.weight))
+        )
+        if len(good) == len(score.signals) and all(a is b for a, b in zip(good, score.signals)):
+            return score
+        if len(good) != len(score.signals) and not self._warned_invalid_signal:
+            self._warned_invalid_signal = True
+            logger.error("stream %s: detector %s returned signals that are not numbers %r; dropped from explanations",
+                         self.stream_id, getattr(self.detector, "name", type(self.detector).__name__), score.signals)
+        return dataclasses.replace(score, signals=good)
+
+    def _update(self, track: _Track, verdict: Verdict, wall: float) -> list[Event]:
+        """The track's policy update; a failure is that track's alone, logged, and the other
+        tracks' events of the frame still go out (one raising used to drop them all, an
+        alert.opened among them, and its close was published for an alert nobody saw open)."""
+        try:
+            return track.policy.update(verdict, wall)
+        except Exception:
+            logger.exception("stream %s: the alert policy failed on face %d; its verdict is skipped", self.stream_id, verdict.track_id)
+            return []
 
     def _observe(self, times: StageTimes, latency: float, scored: list[tuple[_Track, Verdict]], n_faces: int) -> None:
         m = self.metrics
@@ -361,7 +415,7 @@ class StreamAnalyzer:
             for track_id, track in sorted(self.tracks.items()):
                 score = Score(None, (), (reason,))
                 verdict = Verdict(self.stream_id, track_id, t, self.clock.monotonic(), score, None, (reason,))
-                events.extend(track.policy.update(verdict, wall))
+                events.extend(self._update(track, verdict, wall))
                 self._count_state(track)
         return events
 

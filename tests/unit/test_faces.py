@@ -318,6 +318,28 @@ def test_assigner_keeps_ids_when_faces_swap_order_and_ends_on_time_reversal() ->
     assert third == [(3, pytest.approx(0.6))]
 
 
+@pytest.mark.parametrize("speed_px", [10, 20, 30])
+def test_a_face_walking_in_front_of_another_keeps_its_own_id(speed_px: int) -> None:
+    # B stands still; A walks in front of it, and while they overlap only A is detected. Before,
+    # A (seen all along) took B's id where B was last seen, and B came back with A's: the two
+    # identities, their detector windows and any open alert swapped.
+    def box(cx: float) -> tuple[float, float, float, float]:
+        return (cx - 50.0, 150.0, cx + 50.0, 250.0)
+
+    assigner = TrackAssigner(lost_s=2.0)  # B is hidden up to 1.2 s: long enough to keep its track
+    ids_a: set[int] = set()
+    ids_b: set[int] = set()
+    for i in range(int(600 / speed_px)):
+        xa, xb = 100.0 + speed_px * i, 400.0
+        hidden = abs(xa - xb) < 60
+        got, ended = assigner.update(i / 10, [box(xa)] + ([] if hidden else [box(xb)]))
+        assert ended == (), (i, ended)
+        ids_a.add(got[0][0])  # type: ignore[index]
+        if not hidden:
+            ids_b.add(got[1][0])  # type: ignore[index]
+    assert ids_a == {1} and ids_b == {2}, (ids_a, ids_b)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_a_frame_with_no_finite_time_fails_and_tracks_still_end(bad: float) -> None:
     # Before: one NaN time stuck in a track's last_t, and that track (and any alert open on

@@ -198,6 +198,58 @@ class FailingOnce(CountingDetector):
         return super().features(obs)
 
 
+class FailsOnFaceTwo(CountingDetector):
+    def features(self, obs: FaceObservation) -> Any:
+        if obs.track_id == 2:
+            raise RuntimeError("this face breaks the plugin")
+        return super().features(obs)
+
+
+def test_a_detector_error_on_one_face_leaves_the_other_faces_judged(metrics: Metrics) -> None:
+    # Before: the exception failed the whole frame, so while face 2 was in view no face of the
+    # stream was judged, and an alert on face 1 closed (analysis_failed).
+    clock = FakeClock()
+    a = analyzer(FailsOnFaceTwo(0.95), FakeFaces(faces=2), metrics, clock)
+    events = []
+    for i in range(30):
+        result = a.analyse(frame(i, i / 10, clock.monotonic()))
+        events.extend(result.events)
+        clock.advance(0.1)
+    by_track = {v.track_id: v for v in result.verdicts}
+    assert by_track[1].score.probability == 0.95
+    assert by_track[2].score.probability is None and "detector_error" in by_track[2].reasons
+    assert [e.data.track_id for e in events if e.type == EventType.ALERT_OPENED] == [1]
+    assert metrics.registry.get_sample_value("deepfake_monitor_detector_errors_total", {"stream": "s"}) == 30
+    # Failing on every face of a frame is that frame failing, as before.
+    alone = analyzer(FailsOnFaceTwo(0.95), ScriptedFaces([(2,)]), Metrics(), FakeClock())
+    with pytest.raises(RuntimeError, match="breaks the plugin"):
+        alone.analyse(frame(0, 0.0))
+
+
+class BadSignals(CountingDetector):
+    def score(self, window: TrackWindow) -> Score:
+        good = super().score(window)
+        if good.probability is None:
+            return good
+        return Score(good.probability, (Signal("appearance", 0.95, None), Signal("nan", float("nan"), 1.0), Signal("ok", 0.9, 0.5)))  # type: ignore[arg-type]
+
+
+def test_signals_that_are_not_numbers_are_dropped_not_fatal(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: a signal with a None weight raised in the policy after it had moved to "alert"
+    # and before the alert existed: the frame's events for every face were lost, and a close was
+    # later published for an alert never opened.
+    clock = FakeClock()
+    a = analyzer(BadSignals(0.95), FakeFaces(faces=2), metrics, clock)
+    events = []
+    for i in range(30):
+        events.extend(a.analyse(frame(i, i / 10, clock.monotonic())).events)
+        clock.advance(0.1)
+    opened = [e.data for e in events if e.type == EventType.ALERT_OPENED]
+    assert sorted(d.track_id for d in opened) == [1, 2]
+    assert all(d.reasons[:2] == ("score_above_threshold", "ok") for d in opened)
+    assert caplog.text.count("returned signals that are not numbers") == 1
+
+
 def test_a_failed_frame_does_not_lose_the_tracks_that_ended_on_it(metrics: Metrics) -> None:
     # Track 1 alerts, then leaves on frame 20, the frame on which analysis fails (and on which
     # track 2 appears). Its alert must still close, on the next frame that succeeds.

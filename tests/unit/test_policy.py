@@ -318,12 +318,16 @@ def test_an_alerts_score_is_its_peak_while_open() -> None:
 def test_an_alerts_reasons_name_its_strongest_signals_first() -> None:
     from monitor.types import Signal
 
-    signals = (Signal("weak", 0.1, 1.0), Signal("strong", 0.9, 1.0), Signal("mid", 0.5, 1.0), Signal("tiny", 0.01, 1.0))
+    # Only the branches that said "manipulated" (value >= 0.5): temporal-v1 gives three signals
+    # every time, and "top three" named branches that had pulled the score down too.
+    signals = (Signal("weak", 0.1, 1.0), Signal("strong", 0.9, 1.0), Signal("mid", 0.5, 1.0), Signal("tiny", 0.01, 1.0),
+               Signal("firm", 0.6, 0.9), Signal("against", 0.2, 3.0))
     policy, events = TrackPolicy("s", 1, CFG), []
     for t, p in steady(0.95, 0, 3):
         events.extend(policy.update(Verdict("s", 1, t, 0.0, Score(p, signals), None, ()), 1000.0 + t))
     opened = [e.data for e in events if e.type == EventType.ALERT_OPENED]
-    assert opened[0].reasons[:4] == ("score_above_threshold", "strong", "mid", "weak")
+    assert opened[0].reasons[:4] == ("score_above_threshold", "strong", "firm", "mid")
+    assert "against" not in opened[0].reasons and "weak" not in opened[0].reasons
 
 
 def test_an_alert_closed_for_lost_evidence_does_not_claim_a_low_score() -> None:
