@@ -30,9 +30,10 @@ from monitor.api.http import create_app
 from monitor.clock import Clock, SystemClock
 from monitor.components import detector_factory, faces_factory
 from monitor.config import DEMO_URL, Settings, StreamConfig, redact_url
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, StreamStartFailed
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
+from monitor.pipeline.worker import run_in_daemon_thread
 from monitor.plugins import SINK_GROUP, load_plugin, plugin_config
 from monitor.sources.base import failure_text, redact_text
 from monitor.sources.webrtc import check_media_addresses
@@ -111,7 +112,7 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
         # Built once now, its weights loaded and verified: a service taking streams only over WHIP
         # or the API started "healthy" with a broken bundle and failed at the first stream.
         try:
-            await asyncio.to_thread(make_detector)
+            await run_in_daemon_thread(make_detector)  # a hung load must not hold up a SIGTERM
         except ConfigError:
             raise
         except Exception as exc:  # a plugin's own failure: named, not a traceback
@@ -153,7 +154,12 @@ async def runtime(settings: Settings, clock: Clock | None = None, metrics: Metri
 
         streams = settings.streams or ((DEMO_STREAM,) if settings.demo else ())
         for stream in streams:
-            await manager.add(stream)
+            try:
+                await manager.add(stream)
+            except StreamStartFailed as exc:
+                # As a detector that cannot load at start-up: exit 2 with the reason, not a
+                # traceback and exit 1. (A camera that is down is not this: it starts and retries.)
+                raise ConfigError(str(exc)) from exc
 
         app = create_app(settings, manager, bus, metrics, evidence)
         yield Runtime(settings, metrics, bus, manager, app)
@@ -561,9 +567,10 @@ async def serve(settings: Settings) -> None:
 
     def first_signal() -> None:
         stopping.set()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-        handled.clear()
+        # Both back to their default action, not asyncio's: removing its SIGINT handler puts back
+        # Python's KeyboardInterrupt, and a second Ctrl-C during a start hanging in a thread then
+        # waited for that thread (for ever, if it hung) instead of ending the process.
+        _second_signal_exits(loop, handled)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

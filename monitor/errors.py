@@ -44,6 +44,13 @@ class StreamNotFound(MonitorError):
     """No stream with that id."""
 
 
+class StreamStartFailed(MonitorError):
+    """A stream could not start: its detector, face stage or source failed as it was built.
+    Retrying may help (memory, a model file being replaced); the message names the failure."""
+
+    retryable = True
+
+
 class ShuttingDown(MonitorError):
     """The service is stopping and takes no new streams."""
 

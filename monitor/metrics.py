@@ -172,7 +172,7 @@ class Metrics:
             "WHIP requests refused or sessions that failed, by reason (unauthorized, forbidden, "
             "unsupported_media_type, too_large, malformed_sdp, unanswerable_sdp, bad_stream_id, "
             "conflict, capacity, too_many_tracks, too_many_candidates, unknown_mid, ice_restart, "
-            "candidates_ended, precondition_failed, ice_failed, ice_timeout, no_video, track_failed). Bodies over server.max_body_bytes are "
+            "candidates_ended, precondition_failed, ice_failed, ice_timeout, no_video, track_failed, start_failed). Bodies over server.max_body_bytes are "
             "refused before WHIP sees them and count in http_rejected_total{reason=\"too_large\"}.",
             ["reason"],
             registry=r,

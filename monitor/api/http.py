@@ -40,7 +40,7 @@ from monitor.alerts.evidence import EvidenceStore
 from monitor.api.auth import token_ok
 from monitor.api.whip import whip_router
 from monitor.config import Settings, StreamConfig, host_allowed, url_host
-from monitor.errors import ConfigError, MonitorError, ShuttingDown, StreamExists, StreamNotFound
+from monitor.errors import ConfigError, MonitorError, ShuttingDown, StreamExists, StreamNotFound, StreamStartFailed
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.pipeline.stream import StreamStatus
@@ -325,6 +325,12 @@ def create_app(
 
     @app.exception_handler(ShuttingDown)
     async def _shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(StreamStartFailed)
+    async def _start_failed(request: Request, exc: StreamStartFailed) -> JSONResponse:
+        # Its detector, face stage or source failed as it was built (memory, a plugin's error):
+        # named, not a bare 500. Nothing of it is left running.
         return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/healthz", dependencies=public, tags=["ops"])

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from monitor.api.auth import token_given, token_ok
 from monitor.config import STREAM_ID_RULE, Settings, StreamConfig, is_stream_id
-from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
+from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound, StreamStartFailed
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.sources.webrtc import (
@@ -226,6 +226,8 @@ class WhipSessions:
                     raise Refused(409, str(exc), "conflict") from exc
                 except (ConfigError, ShuttingDown) as exc:
                     raise Refused(503, str(exc), "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
+                except StreamStartFailed as exc:
+                    raise Refused(503, str(exc), "start_failed", {"Retry-After": str(RETRY_AFTER_S)}) from exc
                 finally:
                     # Added (now in manager.list()) or failed: no longer pending either way.
                     claim[0] -= 1

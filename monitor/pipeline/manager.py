@@ -12,10 +12,11 @@ from monitor.alerts.bus import EventBus
 from monitor.alerts.evidence import EvidenceStore
 from monitor.clock import Clock
 from monitor.config import Settings, StreamConfig, too_slow_to_track
-from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound
+from monitor.errors import ConfigError, ShuttingDown, StreamExists, StreamNotFound, StreamStartFailed
 from monitor.metrics import Metrics
 from monitor.pipeline.analyzer import FaceStage, StreamAnalyzer
 from monitor.pipeline.stream import StreamPipeline
+from monitor.pipeline.worker import DaemonWorker
 from monitor.plugins import SOURCE_GROUP, Detector, Source, load_plugin
 from monitor.sources.av_source import limit_ffmpeg_allocations_for
 from monitor.sources.base import ThreadedSource, failure_text
@@ -114,11 +115,16 @@ class StreamManager:
                         stream, source, analyzer, self.bus, self.metrics, self.clock, fps, a.max_frame_age_s
                     )
                     await pipeline.start()
-                except BaseException:
+                except BaseException as exc:
                     # Nothing half-built may outlive a failed add: source thread, graph, executor.
                     # It is closed after the lock is released: closing a WHIP source ends its
                     # session, which removes the session's other streams through this manager.
                     cleanup = self._begin_teardown(stream.id, self._discard(stream.id, source, faces, pipeline))
+                    if isinstance(exc, Exception) and not isinstance(exc, (ConfigError, StreamExists, ShuttingDown)):
+                        # A detector, face stage or source plugin failing as it starts: named, not
+                        # a bare 500 from the API (or a traceback and exit 1 from `monitor serve`).
+                        logger.error("stream %s cannot start: %s", stream.id, failure_text(exc), exc_info=logger.isEnabledFor(logging.DEBUG))
+                        raise StreamStartFailed(f"stream {stream.id!r} cannot start: {failure_text(exc)}") from exc
                     raise
                 self._streams[stream.id] = pipeline
                 logger.info("watching stream %s (%s)", stream.id, source.kind)
@@ -129,8 +135,12 @@ class StreamManager:
 
     async def _off_loop(self, build: Callable[[], T], dispose: Callable[[T], None] | None = None) -> T:
         """``build()`` in a thread. A cancelled add cannot stop the thread: what it returns
-        later is handed to ``dispose``, or it would leak (a MediaPipe graph)."""
-        future = asyncio.get_running_loop().run_in_executor(None, build)
+        later is handed to ``dispose``, or it would leak (a MediaPipe graph). A daemon thread of
+        its own, not the default executor's: those are joined at exit, so a SIGTERM during a
+        model load waited for the load (for ever, if it hung on a stalled mount)."""
+        worker = DaemonWorker("stream-build")
+        future = asyncio.get_running_loop().run_in_executor(worker, build)
+        worker.shutdown(wait=False)  # the thread ends after this one call
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -7,6 +7,7 @@ would keep ``monitor serve`` alive after SIGTERM until it is killed. A daemon th
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -59,3 +60,14 @@ class DaemonWorker(Executor):
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # handed to whoever awaits the call
                 future.set_exception(exc)
+
+
+async def run_in_daemon_thread(fn: Callable[..., Any], *args: Any, name: str = "daemon-call") -> Any:
+    """``fn(*args)`` on a daemon thread of its own, awaited: as ``asyncio.to_thread``, except
+    that a call still running at exit (a model load hung on a stalled mount) does not keep the
+    process alive after SIGTERM."""
+    worker = DaemonWorker(name)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+    finally:
+        worker.shutdown(wait=False)

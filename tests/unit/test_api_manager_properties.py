@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from monitor.alerts.evidence import MANIFEST, EvidenceStore
 from monitor.api.http import check_api_hosts, create_app
 from monitor.clock import SystemClock
 from monitor.config import Settings, StreamConfig, load_settings
-from monitor.errors import SourceError, StreamExists
+from monitor.errors import SourceError, StreamExists, StreamStartFailed
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from monitor.pipeline.stream import StreamPipeline
@@ -223,8 +224,9 @@ async def test_a_failed_add_reports_its_own_error_not_its_cleanups(tmp_path: Pat
 
     manager = StreamManager(settings, EventBus(log, metrics), metrics, SystemClock(), Constant, make_faces)
     try:
-        with pytest.raises(ValueError, match="face graph failed"):
+        with pytest.raises(StreamStartFailed, match="cannot start: ValueError: face graph failed") as failed:
             await manager.add(StreamConfig(id="cam", url="x://y"), source=FailingClose("cam", metrics))
+        assert isinstance(failed.value.__cause__, ValueError)  # its own error, not its cleanup's
         assert manager.list() == []
     finally:
         await manager.aclose()
@@ -307,6 +309,43 @@ async def test_a_handed_in_source_keeps_to_max_frame_pixels(tmp_path: Path) -> N
         assert status["state"] == "failed" and "max_frame_pixels" in (status["last_error"] or ""), status
 
 
+async def test_a_stream_whose_face_stage_cannot_start_is_a_503_with_the_reason(tmp_path: Path) -> None:
+    # Before: a bare "500 Internal Server Error" (and a traceback in the log) when the face stage,
+    # the detector or a source plugin failed as the stream was built.
+    async with service(tmp_path) as svc:
+        build_threads: list[bool] = []
+
+        def broken_faces(stream_id: str) -> NoFaces:
+            build_threads.append(threading.current_thread().daemon)
+            raise RuntimeError("MediaPipe graph init failed")
+
+        svc.manager.make_faces = broken_faces
+        r = await svc.http.post("/api/streams", json={"id": "cam", "url": "demo://astronaut"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["error"] == "stream 'cam' cannot start: RuntimeError: MediaPipe graph init failed"
+        assert svc.manager.list() == [] and svc.manager.slots_taken() == 0
+        # Built on a daemon thread: one hung in a load does not keep the process alive after SIGTERM.
+        assert build_threads == [True]
+
+
+async def test_a_configured_stream_that_cannot_start_stops_serve_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a traceback and exit status 1; now a ConfigError, which `monitor serve` reports with exit 2.
+    import monitor.app
+    from monitor.app import runtime
+    from monitor.errors import ConfigError
+
+    def broken_factory(settings: Any) -> Any:
+        def make(stream_id: str) -> NoFaces:
+            raise RuntimeError("MediaPipe graph init failed")
+        return make
+
+    monkeypatch.setattr(monitor.app, "faces_factory", broken_factory)
+    settings = load_settings(None, data_dir=tmp_path / "data", demo=True)
+    with pytest.raises(ConfigError, match="stream 'demo' cannot start: RuntimeError: MediaPipe graph init failed"):
+        async with runtime(settings):
+            pass
+
+
 class FailsToStart(Ticking):
     async def start(self) -> None:
         raise SourceError("camera refused", retryable=False)
@@ -316,7 +355,7 @@ async def test_a_stream_that_fails_to_start_is_not_left_listed(tmp_path: Path) -
     # A failed add leaves nothing behind: not in the list, its id free again, others untouched.
     async with service(tmp_path) as svc:
         await add_ticking(svc, "other")
-        with pytest.raises(SourceError, match="camera refused"):
+        with pytest.raises(StreamStartFailed, match="cannot start: SourceError: camera refused"):
             await svc.manager.add(StreamConfig(id="cam", url="x://y"), source=FailsToStart("cam", svc.metrics))
         assert [s["id"] for s in (await svc.http.get("/api/streams")).json()] == ["other"]
         assert (await svc.http.get("/api/streams/cam")).status_code == 404

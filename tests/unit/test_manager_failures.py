@@ -15,7 +15,7 @@ from monitor.alerts.bus import EventBus
 from monitor.alerts.eventlog import EventLog
 from monitor.clock import SystemClock
 from monitor.config import Settings, StreamConfig, load_settings
-from monitor.errors import StreamNotFound
+from monitor.errors import StreamNotFound, StreamStartFailed
 from monitor.metrics import Metrics
 from monitor.pipeline.manager import StreamManager
 from tests.unit.test_stream_teardown import Constant, NoFaces, Ticking
@@ -78,7 +78,7 @@ async def test_a_failed_add_whose_source_close_removes_a_sibling_does_not_deadlo
     m = manager(parts, make_faces)
     await m.add(StreamConfig(id="cam.0", url="x://y"), source=Ticking("cam.0", metrics))
     source = EndsItsSession("cam.1", metrics, m, sibling="cam.0")
-    with pytest.raises(RuntimeError, match="graph init failed"):
+    with pytest.raises(StreamStartFailed, match="graph init failed"):
         # Before, the cleanup closed the source under the manager's lock, and its callback's
         # remove("cam.0") waited on that lock for ever.
         await asyncio.wait_for(m.add(StreamConfig(id="cam.1", url="x://y"), source=source), DEADLINE_S)

@@ -55,3 +55,42 @@ def test_a_second_signal_during_teardown_ends_the_process(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+HUNG_START = textwrap.dedent(
+    """
+    import asyncio, contextlib, time
+    import monitor.app as app
+    from monitor.config import load_settings
+
+    @contextlib.asynccontextmanager
+    async def hung_start(settings, clock=None, metrics=None):
+        print("starting", flush=True)
+        await asyncio.to_thread(time.sleep, 120)  # a plugin's start that never returns, in a thread
+        yield None
+
+    app.runtime = hung_start
+    asyncio.run(app.serve(load_settings(None, demo=False, data_dir={data_dir!r}, server={{"port": 0}})))
+    """
+)
+
+
+def test_a_second_ctrl_c_during_a_hung_start_ends_the_process(tmp_path: Path) -> None:
+    # Before: removing asyncio's SIGINT handler put back Python's KeyboardInterrupt, so the second
+    # Ctrl-C made asyncio.run wait for the hung thread (120 s here) instead of ending the process.
+    code = HUNG_START.format(data_dir=str(tmp_path / "data"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "starting" in line, line
+        time.sleep(0.5)  # the signal handlers are in place before the runtime starts
+        proc.send_signal(signal.SIGINT)  # the first: a clean stop, once the start returns
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # the second: now
+        assert proc.wait(20) == -signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
