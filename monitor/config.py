@@ -619,7 +619,7 @@ def _shown(path: tuple[Any, ...], value: Any, url_path_secret: bool = False) -> 
     if not isinstance(value, str):
         return repr(value)
     shown = redact_url(value)  # a URL's credentials
-    if "@" in shown and f"{REDACTED}@" not in shown:
+    if "@" in shown and f"{REDACTED}@" not in shown:  # a scheme mistyped ("redis//", "redis_tls://") or missing
         shown = _UP_TO_LAST_AT.sub(f"{REDACTED}@", shown)
     if url_path_secret and path and path[-1] == "url":
         shown = _URL_PATH.sub(rf"\1/{REDACTED}", shown) if "//" in shown else REDACTED

@@ -222,8 +222,11 @@ def _unknown_keys(config_model: type[BaseModel], options: dict[str, Any]) -> lis
     if config_model.model_config.get("extra") in ("allow", "forbid"):
         return []  # taken on purpose, or refused by pydantic itself (aliases and all)
     known: set[str] = set()
+    config = config_model.model_config
+    by_name = bool(config.get("populate_by_name") or config.get("validate_by_name"))
     for name, field in config_model.model_fields.items():
-        known.add(name)
+        if by_name or (field.alias is None and field.validation_alias is None):
+            known.add(name)  # with an alias, pydantic reads the name only when told to
         for alias in (field.alias, field.validation_alias):
             choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
             for choice in choices:

@@ -62,7 +62,12 @@ inputs=$(cat pyproject.toml plugins/*/pyproject.toml scripts/setup.sh | sha256su
 # The stamp is "<hash of the inputs> <extras installed>": a venv set up with the same inputs and
 # at least the extras wanted needs nothing. `make test` then `make run` reinstalled everything
 # each time when the stamp named the mode.
-read -r had_inputs had_extras < "$stamp" 2>/dev/null || { had_inputs=""; had_extras=""; }
+had_inputs=""; had_extras=""
+if [ -f "$stamp" ]; then read -r had_inputs had_extras < "$stamp" || true; fi
+case "$had_inputs" in  # the stamp before extras were recorded: "<hash>-1" after --test, "-0" without
+  *-1) had_extras="test,train" ;;
+  *-0) had_extras="train" ;;
+esac
 [ "$had_extras" = "-" ] && had_extras=""
 union=$(printf '%s\n' ${extras//,/ } ${had_extras//,/ } | sort -u | paste -sd, -)
 if [ "$had_inputs" != "$inputs" ] || [ "$union" != "$had_extras" ]; then

@@ -176,11 +176,7 @@ class WhipSessions:
         offer, unroutable = drop_unroutable_candidates(offer)
         if unroutable:
             logger.info("WHIP offer on %s: dropped %d ICE candidates at multicast, broadcast, unspecified, link-local or zoned addresses", stream_id, unroutable)
-        try:
-            pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
-        except OSError as exc:  # out of file descriptors, say: was a bare 500
-            logger.warning("WHIP offer on %s: cannot create a peer connection: %s", stream_id, exc)
-            raise Refused(503, f"cannot create a peer connection now ({exc.strerror or exc}); retry later", "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
+        pc = RTCPeerConnection(rtc_configuration(self.settings.webrtc))
         session = WhipSession(secrets.token_urlsafe(12), stream_id, pc, _etag())
         session.remote_candidates = count_candidates(offer)
         self._note_mdns_dropped(session, mdns_dropped, "offer")
@@ -202,6 +198,16 @@ class WhipSessions:
             except (ValueError, AttributeError) as exc:
                 # An offer aiortc accepted but cannot build a matching answer for.
                 raise Refused(422, f"cannot answer the offer: {str(exc) or type(exc).__name__}", "unanswerable_sdp") from exc
+            except OSError as exc:
+                # Gathering our addresses failed (out of file descriptors: listing the interfaces
+                # opens a socket): was a bare 500.
+                logger.warning("WHIP offer on %s: cannot gather ICE candidates: %s", stream_id, exc)
+                raise Refused(503, f"cannot set up media now ({exc.strerror or exc}); retry later", "capacity", {"Retry-After": str(RETRY_AFTER_S)}) from exc
+            if "a=candidate:" not in pc.localDescription.sdp:
+                # Every UDP socket failed to bind (aioice logs that at INFO only): a 201 with no
+                # candidate is a session that can never connect.
+                logger.warning("WHIP offer on %s: no ICE candidate could be gathered (no UDP socket could be bound)", stream_id)
+                raise Refused(503, "no address for media could be bound now; retry later", "capacity", {"Retry-After": str(RETRY_AFTER_S)})
             by_mid = {t.receiver.track: t.mid for t in pc.getTransceivers()}
             video_tracks = [t for t in tracks if t.kind == "video"]
             for track in tracks:

@@ -218,10 +218,14 @@ class TrackAssigner:
         # faces left over, those unseen for a moment. In one pass a face seen all along that
         # walked over where a hidden face was last seen (IoU near 1 with that box, against 0.8
         # with its own moved box) took the hidden face's id, and the two identities swapped.
+        # Stage one takes only overlaps (cost under 1): a face missed for one frame beside one
+        # that came back must not go to its neighbour's recent track through the centre gate
+        # while its own track overlaps it. Stage two is one pass over everything left.
         recent = [j for j, tr in enumerate(track_list) if tr.last_t == previous_t]
-        for group in (recent, [j for j in range(len(track_list)) if j not in recent]):
+        for stage, group in enumerate((recent, list(range(len(track_list))))):
             rows = [i for i in range(len(boxes)) if i not in matched]
-            sub = [[costs[i][j] for j in group] for i in rows]
+            group = [j for j in group if j not in matched.values()]
+            sub = [[c if (c := costs[i][j]) is not None and (stage or c < 1.0) else None for j in group] for i in rows]
             for a, b in greedy_match(sub):  # cheapest first
                 i, j = rows[a], group[b]
                 # A second mesh on a face matched already (IoU over 0.5 with it) that overlaps it

@@ -162,7 +162,8 @@ class StreamAnalyzer:
         self._abandoned = False  # abandon() closed every track: nothing may reopen one
         self._warned_invalid_score = False  # a plugin returned a probability outside 0..1 (logged once)
         self._warned_detector_error = False  # the detector raised on a face (logged once with its traceback)
-        self._detector_failures: list[Exception] = []  # this frame's, one per face the detector raised on
+        self._detector_failures: list[tuple[int, Exception]] = []  # this frame's: (track id, error) per face it raised on
+        self._detector_calls = 0  # this frame's faces that reached the detector (not gated by quality)
         self._warned_invalid_signal = False  # a plugin returned a signal whose value or weight is no number
         self._declared_stalled = False  # idle(analysis_stalled) ran while the current call ran
         self._timer: Callable[[], float] = time.perf_counter
@@ -192,15 +193,22 @@ class StreamAnalyzer:
         if abandoned:  # the stream was closed while this call was stuck: it changes nothing
             return Analysis(frame.seq, frame.pts_s, face_frame, (), (), StageTimes(t1 - t0, t2 - t1, 0.0, 0.0), 0.0)
         # Windows and the detector are this thread's alone: no lock while scoring.
-        self._detector_failures = []
+        self._detector_failures, self._detector_calls = [], 0
         scored = [(track, self._verdict(track, obs, multiple, skip_detect)) for track, obs in zip(tracks, face_frame.faces)]
-        if self._detector_failures and len(self._detector_failures) == len(scored):
-            # Every face failed: the frame failed, as before (the stream counts it, and past
-            # inconclusive_after_s its tracks go inconclusive with analysis_failed). Only when
-            # others were judged is the failure that face's alone.
-            raise self._detector_failures[0]
+        if self._detector_failures and len(self._detector_failures) == self._detector_calls:
+            # Every face the detector was asked about failed: the frame failed, as before (the
+            # stream counts it, and past inconclusive_after_s its tracks go inconclusive with
+            # analysis_failed). Only when others were judged is the failure that face's alone.
+            raise self._detector_failures[0][1]
         if self._detector_failures:
             self.metrics.detector_errors.labels(self.stream_id).inc(len(self._detector_failures))
+            track_id, exc = self._detector_failures[0]
+            if not self._warned_detector_error:
+                self._warned_detector_error = True
+                logger.error("stream %s: the detector failed on face %d; that face goes without a score (detector_error)",
+                             self.stream_id, track_id, exc_info=exc)
+            else:
+                logger.debug("stream %s: the detector failed on face %d", self.stream_id, track_id, exc_info=exc)
         verdicts = [verdict for _, verdict in scored]
         if self.evidence is not None:
             for track, obs in zip(tracks, face_frame.faces):
@@ -287,6 +295,7 @@ class StreamAnalyzer:
         if reasons:
             score = Score(None, (), reasons)
         else:
+            self._detector_calls += 1
             try:
                 if skip_detect and len(track.window):
                     # Over budget: reuse the window as it is instead of adding this frame's features.
@@ -301,15 +310,9 @@ class StreamAnalyzer:
                 # turning inconclusive.
                 score = self.detector.score(track.window) if features is not None else Score(None, (), ("unusable_frame",))
             except Exception as exc:
-                # This face only: the whole frame failing left every other face in the stream
-                # unjudged for as long as this one stayed in view.
-                self._detector_failures.append(exc)
-                if not self._warned_detector_error:
-                    self._warned_detector_error = True
-                    logger.exception("stream %s: the detector failed on face %d; that face goes without a score (detector_error)",
-                                     self.stream_id, obs.track_id)
-                else:
-                    logger.debug("stream %s: the detector failed on face %d", self.stream_id, obs.track_id, exc_info=True)
+                # This face only (analyse decides): the whole frame failing left every other face
+                # in the stream unjudged for as long as this one stayed in view.
+                self._detector_failures.append((obs.track_id, exc))
                 score = Score(None, (), ("detector_error",))
             score = self._checked_signals(score)
             p = score.probability
@@ -332,10 +335,10 @@ class StreamAnalyzer:
         floats: one with a None weight raised inside the policy, after it had moved to "alert"
         and before the alert existed, losing the frame's events for every face."""
         good = tuple(
-            s if type(s.value) is float and type(s.weight) is float else Signal(str(s.name), float(s.value), float(s.weight))
+            s if isinstance(s, Signal) and type(s.value) is float and type(s.weight) is float
+            else Signal(str(s.name), float(s.value), float(s.weight))  # a plugin's own signal type (a namedtuple), or numpy numbers
             for s in score.signals
-            if isinstance(s, Signal)
-            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (s.value, s.weight))
+            if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (getattr(s, "value", None), getattr(s, "weight", None)))
         )
         if len(good) == len(score.signals) and all(a is b for a, b in zip(good, score.signals)):
             return score

@@ -157,8 +157,10 @@ def decode_frames(
             continue
         if frames:
             consecutive = 0
+            yield from frames
+            # After the caller has had them: its own work (a scan's first model load, analysis
+            # on a loaded machine) is no time the camera went without a decodable frame.
             last_frame = time.monotonic()
-        yield from frames
 
 
 class Timeline:
@@ -667,7 +669,9 @@ def sample_video(
             raise with_tls_hint(exc, "Pass --ca-file with its CA or certificate; --insecure accepts any") from None
         raise
     if not remote:
-        container = open_video(url[len("file://") :] if url.startswith("file://") else url)
+        # Absolute: a relative path FFmpeg would read as a protocol ("pipe:0", "http:x" under a
+        # root of ".") names a file here, as a manifest's path always does.
+        container = open_video(os.path.abspath(url[len("file://") :] if url.startswith("file://") else url))
     corrupt = 0
 
     def on_error(exc: BaseException) -> None:

@@ -614,7 +614,8 @@ class WhepSource(ThreadedSource):
             except SourceError:
                 self._resource = None
                 logger.warning("WHEP %s: the endpoint answered 201 with an invalid Location; its session will not be deleted on stop", self.stream_id)
-            if response.headers.get("content-type", "").split(";")[0].strip().lower() != "application/sdp":
+            media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type and media_type != "application/sdp":  # none at all: the body is taken as SDP, as before
                 # A login portal's or a proxy's page: aiortc said "Media sections in answer do
                 # not match offer", which sent operators looking at the media server's codecs.
                 raise SourceError("WHEP endpoint answered 201 with a body that is not application/sdp", retryable=True)

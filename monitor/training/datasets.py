@@ -150,11 +150,6 @@ def _relative_path(raw: str, where: str) -> str:
         raise InputError(f"{where}: path {raw!r} leaves the root (..)")
     if not parts:
         raise InputError(f"{where}: path {raw!r} names no file")
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", parts[0]):
-        # Under a root of "." (a manifest in the current folder) FFmpeg took `file:/etc/x`,
-        # `http:/host/x` or `pipe:0` as its protocols: a file outside the root, a connection that
-        # could hang the run for good, standard input.
-        raise InputError(f"{where}: path {raw!r} reads as a URL or an FFmpeg protocol (file:, http:, pipe:...); paths are files under the root")
     return "/".join(parts)
 
 

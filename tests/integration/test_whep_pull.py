@@ -299,6 +299,7 @@ async def test_what_a_failing_endpoint_answers_is_not_echoed(tmp_path: Path) -> 
         b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://INTERNALSECRET:pw@other.example/\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 201 Created\r\nLocation: http://h:INTERNALSECRET/\r\nContent-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0",
         b"HTTP/1.1 201 Created\r\nLocation: /s/1\r\nContent-Type: text/html\r\nContent-Length: 31\r\n\r\n<html>INTERNALSECRET</html>    ",
+        b"HTTP/1.1 201 Created\r\nLocation: /s/1\r\nContent-Length: 3\r\n\r\nv=0",  # no Content-Type: read as SDP, as before
     ],
 )
 async def test_what_an_endpoint_sends_never_reaches_the_stream_status(answer: bytes, metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
@@ -332,6 +333,8 @@ async def test_what_an_endpoint_sends_never_reaches_the_stream_status(answer: by
     assert "failed unexpectedly" not in caplog.text
     if b"text/html" in answer:
         assert source.status.last_error == "WHEP endpoint answered 201 with a body that is not application/sdp"
+    if answer.endswith(b"v=0"):
+        assert (source.status.last_error or "").startswith("WHEP answer refused"), source.status.last_error
 
 
 def test_an_escaped_quote_of_the_answer_is_withheld() -> None:

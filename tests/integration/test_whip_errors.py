@@ -505,24 +505,37 @@ async def test_whip_cors_answers_only_the_listed_origins(tmp_path: Path) -> None
             assert r.headers.get("access-control-allow-origin") == (origin if granted else None)
 
 
-async def test_an_offer_the_process_has_no_descriptors_for_gets_503_not_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Before: RTCPeerConnection() was built outside the refusals, so running out of file
-    # descriptors (EMFILE) answered a bare 500 with no reason and no Retry-After.
+@pytest.mark.parametrize("where", ["interfaces", "sockets"])
+async def test_an_offer_the_process_has_no_descriptors_for_gets_503_not_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    # Out of file descriptors, listing the interfaces (aioice through ifaddr opens a socket) raised
+    # EMFILE while the answer was built: a bare 500. Binding the media sockets failing instead
+    # (aioice logs that at INFO) gave a 201 whose answer had no candidate, a session that could
+    # never connect.
+    import asyncio
     import errno
 
-    from monitor.api import whip
+    import ifaddr
 
     def no_descriptors(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
+    async def no_sockets(*args: object, **kwargs: object) -> None:
+        no_descriptors()
+
     offer = await real_offer()
     settings = load_settings(None, data_dir=tmp_path / "data", demo=False, server={"token": TOKEN})
     async with running_service(settings) as svc:
-        monkeypatch.setattr(whip, "RTCPeerConnection", no_descriptors)
+        if where == "interfaces":
+            monkeypatch.setattr(ifaddr, "get_adapters", no_descriptors)
+        else:
+            monkeypatch.setattr(asyncio.get_running_loop(), "create_datagram_endpoint", no_sockets)
         async with httpx.AsyncClient(base_url=svc.base) as client:
             r = await client.post("/whip/cam1", content=offer, headers={**AUTH, **SDP})
         assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
-        assert r.json()["error"] == "cannot create a peer connection now (Too many open files); retry later"
+        assert r.json()["error"] == {
+            "interfaces": "cannot set up media now (Too many open files); retry later",
+            "sockets": "no address for media could be bound now; retry later",
+        }[where]
         assert svc.runtime.app.state.whip_sessions.sessions == {}
 
 

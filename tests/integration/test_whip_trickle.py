@@ -248,18 +248,26 @@ async def test_a_patch_whose_session_ends_while_its_body_is_read_gets_404(tmp_pa
         pc, offer = await trickling_offer()
         async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
             loc, session, ice = await published(svc, client, offer)
-            body_sent = asyncio.Event()
+            found = asyncio.Event()
             release = asyncio.Event()
+            sessions = svc.runtime.app.state.whip_sessions
+            real_find = sessions.find
+
+            def finding(*args: str) -> WhipSession:
+                got = real_find(*args)
+                found.set()  # the PATCH handler has its session and goes on to read the body
+                return got
+
+            sessions.find = finding  # type: ignore[method-assign]
 
             async def slow_body() -> AsyncIterator[bytes]:
                 yield b"a=mid:0\r\n"
-                body_sent.set()
                 await release.wait()
                 yield candidate(3, "192.0.2.23").encode()
 
             patching = asyncio.create_task(client.patch(loc, content=slow_body(), headers=PATCH))
-            await asyncio.wait_for(body_sent.wait(), 10)
-            await asyncio.sleep(0.2)  # the handler has found the session and reads the body
+            await asyncio.wait_for(found.wait(), 10)
+            sessions.find = real_find  # type: ignore[method-assign]
             async with httpx.AsyncClient(base_url=svc.base, timeout=30) as other:
                 assert (await other.delete(loc, headers=AUTH)).status_code == 200
             release.set()

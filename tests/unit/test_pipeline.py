@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import threading
@@ -226,6 +227,21 @@ def test_a_detector_error_on_one_face_leaves_the_other_faces_judged(metrics: Met
         alone.analyse(frame(0, 0.0))
 
 
+def test_a_detector_failing_on_the_only_face_it_was_asked_about_fails_the_frame(metrics: Metrics) -> None:
+    # Faces gated by quality never reach the detector: with them beside it, a detector failing on
+    # every face it sees is a failed frame (analysis_error), not one face's detector_error.
+    class OneBlurred(FakeFaces):
+        def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+            got = super().process(frame, rgb)
+            blurred = dataclasses.replace(got.faces[0], quality=dataclasses.replace(GOOD, blur=0.0))
+            return dataclasses.replace(got, faces=(blurred, got.faces[1]))
+
+    a = analyzer(FailsOnFaceTwo(0.95), OneBlurred(faces=2), metrics, FakeClock())
+    with pytest.raises(RuntimeError, match="breaks the plugin"):
+        a.analyse(frame(0, 0.0))
+    assert metrics.registry.get_sample_value("deepfake_monitor_detector_errors_total", {"stream": "s"}) is None
+
+
 class BadSignals(CountingDetector):
     def score(self, window: TrackWindow) -> Score:
         good = super().score(window)
@@ -248,6 +264,21 @@ def test_signals_that_are_not_numbers_are_dropped_not_fatal(metrics: Metrics, ca
     assert sorted(d.track_id for d in opened) == [1, 2]
     assert all(d.reasons[:2] == ("score_above_threshold", "ok") for d in opened)
     assert caplog.text.count("returned signals that are not numbers") == 1
+
+
+def test_a_plugins_own_signal_type_keeps_its_explanations(metrics: Metrics) -> None:
+    from collections import namedtuple
+
+    Named = namedtuple("Named", "name value weight")
+
+    class OwnSignals(CountingDetector):
+        def score(self, window: TrackWindow) -> Score:
+            good = super().score(window)
+            return good if good.probability is None else Score(good.probability, (Named("appearance", 0.9, 0.8),))  # type: ignore[arg-type]
+
+    a = analyzer(OwnSignals(0.95), FakeFaces(), metrics, FakeClock())
+    verdicts = [a.analyse(frame(i, i / 10)).verdicts[0] for i in range(5)]
+    assert verdicts[-1].score.signals == (Signal("appearance", 0.9, 0.8),)
 
 
 def test_a_failed_frame_does_not_lose_the_tracks_that_ended_on_it(metrics: Metrics) -> None:

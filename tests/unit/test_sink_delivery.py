@@ -386,6 +386,18 @@ async def test_webhook_payload_refusals_are_rejected_events(status: int) -> None
         await sink.aclose()
 
 
+async def refusal(config: WebhookSink.Config, answer: Callable[[httpx.Request], httpx.Response]) -> RejectedEvent:
+    """What a webhook sink with ``config`` raises when its receiver answers ``answer``."""
+    sink = WebhookSink(config, transport=httpx.MockTransport(answer))
+    await sink.start()
+    try:
+        with pytest.raises(RejectedEvent) as refused:
+            await sink.send(7, '{"id": "7"}')
+    finally:
+        await sink.aclose()
+    return refused.value
+
+
 @pytest.mark.parametrize(
     "url, headers, sent",
     [
@@ -399,15 +411,24 @@ async def test_a_refusal_that_echoes_our_credentials_is_logged_without_them(url:
     def echo(request: httpx.Request) -> httpx.Response:
         return httpx.Response(400, text=f"bad request; you sent {request.headers['authorization']} to {request.url.path}")
 
-    config = WebhookSink.Config(url=url, timeout_s=0.5, headers=headers, secret="s" * 16)
-    sink = WebhookSink(config, transport=httpx.MockTransport(echo))
-    await sink.start()
-    try:
-        with pytest.raises(RejectedEvent) as refused:
-            await sink.send(7, '{"id": "7"}')
-    finally:
-        await sink.aclose()
-    assert str(refused.value) == f"event 7: HTTP 400 'bad request; you sent {sent} to ***'"
+    refused = await refusal(WebhookSink.Config(url=url, timeout_s=0.5, headers=headers, secret="s" * 16), echo)
+    assert str(refused) == f"event 7: HTTP 400 'bad request; you sent {sent} to ***'"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"error": "bad", "path": "\\/hook\\/T000SECRETPATH"}',  # JSON escapes the "/"
+        " " * 4090 + "Bearer TOPSECRET-TOKEN and more",  # the token cut in two where the read stops
+    ],
+)
+async def test_a_refusal_echoing_our_credentials_in_other_forms_is_scrubbed_too(body: str) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, text=body)
+
+    config = WebhookSink.Config(url="https://siem.example/hook/T000SECRETPATH", timeout_s=0.5, headers={"Authorization": "Bearer TOPSECRET-TOKEN"})
+    refused = str(await refusal(config, answer))
+    assert "SECRET" not in refused and "TOPS" not in refused and "Bear" not in refused, refused
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,17 @@ def test_scan_of_an_undecodable_url_names_it_without_credentials(tmp_path: Path)
     assert "s3cretPw" not in str(info.value)
 
 
+def test_a_relative_path_that_looks_like_an_ffmpeg_protocol_is_read_as_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A manifest's clips are paths under its root; under a root of "." (`monitor evaluate
+    # manifest.tsv`), FFmpeg read `pipe:0` as standard input, `http:/host/x` as a connection that
+    # could hang the run, and `file:/etc/x` as a file outside the root.
+    monkeypatch.chdir(tmp_path)
+    write_clip(tmp_path / "clip.mp4", 0.5, fps=10, width=160, height=120).rename(tmp_path / "pipe:0")  # a file of that name
+    assert len(list(sample_video("pipe:0", 10.0))) >= 4
+    with pytest.raises(SourceError, match="no such file"):
+        list(sample_video("http:/127.0.0.1:9/x.mp4", 10.0))
+
+
 def test_a_url_that_stalls_after_some_video_says_so(tmp_path: Path) -> None:
     # Before: "read failed: ... Immediate exit requested". PyAV's read timer runs from FFmpeg's
     # last network read, and packets it had buffered came first, so the stall was measured as

