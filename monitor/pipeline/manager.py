@@ -214,10 +214,11 @@ class StreamManager:
         return list(self._streams.values())
 
     def slots_taken(self) -> int:
-        """Streams counted against ``max_streams``: the running ones and the removed ones whose
-        decoder thread is still stuck."""
+        """Streams counted against ``max_streams``: the running ones, those being torn down (their
+        decoder may be stuck for up to JOIN_S: removing N stuck cameras and adding N others at once
+        ran twice max_streams decoders), and the removed ones whose decoder thread is still stuck."""
         self._left_behind = [s for s in self._left_behind if s.left_behind()]
-        return len(self._streams) + len(self._left_behind)
+        return len(self._streams) + len(self._closing) + len(self._left_behind)
 
     async def aclose(self) -> None:
         async with self._lock:

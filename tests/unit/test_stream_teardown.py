@@ -229,6 +229,29 @@ async def test_streams_whose_decoder_thread_was_left_behind_count_against_the_li
     await m.aclose()
 
 
+async def test_streams_still_being_torn_down_count_against_the_limit(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a stream counted from its removal's start on no more, while its stuck decoder ran on
+    # for JOIN_S; removing stuck cameras and adding others at once ran over max_streams.
+    monkeypatch.setattr(ThreadedSource, "JOIN_S", 2.0)
+    _, _, _, metrics = parts
+    m = manager(parts, NoFaces())
+    m.max_streams = 1
+    stuck = Ticking("cam", metrics, block_s=4.0)
+    await m.add(StreamConfig(id="cam", url="x://y"), source=stuck)
+    assert await asyncio.to_thread(stuck.blocking.wait, 5)
+    removing = asyncio.create_task(m.remove("cam"))
+    async with asyncio.timeout(10):
+        while "cam" not in m._closing:
+            await asyncio.sleep(0.01)
+    assert m.slots_taken() == 1
+    with pytest.raises(ConfigError, match=r"at most 1 streams"):
+        await m.add(StreamConfig(id="other", url="x://y"), source=Ticking("other", metrics))
+    await removing
+    await asyncio.to_thread(stuck._thread.join, 10)  # type: ignore[union-attr]
+    await m.add(StreamConfig(id="other", url="x://y"), source=Ticking("other", metrics))
+    await m.aclose()
+
+
 async def test_stuck_source_threads_are_waited_for_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: each close joined its thread in the default executor, whose few workers (6 on
     # this machine) waited on stuck threads a batch at a time: shutting down 13 dead cameras
