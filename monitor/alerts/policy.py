@@ -131,7 +131,11 @@ class TrackPolicy:
         """The track is gone (the face left, the stream stopped): close an open alert, ending it
         at its last readable evidence, then announce the end in a last track.state event
         (``inconclusive``, reason ``track_ended``). Without it a subscriber saw a track that left
-        while ``suspicious`` stay suspicious for ever."""
+        while ``suspicious`` stay suspicious for ever. A ``t`` before the track's last frame (a
+        source whose time went back) ends it at that frame instead: the close came out before
+        the alert's own start."""
+        if self._last_frame_t is not None and t < self._last_frame_t:
+            t = self._last_frame_t
         events = self._close_alert(self._evidence_end(t), wall_time, ("track_ended",))
         if self._announced:
             previous, self.state, self.since_t = self.state, TrackState.INCONCLUSIVE, t

@@ -297,8 +297,10 @@ class StreamAnalyzer:
         else:
             self._detector_calls += 1
             try:
-                if skip_detect and len(track.window):
-                    # Over budget: reuse the window as it is instead of adding this frame's features.
+                if skip_detect and len(track.window) and obs.t - track.window.observations[-1].t <= 2.5 / self.fps:
+                    # Over budget: reuse the window as it is instead of adding this frame's features;
+                    # only a recent one: after a gap (a face unreadable for seconds) its score
+                    # would be from before the gap, published as fresh evidence.
                     features = track.window.features[-1]
                 else:
                     features = self.detector.features(obs)

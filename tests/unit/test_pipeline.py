@@ -242,6 +242,26 @@ def test_a_detector_failing_on_the_only_face_it_was_asked_about_fails_the_frame(
     assert metrics.registry.get_sample_value("deepfake_monitor_detector_errors_total", {"stream": "s"}) is None
 
 
+def test_an_over_budget_frame_after_a_gap_is_not_scored_on_the_window_from_before_it(metrics: Metrics) -> None:
+    # The budget skip reused the window's last features however old: the first good frame after
+    # seconds of an unreadable face published the score from before the gap as fresh.
+    class Switchable(FakeFaces):
+        def process(self, frame: Frame, rgb: Any) -> FaceFrame:
+            self.quality = dataclasses.replace(GOOD, blur=0.0) if 1.0 <= frame.pts_s < 4.0 else GOOD
+            return super().process(frame, rgb)
+
+    det = CountingDetector(0.95)
+    a = analyzer(det, Switchable(), metrics, FakeClock())
+    for i in range(40):
+        a.analyse(frame(i, i / 10))
+    calls = det.features_calls
+    a._over_budget = True  # the first good frame back comes over budget
+    a._skipped_last = False
+    back = a.analyse(frame(40, 4.0)).verdicts[0]
+    assert det.features_calls == calls + 1  # read afresh, not the window from before t = 1.0
+    assert back.score.probability is None and "window_too_short" in back.reasons  # as a fresh read says
+
+
 class BadSignals(CountingDetector):
     def score(self, window: TrackWindow) -> Score:
         good = super().score(window)

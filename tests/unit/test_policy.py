@@ -334,3 +334,15 @@ def test_an_alert_closed_for_lost_evidence_does_not_claim_a_low_score() -> None:
     events = run(TrackPolicy("s", 1, CFG), steady(0.95, 0, 4) + [(4.0 + i / 10, None) for i in range(40)])
     closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
     assert closed and "score_below_threshold" not in closed[0].reasons
+
+
+def test_a_track_ended_at_an_earlier_time_ends_at_its_last_frame() -> None:
+    # A source whose time went back (a third-party plugin restarting its clock) ended its tracks
+    # at the new, earlier time: the alert's close came out before its own start.
+    policy = TrackPolicy("s", 1, CFG)
+    events = run(policy, steady(0.95, 10.0, 13.0))
+    events += policy.end(0.0, 2000.0)
+    opened = [e.data for e in events if e.type == EventType.ALERT_OPENED]
+    closed = [e.data for e in events if e.type == EventType.ALERT_CLOSED]
+    assert opened and closed and closed[0].end_t >= opened[0].start_t
+    assert events[-1].data.t == pytest.approx(12.9)
