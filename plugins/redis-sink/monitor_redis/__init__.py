@@ -210,7 +210,8 @@ class RedisStreamSink:
             # whole data_dir restored from a snapshot, mark and all) and this is a new event lost.
             logger.warning(
                 "redis sink: event %d of %s is already recorded in %s, so it was not appended again (a retry "
-                "whose first attempt landed, or a data_dir restored with its mark: then a new event is skipped)",
+                "whose first attempt landed; another sink of this service writing to the same stream, which appends "
+                "each event once for both; or a data_dir restored with its mark: then a new event is skipped)",
                 event_id, event["source"], c.delivered_key,
             )
 
