@@ -272,8 +272,7 @@ def _scan_job(job: _Job, settings: Settings, make: Callable[[], Detector], degra
             # changed every later clip's degraded score.
             seed = zlib.crc32(job.rel.encode())
             path = degrade_clip(path, job.degraded_to, degradation, seed=seed, on_decode_error=skipped.append)
-        # Absolute: a relative path FFmpeg might read as a protocol ("http:x" under ".") is a file.
-        res = scan(os.path.abspath(path), settings, make())
+        res = scan(str(path), settings, make())  # sample_video opens a local path by its absolute form
     except Exception as exc:  # one unreadable clip is a reported failure, not a crash
         logger.warning("could not scan %s: %s", job.rel, exc)
         return job.failed(f"error:{type(exc).__name__}: {exc}")
@@ -387,8 +386,6 @@ def _scan_parallel(
 
 def default_workers() -> int:
     """The CPUs this process may use (affinity and cpusets count), at most 8."""
-    import os
-
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(usable, 8))
 

@@ -32,12 +32,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def spawn(code: str) -> subprocess.Popen[str]:
+    """``code`` in a Python of its own, from the project's root, its output line by line."""
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def test_a_second_signal_during_teardown_ends_the_process(tmp_path: Path) -> None:
     # Before: uvicorn put back asyncio's do-nothing handler when it stopped, and every later
     # SIGINT or SIGTERM was ignored for the whole teardown.
-    code = SCRIPT.format(data_dir=str(tmp_path / "data"))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = spawn(SCRIPT.format(data_dir=str(tmp_path / "data")))
     try:
         assert proc.stdout is not None
         lines: list[str] = []
@@ -78,9 +82,7 @@ HUNG_START = textwrap.dedent(
 def test_a_second_ctrl_c_during_a_hung_start_ends_the_process(tmp_path: Path) -> None:
     # Before: removing asyncio's SIGINT handler put back Python's KeyboardInterrupt, so the second
     # Ctrl-C made asyncio.run wait for the hung thread (120 s here) instead of ending the process.
-    code = HUNG_START.format(data_dir=str(tmp_path / "data"))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = spawn(HUNG_START.format(data_dir=str(tmp_path / "data")))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
