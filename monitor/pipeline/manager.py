@@ -70,10 +70,11 @@ class StreamManager:
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._closed = False  # aclose() began: no new streams
         self._lock = asyncio.Lock()
-        # Sources of removed streams whose decoder thread was left behind, stuck in a blocking
-        # call (ThreadedSource.aclose): they count against max_streams until they end, or
-        # add/remove cycles against a silent camera piled up threads and sockets without limit.
-        self._left_behind: list[ThreadedSource] = []
+        # Removed streams that left something behind (StreamPipeline.left_behind: a decoder thread
+        # stuck in a blocking call, a source plugin's close that never returned, an analysis call
+        # stuck in native code): they count against max_streams until they let go, or add/remove
+        # cycles against a silent camera piled up threads and sockets without limit.
+        self._left_behind: list[StreamPipeline] = []
         limit_ffmpeg_allocations_for(settings.analysis)
 
     async def add(self, stream: StreamConfig, source: Source | None = None) -> StreamPipeline:
@@ -86,7 +87,7 @@ class StreamManager:
                 if stream.id in self._streams or stream.id in self._closing:
                     raise StreamExists(f"stream {stream.id!r} already exists" + (" (still closing)" if stream.id in self._closing else ""))
                 if self.slots_taken() >= self.max_streams:
-                    stuck = f" ({len(self._left_behind)} of them removed, their decoder threads still stuck)" if self._left_behind else ""
+                    stuck = f" ({len(self._left_behind)} of them removed, their decoder, source or analysis still stuck)" if self._left_behind else ""
                     raise ConfigError(f"at most {self.max_streams} streams{stuck}")
                 a = self.settings.analysis
                 fps = stream.analysis_fps or a.fps
@@ -196,13 +197,13 @@ class StreamManager:
             # When the teardown ends, not after our wait: a caller cancelled meanwhile (a WHIP
             # session's task, a request at shutdown) skipped this, and a decoder thread left
             # behind then escaped the max_streams count.
-            teardown.add_done_callback(lambda _: self._note_left_behind(pipeline.source))
+            teardown.add_done_callback(lambda _: self._note_left_behind(pipeline))
         await self._wait_teardown(teardown)
         logger.info("stopped stream %s", stream_id)
 
-    def _note_left_behind(self, source: Source) -> None:
-        if isinstance(source, ThreadedSource) and source.left_behind():
-            self._left_behind.append(source)
+    def _note_left_behind(self, pipeline: StreamPipeline) -> None:
+        if pipeline.left_behind():
+            self._left_behind.append(pipeline)
 
     def get(self, stream_id: str) -> StreamPipeline:
         try:

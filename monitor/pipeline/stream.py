@@ -106,6 +106,7 @@ class StreamPipeline:
         # announced in a stream.status event; None while analysis works.
         self._analysis_problem: str | None = None
         self._closing = False  # aclose has begun: writes to a failing log give up by _closing_deadline
+        self._source_closing: asyncio.Future[None] | None = None  # the source's close, once aclose began it
         self._closing_deadline = 0.0
 
     @property
@@ -408,6 +409,18 @@ class StreamPipeline:
             tracks=tracks,
         )
 
+    def left_behind(self) -> bool:
+        """Whether this stream, removed, still holds what its teardown could not stop: a decoder
+        thread stuck in a blocking call, a source plugin's close that has not returned, or an
+        analysis call stuck in a native library. Each holds threads, sockets or a graph; the
+        manager counts such a stream against ``max_streams`` until it lets go."""
+        source = getattr(self.source, "left_behind", None)
+        return (
+            (callable(source) and bool(source()))
+            or (self._source_closing is not None and not self._source_closing.done())
+            or (self._closing and self._executor.alive())
+        )
+
     async def aclose(self) -> None:
         self._closing = True
         # Writes to a failing log give up in time for the task's own end (closing alerts) to
@@ -416,7 +429,7 @@ class StreamPipeline:
         wait_s = self.STOP_WAIT_S
         # Bounded, and left behind past it: a source plugin's close that never returned held the
         # removal (and SIGTERM) for ever, and the stream's alerts were never closed.
-        closing = asyncio.ensure_future(self.source.aclose())
+        closing = self._source_closing = asyncio.ensure_future(self.source.aclose())
         done, _ = await asyncio.wait({closing}, timeout=self.SOURCE_CLOSE_S)
         failure = None if not done else (closing.exception() if not closing.cancelled() else None)
         if not done or failure is not None:

@@ -51,6 +51,11 @@ class DaemonWorker(Executor):
         if wait:
             self._thread.join()
 
+    def alive(self) -> bool:
+        """Whether its thread still runs: after ``shutdown(wait=False)``, until the call under
+        way (perhaps stuck in a native library) and those queued behind it have returned."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             future, fn, args, kwargs = item

@@ -167,3 +167,6 @@ async def test_a_source_whose_close_never_returns_is_left_behind(
     await asyncio.wait_for(m.remove("cam"), DEADLINE_S)
     assert m.list() == []
     assert "stream cam: its source did not close within 0.3 s; stopping the stream anyway" in caplog.text
+    # Its close still runs (it holds whatever the plugin holds): counted against max_streams,
+    # as a stuck decoder thread is. Before, add/remove cycles piled these up without limit.
+    assert m.slots_taken() == 1

@@ -132,6 +132,7 @@ async def test_a_stuck_analysis_does_not_hold_the_removal_for_ever(parts: Any, m
         assert time.monotonic() - started < 20, "the removal waited for the stuck call"
         assert not faces.release.is_set()  # removed while the call was still stuck
         assert m.list() == []
+        assert m.slots_taken() == 1  # its stuck thread (and graph) counts against max_streams
     finally:
         faces.release.set()
     # The stuck call returns, then the worker runs the queued end and exits: what it finished
@@ -139,6 +140,7 @@ async def test_a_stuck_analysis_does_not_hold_the_removal_for_ever(parts: Any, m
     worker = pipeline._executor._thread
     await asyncio.to_thread(worker.join, 20)
     assert not worker.is_alive()
+    assert m.slots_taken() == 0
     assert parts[3].registry.get_sample_value("deepfake_monitor_frames_analysed_total", {"stream": "cam"}) is None
 
 
@@ -220,7 +222,7 @@ async def test_streams_whose_decoder_thread_was_left_behind_count_against_the_li
     # What a WHIP offer's capacity check reads too, so an offer is refused before any track is
     # built (it counted only the listed streams).
     assert len(m.list()) == 1 and m.slots_taken() == 2
-    with pytest.raises(ConfigError, match=r"at most 2 streams \(1 of them removed, their decoder threads still stuck\)"):
+    with pytest.raises(ConfigError, match=r"at most 2 streams \(1 of them removed, their decoder, source or analysis still stuck\)"):
         await m.add(StreamConfig(id="two", url="x://y"), source=Ticking("two", metrics))
     assert stuck._thread is not None
     await asyncio.to_thread(stuck._thread.join, 10)  # it wakes and ends: its place is free again
