@@ -257,8 +257,8 @@ def plugin_config(cls: Any, options: dict[str, Any], url_path_secret: bool = Fal
         # Re-raised with the plugin's name; described like the config file's errors, so a
         # bad `secret` or header is named without printing its value. Every problem at once,
         # the booleans taken for numbers included.
-        described = [line for line in describe_errors(exc, url_path_secret) if line not in unknown]
-        problems = "; ".join(booleans + unknown + described)
+        # `unknown` is empty where pydantic itself refuses extra keys: no line comes twice.
+        problems = "; ".join(booleans + unknown + describe_errors(exc, url_path_secret))
         raise ConfigError(f"invalid options for plugin {cls.__name__}: {problems}") from exc
     except Exception as exc:  # a plugin's own validation code failing some other way
         raise ConfigError(f"invalid options for plugin {cls.__name__}: {'; '.join([*booleans, str(exc)])}") from exc
